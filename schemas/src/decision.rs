@@ -1,0 +1,93 @@
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::{Message, ModelRef, ValidationError, check_name, check_timestamp};
+
+/// What became of a scale decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// The StatefulSet's replicas were patched.
+    Applied,
+    /// Decided and published, not patched (dry-run mode).
+    DryRun,
+    /// A guardrail or the Kubernetes API refused the change.
+    Refused,
+    /// Nothing to change.
+    Unchanged,
+}
+
+/// The forecast a decision was based on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ForecastRef {
+    /// Model that made the forecast.
+    pub model: ModelRef,
+    /// End of the forecast's input window.
+    pub window_end: DateTime<Utc>,
+}
+
+/// A replica change the scaler decided on for one StatefulSet.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ScaleDecision {
+    /// Schema version of this message; this build writes 1.
+    #[schemars(range(min = 1, max = 1))]
+    pub schema_version: u32,
+    /// When the decision was made (RFC 3339, UTC).
+    pub timestamp: DateTime<Utc>,
+    /// Namespace of the StatefulSet.
+    pub namespace: String,
+    /// The StatefulSet.
+    pub workload: String,
+    /// Replicas before the decision.
+    pub replicas_before: u32,
+    /// Replicas the decision asks for.
+    pub replicas_after: u32,
+    /// Policy in force: `hpa`, `threshold`, `predictive` or `hybrid`.
+    pub policy: String,
+    /// The rule that decided, e.g. `predictive`, `hpa-fallback`, `max-replicas`.
+    pub rule: String,
+    /// Why, in one sentence.
+    pub reason: String,
+    /// Applied, dry-run, refused or unchanged.
+    pub outcome: Outcome,
+    /// The forecast used, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forecast: Option<ForecastRef>,
+}
+
+impl Message for ScaleDecision {
+    const KIND: &'static str = "scale-decision";
+
+    fn timestamp(&self) -> DateTime<Utc> {
+        self.timestamp
+    }
+
+    fn schema_version(&self) -> u32 {
+        self.schema_version
+    }
+
+    fn msg_id(&self) -> String {
+        format!(
+            "scale:{}/{}:{}",
+            self.namespace,
+            self.workload,
+            self.timestamp.timestamp_nanos_opt().unwrap_or_default()
+        )
+    }
+
+    fn validate_fields(&self) -> Result<(), ValidationError> {
+        check_name("namespace", &self.namespace)?;
+        check_name("workload", &self.workload)?;
+        if self.policy.is_empty() || self.rule.is_empty() {
+            return Err(ValidationError::Inconsistent {
+                field: "policy/rule",
+                reason: "a decision names its policy and rule".into(),
+            });
+        }
+        if let Some(f) = &self.forecast {
+            check_timestamp("forecast.window_end", f.window_end)?;
+        }
+        Ok(())
+    }
+}

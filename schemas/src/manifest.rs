@@ -1,0 +1,138 @@
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::{Message, ValidationError, check_finite, check_non_negative, check_timestamp};
+
+/// How inputs were scaled before training; applied again at inference.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Normalisation {
+    /// Values used as they are.
+    None,
+    /// `(x - mean) / std`.
+    Standard {
+        /// Mean of the training data.
+        mean: f64,
+        /// Standard deviation of the training data.
+        std: f64,
+    },
+    /// `(x - min) / (max - min)`.
+    MinMax {
+        /// Minimum of the training data.
+        min: f64,
+        /// Maximum of the training data.
+        max: f64,
+    },
+}
+
+/// The samples a model was trained on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct TrainingRange {
+    /// First stream sequence used.
+    pub first_sequence: u64,
+    /// Last stream sequence used.
+    pub last_sequence: u64,
+    /// Time of the first sample.
+    pub from: DateTime<Utc>,
+    /// Time of the last sample.
+    pub to: DateTime<Utc>,
+}
+
+/// Metadata of one stored model version in the `pas-models` bucket.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ModelManifest {
+    /// Schema version of this message; this build writes 1.
+    #[schemars(range(min = 1, max = 1))]
+    pub schema_version: u32,
+    /// When the version was stored (RFC 3339, UTC).
+    pub timestamp: DateTime<Utc>,
+    /// `<namespace>/<workload>` or `global`.
+    pub key: String,
+    /// Version number within the key, starting at 1.
+    #[schemars(range(min = 1))]
+    pub version: u64,
+    /// Architecture, e.g. `lstm` or `lstm-seed`.
+    pub architecture: String,
+    /// Hyper-parameters as given to the trainer.
+    pub hyper_parameters: BTreeMap<String, serde_json::Value>,
+    /// Step length of the series, in seconds.
+    #[schemars(range(min = 0))]
+    pub step_seconds: f64,
+    /// Input window, in steps.
+    #[schemars(range(min = 1))]
+    pub window: u32,
+    /// Forecast horizon, in steps.
+    #[schemars(range(min = 1))]
+    pub horizon: u32,
+    /// Input scaling.
+    pub normalisation: Normalisation,
+    /// Data the version was trained on.
+    pub training: TrainingRange,
+    /// Validation score (MASE, lower is better) per model, the baselines included.
+    pub validation: BTreeMap<String, f64>,
+    /// Digest of the weights object, `sha256:<hex>`.
+    pub digest: String,
+    /// Whether the version beat the naive baseline and may be served.
+    pub accepted: bool,
+}
+
+impl Message for ModelManifest {
+    const KIND: &'static str = "model-manifest";
+
+    fn timestamp(&self) -> DateTime<Utc> {
+        self.timestamp
+    }
+
+    fn schema_version(&self) -> u32 {
+        self.schema_version
+    }
+
+    fn msg_id(&self) -> String {
+        format!("model:{}:{}", self.key, self.version)
+    }
+
+    fn validate_fields(&self) -> Result<(), ValidationError> {
+        let bad = |field: &'static str, reason: &str| {
+            Err(ValidationError::Inconsistent { field, reason: reason.into() })
+        };
+        if self.key.is_empty() {
+            return bad("key", "must not be empty");
+        }
+        if self.version == 0 {
+            return bad("version", "versions start at 1");
+        }
+        if self.window == 0 || self.horizon == 0 {
+            return bad("window/horizon", "must be at least one step");
+        }
+        check_non_negative("step_seconds", self.step_seconds)?;
+        check_timestamp("training.from", self.training.from)?;
+        check_timestamp("training.to", self.training.to)?;
+        if self.training.from > self.training.to
+            || self.training.first_sequence > self.training.last_sequence
+        {
+            return bad("training", "the range ends before it starts");
+        }
+        match self.normalisation {
+            Normalisation::None => {}
+            Normalisation::Standard { mean, std } => {
+                check_finite("normalisation.mean", mean)?;
+                check_non_negative("normalisation.std", std)?;
+            }
+            Normalisation::MinMax { min, max } => {
+                check_finite("normalisation.min", min)?;
+                check_finite("normalisation.max", max)?;
+            }
+        }
+        for score in self.validation.values() {
+            check_finite("validation", *score)?;
+        }
+        let hex = self.digest.strip_prefix("sha256:").unwrap_or("");
+        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return bad("digest", "must be sha256:<64 hex digits>");
+        }
+        Ok(())
+    }
+}

