@@ -1,1 +1,30 @@
-//! placeholder while the crate is written
+//! NATS plumbing shared by every PAS stage.
+//!
+//! - [`NatsConfig`] and [`connect`]: connection options (URLs, user and
+//!   password, token, nkey, creds file, TLS) and a client that reconnects
+//!   forever with capped, jittered backoff.
+//! - [`definitions`]: the streams, buckets and consumers PAS uses, read from
+//!   the JSON files under `nats/jetstream/` (the same files
+//!   `nats stream add --config` and `nats consumer add --config` accept).
+//! - [`provision`]: idempotent creation of those streams and buckets
+//!   (`pas bus init`) and their status (`pas bus status`).
+//! - [`Outgoing`] and [`publish`]: typed publishing that validates, encodes
+//!   and sets `Nats-Msg-Id`.
+//! - [`DeadLetters`] and [`consume`]: typed consuming; a message that does
+//!   not decode is republished to `pas.dlq.<stage>` with the error in a
+//!   header, counted, logged once per interval, and acked only then.
+
+pub mod definitions;
+pub mod provision;
+
+mod connect;
+mod consume;
+mod dlq;
+mod error;
+mod publish;
+
+pub use connect::{Connection, NatsConfig, TlsConfig, connect, reconnect_delay};
+pub use consume::{Delivery, HandlerError, consume};
+pub use dlq::DeadLetters;
+pub use error::Error;
+pub use publish::{Outgoing, publish};

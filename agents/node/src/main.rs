@@ -1,1 +1,106 @@
-fn main() {}
+//! `pas-agent`: the PAS node agent. See the library for how it works.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use pas_agent::{Agent, Config};
+use pas_runtime::config as layered;
+
+/// Samples this node's CPU and the CPU of every StatefulSet pod on it, and
+/// publishes the samples to NATS (`pas.cpu.node.<node>`,
+/// `pas.cpu.pod.<namespace>.<statefulset>.<pod>`).
+///
+/// Settings are layered: defaults, then --config FILE, then PAS_*
+/// environment variables (PAS_INTERVAL=10s, PAS_NATS__URLS=nats://a:4222),
+/// then these flags.
+#[derive(Debug, Parser)]
+#[command(name = "pas-agent", version)]
+struct Cli {
+    /// Configuration file (TOML, or JSON by extension).
+    #[arg(long, short = 'c', env = "PAS_CONFIG")]
+    config: Option<PathBuf>,
+    /// Node name [default: $NODE_NAME, else the host name].
+    #[arg(long)]
+    node_name: Option<String>,
+    /// Time between samples, e.g. 5s or 500ms [default: 5s].
+    #[arg(long)]
+    interval: Option<String>,
+    /// Publish under replay.<RUN>. instead of the live subjects.
+    #[arg(long)]
+    run: Option<String>,
+    /// Mount point of the cgroup v2 hierarchy [default: /sys/fs/cgroup].
+    #[arg(long)]
+    cgroup_root: Option<PathBuf>,
+    /// Map pod cgroups to pods through Kubernetes: auto, on or off [default: auto].
+    #[arg(long, value_parser = ["auto", "on", "off"])]
+    kubernetes: Option<String>,
+    /// Samples kept while NATS is unreachable; the oldest go first [default: 10000].
+    #[arg(long)]
+    buffer_capacity: Option<u64>,
+    /// Address for /healthz, /readyz and /metrics [default: 0.0.0.0:9464].
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// NATS server URL; repeat for several [default: nats://127.0.0.1:4222].
+    #[arg(long = "nats-url")]
+    nats_urls: Vec<String>,
+    /// NATS user (the password comes from the file or PAS_NATS__PASSWORD).
+    #[arg(long)]
+    nats_user: Option<String>,
+    /// NATS credentials file (.creds).
+    #[arg(long)]
+    nats_creds: Option<PathBuf>,
+    /// Log JSON lines instead of text.
+    #[arg(long)]
+    log_json: bool,
+    /// Print the effective configuration as JSON (secrets redacted) and exit.
+    #[arg(long)]
+    print_config: bool,
+}
+
+impl Cli {
+    fn overrides(&self) -> Vec<(&'static str, config::Value)> {
+        let mut o: Vec<(&'static str, config::Value)> = Vec::new();
+        let mut set = |k: &'static str, v: Option<config::Value>| {
+            if let Some(v) = v {
+                o.push((k, v));
+            }
+        };
+        set("node_name", self.node_name.clone().map(Into::into));
+        set("interval", self.interval.clone().map(Into::into));
+        set("run", self.run.clone().map(Into::into));
+        set("cgroup_root", self.cgroup_root.as_ref().map(|p| p.display().to_string().into()));
+        set("kubernetes", self.kubernetes.clone().map(Into::into));
+        set("buffer_capacity", self.buffer_capacity.map(Into::into));
+        set("listen", self.listen.map(|a| a.to_string().into()));
+        set("nats.user", self.nats_user.clone().map(Into::into));
+        set("nats.creds_file", self.nats_creds.as_ref().map(|p| p.display().to_string().into()));
+        if !self.nats_urls.is_empty() {
+            set("nats.urls", Some(self.nats_urls.clone().into()));
+        }
+        if self.log_json {
+            set("log_json", Some(true.into()));
+        }
+        o
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let config: Config = layered::load(cli.config.as_deref(), std::env::vars(), cli.overrides())
+        .context("loading the configuration")?;
+    if cli.print_config {
+        println!("{}", serde_json::to_string_pretty(&config)?);
+        return Ok(());
+    }
+    pas_runtime::telemetry::init(config.log_json);
+    // One thread is plenty for sampling and publishing, and keeps memory low.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        tracing::info!(config = %layered::describe(&config), "Starting pas-agent.");
+        let shutdown = pas_runtime::shutdown::on_signal();
+        Agent::new(config)?.run(shutdown).await?;
+        Ok(())
+    })
+}

@@ -1,0 +1,181 @@
+//! Which pod each cgroup belongs to: a watch on the pods of this node.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client};
+use tokio_util::sync::CancellationToken;
+
+/// What the agent needs to know of a pod.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PodInfo {
+    /// Namespace.
+    pub namespace: String,
+    /// Pod name.
+    pub name: String,
+    /// The StatefulSet that controls it, if any.
+    pub workload: Option<String>,
+    /// Sum of its containers' CPU requests in millicores, if any is set.
+    pub cpu_request_millicores: Option<f64>,
+}
+
+/// Pods of this node by UID, kept current by [`watch_pods`].
+pub type PodMap = Arc<RwLock<HashMap<String, PodInfo>>>;
+
+/// The UID and facts of a pod.
+pub fn pod_info(pod: &Pod) -> Option<(String, PodInfo)> {
+    let meta = &pod.metadata;
+    let uid = meta.uid.clone()?;
+    let workload = meta.owner_references.as_ref().and_then(|owners| {
+        owners
+            .iter()
+            .find(|o| o.kind == "StatefulSet" && o.controller == Some(true))
+            .map(|o| o.name.clone())
+    });
+    let requests: Vec<f64> = pod
+        .spec
+        .as_ref()
+        .map(|spec| {
+            spec.containers
+                .iter()
+                .filter_map(|c| c.resources.as_ref()?.requests.as_ref()?.get("cpu"))
+                .filter_map(|q| cpu_millicores(&q.0))
+                .collect()
+        })
+        .unwrap_or_default();
+    let cpu_request_millicores = (!requests.is_empty()).then(|| requests.iter().sum());
+    Some((
+        uid,
+        PodInfo {
+            namespace: meta.namespace.clone().unwrap_or_else(|| "default".into()),
+            name: meta.name.clone()?,
+            workload,
+            cpu_request_millicores,
+        },
+    ))
+}
+
+/// A Kubernetes CPU quantity in millicores: `250m`, `1`, `0.5`, `2.5`, `1500000u`, `1k`.
+pub fn cpu_millicores(quantity: &str) -> Option<f64> {
+    let q = quantity.trim();
+    let (number, scale) = match q.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
+        None => (q, 1000.0),
+        Some((i, _)) => {
+            let scale = match &q[i..] {
+                "n" => 1e-6,
+                "u" => 1e-3,
+                "m" => 1.0,
+                "k" => 1e6,
+                "M" => 1e9,
+                "G" => 1e12,
+                _ => return None,
+            };
+            (&q[..i], scale)
+        }
+    };
+    let value: f64 = number.parse().ok()?;
+    (value.is_finite() && value >= 0.0).then_some(value * scale)
+}
+
+/// Watches the pods scheduled on `node` (field selector `spec.nodeName`) and
+/// keeps `map` current until `shutdown`. Errors are retried with the watcher's
+/// default backoff.
+pub async fn watch_pods(client: Client, node: String, map: PodMap, shutdown: CancellationToken) {
+    let api: Api<Pod> = Api::all(client);
+    let config = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
+    let mut events = watcher(api, config).default_backoff().boxed();
+    let mut fresh: Option<HashMap<String, PodInfo>> = None;
+    loop {
+        let event = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            e = events.next() => e,
+        };
+        let Some(event) = event else { return };
+        match event {
+            Ok(watcher::Event::Apply(pod)) => {
+                if let Some((uid, info)) = pod_info(&pod) {
+                    write(&map).insert(uid, info);
+                }
+            }
+            Ok(watcher::Event::Delete(pod)) => {
+                if let Some(uid) = pod.metadata.uid {
+                    write(&map).remove(&uid);
+                }
+            }
+            Ok(watcher::Event::Init) => fresh = Some(HashMap::new()),
+            Ok(watcher::Event::InitApply(pod)) => {
+                if let (Some(buf), Some((uid, info))) = (fresh.as_mut(), pod_info(&pod)) {
+                    buf.insert(uid, info);
+                }
+            }
+            Ok(watcher::Event::InitDone) => {
+                if let Some(buf) = fresh.take() {
+                    tracing::debug!(pods = buf.len(), "Pod list of this node refreshed.");
+                    *write(&map) = buf;
+                }
+            }
+            Err(error) => tracing::warn!(%error, "Watching pods failed; retrying."),
+        }
+    }
+}
+
+fn write(map: &PodMap) -> std::sync::RwLockWriteGuard<'_, HashMap<String, PodInfo>> {
+    map.write().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantities() {
+        assert_eq!(cpu_millicores("250m"), Some(250.0));
+        assert_eq!(cpu_millicores("1"), Some(1000.0));
+        assert_eq!(cpu_millicores("0.5"), Some(500.0));
+        assert_eq!(cpu_millicores("1500000u"), Some(1500.0));
+        assert_eq!(cpu_millicores("2k"), Some(2_000_000.0));
+        assert_eq!(cpu_millicores("lots"), None);
+        assert_eq!(cpu_millicores("-1"), None);
+        assert_eq!(cpu_millicores("1Ki"), None);
+    }
+
+    #[test]
+    fn statefulset_pod_with_requests() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": "pas-ss-1", "namespace": "shop", "uid": "0b6f6ad4-3a9c-4e27-9d0e-2b4a1c9f7e01",
+                "ownerReferences": [
+                    {"apiVersion": "v1", "kind": "ConfigMap", "name": "x", "uid": "1"},
+                    {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "pas-ss", "uid": "2", "controller": true}
+                ]
+            },
+            "spec": {"nodeName": "n1", "containers": [
+                {"name": "app", "resources": {"requests": {"cpu": "250m", "memory": "64Mi"}}},
+                {"name": "sidecar", "resources": {"requests": {"cpu": "0.25"}}},
+                {"name": "no-request"}
+            ]}
+        }))
+        .unwrap();
+        let (uid, info) = pod_info(&pod).unwrap();
+        assert_eq!(uid, "0b6f6ad4-3a9c-4e27-9d0e-2b4a1c9f7e01");
+        assert_eq!(info.workload.as_deref(), Some("pas-ss"));
+        assert_eq!(info.cpu_request_millicores, Some(500.0));
+        assert_eq!(info.namespace, "shop");
+    }
+
+    #[test]
+    fn pod_without_statefulset_or_requests() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web-abc", "namespace": "shop", "uid": "u1",
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web", "uid": "3", "controller": true}]},
+            "spec": {"containers": [{"name": "app"}]}
+        }))
+        .unwrap();
+        let (_, info) = pod_info(&pod).unwrap();
+        assert_eq!(info.workload, None);
+        assert_eq!(info.cpu_request_millicores, None);
+    }
+}

@@ -1,0 +1,16 @@
+//! Tracing set-up for every stage.
+
+use tracing_subscriber::{EnvFilter, fmt};
+
+/// Starts logging to stderr. `RUST_LOG` filters (default `info`); `json`
+/// selects one JSON object per line, for log collectors.
+pub fn init(json: bool) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // A second call (tests that run several stages) keeps the first subscriber.
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}

@@ -1,0 +1,157 @@
+//! Idempotent provisioning of the streams and buckets (`pas bus init`) and
+//! their status (`pas bus status`).
+
+use async_nats::jetstream::{self, stream};
+use futures::TryStreamExt;
+use serde::Serialize;
+
+use crate::Error;
+use crate::definitions::{self, StreamDefinition};
+
+/// What provisioning did to one stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// It did not exist and was created.
+    Created,
+    /// It existed with other settings and was updated.
+    Updated,
+    /// It existed as defined.
+    Unchanged,
+}
+
+/// One stream's provisioning result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Provisioned {
+    /// Stream name.
+    pub stream: String,
+    /// What was done.
+    pub action: Action,
+    /// The settings that differed, for `Updated`.
+    pub changed: Vec<String>,
+}
+
+/// Creates every stream and bucket that is missing and updates those whose
+/// settings differ from the definitions. Running it twice changes nothing.
+pub async fn init(js: &jetstream::Context) -> Result<Vec<Provisioned>, Error> {
+    let existing: Vec<String> = js
+        .stream_names()
+        .try_collect()
+        .await
+        .map_err(|e| Error::js("list streams", e))?;
+    let mut out = Vec::new();
+    for def in definitions::streams()? {
+        let name = def.config.name.clone();
+        if !existing.contains(&name) {
+            js.create_stream(def.config.clone())
+                .await
+                .map_err(|e| Error::js(format!("create stream {name}"), e))?;
+            out.push(Provisioned { stream: name, action: Action::Created, changed: vec![] });
+            continue;
+        }
+        let mut s = js
+            .get_stream(&name)
+            .await
+            .map_err(|e| Error::js(format!("get stream {name}"), e))?;
+        let info = s.info().await.map_err(|e| Error::js(format!("stream info {name}"), e))?;
+        let changed = differences(&def, &info.config);
+        if changed.is_empty() {
+            out.push(Provisioned { stream: name, action: Action::Unchanged, changed });
+        } else {
+            js.update_stream(def.config.clone())
+                .await
+                .map_err(|e| Error::js(format!("update stream {name} ({})", changed.join(", ")), e))?;
+            out.push(Provisioned { stream: name, action: Action::Updated, changed });
+        }
+    }
+    // The buckets must open through the client's own KV and object store APIs.
+    js.get_key_value(pas_schemas::subjects::BUCKET_SCALER)
+        .await
+        .map_err(|e| Error::js("open key-value bucket pas-scaler", e))?;
+    js.get_object_store(pas_schemas::subjects::BUCKET_MODELS)
+        .await
+        .map_err(|e| Error::js("open object store pas-models", e))?;
+    Ok(out)
+}
+
+/// The settings of the definition file that the server's config does not match.
+fn differences(def: &StreamDefinition, actual: &stream::Config) -> Vec<String> {
+    let actual = serde_json::to_value(actual).unwrap_or_default();
+    let Some(wanted) = def.raw.as_object() else { return vec![] };
+    wanted
+        .iter()
+        .filter(|(key, value)| {
+            let have = actual.get(key.as_str()).cloned().unwrap_or(serde_json::Value::Null);
+            !same(value, &have)
+        })
+        .map(|(key, _)| key.clone())
+        .collect()
+}
+
+fn same(wanted: &serde_json::Value, have: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match (wanted, have) {
+        (Value::Number(a), Value::Number(b)) => a.as_f64() == b.as_f64(),
+        (Value::Bool(false), Value::Null) => true,
+        (a, b) => a == b,
+    }
+}
+
+/// One stream's state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StreamStatus {
+    /// Stream name.
+    pub stream: String,
+    /// Whether it exists.
+    pub exists: bool,
+    /// Messages held.
+    pub messages: u64,
+    /// Bytes held.
+    pub bytes: u64,
+    /// Number of consumers.
+    pub consumers: usize,
+    /// Sequence of the last message.
+    pub last_sequence: u64,
+    /// Definition settings the server's config does not match.
+    pub drift: Vec<String>,
+}
+
+/// The state of every stream and bucket PAS defines.
+pub async fn status(js: &jetstream::Context) -> Result<Vec<StreamStatus>, Error> {
+    let existing: Vec<String> = js
+        .stream_names()
+        .try_collect()
+        .await
+        .map_err(|e| Error::js("list streams", e))?;
+    let mut out = Vec::new();
+    for def in definitions::streams()? {
+        let name = def.config.name.clone();
+        if !existing.contains(&name) {
+            out.push(StreamStatus {
+                stream: name,
+                exists: false,
+                messages: 0,
+                bytes: 0,
+                consumers: 0,
+                last_sequence: 0,
+                drift: vec![],
+            });
+            continue;
+        }
+        let mut s = js
+            .get_stream(&name)
+            .await
+            .map_err(|e| Error::js(format!("get stream {name}"), e))?;
+        let info = s.info().await.map_err(|e| Error::js(format!("stream info {name}"), e))?;
+        out.push(StreamStatus {
+            stream: name,
+            exists: true,
+            messages: info.state.messages,
+            bytes: info.state.bytes,
+            consumers: info.state.consumer_count,
+            last_sequence: info.state.last_sequence,
+            drift: differences(&def, &info.config),
+        });
+    }
+    Ok(out)
+}
