@@ -68,7 +68,7 @@ impl DeadLetters {
         payload: Bytes,
         id: &str,
         error_type: &'static str,
-        error: &(dyn std::error::Error + 'static),
+        error: &(dyn std::error::Error + Send + Sync + 'static),
     ) -> Result<(), Error> {
         let reason = error_chain(error);
         let mut headers = HeaderMap::new();
