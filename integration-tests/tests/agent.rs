@@ -200,3 +200,74 @@ async fn a_full_outbox_drops_the_oldest_and_counts_them() {
     let stored = stored_samples(&js).await.len() as u64;
     assert_eq!(stored + metrics.dropped.get(), metrics.samples.get(), "stored plus dropped is every sample");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statefulset_pods_are_sampled_from_their_cgroups() {
+    use pas_agent::pods::{PodInfo, PodMap};
+
+    let server = NatsServer::start();
+    let js = provision(&server).await;
+    // A cgroup v2 tree as the kubelet's cgroupfs driver lays it out, with a
+    // usage counter that grows by half a core.
+    let cgroups = tempfile::tempdir().unwrap();
+    let uid = "0b6f6ad4-3a9c-4e27-9d0e-2b4a1c9f7e01";
+    let other = "5c1d2e3f-4a5b-6c7d-8e9f-0a1b2c3d4e5f";
+    let dir = cgroups.path().join(format!("kubepods/burstable/pod{uid}"));
+    let other_dir = cgroups.path().join(format!("kubepods/besteffort/pod{other}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::create_dir_all(&other_dir).unwrap();
+    let stop_counter = CancellationToken::new();
+    let counter = {
+        let (dir, other_dir, stop) = (dir.clone(), other_dir.clone(), stop_counter.clone());
+        tokio::spawn(async move {
+            let start = std::time::Instant::now();
+            while !stop.is_cancelled() {
+                let usec = start.elapsed().as_micros() as u64 / 2; // 500 millicores
+                std::fs::write(dir.join("cpu.stat"), format!("usage_usec {usec}\n")).unwrap();
+                std::fs::write(other_dir.join("cpu.stat"), format!("usage_usec {usec}\n")).unwrap();
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    let map = PodMap::default();
+    map.write().unwrap().insert(
+        uid.into(),
+        PodInfo { namespace: "shop".into(), name: "web-0".into(), workload: Some("web".into()), cpu_request_millicores: Some(1000.0) },
+    );
+    // A pod of a Deployment: measured, but not published (not a scaling target).
+    map.write().unwrap().insert(
+        other.into(),
+        PodInfo { namespace: "shop".into(), name: "api-x".into(), workload: None, cpu_request_millicores: None },
+    );
+    let mut config = agent_config(&server, 250, 1000);
+    config.cgroup_root = cgroups.path().to_owned();
+    let agent = Agent::new(config).unwrap().with_pod_map(map);
+    let metrics = agent.metrics();
+    let stop = CancellationToken::new();
+    let handle = tokio::spawn(agent.run(stop.clone()));
+
+    eventually(Duration::from_secs(20), "four pod samples", || async {
+        let n = stored_samples(&js).await.iter().filter(|(s, _, _)| s.is_pod()).count();
+        (n >= 4).then_some(())
+    })
+    .await;
+    stop.cancel();
+    handle.await.unwrap().unwrap();
+    stop_counter.cancel();
+    counter.await.unwrap();
+
+    let samples = stored_samples(&js).await;
+    let pods: Vec<_> = samples.iter().filter(|(s, _, _)| s.is_pod()).collect();
+    assert_eq!(metrics.pods.get(), 1);
+    for (sample, _, subject) in &pods {
+        assert_eq!(subject, "pas.cpu.pod.shop.web.web-0");
+        assert_eq!(sample.workload.as_deref(), Some("web"));
+        assert_eq!(sample.cpu_requested_millicores, Some(1000.0));
+        assert!(
+            (350.0..650.0).contains(&sample.cpu_used_millicores),
+            "half a core measured as {} millicores",
+            sample.cpu_used_millicores
+        );
+    }
+    assert!(samples.iter().all(|(s, _, _)| s.pod.as_deref() != Some("api-x")));
+}

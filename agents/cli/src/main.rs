@@ -56,6 +56,16 @@ enum BusCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Print messages as they arrive, one `subject payload` line each, like
+    /// `nats sub` (for machines without the nats CLI).
+    Tail {
+        /// Subject to subscribe to.
+        #[arg(default_value = "pas.>")]
+        subject: String,
+        /// Stop after this many messages.
+        #[arg(long)]
+        count: Option<usize>,
+    },
 }
 
 /// The part of a stage configuration file the CLI reads.
@@ -92,6 +102,19 @@ fn main() -> anyhow::Result<()> {
 async fn bus(command: BusCommand, nats: &NatsConfig) -> anyhow::Result<()> {
     let conn = pas_nats::connect(nats, "pas-cli", false).await?;
     match command {
+        BusCommand::Tail { subject, count } => {
+            let mut sub = conn.client.subscribe(subject.clone()).await?;
+            let mut seen = 0;
+            while count.is_none_or(|n| seen < n) {
+                let next = tokio::select! {
+                    m = futures::StreamExt::next(&mut sub) => m,
+                    _ = tokio::signal::ctrl_c() => None,
+                };
+                let Some(msg) = next else { break };
+                println!("{} {}", msg.subject, String::from_utf8_lossy(&msg.payload));
+                seen += 1;
+            }
+        }
         BusCommand::Init { json } => {
             let done = provision::init(&conn.jetstream).await?;
             if json {

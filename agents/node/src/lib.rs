@@ -82,6 +82,7 @@ pub struct Agent {
     metrics: Metrics,
     registry: Registry,
     health: Arc<Health>,
+    pod_map: Option<PodMap>,
 }
 
 impl Agent {
@@ -108,12 +109,19 @@ impl Agent {
         let metrics = Metrics::default();
         let mut registry = Registry::default();
         metrics.register(&mut registry);
-        Ok(Agent { config, node, prefix, metrics, registry, health: Arc::new(Health::default()) })
+        Ok(Agent { config, node, prefix, metrics, registry, health: Arc::new(Health::default()), pod_map: None })
     }
 
     /// The agent's counters (shared with the running agent).
     pub fn metrics(&self) -> Metrics {
         self.metrics.clone()
+    }
+
+    /// Names pod cgroups from `map` instead of watching Kubernetes (for
+    /// tests, and for callers that know the pods another way).
+    pub fn with_pod_map(mut self, map: PodMap) -> Self {
+        self.pod_map = Some(map);
+        self
     }
 
     /// The node name it reports.
@@ -124,11 +132,14 @@ impl Agent {
     /// Runs until `shutdown`, then drains the outbox (for at most five
     /// seconds) and the NATS connection.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
-        let Agent { config, node, prefix, metrics, registry, health } = self;
+        let Agent { config, node, prefix, metrics, registry, health, pod_map } = self;
         let addr = health::serve(config.listen, health.clone(), Arc::new(registry), shutdown.clone()).await?;
         tracing::info!(%addr, node, "Serving /healthz, /readyz and /metrics.");
 
-        let pods = start_pod_watch(&config, &node, shutdown.clone()).await?;
+        let pods = match pod_map {
+            Some(map) => Some(map),
+            None => start_pod_watch(&config, &node, shutdown.clone()).await?,
+        };
         let conn = pas_nats::connect(&config.nats, &format!("pas-agent-{node}"), true).await?;
         let mut node_sampler = node::NodeSampler::new()?;
         let mut pod_reader = cgroup::PodCpuReader::new(&config.cgroup_root);

@@ -178,4 +178,73 @@ mod tests {
         assert_eq!(info.workload, None);
         assert_eq!(info.cpu_request_millicores, None);
     }
+
+    /// No Kubernetes API server can run here, so this runs the real watcher
+    /// against kube's tower-test mock service and asserts the exact requests
+    /// (verb, path, field selector) and how the answers change the pod map.
+    #[tokio::test]
+    async fn watch_asks_for_this_nodes_pods_and_follows_changes() {
+        use http::{Method, Request, Response};
+        use kube::client::Body;
+
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = Client::new(service, "default");
+        let map = PodMap::default();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(watch_pods(client, "node-a".into(), map.clone(), stop.clone()));
+
+        let pod = |name: &str, uid: &str, cpu: &str| {
+            serde_json::json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": name, "namespace": "shop", "uid": uid, "resourceVersion": "101",
+                    "ownerReferences": [{"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "web", "uid": "s", "controller": true}]},
+                "spec": {"nodeName": "node-a", "containers": [{"name": "app", "resources": {"requests": {"cpu": cpu}}}]}
+            })
+        };
+
+        // First the list of the node's pods.
+        let (req, send) = handle.next_request().await.expect("a list request");
+        assert_eq!(req.method(), Method::GET);
+        assert_eq!(req.uri().path(), "/api/v1/pods");
+        let query = req.uri().query().unwrap_or_default().to_owned();
+        assert!(query.contains("fieldSelector=spec.nodeName%3Dnode-a"), "{query}");
+        assert!(!query.contains("watch=true"), "{query}");
+        let list = serde_json::json!({
+            "apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": "101"},
+            "items": [pod("web-0", "uid-0", "250m"), pod("web-1", "uid-1", "500m")]
+        });
+        send.send_response(Response::new(Body::from(serde_json::to_vec(&list).unwrap())));
+
+        // Then a watch from the list's version: web-0 goes, web-2 comes.
+        let (req, send) = handle.next_request().await.expect("a watch request");
+        let query = req.uri().query().unwrap_or_default().to_owned();
+        assert_eq!(req.uri().path(), "/api/v1/pods");
+        assert!(query.contains("watch=true") && query.contains("resourceVersion=101"), "{query}");
+        assert!(query.contains("fieldSelector=spec.nodeName%3Dnode-a"), "{query}");
+        let events = [
+            serde_json::json!({"type": "DELETED", "object": pod("web-0", "uid-0", "250m")}),
+            serde_json::json!({"type": "ADDED", "object": pod("web-2", "uid-2", "1")}),
+        ]
+        .iter()
+        .map(|e| format!("{e}\n"))
+        .collect::<String>();
+        send.send_response(Response::new(Body::from(events.into_bytes())));
+
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let names: Vec<_> = {
+                let m = map.read().unwrap();
+                let mut v: Vec<_> = m.values().map(|p| (p.name.clone(), p.cpu_request_millicores)).collect();
+                v.sort_by(|a, b| a.0.cmp(&b.0));
+                v
+            };
+            if names == [("web-1".to_string(), Some(500.0)), ("web-2".to_string(), Some(1000.0))] {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "pod map never became web-1, web-2: {names:?}");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        stop.cancel();
+        task.await.unwrap();
+    }
 }

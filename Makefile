@@ -1,0 +1,53 @@
+# PAS: two commands do all the set-up.
+#   make test   installs what is missing into $(PAS_CACHE), then runs every test
+#   make demo   installs what is missing, then runs the pipeline on this machine
+#
+# Installs go to PAS_CACHE (default ~/.cache/pas): nats-server, the Python test
+# tools and a CPU libtorch. Set LIBTORCH to use a libtorch of your own.
+
+SHELL := /bin/bash
+PAS_CACHE ?= $(HOME)/.cache/pas
+LIBTORCH ?= $(PAS_CACHE)/libtorch-2.11.0-cpu
+LIBTORCH_CXX11_ABI ?= 1
+NATS_SERVER ?= $(PAS_CACHE)/bin/nats-server
+export PAS_CACHE LIBTORCH LIBTORCH_CXX11_ABI NATS_SERVER
+export LD_LIBRARY_PATH := $(LIBTORCH)/lib$(if $(LD_LIBRARY_PATH),:$(LD_LIBRARY_PATH))
+PY := $(PAS_CACHE)/venv/bin/python
+
+.PHONY: all setup test test-rust test-python check-agent demo schemas footprint clean-cache
+
+all: test
+
+setup:
+	@scripts/setup.sh all
+
+test: setup
+	cargo build --workspace --bins
+	cargo test --workspace --no-fail-fast
+	$(MAKE) --no-print-directory check-agent
+	$(PY) -m pytest -q integration-tests/python
+
+test-rust: setup
+	cargo test --workspace --no-fail-fast
+
+test-python: setup
+	cargo build -p pas-agent -p pas-cli
+	$(PY) -m pytest -q integration-tests/python
+
+# The node agent links neither libtorch nor InfluxDB nor kube's heavy features.
+check-agent:
+	@scripts/check-agent-deps.sh
+
+demo: setup
+	@scripts/demo.sh
+
+# Regenerate schemas/json/ after changing a message type.
+schemas:
+	PAS_BLESS=1 cargo test -p pas-schemas --test golden
+
+# Resident memory of the release agent while sampling (README's figure).
+footprint: setup
+	@scripts/agent-footprint.sh
+
+clean-cache:
+	rm -rf "$(PAS_CACHE)"
