@@ -90,7 +90,7 @@ fn main() -> anyhow::Result<()> {
     // Stage files have other tables too: read only [nats] from them.
     let config: CliConfig = pas_runtime::config::load(cli.config.as_deref(), std::env::vars(), overrides)
         .context("loading the configuration")?;
-    pas_runtime::telemetry::init(false);
+    pas_runtime::telemetry::init(false, "warn");
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
         match cli.command {

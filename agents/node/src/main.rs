@@ -94,7 +94,7 @@ fn main() -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&config)?);
         return Ok(());
     }
-    pas_runtime::telemetry::init(config.log_json);
+    pas_runtime::telemetry::init(config.log_json, "info");
     // One thread is plenty for sampling and publishing, and keeps memory low.
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {

@@ -2,10 +2,11 @@
 
 use tracing_subscriber::{EnvFilter, fmt};
 
-/// Starts logging to stderr. `RUST_LOG` filters (default `info`); `json`
-/// selects one JSON object per line, for log collectors.
-pub fn init(json: bool) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+/// Starts logging to stderr. `RUST_LOG` filters (default `default`, e.g.
+/// `info` for a stage, `warn` for a command-line tool); `json` selects one
+/// JSON object per line, for log collectors.
+pub fn init(json: bool, default: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
     // A second call (tests that run several stages) keeps the first subscriber.
     let _ = if json {
