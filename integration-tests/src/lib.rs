@@ -42,6 +42,12 @@ impl NatsServer {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
+    /// What the server logged so far (with `PAS_NATS_TRACE=1` in the
+    /// environment, every protocol line).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
     /// The port it listens on.
     pub fn port(&self) -> u16 {
         self.port
@@ -78,6 +84,7 @@ impl NatsServer {
             .arg(port.map(|p| p.to_string()).unwrap_or_else(|| "-1".into()))
             .arg("--ports_file_dir")
             .arg(&ports)
+            .args(std::env::var_os("PAS_NATS_TRACE").map(|_| "-DV"))
             .envs(self.env.iter().cloned())
             .stdout(Stdio::null())
             .stderr(Stdio::from(

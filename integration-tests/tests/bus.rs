@@ -251,7 +251,9 @@ async fn the_agent_account_may_only_publish_samples() {
     // The viewer reads samples the way `nats sub 'pas.>'` does.
     let viewer = pas_nats::connect(&as_user(&server, "viewer"), "viewer", false).await.unwrap();
     let mut sub = viewer.client.subscribe("pas.>").await.unwrap();
-    viewer.client.flush().await.unwrap();
+    // flush() only writes the buffer; a request on the same connection is
+    // answered only after the server has processed the SUB before it.
+    viewer.client.request("$JS.API.STREAM.NAMES", "".into()).await.unwrap();
     agent
         .jetstream
         .publish(Prefix::live().node_cpu("n2").unwrap(), sample(2.0).to_string().into())
@@ -259,6 +261,9 @@ async fn the_agent_account_may_only_publish_samples() {
         .unwrap()
         .await
         .unwrap();
-    let got = tokio::time::timeout(Duration::from_secs(5), sub.next()).await.unwrap().unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), sub.next())
+        .await
+        .unwrap_or_else(|_| panic!("the viewer saw no sample; server log:\n{}", server.log()))
+        .unwrap();
     assert_eq!(got.subject.as_str(), "pas.cpu.node.n2");
 }

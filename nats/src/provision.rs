@@ -34,26 +34,16 @@ pub struct Provisioned {
 /// Creates every stream and bucket that is missing and updates those whose
 /// settings differ from the definitions. Running it twice changes nothing.
 pub async fn init(js: &jetstream::Context) -> Result<Vec<Provisioned>, Error> {
-    let existing: Vec<String> = js
-        .stream_names()
-        .try_collect()
-        .await
-        .map_err(|e| Error::js("list streams", e))?;
     let mut out = Vec::new();
-    for def in definitions::streams()? {
+    for (def, info) in current(js).await? {
         let name = def.config.name.clone();
-        if !existing.contains(&name) {
+        let Some(info) = info else {
             js.create_stream(def.config.clone())
                 .await
                 .map_err(|e| Error::js(format!("create stream {name}"), e))?;
             out.push(Provisioned { stream: name, action: Action::Created, changed: vec![] });
             continue;
-        }
-        let mut s = js
-            .get_stream(&name)
-            .await
-            .map_err(|e| Error::js(format!("get stream {name}"), e))?;
-        let info = s.info().await.map_err(|e| Error::js(format!("stream info {name}"), e))?;
+        };
         let changed = differences(&def, &info.config);
         if changed.is_empty() {
             out.push(Provisioned { stream: name, action: Action::Unchanged, changed });
@@ -118,6 +108,35 @@ pub struct StreamStatus {
 
 /// The state of every stream and bucket PAS defines.
 pub async fn status(js: &jetstream::Context) -> Result<Vec<StreamStatus>, Error> {
+    Ok(current(js)
+        .await?
+        .into_iter()
+        .map(|(def, info)| match info {
+            None => StreamStatus {
+                stream: def.config.name.clone(),
+                exists: false,
+                messages: 0,
+                bytes: 0,
+                consumers: 0,
+                last_sequence: 0,
+                drift: vec![],
+            },
+            Some(info) => StreamStatus {
+                stream: def.config.name.clone(),
+                exists: true,
+                messages: info.state.messages,
+                bytes: info.state.bytes,
+                consumers: info.state.consumer_count,
+                last_sequence: info.state.last_sequence,
+                drift: differences(&def, &info.config),
+            },
+        })
+        .collect())
+}
+
+/// Every definition with the server's info of its stream, `None` where the
+/// stream does not exist.
+async fn current(js: &jetstream::Context) -> Result<Vec<(StreamDefinition, Option<stream::Info>)>, Error> {
     let existing: Vec<String> = js
         .stream_names()
         .try_collect()
@@ -127,31 +146,15 @@ pub async fn status(js: &jetstream::Context) -> Result<Vec<StreamStatus>, Error>
     for def in definitions::streams()? {
         let name = def.config.name.clone();
         if !existing.contains(&name) {
-            out.push(StreamStatus {
-                stream: name,
-                exists: false,
-                messages: 0,
-                bytes: 0,
-                consumers: 0,
-                last_sequence: 0,
-                drift: vec![],
-            });
+            out.push((def, None));
             continue;
         }
         let mut s = js
             .get_stream(&name)
             .await
             .map_err(|e| Error::js(format!("get stream {name}"), e))?;
-        let info = s.info().await.map_err(|e| Error::js(format!("stream info {name}"), e))?;
-        out.push(StreamStatus {
-            stream: name,
-            exists: true,
-            messages: info.state.messages,
-            bytes: info.state.bytes,
-            consumers: info.state.consumer_count,
-            last_sequence: info.state.last_sequence,
-            drift: differences(&def, &info.config),
-        });
+        let info = s.info().await.map_err(|e| Error::js(format!("stream info {name}"), e))?.clone();
+        out.push((def, Some(info)));
     }
     Ok(out)
 }
