@@ -14,12 +14,16 @@ export PAS_CACHE LIBTORCH LIBTORCH_CXX11_ABI NATS_SERVER
 export LD_LIBRARY_PATH := $(LIBTORCH)/lib$(if $(LD_LIBRARY_PATH),:$(LD_LIBRARY_PATH))
 PY := $(PAS_CACHE)/venv/bin/python
 
-.PHONY: all setup test test-rust test-python check-agent demo schemas footprint clean-cache
+.PHONY: all setup env test test-rust test-python check-agent demo schemas footprint clean-cache
 
 all: test
 
 setup:
 	@scripts/setup.sh all
+
+# For cargo run by hand: eval "$$(make -s env)"
+env:
+	@echo 'export LIBTORCH="$(LIBTORCH)" LIBTORCH_CXX11_ABI=$(LIBTORCH_CXX11_ABI) NATS_SERVER="$(NATS_SERVER)" LD_LIBRARY_PATH="$(LD_LIBRARY_PATH)"'
 
 test: setup
 	cargo build --workspace --bins

@@ -140,11 +140,10 @@ pub fn binary() -> PathBuf {
     let cache = std::env::var_os("PAS_CACHE")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/pas")));
-    if let Some(candidate) = cache.map(|c| c.join("bin/nats-server")) {
-        if candidate.exists() {
+    if let Some(candidate) = cache.map(|c| c.join("bin/nats-server"))
+        && candidate.exists() {
             return candidate;
         }
-    }
     PathBuf::from("nats-server")
 }
 

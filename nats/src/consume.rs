@@ -107,8 +107,8 @@ where
                 Err(rejected @ HandlerError::Reject { .. }) => Err(("rejected", Box::new(rejected) as _)),
             },
         };
-        if let Err((error_type, error)) = outcome {
-            if let Err(dlq_error) = dead_letters
+        if let Err((error_type, error)) = outcome
+            && let Err(dlq_error) = dead_letters
                 .send(&info.subject, msg.payload.clone(), &id, error_type, error.as_ref())
                 .await
             {
@@ -117,7 +117,6 @@ where
                 let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
                 continue;
             }
-        }
         if let Err(error) = msg.ack().await {
             tracing::warn!(%error, subject = %info.subject, "Ack failed; the message may be redelivered (handlers are idempotent).");
         }

@@ -70,11 +70,10 @@ impl Config {
         if let Some(name) = self.node_name.clone().filter(|n| !n.is_empty()) {
             return name;
         }
-        if let Ok(name) = std::env::var("NODE_NAME") {
-            if !name.is_empty() {
+        if let Ok(name) = std::env::var("NODE_NAME")
+            && !name.is_empty() {
                 return name;
             }
-        }
         std::fs::read_to_string("/proc/sys/kernel/hostname")
             .ok()
             .map(|h| h.trim().to_owned())

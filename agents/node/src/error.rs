@@ -16,5 +16,5 @@ pub enum Error {
     System(String),
     /// `kubernetes = "on"` and the Kubernetes API is not reachable.
     #[error("cannot reach the Kubernetes API: {0}")]
-    Kube(#[source] kube::Error),
+    Kube(#[source] Box<kube::Error>),
 }

@@ -265,7 +265,7 @@ async fn start_pod_watch(config: &Config, node: &str, shutdown: CancellationToke
             tracing::info!(%error, "No Kubernetes API: running node-only.");
             return Ok(None);
         }
-        Err(error) => return Err(Error::Kube(error)),
+        Err(error) => return Err(Error::Kube(Box::new(error))),
     };
     let map = PodMap::default();
     tokio::spawn(pods::watch_pods(client, node.to_owned(), map.clone(), shutdown));

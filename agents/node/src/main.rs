@@ -16,7 +16,7 @@ use pas_runtime::config as layered;
 /// environment variables (PAS_INTERVAL=10s, PAS_NATS__URLS=nats://a:4222),
 /// then these flags.
 #[derive(Debug, Parser)]
-#[command(name = "pas-agent", version)]
+#[command(name = "pas-agent", version, after_help = CONFIG_KEYS)]
 struct Cli {
     /// Configuration file (TOML, or JSON by extension).
     #[arg(long, short = 'c', env = "PAS_CONFIG")]
@@ -58,6 +58,32 @@ struct Cli {
     #[arg(long)]
     print_config: bool,
 }
+
+/// Every setting, for `--help`: flags cover the common ones, the rest are set
+/// in the file or the environment.
+const CONFIG_KEYS: &str = "\
+Settings (file key / environment variable; flags above override both):
+  node_name                 PAS_NODE_NAME                 node to report [$NODE_NAME, else host name]
+  interval                  PAS_INTERVAL                  time between samples [5s]
+  run                       PAS_RUN                       publish under replay.<run>. [live]
+  cgroup_root               PAS_CGROUP_ROOT               cgroup v2 mount [/sys/fs/cgroup]
+  kubernetes                PAS_KUBERNETES                auto | on | off [auto]
+  buffer_capacity           PAS_BUFFER_CAPACITY           samples kept while NATS is down [10000]
+  listen                    PAS_LISTEN                    /healthz /readyz /metrics [0.0.0.0:9464]
+  log_json                  PAS_LOG_JSON                  JSON log lines [false]
+  nats.urls                 PAS_NATS__URLS                comma-separated servers [nats://127.0.0.1:4222]
+  nats.user                 PAS_NATS__USER                user name
+  nats.password             PAS_NATS__PASSWORD            password (never logged)
+  nats.token                PAS_NATS__TOKEN               token (never logged)
+  nats.nkey_seed_file       PAS_NATS__NKEY_SEED_FILE      file with an nkey seed
+  nats.creds_file           PAS_NATS__CREDS_FILE          .creds file
+  nats.tls.required         PAS_NATS__TLS__REQUIRED       refuse plain connections [false]
+  nats.tls.ca_file          PAS_NATS__TLS__CA_FILE        CA of the server certificate (PEM)
+  nats.tls.cert_file        PAS_NATS__TLS__CERT_FILE      client certificate for mutual TLS (PEM)
+  nats.tls.key_file         PAS_NATS__TLS__KEY_FILE       its key (PEM)
+  nats.reconnect_max_delay  PAS_NATS__RECONNECT_MAX_DELAY cap of the jittered reconnect backoff [30s]
+  nats.ack_timeout          PAS_NATS__ACK_TIMEOUT         wait for a JetStream ack [5s]
+RUST_LOG filters the log (default info). SIGTERM drains; a second SIGTERM stops at once.";
 
 impl Cli {
     fn overrides(&self) -> Vec<(&'static str, config::Value)> {
@@ -103,4 +129,48 @@ fn main() -> anyhow::Result<()> {
         Agent::new(config)?.run(shutdown).await?;
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(prefix: &str, value: &serde_json::Value, out: &mut Vec<String>) {
+        if let Some(object) = value.as_object() {
+            for (k, v) in object {
+                let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                if v.is_object() {
+                    keys(&key, v, out);
+                } else {
+                    out.push(key);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn help_lists_every_setting() {
+        let mut all = Vec::new();
+        keys("", &serde_json::to_value(Config::default()).unwrap(), &mut all);
+        assert!(all.len() > 15, "{all:?}");
+        for key in all {
+            let env = format!("PAS_{}", key.to_uppercase().replace('.', "__"));
+            let line = CONFIG_KEYS.lines().find(|l| l.split_whitespace().next() == Some(key.as_str()));
+            let line = line.unwrap_or_else(|| panic!("--help does not list {key}"));
+            assert!(line.contains(&env), "--help gives {key} without {env}");
+        }
+    }
+
+    #[test]
+    fn flags_parse_into_overrides() {
+        let cli = Cli::try_parse_from([
+            "pas-agent", "--interval", "2s", "--nats-url", "nats://a:1", "--nats-url", "nats://b:2", "--kubernetes", "off",
+        ])
+        .unwrap();
+        let config: Config = layered::load(None, Vec::new(), cli.overrides()).unwrap();
+        assert_eq!(config.interval, std::time::Duration::from_secs(2));
+        assert_eq!(config.nats.urls, ["nats://a:1", "nats://b:2"]);
+        assert_eq!(config.kubernetes, pas_agent::KubeMode::Off);
+        assert!(Cli::try_parse_from(["pas-agent", "--kubernetes", "maybe"]).is_err());
+    }
 }

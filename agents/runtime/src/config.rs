@@ -28,7 +28,7 @@ pub fn load<T>(
 where
     T: DeserializeOwned + Serialize + Default,
 {
-    let defaults = Layers::try_from(&T::default()).map_err(Error::Config)?;
+    let defaults = Layers::try_from(&T::default()).map_err(|e| Error::Config(Box::new(e)))?;
     let known: BTreeSet<String> = serde_json::to_value(T::default())
         .ok()
         .and_then(|v| v.as_object().map(|o| o.keys().cloned().collect()))
@@ -43,12 +43,12 @@ where
         // Read it here to report a missing or broken file by name.
         let text = std::fs::read_to_string(path).map_err(|e| Error::ConfigFile {
             path: path.to_owned(),
-            source: config::ConfigError::Foreign(Box::new(e)),
+            source: Box::new(config::ConfigError::Foreign(Box::new(e))),
         })?;
         Layers::builder()
             .add_source(File::from_str(&text, format))
             .build()
-            .map_err(|source| Error::ConfigFile { path: path.to_owned(), source })?;
+            .map_err(|source| Error::ConfigFile { path: path.to_owned(), source: Box::new(source) })?;
         builder = builder.add_source(File::from_str(&text, format));
     }
 
@@ -75,12 +75,12 @@ where
     builder = builder.add_source(environment);
 
     for (key, value) in overrides {
-        builder = builder.set_override(key, value).map_err(Error::Config)?;
+        builder = builder.set_override(key, value).map_err(|e| Error::Config(Box::new(e)))?;
     }
     builder
         .build()
         .and_then(|c| c.try_deserialize())
-        .map_err(Error::Config)
+        .map_err(|e| Error::Config(Box::new(e)))
 }
 
 /// The configuration as one line of JSON for the start-up log; secrets show

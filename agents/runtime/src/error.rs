@@ -12,12 +12,12 @@ pub enum Error {
         path: PathBuf,
         /// Why.
         #[source]
-        source: config::ConfigError,
+        source: Box<config::ConfigError>,
     },
     /// The layered configuration does not fit the stage's `Config` type
     /// (an unknown key, a wrong type, a bad duration).
     #[error("invalid configuration: {0}")]
-    Config(#[source] config::ConfigError),
+    Config(#[source] Box<config::ConfigError>),
     /// The health and metrics server could not listen.
     #[error("cannot listen on {addr} for /healthz and /metrics: {source}")]
     Listen {
