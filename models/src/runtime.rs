@@ -1,6 +1,6 @@
 //! libtorch runtime settings shared by training and inference.
 
-use tch::{Device, Tensor};
+use tch::Device;
 
 /// What libtorch this process runs on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,14 +41,15 @@ pub fn device() -> Device {
     Device::cuda_if_available()
 }
 
-/// A tensor from a slice of `f32` values, on the CPU.
-pub fn tensor(values: &[f32], shape: &[i64]) -> Tensor {
-    Tensor::from_slice(values).reshape(shape)
-}
-
 #[cfg(test)]
 mod tests {
+    use tch::Tensor;
+
     use super::*;
+
+    fn tensor(values: &[f32], shape: &[i64]) -> Tensor {
+        Tensor::from_slice(values).reshape(shape)
+    }
 
     #[test]
     fn configure_sets_threads_and_makes_randomness_repeatable() {

@@ -9,7 +9,7 @@
 //! async-nats gives buckets it creates itself.
 
 use async_nats::jetstream::{consumer::pull, stream};
-use pas_schemas::subjects::{BUCKET_MODELS, BUCKET_SCALER, Prefix, STREAMS, Stage};
+use pas_schemas::subjects::{BUCKET_MODELS, BUCKET_SCALER, Prefix, Stage};
 
 use crate::Error;
 
@@ -59,10 +59,9 @@ pub fn streams() -> Result<Vec<StreamDefinition>, Error> {
         .iter()
         .map(|(name, text)| {
             let parse = |source| Error::Definition { name: format!("streams/{name}.json"), source };
-            Ok(StreamDefinition {
-                config: serde_json::from_str(text).map_err(parse)?,
-                raw: serde_json::from_str(text).map_err(parse)?,
-            })
+            let raw: serde_json::Value = serde_json::from_str(text).map_err(parse)?;
+            let config = serde_json::from_value(raw.clone()).map_err(parse)?;
+            Ok(StreamDefinition { config, raw })
         })
         .collect()
 }
@@ -85,15 +84,10 @@ pub fn consumer(stage: Stage, stream: &str, prefix: &Prefix) -> Result<pull::Con
     Ok(config)
 }
 
-/// The names of the streams PAS owns, in order (the four message streams).
-pub fn message_streams() -> [&'static str; 4] {
-    STREAMS
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pas_schemas::subjects::{STREAM_FORECASTS, STREAM_SAMPLES};
+    use pas_schemas::subjects::{STREAM_FORECASTS, STREAM_SAMPLES, STREAMS};
 
     #[test]
     fn definitions_parse_and_match_the_names_in_pas_schemas() {

@@ -170,6 +170,15 @@ impl Prefix {
         )))
     }
 
+    /// The subject of a sample: `pas.cpu.pod.…` for a pod sample,
+    /// `pas.cpu.node.<node>` otherwise.
+    pub fn sample(&self, sample: &crate::CpuSample) -> Result<String, &'static str> {
+        match (&sample.namespace, &sample.workload, &sample.pod) {
+            (Some(ns), Some(wl), Some(pod)) => self.pod_cpu(ns, wl, pod),
+            _ => self.node_cpu(&sample.node),
+        }
+    }
+
     /// `pas.cpu.>`: every CPU sample.
     pub fn all_cpu(&self) -> String {
         self.join(format_args!("cpu.>"))
@@ -232,6 +241,16 @@ mod tests {
         assert_eq!(replay.forecast("a", "b").unwrap(), "replay.exp1.pas.forecast.a.b");
         assert_eq!(replay.all_cpu(), "replay.exp1.pas.cpu.>");
         assert!(Prefix::replay("a.b").is_err());
+    }
+
+    #[test]
+    fn a_sample_picks_its_own_subject() {
+        let mut s: crate::CpuSample = serde_json::from_str(include_str!("../fixtures/cpu-sample.pod.json")).unwrap();
+        assert_eq!(Prefix::live().sample(&s).unwrap(), "pas.cpu.pod.shop.pas-ss.pas-ss-1");
+        s.namespace = None;
+        s.workload = None;
+        s.pod = None;
+        assert_eq!(Prefix::replay("r").unwrap().sample(&s).unwrap(), "replay.r.pas.cpu.node.worker-2");
     }
 
     #[test]

@@ -209,11 +209,8 @@ impl Agent {
             metrics.pods.set(batch.len() as i64 - 1);
             let mut ob = outbox.lock().unwrap_or_else(|p| p.into_inner());
             for sample in &batch {
-                let subject = match (&sample.namespace, &sample.workload, &sample.pod) {
-                    (Some(ns), Some(wl), Some(pod)) => prefix.pod_cpu(ns, wl, pod),
-                    _ => prefix.node_cpu(&sample.node),
-                };
-                let outgoing = subject
+                let outgoing = prefix
+                    .sample(sample)
                     .map_err(pas_nats::Error::Subject)
                     .and_then(|s| Outgoing::new(s, sample));
                 match outgoing {
