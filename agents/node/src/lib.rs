@@ -354,15 +354,20 @@ async fn publish_batch(conn: &Connection, batch: &[(u64, Outgoing)]) -> (Option<
             }
         }
     }
+    // Everything in `pending` was sent before any publish failed, so its
+    // acknowledged prefix counts even when a later publish failed.
     let mut last = None;
+    let mut broken = false;
     for (seq, ack) in pending {
         match ack.await {
-            Ok(_) if error.is_none() => last = Some(seq),
+            Ok(_) if !broken => last = Some(seq),
             Ok(_) => {}
             Err(e) => {
-                if error.is_none() {
-                    error = Some(pas_nats::Error::JetStream { action: "acknowledge a sample".into(), source: Box::new(e) });
-                }
+                broken = true;
+                error.get_or_insert_with(|| pas_nats::Error::JetStream {
+                    action: "acknowledge a sample".into(),
+                    source: Box::new(e),
+                });
             }
         }
     }
