@@ -2,6 +2,8 @@
 //! buckets; `pas bus status` shows them. The pipeline's stages and the
 //! experiment tools join it as they are built.
 
+mod models;
+
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -36,6 +38,11 @@ enum Command {
     Bus {
         #[command(subcommand)]
         command: BusCommand,
+    },
+    /// Forecasting models: backtest them on recorded traces, train offline.
+    Models {
+        #[command(subcommand)]
+        command: models::ModelsCommand,
     },
 }
 
@@ -91,10 +98,14 @@ fn main() -> anyhow::Result<()> {
     let config: CliConfig = pas_runtime::config::load(cli.config.as_deref(), std::env::vars(), overrides)
         .context("loading the configuration")?;
     pas_runtime::telemetry::init(false, "warn");
+    if let Command::Models { command } = cli.command {
+        return models::run(command);
+    }
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
         match cli.command {
             Command::Bus { command } => bus(command, &config.nats).await,
+            Command::Models { .. } => unreachable!("handled before the runtime starts"),
         }
     })
 }

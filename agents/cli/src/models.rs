@@ -1,0 +1,274 @@
+//! `pas models`: offline evaluation and training on recorded traces.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use pas_models::eval::{self, EvalConfig, Progress, SeriesReport};
+use pas_models::lstm::{Lstm, LstmConfig};
+use pas_models::{Epoch, Forecaster, ModelKind, ModelOptions, Trace};
+
+#[derive(Debug, Subcommand)]
+pub enum ModelsCommand {
+    /// Backtest models on recorded traces: fit on the head of each trace,
+    /// forecast from every origin in its tail, print a table of scores
+    /// (MASE, sMAPE, RMSE, MAE, under-prediction, upper-quantile coverage)
+    /// and the mean MASE per model, and optionally write everything as JSON.
+    Eval(EvalArgs),
+    /// Train one model on a trace and write its weights (safetensors) and
+    /// manifest to a directory, printing the loss of every epoch.
+    Train(TrainArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct Common {
+    /// Steps to forecast.
+    #[arg(long, default_value_t = 10)]
+    horizon: usize,
+    /// Grid step in seconds [default: the trace's median spacing].
+    #[arg(long)]
+    step: Option<u32>,
+    /// Fill holes of at most this many steps by interpolation; longer holes stay missing.
+    #[arg(long, default_value_t = 3)]
+    max_fill: usize,
+    /// Season length in steps for seasonal naive and Holt-Winters [default: detected].
+    #[arg(long)]
+    period: Option<usize>,
+    /// Settings of the `lstm` model, as a TOML file of `LstmConfig` fields.
+    #[arg(long)]
+    lstm_config: Option<PathBuf>,
+    /// libtorch threads [default: the number of cores]. One thread makes training repeatable bit for bit.
+    #[arg(long)]
+    threads: Option<i32>,
+    /// No per-epoch lines.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// Trace files (`timestamp,cpu` CSV).
+    #[arg(long = "trace", required = true, num_args = 1..)]
+    traces: Vec<PathBuf>,
+    /// Models to compare, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "naive,seasonal-naive,holt-winters,lstm-seed,lstm")]
+    models: Vec<String>,
+    /// Share of each trace (its newest part) to test on.
+    #[arg(long, default_value_t = 0.2)]
+    test_fraction: f64,
+    /// Steps between forecast origins.
+    #[arg(long, default_value_t = 1)]
+    stride: usize,
+    /// Write the full results (per-step errors, fit reports) to this JSON file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// The trace to train on.
+    #[arg(long)]
+    trace: PathBuf,
+    /// Directory for `weights.safetensors` and `manifest.json`.
+    #[arg(long)]
+    out: PathBuf,
+    /// `lstm` or `lstm-seed`.
+    #[arg(long, default_value = "lstm")]
+    model: String,
+    /// Override the number of epochs (for timing runs).
+    #[arg(long)]
+    epochs: Option<usize>,
+    #[command(flatten)]
+    common: Common,
+}
+
+pub fn run(command: ModelsCommand) -> anyhow::Result<()> {
+    match command {
+        ModelsCommand::Eval(args) => evaluate(args),
+        ModelsCommand::Train(args) => train(args),
+    }
+}
+
+fn options(common: &Common) -> anyhow::Result<ModelOptions> {
+    let threads = common.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as i32));
+    pas_models::runtime::configure(threads, 42)?;
+    let lstm = match &common.lstm_config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
+        }
+        None => LstmConfig::default(),
+    };
+    Ok(ModelOptions { horizon: common.horizon, period: common.period, lstm, ..ModelOptions::default() })
+}
+
+/// One line per epoch on stderr, with a bar of the epochs done.
+fn epoch_line(e: &Epoch) {
+    const WIDTH: usize = 20;
+    let done = e.epoch * WIDTH / e.max_epochs.max(1);
+    let bar: String = "=".repeat(done) + &" ".repeat(WIDTH - done);
+    let validation = e.validation_loss.map(|v| format!("  validation {v:.4}")).unwrap_or_default();
+    let mut err = std::io::stderr().lock();
+    let _ = writeln!(err, "  epoch {:>3}/{:<3} [{bar}] loss {:.4}{validation}  {:.2} s", e.epoch, e.max_epochs, e.loss, e.seconds);
+}
+
+fn evaluate(args: EvalArgs) -> anyhow::Result<()> {
+    let options = options(&args.common)?;
+    let kinds = args.models.iter().map(|m| m.parse::<ModelKind>()).collect::<Result<Vec<_>, _>>()?;
+    let config = EvalConfig {
+        horizon: args.common.horizon,
+        test_fraction: args.test_fraction,
+        stride: args.stride,
+        max_fill: args.common.max_fill,
+        step_seconds: args.common.step,
+    };
+    let quiet = args.common.quiet;
+    let mut reports = Vec::new();
+    for (i, path) in args.traces.iter().enumerate() {
+        let trace = Trace::read(path)?;
+        eprintln!("[{}/{}] {}", i + 1, args.traces.len(), trace.name);
+        let report = eval::evaluate_trace(&trace, &kinds, &options, &config, &mut |p| match p {
+            Progress::Fitting { model, .. } => eprintln!("  fitting {model}"),
+            Progress::Epoch(e) if !quiet => epoch_line(e),
+            Progress::Epoch(_) => {}
+        })
+        .with_context(|| format!("evaluating {}", path.display()))?;
+        reports.push(report);
+    }
+    print_table(&reports);
+    if let Some(path) = &args.json {
+        let summary = eval::summarise(&reports);
+        let (won, of) = eval::wins(&reports, "lstm", "lstm-seed");
+        let doc = serde_json::json!({
+            "horizon": config.horizon,
+            "test_fraction": config.test_fraction,
+            "stride": config.stride,
+            "max_fill": config.max_fill,
+            "lstm": options.lstm,
+            "summary": summary,
+            "lstm_beats_lstm_seed": { "won": won, "of": of },
+            "series": reports,
+        });
+        write_json(path, &doc)?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+fn write_json(path: &Path, value: &serde_json::Value) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(path, serde_json::to_string_pretty(value)? + "\n").with_context(|| format!("writing {}", path.display()))
+}
+
+fn print_table(reports: &[SeriesReport]) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
+        "{:<44} {:<15} {:>7} {:>7} {:>8} {:>8} {:>6} {:>6} {:>8}",
+        "trace", "model", "MASE", "sMAPE%", "RMSE", "MAE", "under%", "cover%", "fit s"
+    );
+    for r in reports {
+        for m in &r.models {
+            if let Some(e) = &m.error {
+                let _ = writeln!(out, "{:<44} {:<15} failed: {e}", r.name, m.model);
+                continue;
+            }
+            let cover = m.coverage.map(|c| format!("{:.1}", 100.0 * c)).unwrap_or_else(|| "-".into());
+            let _ = writeln!(
+                out,
+                "{:<44} {:<15} {:>7.3} {:>7.2} {:>8.3} {:>8.3} {:>6.1} {:>6} {:>8.1}",
+                r.name,
+                m.model,
+                m.mase,
+                m.smape,
+                m.rmse,
+                m.mae,
+                100.0 * m.under_rate,
+                cover,
+                m.fit_seconds
+            );
+        }
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(out, "{:<15} {:>10} {:>7} {:>7} {:>7}", "model", "mean MASE", "traces", "best", "failed");
+    for s in eval::summarise(reports) {
+        let _ = writeln!(out, "{:<15} {:>10.3} {:>7} {:>7} {:>7}", s.model, s.mean_mase, s.series, s.best, s.failed);
+    }
+    let (won, of) = eval::wins(reports, "lstm", "lstm-seed");
+    if of > 0 {
+        let _ = writeln!(out, "lstm beats lstm-seed on {won} of {of} traces ({:.0} %)", 100.0 * won as f64 / of as f64);
+    }
+}
+
+fn train(args: TrainArgs) -> anyhow::Result<()> {
+    let options = options(&args.common)?;
+    let kind: ModelKind = args.model.parse()?;
+    let mut config = match kind {
+        ModelKind::Lstm => LstmConfig { horizon: options.horizon, ..options.lstm.clone() },
+        ModelKind::LstmSeed => LstmConfig::seed(),
+        other => anyhow::bail!("`pas models train` trains the neural models (lstm, lstm-seed); {other} has no weights to store"),
+    };
+    if let Some(epochs) = args.epochs {
+        config.max_epochs = epochs;
+    }
+    let trace = Trace::read(&args.trace)?;
+    let step = args.common.step.unwrap_or_else(|| trace.median_step_seconds());
+    let (series, gaps) = trace.to_series(step, args.common.max_fill)?;
+    eprintln!(
+        "training {kind} on {} ({} steps of {step} s, {} missing, {} filled)",
+        trace.name, gaps.steps, gaps.missing, gaps.filled
+    );
+    let mut model = Lstm::new(config.clone())?;
+    let quiet = args.common.quiet;
+    let report = model.fit(&series, &mut |e| {
+        if !quiet {
+            epoch_line(e)
+        }
+    })?;
+    if report.diverged {
+        anyhow::bail!("training diverged (the loss became NaN or infinite); nothing written");
+    }
+    let weights = model.to_safetensors()?;
+    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    std::fs::write(args.out.join("weights.safetensors"), &weights)?;
+    let manifest = pas_schemas::ModelManifest {
+        schema_version: pas_schemas::SCHEMA_VERSION,
+        timestamp: chrono::Utc::now(),
+        key: trace.name.clone(),
+        version: 1,
+        architecture: kind.name().to_owned(),
+        hyper_parameters: config.hyper_parameters(),
+        step_seconds: f64::from(step),
+        window: config.window as u32,
+        horizon: config.horizon as u32,
+        normalisation: model.normalisation(),
+        // Offline: rows of the trace file stand in for stream sequences.
+        training: pas_schemas::TrainingRange {
+            first_sequence: 1,
+            last_sequence: trace.points.len() as u64,
+            from: trace.points[0].0,
+            to: trace.points[trace.points.len() - 1].0,
+        },
+        validation: [("validation_loss".to_owned(), report.validation_loss.unwrap_or(f64::NAN))]
+            .into_iter()
+            .filter(|(_, v)| v.is_finite())
+            .collect(),
+        digest: pas_models::digest(&weights),
+        accepted: true,
+    };
+    write_json(&args.out.join("manifest.json"), &serde_json::to_value(&manifest)?)?;
+    println!(
+        "{} epochs, {:.3} s per epoch, loss {:.4} -> {:.4}; wrote {}",
+        report.epochs,
+        report.seconds_per_epoch.unwrap_or(0.0),
+        report.initial_loss.unwrap_or(f64::NAN),
+        report.final_loss.unwrap_or(f64::NAN),
+        args.out.display()
+    );
+    Ok(())
+}

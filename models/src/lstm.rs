@@ -1,0 +1,632 @@
+//! LSTM forecasters on libtorch: PAS's own model and the older system's
+//! network as a preset.
+//!
+//! PAS's `lstm` reads a window of the series, standardised per series, with a
+//! second input that marks which steps were observed (missing steps carry the
+//! last observed value and a 0 in the mask, so a hole is visible to the
+//! network rather than hidden). One LSTM encodes the window; a linear head
+//! predicts the change from the last observed value for every future step
+//! (so an untrained network starts at the naive forecast), and a second head
+//! predicts a non-negative margin above it for the upper quantile. The point
+//! head is trained on absolute error, the margin on the pinball loss,
+//! with a chronological validation split, early stopping and the best weights
+//! kept.
+//!
+//! `lstm-seed` is the older system's encoder-decoder: 10 steps in, 10 out,
+//! min-max scaled, an encoder LSTM of 180 units whose last state is repeated
+//! into a decoder LSTM of 180 units, a dense layer of 100 (ReLU) and a linear
+//! output per step; Adam at 0.011, 24 epochs, batches of 16, mean squared
+//! error, no validation.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use pas_schemas::Normalisation;
+use serde::{Deserialize, Serialize};
+use tch::nn::{self, Module, OptimizerConfig, RNN};
+use tch::{Device, Kind, Reduction, Tensor};
+
+use crate::forecaster::{Epoch, FitReport, Forecaster, ModelKind, Prediction, check_history};
+use crate::series::mean_std;
+use crate::{Error, Series};
+
+/// Network shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Architecture {
+    /// PAS's model: LSTM encoder, direct multi-step heads for the change from
+    /// the last value and an upper-quantile margin.
+    Direct,
+    /// The older system's encoder-decoder.
+    EncoderDecoder,
+}
+
+/// How the training loss is computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Loss {
+    /// Absolute error on the point forecast plus the pinball loss on the upper one.
+    AbsolutePinball,
+    /// Mean squared error on the point forecast (no upper forecast).
+    SquaredError,
+}
+
+/// How values are scaled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scaling {
+    /// Mean 0, standard deviation 1 over the training data of the series.
+    Standard,
+    /// Minimum 0, maximum 1 over the training data.
+    MinMax,
+}
+
+/// Settings of an LSTM model. The defaults are PAS's `lstm`;
+/// [`LstmConfig::seed`] is the older system's network.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LstmConfig {
+    /// Network shape.
+    pub architecture: Architecture,
+    /// Steps of history the network reads.
+    pub window: usize,
+    /// Steps it predicts.
+    pub horizon: usize,
+    /// Units per LSTM layer.
+    pub hidden: usize,
+    /// Stacked LSTM layers (in the encoder).
+    pub layers: usize,
+    /// Units of the dense layer before the output (encoder-decoder only).
+    pub dense: usize,
+    /// Adam's learning rate.
+    pub learning_rate: f64,
+    /// Most epochs.
+    pub max_epochs: usize,
+    /// Examples per batch.
+    pub batch_size: usize,
+    /// Stop after this many epochs without a better validation loss; 0 never stops early.
+    pub patience: usize,
+    /// Share of the (newest) training examples held back for validation.
+    pub validation_fraction: f64,
+    /// Training loss.
+    pub loss: Loss,
+    /// Value scaling.
+    pub scaling: Scaling,
+    /// The quantile of the upper forecast.
+    pub quantile: f64,
+    /// Clip the gradient norm to this; 0 disables clipping.
+    pub clip_norm: f64,
+    /// Seed for weights and shuffling.
+    pub seed: u64,
+    /// Most training examples per epoch (a random subset when there are more); 0 uses all.
+    pub max_examples: usize,
+}
+
+impl Default for LstmConfig {
+    fn default() -> Self {
+        LstmConfig {
+            architecture: Architecture::Direct,
+            window: 48,
+            horizon: 10,
+            hidden: 64,
+            layers: 1,
+            dense: 0,
+            learning_rate: 0.003,
+            max_epochs: 40,
+            batch_size: 64,
+            patience: 6,
+            validation_fraction: 0.15,
+            loss: Loss::AbsolutePinball,
+            scaling: Scaling::Standard,
+            quantile: 0.9,
+            clip_norm: 1.0,
+            seed: 42,
+            max_examples: 8_000,
+        }
+    }
+}
+
+impl LstmConfig {
+    /// The older system's network and training, unchanged.
+    pub fn seed() -> LstmConfig {
+        LstmConfig {
+            architecture: Architecture::EncoderDecoder,
+            window: 10,
+            horizon: 10,
+            hidden: 180,
+            layers: 1,
+            dense: 100,
+            learning_rate: 0.011,
+            max_epochs: 24,
+            batch_size: 16,
+            patience: 0,
+            validation_fraction: 0.0,
+            loss: Loss::SquaredError,
+            scaling: Scaling::MinMax,
+            quantile: 0.9,
+            clip_norm: 0.0,
+            seed: 42,
+            max_examples: 0,
+        }
+    }
+
+    /// The settings as a flat map, for a model manifest.
+    pub fn hyper_parameters(&self) -> BTreeMap<String, serde_json::Value> {
+        match serde_json::to_value(self) {
+            Ok(serde_json::Value::Object(map)) => map.into_iter().collect(),
+            _ => BTreeMap::new(),
+        }
+    }
+
+    fn check(&self) -> Result<(), Error> {
+        let bad = |what: &str| Err(Error::Input(format!("lstm: {what}")));
+        if self.window == 0 || self.horizon == 0 || self.hidden == 0 || self.layers == 0 || self.batch_size == 0 {
+            return bad("window, horizon, hidden, layers and batch_size must be at least 1");
+        }
+        if self.architecture == Architecture::EncoderDecoder && self.dense == 0 {
+            return bad("the encoder-decoder needs a dense layer");
+        }
+        if !(self.learning_rate > 0.0 && self.learning_rate.is_finite()) {
+            return bad("the learning rate must be a positive number");
+        }
+        if !(0.0..0.5).contains(&self.validation_fraction) {
+            return bad("validation_fraction must be in [0, 0.5)");
+        }
+        if !(0.5..1.0).contains(&self.quantile) {
+            return bad("the quantile must be in [0.5, 1)");
+        }
+        Ok(())
+    }
+}
+
+enum Net {
+    Direct { lstm: nn::LSTM, head: nn::Linear },
+    EncoderDecoder { encoder: nn::LSTM, decoder: nn::LSTM, dense: nn::Linear, out: nn::Linear },
+}
+
+/// An LSTM forecaster (either architecture).
+pub struct Lstm {
+    config: LstmConfig,
+    vs: nn::VarStore,
+    net: Net,
+    scale: Option<(f64, f64)>,
+}
+
+impl std::fmt::Debug for Lstm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lstm").field("config", &self.config).field("scale", &self.scale).finish_non_exhaustive()
+    }
+}
+
+/// Training examples as tensors: inputs `[n, window, features]`, targets
+/// `[n, horizon]` and the last observed input `[n, 1]`, all scaled.
+struct Examples {
+    x: Tensor,
+    y: Tensor,
+    last: Tensor,
+}
+
+impl Examples {
+    fn len(&self) -> i64 {
+        self.y.size()[0]
+    }
+    fn select(&self, idx: &Tensor) -> Examples {
+        Examples { x: self.x.index_select(0, idx), y: self.y.index_select(0, idx), last: self.last.index_select(0, idx) }
+    }
+}
+
+impl Lstm {
+    /// A fresh network with weights drawn from the configured seed.
+    pub fn new(config: LstmConfig) -> Result<Lstm, Error> {
+        config.check()?;
+        tch::manual_seed(config.seed as i64);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let root = vs.root();
+        let hidden = config.hidden as i64;
+        let rnn = |layers: usize| nn::RNNConfig { num_layers: layers as i64, batch_first: true, ..Default::default() };
+        let net = match config.architecture {
+            Architecture::Direct => Net::Direct {
+                lstm: nn::lstm(&root / "lstm", 2, hidden, rnn(config.layers)),
+                head: nn::linear(&root / "head", hidden, 2 * config.horizon as i64, Default::default()),
+            },
+            Architecture::EncoderDecoder => Net::EncoderDecoder {
+                encoder: nn::lstm(&root / "encoder", 1, hidden, rnn(config.layers)),
+                decoder: nn::lstm(&root / "decoder", hidden, hidden, rnn(1)),
+                dense: nn::linear(&root / "dense", hidden, config.dense as i64, Default::default()),
+                out: nn::linear(&root / "out", config.dense as i64, 1, Default::default()),
+            },
+        };
+        if let Net::Direct { head, .. } = &net {
+            // Start at the naive forecast: no change, a small margin.
+            tch::no_grad(|| {
+                let _ = head.ws.shallow_clone().fill_(0.0);
+                if let Some(bs) = &head.bs {
+                    let _ = bs.shallow_clone().fill_(0.0);
+                }
+            });
+        }
+        Ok(Lstm { config, vs, net, scale: None })
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &LstmConfig {
+        &self.config
+    }
+
+    /// The scaling fitted on the training data, as a manifest records it.
+    pub fn normalisation(&self) -> Normalisation {
+        match (self.config.scaling, self.scale) {
+            (_, None) => Normalisation::None,
+            (Scaling::Standard, Some((mean, std))) => Normalisation::Standard { mean, std },
+            (Scaling::MinMax, Some((min, range))) => Normalisation::MinMax { min, max: min + range },
+        }
+    }
+
+    /// The weights in safetensors format.
+    pub fn to_safetensors(&self) -> Result<Vec<u8>, Error> {
+        let dir = tempfile::tempdir().map_err(|e| Error::Io { path: "a temporary directory".into(), source: e })?;
+        let path = dir.path().join("weights.safetensors");
+        self.vs.save(&path)?;
+        std::fs::read(&path).map_err(|e| Error::Io { path: path.display().to_string(), source: e })
+    }
+
+    /// A model from stored weights and the normalisation its manifest records.
+    pub fn from_safetensors(config: LstmConfig, normalisation: &Normalisation, weights: &[u8]) -> Result<Lstm, Error> {
+        let mut model = Lstm::new(config)?;
+        model.scale = Some(match (model.config.scaling, normalisation) {
+            (Scaling::Standard, Normalisation::Standard { mean, std }) => (*mean, *std),
+            (Scaling::MinMax, Normalisation::MinMax { min, max }) => (*min, max - min),
+            (_, other) => return Err(Error::Weights(format!("normalisation {other:?} does not match the model's scaling"))),
+        });
+        let dir = tempfile::tempdir().map_err(|e| Error::Io { path: "a temporary directory".into(), source: e })?;
+        let path = dir.path().join("weights.safetensors");
+        std::fs::write(&path, weights).map_err(|e| Error::Io { path: path.display().to_string(), source: e })?;
+        model.vs.load(&path).map_err(|e| Error::Weights(e.to_string()))?;
+        Ok(model)
+    }
+
+    /// The weights, flattened, in name order (for tests and digests).
+    pub fn weights(&self) -> Vec<(String, Vec<f32>)> {
+        let mut vars: Vec<_> = self.vs.variables().into_iter().collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        vars.into_iter()
+            .map(|(name, t)| (name, Vec::<f32>::try_from(t.flatten(0, -1).to_kind(Kind::Float)).unwrap_or_default()))
+            .collect()
+    }
+
+    fn scale(&self, v: f64) -> f64 {
+        let (a, b) = self.scale.unwrap_or((0.0, 1.0));
+        (v - a) / b
+    }
+
+    fn unscale(&self, z: f64) -> f64 {
+        let (a, b) = self.scale.unwrap_or((0.0, 1.0));
+        z * b + a
+    }
+
+    /// Scaled inputs for one window: the value (last observed carried
+    /// forward; before the first observation, the first one; for the direct
+    /// model, minus the last value) and, for the direct model, whether the
+    /// step was observed. Returns the scaled last value.
+    fn encode_window(&self, window: &[f64], out: &mut Vec<f32>) -> f64 {
+        let first = window.iter().copied().find(|v| !v.is_nan()).unwrap_or(0.0);
+        let last = self.scale(window.iter().rev().copied().find(|v| !v.is_nan()).unwrap_or(first));
+        let mut carried = first;
+        for &v in window {
+            let observed = !v.is_nan();
+            if observed {
+                carried = v;
+            }
+            match self.config.architecture {
+                // Relative to the last value: the shape of the window, not its
+                // level, so a level never seen in training does not bias it.
+                Architecture::Direct => {
+                    out.push((self.scale(carried) - last) as f32);
+                    out.push(if observed { 1.0 } else { 0.0 });
+                }
+                Architecture::EncoderDecoder => out.push(self.scale(carried) as f32),
+            }
+        }
+        last
+    }
+
+    fn features(&self) -> i64 {
+        match self.config.architecture {
+            Architecture::Direct => 2,
+            Architecture::EncoderDecoder => 1,
+        }
+    }
+
+    /// Builds examples at the given origins (index of the first target).
+    fn examples(&self, values: &[f64], origins: &[usize]) -> Examples {
+        let (w, h) = (self.config.window, self.config.horizon);
+        let mut x = Vec::with_capacity(origins.len() * w * self.features() as usize);
+        let mut y = Vec::with_capacity(origins.len() * h);
+        let mut last = Vec::with_capacity(origins.len());
+        for &t in origins {
+            last.push(self.encode_window(&values[t - w..t], &mut x) as f32);
+            y.extend(values[t..t + h].iter().map(|v| self.scale(*v) as f32));
+        }
+        let n = origins.len() as i64;
+        Examples {
+            x: Tensor::from_slice(&x).view([n, w as i64, self.features()]),
+            y: Tensor::from_slice(&y).view([n, h as i64]),
+            last: Tensor::from_slice(&last).view([n, 1]),
+        }
+    }
+
+    /// Point and (for the direct model) upper forecasts, scaled.
+    fn forward(&self, x: &Tensor, last: &Tensor) -> (Tensor, Option<Tensor>) {
+        let h = self.config.horizon as i64;
+        match &self.net {
+            Net::Direct { lstm, head } => {
+                let (out, _) = lstm.seq(x);
+                let state = out.select(1, -1);
+                let heads = head.forward(&state);
+                let point = heads.narrow(1, 0, h) + last;
+                let upper = &point + heads.narrow(1, h, h).softplus();
+                (point, Some(upper))
+            }
+            Net::EncoderDecoder { encoder, decoder, dense, out } => {
+                let (enc, _) = encoder.seq(x);
+                let state = enc.select(1, -1).unsqueeze(1).repeat([1, h, 1]);
+                let (dec, _) = decoder.seq(&state);
+                let y = out.forward(&dense.forward(&dec).relu()).squeeze_dim(-1);
+                (y, None)
+            }
+        }
+    }
+
+    fn loss(&self, batch: &Examples) -> Tensor {
+        let (point, upper) = self.forward(&batch.x, &batch.last);
+        match (self.config.loss, upper) {
+            (Loss::AbsolutePinball, Some(upper)) => {
+                let q = self.config.quantile;
+                let diff = &batch.y - upper;
+                let pinball = (&diff * q).maximum(&(&diff * (q - 1.0))).mean(Kind::Float);
+                (point - &batch.y).abs().mean(Kind::Float) + pinball
+            }
+            (Loss::AbsolutePinball, None) => (point - &batch.y).abs().mean(Kind::Float),
+            (Loss::SquaredError, _) => point.mse_loss(&batch.y, Reduction::Mean),
+        }
+    }
+
+    fn mean_loss(&self, examples: &Examples) -> f64 {
+        tch::no_grad(|| {
+            let n = examples.len();
+            let chunk = 4096;
+            let mut total = 0.0;
+            let mut start = 0;
+            while start < n {
+                let len = chunk.min(n - start);
+                let idx = Tensor::arange_start(start, start + len, (Kind::Int64, Device::Cpu));
+                total += self.loss(&examples.select(&idx)).double_value(&[]) * len as f64;
+                start += len;
+            }
+            total / n.max(1) as f64
+        })
+    }
+
+    fn snapshot(&self) -> Vec<(String, Tensor)> {
+        self.vs.variables().into_iter().map(|(k, v)| (k, v.detach().copy())).collect()
+    }
+
+    fn restore(&mut self, saved: &[(String, Tensor)]) {
+        let vars = self.vs.variables();
+        tch::no_grad(|| {
+            for (name, value) in saved {
+                if let Some(var) = vars.get(name) {
+                    var.shallow_clone().copy_(value);
+                }
+            }
+        });
+    }
+}
+
+/// Origins (first target step) where the last input step and every target
+/// are observed.
+pub(crate) fn usable_origins(values: &[f64], window: usize, horizon: usize) -> Vec<usize> {
+    (window..values.len().saturating_sub(horizon - 1))
+        .filter(|&t| !values[t - 1].is_nan() && values[t..t + horizon].iter().all(|v| !v.is_nan()))
+        .collect()
+}
+
+impl Forecaster for Lstm {
+    fn kind(&self) -> ModelKind {
+        match self.config.architecture {
+            Architecture::Direct => ModelKind::Lstm,
+            Architecture::EncoderDecoder => ModelKind::LstmSeed,
+        }
+    }
+    fn window(&self) -> usize {
+        self.config.window
+    }
+    fn horizon(&self) -> usize {
+        self.config.horizon
+    }
+    fn quantile(&self) -> f64 {
+        self.config.quantile
+    }
+
+    fn fit(&mut self, train: &Series, progress: &mut dyn FnMut(&Epoch)) -> Result<FitReport, Error> {
+        let c = self.config.clone();
+        let values = &train.values;
+        self.scale = Some(match c.scaling {
+            Scaling::Standard => {
+                let (mean, std) = mean_std(values);
+                (mean, std.max(1e-3))
+            }
+            Scaling::MinMax => {
+                let observed = values.iter().copied().filter(|v| !v.is_nan());
+                let min = observed.clone().fold(f64::INFINITY, f64::min);
+                let max = observed.fold(f64::NEG_INFINITY, f64::max);
+                (min, (max - min).max(1e-3))
+            }
+        });
+        let origins = usable_origins(values, c.window, c.horizon);
+        let n_val = (origins.len() as f64 * c.validation_fraction) as usize;
+        let n_train = origins.len() - n_val;
+        if n_train < c.batch_size.min(32) || (c.validation_fraction > 0.0 && n_val == 0) {
+            return Err(Error::NotEnoughData(format!(
+                "{} usable windows of {} + {} observed steps; the LSTM needs more",
+                origins.len(),
+                c.window,
+                c.horizon
+            )));
+        }
+        // Validation windows are the newest; drop the training windows whose
+        // targets overlap them.
+        let train_end = if n_val > 0 { origins[n_train].saturating_sub(c.horizon) } else { usize::MAX };
+        let train_origins: Vec<usize> = origins[..n_train].iter().copied().filter(|&t| t + c.horizon <= train_end.max(c.window + 1)).collect();
+        let train_set = self.examples(values, &train_origins);
+        let val_set = (n_val > 0).then(|| self.examples(values, &origins[n_train..]));
+
+        let mut opt = nn::Adam::default().build(&self.vs, c.learning_rate)?;
+        let mut rng = fastrand::Rng::with_seed(c.seed);
+        let mut report = FitReport { examples: train_origins.len(), ..FitReport::default() };
+        report.initial_loss = Some(self.mean_loss(&train_set));
+        let mut best: Option<(f64, Vec<(String, Tensor)>)> = None;
+        let mut since_best = 0;
+        let mut seconds = 0.0;
+        let n = train_set.len() as usize;
+        let per_epoch = if c.max_examples > 0 { c.max_examples.min(n) } else { n };
+        for epoch in 1..=c.max_epochs {
+            let started = Instant::now();
+            let mut order: Vec<i64> = (0..n as i64).collect();
+            rng.shuffle(&mut order);
+            order.truncate(per_epoch);
+            let (mut total, mut batches) = (0.0, 0usize);
+            for chunk in order.chunks(c.batch_size) {
+                let batch = train_set.select(&Tensor::from_slice(chunk));
+                let loss = self.loss(&batch);
+                if c.clip_norm > 0.0 {
+                    opt.backward_step_clip_norm(&loss, c.clip_norm);
+                } else {
+                    opt.backward_step(&loss);
+                }
+                total += loss.double_value(&[]);
+                batches += 1;
+            }
+            let loss = total / batches.max(1) as f64;
+            let validation_loss = val_set.as_ref().map(|v| self.mean_loss(v));
+            let took = started.elapsed().as_secs_f64();
+            seconds += took;
+            report.epochs = epoch;
+            report.final_loss = Some(loss);
+            progress(&Epoch { epoch, max_epochs: c.max_epochs, loss, validation_loss, seconds: took });
+            if !loss.is_finite() || validation_loss.is_some_and(|v| !v.is_finite()) {
+                report.diverged = true;
+                break;
+            }
+            if let Some(v) = validation_loss {
+                if best.as_ref().is_none_or(|(b, _)| v < *b) {
+                    best = Some((v, self.snapshot()));
+                    since_best = 0;
+                } else {
+                    since_best += 1;
+                    if c.patience > 0 && since_best >= c.patience {
+                        break;
+                    }
+                }
+            }
+        }
+        if let Some((v, weights)) = best.filter(|_| !report.diverged) {
+            self.restore(&weights);
+            report.validation_loss = Some(v);
+        }
+        report.seconds_per_epoch = Some(seconds / report.epochs.max(1) as f64);
+        Ok(report)
+    }
+
+    fn predict(&self, history: &[f64]) -> Result<Prediction, Error> {
+        Ok(self.predict_many(&[history])?.remove(0))
+    }
+
+    fn predict_many(&self, histories: &[&[f64]]) -> Result<Vec<Prediction>, Error> {
+        if self.scale.is_none() {
+            return Err(Error::NotFitted);
+        }
+        let (w, h) = (self.config.window, self.config.horizon);
+        let mut x = Vec::with_capacity(histories.len() * w * self.features() as usize);
+        let mut last = Vec::with_capacity(histories.len());
+        for history in histories {
+            let tail = check_history(history, w)?;
+            last.push(self.encode_window(tail, &mut x) as f32);
+        }
+        let n = histories.len() as i64;
+        let x = Tensor::from_slice(&x).view([n, w as i64, self.features()]);
+        let last = Tensor::from_slice(&last).view([n, 1]);
+        let (point, upper) = tch::no_grad(|| self.forward(&x, &last));
+        let to_rows = |t: Tensor| -> Result<Vec<Vec<f64>>, Error> {
+            let flat = Vec::<f32>::try_from(t.to_kind(Kind::Float).flatten(0, -1))?;
+            Ok(flat.chunks(h).map(|r| r.iter().map(|z| self.unscale(f64::from(*z))).collect()).collect())
+        };
+        let points = to_rows(point)?;
+        let mut uppers = match upper {
+            Some(u) => to_rows(u)?.into_iter().map(Some).collect(),
+            None => vec![None; points.len()],
+        };
+        Ok(points.into_iter().zip(uppers.drain(..)).map(|(values, upper)| Prediction { values, upper }).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::DateTime;
+
+    use super::*;
+
+    fn wave(n: usize) -> Series {
+        let values = (0..n)
+            .map(|i| 40.0 + 15.0 * ((i % 24) as f64 / 24.0 * std::f64::consts::TAU).sin() + ((i * 7919) % 13) as f64 * 0.3)
+            .collect();
+        Series { start: DateTime::from_timestamp(0, 0).unwrap(), step_seconds: 300, values }
+    }
+
+    fn small() -> LstmConfig {
+        LstmConfig { window: 24, horizon: 6, hidden: 16, max_epochs: 6, patience: 0, ..LstmConfig::default() }
+    }
+
+    #[test]
+    fn trains_predicts_and_round_trips_through_safetensors() {
+        crate::runtime::configure(1, 7).unwrap();
+        let series = wave(800);
+        let mut m = Lstm::new(small()).unwrap();
+        let report = m.fit(&series, &mut |_| {}).unwrap();
+        assert!(!report.diverged);
+        assert!(report.final_loss.unwrap() < report.initial_loss.unwrap(), "{report:?}");
+        let p = m.predict(&series.values[..700]).unwrap();
+        assert_eq!(p.values.len(), 6);
+        let upper = p.upper.as_ref().unwrap();
+        assert!(p.values.iter().zip(upper).all(|(v, u)| u >= v), "the upper forecast is above the point");
+        let bytes = m.to_safetensors().unwrap();
+        let loaded = Lstm::from_safetensors(small(), &m.normalisation(), &bytes).unwrap();
+        assert_eq!(loaded.predict(&series.values[..700]).unwrap(), p);
+        assert!(Lstm::from_safetensors(LstmConfig { hidden: 8, ..small() }, &m.normalisation(), &bytes).is_err());
+    }
+
+    #[test]
+    fn a_huge_learning_rate_is_reported_as_divergence() {
+        crate::runtime::configure(1, 7).unwrap();
+        let mut m = Lstm::new(LstmConfig { learning_rate: 1e30, clip_norm: 0.0, ..small() }).unwrap();
+        let report = m.fit(&wave(400), &mut |_| {}).unwrap();
+        assert!(report.diverged, "{report:?}");
+    }
+
+    #[test]
+    fn gaps_are_masked_not_skipped() {
+        crate::runtime::configure(1, 7).unwrap();
+        let mut series = wave(800);
+        for v in &mut series.values[300..340] {
+            *v = f64::NAN;
+        }
+        let mut m = Lstm::new(small()).unwrap();
+        m.fit(&series, &mut |_| {}).unwrap();
+        // A window with a hole still predicts; a missing last step is refused.
+        let mut history = series.values[..700].to_vec();
+        history[690] = f64::NAN;
+        assert!(m.predict(&history).unwrap().values.iter().all(|v| v.is_finite()));
+        history[699] = f64::NAN;
+        assert!(m.predict(&history).is_err());
+    }
+}
