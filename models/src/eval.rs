@@ -126,7 +126,8 @@ pub fn evaluate_trace(
     for &kind in kinds {
         models.push(build(kind, &ModelOptions { horizon: config.horizon, ..options.clone() })?);
     }
-    backtest(&trace.name, &series, gaps, &mut models, config, progress)
+    let mut refs: Vec<&mut dyn Forecaster> = models.iter_mut().map(|m| m.as_mut() as &mut dyn Forecaster).collect();
+    backtest(&trace.name, &series, gaps, &mut refs, config, progress)
 }
 
 /// Fits `models` on the head of `series` and scores them on its tail.
@@ -134,7 +135,7 @@ pub fn backtest(
     name: &str,
     series: &Series,
     gaps: GapReport,
-    models: &mut [Box<dyn Forecaster>],
+    models: &mut [&mut dyn Forecaster],
     config: &EvalConfig,
     progress: &mut dyn FnMut(Progress<'_>),
 ) -> Result<SeriesReport, Error> {
@@ -164,7 +165,7 @@ pub fn backtest(
             Ok(fit) if fit.diverged => ModelScore { error: Some("training diverged".into()), fit, ..ModelScore::default() },
             Ok(fit) => {
                 let started = Instant::now();
-                match predict_all(model.as_ref(), &series.values, &origins, train_steps) {
+                match predict_all(&**model, &series.values, &origins, train_steps) {
                     Ok(predictions) => {
                         let mut s = score(&series.values, &origins, &predictions, h, scale);
                         s.predict_seconds = started.elapsed().as_secs_f64();
@@ -340,9 +341,9 @@ mod tests {
         let mut values: Vec<f64> = (0..100).map(|i| i as f64).collect();
         values[90] = f64::NAN;
         let series = Series { start: DateTime::from_timestamp(0, 0).unwrap(), step_seconds: 60, values };
-        let mut models = vec![build(ModelKind::Naive, &ModelOptions { horizon: 3, ..ModelOptions::default() }).unwrap()];
+        let mut naive = build(ModelKind::Naive, &ModelOptions { horizon: 3, ..ModelOptions::default() }).unwrap();
         let config = EvalConfig { horizon: 3, test_fraction: 0.2, ..EvalConfig::default() };
-        let r = backtest("ramp", &series, GapReport::default(), &mut models, &config, &mut |_| {}).unwrap();
+        let r = backtest("ramp", &series, GapReport::default(), &mut [naive.as_mut()], &config, &mut |_| {}).unwrap();
         assert_eq!(r.train_steps, 80);
         // Origins 80..=97 need t-1 and t..t+2 observed: 88, 89, 90, 91 touch step 90.
         assert_eq!(r.origins, 18 - 4);

@@ -39,6 +39,11 @@ enum Command {
         #[command(subcommand)]
         command: BusCommand,
     },
+    /// Run the trainer stage: build each workload's utilisation series from
+    /// PAS_SAMPLES, train and backtest models, store versions in pas-models.
+    /// Settings: --config FILE, PAS_* variables (PAS_STEP=5s,
+    /// PAS_MODEL__HIDDEN=32), these flags; see docs/trainer.md.
+    Trainer(TrainerArgs),
     /// Forecasting models: backtest them on recorded traces, train offline.
     Models {
         #[command(subcommand)]
@@ -75,6 +80,31 @@ enum BusCommand {
     },
 }
 
+#[derive(Debug, clap::Args)]
+struct TrainerArgs {
+    /// Read samples under replay.<RUN>. instead of the live subjects.
+    #[arg(long)]
+    run: Option<String>,
+    /// Step of the utilisation series, e.g. 5s [default: 5s].
+    #[arg(long)]
+    step: Option<String>,
+    /// Steps of history before a workload's first model [default: 720].
+    #[arg(long)]
+    min_history: Option<u64>,
+    /// Train again after this much new data, e.g. 1h [default: 1h].
+    #[arg(long)]
+    retrain_after: Option<String>,
+    /// Address for /healthz, /readyz and /metrics [default: 0.0.0.0:9465].
+    #[arg(long)]
+    listen: Option<String>,
+    /// Log JSON lines instead of text.
+    #[arg(long)]
+    log_json: bool,
+    /// Print the effective configuration as JSON (secrets redacted) and exit.
+    #[arg(long)]
+    print_config: bool,
+}
+
 /// The part of a stage configuration file the CLI reads.
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(default)]
@@ -94,18 +124,21 @@ fn main() -> anyhow::Result<()> {
     if let Some(creds) = &cli.nats_creds {
         overrides.push(("nats.creds_file", creds.display().to_string().into()));
     }
-    // Stage files have other tables too: read only [nats] from them.
-    let config: CliConfig = pas_runtime::config::load(cli.config.as_deref(), std::env::vars(), overrides)
-        .context("loading the configuration")?;
+    if let Command::Trainer(args) = &cli.command {
+        return trainer(args, overrides, cli.config.as_deref());
+    }
     pas_runtime::telemetry::init(false, "warn");
     if let Command::Models { command } = cli.command {
         return models::run(command);
     }
+    // Stage files have other tables too: read only [nats] from them.
+    let config: CliConfig = pas_runtime::config::load(cli.config.as_deref(), std::env::vars(), overrides)
+        .context("loading the configuration")?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
         match cli.command {
             Command::Bus { command } => bus(command, &config.nats).await,
-            Command::Models { .. } => unreachable!("handled before the runtime starts"),
+            Command::Models { .. } | Command::Trainer(_) => unreachable!("handled before the runtime starts"),
         }
     })
 }
@@ -167,5 +200,41 @@ async fn bus(command: BusCommand, nats: &NatsConfig) -> anyhow::Result<()> {
         }
     }
     conn.client.drain().await.ok();
+    Ok(())
+}
+
+fn trainer(args: &TrainerArgs, mut overrides: Vec<(&str, config::Value)>, file: Option<&std::path::Path>) -> anyhow::Result<()> {
+    if let Some(run) = &args.run {
+        overrides.push(("run", run.clone().into()));
+    }
+    if let Some(step) = &args.step {
+        overrides.push(("step", step.clone().into()));
+    }
+    if let Some(n) = args.min_history {
+        overrides.push(("min_history", n.into()));
+    }
+    if let Some(d) = &args.retrain_after {
+        overrides.push(("retrain_after", d.clone().into()));
+    }
+    if let Some(listen) = &args.listen {
+        overrides.push(("listen", listen.clone().into()));
+    }
+    if args.log_json {
+        overrides.push(("log_json", true.into()));
+    }
+    let config: pas_trainer::Config =
+        pas_runtime::config::load(file, std::env::vars(), overrides).context("loading the trainer configuration")?;
+    if args.print_config {
+        println!("{}", pas_runtime::config::describe(&config));
+        return Ok(());
+    }
+    pas_runtime::telemetry::init(config.log_json, "info");
+    tracing::info!(config = %pas_runtime::config::describe(&config), "Starting the trainer.");
+    let trainer = pas_trainer::Trainer::new(config)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    runtime.block_on(async {
+        let shutdown = pas_runtime::shutdown::on_signal();
+        trainer.run(shutdown).await
+    })?;
     Ok(())
 }

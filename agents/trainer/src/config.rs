@@ -1,0 +1,95 @@
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use pas_models::lstm::LstmConfig;
+use pas_nats::NatsConfig;
+use serde::{Deserialize, Serialize};
+
+/// Trainer configuration. Layers: these defaults, then `--config FILE`
+/// (TOML or JSON), then `PAS_*` environment variables (`PAS_STEP=5s`,
+/// `PAS_MODEL__HIDDEN=32`), then flags.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Read samples under `replay.<run>.` instead of the live `pas.` subjects
+    /// (and store and announce models for that run).
+    pub run: Option<String>,
+    /// Step of the utilisation series a workload's samples are put on.
+    #[serde(with = "humantime_serde")]
+    pub step: Duration,
+    /// Steps of history a workload needs before its first model.
+    pub min_history: usize,
+    /// Most steps of history kept per workload (the newest).
+    pub max_history: usize,
+    /// Train a workload again once its data reaches this far past the end of
+    /// the data its newest model was trained on.
+    #[serde(with = "humantime_serde")]
+    pub retrain_after: Duration,
+    /// How often the trainer looks for workloads due for training.
+    #[serde(with = "humantime_serde")]
+    pub check_interval: Duration,
+    /// Model versions kept per workload (the newest accepted one is always kept).
+    pub keep_versions: usize,
+    /// Holes of at most this many steps are interpolated; longer ones stay missing.
+    pub max_fill: usize,
+    /// Share of a workload's history (its newest part) the backtest scores on.
+    pub test_fraction: f64,
+    /// libtorch threads for training.
+    pub threads: i32,
+    /// The LSTM to train (its fields as in `pas models train --lstm-config`).
+    pub model: LstmConfig,
+    /// Address of `/healthz`, `/readyz` and `/metrics`.
+    pub listen: SocketAddr,
+    /// Log one JSON object per line instead of text.
+    pub log_json: bool,
+    /// The NATS connection.
+    pub nats: NatsConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            run: None,
+            step: Duration::from_secs(5),
+            min_history: 720,
+            max_history: 17_280,
+            retrain_after: Duration::from_secs(3600),
+            check_interval: Duration::from_secs(30),
+            keep_versions: 5,
+            max_fill: 3,
+            test_fraction: 0.2,
+            threads: 1,
+            model: LstmConfig::default(),
+            listen: SocketAddr::from(([0, 0, 0, 0], 9465)),
+            log_json: false,
+            nats: NatsConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    pub(crate) fn check(&self) -> Result<(), String> {
+        let step = self.step.as_secs();
+        if step == 0 || self.step.subsec_nanos() != 0 {
+            return Err(format!("step must be a whole number of seconds, not {:?}", self.step));
+        }
+        let needed = self.model.window + self.model.horizon;
+        let test = (self.min_history as f64 * self.test_fraction) as usize;
+        if test < self.model.horizon + 1 || self.min_history - test < 4 * needed {
+            return Err(format!(
+                "min_history ({}) is too short for a window of {} and a horizon of {} with test_fraction {}",
+                self.min_history, self.model.window, self.model.horizon, self.test_fraction
+            ));
+        }
+        if self.max_history < self.min_history {
+            return Err("max_history must be at least min_history".into());
+        }
+        if self.keep_versions == 0 {
+            return Err("keep_versions must be at least 1".into());
+        }
+        if !(0.0..0.9).contains(&self.test_fraction) || self.test_fraction == 0.0 {
+            return Err("test_fraction must be in (0, 0.9)".into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,420 @@
+//! The PAS trainer (`pas trainer`): turns the sample stream into forecasting
+//! models.
+//!
+//! A durable pull consumer on PAS_SAMPLES folds every pod sample into its
+//! workload's utilisation series ([`state::Workloads`]: sum of use over sum
+//! of requests per step, missing steps kept missing) and acks it only then.
+//! Every [`Config::check_interval`] the trainer looks for workloads with
+//! [`Config::min_history`] steps and no model yet, or with
+//! [`Config::retrain_after`] of data beyond their newest model. For each it
+//! trains the LSTM on the head of the series, backtests it against naive,
+//! seasonal naive and Holt-Winters on the tail, and stores the weights and a
+//! manifest as the next version in the `pas-models` bucket ([`store`]),
+//! accepted only if it beat naive; then announces the manifest on
+//! `pas.model.<namespace>.<workload>` and deletes versions beyond
+//! [`Config::keep_versions`] (never the newest accepted one).
+//!
+//! State is rebuilt on start from the stream itself (folding is idempotent),
+//! and what was trained is read back from the bucket, so a restart resumes
+//! where it stopped and trains nothing twice. Start at [`Trainer::run`].
+
+pub mod state;
+pub mod store;
+
+mod config;
+mod error;
+
+pub use config::Config;
+pub use error::Error;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::consumer::{DeliverPolicy, pull};
+use async_nats::jetstream::object_store::ObjectStore;
+use chrono::Utc;
+use futures::StreamExt;
+use pas_models::eval::{self, EvalConfig};
+use pas_models::lstm::Lstm;
+use pas_models::naive::{Naive, SeasonalNaive};
+use pas_models::holt_winters::HoltWinters;
+use pas_models::{Forecaster, ModelKind};
+use pas_nats::{DeadLetters, HandlerError};
+use pas_runtime::health::{self, Health};
+use pas_schemas::subjects::{Prefix, STREAM_SAMPLES, Stage};
+use pas_schemas::{CpuSample, ModelManifest, SCHEMA_VERSION, TrainingRange};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+
+use crate::state::{Fold, WorkloadKey, Workloads};
+use crate::store::{Layout, Versions};
+
+/// A fixed label set: one word from a known list.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Reason {
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Outcome {
+    outcome: &'static str,
+}
+
+/// The trainer's metrics, served on `/metrics`.
+#[derive(Debug, Clone, Default)]
+pub struct Metrics {
+    /// `pas_trainer_samples_total`: samples folded into a series.
+    samples: Counter,
+    /// `pas_trainer_ignored_samples_total{reason}`: samples not used.
+    ignored: Family<Reason, Counter>,
+    /// `pas_trainer_workloads`: workloads with data.
+    workloads: Gauge,
+    /// `pas_trainer_versions_total{outcome}`: versions stored (accepted, rejected, diverged).
+    versions: Family<Outcome, Counter>,
+    /// `pas_trainer_training_failures_total`: training runs that stored nothing.
+    failures: Counter,
+}
+
+impl Metrics {
+    fn register(&self, registry: &mut Registry) {
+        registry.register("pas_trainer_samples", "Samples folded into a workload series.", self.samples.clone());
+        registry.register("pas_trainer_ignored_samples", "Samples not used, by reason.", self.ignored.clone());
+        registry.register("pas_trainer_workloads", "Workloads with data.", self.workloads.clone());
+        registry.register("pas_trainer_versions", "Model versions stored, by outcome.", self.versions.clone());
+        registry.register("pas_trainer_training_failures", "Training runs that stored nothing.", self.failures.clone());
+    }
+
+    /// Samples folded so far.
+    pub fn samples(&self) -> u64 {
+        self.samples.get()
+    }
+
+    /// Versions stored with `outcome` (`accepted`, `rejected` or `diverged`).
+    pub fn versions(&self, outcome: &'static str) -> u64 {
+        self.versions.get_or_create(&Outcome { outcome }).get()
+    }
+}
+
+/// A configured trainer.
+pub struct Trainer {
+    config: Config,
+    prefix: Prefix,
+    metrics: Metrics,
+}
+
+impl Trainer {
+    /// Checks the configuration.
+    pub fn new(config: Config) -> Result<Trainer, Error> {
+        config.check().map_err(Error::Config)?;
+        let prefix = match &config.run {
+            Some(run) => Prefix::replay(run).map_err(|e| Error::Config(format!("run: {e}")))?,
+            None => Prefix::live(),
+        };
+        Ok(Trainer { config, prefix, metrics: Metrics::default() })
+    }
+
+    /// A handle on the metrics (for tests and embedding).
+    pub fn metrics(&self) -> Metrics {
+        self.metrics.clone()
+    }
+
+    /// Runs until `shutdown`: consumes samples, trains, stores models.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
+        let Trainer { config, prefix, metrics } = self;
+        pas_models::runtime::configure(config.threads, config.model.seed as i64)
+            .map_err(|e| Error::Config(e.to_string()))?;
+        let conn = pas_nats::connect(&config.nats, "pas-trainer", true).await?;
+        let js = conn.jetstream.clone();
+        let mut registry = Registry::default();
+        metrics.register(&mut registry);
+        let dead_letters = DeadLetters::new(js.clone(), Stage::Trainer, &prefix, &mut registry);
+        let health = Arc::new(Health::default());
+        let addr = health::serve(config.listen, health.clone(), Arc::new(registry), shutdown.clone()).await?;
+        tracing::info!(%addr, "Serving /healthz, /readyz and /metrics.");
+
+        let bucket = js.get_object_store(pas_schemas::subjects::BUCKET_MODELS).await.map_err(|e| Error::JetStream {
+            what: "open the pas-models bucket (run `pas bus init`)",
+            source: Box::new(e),
+        })?;
+        let layout = Layout::new(&prefix);
+        let mut models = store::load(&bucket, &layout).await?;
+        tracing::info!(keys = models.len(), "Read stored model versions.");
+
+        let stream = js.get_stream(STREAM_SAMPLES).await.map_err(|e| Error::JetStream {
+            what: "open stream PAS_SAMPLES (run `pas bus init`)",
+            source: Box::new(e),
+        })?;
+        let consumer_config = pas_nats::definitions::consumer(Stage::Trainer, STREAM_SAMPLES, &prefix)?;
+        let name = consumer_config.durable_name.clone().unwrap_or_default();
+        let consumer = stream
+            .get_or_create_consumer(&name, consumer_config.clone())
+            .await
+            .map_err(|e| Error::js("create the trainer's consumer", e))?;
+
+        let step = config.step.as_secs() as u32;
+        let state = Arc::new(Mutex::new(Workloads::new(step, config.max_history)));
+        let lookback = config.step * config.max_history as u32 + Duration::from_secs(3600);
+        let rebuilt = rebuild(&stream, &consumer_config.filter_subject, lookback, &state, &metrics).await?;
+        tracing::info!(samples = rebuilt, "Rebuilt workload series from the stream.");
+        health.set_ready(true);
+
+        let consuming = {
+            let state = state.clone();
+            let metrics = metrics.clone();
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                pas_nats::consume::<CpuSample, _, _>(&consumer, &dead_letters, stop, |sample, delivery| {
+                    fold(&state, &metrics, &sample, delivery.stream_sequence);
+                    async { Ok::<(), HandlerError>(()) }
+                })
+                .await
+            })
+        };
+
+        let mut attempts: HashMap<WorkloadKey, chrono::DateTime<Utc>> = HashMap::new();
+        let mut ticks = tokio::time::interval(config.check_interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = ticks.tick() => {}
+            }
+            let due = due(&config, &state, &models, &attempts);
+            for (key, series, range) in due {
+                if shutdown.is_cancelled() {
+                    break;
+                }
+                attempts.insert(key.clone(), range.to);
+                let versions = models.entry(key.model_key()).or_default();
+                let version = versions.keys().next_back().copied().unwrap_or(0) + 1;
+                let job = Job { key: key.clone(), version, series, range, config: config.clone() };
+                let started = Instant::now();
+                let outcome = tokio::task::spawn_blocking(move || job.train()).await;
+                match outcome {
+                    Ok(Ok((manifest, weights))) => {
+                        let label = outcome_label(&manifest);
+                        store_version(&bucket, &layout, &conn.client, &prefix, &key, versions, manifest, &weights, config.keep_versions)
+                            .await?;
+                        metrics.versions.get_or_create(&Outcome { outcome: label }).inc();
+                        tracing::info!(
+                            workload = key.model_key(), version, outcome = label,
+                            seconds = started.elapsed().as_secs_f64(), "Stored a model version."
+                        );
+                    }
+                    Ok(Err(error)) => {
+                        metrics.failures.inc();
+                        tracing::warn!(workload = key.model_key(), %error, "Training failed; will try again with more data.");
+                    }
+                    Err(error) => {
+                        metrics.failures.inc();
+                        tracing::error!(workload = key.model_key(), %error, "Training panicked.");
+                    }
+                }
+            }
+        }
+        health.set_ready(false);
+        match consuming.await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "Consuming stopped with an error."),
+            Err(error) => tracing::warn!(%error, "Consumer task failed."),
+        }
+        conn.client.drain().await.ok();
+        Ok(())
+    }
+}
+
+fn outcome_label(manifest: &ModelManifest) -> &'static str {
+    if manifest.accepted {
+        "accepted"
+    } else if manifest.validation.contains_key("diverged") {
+        "diverged"
+    } else {
+        "rejected"
+    }
+}
+
+fn fold(state: &Mutex<Workloads>, metrics: &Metrics, sample: &CpuSample, sequence: u64) {
+    let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
+    match state.fold(sample, sequence) {
+        Fold::Folded => {
+            metrics.samples.inc();
+            metrics.workloads.set(state.keys().len() as i64);
+        }
+        Fold::Duplicate => {
+            metrics.ignored.get_or_create(&Reason { reason: "duplicate" }).inc();
+        }
+        Fold::Ignored(reason) => {
+            metrics.ignored.get_or_create(&Reason { reason }).inc();
+        }
+    }
+}
+
+/// Folds what the stream holds for `filter` from `lookback` ago up to now,
+/// with an ordered consumer that leaves no trace. Returns the samples read.
+async fn rebuild(
+    stream: &async_nats::jetstream::stream::Stream,
+    filter: &str,
+    lookback: Duration,
+    state: &Mutex<Workloads>,
+    metrics: &Metrics,
+) -> Result<u64, Error> {
+    let start_time = time::OffsetDateTime::now_utc() - lookback;
+    let consumer = stream
+        .create_consumer(pull::OrderedConfig {
+            filter_subject: filter.to_owned(),
+            deliver_policy: DeliverPolicy::ByStartTime { start_time },
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| Error::js("create a consumer to rebuild state", e))?;
+    let mut consumer = consumer;
+    let pending = consumer.info().await.map_err(|e| Error::js("read the rebuild consumer", e))?.num_pending;
+    if pending == 0 {
+        return Ok(0);
+    }
+    let mut messages = consumer.messages().await.map_err(|e| Error::js("rebuild state", e))?;
+    let mut read = 0;
+    while let Some(msg) = messages.next().await {
+        let msg = msg.map_err(|e| Error::js("rebuild state", e))?;
+        let info = msg.info().map_err(|e| Error::JetStream { what: "read message metadata", source: e })?;
+        let (sequence, remaining) = (info.stream_sequence, info.pending);
+        // Bad messages were (or will be) dead-lettered by the durable consumer.
+        if let Ok(sample) = pas_schemas::decode::<CpuSample>(&msg.payload) {
+            fold(state, metrics, &sample, sequence);
+        }
+        read += 1;
+        if remaining == 0 {
+            break;
+        }
+    }
+    Ok(read)
+}
+
+/// Workloads due for training, with their series, oldest attempt first.
+fn due(
+    config: &Config,
+    state: &Mutex<Workloads>,
+    models: &HashMap<String, Versions>,
+    attempts: &HashMap<WorkloadKey, chrono::DateTime<Utc>>,
+) -> Vec<(WorkloadKey, pas_models::Series, TrainingRange)> {
+    let state = state.lock().unwrap_or_else(|p| p.into_inner());
+    let retrain = chrono::TimeDelta::from_std(config.retrain_after).unwrap_or(chrono::TimeDelta::MAX);
+    let mut out = Vec::new();
+    for key in state.keys() {
+        if state.steps(&key) < config.min_history {
+            continue;
+        }
+        let Some(newest) = state.newest(&key) else { continue };
+        let trained_to = models.get(&key.model_key()).and_then(|v| v.values().map(|m| m.training.to).max());
+        let attempted = attempts.get(&key).copied();
+        let last = trained_to.max(attempted);
+        if last.is_some_and(|t| newest - t < retrain) {
+            continue;
+        }
+        if let Some((series, range)) = state.series(&key) {
+            out.push((key, series, range));
+        }
+    }
+    out
+}
+
+/// One training run, off the async runtime.
+struct Job {
+    key: WorkloadKey,
+    version: u64,
+    series: pas_models::Series,
+    range: TrainingRange,
+    config: Config,
+}
+
+impl Job {
+    /// Trains the LSTM on the head of the series, backtests it against the
+    /// baselines on the tail, and returns the manifest and weights.
+    fn train(mut self) -> Result<(ModelManifest, Vec<u8>), pas_models::Error> {
+        let c = &self.config;
+        let gaps = self.series.fill_gaps(c.max_fill);
+        let horizon = c.model.horizon;
+        let quantile = c.model.quantile;
+        let mut lstm = Lstm::new(c.model.clone())?;
+        let mut naive = Naive::new(horizon, quantile);
+        let mut seasonal = SeasonalNaive::new(horizon, None, quantile);
+        let mut holt = HoltWinters::new(horizon, None, quantile);
+        let eval_config = EvalConfig { horizon, test_fraction: c.test_fraction, stride: 1, max_fill: c.max_fill, step_seconds: None };
+        let mut models: [&mut dyn Forecaster; 4] = [&mut naive, &mut seasonal, &mut holt, &mut lstm];
+        let report = eval::backtest(&self.key.model_key(), &self.series, gaps, &mut models, &eval_config, &mut |_| {})?;
+        let mut validation = std::collections::BTreeMap::new();
+        for m in report.models.iter().filter(|m| m.error.is_none()) {
+            validation.insert(m.model.clone(), m.mase);
+        }
+        let ours = report.models.iter().find(|m| m.model == ModelKind::Lstm.name());
+        let diverged = ours.is_some_and(|m| m.fit.diverged);
+        if diverged {
+            validation.insert("diverged".into(), 1.0);
+        }
+        if let Some(m) = ours.filter(|m| m.error.is_none()) {
+            if let Some(c) = m.coverage {
+                validation.insert("lstm_coverage".into(), c);
+            }
+            validation.insert("lstm_under_rate".into(), m.under_rate);
+        }
+        validation.insert("origins".into(), report.origins as f64);
+        let beats_naive = match (validation.get("lstm"), validation.get("naive")) {
+            (Some(l), Some(n)) => l < n,
+            _ => false,
+        };
+        if let Some(error) = ours.and_then(|m| m.error.as_ref()).filter(|_| !diverged) {
+            return Err(pas_models::Error::Input(format!("the LSTM could not be trained: {error}")));
+        }
+        let weights = lstm.to_safetensors()?;
+        let manifest = ModelManifest {
+            schema_version: SCHEMA_VERSION,
+            timestamp: Utc::now(),
+            key: self.key.model_key(),
+            version: self.version,
+            architecture: ModelKind::Lstm.name().to_owned(),
+            hyper_parameters: c.model.hyper_parameters(),
+            step_seconds: f64::from(self.series.step_seconds),
+            window: c.model.window as u32,
+            horizon: horizon as u32,
+            normalisation: lstm.normalisation(),
+            training: self.range,
+            validation,
+            digest: pas_models::digest(&weights),
+            accepted: beats_naive && !diverged,
+        };
+        Ok((manifest, weights))
+    }
+}
+
+/// Stores a version, announces it, and prunes old ones.
+#[allow(clippy::too_many_arguments)]
+async fn store_version(
+    bucket: &ObjectStore,
+    layout: &Layout,
+    client: &async_nats::Client,
+    prefix: &Prefix,
+    key: &WorkloadKey,
+    versions: &mut Versions,
+    manifest: ModelManifest,
+    weights: &[u8],
+    keep: usize,
+) -> Result<(), Error> {
+    store::save(bucket, layout, &manifest, weights).await?;
+    let subject = prefix
+        .model(Some((&key.namespace, &key.workload)))
+        .map_err(|e| Error::Config(format!("workload {}: {e}", key.model_key())))?;
+    let payload = pas_schemas::encode(&manifest).map_err(|e| Error::js("encode a manifest", e))?;
+    if let Err(error) = client.publish(subject, payload.into()).await {
+        // The bucket is the record; the announcement is a courtesy.
+        tracing::warn!(%error, "Announcing a model version failed.");
+    }
+    let _ = client.flush().await;
+    let key = manifest.key.clone();
+    versions.insert(manifest.version, manifest);
+    store::prune(bucket, layout, &key, versions, keep).await
+}

@@ -1,0 +1,163 @@
+//! The trainer against a real nats-server with JetStream and a real
+//! libtorch: recorded samples replayed into PAS_SAMPLES become an accepted
+//! model version in `pas-models` with the right digest; a restart stores no
+//! duplicate; a diverging run stores a rejected version and leaves the
+//! accepted one in place.
+
+use std::time::Duration;
+
+use async_nats::jetstream;
+use async_nats::jetstream::object_store::ObjectStore;
+use futures::StreamExt;
+use pas_integration_tests::{NatsServer, eventually, repo_root};
+use pas_models::Trace;
+use pas_models::lstm::{Lstm, LstmConfig};
+use pas_models::Forecaster;
+use pas_nats::NatsConfig;
+use pas_schemas::subjects::{BUCKET_MODELS, Prefix, STREAM_DLQ};
+use pas_schemas::{CpuSample, ModelManifest, SCHEMA_VERSION};
+use pas_trainer::{Config, Metrics, Trainer};
+use tokio::io::AsyncReadExt;
+use tokio_util::sync::CancellationToken;
+
+const RUN: &str = "trainer-test";
+
+fn config(server: &NatsServer) -> Config {
+    Config {
+        run: Some(RUN.into()),
+        step: Duration::from_secs(300),
+        min_history: 1500,
+        max_history: 5000,
+        retrain_after: Duration::from_secs(86_400),
+        check_interval: Duration::from_millis(200),
+        keep_versions: 1,
+        threads: 1,
+        model: LstmConfig { window: 24, hidden: 16, max_epochs: 8, patience: 0, ..LstmConfig::default() },
+        listen: "127.0.0.1:0".parse().unwrap(),
+        nats: NatsConfig { urls: vec![server.url()], ..NatsConfig::default() },
+        ..Config::default()
+    }
+}
+
+async fn connect(server: &NatsServer) -> pas_nats::Connection {
+    let conn = pas_nats::connect(&NatsConfig { urls: vec![server.url()], ..Default::default() }, "test", false)
+        .await
+        .unwrap();
+    pas_nats::provision::init(&conn.jetstream).await.unwrap();
+    conn
+}
+
+/// Publishes trace rows as one pod's samples (1000 m requested, so the
+/// workload's utilisation equals the trace's CPU percentage).
+async fn replay(js: &jetstream::Context, rows: &[(chrono::DateTime<chrono::Utc>, f64)]) -> u64 {
+    let prefix = Prefix::replay(RUN).unwrap();
+    let mut last = 0;
+    for &(at, cpu) in rows {
+        let sample = CpuSample {
+            schema_version: SCHEMA_VERSION,
+            timestamp: at,
+            node: "node-1".into(),
+            namespace: Some("shop".into()),
+            workload: Some("web".into()),
+            pod: Some("web-0".into()),
+            cpu_used_millicores: cpu * 10.0,
+            cpu_requested_millicores: Some(1000.0),
+            cpu_capacity_millicores: None,
+        };
+        let out = pas_nats::Outgoing::new(prefix.sample(&sample).unwrap(), &sample).unwrap();
+        last = pas_nats::publish(js, &out).await.unwrap().await.unwrap().sequence;
+    }
+    last
+}
+
+async fn read(store: &ObjectStore, name: &str) -> Option<Vec<u8>> {
+    let mut object = store.get(name).await.ok()?;
+    let mut bytes = Vec::new();
+    object.read_to_end(&mut bytes).await.unwrap();
+    Some(bytes)
+}
+
+async fn manifest(store: &ObjectStore, version: u64) -> Option<ModelManifest> {
+    let bytes = read(store, &format!("replay/{RUN}/shop/web/v{version}/manifest.json")).await?;
+    Some(pas_schemas::decode(&bytes).unwrap())
+}
+
+fn start(config: Config) -> (CancellationToken, Metrics, tokio::task::JoinHandle<Result<(), pas_trainer::Error>>) {
+    let trainer = Trainer::new(config).unwrap();
+    let metrics = trainer.metrics();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(trainer.run(stop.clone()));
+    (stop, metrics, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trains_an_accepted_model_once_and_keeps_it_when_a_run_diverges() {
+    let server = NatsServer::start();
+    let conn = connect(&server).await;
+    let js = conn.jetstream.clone();
+    let store = js.get_object_store(BUCKET_MODELS).await.unwrap();
+    let trace = Trace::read(&repo_root().join("testdata/traces/nab-ec2_cpu_utilization_53ea38.csv")).unwrap();
+    let mut announcements = conn.client.subscribe(format!("replay.{RUN}.pas.model.>")).await.unwrap();
+    conn.client.flush().await.unwrap();
+
+    let last_sequence = replay(&js, &trace.points[..2000]).await;
+    // Bad input on the trainer's subject goes to the DLQ; the trainer goes on.
+    js.publish(format!("replay.{RUN}.pas.cpu.pod.shop.web.web-0"), "not json".into()).await.unwrap().await.unwrap();
+
+    // First run: one accepted version from the replayed history.
+    let (stop, metrics, task) = start(config(&server));
+    let v1 = eventually(Duration::from_secs(120), "version 1 stored", || async { manifest(&store, 1).await }).await;
+    assert!(v1.accepted, "the LSTM beat naive on this trace: {:?}", v1.validation);
+    assert!(v1.validation["lstm"] < v1.validation["naive"]);
+    assert!(v1.validation.contains_key("holt-winters"), "{:?}", v1.validation);
+    assert_eq!(v1.key, "shop/web");
+    assert_eq!(v1.architecture, "lstm");
+    assert_eq!(v1.step_seconds, 300.0);
+    assert_eq!(v1.training.last_sequence, last_sequence, "trained on everything replayed");
+    assert_eq!(v1.training.to, trace.points[1999].0);
+    let weights = read(&store, &format!("replay/{RUN}/shop/web/v1/weights.safetensors")).await.unwrap();
+    assert_eq!(v1.digest, pas_models::digest(&weights), "the manifest's digest is the stored weights'");
+    // The stored weights are a working model.
+    let lstm_config: LstmConfig = serde_json::from_value(serde_json::to_value(&v1.hyper_parameters).unwrap()).unwrap();
+    let model = Lstm::from_safetensors(lstm_config, &v1.normalisation, &weights).unwrap();
+    let history: Vec<f64> = trace.points[1900..2000].iter().map(|p| p.1).collect();
+    let p = model.predict(&history).unwrap();
+    assert!(p.values.iter().all(|v| (0.0..10.0).contains(v)), "{p:?}");
+    let announced = tokio::time::timeout(Duration::from_secs(5), announcements.next()).await.unwrap().unwrap();
+    let announced: ModelManifest = pas_schemas::decode(&announced.payload).unwrap();
+    assert_eq!(announced, v1);
+    assert_eq!(metrics.versions("accepted"), 1);
+    assert!(metrics.samples() >= 2000);
+    stop.cancel();
+    task.await.unwrap().unwrap();
+
+    // Restart: the state is rebuilt, nothing is due, nothing is stored twice.
+    let (stop, metrics, task) = start(config(&server));
+    eventually(Duration::from_secs(30), "state rebuilt", || async { (metrics.samples() >= 2000).then_some(()) }).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(manifest(&store, 2).await.is_none(), "a restart trained again");
+    assert!(tokio::time::timeout(Duration::from_millis(200), announcements.next()).await.is_err());
+    stop.cancel();
+    task.await.unwrap().unwrap();
+
+    // A run that diverges (absurd learning rate) on new data: version 2 is
+    // stored rejected, and version 1 stays although only one version is kept.
+    let mut diverging = config(&server);
+    diverging.retrain_after = Duration::from_secs(3600);
+    diverging.model.learning_rate = 1e30;
+    diverging.model.clip_norm = 0.0;
+    let (stop, metrics, task) = start(diverging);
+    replay(&js, &trace.points[2000..2100]).await;
+    let v2 = eventually(Duration::from_secs(120), "version 2 stored", || async { manifest(&store, 2).await }).await;
+    assert!(!v2.accepted);
+    assert!(v2.validation.contains_key("diverged"), "{:?}", v2.validation);
+    assert_eq!(metrics.versions("diverged"), 1);
+    let kept = manifest(&store, 1).await.expect("the newest accepted version is never pruned");
+    assert_eq!(kept, v1);
+    stop.cancel();
+    task.await.unwrap().unwrap();
+
+    // The bad message was dead-lettered, not dropped.
+    let mut dlq = js.get_stream(STREAM_DLQ).await.unwrap();
+    assert!(dlq.info().await.unwrap().state.messages >= 1);
+}
