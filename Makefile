@@ -14,7 +14,7 @@ export PAS_CACHE LIBTORCH LIBTORCH_CXX11_ABI NATS_SERVER
 export LD_LIBRARY_PATH := $(LIBTORCH)/lib$(if $(LD_LIBRARY_PATH),:$(LD_LIBRARY_PATH))
 PY := $(PAS_CACHE)/venv/bin/python
 
-.PHONY: all setup env test test-rust test-python check-agent demo schemas footprint clean-cache
+.PHONY: all setup env test test-rust test-python check-agent demo schemas footprint bench-models bench-epoch clean-cache
 
 all: test
 
@@ -52,6 +52,16 @@ schemas:
 # Resident memory of the release agent while sampling (README's figure).
 footprint: setup
 	@scripts/agent-footprint.sh
+
+# docs/benchmarks.md: every model on every shared trace (about 12 min, 1 thread).
+TRACES ?= ../shared/data/traces
+bench-models: setup
+	cargo build --release -p pas-cli
+	target/release/pas models eval --trace $(TRACES)/*.csv --threads 1 --quiet --json docs/bench/eval-shared-traces.json
+
+# docs/benchmarks.md: seconds per epoch, tch against PyTorch (installs torch into $(PAS_CACHE)/bench-venv).
+bench-epoch: setup
+	scripts/bench-epoch.sh
 
 clean-cache:
 	rm -rf "$(PAS_CACHE)"

@@ -149,7 +149,7 @@ pub fn backtest(
         .ok_or_else(|| Error::NotEnoughData(format!("{name}: the training part has no two consecutive observed steps")))?;
     let origins: Vec<usize> = usable_origins(&series.values, train_steps.max(1), h)
         .into_iter()
-        .filter(|t| (t - train_steps) % config.stride.max(1) == 0)
+        .filter(|t| (t - train_steps).is_multiple_of(config.stride.max(1)))
         .collect();
     if origins.is_empty() {
         return Err(Error::NotEnoughData(format!("{name}: no origin in the test part has {h} observed steps after it")));

@@ -29,7 +29,7 @@ pub struct Epoch {
     pub loss: f64,
     /// Validation loss, where the model holds data back.
     pub validation_loss: Option<f64>,
-    /// Wall-clock seconds the epoch took.
+    /// Wall-clock seconds of the epoch's training pass (without validation).
     pub seconds: f64,
 }
 

@@ -2,7 +2,7 @@
 //! the training data by grid search on the multi-step absolute error.
 
 use crate::forecaster::{Epoch, FitReport, Forecaster, ModelKind, Prediction, check_history};
-use crate::naive::{detect_period, max_period, residual_margins, with_margins};
+use crate::naive::{calendar_periods, candidate_periods, max_period, residual_margins, with_margins};
 use crate::{Error, Series};
 
 /// Smoothing constants.
@@ -28,12 +28,14 @@ pub struct HoltWinters {
     period: usize,
     smoothing: Option<Smoothing>,
     margins: Option<Vec<f64>>,
+    /// While fitting: score errors from this step on, the same for every season tried.
+    score_from: usize,
 }
 
 impl HoltWinters {
     /// A model for `horizon` steps; `period` in steps, or `None` to detect it.
     pub fn new(horizon: usize, period: Option<usize>, quantile: f64) -> HoltWinters {
-        HoltWinters { horizon, quantile, configured: period, period: period.unwrap_or(0), smoothing: None, margins: None }
+        HoltWinters { horizon, quantile, configured: period, period: period.unwrap_or(0), smoothing: None, margins: None, score_from: 0 }
     }
 
     /// The fitted constants.
@@ -66,7 +68,7 @@ impl HoltWinters {
                     season[t % p] = s.gamma * (y - level) + (1.0 - s.gamma) * seas;
                 }
             }
-            if score {
+            if score && t >= self.score_from {
                 for h in 0..h_max {
                     let Some(&y_h) = values.get(t + 1 + h) else { break };
                     if y_h.is_nan() {
@@ -127,33 +129,43 @@ impl Forecaster for HoltWinters {
         self.quantile
     }
     fn fit(&mut self, train: &Series, _: &mut dyn FnMut(&Epoch)) -> Result<FitReport, Error> {
-        self.period = match self.configured {
-            Some(p) => p,
-            None => detect_period(&train.values, max_period(train)).unwrap_or(0),
+        // The season is chosen with the constants: every candidate, and none.
+        let periods: Vec<usize> = match self.configured {
+            Some(p) => vec![p],
+            None => {
+                let mut c = candidate_periods(&train.values, max_period(train), &calendar_periods(train));
+                c.retain(|&p| train.len() >= 3 * p + self.horizon);
+                c.push(0);
+                c
+            }
         };
-        if self.period > 0 && train.len() < 3 * self.period + self.horizon {
+        if let Some(&p) = periods.first().filter(|&&p| p > 0 && train.len() < 3 * p + self.horizon) {
             return Err(Error::NotEnoughData(format!(
-                "Holt-Winters with a season of {} steps needs {} steps, the series has {}",
-                self.period,
-                3 * self.period + self.horizon,
+                "Holt-Winters with a season of {p} steps needs {} steps, the series has {}",
+                3 * p + self.horizon,
                 train.len()
             )));
         }
-        let mut best = (f64::INFINITY, None);
-        let gammas: &[f64] = if self.period > 0 { &[0.0, 0.05, 0.1, 0.3] } else { &[0.0] };
-        for &alpha in &[0.05, 0.1, 0.2, 0.35, 0.5, 0.7, 0.9] {
-            for &beta in &[0.0, 0.01, 0.05, 0.15] {
-                for &gamma in gammas {
-                    for &phi in &[0.8, 0.9, 0.98] {
-                        let s = Smoothing { alpha, beta, gamma, phi };
-                        let (sum, count, _) = self.run(&train.values, s, true);
-                        if count > 0 && sum / (count as f64) < best.0 {
-                            best = (sum / count as f64, Some(s));
+        let mut best: (f64, Option<Smoothing>, usize) = (f64::INFINITY, None, 0);
+        self.score_from = periods.iter().map(|p| 2 * p).max().unwrap_or(0);
+        for period in periods {
+            self.period = period;
+            let gammas: &[f64] = if period > 0 { &[0.0, 0.05, 0.1, 0.3] } else { &[0.0] };
+            for &alpha in &[0.05, 0.1, 0.2, 0.35, 0.5, 0.7, 0.9] {
+                for &beta in &[0.0, 0.01, 0.05, 0.15] {
+                    for &gamma in gammas {
+                        for &phi in &[0.8, 0.9, 0.98] {
+                            let s = Smoothing { alpha, beta, gamma, phi };
+                            let (sum, count, _) = self.run(&train.values, s, true);
+                            if count > 0 && sum / (count as f64) < best.0 {
+                                best = (sum / count as f64, Some(s), period);
+                            }
                         }
                     }
                 }
             }
         }
+        self.period = best.2;
         let s = best.1.ok_or_else(|| Error::NotEnoughData("no observed steps to fit Holt-Winters on".into()))?;
         self.smoothing = Some(s);
         self.margins = None;

@@ -219,6 +219,10 @@ impl Lstm {
     /// A fresh network with weights drawn from the configured seed.
     pub fn new(config: LstmConfig) -> Result<Lstm, Error> {
         config.check()?;
+        // libtorch's generator is global: seed and draw under one lock so
+        // that models built on other threads cannot interleave their draws.
+        static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _guard = INIT.lock().unwrap_or_else(|p| p.into_inner());
         tch::manual_seed(config.seed as i64);
         let vs = nn::VarStore::new(Device::Cpu);
         let root = vs.root();
@@ -407,6 +411,55 @@ impl Lstm {
         })
     }
 
+    /// Fits the scaling on `train` and builds the training and validation
+    /// examples exactly as [`Forecaster::fit`] uses them.
+    fn prepare(&mut self, train: &Series) -> Result<(Examples, Option<Examples>), Error> {
+        let c = self.config.clone();
+        let values = &train.values;
+        self.scale = Some(match c.scaling {
+            Scaling::Standard => {
+                let (mean, std) = mean_std(values);
+                (mean, std.max(1e-3))
+            }
+            Scaling::MinMax => {
+                let observed = values.iter().copied().filter(|v| !v.is_nan());
+                let min = observed.clone().fold(f64::INFINITY, f64::min);
+                let max = observed.fold(f64::NEG_INFINITY, f64::max);
+                (min, (max - min).max(1e-3))
+            }
+        });
+        let origins = usable_origins(values, c.window, c.horizon);
+        let n_val = (origins.len() as f64 * c.validation_fraction) as usize;
+        let n_train = origins.len() - n_val;
+        if n_train < c.batch_size.min(32) || (c.validation_fraction > 0.0 && n_val == 0) {
+            return Err(Error::NotEnoughData(format!(
+                "{} usable windows of {} + {} observed steps; the LSTM needs more",
+                origins.len(),
+                c.window,
+                c.horizon
+            )));
+        }
+        // Validation windows are the newest; drop the training windows whose
+        // targets reach into theirs.
+        let first_validation = origins.get(n_train).copied().filter(|_| n_val > 0).unwrap_or(usize::MAX);
+        let train_origins: Vec<usize> =
+            origins[..n_train].iter().copied().filter(|&t| t + c.horizon <= first_validation).collect();
+        let train_set = self.examples(values, &train_origins);
+        let val_set = (n_val > 0).then(|| self.examples(values, &origins[n_train..]));
+        Ok((train_set, val_set))
+    }
+
+
+    /// Writes the training examples [`Forecaster::fit`] would use to an
+    /// `.npz` file (`x`: inputs `[n, window, features]`, `y`: targets
+    /// `[n, horizon]`, `last`: last input value `[n, 1]`, all scaled), so
+    /// another implementation can train on exactly the same data.
+    pub fn export_training_set(&mut self, train: &Series, path: &std::path::Path) -> Result<usize, Error> {
+        let (set, _) = self.prepare(train)?;
+        Tensor::write_npz(&[("x", &set.x), ("y", &set.y), ("last", &set.last)], path)?;
+        Ok(set.len() as usize)
+    }
+
     fn snapshot(&self) -> Vec<(String, Tensor)> {
         self.vs.variables().into_iter().map(|(k, v)| (k, v.detach().copy())).collect()
     }
@@ -450,40 +503,10 @@ impl Forecaster for Lstm {
 
     fn fit(&mut self, train: &Series, progress: &mut dyn FnMut(&Epoch)) -> Result<FitReport, Error> {
         let c = self.config.clone();
-        let values = &train.values;
-        self.scale = Some(match c.scaling {
-            Scaling::Standard => {
-                let (mean, std) = mean_std(values);
-                (mean, std.max(1e-3))
-            }
-            Scaling::MinMax => {
-                let observed = values.iter().copied().filter(|v| !v.is_nan());
-                let min = observed.clone().fold(f64::INFINITY, f64::min);
-                let max = observed.fold(f64::NEG_INFINITY, f64::max);
-                (min, (max - min).max(1e-3))
-            }
-        });
-        let origins = usable_origins(values, c.window, c.horizon);
-        let n_val = (origins.len() as f64 * c.validation_fraction) as usize;
-        let n_train = origins.len() - n_val;
-        if n_train < c.batch_size.min(32) || (c.validation_fraction > 0.0 && n_val == 0) {
-            return Err(Error::NotEnoughData(format!(
-                "{} usable windows of {} + {} observed steps; the LSTM needs more",
-                origins.len(),
-                c.window,
-                c.horizon
-            )));
-        }
-        // Validation windows are the newest; drop the training windows whose
-        // targets overlap them.
-        let train_end = if n_val > 0 { origins[n_train].saturating_sub(c.horizon) } else { usize::MAX };
-        let train_origins: Vec<usize> = origins[..n_train].iter().copied().filter(|&t| t + c.horizon <= train_end.max(c.window + 1)).collect();
-        let train_set = self.examples(values, &train_origins);
-        let val_set = (n_val > 0).then(|| self.examples(values, &origins[n_train..]));
-
+        let (train_set, val_set) = self.prepare(train)?;
         let mut opt = nn::Adam::default().build(&self.vs, c.learning_rate)?;
         let mut rng = fastrand::Rng::with_seed(c.seed);
-        let mut report = FitReport { examples: train_origins.len(), ..FitReport::default() };
+        let mut report = FitReport { examples: train_set.len() as usize, ..FitReport::default() };
         report.initial_loss = Some(self.mean_loss(&train_set));
         let mut best: Option<(f64, Vec<(String, Tensor)>)> = None;
         let mut since_best = 0;
@@ -508,8 +531,9 @@ impl Forecaster for Lstm {
                 batches += 1;
             }
             let loss = total / batches.max(1) as f64;
-            let validation_loss = val_set.as_ref().map(|v| self.mean_loss(v));
+            // Epoch time is the training pass alone, comparable with other loops.
             let took = started.elapsed().as_secs_f64();
+            let validation_loss = val_set.as_ref().map(|v| self.mean_loss(v));
             seconds += took;
             report.epochs = epoch;
             report.final_loss = Some(loss);

@@ -83,12 +83,26 @@ impl Forecaster for SeasonalNaive {
         let period = match self.configured {
             Some(0) => return Err(Error::Input("the season must be at least one step".into())),
             Some(p) => p,
-            // No clear season: a day, the usual one of machine load.
-            None => detect_period(&train.values, max_period(train))
-                .or_else(|| train.steps_per_day().filter(|&day| day <= train.len() / 2))
-                .ok_or_else(|| {
+            // The candidate season with the lowest in-sample error; with no
+            // candidate, a day, the usual season of machine load.
+            None => {
+                let mut candidates = candidate_periods(&train.values, max_period(train), &calendar_periods(train));
+                if candidates.is_empty() {
+                    candidates.extend(train.steps_per_day().filter(|&day| day <= train.len() / 2));
+                }
+                let mut best: Option<(usize, f64)> = None;
+                for p in candidates {
+                    self.period = Some(p);
+                    if let Ok(error) = in_sample_error(self, &train.values)
+                        && best.is_none_or(|(_, e)| error < e)
+                    {
+                        best = Some((p, error));
+                    }
+                }
+                best.map(|(p, _)| p).ok_or_else(|| {
                     Error::NotEnoughData("no season found and less than two days of data; set the period".into())
-                })?,
+                })?
+            }
         };
         self.period = Some(period);
         self.margins = None;
@@ -117,48 +131,103 @@ pub(crate) fn max_period(train: &Series) -> usize {
     week.min(train.len() / 3)
 }
 
-/// Finds the season length of a series from its autocorrelation: the lag of
-/// the highest peak after the correlation first drops below zero (or its first
-/// minimum), if that peak is clearly positive. Missing steps are skipped.
-pub fn detect_period(values: &[f64], max_lag: usize) -> Option<usize> {
-    let n = values.len();
-    if max_lag < 4 || n < 2 * max_lag.min(n / 2) {
+/// Finds the season length of a series from its autocorrelation (missing
+/// steps skipped). Calendar seasons (`calendar`, in steps: a day, a week) are
+/// preferred when the correlation at that lag is at least 0.25; otherwise the
+/// lag of the highest prominent peak (at least 0.3, and 0.1 above the lowest
+/// correlation between half that lag and it). `None` when nothing stands out.
+pub fn detect_period(values: &[f64], max_lag: usize, calendar: &[usize]) -> Option<usize> {
+    let acfs = autocorrelation(values, max_lag.min(values.len() / 2));
+    if acfs.len() < 5 {
         return None;
     }
-    let max_lag = max_lag.min(n / 2);
-    let (mean, std) = crate::series::mean_std(values);
-    if std == 0.0 {
-        return None;
-    }
-    let centred: Vec<f64> = values.iter().map(|v| v - mean).collect();
-    let acf = |lag: usize| {
-        let (mut sum, mut count) = (0.0, 0usize);
-        for i in lag..n {
-            let p = centred[i] * centred[i - lag];
-            if !p.is_nan() {
-                sum += p;
-                count += 1;
-            }
-        }
-        if count < n / 4 { f64::NAN } else { sum / count as f64 / (std * std) }
-    };
-    let acfs: Vec<f64> = (0..=max_lag).map(|l| if l == 0 { 1.0 } else { acf(l) }).collect();
-    // Skip the first decay: until the correlation turns up again.
-    let mut start = 1;
-    while start + 1 <= max_lag && !(acfs[start + 1] > acfs[start]) {
-        start += 1;
+    let max_lag = acfs.len() - 1;
+    let calendar_best = calendar
+        .iter()
+        .filter(|&&p| p >= 2 && p <= max_lag)
+        .map(|&p| (p, acfs[p]))
+        .filter(|&(_, r)| r >= 0.25)
+        .max_by(|a, b| a.1.total_cmp(&b.1));
+    if let Some((p, _)) = calendar_best {
+        return Some(p);
     }
     let mut best: Option<(usize, f64)> = None;
-    for lag in start.max(2)..max_lag {
+    for lag in 2..max_lag {
         let (a, b, c) = (acfs[lag - 1], acfs[lag], acfs[lag + 1]);
-        if b.is_nan() || !(b >= a && b >= c) {
+        if b.is_nan() || !(b >= a && b >= c) || b < 0.3 {
+            continue;
+        }
+        let trough = acfs[lag / 2..lag].iter().copied().filter(|v| !v.is_nan()).fold(f64::INFINITY, f64::min);
+        if b - trough < 0.1 {
             continue;
         }
         if best.is_none_or(|(_, v)| b > v * 1.05) {
             best = Some((lag, b));
         }
     }
-    best.filter(|&(_, v)| v > 0.2).map(|(lag, _)| lag)
+    best.map(|(lag, _)| lag)
+}
+
+/// Season lengths worth trying on a series: the calendar seasons whose
+/// autocorrelation is at least 0.1, and up to three of the most prominent
+/// autocorrelation peaks (see [`detect_period`]), best first.
+pub fn candidate_periods(values: &[f64], max_lag: usize, calendar: &[usize]) -> Vec<usize> {
+    let mut out: Vec<usize> = Vec::new();
+    let acfs = autocorrelation(values, max_lag.min(values.len() / 2));
+    if acfs.len() < 5 {
+        return out;
+    }
+    let max_lag = acfs.len() - 1;
+    for &p in calendar.iter().filter(|&&p| p >= 2 && p <= max_lag) {
+        if acfs[p] >= 0.1 {
+            out.push(p);
+        }
+    }
+    let mut peaks: Vec<(usize, f64)> = (2..max_lag)
+        .filter(|&lag| {
+            let (a, b, c) = (acfs[lag - 1], acfs[lag], acfs[lag + 1]);
+            let trough = acfs[lag / 2..lag].iter().copied().filter(|v| !v.is_nan()).fold(f64::INFINITY, f64::min);
+            !b.is_nan() && b >= a && b >= c && b >= 0.2 && b - trough >= 0.05
+        })
+        .map(|lag| (lag, acfs[lag]))
+        .collect();
+    peaks.sort_by(|a, b| b.1.total_cmp(&a.1));
+    for (lag, _) in peaks.into_iter().take(3) {
+        if !out.contains(&lag) {
+            out.push(lag);
+        }
+    }
+    out
+}
+
+/// Autocorrelation of `values` at lags `0..=max_lag`, missing steps skipped;
+/// empty when the series is constant. A lag with too few pairs is `NaN`.
+fn autocorrelation(values: &[f64], max_lag: usize) -> Vec<f64> {
+    let n = values.len();
+    let (mean, std) = crate::series::mean_std(values);
+    if std == 0.0 {
+        return Vec::new();
+    }
+    let centred: Vec<f64> = values.iter().map(|v| v - mean).collect();
+    (0..=max_lag)
+        .map(|lag| {
+            let (mut sum, mut count) = (0.0, 0usize);
+            for i in lag..n {
+                let p = centred[i] * centred[i - lag];
+                if !p.is_nan() {
+                    sum += p;
+                    count += 1;
+                }
+            }
+            if lag == 0 { 1.0 } else if count < n / 4 { f64::NAN } else { sum / count as f64 / (std * std) }
+        })
+        .collect()
+}
+
+/// Calendar seasons of a series: a day and a week, in steps, where whole.
+pub(crate) fn calendar_periods(train: &Series) -> Vec<usize> {
+    let day = train.steps_per_day();
+    day.into_iter().flat_map(|d| [d, 7 * d]).collect()
 }
 
 /// Per-step margins so that `point + margin` is the `quantile` of what was
@@ -183,6 +252,29 @@ pub(crate) fn residual_margins(model: &dyn Forecaster, values: &[f64], quantile:
         }
     }
     Ok(errors.into_iter().map(|e| quantile_of(e, quantile).max(0.0)).collect())
+}
+
+/// Mean absolute error of the model over up to 400 origins in the newer
+/// half of `values` (a model selection score on training data).
+pub(crate) fn in_sample_error(model: &dyn Forecaster, values: &[f64]) -> Result<f64, Error> {
+    let (window, horizon) = (model.window(), model.horizon());
+    let from = window.max(values.len() / 2);
+    let origins: Vec<usize> = (from..values.len().saturating_sub(horizon - 1))
+        .filter(|&t| !values[t - 1].is_nan() && values[t..t + horizon].iter().all(|v| !v.is_nan()))
+        .collect();
+    if origins.is_empty() {
+        return Err(Error::NotEnoughData("no origin to score on".into()));
+    }
+    let stride = origins.len().div_ceil(400);
+    let (mut sum, mut n) = (0.0, 0usize);
+    for &t in origins.iter().step_by(stride) {
+        let p = model.predict(&values[t - window..t])?;
+        for h in 0..horizon {
+            sum += (values[t + h] - p.values[h]).abs();
+            n += 1;
+        }
+    }
+    Ok(sum / n as f64)
 }
 
 /// The `q` quantile of `values` (nearest rank).
@@ -226,9 +318,15 @@ mod tests {
     #[test]
     fn a_clear_season_is_detected_and_repeated() {
         let wave: Vec<f64> = (0..600).map(|i| 50.0 + 20.0 * ((i % 24) as f64 / 24.0 * std::f64::consts::TAU).sin()).collect();
-        assert_eq!(detect_period(&wave, 200), Some(24));
+        assert_eq!(detect_period(&wave, 200, &[]), Some(24));
         let noise: Vec<f64> = (0..600).map(|_| fastrand::f64()).collect();
-        assert_eq!(detect_period(&noise, 200), None, "no season in noise");
+        assert_eq!(detect_period(&noise, 200, &[]), None, "no season in noise");
+        // A calendar season wins over a stronger short one when it is there.
+        let both: Vec<f64> = (0..2000)
+            .map(|i| 5.0 * ((i % 6) as f64 / 6.0 * std::f64::consts::TAU).sin() + 3.0 * ((i % 288) as f64 / 288.0 * std::f64::consts::TAU).sin())
+            .collect();
+        assert_eq!(detect_period(&both, 700, &[288]), Some(288));
+        assert_eq!(detect_period(&both, 700, &[]), Some(6));
         let mut m = SeasonalNaive::new(30, None, 0.9);
         m.fit(&series(wave.clone()), &mut |_| {}).unwrap();
         assert_eq!(m.period(), Some(24));

@@ -81,6 +81,10 @@ pub struct TrainArgs {
     /// Override the number of epochs (for timing runs).
     #[arg(long)]
     epochs: Option<usize>,
+    /// Also write the exact training examples to this `.npz` file (x, y,
+    /// last), for `scripts/bench_epoch.py` to train the same network on.
+    #[arg(long)]
+    export_examples: Option<PathBuf>,
     #[command(flatten)]
     common: Common,
 }
@@ -223,6 +227,10 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
         "training {kind} on {} ({} steps of {step} s, {} missing, {} filled)",
         trace.name, gaps.steps, gaps.missing, gaps.filled
     );
+    if let Some(path) = &args.export_examples {
+        let n = Lstm::new(config.clone())?.export_training_set(&series, path)?;
+        eprintln!("wrote {n} training examples to {}", path.display());
+    }
     let mut model = Lstm::new(config.clone())?;
     let quiet = args.common.quiet;
     let report = model.fit(&series, &mut |e| {
