@@ -16,7 +16,8 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Parser)]
 #[command(name = "pas", version)]
 struct Cli {
-    /// Configuration file (TOML, or JSON by extension); its [nats] table is used.
+    /// Configuration file (TOML, or JSON by extension): the stage's settings
+    /// for `pas trainer`; for the other commands only its [nats] table is read.
     #[arg(long, short = 'c', global = true, env = "PAS_CONFIG")]
     config: Option<PathBuf>,
     /// NATS server URL; repeat for several [default: nats://127.0.0.1:4222].
@@ -42,7 +43,7 @@ enum Command {
     /// Run the trainer stage: build each workload's utilisation series from
     /// PAS_SAMPLES, train and backtest models, store versions in pas-models.
     /// Settings: --config FILE, PAS_* variables (PAS_STEP=5s,
-    /// PAS_MODEL__HIDDEN=32), these flags; see docs/trainer.md.
+    /// PAS_MODEL__HIDDEN=32), these flags; every key is in README.md, "The trainer".
     Trainer(TrainerArgs),
     /// Forecasting models: backtest them on recorded traces, train offline.
     Models {

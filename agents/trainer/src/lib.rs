@@ -198,13 +198,25 @@ impl Trainer {
                 match outcome {
                     Ok(Ok((manifest, weights))) => {
                         let label = outcome_label(&manifest);
-                        store_version(&bucket, &layout, &conn.client, &prefix, &key, versions, manifest, &weights, config.keep_versions)
-                            .await?;
-                        metrics.versions.get_or_create(&Outcome { outcome: label }).inc();
-                        tracing::info!(
-                            workload = key.model_key(), version, outcome = label,
-                            seconds = started.elapsed().as_secs_f64(), "Stored a model version."
-                        );
+                        let stored = store_version(
+                            &bucket, &layout, &conn.client, &prefix, &key, versions, manifest, &weights, config.keep_versions,
+                        )
+                        .await;
+                        match stored {
+                            Ok(()) => {
+                                metrics.versions.get_or_create(&Outcome { outcome: label }).inc();
+                                tracing::info!(
+                                    workload = key.model_key(), version, outcome = label,
+                                    seconds = started.elapsed().as_secs_f64(), "Stored a model version."
+                                );
+                            }
+                            Err(error) => {
+                                // Train again at the next check: the version was not recorded.
+                                attempts.remove(&key);
+                                metrics.failures.inc();
+                                tracing::warn!(workload = key.model_key(), version, %error, "Storing a model version failed.");
+                            }
+                        }
                     }
                     Ok(Err(error)) => {
                         metrics.failures.inc();
@@ -416,5 +428,9 @@ async fn store_version(
     let _ = client.flush().await;
     let key = manifest.key.clone();
     versions.insert(manifest.version, manifest);
-    store::prune(bucket, layout, &key, versions, keep).await
+    if let Err(error) = store::prune(bucket, layout, &key, versions, keep).await {
+        // Stored and announced; old versions go at the next successful prune.
+        tracing::warn!(workload = key, %error, "Deleting old model versions failed.");
+    }
+    Ok(())
 }
