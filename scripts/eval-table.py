@@ -4,6 +4,7 @@
     scripts/eval-table.py docs/bench/eval-shared-traces.json
 """
 import json
+import statistics
 import sys
 
 
@@ -27,8 +28,8 @@ def main(path):
                 cells.append(f"**{cell}**" if name == best else cell)
         print(f"| {s['name']} | {s['gaps']['steps']} | " + " | ".join(cells) + " |")
     print()
-    print("| model | mean MASE | traces | best on | mean sMAPE % | under-prediction % | upper coverage % |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("| model | mean MASE | median MASE | traces | best on | mean sMAPE % | under-prediction % | upper coverage % |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for summary in doc["summary"]:
         name = summary["model"]
         scored = [m for s in series for m in s["models"] if m["model"] == name and "error" not in m]
@@ -36,7 +37,8 @@ def main(path):
         under = 100 * sum(m["under_rate"] for m in scored) / len(scored)
         cov = [m["coverage"] for m in scored if m.get("coverage") is not None]
         coverage = f"{100 * sum(cov) / len(cov):.1f}" if cov else "–"
-        print(f"| {name} | {summary['mean_mase']:.3f} | {summary['series']} | {summary['best']} | {smape:.2f} | {under:.1f} | {coverage} |")
+        median = statistics.median(m["mase"] for m in scored)
+        print(f"| {name} | {summary['mean_mase']:.3f} | {median:.3f} | {summary['series']} | {summary['best']} | {smape:.2f} | {under:.1f} | {coverage} |")
     won = doc["lstm_beats_lstm_seed"]
     if won["of"]:
         print()
