@@ -21,6 +21,11 @@ pub struct Config {
     pub min_history: usize,
     /// Most steps of history kept per workload (the newest).
     pub max_history: usize,
+    /// How long a step stays open to late samples (a node's agent flushing
+    /// after an outage) once newer steps have arrived; later ones are
+    /// ignored and counted as `late`.
+    #[serde(with = "humantime_serde")]
+    pub lateness: Duration,
     /// Train a workload again once its data reaches this far past the end of
     /// the data its newest model was trained on.
     #[serde(with = "humantime_serde")]
@@ -53,6 +58,7 @@ impl Default for Config {
             step: Duration::from_secs(5),
             min_history: 720,
             max_history: 17_280,
+            lateness: Duration::from_secs(600),
             retrain_after: Duration::from_secs(3600),
             check_interval: Duration::from_secs(30),
             keep_versions: 5,

@@ -157,7 +157,8 @@ impl Trainer {
             .map_err(|e| Error::js("create the trainer's consumer", e))?;
 
         let step = config.step.as_secs() as u32;
-        let state = Arc::new(Mutex::new(Workloads::new(step, config.max_history)));
+        let open_steps = config.lateness.as_secs().div_ceil(u64::from(step)) as usize;
+        let state = Arc::new(Mutex::new(Workloads::new(step, config.max_history, open_steps)));
         let lookback = config.step * config.max_history as u32 + Duration::from_secs(3600);
         let rebuilt = rebuild(&stream, &consumer_config.filter_subject, lookback, &state, &metrics).await?;
         tracing::info!(samples = rebuilt, "Rebuilt workload series from the stream.");
@@ -255,7 +256,7 @@ fn fold(state: &Mutex<Workloads>, metrics: &Metrics, sample: &CpuSample, sequenc
     match state.fold(sample, sequence) {
         Fold::Folded => {
             metrics.samples.inc();
-            metrics.workloads.set(state.keys().len() as i64);
+            metrics.workloads.set(state.len() as i64);
         }
         Fold::Duplicate => {
             metrics.ignored.get_or_create(&Reason { reason: "duplicate" }).inc();

@@ -1,6 +1,6 @@
 //! Per-workload utilisation series built from pod samples.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use chrono::{DateTime, TimeDelta, Utc};
 use pas_models::Series;
@@ -36,23 +36,96 @@ pub enum Fold {
 /// One pod's sample in a step: CPU used and requested, and its stream sequence.
 type PodSamples = HashMap<(String, i64), (f64, f64, u64)>;
 
-#[derive(Debug, Default)]
-struct Workload {
-    steps: BTreeMap<i64, PodSamples>,
+/// A settled step: its utilisation (`NaN` when no sample came) and the
+/// stream sequences of its samples.
+#[derive(Debug, Clone, Copy)]
+struct Settled {
+    value: f64,
+    sequences: Option<(u64, u64)>,
 }
 
-/// The series of every workload seen, each limited to its newest `max_history` steps.
+/// One workload's data: settled steps as numbers, the newest steps (still
+/// open to late samples) as samples.
+#[derive(Debug, Default)]
+struct Workload {
+    /// Step index of `settled[0]`.
+    first: i64,
+    settled: VecDeque<Settled>,
+    open: BTreeMap<i64, PodSamples>,
+}
+
+impl Workload {
+    /// The step after the last settled one, if any step has settled.
+    fn next_settled(&self) -> Option<i64> {
+        (!self.settled.is_empty()).then(|| self.first + self.settled.len() as i64)
+    }
+
+    fn first_step(&self) -> Option<i64> {
+        if self.settled.is_empty() { self.open.first_key_value().map(|(k, _)| *k) } else { Some(self.first) }
+    }
+
+    fn newest_step(&self) -> Option<i64> {
+        self.open.last_key_value().map(|(k, _)| *k).or_else(|| self.next_settled().map(|n| n - 1))
+    }
+
+    /// Settles open steps older than `newest - open_steps`, filling skipped
+    /// steps as missing, and drops settled steps beyond `max_history`.
+    fn settle(&mut self, open_steps: i64, max_history: usize) {
+        let Some(newest) = self.open.last_key_value().map(|(k, _)| *k) else { return };
+        while let Some((&step, _)) = self.open.first_key_value() {
+            if step > newest - open_steps {
+                break;
+            }
+            let samples = self.open.pop_first().expect("checked").1;
+            match self.next_settled() {
+                None => self.first = step,
+                Some(next) => {
+                    for _ in next..step {
+                        self.settled.push_back(Settled { value: f64::NAN, sequences: None });
+                    }
+                }
+            }
+            self.settled.push_back(settle(&samples));
+        }
+        while self.settled.len() + self.open.len() > max_history && self.settled.len() > 1 {
+            self.settled.pop_front();
+            self.first += 1;
+        }
+    }
+}
+
+/// Utilisation of one step: the sum over pods of their mean use over the sum
+/// of their mean requests, in percent.
+fn settle(samples: &PodSamples) -> Settled {
+    let mut pods: HashMap<&str, (f64, f64, f64)> = HashMap::new();
+    let mut sequences: Option<(u64, u64)> = None;
+    for ((pod, _), &(used, requested, seq)) in samples {
+        let p = pods.entry(pod.as_str()).or_default();
+        *p = (p.0 + used, p.1 + requested, p.2 + 1.0);
+        sequences = Some(sequences.map_or((seq, seq), |(a, b)| (a.min(seq), b.max(seq))));
+    }
+    let used: f64 = pods.values().map(|(u, _, n)| u / n).sum();
+    let requested: f64 = pods.values().map(|(_, r, n)| r / n).sum();
+    let value = if requested > 0.0 { 100.0 * used / requested } else { f64::NAN };
+    Settled { value, sequences }
+}
+
+/// The series of every workload seen, each limited to its newest
+/// `max_history` steps. A step stays open to late samples (a node's agent
+/// flushing after an outage) for `open_steps` steps behind the newest; then
+/// it settles into one number, and a sample for it is ignored as late.
 #[derive(Debug)]
 pub struct Workloads {
     step: i64,
     max_history: usize,
+    open_steps: i64,
     map: HashMap<WorkloadKey, Workload>,
 }
 
 impl Workloads {
     /// Empty state for a step of `step_seconds`.
-    pub fn new(step_seconds: u32, max_history: usize) -> Workloads {
-        Workloads { step: i64::from(step_seconds), max_history, map: HashMap::new() }
+    pub fn new(step_seconds: u32, max_history: usize, open_steps: usize) -> Workloads {
+        Workloads { step: i64::from(step_seconds), max_history, open_steps: open_steps.max(1) as i64, map: HashMap::new() }
     }
 
     /// Folds one pod sample in; idempotent per pod and timestamp.
@@ -67,28 +140,30 @@ impl Workloads {
         let key = WorkloadKey { namespace: namespace.clone(), workload: workload.clone() };
         let step = sample.timestamp.timestamp().div_euclid(self.step);
         let w = self.map.entry(key).or_default();
-        if let Some((&newest, _)) = w.steps.last_key_value()
-            && step <= newest - self.max_history as i64
-        {
-            return Fold::Ignored("too_old");
+        if w.next_settled().is_some_and(|next| step < next) {
+            return Fold::Ignored("late");
         }
-        let samples = w.steps.entry(step).or_default();
+        let samples = w.open.entry(step).or_default();
         let id = (pod.clone(), sample.timestamp.timestamp_millis());
         if samples.contains_key(&id) {
             return Fold::Duplicate;
         }
         samples.insert(id, (sample.cpu_used_millicores, requested, sequence));
-        let newest = *w.steps.last_key_value().expect("just inserted").0;
-        while let Some((&oldest, _)) = w.steps.first_key_value() {
-            if oldest > newest - self.max_history as i64 {
-                break;
-            }
-            w.steps.pop_first();
-        }
+        w.settle(self.open_steps, self.max_history);
         Fold::Folded
     }
 
-    /// Workloads with data.
+    /// How many workloads have data.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether no workload has data.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Workloads with data, sorted.
     pub fn keys(&self) -> Vec<WorkloadKey> {
         let mut keys: Vec<_> = self.map.keys().cloned().collect();
         keys.sort();
@@ -97,13 +172,12 @@ impl Workloads {
 
     /// Steps spanned by a workload's kept data.
     pub fn steps(&self, key: &WorkloadKey) -> usize {
-        self.map.get(key).and_then(|w| Some((w.steps.last_key_value()?.0 - w.steps.first_key_value()?.0 + 1) as usize)).unwrap_or(0)
+        self.map.get(key).and_then(|w| Some((w.newest_step()? - w.first_step()? + 1) as usize)).unwrap_or(0)
     }
 
     /// Start of the newest step of a workload.
     pub fn newest(&self, key: &WorkloadKey) -> Option<DateTime<Utc>> {
-        let step = *self.map.get(key)?.steps.last_key_value()?.0;
-        DateTime::from_timestamp(step * self.step, 0)
+        DateTime::from_timestamp(self.map.get(key)?.newest_step()? * self.step, 0)
     }
 
     /// A workload's utilisation series, in percent: per step, the sum over pods
@@ -112,22 +186,16 @@ impl Workloads {
     /// sequences and times it covers.
     pub fn series(&self, key: &WorkloadKey) -> Option<(Series, TrainingRange)> {
         let w = self.map.get(key)?;
-        let (&first, _) = w.steps.first_key_value()?;
-        let (&last, _) = w.steps.last_key_value()?;
+        let (first, last) = (w.first_step()?, w.newest_step()?);
         let mut values = vec![f64::NAN; (last - first + 1) as usize];
         let (mut min_seq, mut max_seq) = (u64::MAX, 0);
-        for (&step, samples) in &w.steps {
-            let mut pods: HashMap<&str, (f64, f64, f64)> = HashMap::new();
-            for ((pod, _), &(used, requested, seq)) in samples {
-                let p = pods.entry(pod.as_str()).or_default();
-                *p = (p.0 + used, p.1 + requested, p.2 + 1.0);
-                min_seq = min_seq.min(seq);
-                max_seq = max_seq.max(seq);
-            }
-            let used: f64 = pods.values().map(|(u, _, n)| u / n).sum();
-            let requested: f64 = pods.values().map(|(_, r, n)| r / n).sum();
-            if requested > 0.0 {
-                values[(step - first) as usize] = 100.0 * used / requested;
+        let open = w.open.iter().map(|(&step, samples)| (step, settle(samples)));
+        let settled = w.settled.iter().enumerate().map(|(i, s)| (w.first + i as i64, *s));
+        for (step, s) in settled.chain(open) {
+            values[(step - first) as usize] = s.value;
+            if let Some((a, b)) = s.sequences {
+                min_seq = min_seq.min(a);
+                max_seq = max_seq.max(b);
             }
         }
         let start = DateTime::from_timestamp(first * self.step, 0)?;
@@ -164,7 +232,7 @@ mod tests {
 
     #[test]
     fn utilisation_is_sum_of_use_over_sum_of_requests_with_gaps_kept() {
-        let mut w = Workloads::new(5, 100);
+        let mut w = Workloads::new(5, 100, 10);
         // Step 0: two pods, 100 + 300 used of 500 + 500 requested -> 40 %.
         assert_eq!(w.fold(&sample(0, "web-0", 100.0, Some(500.0)), 1), Fold::Folded);
         assert_eq!(w.fold(&sample(1, "web-1", 300.0, Some(500.0)), 2), Fold::Folded);
@@ -185,14 +253,26 @@ mod tests {
     }
 
     #[test]
-    fn history_is_bounded_and_old_samples_ignored() {
-        let mut w = Workloads::new(5, 10);
+    fn old_steps_settle_history_is_bounded_and_late_samples_ignored() {
+        // Steps stay open for 3 steps, at most 10 are kept.
+        let mut w = Workloads::new(5, 10, 3);
         for i in 0..30 {
-            w.fold(&sample(i * 5, "web-0", 1.0, Some(2.0)), i as u64 + 1);
+            if i != 25 {
+                w.fold(&sample(i * 5, "web-0", 1.0, Some(2.0)), i as u64 + 1);
+            }
         }
         let key = WorkloadKey { namespace: "shop".into(), workload: "web".into() };
         assert_eq!(w.steps(&key), 10);
-        assert_eq!(w.fold(&sample(0, "web-0", 1.0, Some(2.0)), 99), Fold::Ignored("too_old"));
-        assert_eq!(w.series(&key).unwrap().1.first_sequence, 21);
+        let (s, range) = w.series(&key).unwrap();
+        assert_eq!(s.start, DateTime::from_timestamp(100, 0).unwrap(), "steps 20..=29");
+        assert_eq!(range.first_sequence, 21);
+        assert!(s.values[5].is_nan(), "step 25 settled as missing");
+        assert!(s.values.iter().enumerate().all(|(i, v)| i == 5 || *v == 50.0));
+        // Step 25 has settled: too late now. Step 28 is still open.
+        assert_eq!(w.fold(&sample(125, "web-0", 1.0, Some(2.0)), 99), Fold::Ignored("late"));
+        assert_eq!(w.fold(&sample(140, "web-1", 3.0, Some(2.0)), 100), Fold::Folded);
+        let (s, range) = w.series(&key).unwrap();
+        assert_eq!(s.values[8], 100.0 * 4.0 / 4.0);
+        assert_eq!(range.last_sequence, 100);
     }
 }
