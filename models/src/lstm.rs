@@ -219,10 +219,8 @@ impl Lstm {
     /// A fresh network with weights drawn from the configured seed.
     pub fn new(config: LstmConfig) -> Result<Lstm, Error> {
         config.check()?;
-        // libtorch's generator is global: seed and draw under one lock so
-        // that models built on other threads cannot interleave their draws.
-        static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
-        let _guard = INIT.lock().unwrap_or_else(|p| p.into_inner());
+        // libtorch's generator is global: seed and draw under one lock.
+        let _generator = crate::runtime::generator_lock();
         tch::manual_seed(config.seed as i64);
         let vs = nn::VarStore::new(Device::Cpu);
         let root = vs.root();

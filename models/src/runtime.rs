@@ -23,12 +23,24 @@ pub enum Error {
 /// Sets libtorch's intra-op thread count and seeds its random generator.
 /// One thread and a fixed seed make training reproducible bit for bit.
 pub fn configure(threads: i32, seed: i64) -> Result<RuntimeInfo, Error> {
+    let _generator = generator_lock();
+    configure_holding_generator(threads, seed)
+}
+
+fn configure_holding_generator(threads: i32, seed: i64) -> Result<RuntimeInfo, Error> {
     if threads < 1 {
         return Err(Error::Threads(threads));
     }
     tch::set_num_threads(threads);
     tch::manual_seed(seed);
     Ok(info())
+}
+
+/// Holds libtorch's global random generator for a seeded sequence of draws,
+/// so that models built on other threads cannot interleave theirs.
+pub(crate) fn generator_lock() -> std::sync::MutexGuard<'static, ()> {
+    static GENERATOR: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    GENERATOR.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The current settings.
@@ -53,6 +65,9 @@ mod tests {
 
     #[test]
     fn configure_sets_threads_and_makes_randomness_repeatable() {
+        // Hold the generator so that tests on other threads cannot reseed it.
+        let _generator = generator_lock();
+        let configure = configure_holding_generator;
         let info = configure(1, 42).unwrap();
         assert_eq!(info.threads, 1);
         let a = Tensor::randn([4, 3], (tch::Kind::Float, Device::Cpu));
@@ -73,6 +88,7 @@ mod tests {
         let z: Vec<f32> = x.matmul(&y).flatten(0, -1).try_into().unwrap();
         assert_eq!(z, [19.0, 22.0, 43.0, 50.0]);
         // An LSTM layer runs forward and backward (what training needs).
+        let _generator = generator_lock();
         let vs = tch::nn::VarStore::new(Device::Cpu);
         let lstm = tch::nn::lstm(vs.root(), 1, 8, Default::default());
         let input = Tensor::randn([2, 10, 1], (tch::Kind::Float, Device::Cpu)).set_requires_grad(false);
