@@ -108,11 +108,6 @@ impl ModelKind {
             ModelKind::Lstm => "lstm",
         }
     }
-
-    /// Whether it is a neural network on libtorch (with weights to store).
-    pub fn is_neural(self) -> bool {
-        matches!(self, ModelKind::LstmSeed | ModelKind::Lstm)
-    }
 }
 
 impl fmt::Display for ModelKind {

@@ -117,11 +117,6 @@ impl Series {
         self.values.is_empty()
     }
 
-    /// Steps with an observation.
-    pub fn observed(&self) -> usize {
-        self.values.iter().filter(|v| !v.is_nan()).count()
-    }
-
     /// The steps `range`, as a series of their own.
     pub fn slice(&self, range: std::ops::Range<usize>) -> Series {
         Series { start: self.time_at(range.start), step_seconds: self.step_seconds, values: self.values[range].to_vec() }

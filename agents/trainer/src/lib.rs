@@ -277,7 +277,7 @@ async fn rebuild(
     metrics: &Metrics,
 ) -> Result<u64, Error> {
     let start_time = time::OffsetDateTime::now_utc() - lookback;
-    let consumer = stream
+    let mut consumer = stream
         .create_consumer(pull::OrderedConfig {
             filter_subject: filter.to_owned(),
             deliver_policy: DeliverPolicy::ByStartTime { start_time },
@@ -285,7 +285,6 @@ async fn rebuild(
         })
         .await
         .map_err(|e| Error::js("create a consumer to rebuild state", e))?;
-    let mut consumer = consumer;
     let pending = consumer.info().await.map_err(|e| Error::js("read the rebuild consumer", e))?.num_pending;
     if pending == 0 {
         return Ok(0);
