@@ -10,6 +10,7 @@
 //! threads and seed.
 
 pub mod error;
+pub mod batch;
 pub mod eval;
 pub mod forecaster;
 pub mod holt_winters;

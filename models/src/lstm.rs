@@ -311,25 +311,7 @@ impl Lstm {
     /// model, minus the last value) and, for the direct model, whether the
     /// step was observed. Returns the scaled last value.
     fn encode_window(&self, window: &[f64], out: &mut Vec<f32>) -> f64 {
-        let first = window.iter().copied().find(|v| !v.is_nan()).unwrap_or(0.0);
-        let last = self.scale(window.iter().rev().copied().find(|v| !v.is_nan()).unwrap_or(first));
-        let mut carried = first;
-        for &v in window {
-            let observed = !v.is_nan();
-            if observed {
-                carried = v;
-            }
-            match self.config.architecture {
-                // Relative to the last value: the shape of the window, not its
-                // level, so a level never seen in training does not bias it.
-                Architecture::Direct => {
-                    out.push((self.scale(carried) - last) as f32);
-                    out.push(if observed { 1.0 } else { 0.0 });
-                }
-                Architecture::EncoderDecoder => out.push(self.scale(carried) as f32),
-            }
-        }
-        last
+        encode_window(self.config.architecture, self.scale.unwrap_or((0.0, 1.0)), window, out)
     }
 
     fn features(&self) -> i64 {
@@ -472,6 +454,32 @@ impl Lstm {
             }
         });
     }
+}
+
+/// Scaled inputs for one window (see [`Lstm::encode_window`]), with the
+/// scaling `(a, b)` meaning `(x - a) / b`. Shared with [`crate::batch`], so
+/// batched inference encodes exactly as training did.
+pub(crate) fn encode_window(architecture: Architecture, (a, b): (f64, f64), window: &[f64], out: &mut Vec<f32>) -> f64 {
+    let scale = |v: f64| (v - a) / b;
+    let first = window.iter().copied().find(|v| !v.is_nan()).unwrap_or(0.0);
+    let last = scale(window.iter().rev().copied().find(|v| !v.is_nan()).unwrap_or(first));
+    let mut carried = first;
+    for &v in window {
+        let observed = !v.is_nan();
+        if observed {
+            carried = v;
+        }
+        match architecture {
+            // Relative to the last value: the shape of the window, not its
+            // level, so a level never seen in training does not bias it.
+            Architecture::Direct => {
+                out.push((scale(carried) - last) as f32);
+                out.push(if observed { 1.0 } else { 0.0 });
+            }
+            Architecture::EncoderDecoder => out.push(scale(carried) as f32),
+        }
+    }
+    last
 }
 
 /// Origins (first target step) where the last input step and every target
