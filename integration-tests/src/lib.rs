@@ -132,6 +132,14 @@ fn read_port(dir: &Path) -> Option<u16> {
     url.rsplit(':').next()?.parse().ok()
 }
 
+/// Connects to `server` as an admin and provisions the streams and buckets.
+pub async fn connect_and_provision(server: &NatsServer) -> pas_nats::Connection {
+    let config = pas_nats::NatsConfig { urls: vec![server.url()], ..Default::default() };
+    let conn = pas_nats::connect(&config, "test", false).await.expect("connect to the test server");
+    pas_nats::provision::init(&conn.jetstream).await.expect("provision the streams");
+    conn
+}
+
 /// Where the nats-server binary is.
 pub fn binary() -> PathBuf {
     if let Some(path) = std::env::var_os("NATS_SERVER") {

@@ -10,7 +10,7 @@ use pas_nats::provision::{self, Action};
 use pas_nats::{DeadLetters, HandlerError, NatsConfig, definitions};
 use pas_runtime::Secret;
 use pas_schemas::subjects::{
-    BUCKET_MODELS, BUCKET_SCALER, HEADER_ERROR, HEADER_ERROR_TYPE, HEADER_ORIGINAL_SUBJECT, Prefix, STREAM_DLQ,
+    BUCKET_FORECASTER, BUCKET_MODELS, BUCKET_SCALER, HEADER_ERROR, HEADER_ERROR_TYPE, HEADER_ORIGINAL_SUBJECT, Prefix, STREAM_DLQ,
     STREAM_SAMPLES, Stage,
 };
 use pas_schemas::{CpuSample, SCHEMA_VERSION};
@@ -30,7 +30,7 @@ async fn init_is_idempotent_and_repairs_drift() {
     let js = &conn.jetstream;
 
     let first = provision::init(js).await.unwrap();
-    assert_eq!(first.len(), 6);
+    assert_eq!(first.len(), definitions::STREAM_FILES.len());
     assert!(first.iter().all(|p| p.action == Action::Created), "{first:?}");
     let second = provision::init(js).await.unwrap();
     assert!(second.iter().all(|p| p.action == Action::Unchanged), "{second:?}");
@@ -39,6 +39,9 @@ async fn init_is_idempotent_and_repairs_drift() {
     let kv = js.get_key_value(BUCKET_SCALER).await.unwrap();
     kv.put("lease", "scaler-a".into()).await.unwrap();
     assert_eq!(kv.get("lease").await.unwrap().unwrap(), "scaler-a");
+    let kv = js.get_key_value(BUCKET_FORECASTER).await.unwrap();
+    kv.put("live.partition.0", "forecaster-a".into()).await.unwrap();
+    assert_eq!(kv.get("live.partition.0").await.unwrap().unwrap(), "forecaster-a");
     let store = js.get_object_store(BUCKET_MODELS).await.unwrap();
     store.put("global/1/weights", &mut &b"weights"[..]).await.unwrap();
     let mut obj = store.get("global/1/weights").await.unwrap();

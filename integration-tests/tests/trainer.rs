@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_nats::jetstream;
 use async_nats::jetstream::object_store::ObjectStore;
 use futures::StreamExt;
-use pas_integration_tests::{NatsServer, eventually, repo_root};
+use pas_integration_tests::{NatsServer, connect_and_provision, eventually, repo_root};
 use pas_models::Trace;
 use pas_models::lstm::{Lstm, LstmConfig};
 use pas_models::Forecaster;
@@ -37,14 +37,6 @@ fn config(server: &NatsServer) -> Config {
         nats: NatsConfig { urls: vec![server.url()], ..NatsConfig::default() },
         ..Config::default()
     }
-}
-
-async fn connect(server: &NatsServer) -> pas_nats::Connection {
-    let conn = pas_nats::connect(&NatsConfig { urls: vec![server.url()], ..Default::default() }, "test", false)
-        .await
-        .unwrap();
-    pas_nats::provision::init(&conn.jetstream).await.unwrap();
-    conn
 }
 
 /// Publishes trace rows as one pod's samples (1000 m requested, so the
@@ -93,7 +85,7 @@ fn start(config: Config) -> (CancellationToken, Metrics, tokio::task::JoinHandle
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trains_an_accepted_model_once_and_keeps_it_when_a_run_diverges() {
     let server = NatsServer::start();
-    let conn = connect(&server).await;
+    let conn = connect_and_provision(&server).await;
     let js = conn.jetstream.clone();
     let store = js.get_object_store(BUCKET_MODELS).await.unwrap();
     let trace = Trace::read(&repo_root().join("testdata/traces/nab-ec2_cpu_utilization_53ea38.csv")).unwrap();

@@ -4,22 +4,24 @@
 //! API, so an operator can also create them by hand with
 //! `nats stream add --config nats/jetstream/streams/PAS_SAMPLES.json` and
 //! `nats consumer add PAS_SAMPLES --config nats/jetstream/consumers/…`. The
-//! key-value bucket `pas-scaler` and the object store `pas-models` are
-//! streams too (`KV_pas-scaler`, `OBJ_pas-models`), with the settings
+//! key-value buckets `pas-scaler` and `pas-forecaster` and the object store
+//! `pas-models` are streams too (`KV_pas-scaler`, `KV_pas-forecaster`,
+//! `OBJ_pas-models`), with the settings
 //! async-nats gives buckets it creates itself.
 
 use async_nats::jetstream::{consumer::pull, stream};
-use pas_schemas::subjects::{BUCKET_MODELS, BUCKET_SCALER, Prefix, Stage};
+use pas_schemas::subjects::{BUCKET_FORECASTER, BUCKET_MODELS, BUCKET_SCALER, Prefix, Stage};
 
 use crate::Error;
 
 /// Every stream definition file, by file stem.
-pub const STREAM_FILES: [(&str, &str); 6] = [
+pub const STREAM_FILES: [(&str, &str); 7] = [
     ("PAS_SAMPLES", include_str!("../jetstream/streams/PAS_SAMPLES.json")),
     ("PAS_FORECASTS", include_str!("../jetstream/streams/PAS_FORECASTS.json")),
     ("PAS_DECISIONS", include_str!("../jetstream/streams/PAS_DECISIONS.json")),
     ("PAS_DLQ", include_str!("../jetstream/streams/PAS_DLQ.json")),
     ("KV_pas-scaler", include_str!("../jetstream/streams/KV_pas-scaler.json")),
+    ("KV_pas-forecaster", include_str!("../jetstream/streams/KV_pas-forecaster.json")),
     ("OBJ_pas-models", include_str!("../jetstream/streams/OBJ_pas-models.json")),
 ];
 
@@ -38,6 +40,11 @@ pub fn kv_stream() -> String {
     format!("KV_{BUCKET_SCALER}")
 }
 
+/// Stream name of the key-value bucket `pas-forecaster`.
+pub fn forecaster_kv_stream() -> String {
+    format!("KV_{BUCKET_FORECASTER}")
+}
+
 /// Stream name of the object store `pas-models`.
 pub fn object_stream() -> String {
     format!("OBJ_{BUCKET_MODELS}")
@@ -53,7 +60,7 @@ pub struct StreamDefinition {
     pub raw: serde_json::Value,
 }
 
-/// Every stream PAS provisions: the four streams, then the two buckets.
+/// Every stream PAS provisions: the four streams, then the three buckets.
 pub fn streams() -> Result<Vec<StreamDefinition>, Error> {
     STREAM_FILES
         .iter()
@@ -97,6 +104,7 @@ mod tests {
             assert!(names.contains(&s), "no definition for {s}");
         }
         assert!(names.contains(&kv_stream().as_str()));
+        assert!(names.contains(&forecaster_kv_stream().as_str()));
         assert!(names.contains(&object_stream().as_str()));
         for (stem, _) in STREAM_FILES {
             assert!(names.contains(&stem), "file {stem} names another stream");

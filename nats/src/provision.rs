@@ -58,6 +58,9 @@ pub async fn init(js: &jetstream::Context) -> Result<Vec<Provisioned>, Error> {
     js.get_key_value(pas_schemas::subjects::BUCKET_SCALER)
         .await
         .map_err(|e| Error::js("open key-value bucket pas-scaler", e))?;
+    js.get_key_value(pas_schemas::subjects::BUCKET_FORECASTER)
+        .await
+        .map_err(|e| Error::js("open key-value bucket pas-forecaster", e))?;
     js.get_object_store(pas_schemas::subjects::BUCKET_MODELS)
         .await
         .map_err(|e| Error::js("open object store pas-models", e))?;

@@ -35,6 +35,8 @@ pub const STREAMS: [&str; 4] = [STREAM_SAMPLES, STREAM_FORECASTS, STREAM_DECISIO
 pub const BUCKET_MODELS: &str = "pas-models";
 /// Key-value bucket holding scaler state and its leader lease.
 pub const BUCKET_SCALER: &str = "pas-scaler";
+/// Key-value bucket holding forecaster replicas and their partition leases.
+pub const BUCKET_FORECASTER: &str = "pas-forecaster";
 
 /// Header naming why a message was sent to the dead-letter subject.
 pub const HEADER_ERROR: &str = "Pas-Error";

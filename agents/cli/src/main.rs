@@ -17,7 +17,8 @@ use serde::{Deserialize, Serialize};
 #[command(name = "pas", version)]
 struct Cli {
     /// Configuration file (TOML, or JSON by extension): the stage's settings
-    /// for `pas trainer`; for the other commands only its [nats] table is read.
+    /// for `pas trainer` and `pas forecaster`; for the other commands only its
+    /// [nats] table is read.
     #[arg(long, short = 'c', global = true, env = "PAS_CONFIG")]
     config: Option<PathBuf>,
     /// NATS server URL; repeat for several [default: nats://127.0.0.1:4222].
@@ -45,6 +46,13 @@ enum Command {
     /// Settings: --config FILE, PAS_* variables (PAS_STEP=5s,
     /// PAS_MODEL__HIDDEN=32), these flags; every key is in README.md, "The trainer".
     Trainer(TrainerArgs),
+    /// Run the forecaster stage: keep each workload's recent utilisation from
+    /// PAS_SAMPLES and publish its forecast every tick to
+    /// pas.forecast.<namespace>.<workload>, with the newest accepted model
+    /// from pas-models (or the naive baseline). Replicas share the workloads
+    /// through partition leases. Settings: --config FILE, PAS_* variables,
+    /// these flags; every key is in README.md, "The forecaster".
+    Forecaster(ForecasterArgs),
     /// Forecasting models: backtest them on recorded traces, train offline.
     Models {
         #[command(subcommand)]
@@ -55,8 +63,8 @@ enum Command {
 #[derive(Debug, Subcommand)]
 enum BusCommand {
     /// Create or update the streams PAS_SAMPLES, PAS_FORECASTS, PAS_DECISIONS,
-    /// PAS_DLQ, the key-value bucket pas-scaler and the object store
-    /// pas-models. Safe to run again: it changes only what differs.
+    /// PAS_DLQ, the key-value buckets pas-scaler and pas-forecaster and the
+    /// object store pas-models. Safe to run again: it changes only what differs.
     Init {
         /// Print JSON instead of a table.
         #[arg(long)]
@@ -106,6 +114,37 @@ struct TrainerArgs {
     print_config: bool,
 }
 
+#[derive(Debug, clap::Args)]
+struct ForecasterArgs {
+    /// Read samples and serve models of replay.<RUN>. instead of the live ones.
+    #[arg(long)]
+    run: Option<String>,
+    /// Step of the utilisation series, e.g. 5s; models of another step are refused [default: 5s].
+    #[arg(long)]
+    step: Option<String>,
+    /// Forecast every TICK, e.g. 1s [default: the step].
+    #[arg(long)]
+    tick: Option<String>,
+    /// Steps of history kept per workload [default: 96].
+    #[arg(long)]
+    history: Option<u64>,
+    /// This replica's name, unique among replicas [default: random].
+    #[arg(long, env = "POD_NAME")]
+    replica: Option<String>,
+    /// Partitions the workloads are hashed into; the same on every replica [default: 32].
+    #[arg(long)]
+    partitions: Option<u64>,
+    /// Address for /healthz, /readyz and /metrics [default: 0.0.0.0:9466].
+    #[arg(long)]
+    listen: Option<String>,
+    /// Log JSON lines instead of text.
+    #[arg(long)]
+    log_json: bool,
+    /// Print the effective configuration as JSON (secrets redacted) and exit.
+    #[arg(long)]
+    print_config: bool,
+}
+
 /// The part of a stage configuration file the CLI reads.
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(default)]
@@ -128,6 +167,9 @@ fn main() -> anyhow::Result<()> {
     if let Command::Trainer(args) = &cli.command {
         return trainer(args, overrides, cli.config.as_deref());
     }
+    if let Command::Forecaster(args) = &cli.command {
+        return forecaster(args, overrides, cli.config.as_deref());
+    }
     pas_runtime::telemetry::init(false, "warn");
     if let Command::Models { command } = cli.command {
         return models::run(command);
@@ -139,7 +181,9 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async {
         match cli.command {
             Command::Bus { command } => bus(command, &config.nats).await,
-            Command::Models { .. } | Command::Trainer(_) => unreachable!("handled before the runtime starts"),
+            Command::Models { .. } | Command::Trainer(_) | Command::Forecaster(_) => {
+                unreachable!("handled before the runtime starts")
+            }
         }
     })
 }
@@ -205,37 +249,79 @@ async fn bus(command: BusCommand, nats: &NatsConfig) -> anyhow::Result<()> {
 }
 
 fn trainer(args: &TrainerArgs, mut overrides: Vec<(&str, config::Value)>, file: Option<&std::path::Path>) -> anyhow::Result<()> {
-    if let Some(run) = &args.run {
-        overrides.push(("run", run.clone().into()));
-    }
-    if let Some(step) = &args.step {
-        overrides.push(("step", step.clone().into()));
-    }
+    let strings = [("run", &args.run), ("step", &args.step), ("retrain_after", &args.retrain_after), ("listen", &args.listen)];
+    push_strings(&mut overrides, strings);
     if let Some(n) = args.min_history {
         overrides.push(("min_history", n.into()));
     }
-    if let Some(d) = &args.retrain_after {
-        overrides.push(("retrain_after", d.clone().into()));
+    let Some(config) = stage_config::<pas_trainer::Config>("trainer", file, overrides, args.log_json, args.print_config)? else {
+        return Ok(());
+    };
+    let trainer = pas_trainer::Trainer::new(config)?;
+    run_stage(|shutdown| trainer.run(shutdown))
+}
+
+fn forecaster(args: &ForecasterArgs, mut overrides: Vec<(&str, config::Value)>, file: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let strings = [("run", &args.run), ("step", &args.step), ("tick", &args.tick), ("replica", &args.replica), ("listen", &args.listen)];
+    push_strings(&mut overrides, strings);
+    if let Some(n) = args.history {
+        overrides.push(("history", n.into()));
     }
-    if let Some(listen) = &args.listen {
-        overrides.push(("listen", listen.clone().into()));
+    if let Some(n) = args.partitions {
+        overrides.push(("partitions", n.into()));
     }
-    if args.log_json {
+    let Some(config) = stage_config::<pas_forecaster::Config>("forecaster", file, overrides, args.log_json, args.print_config)?
+    else {
+        return Ok(());
+    };
+    let forecaster = pas_forecaster::Forecaster::new(config)?;
+    run_stage(|shutdown| forecaster.run(shutdown))
+}
+
+fn push_strings<'a, const N: usize>(overrides: &mut Vec<(&'a str, config::Value)>, flags: [(&'a str, &Option<String>); N]) {
+    for (key, value) in flags {
+        if let Some(v) = value {
+            overrides.push((key, v.clone().into()));
+        }
+    }
+}
+
+/// A stage's configuration from its layers; `None` after printing it for
+/// `--print-config`. Starts logging.
+fn stage_config<C: serde::de::DeserializeOwned + Serialize + Default>(
+    stage: &str,
+    file: Option<&std::path::Path>,
+    mut overrides: Vec<(&str, config::Value)>,
+    log_json: bool,
+    print_config: bool,
+) -> anyhow::Result<Option<C>> {
+    if log_json {
         overrides.push(("log_json", true.into()));
     }
-    let config: pas_trainer::Config =
-        pas_runtime::config::load(file, std::env::vars(), overrides).context("loading the trainer configuration")?;
-    if args.print_config {
-        println!("{}", pas_runtime::config::describe(&config));
-        return Ok(());
+    let config: C = pas_runtime::config::load(file, std::env::vars(), overrides)
+        .with_context(|| format!("loading the {stage} configuration"))?;
+    let described = pas_runtime::config::describe(&config);
+    if print_config {
+        println!("{described}");
+        return Ok(None);
     }
-    pas_runtime::telemetry::init(config.log_json, "info");
-    tracing::info!(config = %pas_runtime::config::describe(&config), "Starting the trainer.");
-    let trainer = pas_trainer::Trainer::new(config)?;
+    let json = serde_json::from_str::<serde_json::Value>(&described).ok().and_then(|v| v["log_json"].as_bool());
+    pas_runtime::telemetry::init(json.unwrap_or(false), "info");
+    tracing::info!(config = %described, "Starting the {stage}.");
+    Ok(Some(config))
+}
+
+/// Runs a stage on a two-thread runtime until SIGTERM or SIGINT.
+fn run_stage<F, Fut, E>(stage: F) -> anyhow::Result<()>
+where
+    F: FnOnce(tokio_util::sync::CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = Result<(), E>>,
+    E: std::error::Error + Send + Sync + 'static,
+{
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(async {
         let shutdown = pas_runtime::shutdown::on_signal();
-        trainer.run(shutdown).await
+        stage(shutdown).await
     })?;
     Ok(())
 }

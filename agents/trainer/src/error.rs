@@ -1,4 +1,4 @@
-/// Why the trainer stopped.
+/// Why a stage (the trainer, the forecaster) stopped or could not do something.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -26,7 +26,8 @@ pub enum Error {
 }
 
 impl Error {
-    pub(crate) fn js(what: &'static str, source: impl std::error::Error + Send + Sync + 'static) -> Error {
+    /// A failed JetStream request: what was being done, and the cause.
+    pub fn js(what: &'static str, source: impl std::error::Error + Send + Sync + 'static) -> Error {
         Error::JetStream { what, source: Box::new(source) }
     }
 }

@@ -160,7 +160,10 @@ impl Trainer {
         let open_steps = config.lateness.as_secs().div_ceil(u64::from(step)) as usize;
         let state = Arc::new(Mutex::new(Workloads::new(step, config.max_history, open_steps)));
         let lookback = config.step * config.max_history as u32 + Duration::from_secs(3600);
-        let rebuilt = rebuild(&stream, &consumer_config.filter_subject, lookback, &state, &metrics).await?;
+        let rebuilt = rebuild(&stream, &consumer_config.filter_subject, lookback, |sample, sequence| {
+            fold(&state, &metrics, sample, sequence)
+        })
+        .await?;
         tracing::info!(samples = rebuilt, "Rebuilt workload series from the stream.");
         health.set_ready(true);
 
@@ -267,14 +270,16 @@ fn fold(state: &Mutex<Workloads>, metrics: &Metrics, sample: &CpuSample, sequenc
     }
 }
 
-/// Folds what the stream holds for `filter` from `lookback` ago up to now,
-/// with an ordered consumer that leaves no trace. Returns the samples read.
-async fn rebuild(
+/// Reads what the stream holds for `filter` from `lookback` ago up to now,
+/// with an ordered consumer that leaves no trace, and hands each sample that
+/// decodes to `fold` with its stream sequence (bad ones are the durable
+/// consumer's to dead-letter). Returns the messages read. The forecaster
+/// rebuilds its windows the same way.
+pub async fn rebuild(
     stream: &async_nats::jetstream::stream::Stream,
     filter: &str,
     lookback: Duration,
-    state: &Mutex<Workloads>,
-    metrics: &Metrics,
+    mut fold: impl FnMut(&CpuSample, u64),
 ) -> Result<u64, Error> {
     let start_time = time::OffsetDateTime::now_utc() - lookback;
     let mut consumer = stream
@@ -295,9 +300,8 @@ async fn rebuild(
         let msg = msg.map_err(|e| Error::js("rebuild state", e))?;
         let info = msg.info().map_err(|e| Error::JetStream { what: "read message metadata", source: e })?;
         let (sequence, remaining) = (info.stream_sequence, info.pending);
-        // Bad messages were (or will be) dead-lettered by the durable consumer.
         if let Ok(sample) = pas_schemas::decode::<CpuSample>(&msg.payload) {
-            fold(state, metrics, &sample, sequence);
+            fold(&sample, sequence);
         }
         read += 1;
         if remaining == 0 {

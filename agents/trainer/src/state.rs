@@ -153,6 +153,11 @@ impl Workloads {
         Fold::Folded
     }
 
+    /// Forgets a workload and its data.
+    pub fn remove(&mut self, key: &WorkloadKey) -> bool {
+        self.map.remove(key).is_some()
+    }
+
     /// How many workloads have data.
     pub fn len(&self) -> usize {
         self.map.len()

@@ -36,7 +36,7 @@ impl Layout {
     }
 
     /// The key and version of a manifest object, if `name` is one of ours.
-    fn manifest_of<'a>(&self, name: &'a str) -> Option<(&'a str, u64)> {
+    pub fn manifest_of<'a>(&self, name: &'a str) -> Option<(&'a str, u64)> {
         let rest = name.strip_prefix(self.root.as_str())?;
         if self.root.is_empty() && rest.starts_with("replay/") {
             return None;

@@ -1,0 +1,486 @@
+//! The PAS forecaster (`pas forecaster`): turns the sample stream into
+//! forecasts the scaler acts on.
+//!
+//! - **Input.** Each replica has its own durable consumer on PAS_SAMPLES
+//!   (`pas-forecaster-samples-<replica>`, removed by the server after an hour
+//!   unused) and folds every pod sample into its workload's utilisation
+//!   series, the newest [`Config::history`] steps ([`pas_trainer::state`]:
+//!   sum of use over sum of requests per step, the same numbers the trainer
+//!   trains on). A new consumer starts [`Config::history`] steps back; a
+//!   replica that restarts with its name reads that far back too, so its
+//!   windows are whole again before its first tick. Samples that fail
+//!   validation go to `pas.dlq.forecaster`.
+//! - **Ticks.** On every multiple of [`Config::tick`] (plus
+//!   [`Config::tick_delay`]) it forecasts each workload of its partitions
+//!   ([`shard`]) whose newest step has closed since its last forecast, and
+//!   publishes to `pas.forecast.<namespace>.<workload>`. The step a window
+//!   ends on is closed once a later step has data or its time has passed.
+//!   A workload with no sample for [`Config::stale_after`] is not forecast;
+//!   after [`Config::forget_after`] it is forgotten.
+//! - **Models** ([`models`]): the newest accepted version from `pas-models`,
+//!   swapped in when it appears; a workload without one gets the naive
+//!   forecast (last value, with an upper bound from its recent errors), and
+//!   its forecasts say `naive`, version 0.
+//! - **Inference** is batched: all LSTM forecasts of a tick run as one input
+//!   tensor through [`pas_models::batch::predict_batch`], on a blocking thread.
+
+pub mod models;
+pub mod shard;
+
+mod config;
+mod metrics;
+
+pub use config::Config;
+/// Why the forecaster stopped: the stages share one error type.
+pub use pas_trainer::Error;
+pub use metrics::Metrics;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::consumer::DeliverPolicy;
+use chrono::{DateTime, TimeDelta, Utc};
+use pas_models::Forecaster as _;
+use pas_models::batch::{LstmWeights, predict_batch};
+use pas_models::naive::Naive;
+use pas_models::{Prediction, Series};
+use pas_nats::{DeadLetters, HandlerError, Outgoing};
+use pas_runtime::health::{self, Health};
+use pas_schemas::subjects::{BUCKET_FORECASTER, BUCKET_MODELS, Prefix, STREAM_SAMPLES, Stage};
+use pas_schemas::{CpuSample, Forecast, ModelRef, SCHEMA_VERSION};
+use pas_trainer::state::{Fold, WorkloadKey, Workloads};
+use pas_trainer::store::Layout;
+use prometheus_client::registry::Registry;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::models::{Loader, Models, Served};
+use crate::shard::Shard;
+
+/// What the forecaster knows of one workload besides its series.
+#[derive(Debug)]
+struct Tracked {
+    partition: u32,
+    last_seen: Instant,
+    /// Window end of the last forecast this replica published.
+    last_end: Option<DateTime<Utc>>,
+}
+
+/// The series and bookkeeping of every workload seen.
+struct Inputs {
+    series: Workloads,
+    tracked: HashMap<WorkloadKey, Tracked>,
+}
+
+/// One workload to forecast this tick.
+struct Job {
+    key: WorkloadKey,
+    window_end: DateTime<Utc>,
+    values: Vec<f64>,
+    model: Option<Arc<Served>>,
+}
+
+/// A configured forecaster.
+pub struct Forecaster {
+    config: Config,
+    prefix: Prefix,
+    replica: String,
+    metrics: Metrics,
+    manual: Option<mpsc::Receiver<()>>,
+}
+
+impl Forecaster {
+    /// Checks the configuration.
+    pub fn new(config: Config) -> Result<Forecaster, Error> {
+        config.check().map_err(Error::Config)?;
+        let prefix = match &config.run {
+            Some(run) => Prefix::replay(run).map_err(|e| Error::Config(format!("run: {e}")))?,
+            None => Prefix::live(),
+        };
+        let replica = config.replica_id();
+        Ok(Forecaster { config, prefix, replica, metrics: Metrics::default(), manual: None })
+    }
+
+    /// A handle on the metrics (for tests and embedding).
+    pub fn metrics(&self) -> Metrics {
+        self.metrics.clone()
+    }
+
+    /// This replica's name.
+    pub fn replica(&self) -> &str {
+        &self.replica
+    }
+
+    /// Ticks when told through the returned sender instead of on the clock
+    /// (for benchmarks that leave out the wait for the tick). Partition
+    /// leases still follow the clock.
+    pub fn manual_ticks(&mut self) -> mpsc::Sender<()> {
+        let (tx, rx) = mpsc::channel(16);
+        self.manual = Some(rx);
+        tx
+    }
+
+    /// Runs until `shutdown`.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
+        let Forecaster { config, prefix, replica, metrics, mut manual } = self;
+        pas_models::runtime::configure(config.threads, 0).map_err(|e| Error::Config(e.to_string()))?;
+        let conn = pas_nats::connect(&config.nats, &format!("pas-forecaster-{replica}"), true).await?;
+        let js = conn.jetstream.clone();
+        let mut registry = Registry::default();
+        metrics.register(&mut registry);
+        let dead_letters = DeadLetters::new(js.clone(), Stage::Forecaster, &prefix, &mut registry);
+        let health = Arc::new(Health::default());
+        let addr = health::serve(config.listen, health.clone(), Arc::new(registry), shutdown.clone()).await?;
+        tracing::info!(%addr, replica, "Serving /healthz, /readyz and /metrics.");
+
+        // Models: everything stored now, then whatever appears.
+        let bucket = js.get_object_store(BUCKET_MODELS).await.map_err(|e| Error::js("open the pas-models bucket (run `pas bus init`)", e))?;
+        let served = Arc::new(Models::default());
+        let step = config.step.as_secs();
+        let loader = Loader::new(bucket, Layout::new(&prefix), step, config.history, served.clone(), metrics.clone());
+        let loading = tokio::spawn(loader.run(shutdown.clone(), Duration::from_secs(300)));
+
+        // Samples: this replica's durable consumer, starting a window back.
+        let stream = js.get_stream(STREAM_SAMPLES).await.map_err(|e| Error::js("open stream PAS_SAMPLES (run `pas bus init`)", e))?;
+        let mut consumer_config = pas_nats::definitions::consumer(Stage::Forecaster, STREAM_SAMPLES, &prefix)?;
+        let name = format!("{}-{replica}", consumer_config.durable_name.clone().unwrap_or_default());
+        consumer_config.durable_name = Some(name.clone());
+        let open_steps = config.lateness.as_secs().div_ceil(step) as usize;
+        let lookback = config.step * (config.history + open_steps) as u32;
+        consumer_config.deliver_policy =
+            DeliverPolicy::ByStartTime { start_time: time::OffsetDateTime::now_utc() - lookback };
+        let inputs = Arc::new(Mutex::new(Inputs {
+            series: Workloads::new(step as u32, config.history, open_steps),
+            tracked: HashMap::new(),
+        }));
+        let partitions = config.partitions;
+        let fold = {
+            let inputs = inputs.clone();
+            let metrics = metrics.clone();
+            move |sample: &CpuSample, sequence: u64| fold(&inputs, &metrics, partitions, sample, sequence)
+        };
+        let consumer = match stream.get_consumer(&name).await {
+            Ok(consumer) => {
+                // Restarted under the same name: the consumer resumes where it
+                // was acked, the windows start empty, so read them back.
+                let read = pas_trainer::rebuild(&stream, &consumer_config.filter_subject, lookback, fold.clone())
+                    .await
+                    .map_err(|e| Error::js("rebuild the windows", e))?;
+                tracing::info!(samples = read, "Rebuilt the windows from the stream.");
+                consumer
+            }
+            Err(_) => stream
+                .create_consumer(consumer_config)
+                .await
+                .map_err(|e| Error::js("create the forecaster's consumer", e))?,
+        };
+        // Samples keep flowing until the last tick is done.
+        let stop_consuming = CancellationToken::new();
+        let consuming = {
+            let stop = stop_consuming.clone();
+            let fold = fold.clone();
+            tokio::spawn(async move {
+                pas_nats::consume::<CpuSample, _, _>(&consumer, &dead_letters, stop, |sample, delivery| {
+                    fold(&sample, delivery.stream_sequence);
+                    async { Ok::<(), HandlerError>(()) }
+                })
+                .await
+            })
+        };
+
+        let kv = js.get_key_value(BUCKET_FORECASTER).await.map_err(|e| Error::js("open the pas-forecaster bucket (run `pas bus init`)", e))?;
+        let scope = prefix.run().map(|r| format!("run-{r}")).unwrap_or_else(|| "live".into());
+        let mut shard = Shard::new(kv, scope, replica.clone(), config.partitions, config.lease);
+        if let Err(error) = shard.coordinate().await {
+            tracing::warn!(%error, "Claiming partitions failed; will try again.");
+        }
+        health.set_ready(true);
+
+        let tick = config.tick();
+        let mut next_tick = next_boundary(tick, config.tick_delay);
+        let mut next_coordination = next_tick - tick / 2;
+        if next_coordination < Instant::now() {
+            next_coordination += tick;
+        }
+        let on_clock = manual.is_none();
+        let mut leaving = false;
+        loop {
+            let manual_tick = async {
+                match manual.as_mut() {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let clock_tick = tokio::time::sleep_until(next_tick.into());
+            tokio::select! {
+                // On shutdown, run one more tick and then hand the partitions
+                // over, so the replicas that take them miss no tick.
+                _ = shutdown.cancelled(), if !leaving => {
+                    leaving = true;
+                    tracing::info!("Shutting down after the next tick.");
+                    if !on_clock {
+                        break;
+                    }
+                    continue;
+                }
+                _ = tokio::time::sleep_until(next_coordination.into()), if !leaving => {
+                    next_coordination += tick;
+                    if let Err(error) = shard.coordinate().await {
+                        tracing::warn!(%error, "Renewing partition leases failed; will try again.");
+                    }
+                    continue;
+                }
+                t = manual_tick => {
+                    if t.is_none() {
+                        break;
+                    }
+                }
+                _ = clock_tick, if on_clock => {
+                    next_tick = next_boundary(tick, config.tick_delay);
+                }
+            }
+            let started = Instant::now();
+            let owned = shard.owned();
+            let (jobs, stale, tracked) = collect(&inputs, &config, &owned, &served, &metrics);
+            let published = forecast_and_publish(&js, &prefix, &config, jobs, &metrics).await;
+            {
+                let mut inputs = inputs.lock().unwrap_or_else(|p| p.into_inner());
+                for (key, end) in published {
+                    if let Some(t) = inputs.tracked.get_mut(&key) {
+                        t.last_end = Some(end);
+                    }
+                }
+            }
+            metrics.tick(started.elapsed().as_secs_f64(), tracked, stale, owned.len(), shard.members(), served.len());
+            if leaving {
+                break;
+            }
+            shard.release_extras().await;
+        }
+        health.set_ready(false);
+        shard.leave().await;
+        stop_consuming.cancel();
+        match consuming.await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "Consuming stopped with an error."),
+            Err(error) => tracing::warn!(%error, "The consumer task failed."),
+        }
+        match loading.await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "Watching the models stopped with an error."),
+            Err(error) => tracing::warn!(%error, "The model loader task failed."),
+        }
+        conn.client.drain().await.ok();
+        Ok(())
+    }
+}
+
+/// The next multiple of `tick` since the Unix epoch, plus `delay`, as an Instant.
+fn next_boundary(tick: Duration, delay: Duration) -> Instant {
+    let now = Utc::now();
+    let tick_ms = tick.as_millis().max(1) as i64;
+    let ms = now.timestamp_millis();
+    let mut target = (ms.div_euclid(tick_ms) * tick_ms) + delay.as_millis() as i64;
+    while target <= ms {
+        target += tick_ms;
+    }
+    Instant::now() + Duration::from_millis((target - ms) as u64)
+}
+
+fn fold(inputs: &Mutex<Inputs>, metrics: &Metrics, partitions: u32, sample: &CpuSample, sequence: u64) {
+    let mut inputs = inputs.lock().unwrap_or_else(|p| p.into_inner());
+    match inputs.series.fold(sample, sequence) {
+        Fold::Folded => {
+            metrics.folded();
+            let (Some(namespace), Some(workload)) = (&sample.namespace, &sample.workload) else { return };
+            let key = WorkloadKey { namespace: namespace.clone(), workload: workload.clone() };
+            let now = Instant::now();
+            inputs
+                .tracked
+                .entry(key)
+                .and_modify(|t| t.last_seen = now)
+                .or_insert_with(|| Tracked { partition: shard::partition(namespace, workload, partitions), last_seen: now, last_end: None });
+        }
+        Fold::Duplicate => metrics.ignored("duplicate"),
+        Fold::Ignored(reason) => metrics.ignored(reason),
+    }
+}
+
+/// The workloads to forecast this tick, the number of stale owned ones, and
+/// the number tracked. Forgets the long-silent ones.
+fn collect(
+    inputs: &Mutex<Inputs>,
+    config: &Config,
+    owned: &[u32],
+    served: &Models,
+    metrics: &Metrics,
+) -> (Vec<Job>, usize, usize) {
+    let now = Utc::now();
+    let now_instant = Instant::now();
+    let step = TimeDelta::seconds(config.step.as_secs() as i64);
+    let mut inputs = inputs.lock().unwrap_or_else(|p| p.into_inner());
+    let Inputs { series, tracked } = &mut *inputs;
+    let mut forget = Vec::new();
+    let mut jobs = Vec::new();
+    let mut stale = 0;
+    for (key, t) in tracked.iter() {
+        let silent = now_instant.duration_since(t.last_seen);
+        if silent >= config.forget_after {
+            forget.push(key.clone());
+            continue;
+        }
+        if owned.binary_search(&t.partition).is_err() {
+            continue;
+        }
+        if silent >= config.stale_after {
+            stale += 1;
+            continue;
+        }
+        let Some(newest) = series.newest(key) else { continue };
+        let closed = if newest + step <= now { newest } else { newest - step };
+        if t.last_end.is_some_and(|end| end >= closed) {
+            continue;
+        }
+        let Some((mut s, _)) = series.series(key) else { continue };
+        let Ok(steps) = usize::try_from((closed - s.start).num_seconds() / step.num_seconds() + 1) else { continue };
+        s.values.truncate(steps);
+        s.fill_gaps(config.max_fill);
+        if s.values.last().is_none_or(|v| v.is_nan()) {
+            continue;
+        }
+        let model = served.get(&key.model_key()).filter(|m| s.values.len() >= m.weights.shape().window);
+        jobs.push(Job { key: key.clone(), window_end: closed, values: s.values, model });
+    }
+    for key in &forget {
+        tracked.remove(key);
+        series.remove(key);
+    }
+    if !forget.is_empty() {
+        metrics.forgot(forget.len());
+        tracing::info!(workloads = forget.len(), "Forgot workloads with no samples for forget_after.");
+    }
+    (jobs, stale, tracked.len())
+}
+
+/// Makes the tick's forecasts (LSTM batched, baseline for the rest),
+/// publishes them, and returns the workloads and window ends JetStream
+/// acknowledged.
+async fn forecast_and_publish(
+    js: &async_nats::jetstream::Context,
+    prefix: &Prefix,
+    config: &Config,
+    jobs: Vec<Job>,
+    metrics: &Metrics,
+) -> Vec<(WorkloadKey, DateTime<Utc>)> {
+    if jobs.is_empty() {
+        return Vec::new();
+    }
+    let (horizon, quantile, chunk) = (config.horizon, config.quantile, config.chunk);
+    let step_seconds = config.step.as_secs() as u32;
+    let made = tokio::task::spawn_blocking(move || predict(jobs, horizon, quantile, chunk, step_seconds)).await;
+    let made = match made {
+        Ok(made) => made,
+        Err(error) => {
+            metrics.failed();
+            tracing::error!(%error, "Inference panicked; this tick publishes nothing.");
+            return Vec::new();
+        }
+    };
+    let mut pending = Vec::with_capacity(made.len());
+    for (job, prediction, quantile) in made {
+        let lstm = job.model.is_some();
+        let outgoing = prediction.and_then(|p| {
+            let forecast = to_message(&job, p, quantile, config.step.as_secs_f64());
+            let subject = prefix.forecast(&job.key.namespace, &job.key.workload).map_err(|e| e.to_string())?;
+            Outgoing::new(subject, &forecast).map_err(|e| e.to_string())
+        });
+        match outgoing {
+            Ok(outgoing) => match pas_nats::publish(js, &outgoing).await {
+                Ok(ack) => pending.push((job.key, job.window_end, lstm, ack)),
+                Err(error) => {
+                    metrics.failed();
+                    tracing::warn!(%error, "Publishing a forecast failed.");
+                }
+            },
+            Err(error) => {
+                metrics.failed();
+                tracing::warn!(workload = job.key.model_key(), error, "A forecast could not be made.");
+            }
+        }
+    }
+    let mut done = Vec::with_capacity(pending.len());
+    for (key, end, lstm, ack) in pending {
+        match ack.await {
+            Ok(_) => {
+                metrics.forecast(lstm);
+                done.push((key, end));
+            }
+            Err(error) => {
+                metrics.failed();
+                tracing::warn!(%error, workload = key.model_key(), "A forecast was not acknowledged.");
+            }
+        }
+    }
+    done
+}
+
+type Made = (Job, Result<Prediction, String>, f64);
+
+/// Runs the models: every LSTM job in one batch, the naive baseline for the rest.
+fn predict(jobs: Vec<Job>, horizon: usize, quantile: f64, chunk: usize, step_seconds: u32) -> Vec<Made> {
+    let (lstm, baseline): (Vec<Job>, Vec<Job>) = jobs.into_iter().partition(|j| j.model.is_some());
+    let mut out = Vec::with_capacity(lstm.len() + baseline.len());
+    let mut fallback = Vec::new();
+    if !lstm.is_empty() {
+        let weights: Vec<&LstmWeights> = lstm.iter().filter_map(|j| j.model.as_ref().map(|m| &m.weights)).collect();
+        let windows: Vec<&[f64]> = lstm.iter().map(|j| j.values.as_slice()).collect();
+        match predict_batch(&weights, &windows, chunk) {
+            Ok(predictions) => {
+                for (job, p) in lstm.into_iter().zip(predictions) {
+                    let q = job.model.as_ref().map_or(quantile, |m| m.quantile);
+                    out.push((job, Ok(p), q));
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "Batched inference failed; serving this tick's workloads with the baseline.");
+                fallback = lstm;
+            }
+        }
+    }
+    for mut job in baseline.into_iter().chain(fallback.into_iter().map(|mut j| {
+        j.model = None;
+        j
+    })) {
+        job.model = None;
+        let series = Series { start: DateTime::UNIX_EPOCH, step_seconds, values: std::mem::take(&mut job.values) };
+        let mut naive = Naive::new(horizon, quantile);
+        // Too short a history for error margins: a point forecast only.
+        let _ = naive.fit(&series, &mut |_| {});
+        let p = naive.predict(&series.values).map_err(|e| e.to_string());
+        out.push((job, p, quantile));
+    }
+    out
+}
+
+fn to_message(job: &Job, p: Prediction, quantile: f64, step_seconds: f64) -> Forecast {
+    let model = match &job.model {
+        Some(m) => ModelRef { key: m.key.clone(), kind: m.kind.clone(), version: m.version },
+        None => ModelRef { key: job.key.model_key(), kind: pas_models::ModelKind::Naive.name().to_owned(), version: 0 },
+    };
+    // Utilisation is never negative; the upper bound is never below the point.
+    let values: Vec<f64> = p.values.iter().map(|v| v.max(0.0)).collect();
+    let upper = p.upper.map(|u| u.iter().zip(&values).map(|(u, v)| u.max(*v)).collect());
+    Forecast {
+        schema_version: SCHEMA_VERSION,
+        timestamp: Utc::now(),
+        namespace: job.key.namespace.clone(),
+        workload: job.key.workload.clone(),
+        model,
+        window_end: job.window_end,
+        step_seconds,
+        quantile: upper.as_ref().map(|_| quantile),
+        values,
+        upper,
+    }
+}

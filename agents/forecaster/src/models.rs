@@ -1,0 +1,256 @@
+//! The models the forecaster serves, kept in step with the `pas-models` bucket.
+//!
+//! [`Loader`] reads every manifest at start and then watches the bucket. For a
+//! key (`<namespace>/<workload>`, or `global` for any workload without its
+//! own) it serves the newest accepted version that loads: it downloads the
+//! weights, checks their digest against the manifest, checks the step and
+//! shape, and builds the network on a blocking thread, off the tick. Only
+//! then does it swap the model in, by replacing one pointer under a lock the
+//! tick holds for a lookup. A version that fails any check is refused (logged
+//! and counted in `pas_forecaster_model_refusals_total{reason}`) and never
+//! tried again; the version already served keeps serving.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use async_nats::jetstream::object_store::ObjectStore;
+use futures::StreamExt;
+use pas_models::batch::LstmWeights;
+use pas_models::lstm::{Lstm, LstmConfig};
+use pas_schemas::ModelManifest;
+use pas_trainer::store::{self, Layout};
+use tokio_util::sync::CancellationToken;
+
+use crate::Error;
+use crate::metrics::Metrics;
+
+/// A model ready to serve.
+#[derive(Debug)]
+pub struct Served {
+    /// Its key in the bucket.
+    pub key: String,
+    /// Its version.
+    pub version: u64,
+    /// Its kind (`lstm`).
+    pub kind: String,
+    /// Its quantile for the upper forecast.
+    pub quantile: f64,
+    /// The weights, ready for batched inference.
+    pub weights: LstmWeights,
+}
+
+/// The served models by key. Cheap to read from the tick.
+#[derive(Debug, Default)]
+pub struct Models {
+    map: RwLock<HashMap<String, Arc<Served>>>,
+}
+
+/// The key of the model every workload without its own falls back to.
+pub const GLOBAL: &str = "global";
+
+impl Models {
+    /// The model for a workload key: its own, else the global one.
+    pub fn get(&self, key: &str) -> Option<Arc<Served>> {
+        let map = self.map.read().unwrap_or_else(|p| p.into_inner());
+        map.get(key).or_else(|| map.get(GLOBAL)).cloned()
+    }
+
+    /// The served version of a key, if any.
+    pub fn version(&self, key: &str) -> Option<u64> {
+        self.map.read().unwrap_or_else(|p| p.into_inner()).get(key).map(|s| s.version)
+    }
+
+    /// How many keys have a model.
+    pub fn len(&self) -> usize {
+        self.map.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Whether no key has a model.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes of weights held.
+    pub fn bytes(&self) -> usize {
+        self.map.read().unwrap_or_else(|p| p.into_inner()).values().map(|s| s.weights.bytes()).sum()
+    }
+
+    fn swap(&self, served: Served) {
+        let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
+        map.insert(served.key.clone(), Arc::new(served));
+    }
+}
+
+/// Why a version was refused: a fixed label for the metric, and the detail.
+#[derive(Debug)]
+struct Refusal {
+    reason: &'static str,
+    detail: String,
+}
+
+fn refuse(reason: &'static str, detail: impl Into<String>) -> Refusal {
+    Refusal { reason, detail: detail.into() }
+}
+
+/// Keeps [`Models`] in step with the bucket.
+pub struct Loader {
+    bucket: ObjectStore,
+    layout: Layout,
+    step_seconds: u64,
+    history: usize,
+    models: Arc<Models>,
+    refused: HashSet<(String, u64)>,
+    metrics: Metrics,
+}
+
+impl Loader {
+    /// A loader for the models of `layout` trained on a step of `step_seconds`
+    /// with windows of at most `history` steps.
+    pub fn new(bucket: ObjectStore, layout: Layout, step_seconds: u64, history: usize, models: Arc<Models>, metrics: Metrics) -> Loader {
+        Loader { bucket, layout, step_seconds, history, models, refused: HashSet::new(), metrics }
+    }
+
+    /// Loads the newest loadable accepted version of every key.
+    pub async fn load_all(&mut self) -> Result<(), Error> {
+        let all = store::load(&self.bucket, &self.layout).await.map_err(|e| Error::js("read the model manifests", e))?;
+        for (_, versions) in all {
+            for manifest in versions.into_values().rev() {
+                if !manifest.accepted {
+                    continue;
+                }
+                if self.consider(manifest).await {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Watches the bucket until `shutdown`, loading each new accepted
+    /// version; reads the whole bucket again every `rescan`, in case the
+    /// watch missed something (a reconnect).
+    pub async fn run(mut self, shutdown: CancellationToken, rescan: Duration) -> Result<(), Error> {
+        let mut watch = self.bucket.watch().await.map_err(|e| Error::js("watch the model bucket", e))?;
+        self.load_all().await?;
+        let mut rescans = tokio::time::interval(rescan);
+        rescans.tick().await;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                _ = rescans.tick() => {
+                    if let Err(error) = self.load_all().await {
+                        tracing::warn!(%error, "Reading the model bucket failed; will try again.");
+                    }
+                }
+                event = watch.next() => match event {
+                    Some(Ok(info)) if !info.deleted => {
+                        let Some((key, version)) = self.layout.manifest_of(&info.name) else { continue };
+                        if self.models.version(key).is_some_and(|v| v >= version) {
+                            continue;
+                        }
+                        match store::read(&self.bucket, &info.name).await {
+                            Ok(bytes) => match pas_schemas::decode::<ModelManifest>(&bytes) {
+                                Ok(m) if m.accepted => {
+                                    self.consider(m).await;
+                                }
+                                Ok(_) => {}
+                                Err(error) => self.refused(key, version, refuse("manifest", error.to_string())),
+                            },
+                            Err(error) => tracing::warn!(%error, object = info.name, "Reading a new manifest failed; the next rescan will."),
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(error)) => tracing::warn!(%error, "Watching the model bucket failed; continuing."),
+                    None => {
+                        tracing::warn!("The model bucket watch ended; watching again.");
+                        watch = self.bucket.watch().await.map_err(|e| Error::js("watch the model bucket", e))?;
+                    }
+                },
+            }
+        }
+    }
+
+    /// Loads and swaps in `manifest`'s version if it is newer than the one
+    /// served and was not refused before. True when it serves now (or a
+    /// newer one does).
+    async fn consider(&mut self, manifest: ModelManifest) -> bool {
+        let (key, version) = (manifest.key.clone(), manifest.version);
+        if self.models.version(&key).is_some_and(|v| v >= version) {
+            return true;
+        }
+        if self.refused.contains(&(key.clone(), version)) {
+            return false;
+        }
+        match self.load(&manifest).await {
+            Ok(Some(served)) => {
+                tracing::info!(key, version, "Serving a new model version.");
+                self.models.swap(served);
+                self.metrics.model_loaded();
+                true
+            }
+            Ok(None) => false,
+            Err(refusal) => {
+                self.refused(&key, version, refusal);
+                false
+            }
+        }
+    }
+
+    fn refused(&mut self, key: &str, version: u64, refusal: Refusal) {
+        tracing::warn!(key, version, reason = refusal.reason, detail = refusal.detail, "Refused a model version; the previous one keeps serving.");
+        self.metrics.model_refused(refusal.reason);
+        self.refused.insert((key.to_owned(), version));
+    }
+
+    /// Ok(None) when the weights could not be read for now (NATS down): not
+    /// the version's fault, tried again at the next rescan.
+    async fn load(&self, manifest: &ModelManifest) -> Result<Option<Served>, Refusal> {
+        if manifest.architecture != pas_models::ModelKind::Lstm.name() {
+            return Err(refuse("architecture", format!("the forecaster serves `lstm`, not `{}`", manifest.architecture)));
+        }
+        if manifest.step_seconds != self.step_seconds as f64 {
+            return Err(refuse(
+                "step",
+                format!("trained on a step of {} s, the forecaster's is {} s", manifest.step_seconds, self.step_seconds),
+            ));
+        }
+        if manifest.window as usize > self.history {
+            return Err(refuse("window", format!("needs {} steps, history keeps {}", manifest.window, self.history)));
+        }
+        let params = serde_json::Value::Object(manifest.hyper_parameters.clone().into_iter().collect());
+        let config: LstmConfig =
+            serde_json::from_value(params).map_err(|e| refuse("manifest", format!("hyper-parameters: {e}")))?;
+        if config.window != manifest.window as usize || config.horizon != manifest.horizon as usize {
+            return Err(refuse("manifest", "window or horizon differ from the hyper-parameters"));
+        }
+        let name = self.layout.object(&manifest.key, manifest.version, "weights.safetensors");
+        let bytes = match store::read(&self.bucket, &name).await {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                tracing::warn!(%error, object = name, "Reading model weights failed; will try again.");
+                return Ok(None);
+            }
+        };
+        let digest = pas_models::digest(&bytes);
+        if digest != manifest.digest {
+            return Err(refuse("digest", format!("the weights hash to {digest}, the manifest says {}", manifest.digest)));
+        }
+        let normalisation = manifest.normalisation.clone();
+        let quantile = config.quantile;
+        let weights = tokio::task::spawn_blocking(move || -> Result<LstmWeights, pas_models::Error> {
+            let model = Lstm::from_safetensors(config, &normalisation, &bytes)?;
+            LstmWeights::from_lstm(&model)
+        })
+        .await
+        .map_err(|e| refuse("load", e.to_string()))?
+        .map_err(|e| refuse("load", e.to_string()))?;
+        Ok(Some(Served {
+            key: manifest.key.clone(),
+            version: manifest.version,
+            kind: manifest.architecture.clone(),
+            quantile,
+            weights,
+        }))
+    }
+}
