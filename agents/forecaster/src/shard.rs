@@ -139,6 +139,7 @@ impl Shard {
         // starting together do not all race for partition 0.
         let start = partition(&self.scope, &self.replica, self.partitions);
         let now = Utc::now().timestamp_millis();
+        let mut newly = Vec::new();
         for k in 0..self.partitions {
             if self.held.len() >= share {
                 break;
@@ -159,9 +160,12 @@ impl Shard {
                 }
             };
             if let Some(rev) = claimed {
-                tracing::info!(partition = p, "Claimed a partition.");
                 self.held.insert(p, (rev, expires));
+                newly.push(p);
             }
+        }
+        if !newly.is_empty() {
+            tracing::info!(partitions = ?newly, held = self.held.len(), members = self.members, "Claimed partitions.");
         }
         Ok(())
     }
@@ -208,14 +212,18 @@ impl Shard {
     }
 
     async fn release(&mut self, partitions: Vec<(u32, u64)>) {
+        if partitions.is_empty() {
+            return;
+        }
+        let released: Vec<u32> = partitions.iter().map(|(p, _)| *p).collect();
         for (p, revision) in partitions {
             // Forget it first: a failed write leaves a lease that expires.
             self.held.remove(&p);
-            match self.kv.update(self.partition_key(p), self.record(0), revision).await {
-                Ok(_) => tracing::info!(partition = p, "Released a partition."),
-                Err(error) => tracing::warn!(partition = p, %error, "Releasing a partition failed; its lease will expire."),
+            if let Err(error) = self.kv.update(self.partition_key(p), self.record(0), revision).await {
+                tracing::warn!(partition = p, %error, "Releasing a partition failed; its lease will expire.");
             }
         }
+        tracing::info!(partitions = ?released, held = self.held.len(), "Released partitions.");
     }
 }
 
