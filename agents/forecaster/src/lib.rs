@@ -138,7 +138,11 @@ impl Forecaster {
         let bucket = js.get_object_store(BUCKET_MODELS).await.map_err(|e| Error::js("open the pas-models bucket (run `pas bus init`)", e))?;
         let served = Arc::new(Models::default());
         let step = config.step.as_secs();
-        let loader = Loader::new(bucket, Layout::new(&prefix), step, config.history, served.clone(), metrics.clone());
+        let chunks = js
+            .get_stream(pas_nats::definitions::object_stream())
+            .await
+            .map_err(|e| Error::js("open the pas-models stream", e))?;
+        let loader = Loader::new((bucket, chunks), Layout::new(&prefix), step, config.history, served.clone(), metrics.clone());
         let loading = tokio::spawn(loader.run(shutdown.clone(), Duration::from_secs(300)));
 
         // Samples: this replica's durable consumer, starting a window back.

@@ -15,6 +15,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use async_nats::jetstream::object_store::ObjectStore;
+use async_nats::jetstream::stream::Stream;
 use futures::StreamExt;
 use pas_models::batch::LstmWeights;
 use pas_models::lstm::{Lstm, LstmConfig};
@@ -93,9 +94,10 @@ fn refuse(reason: &'static str, detail: impl Into<String>) -> Refusal {
     Refusal { reason, detail: detail.into() }
 }
 
-/// Keeps [`Models`] in step with the bucket.
+/// Keeps [`Models`] in step with the bucket (its object store and its stream).
 pub struct Loader {
     bucket: ObjectStore,
+    chunks: Stream,
     layout: Layout,
     step_seconds: u64,
     history: usize,
@@ -107,13 +109,20 @@ pub struct Loader {
 impl Loader {
     /// A loader for the models of `layout` trained on a step of `step_seconds`
     /// with windows of at most `history` steps.
-    pub fn new(bucket: ObjectStore, layout: Layout, step_seconds: u64, history: usize, models: Arc<Models>, metrics: Metrics) -> Loader {
-        Loader { bucket, layout, step_seconds, history, models, refused: HashSet::new(), metrics }
+    pub fn new(
+        (bucket, chunks): (ObjectStore, Stream),
+        layout: Layout,
+        step_seconds: u64,
+        history: usize,
+        models: Arc<Models>,
+        metrics: Metrics,
+    ) -> Loader {
+        Loader { bucket, chunks, layout, step_seconds, history, models, refused: HashSet::new(), metrics }
     }
 
     /// Loads the newest loadable accepted version of every key.
     pub async fn load_all(&mut self) -> Result<(), Error> {
-        let all = store::load(&self.bucket, &self.layout).await.map_err(|e| Error::js("read the model manifests", e))?;
+        let all = store::load(&self.bucket, &self.chunks, &self.layout).await.map_err(|e| Error::js("read the model manifests", e))?;
         for (_, versions) in all {
             for manifest in versions.into_values().rev() {
                 if !manifest.accepted {
@@ -149,7 +158,7 @@ impl Loader {
                         if self.models.version(key).is_some_and(|v| v >= version) {
                             continue;
                         }
-                        match store::read(&self.bucket, &info.name).await {
+                        match store::read(&self.bucket, &self.chunks, &info.name).await {
                             Ok(bytes) => match pas_schemas::decode::<ModelManifest>(&bytes) {
                                 Ok(m) if m.accepted => {
                                     self.consider(m).await;
@@ -225,7 +234,7 @@ impl Loader {
             return Err(refuse("manifest", "window or horizon differ from the hyper-parameters"));
         }
         let name = self.layout.object(&manifest.key, manifest.version, "weights.safetensors");
-        let bytes = match store::read(&self.bucket, &name).await {
+        let bytes = match store::read(&self.bucket, &self.chunks, &name).await {
             Ok(bytes) => bytes,
             Err(error) => {
                 tracing::warn!(%error, object = name, "Reading model weights failed; will try again.");

@@ -141,8 +141,9 @@ impl Trainer {
             what: "open the pas-models bucket (run `pas bus init`)",
             source: Box::new(e),
         })?;
+        let chunks = js.get_stream(pas_nats::definitions::object_stream()).await.map_err(|e| Error::js("open the pas-models stream", e))?;
         let layout = Layout::new(&prefix);
-        let mut models = store::load(&bucket, &layout).await?;
+        let mut models = store::load(&bucket, &chunks, &layout).await?;
         tracing::info!(keys = models.len(), "Read stored model versions.");
 
         let stream = js.get_stream(STREAM_SAMPLES).await.map_err(|e| Error::JetStream {

@@ -11,7 +11,7 @@ use async_nats::jetstream::object_store::ObjectStore;
 use futures::TryStreamExt;
 use pas_schemas::ModelManifest;
 use pas_schemas::subjects::Prefix;
-use tokio::io::AsyncReadExt;
+use async_nats::jetstream::stream::Stream;
 
 use crate::Error;
 
@@ -47,8 +47,9 @@ impl Layout {
     }
 }
 
-/// Reads every manifest of this layout, by key.
-pub async fn load(store: &ObjectStore, layout: &Layout) -> Result<HashMap<String, Versions>, Error> {
+/// Reads every manifest of this layout, by key. `chunks` is the bucket's
+/// stream (`OBJ_pas-models`), see [`read`].
+pub async fn load(store: &ObjectStore, chunks: &Stream, layout: &Layout) -> Result<HashMap<String, Versions>, Error> {
     let names: Vec<String> = store
         .list()
         .await
@@ -60,7 +61,7 @@ pub async fn load(store: &ObjectStore, layout: &Layout) -> Result<HashMap<String
     let mut out: HashMap<String, Versions> = HashMap::new();
     for name in names {
         let Some((key, version)) = layout.manifest_of(&name) else { continue };
-        let bytes = read(store, &name).await?;
+        let bytes = read(store, chunks, &name).await?;
         match pas_schemas::decode::<ModelManifest>(&bytes) {
             Ok(m) if m.key == key && m.version == version => {
                 out.entry(key.to_owned()).or_default().insert(version, m);
@@ -72,11 +73,26 @@ pub async fn load(store: &ObjectStore, layout: &Layout) -> Result<HashMap<String
     Ok(out)
 }
 
-/// Reads one object whole.
-pub async fn read(store: &ObjectStore, name: &str) -> Result<Vec<u8>, Error> {
-    let mut object = store.get(name).await.map_err(|e| Error::js("read a model object", e))?;
-    let mut bytes = Vec::new();
-    object.read_to_end(&mut bytes).await.map_err(|e| Error::js("read a model object", e))?;
+/// Reads one object whole: its info, then its chunks by direct gets on the
+/// bucket's stream `chunks`. The client's own `get` creates a consumer per
+/// object, and a thousand of them in a row (a forecaster starting with a
+/// model per workload) stalled the client; direct gets need none.
+pub async fn read(store: &ObjectStore, chunks: &Stream, name: &str) -> Result<Vec<u8>, Error> {
+    let info = store.info(name).await.map_err(|e| Error::js("read a model object", e))?;
+    let subject = format!("$O.{}.C.{}", info.bucket, info.nuid);
+    let mut bytes = Vec::with_capacity(info.size);
+    let mut next = 1;
+    for _ in 0..info.chunks {
+        let chunk = chunks
+            .direct_get_next_for_subject(subject.as_str(), Some(next))
+            .await
+            .map_err(|e| Error::js("read a model object", e))?;
+        bytes.extend_from_slice(&chunk.payload);
+        next = chunk.sequence + 1;
+    }
+    if bytes.len() != info.size {
+        return Err(Error::Config(format!("object {name}: read {} bytes of {}", bytes.len(), info.size)));
+    }
     Ok(bytes)
 }
 
