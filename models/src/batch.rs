@@ -164,7 +164,7 @@ pub fn predict_batch(models: &[&LstmWeights], windows: &[&[f64]], chunk: usize) 
         }
         Ok(())
     })?;
-    Ok(out.into_iter().map(|p| p.expect("every index is in one group")).collect())
+    out.into_iter().collect::<Option<Vec<_>>>().ok_or_else(|| Error::Input("a window was left out of every batch".into()))
 }
 
 /// One batched pass over models of one shape: `x` is their encoded windows

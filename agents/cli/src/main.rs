@@ -89,21 +89,18 @@ enum BusCommand {
     },
 }
 
+/// The flags every stage takes.
 #[derive(Debug, clap::Args)]
-struct TrainerArgs {
-    /// Read samples under replay.<RUN>. instead of the live subjects.
+struct StageArgs {
+    /// Read samples (and store or serve models) under replay.<RUN>. instead
+    /// of the live subjects.
     #[arg(long)]
     run: Option<String>,
     /// Step of the utilisation series, e.g. 5s [default: 5s].
     #[arg(long)]
     step: Option<String>,
-    /// Steps of history before a workload's first model [default: 720].
-    #[arg(long)]
-    min_history: Option<u64>,
-    /// Train again after this much new data, e.g. 1h [default: 1h].
-    #[arg(long)]
-    retrain_after: Option<String>,
-    /// Address for /healthz, /readyz and /metrics [default: 0.0.0.0:9465].
+    /// Address for /healthz, /readyz and /metrics [default: 0.0.0.0:9465
+    /// for the trainer, 0.0.0.0:9466 for the forecaster].
     #[arg(long)]
     listen: Option<String>,
     /// Log JSON lines instead of text.
@@ -115,13 +112,21 @@ struct TrainerArgs {
 }
 
 #[derive(Debug, clap::Args)]
+struct TrainerArgs {
+    #[command(flatten)]
+    stage: StageArgs,
+    /// Steps of history before a workload's first model [default: 720].
+    #[arg(long)]
+    min_history: Option<u64>,
+    /// Train again after this much new data, e.g. 1h [default: 1h].
+    #[arg(long)]
+    retrain_after: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
 struct ForecasterArgs {
-    /// Read samples and serve models of replay.<RUN>. instead of the live ones.
-    #[arg(long)]
-    run: Option<String>,
-    /// Step of the utilisation series, e.g. 5s; models of another step are refused [default: 5s].
-    #[arg(long)]
-    step: Option<String>,
+    #[command(flatten)]
+    stage: StageArgs,
     /// Forecast every TICK, e.g. 1s [default: the step].
     #[arg(long)]
     tick: Option<String>,
@@ -134,15 +139,6 @@ struct ForecasterArgs {
     /// Partitions the workloads are hashed into; the same on every replica [default: 32].
     #[arg(long)]
     partitions: Option<u64>,
-    /// Address for /healthz, /readyz and /metrics [default: 0.0.0.0:9466].
-    #[arg(long)]
-    listen: Option<String>,
-    /// Log JSON lines instead of text.
-    #[arg(long)]
-    log_json: bool,
-    /// Print the effective configuration as JSON (secrets redacted) and exit.
-    #[arg(long)]
-    print_config: bool,
 }
 
 /// The part of a stage configuration file the CLI reads.
@@ -249,12 +245,11 @@ async fn bus(command: BusCommand, nats: &NatsConfig) -> anyhow::Result<()> {
 }
 
 fn trainer(args: &TrainerArgs, mut overrides: Vec<(&str, config::Value)>, file: Option<&std::path::Path>) -> anyhow::Result<()> {
-    let strings = [("run", &args.run), ("step", &args.step), ("retrain_after", &args.retrain_after), ("listen", &args.listen)];
-    push_strings(&mut overrides, strings);
+    push_strings(&mut overrides, [("retrain_after", &args.retrain_after)]);
     if let Some(n) = args.min_history {
         overrides.push(("min_history", n.into()));
     }
-    let Some(config) = stage_config::<pas_trainer::Config>("trainer", file, overrides, args.log_json, args.print_config)? else {
+    let Some(config) = stage_config("trainer", &args.stage, file, overrides, |c: &pas_trainer::Config| c.log_json)? else {
         return Ok(());
     };
     let trainer = pas_trainer::Trainer::new(config)?;
@@ -262,15 +257,14 @@ fn trainer(args: &TrainerArgs, mut overrides: Vec<(&str, config::Value)>, file: 
 }
 
 fn forecaster(args: &ForecasterArgs, mut overrides: Vec<(&str, config::Value)>, file: Option<&std::path::Path>) -> anyhow::Result<()> {
-    let strings = [("run", &args.run), ("step", &args.step), ("tick", &args.tick), ("replica", &args.replica), ("listen", &args.listen)];
-    push_strings(&mut overrides, strings);
+    push_strings(&mut overrides, [("tick", &args.tick), ("replica", &args.replica)]);
     if let Some(n) = args.history {
         overrides.push(("history", n.into()));
     }
     if let Some(n) = args.partitions {
         overrides.push(("partitions", n.into()));
     }
-    let Some(config) = stage_config::<pas_forecaster::Config>("forecaster", file, overrides, args.log_json, args.print_config)?
+    let Some(config) = stage_config("forecaster", &args.stage, file, overrides, |c: &pas_forecaster::Config| c.log_json)?
     else {
         return Ok(());
     };
@@ -286,27 +280,27 @@ fn push_strings<'a, const N: usize>(overrides: &mut Vec<(&'a str, config::Value)
     }
 }
 
-/// A stage's configuration from its layers; `None` after printing it for
-/// `--print-config`. Starts logging.
-fn stage_config<C: serde::de::DeserializeOwned + Serialize + Default>(
+/// A stage's configuration from its layers and the flags every stage takes;
+/// `None` after printing it for `--print-config`. Starts logging.
+fn stage_config<'a, C: serde::de::DeserializeOwned + Serialize + Default>(
     stage: &str,
+    args: &'a StageArgs,
     file: Option<&std::path::Path>,
-    mut overrides: Vec<(&str, config::Value)>,
-    log_json: bool,
-    print_config: bool,
+    mut overrides: Vec<(&'a str, config::Value)>,
+    log_json: impl Fn(&C) -> bool,
 ) -> anyhow::Result<Option<C>> {
-    if log_json {
+    push_strings(&mut overrides, [("run", &args.run), ("step", &args.step), ("listen", &args.listen)]);
+    if args.log_json {
         overrides.push(("log_json", true.into()));
     }
     let config: C = pas_runtime::config::load(file, std::env::vars(), overrides)
         .with_context(|| format!("loading the {stage} configuration"))?;
     let described = pas_runtime::config::describe(&config);
-    if print_config {
+    if args.print_config {
         println!("{described}");
         return Ok(None);
     }
-    let json = serde_json::from_str::<serde_json::Value>(&described).ok().and_then(|v| v["log_json"].as_bool());
-    pas_runtime::telemetry::init(json.unwrap_or(false), "info");
+    pas_runtime::telemetry::init(log_json(&config), "info");
     tracing::info!(config = %described, "Starting the {stage}.");
     Ok(Some(config))
 }

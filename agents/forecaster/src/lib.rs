@@ -107,11 +107,6 @@ impl Forecaster {
         self.metrics.clone()
     }
 
-    /// This replica's name.
-    pub fn replica(&self) -> &str {
-        &self.replica
-    }
-
     /// Ticks when told through the returned sender instead of on the clock
     /// (for benchmarks that leave out the wait for the tick). Partition
     /// leases still follow the clock.
@@ -452,10 +447,7 @@ fn predict(jobs: Vec<Job>, horizon: usize, quantile: f64, chunk: usize, step_sec
             }
         }
     }
-    for mut job in baseline.into_iter().chain(fallback.into_iter().map(|mut j| {
-        j.model = None;
-        j
-    })) {
+    for mut job in baseline.into_iter().chain(fallback) {
         job.model = None;
         let series = Series { start: DateTime::UNIX_EPOCH, step_seconds, values: std::mem::take(&mut job.values) };
         let mut naive = Naive::new(horizon, quantile);

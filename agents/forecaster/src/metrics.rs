@@ -127,11 +127,6 @@ impl Metrics {
         self.forecasts.get_or_create(&Model { model: if lstm { "lstm" } else { "baseline" } }).get()
     }
 
-    /// Ticks run so far.
-    pub fn ticks(&self) -> u64 {
-        self.ticks.get()
-    }
-
     /// Model versions refused for `reason` (`digest`, `load`, `step`, …).
     pub fn refusals(&self, reason: &'static str) -> u64 {
         self.refusals.get_or_create(&Reason { reason }).get()
@@ -145,10 +140,5 @@ impl Metrics {
     /// Partitions held at the last tick.
     pub fn partitions(&self) -> i64 {
         self.partitions.get()
-    }
-
-    /// Workloads tracked at the last tick.
-    pub fn workloads(&self) -> i64 {
-        self.workloads.get()
     }
 }

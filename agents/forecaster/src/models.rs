@@ -63,18 +63,8 @@ impl Models {
     }
 
     /// How many keys have a model.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.map.read().unwrap_or_else(|p| p.into_inner()).len()
-    }
-
-    /// Whether no key has a model.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Bytes of weights held.
-    pub fn bytes(&self) -> usize {
-        self.map.read().unwrap_or_else(|p| p.into_inner()).values().map(|s| s.weights.bytes()).sum()
     }
 
     fn swap(&self, served: Served) {
