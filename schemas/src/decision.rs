@@ -54,6 +54,18 @@ pub struct ScaleDecision {
     /// The forecast used, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub forecast: Option<ForecastRef>,
+    /// Measured CPU utilisation of the ready pods (percent of requests), if known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub utilization_percent: Option<f64>,
+    /// Peak forecast utilisation over the lead time (percent), if a fresh forecast was at hand.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub predicted_peak_percent: Option<f64>,
+    /// The target utilisation in force (percent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_utilization_percent: Option<f64>,
+    /// Settings that could not be used (bad `pas.io/` annotations), each with why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 impl Message for ScaleDecision {

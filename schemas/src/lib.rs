@@ -18,6 +18,7 @@ mod decision;
 mod error;
 mod forecast;
 mod manifest;
+mod quantity;
 mod sample;
 pub mod subjects;
 
@@ -25,6 +26,7 @@ pub use decision::{ForecastRef, Outcome, ScaleDecision};
 pub use error::{DecodeError, ValidationError};
 pub use forecast::{Forecast, ModelRef};
 pub use manifest::{ModelManifest, Normalisation, TrainingRange};
+pub use quantity::cpu_millicores;
 pub use sample::CpuSample;
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
