@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 #[command(name = "pas", version)]
 struct Cli {
     /// Configuration file (TOML, or JSON by extension): the stage's settings
-    /// for `pas trainer` and `pas forecaster`; for the other commands only its
+    /// for `pas trainer`, `pas forecaster` and `pas scaler`; for the other commands only its
     /// [nats] table is read.
     #[arg(long, short = 'c', global = true, env = "PAS_CONFIG")]
     config: Option<PathBuf>,
@@ -53,6 +53,14 @@ enum Command {
     /// through partition leases. Settings: --config FILE, PAS_* variables,
     /// these flags; every key is in README.md, "The forecaster".
     Forecaster(ForecasterArgs),
+    /// Run the scaler stage: turn forecasts (and, without them, samples)
+    /// into StatefulSet replica changes through the scale subresource, with
+    /// HPA-grade guardrails; publish every decision to
+    /// pas.scale.<namespace>.<workload>. One scaler acts (a lease in KV
+    /// pas-scaler); others stand by. Per-StatefulSet settings come from
+    /// pas.io/ annotations. Settings: --config FILE, PAS_* variables
+    /// (PAS_DEFAULTS__POLICY=hpa), these flags; every key is in docs/scaler.md.
+    Scaler(ScalerArgs),
     /// Forecasting models: backtest them on recorded traces, train offline.
     Models {
         #[command(subcommand)]
@@ -96,11 +104,11 @@ struct StageArgs {
     /// of the live subjects.
     #[arg(long)]
     run: Option<String>,
-    /// Step of the utilisation series, e.g. 5s [default: 5s].
+    /// Step of the utilisation series, e.g. 5s [default: 5s] (trainer and forecaster).
     #[arg(long)]
     step: Option<String>,
     /// Address for /healthz, /readyz and /metrics [default: 0.0.0.0:9465
-    /// for the trainer, 0.0.0.0:9466 for the forecaster].
+    /// for the trainer, 0.0.0.0:9466 for the forecaster, 0.0.0.0:9467 for the scaler].
     #[arg(long)]
     listen: Option<String>,
     /// Log JSON lines instead of text.
@@ -141,6 +149,30 @@ struct ForecasterArgs {
     partitions: Option<u64>,
 }
 
+#[derive(Debug, clap::Args)]
+struct ScalerArgs {
+    #[command(flatten)]
+    stage: StageArgs,
+    /// Evaluate workloads without a fresh forecast every TICK [default: 5s].
+    #[arg(long)]
+    tick: Option<String>,
+    /// This scaler's name [default: random].
+    #[arg(long, env = "POD_NAME")]
+    replica: Option<String>,
+    /// auto (Kubernetes if configured, else simulated), kube or simulated [default: auto].
+    #[arg(long)]
+    cluster: Option<String>,
+    /// Default policy: hpa, threshold, predictive or hybrid [default: hybrid].
+    #[arg(long)]
+    policy: Option<String>,
+    /// Manage every StatefulSet unless it says pas.io/enabled: "false".
+    #[arg(long)]
+    all: bool,
+    /// Decide and publish, never change a StatefulSet.
+    #[arg(long)]
+    dry_run: bool,
+}
+
 /// The part of a stage configuration file the CLI reads.
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(default)]
@@ -166,6 +198,9 @@ fn main() -> anyhow::Result<()> {
     if let Command::Forecaster(args) = &cli.command {
         return forecaster(args, overrides, cli.config.as_deref());
     }
+    if let Command::Scaler(args) = &cli.command {
+        return scaler(args, overrides, cli.config.as_deref());
+    }
     pas_runtime::telemetry::init(false, "warn");
     if let Command::Models { command } = cli.command {
         return models::run(command);
@@ -177,7 +212,7 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async {
         match cli.command {
             Command::Bus { command } => bus(command, &config.nats).await,
-            Command::Models { .. } | Command::Trainer(_) | Command::Forecaster(_) => {
+            Command::Models { .. } | Command::Trainer(_) | Command::Forecaster(_) | Command::Scaler(_) => {
                 unreachable!("handled before the runtime starts")
             }
         }
@@ -270,6 +305,23 @@ fn forecaster(args: &ForecasterArgs, mut overrides: Vec<(&str, config::Value)>, 
     };
     let forecaster = pas_forecaster::Forecaster::new(config)?;
     run_stage(|shutdown| forecaster.run(shutdown))
+}
+
+fn scaler(args: &ScalerArgs, mut overrides: Vec<(&str, config::Value)>, file: Option<&std::path::Path>) -> anyhow::Result<()> {
+    push_strings(
+        &mut overrides,
+        [("tick", &args.tick), ("replica", &args.replica), ("cluster", &args.cluster), ("defaults.policy", &args.policy)],
+    );
+    if args.all {
+        overrides.push(("defaults.enabled", true.into()));
+    }
+    if args.dry_run {
+        overrides.push(("defaults.dry_run", true.into()));
+    }
+    let Some(config) = stage_config("scaler", &args.stage, file, overrides, |c: &pas_scaler::Config| c.log_json)? else {
+        return Ok(());
+    };
+    run_stage(|shutdown| pas_scaler::run(config, shutdown))
 }
 
 fn push_strings<'a, const N: usize>(overrides: &mut Vec<(&'a str, config::Value)>, flags: [(&'a str, &Option<String>); N]) {

@@ -1,0 +1,304 @@
+//! What the scaler needs of Kubernetes, behind one trait: the real API
+//! ([`crate::k8s::Kube`]) or a simulated cluster ([`Simulated`]) for demos
+//! and experiments where no cluster is configured.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+
+/// A StatefulSet as the scaler sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Workload {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// `spec.replicas`.
+    pub replicas: u32,
+    /// `status.readyReplicas`.
+    pub ready_replicas: u32,
+    /// Its annotations (the `pas.io/` ones are the settings).
+    pub annotations: BTreeMap<String, String>,
+    /// CPU request of one pod (sum over the pod template's containers), millicores.
+    pub cpu_request_millicores: Option<f64>,
+    /// Version of the object the replicas were read from; a change is made
+    /// against it, so a concurrent change is noticed.
+    pub resource_version: Option<String>,
+    /// The object's UID (for Events).
+    pub uid: Option<String>,
+    /// A HorizontalPodAutoscaler that targets this StatefulSet, if any.
+    pub hpa: Option<String>,
+}
+
+/// A Kubernetes call that failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ClusterError {
+    /// The StatefulSet does not exist (any more).
+    #[error("the StatefulSet was not found")]
+    NotFound,
+    /// RBAC refused the call.
+    #[error("forbidden ({0}); the scaler's service account needs the RBAC in docs/scaler.md")]
+    Forbidden(String),
+    /// Someone else changed the replicas since they were read.
+    #[error("the replicas were changed to {0} by another writer")]
+    Changed(u32),
+    /// The object changed since it was read (retried).
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// Too many requests (retried).
+    #[error("throttled by the API server: {0}")]
+    Throttled(String),
+    /// The API server failed (retried).
+    #[error("API server error {code}: {message}")]
+    Server {
+        /// HTTP status.
+        code: u16,
+        /// Its message.
+        message: String,
+    },
+    /// Any other failure: a bad request, a connection that failed.
+    #[error("Kubernetes request failed: {0}")]
+    Request(String),
+}
+
+impl ClusterError {
+    /// A fixed label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ClusterError::NotFound => "not_found",
+            ClusterError::Forbidden(_) => "forbidden",
+            ClusterError::Changed(_) => "changed",
+            ClusterError::Conflict(_) => "conflict",
+            ClusterError::Throttled(_) => "throttled",
+            ClusterError::Server { .. } => "server",
+            ClusterError::Request(_) => "request",
+        }
+    }
+
+    /// Whether trying again may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            ClusterError::Conflict(_) | ClusterError::Throttled(_) | ClusterError::Server { .. }
+        )
+    }
+}
+
+/// Severity of an Event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    /// A change was made.
+    Normal,
+    /// A change failed or was refused.
+    Warning,
+}
+
+/// The cluster the scaler acts on.
+pub trait Cluster: Send + Sync + 'static {
+    /// The StatefulSet `namespace/name`, or `None` when there is none.
+    fn workload(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<Workload>, ClusterError>> + Send;
+
+    /// Changes `workload`'s replicas (as read) to `replicas`.
+    fn scale(
+        &self,
+        workload: &Workload,
+        replicas: u32,
+    ) -> impl Future<Output = Result<(), ClusterError>> + Send;
+
+    /// Records an Event on the StatefulSet.
+    fn event(
+        &self,
+        workload: &Workload,
+        kind: EventKind,
+        reason: &str,
+        note: String,
+    ) -> impl Future<Output = Result<(), ClusterError>> + Send;
+}
+
+/// A simulated StatefulSet.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SimulatedSet {
+    /// Replicas; all of them ready.
+    pub replicas: u32,
+    /// Annotations.
+    pub annotations: BTreeMap<String, String>,
+    /// CPU request per pod, millicores.
+    pub cpu_request_millicores: Option<f64>,
+    /// A HorizontalPodAutoscaler said to target it.
+    pub hpa: Option<String>,
+    version: u64,
+}
+
+/// A change or Event on the simulated cluster.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SimulatedChange {
+    /// Replicas changed.
+    Scaled {
+        /// `namespace/name`.
+        workload: String,
+        /// Before.
+        from: u32,
+        /// After.
+        to: u32,
+    },
+    /// An Event.
+    Event {
+        /// `namespace/name`.
+        workload: String,
+        /// The Event's reason.
+        reason: String,
+    },
+}
+
+#[derive(Debug, Default)]
+struct SimulatedState {
+    sets: BTreeMap<(String, String), SimulatedSet>,
+    /// Template for StatefulSets created on first sight.
+    template: Option<SimulatedSet>,
+    log: Vec<SimulatedChange>,
+}
+
+/// An in-memory cluster of StatefulSets whose pods are ready at once, for
+/// `make demo` and experiments when no cluster is configured, and for tests
+/// of the stage over a real nats-server (no Kubernetes API server can run
+/// there). Clones share the cluster.
+#[derive(Debug, Clone, Default)]
+pub struct Simulated {
+    state: Arc<Mutex<SimulatedState>>,
+}
+
+impl Simulated {
+    /// An empty cluster.
+    pub fn new() -> Simulated {
+        Simulated::default()
+    }
+
+    /// A cluster that creates a StatefulSet for every workload it is asked
+    /// about, with `replicas` and `annotations`.
+    pub fn creating(
+        replicas: u32,
+        annotations: BTreeMap<String, String>,
+        cpu_request_millicores: Option<f64>,
+    ) -> Simulated {
+        let sim = Simulated::default();
+        sim.lock().template = Some(SimulatedSet {
+            replicas,
+            annotations,
+            cpu_request_millicores,
+            hpa: None,
+            version: 1,
+        });
+        sim
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, SimulatedState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds or replaces a StatefulSet.
+    pub fn insert(
+        &self,
+        namespace: &str,
+        name: &str,
+        replicas: u32,
+        annotations: BTreeMap<String, String>,
+        cpu_request_millicores: Option<f64>,
+    ) {
+        self.lock().sets.insert(
+            (namespace.into(), name.into()),
+            SimulatedSet {
+                replicas,
+                annotations,
+                cpu_request_millicores,
+                hpa: None,
+                version: 1,
+            },
+        );
+    }
+
+    /// Says an HPA targets a StatefulSet.
+    pub fn set_hpa(&self, namespace: &str, name: &str, hpa: &str) {
+        if let Some(set) = self.lock().sets.get_mut(&(namespace.into(), name.into())) {
+            set.hpa = Some(hpa.into());
+        }
+    }
+
+    /// The replicas of a StatefulSet.
+    pub fn replicas(&self, namespace: &str, name: &str) -> Option<u32> {
+        self.lock()
+            .sets
+            .get(&(namespace.into(), name.into()))
+            .map(|s| s.replicas)
+    }
+
+    /// Every change and Event so far, oldest first.
+    pub fn log(&self) -> Vec<SimulatedChange> {
+        self.lock().log.clone()
+    }
+}
+
+impl Cluster for Simulated {
+    async fn workload(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<Workload>, ClusterError> {
+        let mut state = self.lock();
+        let key = (namespace.to_string(), name.to_string());
+        if !state.sets.contains_key(&key)
+            && let Some(template) = state.template.clone()
+        {
+            state.sets.insert(key.clone(), template);
+        }
+        Ok(state.sets.get(&key).map(|s| Workload {
+            namespace: namespace.into(),
+            name: name.into(),
+            replicas: s.replicas,
+            ready_replicas: s.replicas,
+            annotations: s.annotations.clone(),
+            cpu_request_millicores: s.cpu_request_millicores,
+            resource_version: Some(s.version.to_string()),
+            uid: None,
+            hpa: s.hpa.clone(),
+        }))
+    }
+
+    async fn scale(&self, workload: &Workload, replicas: u32) -> Result<(), ClusterError> {
+        let mut state = self.lock();
+        let set = state
+            .sets
+            .get_mut(&(workload.namespace.clone(), workload.name.clone()))
+            .ok_or(ClusterError::NotFound)?;
+        if set.replicas != workload.replicas {
+            return Err(ClusterError::Changed(set.replicas));
+        }
+        set.replicas = replicas;
+        set.version += 1;
+        let change = SimulatedChange::Scaled {
+            workload: format!("{}/{}", workload.namespace, workload.name),
+            from: workload.replicas,
+            to: replicas,
+        };
+        state.log.push(change);
+        Ok(())
+    }
+
+    async fn event(
+        &self,
+        workload: &Workload,
+        _kind: EventKind,
+        reason: &str,
+        _note: String,
+    ) -> Result<(), ClusterError> {
+        let change = SimulatedChange::Event {
+            workload: format!("{}/{}", workload.namespace, workload.name),
+            reason: reason.into(),
+        };
+        self.lock().log.push(change);
+        Ok(())
+    }
+}

@@ -1,0 +1,759 @@
+//! The PAS scaler (`pas scaler`): turns forecasts into replica changes of
+//! StatefulSets.
+//!
+//! - **Policies** ([`policy`]): `hpa`, `threshold`, `predictive` and
+//!   `hybrid` (the default), with the HPA's tolerance, stabilisation windows
+//!   and rate limits, min/max, a stale-forecast fallback, pause and dry-run.
+//!   Pure functions of the time and the inputs; start reading there.
+//! - **Settings** ([`settings`]): the config file's defaults, overridden per
+//!   StatefulSet by `pas.io/` annotations.
+//! - **Inputs.** Forecasts from the durable consumer `pas-scaler-forecasts`
+//!   on PAS_FORECASTS: each fresh one is evaluated at once. Pod samples from
+//!   an ordered consumer on PAS_SAMPLES (from [`Config::sample_max_age`]
+//!   back) give the measured utilisation the `hpa` rule needs. Every
+//!   [`Config::tick`] the workloads not evaluated since are evaluated on
+//!   samples alone.
+//! - **Kubernetes** ([`cluster`], [`k8s`]): replicas change only through the
+//!   `scale` subresource with field manager `pas-scaler`, each change gets an
+//!   Event; a StatefulSet an HPA targets is refused. Without a cluster, a
+//!   simulated one ([`cluster::Simulated`]).
+//! - **State and leadership** ([`leader`]): each workload's [`policy::History`]
+//!   is kept in KV `pas-scaler` after every evaluation and read back by a new
+//!   leader, so a restart keeps the stabilisation windows and rate limits. A
+//!   lease in the same bucket keeps one scaler active; standbys consume nothing.
+//! - **Decisions** go to `pas.scale.<namespace>.<workload>` (PAS_DECISIONS),
+//!   one per evaluation of an enabled workload: replicas before and after,
+//!   policy, the rule that decided and why, the forecast used, and whether
+//!   it was applied, dry-run, refused or unchanged.
+
+pub mod cluster;
+pub mod k8s;
+pub mod leader;
+pub mod policy;
+pub mod settings;
+
+mod config;
+mod error;
+mod metrics;
+
+pub use config::{ClusterKind, Config};
+pub use error::Error;
+pub use metrics::Metrics;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::consumer::{DeliverPolicy, pull};
+use async_nats::jetstream::kv::Store;
+use chrono::{DateTime, TimeDelta, Utc};
+use futures::StreamExt;
+use pas_nats::{DeadLetters, HandlerError, Outgoing};
+use pas_runtime::health::{self, Health};
+use pas_schemas::subjects::{BUCKET_SCALER, Prefix, STREAM_FORECASTS, STREAM_SAMPLES, Stage};
+use pas_schemas::{CpuSample, Forecast, ForecastRef, Outcome, SCHEMA_VERSION, ScaleDecision};
+use prometheus_client::registry::Registry;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::cluster::{Cluster, ClusterError, EventKind, Simulated, Workload};
+use crate::k8s::{Kube, Retry};
+use crate::leader::Leader;
+use crate::policy::{ForecastView, History, Observed, PodUsage, Tuning};
+
+/// Every rule a decision can name.
+pub const RULES: [&str; 12] = [
+    "hpa",
+    "hpa-fallback",
+    "predictive",
+    "threshold",
+    "stabilisation",
+    "rate-limit",
+    "min-replicas",
+    "max-replicas",
+    "no-metrics",
+    "paused",
+    "scaled-to-zero",
+    "hpa-conflict",
+];
+
+/// Samples older than this are dropped; workloads silent for
+/// [`FORGET_AFTER`] are forgotten.
+const KEEP_SAMPLES: TimeDelta = TimeDelta::minutes(5);
+const FORGET_AFTER: Duration = Duration::from_secs(900);
+
+/// Runs the scaler on the cluster [`Config::cluster`] chooses, until `shutdown`.
+pub async fn run(mut config: Config, shutdown: CancellationToken) -> Result<(), Error> {
+    // One name for the lease and the Events.
+    config.replica = Some(config.replica_id());
+    let simulated = || {
+        Simulated::creating(
+            config.simulated_replicas,
+            BTreeMap::new(),
+            config.defaults.enabled.then_some(1000.0),
+        )
+    };
+    let client = match config.cluster {
+        ClusterKind::Simulated => None,
+        ClusterKind::Kube => Some(
+            Kube::client()
+                .await
+                .map_err(|e| Error::Config(format!("no Kubernetes configuration: {e}")))?,
+        ),
+        ClusterKind::Auto => match Kube::client().await {
+            Ok(client) => Some(client),
+            Err(error) => {
+                tracing::info!(%error, "No Kubernetes configuration found; acting on a simulated cluster.");
+                None
+            }
+        },
+    };
+    let Some(client) = client else {
+        return Scaler::new(config.clone(), simulated())?
+            .run(shutdown)
+            .await;
+    };
+    let retry = Retry {
+        max_delay: config.kube_retry_max,
+        times: config.kube_retries,
+        ..Retry::default()
+    };
+    let kube = Kube::start(client, config.replica_id(), retry, shutdown.clone());
+    tokio::select! {
+        _ = shutdown.cancelled() => return Ok(()),
+        _ = kube.ready() => tracing::info!("Listed StatefulSets and HorizontalPodAutoscalers."),
+    }
+    Scaler::new(config, kube)?.run(shutdown).await
+}
+
+/// A configured scaler acting on cluster `C`.
+pub struct Scaler<C: Cluster> {
+    config: Config,
+    prefix: Prefix,
+    replica: String,
+    metrics: Metrics,
+    cluster: C,
+}
+
+impl<C: Cluster> Scaler<C> {
+    /// Checks the configuration.
+    pub fn new(mut config: Config, cluster: C) -> Result<Scaler<C>, Error> {
+        config.check().map_err(Error::Config)?;
+        let prefix = match &config.run {
+            Some(run) => Prefix::replay(run).map_err(|e| Error::Config(format!("run: {e}")))?,
+            None => Prefix::live(),
+        };
+        let replica = config.replica_id();
+        config.replica = Some(replica.clone());
+        Ok(Scaler {
+            config,
+            prefix,
+            replica,
+            metrics: Metrics::default(),
+            cluster,
+        })
+    }
+
+    /// A handle on the metrics (for tests and embedding).
+    pub fn metrics(&self) -> Metrics {
+        self.metrics.clone()
+    }
+
+    /// Runs until `shutdown`: campaigns for the lease, and while it holds it
+    /// consumes forecasts and samples and decides.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
+        let Scaler {
+            config,
+            prefix,
+            replica,
+            metrics,
+            cluster,
+        } = self;
+        let conn = pas_nats::connect(&config.nats, &format!("pas-scaler-{replica}"), true).await?;
+        let js = conn.jetstream.clone();
+        let mut registry = Registry::default();
+        metrics.register(&mut registry);
+        let dead_letters = Arc::new(DeadLetters::new(
+            js.clone(),
+            Stage::Scaler,
+            &prefix,
+            &mut registry,
+        ));
+        let health = Arc::new(Health::default());
+        let addr = health::serve(
+            config.listen,
+            health.clone(),
+            Arc::new(registry),
+            shutdown.clone(),
+        )
+        .await?;
+        tracing::info!(%addr, replica, "Serving /healthz, /readyz and /metrics.");
+        let kv = js
+            .get_key_value(BUCKET_SCALER)
+            .await
+            .map_err(|e| Error::js("open the pas-scaler bucket (run `pas bus init`)", e))?;
+        let scope = prefix
+            .run()
+            .map(|r| format!("run-{r}"))
+            .unwrap_or_else(|| "live".into());
+        let mut leader = Leader::new(kv.clone(), &scope, replica.clone(), config.lease);
+        let mut engine = Engine {
+            cluster,
+            js: js.clone(),
+            kv,
+            prefix: prefix.clone(),
+            scope,
+            tuning: config.tuning(),
+            config: config.clone(),
+            metrics: metrics.clone(),
+            pods: Arc::default(),
+            forecasts: HashMap::new(),
+            histories: HashMap::new(),
+            evaluated: HashMap::new(),
+            problems: HashMap::new(),
+            refused: HashMap::new(),
+        };
+        health.set_ready(true);
+
+        let mut campaign = tokio::time::interval(config.lease / 3);
+        let mut sweep = tokio::time::interval(config.tick);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut active: Option<Active> = None;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = campaign.tick() => {
+                    let held = leader.campaign().await;
+                    if held && active.is_none() {
+                        match Active::start(&js, &prefix, &config, &dead_letters, engine.pods.clone(), &metrics).await {
+                            Ok(a) => {
+                                // What a previous leader decided is in the bucket.
+                                engine.histories.clear();
+                                active = Some(a);
+                                tracing::info!(replica, "Leading: consuming forecasts and scaling.");
+                            }
+                            Err(error) => tracing::warn!(%error, "Could not start consuming; will try again."),
+                        }
+                    } else if !held && let Some(a) = active.take() {
+                        a.stop().await;
+                        tracing::info!(replica, "Standing by: another scaler holds the lease.");
+                    }
+                    metrics.set_leader(active.is_some() && leader.is_leader());
+                }
+                Some((forecast, done)) = next_forecast(&mut active) => {
+                    if leader.is_leader() {
+                        engine.on_forecast(forecast).await;
+                    }
+                    let _ = done.send(());
+                }
+                _ = sweep.tick(), if active.is_some() => {
+                    if leader.is_leader() {
+                        engine.sweep().await;
+                    }
+                }
+            }
+        }
+        health.set_ready(false);
+        if let Some(a) = active.take() {
+            a.stop().await;
+        }
+        leader.resign().await;
+        metrics.set_leader(false);
+        conn.client.drain().await.ok();
+        Ok(())
+    }
+}
+
+type Done = oneshot::Sender<()>;
+
+async fn next_forecast(active: &mut Option<Active>) -> Option<(Forecast, Done)> {
+    match active {
+        Some(a) => a.forecasts.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The consumers a leader runs.
+struct Active {
+    forecasts: mpsc::Receiver<(Forecast, Done)>,
+    stop: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Active {
+    async fn start(
+        js: &async_nats::jetstream::Context,
+        prefix: &Prefix,
+        config: &Config,
+        dead_letters: &Arc<DeadLetters>,
+        pods: Arc<Mutex<Pods>>,
+        metrics: &Metrics,
+    ) -> Result<Active, Error> {
+        let stop = CancellationToken::new();
+        // Pod samples: an ordered consumer from a sample age back.
+        let samples = js
+            .get_stream(STREAM_SAMPLES)
+            .await
+            .map_err(|e| Error::js("open stream PAS_SAMPLES (run `pas bus init`)", e))?;
+        let start_time = time::OffsetDateTime::now_utc() - config.sample_max_age;
+        let ordered = samples
+            .create_consumer(pull::OrderedConfig {
+                filter_subject: prefix.all_pod_cpu(),
+                deliver_policy: DeliverPolicy::ByStartTime { start_time },
+                ..pull::OrderedConfig::default()
+            })
+            .await
+            .map_err(|e| Error::js("create the scaler's sample consumer", e))?;
+        let mut messages = ordered
+            .messages()
+            .await
+            .map_err(|e| Error::js("read samples", e))?;
+        let sample_task = {
+            let stop = stop.clone();
+            let metrics = metrics.clone();
+            tokio::spawn(async move {
+                loop {
+                    let next = tokio::select! {
+                        _ = stop.cancelled() => return,
+                        next = messages.next() => next,
+                    };
+                    match next {
+                        None => return,
+                        Some(Err(error)) => {
+                            tracing::warn!(%error, "Reading samples failed; continuing.")
+                        }
+                        Some(Ok(msg)) => match pas_schemas::decode::<CpuSample>(&msg.payload) {
+                            Ok(sample) => record_sample(&pods, sample),
+                            // The forecaster dead-letters bad samples; here they are only counted.
+                            Err(_) => metrics.ignored("invalid_sample"),
+                        },
+                    }
+                }
+            })
+        };
+
+        // Forecasts: the shared durable consumer; each is acked once decided on.
+        let stream = js
+            .get_stream(STREAM_FORECASTS)
+            .await
+            .map_err(|e| Error::js("open stream PAS_FORECASTS (run `pas bus init`)", e))?;
+        let consumer_config =
+            pas_nats::definitions::consumer(Stage::Scaler, STREAM_FORECASTS, prefix)?;
+        let name = consumer_config.durable_name.clone().unwrap_or_default();
+        let consumer = match stream.get_consumer(&name).await {
+            Ok(consumer) => consumer,
+            Err(_) => stream
+                .create_consumer(consumer_config)
+                .await
+                .map_err(|e| Error::js("create the scaler's forecast consumer", e))?,
+        };
+        let (tx, rx) = mpsc::channel(64);
+        let forecast_task = {
+            let stop = stop.clone();
+            let dead_letters = dead_letters.clone();
+            tokio::spawn(async move {
+                let result = pas_nats::consume::<Forecast, _, _>(
+                    &consumer,
+                    &dead_letters,
+                    stop,
+                    |forecast, _| {
+                        let tx = tx.clone();
+                        async move {
+                            let (done, decided) = oneshot::channel();
+                            let retry = || HandlerError::Retry {
+                                reason: "the scaler stopped leading".into(),
+                                after: Duration::from_secs(1),
+                            };
+                            tx.send((forecast, done)).await.map_err(|_| retry())?;
+                            decided.await.map_err(|_| retry())
+                        }
+                    },
+                )
+                .await;
+                if let Err(error) = result {
+                    tracing::warn!(%error, "Consuming forecasts stopped.");
+                }
+            })
+        };
+        Ok(Active {
+            forecasts: rx,
+            stop,
+            tasks: vec![sample_task, forecast_task],
+        })
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        // Let a forecast in hand be answered as "stopped" rather than hang.
+        drop(self.forecasts);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+/// A workload: namespace and StatefulSet name.
+type Key = (String, String);
+
+/// The latest sample of one pod.
+#[derive(Debug, Clone)]
+struct PodSample {
+    at: DateTime<Utc>,
+    used: f64,
+    requested: Option<f64>,
+}
+
+/// Latest samples by workload and pod.
+type Pods = HashMap<Key, BTreeMap<String, PodSample>>;
+
+fn record_sample(pods: &Mutex<Pods>, sample: CpuSample) {
+    let (Some(namespace), Some(workload), Some(pod)) =
+        (sample.namespace, sample.workload, sample.pod)
+    else {
+        return;
+    };
+    let mut pods = pods.lock().unwrap_or_else(|p| p.into_inner());
+    let entry = pods
+        .entry((namespace, workload))
+        .or_default()
+        .entry(pod)
+        .or_insert(PodSample {
+            at: DateTime::<Utc>::MIN_UTC,
+            used: 0.0,
+            requested: None,
+        });
+    if sample.timestamp >= entry.at {
+        *entry = PodSample {
+            at: sample.timestamp,
+            used: sample.cpu_used_millicores,
+            requested: sample.cpu_requested_millicores,
+        };
+    }
+}
+
+/// The leader's state and what it decides with.
+struct Engine<C> {
+    cluster: C,
+    js: async_nats::jetstream::Context,
+    kv: Store,
+    prefix: Prefix,
+    scope: String,
+    config: Config,
+    tuning: Tuning,
+    metrics: Metrics,
+    pods: Arc<Mutex<Pods>>,
+    forecasts: HashMap<Key, (Forecast, Instant)>,
+    histories: HashMap<Key, History>,
+    evaluated: HashMap<Key, Instant>,
+    problems: HashMap<Key, Vec<String>>,
+    /// Workloads refused for an HPA, so the Event is recorded once.
+    refused: HashMap<Key, String>,
+}
+
+impl<C: Cluster> Engine<C> {
+    async fn on_forecast(&mut self, forecast: Forecast) {
+        self.metrics.forecast();
+        let key = (forecast.namespace.clone(), forecast.workload.clone());
+        if self
+            .forecasts
+            .get(&key)
+            .is_some_and(|(f, _)| f.window_end > forecast.window_end)
+        {
+            self.metrics.ignored("older_forecast");
+            return;
+        }
+        let now = Utc::now();
+        let stale = forecast_view(&forecast).is_stale(now, self.config.forecast_max_age);
+        self.forecasts
+            .insert(key.clone(), (forecast, Instant::now()));
+        if stale {
+            // A backlog after a pause: the tick decides on samples instead.
+            self.metrics.ignored("stale_forecast");
+            return;
+        }
+        self.evaluate(&key, now).await;
+    }
+
+    /// Evaluates the workloads not evaluated for a tick, and forgets the silent ones.
+    async fn sweep(&mut self) {
+        let now = Utc::now();
+        let mut keys: Vec<Key> = {
+            let mut pods = self.pods.lock().unwrap_or_else(|p| p.into_inner());
+            for samples in pods.values_mut() {
+                samples.retain(|_, s| now - s.at < KEEP_SAMPLES);
+            }
+            pods.retain(|_, samples| !samples.is_empty());
+            pods.keys().cloned().collect()
+        };
+        self.forecasts
+            .retain(|_, (_, received)| received.elapsed() < FORGET_AFTER);
+        keys.extend(
+            self.forecasts
+                .keys()
+                .filter(|k| !keys.contains(k))
+                .cloned()
+                .collect::<Vec<_>>(),
+        );
+        self.evaluated.retain(|k, _| keys.contains(k));
+        self.histories.retain(|k, _| keys.contains(k));
+        self.problems.retain(|k, _| keys.contains(k));
+        self.refused.retain(|k, _| keys.contains(k));
+        self.metrics.set_workloads(keys.len());
+        let due = self.config.tick.mul_f64(0.9);
+        for key in keys {
+            if self
+                .evaluated
+                .get(&key)
+                .is_none_or(|at| at.elapsed() >= due)
+            {
+                self.evaluate(&key, now).await;
+            }
+        }
+    }
+
+    async fn evaluate(&mut self, key: &Key, now: DateTime<Utc>) {
+        self.evaluated.insert(key.clone(), Instant::now());
+        let (namespace, name) = key;
+        let workload = match self.cluster.workload(namespace, name).await {
+            Ok(Some(w)) => w,
+            Ok(None) => {
+                self.metrics.ignored("no_statefulset");
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(%namespace, workload = %name, %error, "Reading the StatefulSet failed.");
+                self.metrics.kube_error(error.kind());
+                return;
+            }
+        };
+        let (settings, problems) =
+            settings::from_annotations(&self.config.defaults, &workload.annotations);
+        if self.problems.get(key) != Some(&problems) {
+            if !problems.is_empty() {
+                self.metrics.invalid_settings();
+                tracing::warn!(%namespace, workload = %name, ?problems, "Some pas.io/ annotations are invalid; their defaults apply.");
+            }
+            self.problems.insert(key.clone(), problems.clone());
+        }
+        if !settings.enabled {
+            return;
+        }
+        let mut decision = ScaleDecision {
+            schema_version: SCHEMA_VERSION,
+            timestamp: now,
+            namespace: namespace.clone(),
+            workload: name.clone(),
+            replicas_before: workload.replicas,
+            replicas_after: workload.replicas,
+            policy: settings.policy.to_string(),
+            rule: String::new(),
+            reason: String::new(),
+            outcome: Outcome::Unchanged,
+            forecast: None,
+            utilization_percent: None,
+            predicted_peak_percent: None,
+            target_utilization_percent: Some(settings.target_utilization),
+            warnings: problems,
+        };
+        if let Some(hpa) = &workload.hpa {
+            decision.rule = "hpa-conflict".into();
+            decision.reason = format!(
+                "HorizontalPodAutoscaler {hpa} targets this StatefulSet; PAS leaves it alone."
+            );
+            decision.outcome = Outcome::Refused;
+            if self.refused.get(key) != Some(hpa) {
+                self.refused.insert(key.clone(), hpa.clone());
+                tracing::warn!(%namespace, workload = %name, %hpa, "An HPA targets this StatefulSet; not managing it.");
+                self.event(
+                    &workload,
+                    EventKind::Warning,
+                    "ManagedByHPA",
+                    decision.reason.clone(),
+                )
+                .await;
+            }
+            self.publish(decision, "hpa-conflict").await;
+            return;
+        }
+        self.refused.remove(key);
+
+        let observed = self.observe(&workload, now);
+        let forecast = self.forecasts.get(key).map(|(f, _)| f.clone());
+        let view = forecast.as_ref().map(forecast_view);
+        let mut history = self.take_history(key).await;
+        let d = policy::decide(now, &settings, &self.tuning, &observed, view, &mut history);
+        decision.replicas_after = d.replicas;
+        decision.rule = d.rule.into();
+        decision.reason = d.reason.clone();
+        decision.utilization_percent = d.utilization;
+        decision.predicted_peak_percent = d.predicted_peak;
+        if d.used_forecast {
+            decision.forecast = forecast.map(|f| ForecastRef {
+                model: f.model,
+                window_end: f.window_end,
+            });
+        }
+        decision.outcome = if d.replicas == workload.replicas {
+            Outcome::Unchanged
+        } else if settings.dry_run {
+            Outcome::DryRun
+        } else {
+            match self.cluster.scale(&workload, d.replicas).await {
+                Ok(()) => {
+                    history.record_scale(now, workload.replicas, d.replicas, &self.tuning.behavior);
+                    Outcome::Applied
+                }
+                Err(error) => {
+                    self.metrics.kube_error(error.kind());
+                    decision.reason = format!("{} Not applied: {error}.", decision.reason);
+                    match &error {
+                        ClusterError::Forbidden(_) => {
+                            tracing::error!(%namespace, workload = %name, %error, "The scaler may not scale this StatefulSet.");
+                        }
+                        _ => {
+                            tracing::warn!(%namespace, workload = %name, %error, "Scaling failed.")
+                        }
+                    }
+                    Outcome::Refused
+                }
+            }
+        };
+        self.save_history(key, &history).await;
+        self.histories.insert(key.clone(), history);
+        match decision.outcome {
+            Outcome::Applied => {
+                let note = format!("New size: {}; {}", d.replicas, d.reason);
+                self.event(&workload, EventKind::Normal, "SuccessfulRescale", note)
+                    .await;
+            }
+            Outcome::Refused => {
+                let note = format!("Could not scale to {}: {}", d.replicas, decision.reason);
+                self.event(&workload, EventKind::Warning, "FailedRescale", note)
+                    .await;
+            }
+            _ => {}
+        }
+        self.publish(decision, d.rule).await;
+    }
+
+    /// The pods the StatefulSet should have, with their latest samples.
+    fn observe(&self, workload: &Workload, now: DateTime<Utc>) -> Observed {
+        let max_age = TimeDelta::from_std(self.config.sample_max_age).unwrap_or(TimeDelta::MAX);
+        let pods = self.pods.lock().unwrap_or_else(|p| p.into_inner());
+        let samples = pods.get(&(workload.namespace.clone(), workload.name.clone()));
+        let fresh: Vec<(&String, &PodSample)> = samples
+            .map(|m| m.iter().filter(|(_, s)| now - s.at <= max_age).collect())
+            .unwrap_or_default();
+        // Pod `<name>-<ordinal>` fills its slot; samples of pods named
+        // otherwise (a replayed trace) fill the free slots in order.
+        let n = workload.replicas as usize;
+        let mut slots: Vec<Option<&PodSample>> = vec![None; n];
+        let mut others = Vec::new();
+        for (pod, sample) in fresh {
+            let ordinal = pod
+                .strip_prefix(&workload.name)
+                .and_then(|rest| rest.strip_prefix('-'))
+                .and_then(|o| o.parse::<usize>().ok());
+            match ordinal {
+                Some(o) if o < n && slots[o].is_none() => slots[o] = Some(sample),
+                Some(_) => {} // a pod being removed
+                None => others.push(sample),
+            }
+        }
+        let mut others = others.into_iter();
+        for slot in slots.iter_mut().filter(|s| s.is_none()) {
+            *slot = others.next();
+        }
+        Observed {
+            replicas: workload.replicas,
+            pods: slots
+                .into_iter()
+                .enumerate()
+                .map(|(ordinal, sample)| PodUsage {
+                    // StatefulSet pods start in order, so the highest
+                    // ordinals are the ones not ready yet.
+                    ready: (ordinal as u32) < workload.ready_replicas,
+                    used_millicores: sample.map(|s| s.used),
+                    requested_millicores: sample
+                        .and_then(|s| s.requested)
+                        .or(workload.cpu_request_millicores),
+                })
+                .collect(),
+        }
+    }
+
+    fn state_key(&self, key: &Key) -> String {
+        format!("{}.state.{}.{}", self.scope, key.0, key.1)
+    }
+
+    /// The workload's history, taken out of memory or read as the last
+    /// leader left it.
+    async fn take_history(&mut self, key: &Key) -> History {
+        if let Some(history) = self.histories.remove(key) {
+            return history;
+        }
+        match self.kv.get(self.state_key(key)).await {
+                Ok(Some(bytes)) => serde_json::from_slice(&bytes).unwrap_or_else(|error| {
+                    tracing::warn!(namespace = %key.0, workload = %key.1, %error, "Stored scaler state unreadable; starting afresh.");
+                    History::default()
+                }),
+                Ok(None) => History::default(),
+                Err(error) => {
+                    tracing::warn!(namespace = %key.0, workload = %key.1, %error, "Reading the scaler state failed; starting afresh.");
+                History::default()
+            }
+        }
+    }
+
+    async fn save_history(&self, key: &Key, history: &History) {
+        let bytes = serde_json::to_vec(history).unwrap_or_default();
+        if let Err(error) = self.kv.put(self.state_key(key), bytes.into()).await {
+            tracing::warn!(namespace = %key.0, workload = %key.1, %error, "Saving the scaler state failed.");
+        }
+    }
+
+    async fn event(&self, workload: &Workload, kind: EventKind, reason: &str, note: String) {
+        if let Err(error) = self.cluster.event(workload, kind, reason, note).await {
+            self.metrics.kube_error(error.kind());
+            tracing::warn!(namespace = %workload.namespace, workload = %workload.name, %error, "Recording an Event failed.");
+        }
+    }
+
+    async fn publish(&self, decision: ScaleDecision, rule: &'static str) {
+        let outcome = match decision.outcome {
+            Outcome::Applied => "applied",
+            Outcome::DryRun => "dry_run",
+            Outcome::Refused => "refused",
+            Outcome::Unchanged => "unchanged",
+        };
+        self.metrics.decision(outcome, rule);
+        let subject = match self.prefix.scale(&decision.namespace, &decision.workload) {
+            Ok(s) => s,
+            Err(error) => {
+                tracing::warn!(namespace = %decision.namespace, workload = %decision.workload, error, "No subject for this workload.");
+                return;
+            }
+        };
+        let result = async {
+            let msg = Outgoing::new(subject, &decision).map_err(|e| e.to_string())?;
+            let ack = pas_nats::publish(&self.js, &msg)
+                .await
+                .map_err(|e| e.to_string())?;
+            ack.await.map(|_| ()).map_err(|e| e.to_string())
+        }
+        .await;
+        if let Err(error) = result {
+            tracing::warn!(namespace = %decision.namespace, workload = %decision.workload, %error, "Publishing a decision failed.");
+        }
+    }
+}
+
+fn forecast_view(f: &Forecast) -> ForecastView<'_> {
+    ForecastView {
+        window_end: f.window_end,
+        step_seconds: f.step_seconds,
+        values: &f.values,
+        upper: f.upper.as_deref(),
+    }
+}

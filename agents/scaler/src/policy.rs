@@ -1,0 +1,1395 @@
+//! The scaling policies: a pure function of the time, the workload's
+//! settings, what is observed of its pods, its forecast and its history
+//! ([`decide`]). Nothing here reads a clock or does I/O, so the live scaler
+//! and experiments run the same code.
+//!
+//! The `hpa` rule is the Kubernetes HPA v2 algorithm
+//! (`pkg/controller/podautoscaler` in kubernetes/kubernetes): the replica
+//! calculator (tolerance, missing and not-ready pods), then
+//! `stabilizeRecommendationWithBehaviors` (the highest recommendation of the
+//! scale-down window, the lowest of the scale-up window), then
+//! `convertDesiredReplicasWithBehaviorRate` (scaling policies per period and
+//! min/max). The other policies replace only the first step.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use serde::{Deserialize, Serialize};
+
+/// Which rule recommends the replicas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Policy {
+    /// The HPA rule on the latest samples.
+    Hpa,
+    /// The older system's rule: one more replica when any predicted value
+    /// passes the threshold (85 %); never fewer.
+    Threshold,
+    /// The HPA rule on the peak forecast over the lead time.
+    Predictive,
+    /// The larger of `predictive` and `hpa`: never scales in on a forecast alone.
+    Hybrid,
+}
+
+impl Policy {
+    /// Its name in settings and decisions.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Policy::Hpa => "hpa",
+            Policy::Threshold => "threshold",
+            Policy::Predictive => "predictive",
+            Policy::Hybrid => "hybrid",
+        }
+    }
+}
+
+impl fmt::Display for Policy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Policy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "hpa" => Ok(Policy::Hpa),
+            "threshold" => Ok(Policy::Threshold),
+            "predictive" => Ok(Policy::Predictive),
+            "hybrid" => Ok(Policy::Hybrid),
+            other => Err(format!(
+                "unknown policy {other:?} (hpa, threshold, predictive or hybrid)"
+            )),
+        }
+    }
+}
+
+/// How a rate policy counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RateKind {
+    /// A number of pods per period.
+    Pods,
+    /// A percentage of the replicas at the start of the period.
+    Percent,
+}
+
+/// One scaling policy (`HPAScalingPolicy`): at most `value` pods or percent per `period`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RatePolicy {
+    /// `Pods` or `Percent`.
+    #[serde(rename = "type")]
+    pub kind: RateKind,
+    /// Pods or percent.
+    pub value: u32,
+    /// The period the changes are counted over.
+    #[serde(with = "humantime_serde")]
+    pub period: Duration,
+}
+
+/// Which of several policies applies (`selectPolicy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Select {
+    /// The policy allowing the largest change.
+    Max,
+    /// The policy allowing the smallest change.
+    Min,
+    /// No scaling in this direction.
+    Disabled,
+}
+
+/// Rules for one direction (`HPAScalingRules`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rules {
+    /// Recommendations of this long ago are considered: the highest for
+    /// scale-down, the lowest for scale-up.
+    #[serde(with = "humantime_serde")]
+    pub stabilization_window: Duration,
+    /// Which policy applies when there are several.
+    pub select_policy: Select,
+    /// The rate limits.
+    pub policies: Vec<RatePolicy>,
+}
+
+/// Scaling behaviour (`HorizontalPodAutoscalerBehavior`); the HPA's defaults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Behavior {
+    /// Scale-up: no window; 100 % or 4 pods per 15 s, whichever is more.
+    pub scale_up: Rules,
+    /// Scale-down: a 300 s window; 100 % per 15 s.
+    pub scale_down: Rules,
+}
+
+impl Default for Behavior {
+    fn default() -> Self {
+        let period = Duration::from_secs(15);
+        Behavior {
+            scale_up: Rules {
+                stabilization_window: Duration::ZERO,
+                select_policy: Select::Max,
+                policies: vec![
+                    RatePolicy {
+                        kind: RateKind::Percent,
+                        value: 100,
+                        period,
+                    },
+                    RatePolicy {
+                        kind: RateKind::Pods,
+                        value: 4,
+                        period,
+                    },
+                ],
+            },
+            scale_down: Rules {
+                stabilization_window: Duration::from_secs(300),
+                select_policy: Select::Max,
+                policies: vec![RatePolicy {
+                    kind: RateKind::Percent,
+                    value: 100,
+                    period,
+                }],
+            },
+        }
+    }
+}
+
+impl Behavior {
+    pub(crate) fn check(&self) -> Result<(), String> {
+        for (name, rules) in [
+            ("scale_up", &self.scale_up),
+            ("scale_down", &self.scale_down),
+        ] {
+            if rules.select_policy != Select::Disabled && rules.policies.is_empty() {
+                return Err(format!(
+                    "behavior.{name} needs at least one policy unless select_policy is Disabled"
+                ));
+            }
+            if rules
+                .policies
+                .iter()
+                .any(|p| p.value == 0 || p.period.is_zero())
+            {
+                return Err(format!(
+                    "behavior.{name}: every policy needs a value and a period above 0"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Per-workload settings: the config file's defaults, overridden by the
+/// StatefulSet's `pas.io/` annotations ([`crate::settings`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// Whether the scaler manages the workload at all.
+    pub enabled: bool,
+    /// The policy.
+    pub policy: Policy,
+    /// Never fewer replicas.
+    pub min_replicas: u32,
+    /// Never more replicas.
+    pub max_replicas: u32,
+    /// Target CPU utilisation, percent of the pods' requests.
+    pub target_utilization: f64,
+    /// How long a new pod takes to serve; the lead time is this plus one tick.
+    #[serde(with = "humantime_serde")]
+    pub startup: Duration,
+    /// Decide and publish, never change the StatefulSet.
+    pub dry_run: bool,
+    /// Decide nothing and change nothing.
+    pub paused: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            enabled: false,
+            policy: Policy::Hybrid,
+            min_replicas: 1,
+            max_replicas: 10,
+            target_utilization: 70.0,
+            startup: Duration::from_secs(60),
+            dry_run: false,
+            paused: false,
+        }
+    }
+}
+
+impl Settings {
+    pub(crate) fn check(&self) -> Result<(), String> {
+        if self.min_replicas == 0 || self.min_replicas > self.max_replicas {
+            return Err(format!(
+                "min_replicas ({}) must be at least 1 and at most max_replicas ({})",
+                self.min_replicas, self.max_replicas
+            ));
+        }
+        if !(self.target_utilization > 0.0 && self.target_utilization.is_finite()) {
+            return Err(format!(
+                "target_utilization must be above 0, not {}",
+                self.target_utilization
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Settings that hold for every workload.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tuning {
+    /// Ratios within this of 1 change nothing (the HPA's 0.1).
+    pub tolerance: f64,
+    /// The `threshold` policy's trigger, percent.
+    pub threshold: f64,
+    /// One tick; part of the lead time.
+    pub tick: Duration,
+    /// A forecast older than this (from the end of its input window) is not used.
+    pub forecast_max_age: Duration,
+    /// Stabilisation and rate limits.
+    pub behavior: Behavior,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            tolerance: 0.1,
+            threshold: 85.0,
+            tick: Duration::from_secs(5),
+            forecast_max_age: Duration::from_secs(30),
+            behavior: Behavior::default(),
+        }
+    }
+}
+
+/// What is known of one pod the StatefulSet should have.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PodUsage {
+    /// Whether the pod counts as ready (the HPA also sets aside pods still
+    /// starting).
+    pub ready: bool,
+    /// CPU used in millicores from a recent sample; `None` when the pod has
+    /// no recent sample ("missing" to the HPA).
+    pub used_millicores: Option<f64>,
+    /// The pod's CPU request in millicores.
+    pub requested_millicores: Option<f64>,
+}
+
+/// The StatefulSet now.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observed {
+    /// `spec.replicas` (of the scale subresource).
+    pub replicas: u32,
+    /// One entry per pod the HPA would count (running, not being deleted).
+    pub pods: Vec<PodUsage>,
+}
+
+/// A forecast of the workload's utilisation.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ForecastView<'a> {
+    /// Start of the last input step; value `i` is for the step starting
+    /// `(i + 1)` steps later.
+    pub window_end: DateTime<Utc>,
+    /// Step length in seconds.
+    pub step_seconds: f64,
+    /// Predicted utilisation per step, percent.
+    pub values: &'a [f64],
+    /// Upper quantile per step, if the model gives one.
+    pub upper: Option<&'a [f64]>,
+}
+
+impl ForecastView<'_> {
+    fn step(&self) -> TimeDelta {
+        TimeDelta::milliseconds((self.step_seconds * 1000.0).round() as i64)
+    }
+
+    /// Whether the forecast is older than `max_age` at `now`, measured from
+    /// the end of its input window.
+    pub fn is_stale(&self, now: DateTime<Utc>, max_age: Duration) -> bool {
+        let closed = self.window_end + self.step();
+        now - closed > TimeDelta::from_std(max_age).unwrap_or(TimeDelta::MAX)
+    }
+
+    /// The highest predicted value (the upper quantile where there is one)
+    /// of the steps that overlap `[now, now + lead]`, and how many there were.
+    pub fn peak(&self, now: DateTime<Utc>, lead: Duration) -> Option<(f64, usize)> {
+        let step = self.step();
+        let until = now + TimeDelta::from_std(lead).unwrap_or(TimeDelta::MAX);
+        let mut peak: Option<f64> = None;
+        let mut steps = 0;
+        for (i, value) in self.values.iter().enumerate() {
+            let start = self.window_end + step * (i as i32 + 1);
+            if start + step <= now || start >= until {
+                continue;
+            }
+            let upper = self.upper.and_then(|u| u.get(i)).copied().unwrap_or(*value);
+            let v = value.max(upper);
+            if v.is_finite() {
+                peak = Some(peak.map_or(v, |p| p.max(v)));
+                steps += 1;
+            }
+        }
+        peak.map(|p| (p, steps))
+    }
+}
+
+/// A past recommendation (before stabilisation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Recommendation {
+    /// When.
+    pub at: DateTime<Utc>,
+    /// Replicas recommended.
+    pub replicas: u32,
+}
+
+/// A replica change that was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScaleEvent {
+    /// When.
+    pub at: DateTime<Utc>,
+    /// Replicas added (positive) or removed (negative).
+    pub change: i64,
+}
+
+/// What the stabilisation windows and rate limits remember of a workload.
+/// The live scaler keeps it in KV `pas-scaler`, so a restart changes nothing.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct History {
+    /// Recommendations within the longer stabilisation window.
+    pub recommendations: Vec<Recommendation>,
+    /// Changes within the longest rate-limit period.
+    pub scale_events: Vec<ScaleEvent>,
+}
+
+impl History {
+    /// Remembers a change that was made (applied to the StatefulSet).
+    pub fn record_scale(&mut self, now: DateTime<Utc>, from: u32, to: u32, behavior: &Behavior) {
+        if from != to {
+            self.scale_events.push(ScaleEvent {
+                at: now,
+                change: i64::from(to) - i64::from(from),
+            });
+        }
+        let longest = behavior
+            .scale_up
+            .policies
+            .iter()
+            .chain(&behavior.scale_down.policies)
+            .map(|p| p.period)
+            .max()
+            .unwrap_or_default();
+        let cutoff = now - TimeDelta::from_std(longest).unwrap_or(TimeDelta::MAX);
+        self.scale_events.retain(|e| e.at > cutoff);
+    }
+
+    /// The pods added and removed within `period` before `now`.
+    fn changes_within(&self, now: DateTime<Utc>, period: Duration) -> (i64, i64) {
+        let cutoff = now - TimeDelta::from_std(period).unwrap_or(TimeDelta::MAX);
+        self.scale_events
+            .iter()
+            .filter(|e| e.at > cutoff)
+            .fold((0, 0), |(added, removed), e| {
+                if e.change > 0 {
+                    (added + e.change, removed)
+                } else {
+                    (added, removed - e.change)
+                }
+            })
+    }
+}
+
+/// The outcome of [`decide`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    /// Replicas to have.
+    pub replicas: u32,
+    /// The rule that decided: `hpa`, `hpa-fallback`, `predictive`,
+    /// `threshold`, `stabilisation`, `rate-limit`, `min-replicas`,
+    /// `max-replicas`, `no-metrics`, `paused` or `scaled-to-zero`.
+    pub rule: &'static str,
+    /// Why, in one sentence.
+    pub reason: String,
+    /// Measured utilisation of the ready pods, percent.
+    pub utilization: Option<f64>,
+    /// Peak forecast utilisation over the lead time, percent.
+    pub predicted_peak: Option<f64>,
+    /// Whether the forecast was used.
+    pub used_forecast: bool,
+}
+
+/// What a policy recommends before stabilisation and rate limits.
+struct Raw {
+    replicas: u32,
+    rule: &'static str,
+    reason: String,
+}
+
+/// Decides the replicas for one workload at `now`, and records the
+/// recommendation in `history` (call [`History::record_scale`] once the
+/// change is made).
+pub fn decide(
+    now: DateTime<Utc>,
+    settings: &Settings,
+    tuning: &Tuning,
+    observed: &Observed,
+    forecast: Option<ForecastView<'_>>,
+    history: &mut History,
+) -> Decision {
+    let current = observed.replicas;
+    let hold = |rule: &'static str, reason: String| Decision {
+        replicas: current,
+        rule,
+        reason,
+        utilization: None,
+        predicted_peak: None,
+        used_forecast: false,
+    };
+    if settings.paused {
+        return hold("paused", "Scaling is paused for this workload.".into());
+    }
+    if current == 0 {
+        return hold(
+            "scaled-to-zero",
+            "The StatefulSet has 0 replicas; scaling is off until it has one.".into(),
+        );
+    }
+    // The HPA moves a target outside its bounds straight back in, without
+    // metrics, stabilisation or rate limits.
+    if current > settings.max_replicas {
+        return hold(
+            "max-replicas",
+            format!(
+                "{current} replicas is above the maximum of {}.",
+                settings.max_replicas
+            ),
+        )
+        .with_replicas(settings.max_replicas);
+    }
+    if current < settings.min_replicas {
+        return hold(
+            "min-replicas",
+            format!(
+                "{current} replicas is below the minimum of {}.",
+                settings.min_replicas
+            ),
+        )
+        .with_replicas(settings.min_replicas);
+    }
+
+    let target = settings.target_utilization;
+    let measured = hpa_replicas(current, &observed.pods, target, tuning.tolerance);
+    let utilization = measured.as_ref().ok().map(|m| m.utilization);
+    let fresh = forecast.filter(|f| !f.is_stale(now, tuning.forecast_max_age));
+    let lead = settings.startup + tuning.tick;
+    let peak = fresh.and_then(|f| f.peak(now, lead));
+
+    let hpa = |rule: &'static str| -> Result<Raw, String> {
+        let m = measured.as_ref().map_err(|e| e.clone())?;
+        let why = if rule == "hpa-fallback" {
+            let age = forecast.map_or("no forecast".to_string(), |_| {
+                "the forecast is stale".to_string()
+            });
+            format!("{age}, so the HPA rule: ")
+        } else {
+            String::new()
+        };
+        Ok(Raw {
+            replicas: m.replicas,
+            rule,
+            reason: format!(
+                "{why}CPU utilisation {:.0}% of requests against a target of {target:.0}% recommends {}.",
+                m.utilization, m.replicas
+            ),
+        })
+    };
+    let predictive = |(peak, steps): (f64, usize)| -> Raw {
+        let base = measured.as_ref().map_or(current, |m| m.ready_pods.max(1));
+        let ratio = peak / target;
+        let replicas = if (1.0 - ratio).abs() <= tuning.tolerance {
+            current
+        } else {
+            ceil_u32(ratio * f64::from(base))
+        };
+        Raw {
+            replicas,
+            rule: "predictive",
+            reason: format!(
+                "Predicted peak {peak:.0}% over the next {}s ({steps} steps) against a target of {target:.0}% recommends {replicas}.",
+                lead.as_secs()
+            ),
+        }
+    };
+
+    let raw: Result<Raw, String> = match (settings.policy, peak) {
+        (Policy::Hpa, _) => hpa("hpa"),
+        (_, None) => hpa("hpa-fallback"),
+        (Policy::Predictive, Some(p)) => Ok(predictive(p)),
+        (Policy::Threshold, Some(_)) => {
+            let values = fresh.map(|f| f.values).unwrap_or_default();
+            let over = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            Ok(if over > tuning.threshold {
+                Raw {
+                    replicas: current + 1,
+                    rule: "threshold",
+                    reason: format!(
+                        "A predicted value of {over:.0}% passes {:.0}%: one more replica.",
+                        tuning.threshold
+                    ),
+                }
+            } else {
+                Raw {
+                    replicas: current,
+                    rule: "threshold",
+                    reason: format!(
+                        "No predicted value passes {:.0}% (highest {over:.0}%).",
+                        tuning.threshold
+                    ),
+                }
+            })
+        }
+        (Policy::Hybrid, Some(p)) => {
+            let pred = predictive(p);
+            Ok(match hpa("hpa") {
+                Ok(reactive) if reactive.replicas >= pred.replicas => reactive,
+                Ok(_) => pred,
+                // No metrics: the forecast may add replicas, never remove them.
+                Err(_) if pred.replicas >= current => pred,
+                Err(e) => Raw {
+                    replicas: current,
+                    rule: "no-metrics",
+                    reason: format!(
+                        "{e}; a forecast alone never scales in ({} recommended).",
+                        pred.replicas
+                    ),
+                },
+            })
+        }
+    };
+    let raw = match raw {
+        Ok(raw) => raw,
+        Err(e) => {
+            // Like the HPA without metrics: change nothing, remember nothing.
+            let mut d = hold("no-metrics", format!("{e}; keeping {current} replicas."));
+            d.predicted_peak = peak.map(|p| p.0);
+            return d;
+        }
+    };
+    let used_forecast = matches!(raw.rule, "predictive" | "threshold");
+
+    let b = &tuning.behavior;
+    let stabilised = stabilise(now, raw.replicas, current, b, history);
+    let (limited, limit_rule) = limit_rate(now, stabilised, current, settings, b, history);
+    let (rule, reason) = if limited != stabilised {
+        let why = match limit_rule {
+            "rate-limit" if limited > current => "the scale-up policies allow",
+            "rate-limit" => "the scale-down policies allow",
+            "max-replicas" => "the maximum is",
+            _ => "the minimum is",
+        };
+        (
+            limit_rule,
+            format!("{} Limited to {limited}: {why} {limited}.", raw.reason),
+        )
+    } else if stabilised != raw.replicas {
+        let window = if stabilised > raw.replicas {
+            &b.scale_down
+        } else {
+            &b.scale_up
+        };
+        (
+            "stabilisation",
+            format!(
+                "{} Stabilised at {stabilised}: the {} recommendation of the last {}s.",
+                raw.reason,
+                if stabilised > raw.replicas {
+                    "highest"
+                } else {
+                    "lowest"
+                },
+                window.stabilization_window.as_secs()
+            ),
+        )
+    } else {
+        (raw.rule, raw.reason)
+    };
+    Decision {
+        replicas: limited,
+        rule,
+        reason,
+        utilization,
+        predicted_peak: peak.map(|p| p.0),
+        used_forecast,
+    }
+}
+
+impl Decision {
+    fn with_replicas(mut self, replicas: u32) -> Self {
+        self.replicas = replicas;
+        self
+    }
+}
+
+fn ceil_u32(x: f64) -> u32 {
+    if x.is_finite() && x > 0.0 {
+        x.ceil().min(f64::from(u32::MAX)) as u32
+    } else {
+        0
+    }
+}
+
+/// The replica calculator's answer.
+#[derive(Debug, Clone, PartialEq)]
+struct Measured {
+    replicas: u32,
+    /// Utilisation of the ready pods with samples, percent.
+    utilization: f64,
+    ready_pods: u32,
+}
+
+/// `GetResourceReplicas` of the HPA's replica calculator for CPU utilisation.
+fn hpa_replicas(
+    current: u32,
+    pods: &[PodUsage],
+    target: f64,
+    tolerance: f64,
+) -> Result<Measured, String> {
+    if pods.is_empty() {
+        return Err("No pods to measure".into());
+    }
+    // Pods with a sample and ready; with a sample and not ready; without one.
+    let mut ready: Vec<(f64, f64)> = Vec::new();
+    let mut unready: Vec<f64> = Vec::new();
+    let mut missing: Vec<f64> = Vec::new();
+    for pod in pods {
+        let request = pod
+            .requested_millicores
+            .filter(|r| *r > 0.0)
+            .ok_or("A pod has no CPU request")?;
+        // As the HPA groups them: pods not ready (pending or starting) are
+        // set aside, ready pods without a sample are missing.
+        match (pod.ready, pod.used_millicores) {
+            (false, _) => unready.push(request),
+            (true, None) => missing.push(request),
+            (true, Some(used)) => ready.push((used, request)),
+        }
+    }
+    if ready.is_empty() {
+        return Err("No recent samples from ready pods".into());
+    }
+    let ratio_of = |metrics: &[(f64, f64)]| {
+        let used: f64 = metrics.iter().map(|m| m.0).sum();
+        let requested: f64 = metrics.iter().map(|m| m.1).sum();
+        (used / requested * 100.0 / target, used / requested * 100.0)
+    };
+    let (ratio, utilization) = ratio_of(&ready);
+    let ready_pods = ready.len() as u32;
+    let scale_up_with_unready = !unready.is_empty() && ratio > 1.0;
+    if !scale_up_with_unready && missing.is_empty() {
+        let replicas = if (1.0 - ratio).abs() <= tolerance {
+            current
+        } else {
+            ceil_u32(ratio * f64::from(ready_pods))
+        };
+        return Ok(Measured {
+            replicas,
+            utilization,
+            ready_pods,
+        });
+    }
+    let mut metrics = ready.clone();
+    if !missing.is_empty() {
+        // Scaling down: pods without samples count as fully busy; scaling
+        // up: as idle. Either way they damp the change.
+        if ratio < 1.0 {
+            let fallback = target.max(100.0) / 100.0;
+            metrics.extend(missing.iter().map(|r| (r * fallback, *r)));
+        } else if ratio > 1.0 {
+            metrics.extend(missing.iter().map(|r| (0.0, *r)));
+        }
+    }
+    if scale_up_with_unready {
+        metrics.extend(unready.iter().map(|r| (0.0, *r)));
+    }
+    let (new_ratio, _) = ratio_of(&metrics);
+    if (1.0 - new_ratio).abs() <= tolerance
+        || (ratio < 1.0 && new_ratio > 1.0)
+        || (ratio > 1.0 && new_ratio < 1.0)
+    {
+        return Ok(Measured {
+            replicas: current,
+            utilization,
+            ready_pods,
+        });
+    }
+    let replicas = ceil_u32(new_ratio * metrics.len() as f64);
+    if (new_ratio < 1.0 && replicas > current) || (new_ratio > 1.0 && replicas < current) {
+        return Ok(Measured {
+            replicas: current,
+            utilization,
+            ready_pods,
+        });
+    }
+    Ok(Measured {
+        replicas,
+        utilization,
+        ready_pods,
+    })
+}
+
+/// `stabilizeRecommendationWithBehaviors`: records `raw` and returns it
+/// bounded by the lowest recommendation of the scale-up window and the
+/// highest of the scale-down window.
+fn stabilise(
+    now: DateTime<Utc>,
+    raw: u32,
+    current: u32,
+    b: &Behavior,
+    history: &mut History,
+) -> u32 {
+    let window = |d: Duration| now - TimeDelta::from_std(d).unwrap_or(TimeDelta::MAX);
+    // A workload seen for the first time starts its scale-down window at the
+    // current replicas, as the HPA does.
+    if history.recommendations.is_empty() && !b.scale_down.stabilization_window.is_zero() {
+        history.recommendations.push(Recommendation {
+            at: now,
+            replicas: current,
+        });
+    }
+    let up_from = window(b.scale_up.stabilization_window);
+    let down_from = window(b.scale_down.stabilization_window);
+    let mut up = raw;
+    let mut down = raw;
+    for r in &history.recommendations {
+        if r.at > up_from {
+            up = up.min(r.replicas);
+        }
+        if r.at > down_from {
+            down = down.max(r.replicas);
+        }
+    }
+    let mut recommendation = current;
+    if recommendation < up {
+        recommendation = up;
+    }
+    if recommendation > down {
+        recommendation = down;
+    }
+    let keep_from = up_from.min(down_from);
+    history.recommendations.retain(|r| r.at > keep_from);
+    history.recommendations.push(Recommendation {
+        at: now,
+        replicas: raw,
+    });
+    recommendation
+}
+
+/// `convertDesiredReplicasWithBehaviorRate`: the scaling policies and min/max.
+fn limit_rate(
+    now: DateTime<Utc>,
+    desired: u32,
+    current: u32,
+    settings: &Settings,
+    b: &Behavior,
+    history: &History,
+) -> (u32, &'static str) {
+    let current_i = i64::from(current);
+    if desired > current {
+        let limit = match b.scale_up.select_policy {
+            Select::Disabled => current_i,
+            select => {
+                let proposals = b.scale_up.policies.iter().map(|p| {
+                    let (added, removed) = history.changes_within(now, p.period);
+                    let start = current_i - added + removed;
+                    match p.kind {
+                        RateKind::Pods => start + i64::from(p.value),
+                        RateKind::Percent => {
+                            (start as f64 * (1.0 + f64::from(p.value) / 100.0)).ceil() as i64
+                        }
+                    }
+                });
+                if select == Select::Max {
+                    proposals.max()
+                } else {
+                    proposals.min()
+                }
+                .unwrap_or(current_i)
+            }
+        }
+        .max(current_i);
+        let (maximum, rule) = if i64::from(settings.max_replicas) > limit {
+            (limit, "rate-limit")
+        } else {
+            (i64::from(settings.max_replicas), "max-replicas")
+        };
+        if i64::from(desired) > maximum {
+            return (maximum as u32, rule);
+        }
+    } else if desired < current {
+        let limit = match b.scale_down.select_policy {
+            Select::Disabled => current_i,
+            select => {
+                let proposals = b.scale_down.policies.iter().map(|p| {
+                    let (added, removed) = history.changes_within(now, p.period);
+                    let start = current_i + removed - added;
+                    match p.kind {
+                        RateKind::Pods => start - i64::from(p.value),
+                        RateKind::Percent => {
+                            (start as f64 * (1.0 - f64::from(p.value) / 100.0)) as i64
+                        }
+                    }
+                });
+                if select == Select::Max {
+                    proposals.min()
+                } else {
+                    proposals.max()
+                }
+                .unwrap_or(current_i)
+            }
+        }
+        .min(current_i);
+        let (minimum, rule) = if i64::from(settings.min_replicas) < limit {
+            (limit, "rate-limit")
+        } else {
+            (i64::from(settings.min_replicas), "min-replicas")
+        };
+        if i64::from(desired) < minimum {
+            return (minimum as u32, rule);
+        }
+    }
+    (desired, "")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(secs: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000 + secs, 0).unwrap()
+    }
+
+    fn pods(n: u32, utilization: f64) -> Vec<PodUsage> {
+        (0..n)
+            .map(|_| PodUsage {
+                ready: true,
+                used_millicores: Some(utilization * 10.0),
+                requested_millicores: Some(1000.0),
+            })
+            .collect()
+    }
+
+    fn observed(replicas: u32, utilization: f64) -> Observed {
+        Observed {
+            replicas,
+            pods: pods(replicas, utilization),
+        }
+    }
+
+    fn settings(policy: Policy, target: f64) -> Settings {
+        Settings {
+            enabled: true,
+            policy,
+            min_replicas: 1,
+            max_replicas: 100,
+            target_utilization: target,
+            ..Settings::default()
+        }
+    }
+
+    /// No stabilisation, no rate limits: the replica calculator alone.
+    fn unlimited() -> Tuning {
+        let free = Rules {
+            stabilization_window: Duration::ZERO,
+            select_policy: Select::Max,
+            policies: vec![RatePolicy {
+                kind: RateKind::Percent,
+                value: 10_000,
+                period: Duration::from_secs(15),
+            }],
+        };
+        Tuning {
+            behavior: Behavior {
+                scale_up: free.clone(),
+                scale_down: free,
+            },
+            ..Tuning::default()
+        }
+    }
+
+    struct Case {
+        name: &'static str,
+        policy: Policy,
+        target: f64,
+        observed: Observed,
+        forecast: Option<(i64, Vec<f64>, Option<Vec<f64>>)>,
+        want: u32,
+        rule: &'static str,
+    }
+
+    /// The replica calculator and the policies, one evaluation each, with
+    /// stabilisation and rate limits out of the way. Forecasts are given as
+    /// (window end relative to now in seconds, values, upper).
+    #[test]
+    fn one_evaluation() {
+        let mixed = |ready: &[(bool, Option<f64>)]| Observed {
+            replicas: ready.len() as u32,
+            pods: ready
+                .iter()
+                .map(|(r, used)| PodUsage {
+                    ready: *r,
+                    used_millicores: *used,
+                    requested_millicores: Some(1000.0),
+                })
+                .collect(),
+        };
+        let cases = [
+            // HPA docs, algorithm details: 200m used against a target of
+            // 100m doubles the replicas...
+            Case {
+                name: "docs: ratio 2 doubles",
+                policy: Policy::Hpa,
+                target: 50.0,
+                observed: observed(3, 100.0),
+                forecast: None,
+                want: 6,
+                rule: "hpa",
+            },
+            // ... and 50m against 100m halves them.
+            Case {
+                name: "docs: ratio 0.5 halves",
+                policy: Policy::Hpa,
+                target: 50.0,
+                observed: observed(4, 25.0),
+                forecast: None,
+                want: 2,
+                rule: "hpa",
+            },
+            Case {
+                name: "within tolerance above",
+                policy: Policy::Hpa,
+                target: 50.0,
+                observed: observed(4, 54.9),
+                forecast: None,
+                want: 4,
+                rule: "hpa",
+            },
+            Case {
+                name: "within tolerance below",
+                policy: Policy::Hpa,
+                target: 50.0,
+                observed: observed(4, 45.1),
+                forecast: None,
+                want: 4,
+                rule: "hpa",
+            },
+            Case {
+                name: "just outside tolerance",
+                policy: Policy::Hpa,
+                target: 50.0,
+                observed: observed(4, 56.0),
+                forecast: None,
+                want: 5,
+                rule: "hpa",
+            },
+            // A ready pod without a sample counts as fully busy on a scale-down:
+            // 3 pods at 20% want 2, but (600 + 1000) / 4000 = 40% → ceil(0.8 × 4) = 4.
+            Case {
+                name: "missing pod damps scale-down",
+                policy: Policy::Hpa,
+                target: 50.0,
+                observed: mixed(&[
+                    (true, Some(200.0)),
+                    (true, Some(200.0)),
+                    (true, Some(200.0)),
+                    (true, None),
+                ]),
+                forecast: None,
+                want: 4,
+                rule: "hpa",
+            },
+            // ... and as idle on a scale-up: 2 pods at 100% of a 50% target want 4,
+            // (2000 + 0) / 3000 = 67% → ceil(1.33 × 3) = 4.
+            Case {
+                name: "missing pod on scale-up",
+                policy: Policy::Hpa,
+                target: 50.0,
+                observed: mixed(&[(true, Some(1000.0)), (true, Some(1000.0)), (true, None)]),
+                forecast: None,
+                want: 4,
+                rule: "hpa",
+            },
+            // Not-ready pods count as idle on a scale-up: 2 ready at 60% of a 50%
+            // target want 3 of 4, but with 2 idle the ratio turns below 1: no change.
+            Case {
+                name: "unready pods reverse the scale-up",
+                policy: Policy::Hpa,
+                target: 50.0,
+                observed: mixed(&[
+                    (true, Some(600.0)),
+                    (true, Some(600.0)),
+                    (false, Some(900.0)),
+                    (false, Some(900.0)),
+                ]),
+                forecast: None,
+                want: 4,
+                rule: "hpa",
+            },
+            Case {
+                name: "no samples at all",
+                policy: Policy::Hpa,
+                target: 50.0,
+                observed: mixed(&[(true, None), (true, None)]),
+                forecast: None,
+                want: 2,
+                rule: "no-metrics",
+            },
+            // Predictive: the peak of the upper quantile over the lead time
+            // (60 s start-up + 5 s tick = steps overlapping the next 65 s).
+            // The window ended 5 s ago, so value i covers now + 5i s .. + 5 s.
+            Case {
+                name: "predictive uses upper over the lead time",
+                policy: Policy::Predictive,
+                target: 50.0,
+                observed: observed(2, 50.0),
+                forecast: Some((
+                    -5,
+                    vec![50.0; 10],
+                    Some([vec![60.0; 9], vec![150.0]].concat()),
+                )),
+                want: 6,
+                rule: "predictive",
+            },
+            Case {
+                name: "predictive ignores steps beyond the lead time",
+                policy: Policy::Predictive,
+                target: 50.0,
+                observed: observed(2, 50.0),
+                forecast: Some((-5, [vec![50.0; 14], vec![400.0]].concat(), None)),
+                want: 2,
+                rule: "predictive",
+            },
+            Case {
+                name: "predictive scales in on the forecast",
+                policy: Policy::Predictive,
+                target: 50.0,
+                observed: observed(4, 50.0),
+                forecast: Some((-5, vec![20.0; 10], None)),
+                want: 2,
+                rule: "predictive",
+            },
+            Case {
+                name: "stale forecast falls back to hpa",
+                policy: Policy::Predictive,
+                target: 50.0,
+                observed: observed(4, 50.0),
+                forecast: Some((-60, vec![20.0; 30], None)),
+                want: 4,
+                rule: "hpa-fallback",
+            },
+            Case {
+                name: "no forecast falls back to hpa",
+                policy: Policy::Hybrid,
+                target: 50.0,
+                observed: observed(2, 100.0),
+                forecast: None,
+                want: 4,
+                rule: "hpa-fallback",
+            },
+            Case {
+                name: "hybrid never scales in on a forecast alone",
+                policy: Policy::Hybrid,
+                target: 50.0,
+                observed: observed(4, 50.0),
+                forecast: Some((-5, vec![20.0; 10], None)),
+                want: 4,
+                rule: "hpa",
+            },
+            Case {
+                name: "hybrid scales in when both agree, to the larger",
+                policy: Policy::Hybrid,
+                target: 50.0,
+                observed: observed(8, 12.5),
+                forecast: Some((-5, vec![25.0; 20], None)),
+                want: 4,
+                rule: "predictive",
+            },
+            Case {
+                name: "hybrid scales out ahead of the load",
+                policy: Policy::Hybrid,
+                target: 50.0,
+                observed: observed(2, 40.0),
+                forecast: Some((-5, vec![100.0; 20], None)),
+                want: 4,
+                rule: "predictive",
+            },
+            Case {
+                name: "threshold adds one above 85",
+                policy: Policy::Threshold,
+                target: 50.0,
+                observed: observed(3, 10.0),
+                forecast: Some((-5, [vec![10.0; 9], vec![86.0]].concat(), None)),
+                want: 4,
+                rule: "threshold",
+            },
+            Case {
+                name: "threshold never removes",
+                policy: Policy::Threshold,
+                target: 50.0,
+                observed: observed(3, 10.0),
+                forecast: Some((-5, vec![10.0; 10], None)),
+                want: 3,
+                rule: "threshold",
+            },
+        ];
+        let now = t(1000);
+        for case in cases {
+            let values;
+            let upper;
+            let view = match &case.forecast {
+                Some((end, v, u)) => {
+                    values = v.clone();
+                    upper = u.clone();
+                    Some(ForecastView {
+                        window_end: now + TimeDelta::seconds(*end),
+                        step_seconds: 5.0,
+                        values: &values,
+                        upper: upper.as_deref(),
+                    })
+                }
+                None => None,
+            };
+            let d = decide(
+                now,
+                &settings(case.policy, case.target),
+                &unlimited(),
+                &case.observed,
+                view,
+                &mut History::default(),
+            );
+            assert_eq!(
+                (d.replicas, d.rule),
+                (case.want, case.rule),
+                "{}: {}",
+                case.name,
+                d.reason
+            );
+            assert!(!d.reason.is_empty());
+        }
+    }
+
+    /// Runs evaluations in order; each applies its decision as the live
+    /// scaler does, and returns the replicas after each.
+    fn run(
+        settings: &Settings,
+        tuning: &Tuning,
+        start: u32,
+        steps: &[(i64, f64)],
+        history: &mut History,
+    ) -> Vec<(u32, &'static str)> {
+        let mut current = start;
+        steps
+            .iter()
+            .map(|(at, utilization)| {
+                let d = decide(
+                    t(*at),
+                    settings,
+                    tuning,
+                    &observed(current, *utilization),
+                    None,
+                    history,
+                );
+                history.record_scale(t(*at), current, d.replicas, &tuning.behavior);
+                current = d.replicas;
+                (current, d.rule)
+            })
+            .collect()
+    }
+
+    /// HPA docs, "Default behavior": scale up by 100% or 4 pods per 15 s,
+    /// whichever is more.
+    #[test]
+    fn default_scale_up_rate() {
+        let tuning = Tuning::default();
+        let s = settings(Policy::Hpa, 50.0);
+        // 1 replica at 1000% wants 20: max(2, 1 + 4) = 5 in the first period.
+        let got = run(
+            &s,
+            &tuning,
+            1,
+            &[(0, 1000.0), (5, 200.0), (15, 200.0), (30, 100.0)],
+            &mut History::default(),
+        );
+        assert_eq!(got[0], (5, "rate-limit"));
+        // Still inside the period that began at 1: no more.
+        assert_eq!(got[1], (5, "rate-limit"));
+        // Next period: 5 at 200% wants 20; max(10, 9) = 10.
+        assert_eq!(got[2], (10, "rate-limit"));
+        // 10 at 100% wants 20: max(20, 14) = 20.
+        assert_eq!(got[3], (20, "hpa"));
+    }
+
+    /// HPA docs, "Scaling Policies": a scale-down policy of 10% per minute
+    /// takes 80 replicas to 72, and the next minute 72 to 64 (7.2 rounds to 8).
+    #[test]
+    fn docs_percent_scale_down_policy() {
+        let mut tuning = Tuning::default();
+        tuning.behavior.scale_down = Rules {
+            stabilization_window: Duration::ZERO,
+            select_policy: Select::Max,
+            policies: vec![RatePolicy {
+                kind: RateKind::Percent,
+                value: 10,
+                period: Duration::from_secs(60),
+            }],
+        };
+        let s = settings(Policy::Hpa, 50.0);
+        // 80 pods at 6.25% of a 50% target want 10.
+        let got = run(
+            &s,
+            &tuning,
+            80,
+            &[(0, 6.25), (30, 6.9), (61, 7.0)],
+            &mut History::default(),
+        );
+        assert_eq!(
+            got,
+            vec![(72, "rate-limit"), (72, "rate-limit"), (64, "rate-limit")]
+        );
+    }
+
+    /// HPA docs, "Stabilization window": with the default 300 s window the
+    /// highest recommendation of the last five minutes holds.
+    #[test]
+    fn scale_down_stabilisation() {
+        let tuning = Tuning::default();
+        let s = settings(Policy::Hpa, 50.0);
+        let mut history = History::default();
+        // First sight at 4: the window starts at 4. Load drops at once.
+        let got = run(
+            &s,
+            &tuning,
+            4,
+            &[
+                (0, 100.0),
+                (10, 12.5),
+                (200, 12.5),
+                (309, 12.5),
+                (311, 50.0),
+            ],
+            &mut history,
+        );
+        assert_eq!(got[0], (8, "hpa"));
+        assert_eq!(got[1], (8, "stabilisation"));
+        assert_eq!(got[2], (8, "stabilisation"));
+        // At 309 the 8 of time 0 has left the window; only recommendations
+        // of 2 remain.
+        assert_eq!(got[3], (2, "hpa"));
+        assert_eq!(got[4], (2, "hpa"));
+    }
+
+    #[test]
+    fn a_new_workload_waits_a_window_before_scaling_in() {
+        let tuning = Tuning::default();
+        let s = settings(Policy::Hpa, 50.0);
+        let got = run(
+            &s,
+            &tuning,
+            8,
+            &[(0, 12.5), (299, 12.5), (301, 12.5)],
+            &mut History::default(),
+        );
+        assert_eq!(
+            got,
+            vec![(8, "stabilisation"), (8, "stabilisation"), (2, "hpa")]
+        );
+    }
+
+    #[test]
+    fn min_and_max() {
+        let tuning = unlimited();
+        let mut s = settings(Policy::Hpa, 50.0);
+        s.min_replicas = 3;
+        s.max_replicas = 6;
+        assert_eq!(
+            run(&s, &tuning, 4, &[(0, 500.0)], &mut History::default()),
+            vec![(6, "max-replicas")]
+        );
+        assert_eq!(
+            run(&s, &tuning, 4, &[(0, 1.0)], &mut History::default()),
+            vec![(3, "min-replicas")]
+        );
+        // Outside the bounds already: moved straight in, whatever the load.
+        assert_eq!(
+            run(&s, &tuning, 9, &[(0, 500.0)], &mut History::default()),
+            vec![(6, "max-replicas")]
+        );
+        assert_eq!(
+            run(&s, &tuning, 1, &[(0, 1.0)], &mut History::default()),
+            vec![(3, "min-replicas")]
+        );
+    }
+
+    #[test]
+    fn disabled_direction_and_pause_and_zero() {
+        let mut tuning = unlimited();
+        tuning.behavior.scale_down.select_policy = Select::Disabled;
+        let s = settings(Policy::Hpa, 50.0);
+        assert_eq!(
+            run(&s, &tuning, 4, &[(0, 1.0)], &mut History::default()),
+            vec![(4, "rate-limit")]
+        );
+        let mut paused = s.clone();
+        paused.paused = true;
+        assert_eq!(
+            run(&paused, &tuning, 4, &[(0, 500.0)], &mut History::default()),
+            vec![(4, "paused")]
+        );
+        assert_eq!(
+            run(&s, &tuning, 0, &[(0, 500.0)], &mut History::default()),
+            vec![(0, "scaled-to-zero")]
+        );
+    }
+
+    /// A history that went through JSON (the KV bucket) decides the same.
+    #[test]
+    fn history_round_trips() {
+        let tuning = Tuning::default();
+        let s = settings(Policy::Hpa, 50.0);
+        let mut history = History::default();
+        run(&s, &tuning, 4, &[(0, 100.0)], &mut history);
+        let mut restored: History =
+            serde_json::from_slice(&serde_json::to_vec(&history).unwrap()).unwrap();
+        assert_eq!(restored, history);
+        assert_eq!(
+            run(&s, &tuning, 8, &[(100, 12.5)], &mut restored),
+            vec![(8, "stabilisation")]
+        );
+        // A history lost in a restart would have started a new window at 8
+        // and scaled in at 400 instead of at 300.
+        assert_eq!(
+            run(&s, &tuning, 8, &[(301, 12.5)], &mut restored),
+            vec![(2, "hpa")]
+        );
+    }
+
+    #[test]
+    fn peak_and_staleness() {
+        let now = t(100);
+        let values = [10.0, 20.0, 30.0, 40.0];
+        let f = ForecastView {
+            window_end: t(90),
+            step_seconds: 5.0,
+            values: &values,
+            upper: None,
+        };
+        // Value 0 covers 95..100 (past), value 1 100..105, value 2 105..110.
+        assert_eq!(f.peak(now, Duration::from_secs(10)), Some((30.0, 2)));
+        assert_eq!(f.peak(t(200), Duration::from_secs(10)), None);
+        assert!(!f.is_stale(now, Duration::from_secs(30)));
+        assert!(f.is_stale(t(126), Duration::from_secs(30)));
+    }
+}
