@@ -472,6 +472,7 @@ async fn restart_keeps_the_stabilisation_window() {
     };
     assert_eq!(after_restart.replicas_after, 1, "{after_restart:?}");
     let waited = (scaled_at - low_at).num_milliseconds() as f64 / 1000.0;
+    println!("scaled in {waited:.1}s after the load dropped (window {WINDOW}s, restart at 12s)");
     // The window counts from the last recommendation of 4, just after
     // `low_at`; a forgetful scaler would wait until restart + 20 s (> 32 s).
     assert!(

@@ -56,10 +56,15 @@ impl Leader {
         .into()
     }
 
+    /// Until when (Unix ms) this scaler may act: its lease's expiry less the
+    /// allowed skew; 0 when it holds no lease.
+    pub fn valid_until_ms(&self) -> i64 {
+        self.held.map_or(0, |(_, expires)| expires - SKEW_MS)
+    }
+
     /// Whether this scaler holds the lease, with time to spare.
     pub fn is_leader(&self) -> bool {
-        self.held
-            .is_some_and(|(_, expires)| expires - SKEW_MS > Utc::now().timestamp_millis())
+        self.valid_until_ms() > Utc::now().timestamp_millis()
     }
 
     /// Renews the lease, or takes it if it is free. Returns whether it is held.

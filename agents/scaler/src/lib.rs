@@ -41,6 +41,7 @@ pub use error::Error;
 pub use metrics::Metrics;
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -53,7 +54,7 @@ use pas_runtime::health::{self, Health};
 use pas_schemas::subjects::{BUCKET_SCALER, Prefix, STREAM_FORECASTS, STREAM_SAMPLES, Stage};
 use pas_schemas::{CpuSample, Forecast, ForecastRef, Outcome, SCHEMA_VERSION, ScaleDecision};
 use prometheus_client::registry::Registry;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -197,7 +198,31 @@ impl<C: Cluster> Scaler<C> {
             .run()
             .map(|r| format!("run-{r}"))
             .unwrap_or_else(|| "live".into());
+        // The lease is renewed on its own task, so a long evaluation never
+        // delays it; the engine acts only while `until` is ahead.
         let mut leader = Leader::new(kv.clone(), &scope, replica.clone(), config.lease);
+        let until = Arc::new(AtomicI64::new(0));
+        let (lead_tx, mut lead_rx) = watch::channel(false);
+        let resign = CancellationToken::new();
+        let campaigning = tokio::spawn({
+            let until = until.clone();
+            let resign = resign.clone();
+            let mut renew = tokio::time::interval(config.lease / 3);
+            async move {
+                loop {
+                    tokio::select! {
+                        _ = resign.cancelled() => break,
+                        _ = renew.tick() => {
+                            let held = leader.campaign().await;
+                            until.store(leader.valid_until_ms(), Ordering::Relaxed);
+                            lead_tx.send_if_modified(|l| std::mem::replace(l, held) != held);
+                        }
+                    }
+                }
+                until.store(0, Ordering::Relaxed);
+                leader.resign().await;
+            }
+        });
         let mut engine = Engine {
             cluster,
             js: js.clone(),
@@ -207,6 +232,7 @@ impl<C: Cluster> Scaler<C> {
             tuning: config.tuning(),
             config: config.clone(),
             metrics: metrics.clone(),
+            until,
             pods: Arc::default(),
             forecasts: HashMap::new(),
             histories: HashMap::new(),
@@ -216,49 +242,62 @@ impl<C: Cluster> Scaler<C> {
         };
         health.set_ready(true);
 
-        let mut campaign = tokio::time::interval(config.lease / 3);
+        let mut check = tokio::time::interval(config.lease / 3);
         let mut sweep = tokio::time::interval(config.tick);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut active: Option<Active> = None;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = campaign.tick() => {
-                    let held = leader.campaign().await;
-                    if held && active.is_none() {
-                        match Active::start(&js, &prefix, &config, &dead_letters, engine.pods.clone(), &metrics).await {
-                            Ok(a) => {
-                                // What a previous leader decided is in the bucket.
-                                engine.histories.clear();
-                                active = Some(a);
-                                tracing::info!(replica, "Leading: consuming forecasts and scaling.");
-                            }
-                            Err(error) => tracing::warn!(%error, "Could not start consuming; will try again."),
-                        }
-                    } else if !held && let Some(a) = active.take() {
-                        a.stop().await;
-                        tracing::info!(replica, "Standing by: another scaler holds the lease.");
-                    }
-                    metrics.set_leader(active.is_some() && leader.is_leader());
-                }
+                Ok(()) = lead_rx.changed() => {}
+                _ = check.tick() => {}
                 Some((forecast, done)) = next_forecast(&mut active) => {
-                    if leader.is_leader() {
+                    if engine.leading() {
                         engine.on_forecast(forecast).await;
                     }
                     let _ = done.send(());
+                    continue;
                 }
                 _ = sweep.tick(), if active.is_some() => {
-                    if leader.is_leader() {
-                        engine.sweep().await;
-                    }
+                    engine.sweep().await;
+                    continue;
                 }
             }
+            // Consume while leading, nothing while standing by.
+            let held = *lead_rx.borrow_and_update();
+            if held && active.is_none() {
+                match Active::start(
+                    &js,
+                    &prefix,
+                    &config,
+                    &dead_letters,
+                    engine.pods.clone(),
+                    &metrics,
+                )
+                .await
+                {
+                    Ok(a) => {
+                        // What a previous leader decided is in the bucket.
+                        engine.histories.clear();
+                        active = Some(a);
+                        tracing::info!(replica, "Leading: consuming forecasts and scaling.");
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "Could not start consuming; will try again.")
+                    }
+                }
+            } else if !held && let Some(a) = active.take() {
+                a.stop().await;
+                tracing::info!(replica, "Standing by: another scaler holds the lease.");
+            }
+            metrics.set_leader(active.is_some());
         }
         health.set_ready(false);
         if let Some(a) = active.take() {
             a.stop().await;
         }
-        leader.resign().await;
+        resign.cancel();
+        let _ = campaigning.await;
         metrics.set_leader(false);
         conn.client.drain().await.ok();
         Ok(())
@@ -442,6 +481,8 @@ struct Engine<C> {
     config: Config,
     tuning: Tuning,
     metrics: Metrics,
+    /// Unix ms until which this scaler holds the lease.
+    until: Arc<AtomicI64>,
     pods: Arc<Mutex<Pods>>,
     forecasts: HashMap<Key, (Forecast, Instant)>,
     histories: HashMap<Key, History>,
@@ -452,6 +493,11 @@ struct Engine<C> {
 }
 
 impl<C: Cluster> Engine<C> {
+    /// Whether this scaler may act now.
+    fn leading(&self) -> bool {
+        Utc::now().timestamp_millis() < self.until.load(Ordering::Relaxed)
+    }
+
     async fn on_forecast(&mut self, forecast: Forecast) {
         self.metrics.forecast();
         let key = (forecast.namespace.clone(), forecast.workload.clone());
@@ -502,6 +548,9 @@ impl<C: Cluster> Engine<C> {
         self.metrics.set_workloads(keys.len());
         let due = self.config.tick.mul_f64(0.9);
         for key in keys {
+            if !self.leading() {
+                break;
+            }
             if self
                 .evaluated
                 .get(&key)
@@ -513,6 +562,9 @@ impl<C: Cluster> Engine<C> {
     }
 
     async fn evaluate(&mut self, key: &Key, now: DateTime<Utc>) {
+        if !self.leading() {
+            return;
+        }
         self.evaluated.insert(key.clone(), Instant::now());
         let (namespace, name) = key;
         let workload = match self.cluster.workload(namespace, name).await {
