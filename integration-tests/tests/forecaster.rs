@@ -73,12 +73,23 @@ fn feed(js: jetstream::Context, run: &str, workloads: Vec<String>, backfill: i64
                 publish(sample(at, w, values[(at.timestamp() as usize + k) % values.len()])).await;
             }
         }
+        // Every second gets samples, also one the backfill took too long
+        // for: a hole would be interpolated and the window would differ
+        // from the trace's values.
+        let mut last = now.timestamp() - 1;
         let mut ticker = tokio::time::interval(Duration::from_millis(250));
         while !stop.is_cancelled() {
             ticker.tick().await;
-            let at = Utc::now();
-            for (k, w) in workloads.iter().enumerate() {
-                publish(sample(at, w, values[(at.timestamp() as usize + k) % values.len()])).await;
+            let current = Utc::now();
+            let mut stamps: Vec<DateTime<Utc>> = (last + 1..current.timestamp())
+                .filter_map(|t| DateTime::from_timestamp(t, 500_000_000))
+                .collect();
+            stamps.push(current);
+            last = current.timestamp();
+            for at in stamps {
+                for (k, w) in workloads.iter().enumerate() {
+                    publish(sample(at, w, values[(at.timestamp() as usize + k) % values.len()])).await;
+                }
             }
         }
     })
