@@ -93,12 +93,7 @@ impl Config {
     /// anything but ASCII letters, digits, `-` and `_` written as `_`, or a
     /// random name.
     pub fn replica_id(&self) -> String {
-        match &self.replica {
-            Some(name) if !name.is_empty() => {
-                name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect()
-            }
-            _ => format!("forecaster-{:08x}", fastrand::u32(..)),
-        }
+        pas_runtime::config::replica_id(self.replica.as_deref(), "forecaster")
     }
 
     /// The tick interval.

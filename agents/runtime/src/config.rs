@@ -89,6 +89,18 @@ pub fn describe<T: Serialize>(config: &T) -> String {
     serde_json::to_string(config).unwrap_or_else(|e| format!("<unprintable: {e}>"))
 }
 
+/// A replica's name as one NATS token (for consumer names and lease
+/// holders): the configured name with anything but ASCII letters, digits,
+/// `-` and `_` written as `_`, or `<stage>-<random hex>` when none is set.
+pub fn replica_id(configured: Option<&str>, stage: &str) -> String {
+    match configured {
+        Some(name) if !name.is_empty() => {
+            name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect()
+        }
+        _ => format!("{stage}-{:08x}", fastrand::u32(..)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;

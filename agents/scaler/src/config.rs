@@ -96,19 +96,7 @@ impl Default for Config {
 impl Config {
     /// This scaler's name as one NATS token.
     pub fn replica_id(&self) -> String {
-        match &self.replica {
-            Some(name) if !name.is_empty() => name
-                .chars()
-                .map(|c| {
-                    if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                        c
-                    } else {
-                        '_'
-                    }
-                })
-                .collect(),
-            _ => format!("scaler-{:08x}", fastrand::u32(..)),
-        }
+        pas_runtime::config::replica_id(self.replica.as_deref(), "scaler")
     }
 
     /// The settings that hold for every workload.

@@ -208,8 +208,6 @@ impl Cluster for Kube {
         };
         let hpa = self
             .hpas
-            .state()
-            .iter()
             .find(|h| {
                 h.metadata.namespace.as_deref() == Some(namespace)
                     && h.spec.as_ref().is_some_and(|s| {

@@ -62,11 +62,6 @@ impl Leader {
         self.held.map_or(0, |(_, expires)| expires - SKEW_MS)
     }
 
-    /// Whether this scaler holds the lease, with time to spare.
-    pub fn is_leader(&self) -> bool {
-        self.valid_until_ms() > Utc::now().timestamp_millis()
-    }
-
     /// Renews the lease, or takes it if it is free. Returns whether it is held.
     pub async fn campaign(&mut self) -> bool {
         let expires = Utc::now().timestamp_millis() + self.lease.as_millis() as i64;

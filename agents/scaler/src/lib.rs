@@ -40,7 +40,7 @@ pub use config::{ClusterKind, Config};
 pub use error::Error;
 pub use metrics::Metrics;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -524,7 +524,7 @@ impl<C: Cluster> Engine<C> {
     /// Evaluates the workloads not evaluated for a tick, and forgets the silent ones.
     async fn sweep(&mut self) {
         let now = Utc::now();
-        let mut keys: Vec<Key> = {
+        let mut keys: HashSet<Key> = {
             let mut pods = self.pods.lock().unwrap_or_else(|p| p.into_inner());
             for samples in pods.values_mut() {
                 samples.retain(|_, s| now - s.at < KEEP_SAMPLES);
@@ -534,13 +534,7 @@ impl<C: Cluster> Engine<C> {
         };
         self.forecasts
             .retain(|_, (_, received)| received.elapsed() < FORGET_AFTER);
-        keys.extend(
-            self.forecasts
-                .keys()
-                .filter(|k| !keys.contains(k))
-                .cloned()
-                .collect::<Vec<_>>(),
-        );
+        keys.extend(self.forecasts.keys().cloned());
         self.evaluated.retain(|k, _| keys.contains(k));
         self.histories.retain(|k, _| keys.contains(k));
         self.problems.retain(|k, _| keys.contains(k));

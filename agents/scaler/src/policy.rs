@@ -491,9 +491,11 @@ pub fn decide(
     let hpa = |rule: &'static str| -> Result<Raw, String> {
         let m = measured.as_ref().map_err(|e| e.clone())?;
         let why = if rule == "hpa-fallback" {
-            let age = forecast.map_or("no forecast".to_string(), |_| {
-                "the forecast is stale".to_string()
-            });
+            let age = if forecast.is_some() {
+                "the forecast is stale"
+            } else {
+                "no forecast"
+            };
             format!("{age}, so the HPA rule: ")
         } else {
             String::new()

@@ -72,11 +72,11 @@ impl Workload {
     /// steps as missing, and drops settled steps beyond `max_history`.
     fn settle(&mut self, open_steps: i64, max_history: usize) {
         let Some(newest) = self.open.last_key_value().map(|(k, _)| *k) else { return };
-        while let Some((&step, _)) = self.open.first_key_value() {
-            if step > newest - open_steps {
+        while let Some(first) = self.open.first_entry() {
+            if *first.key() > newest - open_steps {
                 break;
             }
-            let samples = self.open.pop_first().expect("checked").1;
+            let (step, samples) = first.remove_entry();
             match self.next_settled() {
                 None => self.first = step,
                 Some(next) => {
