@@ -5,6 +5,11 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::Utc;
+
+use crate::sim::{PodModel, SimulatedStatefulSet};
 
 /// A StatefulSet as the scaler sees it.
 #[derive(Debug, Clone, PartialEq)]
@@ -122,8 +127,8 @@ pub trait Cluster: Send + Sync + 'static {
 /// A simulated StatefulSet.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SimulatedSet {
-    /// Replicas; all of them ready.
-    pub replicas: u32,
+    /// Its pods, which become ready after the cluster's start-up delay.
+    pub pods: SimulatedStatefulSet,
     /// Annotations.
     pub annotations: BTreeMap<String, String>,
     /// CPU request per pod, millicores.
@@ -158,14 +163,34 @@ pub enum SimulatedChange {
 struct SimulatedState {
     sets: BTreeMap<(String, String), SimulatedSet>,
     /// Template for StatefulSets created on first sight.
-    template: Option<SimulatedSet>,
+    template: Option<(u32, BTreeMap<String, String>, Option<f64>)>,
+    /// Time from pod creation to ready.
+    startup: Duration,
     log: Vec<SimulatedChange>,
 }
 
-/// An in-memory cluster of StatefulSets whose pods are ready at once, for
-/// `make demo` and experiments when no cluster is configured, and for tests
-/// of the stage over a real nats-server (no Kubernetes API server can run
-/// there). Clones share the cluster.
+impl SimulatedState {
+    fn set(&self, replicas: u32, annotations: BTreeMap<String, String>, cpu_request: Option<f64>) -> SimulatedSet {
+        let model = PodModel {
+            startup: self.startup,
+            capacity_millicores: cpu_request.unwrap_or(1000.0),
+            request_millicores: cpu_request.unwrap_or(0.0),
+        };
+        SimulatedSet {
+            pods: SimulatedStatefulSet::new(model, replicas, Utc::now()),
+            annotations,
+            cpu_request_millicores: cpu_request,
+            hpa: None,
+            version: 1,
+        }
+    }
+}
+
+/// An in-memory cluster of StatefulSets, for `make demo` when no cluster is
+/// configured, and for tests of the stage over a real nats-server (no
+/// Kubernetes API server can run there). Pods are ready after a start-up
+/// delay (none unless [`Simulated::with_startup`] sets one), on the wall
+/// clock. Clones share the cluster.
 #[derive(Debug, Clone, Default)]
 pub struct Simulated {
     state: Arc<Mutex<SimulatedState>>,
@@ -185,14 +210,14 @@ impl Simulated {
         cpu_request_millicores: Option<f64>,
     ) -> Simulated {
         let sim = Simulated::default();
-        sim.lock().template = Some(SimulatedSet {
-            replicas,
-            annotations,
-            cpu_request_millicores,
-            hpa: None,
-            version: 1,
-        });
+        sim.lock().template = Some((replicas, annotations, cpu_request_millicores));
         sim
+    }
+
+    /// Makes new pods ready `startup` after they are created.
+    pub fn with_startup(self, startup: Duration) -> Simulated {
+        self.lock().startup = startup;
+        self
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, SimulatedState> {
@@ -208,16 +233,9 @@ impl Simulated {
         annotations: BTreeMap<String, String>,
         cpu_request_millicores: Option<f64>,
     ) {
-        self.lock().sets.insert(
-            (namespace.into(), name.into()),
-            SimulatedSet {
-                replicas,
-                annotations,
-                cpu_request_millicores,
-                hpa: None,
-                version: 1,
-            },
-        );
+        let mut state = self.lock();
+        let set = state.set(replicas, annotations, cpu_request_millicores);
+        state.sets.insert((namespace.into(), name.into()), set);
     }
 
     /// Says an HPA targets a StatefulSet.
@@ -232,7 +250,15 @@ impl Simulated {
         self.lock()
             .sets
             .get(&(namespace.into(), name.into()))
-            .map(|s| s.replicas)
+            .map(|s| s.pods.replicas())
+    }
+
+    /// The replicas of a StatefulSet that are ready now.
+    pub fn ready(&self, namespace: &str, name: &str) -> Option<u32> {
+        self.lock()
+            .sets
+            .get(&(namespace.into(), name.into()))
+            .map(|s| s.pods.ready(Utc::now()))
     }
 
     /// Every change and Event so far, oldest first.
@@ -250,15 +276,17 @@ impl Cluster for Simulated {
         let mut state = self.lock();
         let key = (namespace.to_string(), name.to_string());
         if !state.sets.contains_key(&key)
-            && let Some(template) = state.template.clone()
+            && let Some((replicas, annotations, request)) = state.template.clone()
         {
-            state.sets.insert(key.clone(), template);
+            let set = state.set(replicas, annotations, request);
+            state.sets.insert(key.clone(), set);
         }
+        let now = Utc::now();
         Ok(state.sets.get(&key).map(|s| Workload {
             namespace: namespace.into(),
             name: name.into(),
-            replicas: s.replicas,
-            ready_replicas: s.replicas,
+            replicas: s.pods.replicas(),
+            ready_replicas: s.pods.ready(now),
             annotations: s.annotations.clone(),
             cpu_request_millicores: s.cpu_request_millicores,
             resource_version: Some(s.version.to_string()),
@@ -273,10 +301,10 @@ impl Cluster for Simulated {
             .sets
             .get_mut(&(workload.namespace.clone(), workload.name.clone()))
             .ok_or(ClusterError::NotFound)?;
-        if set.replicas != workload.replicas {
-            return Err(ClusterError::Changed(set.replicas));
+        if set.pods.replicas() != workload.replicas {
+            return Err(ClusterError::Changed(set.pods.replicas()));
         }
-        set.replicas = replicas;
+        set.pods.scale(replicas, Utc::now());
         set.version += 1;
         let change = SimulatedChange::Scaled {
             workload: format!("{}/{}", workload.namespace, workload.name),

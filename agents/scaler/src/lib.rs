@@ -31,6 +31,7 @@ pub mod k8s;
 pub mod leader;
 pub mod policy;
 pub mod settings;
+pub mod sim;
 
 mod config;
 mod error;
@@ -94,6 +95,8 @@ pub async fn run(mut config: Config, shutdown: CancellationToken) -> Result<(), 
             BTreeMap::new(),
             config.defaults.enabled.then_some(1000.0),
         )
+        // Pods take the start-up time the policies plan for.
+        .with_startup(config.defaults.startup)
     };
     let client = match config.cluster {
         ClusterKind::Simulated => None,

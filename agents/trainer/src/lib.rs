@@ -340,6 +340,20 @@ fn due(
     out
 }
 
+/// Trains one version of a workload's model exactly as the stage does:
+/// the LSTM on the head of `series`, a backtest against the baselines on
+/// its tail, accepted only when it beats the naive baseline. `pas
+/// experiment` calls this to train on the first part of a trace.
+pub fn train_version(
+    key: WorkloadKey,
+    version: u64,
+    series: pas_models::Series,
+    range: TrainingRange,
+    config: &Config,
+) -> Result<(ModelManifest, Vec<u8>), pas_models::Error> {
+    Job { key, version, series, range, config: config.clone() }.train()
+}
+
 /// One training run, off the async runtime.
 struct Job {
     key: WorkloadKey,
