@@ -168,36 +168,7 @@ impl Trace {
 
     /// Parses trace text (see [`Trace::read`]).
     pub fn parse(name: &str, text: &str) -> Result<Trace, String> {
-        let mut lines = text.lines().enumerate();
-        match lines.next() {
-            Some((_, header)) if header.trim() == "timestamp,cpu" => {}
-            Some((_, header)) => return Err(format!("line 1: expected the header `timestamp,cpu`, found `{header}`")),
-            None => return Err("the file is empty".into()),
-        }
-        let mut points = Vec::new();
-        for (n, line) in lines {
-            let line = line.trim();
-            if line.is_empty() {
-                continue;
-            }
-            let (at, cpu) = line.split_once(',').ok_or_else(|| format!("line {}: expected `timestamp,cpu`", n + 1))?;
-            let at = DateTime::parse_from_rfc3339(at)
-                .map_err(|e| format!("line {}: bad timestamp `{at}`: {e}", n + 1))?
-                .with_timezone(&Utc);
-            let cpu: f64 = cpu.parse().map_err(|_| format!("line {}: bad number `{cpu}`", n + 1))?;
-            if !cpu.is_finite() {
-                return Err(format!("line {}: `{cpu}` is not a finite number", n + 1));
-            }
-            if let Some(&(previous, _)) = points.last()
-                && at <= previous
-            {
-                return Err(format!("line {}: {at} is not after the previous row", n + 1));
-            }
-            points.push((at, cpu));
-        }
-        if points.is_empty() {
-            return Err("the file has no rows".into());
-        }
+        let points = pas_schemas::trace::parse(text)?;
         Ok(Trace { name: name.to_owned(), points })
     }
 

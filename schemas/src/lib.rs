@@ -21,6 +21,7 @@ mod manifest;
 mod quantity;
 mod sample;
 pub mod subjects;
+pub mod trace;
 
 pub use decision::{ForecastRef, Outcome, ScaleDecision};
 pub use error::{DecodeError, ValidationError};
