@@ -14,7 +14,7 @@ export PAS_CACHE LIBTORCH LIBTORCH_CXX11_ABI NATS_SERVER
 export LD_LIBRARY_PATH := $(LIBTORCH)/lib$(if $(LD_LIBRARY_PATH),:$(LD_LIBRARY_PATH))
 PY := $(PAS_CACHE)/venv/bin/python
 
-.PHONY: all setup env test test-rust test-python check-agent demo schemas footprint bench-models bench-epoch clean-cache
+.PHONY: all setup env test test-rust test-python check-agent demo schemas footprint bench-models bench-epoch results clean-cache
 
 all: test
 
@@ -58,6 +58,15 @@ TRACES ?= ../shared/data/traces
 bench-models: setup
 	cargo build --release -p pas-cli
 	target/release/pas models eval --trace $(TRACES)/*.csv --threads 1 --quiet --json docs/bench/eval-shared-traces.json
+
+# docs/results.md: every policy and the oracle on every shared trace, with
+# demand linear between a trace's points and held (a step); about 4 min.
+results: setup
+	cargo build --release -p pas-cli
+	target/release/pas experiment --trace $(TRACES)/*.csv --threads 1 --report target/results/linear
+	target/release/pas experiment --trace $(TRACES)/*.csv --threads 1 --shape step --report target/results/step
+	for s in linear step; do mkdir -p docs/results/$$s; cp target/results/$$s/results.json target/results/$$s/summary.svg target/results/$$s/nab-ec2_cpu_utilization_77c1ca.svg docs/results/$$s/; \
+	  sed -E '/^!\[[^]]+\]\([^)]+\.svg\)/{/summary|77c1ca/!d}' target/results/$$s/report.md > docs/results/$$s/report.md; done
 
 # docs/benchmarks.md: seconds per epoch, tch against PyTorch (installs torch into $(PAS_CACHE)/bench-venv).
 bench-epoch: setup

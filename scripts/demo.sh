@@ -1,49 +1,121 @@
 #!/usr/bin/env bash
-# make demo: a local nats-server with JetStream, the streams and buckets, and
-# the node agent sampling this machine; prints the live samples as
-# `nats sub 'pas.cpu.>'` would, then the stream status.
+# make demo: the whole pipeline as separate processes over a local
+# nats-server with JetStream.
 #
-#   DEMO_SECONDS  how long the agent runs (default 20)
+#   1. `pas replay` publishes a bundled NAB trace (testdata/traces) as the pod
+#      samples of StatefulSet demo/web under replay.demo., 60× faster than it
+#      was recorded (a 5-minute step becomes the pipeline's 5-second step):
+#      the first 2364 rows (8 days) at once as history, then 32 rows paced,
+#      through a simulated StatefulSet that follows the scaler's decisions.
+#   2. `pas trainer` trains an LSTM on the history and stores it in pas-models.
+#   3. `pas forecaster` loads it and forecasts every 5 s.
+#   4. `pas scaler` (policy hybrid) decides and scales the simulated
+#      StatefulSet; its decisions are printed as they come.
+#   5. `pas experiment` compares every policy and the oracle on the whole
+#      trace in virtual time: the table, report.md and plots.
 #
-# Later stages (replay of a bundled trace, trainer, forecaster, scaler on a
-# simulated StatefulSet) join this script as they are built.
+#   DEMO_STATEFULSET=namespace/name  drive that real StatefulSet (kubeconfig
+#                                    as kubectl finds it; the StatefulSet
+#                                    needs the annotation pas.io/enabled=true)
+#   DEMO_REPORT=dir                  where the report goes (default target/demo-report)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PAS_CACHE=${PAS_CACHE:-$HOME/.cache/pas}
 NATS_SERVER=${NATS_SERVER:-$PAS_CACHE/bin/nats-server}
-seconds=${DEMO_SECONDS:-20}
+trace=testdata/traces/nab-ec2_cpu_utilization_77c1ca.csv
+report=${DEMO_REPORT:-target/demo-report}
+history_rows=2364
+live_rows=32
+started=$(date +%s)
 
-echo "==> building pas and pas-agent (release)"
-cargo build --release -q -p pas-cli -p pas-agent
-bin=target/release
+namespace=demo workload=web cluster=simulated
+if [[ -n "${DEMO_STATEFULSET:-}" ]]; then
+  namespace=${DEMO_STATEFULSET%%/*} workload=${DEMO_STATEFULSET##*/} cluster=kube
+fi
+
+echo "==> building pas (shares target/ with make test)"
+cargo build -q -p pas-cli
+pas=target/debug/pas
 
 run=$(mktemp -d "${TMPDIR:-/tmp}/pas-demo.XXXXXX")
 pids=()
 cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  # Stages first, while nats-server is still up for their hand-over; the
+  # server (pids[0]) last.
+  for ((i = ${#pids[@]} - 1; i >= 1; i--)); do kill "${pids[i]}" 2>/dev/null || true; done
+  for _ in $(seq 100); do
+    alive=0
+    for ((i = 1; i < ${#pids[@]}; i++)); do kill -0 "${pids[i]}" 2>/dev/null && alive=1; done
+    ((alive)) || break
+    sleep 0.1
+  done
+  for ((i = 1; i < ${#pids[@]}; i++)); do kill -9 "${pids[i]}" 2>/dev/null || true; done
+  kill "${pids[0]}" 2>/dev/null || true
   wait 2>/dev/null || true
   rm -rf "$run"
 }
 trap cleanup EXIT INT TERM
 
-echo "==> starting nats-server with JetStream (store in $run)"
+echo "==> nats-server with JetStream (store in $run)"
 mkdir -p "$run/ports"
 "$NATS_SERVER" -js -sd "$run/js" -a 127.0.0.1 -p -1 --ports_file_dir "$run/ports" 2>"$run/nats.log" &
 pids+=($!)
 for _ in $(seq 100); do ls "$run"/ports/*.ports >/dev/null 2>&1 && break; sleep 0.05; done
 url=$(sed -E 's/.*"nats":\["([^"]+)".*/\1/' "$run"/ports/*.ports)
-echo "    $url"
+export PAS_NATS__URLS="$url"
+"$pas" --nats-url "$url" bus init >/dev/null
+echo "    $url; streams and buckets provisioned"
 
-echo "==> pas bus init"
-"$bin/pas" --nats-url "$url" bus init
+head -n $((1 + history_rows + live_rows)) "$trace" >"$run/trace.csv"
+backfill=$(python3 -c "print($history_rows / ($history_rows + $live_rows))")
 
-echo "==> pas-agent sampling this machine every second for ${seconds}s (node-only: no cluster configured)"
-"$bin/pas-agent" --nats-url "$url" --interval 1s --listen 127.0.0.1:0 2>"$run/agent.log" &
-agent=$!
-pids+=("$agent")
-timeout "$seconds" "$bin/pas" --nats-url "$url" bus tail 'pas.cpu.>' 2>/dev/null || true
+echo "==> trainer, forecaster and scaler on run 'demo' ($cluster StatefulSet $namespace/$workload); logs in $run"
+"$pas" -c scripts/demo/trainer.toml trainer --run demo 2>"$run/trainer.log" &
+pids+=($!)
+"$pas" -c scripts/demo/forecaster.toml forecaster --run demo 2>"$run/forecaster.log" &
+pids+=($!)
+"$pas" -c scripts/demo/scaler.toml scaler --run demo --cluster "$cluster" 2>"$run/scaler.log" &
+pids+=($!)
 
-kill -TERM "$agent" && wait "$agent" || true
-echo "==> pas bus status"
-"$bin/pas" --nats-url "$url" bus status || true
-echo "==> done: samples of this machine went through JetStream into PAS_SAMPLES"
+echo "==> decisions as they come (replay.demo.pas.scale.>):"
+# Process substitution: killing the tail ends the formatter too.
+"$pas" --nats-url "$url" bus tail 'replay.demo.pas.scale.>' 2>/dev/null > >(python3 -u -c '
+import json, sys
+last = None
+for line in sys.stdin:
+    d = json.loads(line.split(" ", 1)[1])
+    key = (d["replicas_before"], d["replicas_after"], d["rule"], d["outcome"])
+    # One line per change, and per change of rule while holding.
+    if d["replicas_before"] == d["replicas_after"] and key == last:
+        continue
+    last = key
+    util = d.get("utilization_percent")
+    peak = d.get("predicted_peak_percent")
+    print("    %s %s/%s %2d -> %2d %-8s %-14s util %5s peak %5s" % (
+        d["timestamp"][11:19], d["namespace"], d["workload"], d["replicas_before"], d["replicas_after"],
+        d["outcome"], d["rule"], "-" if util is None else "%.0f%%" % util, "-" if peak is None else "%.0f%%" % peak))
+') &
+pids+=($!)
+
+echo "==> replaying $trace: $history_rows rows of history at once, then $live_rows rows at 60x (about $((live_rows * 5)) s)"
+"$pas" replay --trace "$run/trace.csv" --run demo --namespace "$namespace" --workload "$workload" \
+  --pods 4 --speed 60 --backfill "$backfill" --simulate 10s >"$run/replay.out" 2>"$run/replay.log" &
+replay=$!
+pids+=("$replay")
+while kill -0 "$replay" 2>/dev/null; do
+  sleep 10
+  tr '\r' '\n' <"$run/replay.log" | grep -a '\[' | tail -n 1 | sed 's/^/    replay /' || true
+done
+wait "$replay" || { cat "$run/replay.log"; exit 1; }
+sed 's/^/    /' "$run/replay.out"
+sleep 1
+
+echo "==> what the stages did"
+plain() { sed -E 's/\x1b\[[0-9;]*m//g; s/^/    /'; }
+grep -a "Stored a model version" "$run/trainer.log" | plain || true
+grep -a "Serving a new model version" "$run/forecaster.log" | plain || true
+"$pas" --nats-url "$url" bus status | sed 's/^/    /' || true
+
+echo "==> pas experiment: every policy and the oracle on the whole trace, in virtual time"
+"$pas" experiment --trace "$trace" --report "$report" --threads 2 2>"$run/experiment.log"
+echo "==> done in $(( $(date +%s) - started )) s; the report with its plots: $report/report.md"

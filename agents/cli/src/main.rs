@@ -2,7 +2,9 @@
 //! buckets; `pas bus status` shows them. The pipeline's stages and the
 //! experiment tools join it as they are built.
 
+mod experiment;
 mod models;
+mod replay;
 
 use std::path::PathBuf;
 
@@ -61,6 +63,24 @@ enum Command {
     /// pas.io/ annotations. Settings: --config FILE, PAS_* variables
     /// (PAS_DEFAULTS__POLICY=hpa), these flags; every key is in docs/scaler.md.
     Scaler(ScalerArgs),
+    /// Compare scaling policies on recorded traces in virtual time: the
+    /// trainer's training on the first part of each trace, the forecaster's
+    /// inference and the scaler's policies on a simulated StatefulSet over
+    /// the rest, against a perfect-foresight oracle. Writes report.md,
+    /// results.json and plots (PNG and SVG) to --report.
+    Experiment(experiment::ExperimentArgs),
+    /// Publish recorded load as pod samples of one workload under
+    /// replay.<RUN>.: a trace (its cpu percent of --pods pods' worth of CPU),
+    /// JSON lines of samples, or a time range of PAS_SAMPLES; at real time,
+    /// a speed factor or as fast as acks allow; with --simulate, through a
+    /// simulated StatefulSet that follows the scaler's decisions.
+    Replay(replay::ReplayArgs),
+    /// Write pod samples from the bus (live, or a range of PAS_SAMPLES) to
+    /// a trace file (.csv) or as JSON lines (.jsonl), to replay later.
+    Record(replay::RecordArgs),
+    /// Burn CPU following a trace's profile (per-core duty cycle): the
+    /// container of the example target StatefulSet.
+    Loadgen(replay::LoadgenArgs),
     /// Forecasting models: backtest them on recorded traces, train offline.
     Models {
         #[command(subcommand)]
@@ -205,6 +225,12 @@ fn main() -> anyhow::Result<()> {
     if let Command::Models { command } = cli.command {
         return models::run(command);
     }
+    if let Command::Experiment(args) = cli.command {
+        return experiment::run(args);
+    }
+    if let Command::Loadgen(args) = cli.command {
+        return replay::run_loadgen(args);
+    }
     // Stage files have other tables too: read only [nats] from them.
     let config: CliConfig = pas_runtime::config::load(cli.config.as_deref(), std::env::vars(), overrides)
         .context("loading the configuration")?;
@@ -212,7 +238,9 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async {
         match cli.command {
             Command::Bus { command } => bus(command, &config.nats).await,
-            Command::Models { .. } | Command::Trainer(_) | Command::Forecaster(_) | Command::Scaler(_) => {
+            Command::Replay(args) => replay::run_replay(args, &config.nats).await,
+            Command::Record(args) => replay::run_record(args, &config.nats).await,
+            Command::Models { .. } | Command::Experiment(_) | Command::Loadgen(_) | Command::Trainer(_) | Command::Forecaster(_) | Command::Scaler(_) => {
                 unreachable!("handled before the runtime starts")
             }
         }

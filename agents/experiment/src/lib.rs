@@ -1,0 +1,913 @@
+//! `pas experiment`: replays recorded traces in virtual time against the
+//! real trainer, forecaster and scaler code, and scores each policy.
+//!
+//! For each trace:
+//!
+//! 1. **Demand.** The trace's utilisation is read as a percentage of
+//!    `reference_pods` pods' worth of CPU: demand in millicores =
+//!    `cpu / 100 × reference_pods × capacity`, linear between points (the
+//!    rule `pas replay` states too).
+//! 2. **Training.** The trainer's own training job
+//!    ([`pas_trainer::train_version`]) trains on the first `train_fraction`
+//!    of the trace, on the trace's step. Its wall time is reported apart.
+//! 3. **Forecasts.** As the forecaster does: the accepted LSTM through the
+//!    batched inference path, or the naive baseline when the version was not
+//!    accepted; one forecast each time a step closes with its last step
+//!    observed. The model sees demand (the trace's percentage, which is the
+//!    utilisation the reference replicas would show); the scaler is given it
+//!    as utilisation of the pods that are ready.
+//! 4. **Scaling.** Every `tick`, each policy's [`pas_scaler::policy::decide`]
+//!    drives its own [`SimulatedStatefulSet`], whose pods are ready after a
+//!    start-up delay and serve at most their capacity; demand is spread over
+//!    the ready pods, so what the scaler observes follows its own decisions.
+//! 5. **Oracle.** With perfect foresight: at every tick exactly the replicas
+//!    the target utilisation needs, each pod started `startup` ahead. It is
+//!    the cost a perfect predictive policy would pay at the same target; it
+//!    violates the SLO only where `max_replicas` is too few.
+//!
+//! The score covers the part of the trace after training.
+
+mod plot;
+mod report;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, TimeDelta, Utc};
+use pas_models::batch::{LstmWeights, predict_batch};
+use pas_models::lstm::Lstm;
+use pas_models::naive::Naive;
+use pas_models::{Forecaster, Prediction, Series, Trace};
+use pas_scaler::policy::{
+    self, ForecastView, History, Observed, PodUsage, Policy, Settings, Tuning,
+};
+use pas_scaler::sim::{PodModel, SimulatedStatefulSet};
+use pas_schemas::TrainingRange;
+use pas_trainer::state::WorkloadKey;
+use serde::Serialize;
+
+pub use report::{Report, Summary, summary_table, write_report};
+
+/// Why an experiment could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A trace, a setting or a model could not be used.
+    #[error("{0}")]
+    Input(String),
+    /// Training or inference failed.
+    #[error(transparent)]
+    Model(#[from] pas_models::Error),
+    /// The report could not be written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A plot could not be drawn.
+    #[error("plot {path}: {message}")]
+    Plot {
+        /// The file.
+        path: String,
+        /// Why.
+        message: String,
+    },
+}
+
+/// How to run an experiment.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Policies to compare (the oracle is always added).
+    pub policies: Vec<Policy>,
+    /// A trace's 100 % is this many pods' worth of CPU.
+    pub reference_pods: u32,
+    /// The simulated pods: start-up delay, capacity, request.
+    pub pod: PodModel,
+    /// Replica bounds and target utilisation (the policy is set per run).
+    pub settings: Settings,
+    /// Scaler tick and behaviour. `forecast_max_age` is raised to the
+    /// trace's step plus a tick when it is shorter, since forecasts come once
+    /// a step.
+    pub tuning: Tuning,
+    /// Share of each trace used for training; the rest is scored.
+    pub train_fraction: f64,
+    /// The trainer's settings (its `step` is set to each trace's step).
+    pub trainer: pas_trainer::Config,
+    /// Steps of history the naive fallback sees (the forecaster's `history`).
+    pub forecaster_history: usize,
+    /// How demand moves between a trace's points.
+    pub shape: Shape,
+    /// How often the `hpa` policy evaluates: the Kubernetes HPA's sync
+    /// period (15 s), where PAS's policies evaluate every tick.
+    pub hpa_sync: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let settings = Settings {
+            enabled: true,
+            max_replicas: 20,
+            ..Settings::default()
+        };
+        Config {
+            policies: vec![
+                Policy::Hpa,
+                Policy::Threshold,
+                Policy::Predictive,
+                Policy::Hybrid,
+            ],
+            reference_pods: 4,
+            pod: PodModel {
+                startup: settings.startup,
+                capacity_millicores: 1000.0,
+                request_millicores: 1000.0,
+            },
+            settings,
+            tuning: Tuning::default(),
+            train_fraction: 0.7,
+            trainer: pas_trainer::Config::default(),
+            forecaster_history: 96,
+            shape: Shape::Linear,
+            hpa_sync: Duration::from_secs(15),
+        }
+    }
+}
+
+impl Config {
+    fn check(&self) -> Result<(), Error> {
+        let bad = |m: String| Err(Error::Input(m));
+        if !(0.05..=0.95).contains(&self.train_fraction) {
+            return bad(format!(
+                "the training share must be between 0.05 and 0.95, not {}",
+                self.train_fraction
+            ));
+        }
+        if self.reference_pods == 0 {
+            return bad("the reference pods must be at least 1".into());
+        }
+        if !(self.pod.capacity_millicores > 0.0 && self.pod.request_millicores > 0.0) {
+            return bad("a pod's capacity and request must be above 0".into());
+        }
+        if self.tuning.tick.is_zero() {
+            return bad("the tick must be above 0".into());
+        }
+        if self.settings.min_replicas == 0
+            || self.settings.min_replicas > self.settings.max_replicas
+        {
+            return bad("min replicas must be at least 1 and at most max replicas".into());
+        }
+        Ok(())
+    }
+}
+
+/// Progress of a long run, for a terminal.
+#[derive(Debug, Clone, Copy)]
+pub enum Progress<'a> {
+    /// Training on a trace started.
+    Training {
+        /// The trace.
+        trace: &'a str,
+        /// Steps trained on.
+        steps: usize,
+    },
+    /// The trace was scored.
+    Scored {
+        /// The trace.
+        trace: &'a str,
+        /// Training wall time, seconds.
+        training_seconds: f64,
+        /// Simulation wall time, seconds.
+        simulation_seconds: f64,
+    },
+}
+
+/// One policy's score on one trace.
+#[derive(Debug, Clone, Serialize)]
+pub struct Score {
+    /// `hpa`, `threshold`, `predictive`, `hybrid` or `oracle`.
+    pub policy: String,
+    /// Seconds with demand above the ready pods' capacity.
+    pub violation_seconds: f64,
+    /// Demand the ready pods could not serve, core-seconds.
+    pub unserved_core_seconds: f64,
+    /// Replicas (starting ones too) times hours: the cost.
+    pub replica_hours: f64,
+    /// Most replicas at once.
+    pub peak_replicas: u32,
+    /// Mean replicas.
+    pub mean_replicas: f64,
+    /// Changes of the replicas.
+    pub scaling_actions: u32,
+    /// Times demand rose above the ready capacity.
+    pub violations: u32,
+    /// Mean seconds from demand rising above the ready capacity until the
+    /// capacity caught up (or the demand fell back), over those episodes.
+    pub mean_time_to_capacity_seconds: Option<f64>,
+    /// The longest such episode, seconds.
+    pub max_time_to_capacity_seconds: Option<f64>,
+    /// Ticks whose decision used a forecast.
+    pub forecast_decisions: u32,
+}
+
+/// The forecasts' accuracy over the scored part.
+#[derive(Debug, Clone, Serialize)]
+pub struct Accuracy {
+    /// `lstm` when the trained version was accepted, else `naive`.
+    pub model: String,
+    /// Whether the trainer accepted its version (it beat naive in its own backtest).
+    pub accepted: bool,
+    /// The trainer's validation MASE of its LSTM and of naive.
+    pub validation: std::collections::BTreeMap<String, f64>,
+    /// Forecasts made.
+    pub forecasts: usize,
+    /// MASE of the point forecast over every step of every forecast
+    /// (scaled by the training part's mean one-step change).
+    pub mase: Option<f64>,
+    /// MASE of the naive forecast over the same forecasts.
+    pub naive_mase: Option<f64>,
+    /// Share of actual values at or below the upper forecast.
+    pub upper_coverage: Option<f64>,
+}
+
+/// One trace's result.
+#[derive(Debug, Clone, Serialize)]
+pub struct TraceResult {
+    /// Trace name (file stem).
+    pub trace: String,
+    /// Trace step, seconds.
+    pub step_seconds: u32,
+    /// Steps trained on and scored.
+    pub train_steps: usize,
+    /// Steps scored.
+    pub scored_steps: usize,
+    /// First and last scored instant.
+    pub scored_from: DateTime<Utc>,
+    /// End of the scored part.
+    pub scored_to: DateTime<Utc>,
+    /// Training wall time, seconds.
+    pub training_seconds: f64,
+    /// Simulation wall time of all policies, seconds.
+    pub simulation_seconds: f64,
+    /// Forecast accuracy.
+    pub accuracy: Accuracy,
+    /// Scores, the oracle last.
+    pub scores: Vec<Score>,
+    /// Down-sampled time series for the plots.
+    #[serde(skip)]
+    pub timeline: Timeline,
+}
+
+/// What the plots show, one point per bucket of ticks.
+#[derive(Debug, Clone, Default)]
+pub struct Timeline {
+    /// Bucket start.
+    pub at: Vec<DateTime<Utc>>,
+    /// Highest demand in the bucket, cores.
+    pub demand: Vec<f64>,
+    /// Per policy (same order as the scores): lowest ready capacity in the
+    /// bucket (cores), and most replicas.
+    pub policies: Vec<(String, Vec<f64>, Vec<u32>)>,
+}
+
+/// How demand moves between two points of a trace. A trace point is the
+/// mean over its interval, so neither is the truth: `linear` is the
+/// smoothest reading (rises are gradual, which favours reactive scaling),
+/// `step` holds each value for its interval (rises come at once, as bursts
+/// do).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Shape {
+    /// Straight lines between points.
+    Linear,
+    /// Each value until the next point.
+    Step,
+}
+
+impl std::str::FromStr for Shape {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Shape, Error> {
+        match s {
+            "linear" => Ok(Shape::Linear),
+            "step" => Ok(Shape::Step),
+            _ => Err(Error::Input(format!(
+                "unknown demand shape `{s}`; known: linear, step"
+            ))),
+        }
+    }
+}
+
+/// Demand over time: the trace's points as millicores, shaped between them.
+#[derive(Debug, Clone)]
+pub struct Demand {
+    points: Vec<(i64, f64)>,
+    shape: Shape,
+}
+
+impl Demand {
+    /// The stated rule: `cpu` percent of `reference_pods` pods of
+    /// `capacity_millicores` each.
+    pub fn from_trace(
+        trace: &Trace,
+        reference_pods: u32,
+        capacity_millicores: f64,
+        shape: Shape,
+    ) -> Demand {
+        let scale = f64::from(reference_pods) * capacity_millicores / 100.0;
+        let points = trace
+            .points
+            .iter()
+            .map(|(t, v)| (t.timestamp_millis(), v.max(0.0) * scale))
+            .collect();
+        Demand { points, shape }
+    }
+
+    /// Millicores at `t` (the first or last point outside the trace).
+    pub fn at(&self, t: DateTime<Utc>) -> f64 {
+        let t = t.timestamp_millis();
+        let i = self.points.partition_point(|(p, _)| *p <= t);
+        match (i.checked_sub(1).map(|j| self.points[j]), self.points.get(i)) {
+            (Some((_, v0)), Some(_)) if self.shape == Shape::Step => v0,
+            (Some((t0, v0)), Some(&(t1, v1))) => {
+                v0 + (v1 - v0) * (t - t0) as f64 / (t1 - t0) as f64
+            }
+            (Some((_, v)), None) | (None, Some(&(_, v))) => v,
+            (None, None) => 0.0,
+        }
+    }
+}
+
+/// A forecast of demand in percent of the reference pods, effective from
+/// when its last step closed.
+struct Made {
+    effective: DateTime<Utc>,
+    window_end: DateTime<Utc>,
+    prediction: Prediction,
+}
+
+/// Runs every trace and collects the results.
+pub fn run(
+    paths: &[&Path],
+    config: &Config,
+    progress: &mut dyn FnMut(Progress<'_>),
+) -> Result<Report, Error> {
+    config.check()?;
+    let mut traces = Vec::new();
+    for path in paths {
+        let trace = Trace::read(path)?;
+        traces.push(run_trace(&trace, config, progress)?);
+    }
+    Ok(Report::new(config, traces))
+}
+
+/// Runs one trace.
+pub fn run_trace(
+    trace: &Trace,
+    config: &Config,
+    progress: &mut dyn FnMut(Progress<'_>),
+) -> Result<TraceResult, Error> {
+    config.check()?;
+    let step = trace.median_step_seconds();
+    let series = Series::resample(&trace.points, step)?;
+    let n = series.len();
+    let horizon = config.trainer.model.horizon;
+    let split = ((n as f64) * config.train_fraction).round() as usize;
+    if split < config.trainer.model.window + horizon || n - split < horizon + 2 {
+        return Err(Error::Input(format!(
+            "{}: {n} steps of {step}s are too few to train on {:.0}% and score the rest",
+            trace.name,
+            config.train_fraction * 100.0
+        )));
+    }
+
+    // 2. Training, with the trainer's own job.
+    progress(Progress::Training {
+        trace: &trace.name,
+        steps: split,
+    });
+    let started = Instant::now();
+    let mut trainer = config.trainer.clone();
+    trainer.step = Duration::from_secs(u64::from(step));
+    let train = series.slice(0..split);
+    let range = TrainingRange {
+        first_sequence: 0,
+        last_sequence: split as u64,
+        from: series.time_at(0),
+        to: series.time_at(split - 1),
+    };
+    let key = WorkloadKey {
+        namespace: "experiment".into(),
+        workload: trace.name.clone(),
+    };
+    let (manifest, weights) = pas_trainer::train_version(key, 1, train.clone(), range, &trainer)?;
+    let training_seconds = started.elapsed().as_secs_f64();
+
+    // 3. Forecasts at every step of the scored part whose last step is observed.
+    let sim_started = Instant::now();
+    let observed: Vec<bool> = series.values.iter().map(|v| !v.is_nan()).collect();
+    let mut filled = series.clone();
+    filled.fill_gaps(trainer.max_fill);
+    let origins: Vec<usize> = (split..n).filter(|&i| observed[i]).collect();
+    let lstm = if manifest.accepted {
+        let model =
+            Lstm::from_safetensors(trainer.model.clone(), &manifest.normalisation, &weights)?;
+        Some(LstmWeights::from_lstm(&model)?)
+    } else {
+        None
+    };
+    let window = trainer.model.window.max(config.forecaster_history);
+    let predictions: Vec<Prediction> = match &lstm {
+        Some(weights) => {
+            let windows: Vec<&[f64]> = origins
+                .iter()
+                .map(|&i| &filled.values[(i + 1).saturating_sub(window)..=i])
+                .collect();
+            let models = vec![weights; windows.len()];
+            predict_batch(&models, &windows, 64)?
+        }
+        None => origins
+            .iter()
+            .map(|&i| {
+                naive_fallback(
+                    &filled.values[(i + 1).saturating_sub(config.forecaster_history)..=i],
+                    step,
+                    horizon,
+                    trainer.model.quantile,
+                )
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    let step_delta = TimeDelta::seconds(i64::from(step));
+    let made: Vec<Made> = origins
+        .iter()
+        .zip(predictions)
+        .map(|(&i, p)| Made {
+            effective: series.time_at(i) + step_delta,
+            window_end: series.time_at(i),
+            prediction: clamp(p),
+        })
+        .collect();
+    let accuracy = accuracy(
+        &series.values,
+        &train.values,
+        &origins,
+        &made,
+        horizon,
+        &manifest,
+    );
+
+    // 4. and 5. Every policy, then the oracle, over the scored part.
+    let demand = Demand::from_trace(
+        trace,
+        config.reference_pods,
+        config.pod.capacity_millicores,
+        config.shape,
+    );
+    let from = series.time_at(split);
+    let to = trace.points.last().map_or(from, |p| p.0);
+    let mut tuning = config.tuning.clone();
+    let min_age = Duration::from_secs(u64::from(step)) + tuning.tick;
+    tuning.forecast_max_age = tuning.forecast_max_age.max(min_age);
+    let ticks = ticks(from, to, tuning.tick);
+    let bucket = (ticks.len() / 1500).max(1);
+    let mut timeline = Timeline::default();
+    for chunk in ticks.chunks(bucket) {
+        timeline.at.push(chunk[0]);
+        timeline.demand.push(
+            chunk
+                .iter()
+                .map(|&t| demand.at(t) / 1000.0)
+                .fold(0.0, f64::max),
+        );
+    }
+    let mut scores = Vec::new();
+    for &p in &config.policies {
+        let mut settings = config.settings.clone();
+        settings.policy = p;
+        let (score, capacity, replicas) = simulate(
+            p.as_str(),
+            &ticks,
+            &demand,
+            &made,
+            config,
+            &settings,
+            &tuning,
+        );
+        timeline.policies.push((
+            score.policy.clone(),
+            bucket_min(&capacity, bucket),
+            bucket_max(&replicas, bucket),
+        ));
+        scores.push(score);
+    }
+    let (score, capacity, replicas) = oracle(&ticks, &demand, config, &tuning);
+    timeline.policies.push((
+        score.policy.clone(),
+        bucket_min(&capacity, bucket),
+        bucket_max(&replicas, bucket),
+    ));
+    scores.push(score);
+    let simulation_seconds = sim_started.elapsed().as_secs_f64();
+    progress(Progress::Scored {
+        trace: &trace.name,
+        training_seconds,
+        simulation_seconds,
+    });
+
+    Ok(TraceResult {
+        trace: trace.name.clone(),
+        step_seconds: step,
+        train_steps: split,
+        scored_steps: n - split,
+        scored_from: from,
+        scored_to: to,
+        training_seconds,
+        simulation_seconds,
+        accuracy,
+        scores,
+        timeline,
+    })
+}
+
+/// The forecaster's fallback: naive on the recent history.
+fn naive_fallback(
+    history: &[f64],
+    step: u32,
+    horizon: usize,
+    quantile: f64,
+) -> Result<Prediction, Error> {
+    let series = Series {
+        start: DateTime::UNIX_EPOCH,
+        step_seconds: step,
+        values: history.to_vec(),
+    };
+    let mut naive = Naive::new(horizon, quantile);
+    let _ = naive.fit(&series, &mut |_| {});
+    Ok(naive.predict(&series.values)?)
+}
+
+/// As the forecaster publishes: never below 0, upper never below the point.
+fn clamp(p: Prediction) -> Prediction {
+    let values: Vec<f64> = p.values.iter().map(|v| v.max(0.0)).collect();
+    let upper = p
+        .upper
+        .map(|u| u.iter().zip(&values).map(|(u, v)| u.max(*v)).collect());
+    Prediction { values, upper }
+}
+
+fn accuracy(
+    values: &[f64],
+    train: &[f64],
+    origins: &[usize],
+    made: &[Made],
+    horizon: usize,
+    manifest: &pas_schemas::ModelManifest,
+) -> Accuracy {
+    let scale = pas_models::eval::naive_scale(train);
+    let (mut err, mut naive_err, mut n, mut covered, mut with_upper) =
+        (0.0, 0.0, 0usize, 0usize, 0usize);
+    for (&i, m) in origins.iter().zip(made) {
+        for h in 0..horizon {
+            let Some(&actual) = values.get(i + 1 + h) else {
+                break;
+            };
+            if actual.is_nan() {
+                continue;
+            }
+            err += (m.prediction.values[h] - actual).abs();
+            naive_err += (values[i] - actual).abs();
+            n += 1;
+            if let Some(u) = &m.prediction.upper {
+                with_upper += 1;
+                covered += usize::from(actual <= u[h]);
+            }
+        }
+    }
+    let mase = |e: f64| scale.filter(|_| n > 0).map(|s| e / n as f64 / s);
+    let mut validation = std::collections::BTreeMap::new();
+    for k in ["lstm", "naive"] {
+        if let Some(v) = manifest.validation.get(k) {
+            validation.insert(k.to_owned(), *v);
+        }
+    }
+    Accuracy {
+        model: if manifest.accepted { "lstm" } else { "naive" }.into(),
+        accepted: manifest.accepted,
+        validation,
+        forecasts: made.len(),
+        mase: mase(err),
+        naive_mase: mase(naive_err),
+        upper_coverage: (with_upper > 0).then(|| covered as f64 / with_upper as f64),
+    }
+}
+
+fn ticks(from: DateTime<Utc>, to: DateTime<Utc>, tick: Duration) -> Vec<DateTime<Utc>> {
+    let tick = TimeDelta::from_std(tick).unwrap_or(TimeDelta::seconds(5));
+    let mut out = Vec::new();
+    let mut t = from;
+    while t < to {
+        out.push(t);
+        t += tick;
+    }
+    out
+}
+
+fn bucket_min(v: &[f64], n: usize) -> Vec<f64> {
+    v.chunks(n)
+        .map(|c| c.iter().copied().fold(f64::INFINITY, f64::min))
+        .collect()
+}
+
+fn bucket_max(v: &[u32], n: usize) -> Vec<u32> {
+    v.chunks(n)
+        .map(|c| c.iter().copied().max().unwrap_or(0))
+        .collect()
+}
+
+/// Accumulates a score tick by tick.
+struct Meter {
+    tick: f64,
+    score: Score,
+    replica_ticks: f64,
+    in_violation: Option<f64>,
+    episodes: Vec<f64>,
+    ticks: usize,
+}
+
+impl Meter {
+    fn new(policy: &str, tick: Duration) -> Meter {
+        Meter {
+            tick: tick.as_secs_f64(),
+            score: Score {
+                policy: policy.to_owned(),
+                violation_seconds: 0.0,
+                unserved_core_seconds: 0.0,
+                replica_hours: 0.0,
+                peak_replicas: 0,
+                mean_replicas: 0.0,
+                scaling_actions: 0,
+                violations: 0,
+                mean_time_to_capacity_seconds: None,
+                max_time_to_capacity_seconds: None,
+                forecast_decisions: 0,
+            },
+            replica_ticks: 0.0,
+            in_violation: None,
+            episodes: Vec::new(),
+            ticks: 0,
+        }
+    }
+
+    /// One tick: the replicas that exist (and cost), and demand not served.
+    fn tick(&mut self, replicas: u32, unmet_millicores: f64) {
+        self.ticks += 1;
+        self.replica_ticks += f64::from(replicas);
+        self.score.peak_replicas = self.score.peak_replicas.max(replicas);
+        // Rounding noise of a spread is not a violation.
+        if unmet_millicores > 1e-6 {
+            self.score.violation_seconds += self.tick;
+            self.score.unserved_core_seconds += unmet_millicores / 1000.0 * self.tick;
+            match &mut self.in_violation {
+                Some(s) => *s += self.tick,
+                None => {
+                    self.in_violation = Some(self.tick);
+                    self.score.violations += 1;
+                }
+            }
+        } else if let Some(s) = self.in_violation.take() {
+            self.episodes.push(s);
+        }
+    }
+
+    fn finish(mut self) -> Score {
+        if let Some(s) = self.in_violation.take() {
+            self.episodes.push(s);
+        }
+        self.score.replica_hours = self.replica_ticks * self.tick / 3600.0;
+        self.score.mean_replicas = if self.ticks == 0 {
+            0.0
+        } else {
+            self.replica_ticks / self.ticks as f64
+        };
+        if !self.episodes.is_empty() {
+            self.score.mean_time_to_capacity_seconds =
+                Some(self.episodes.iter().sum::<f64>() / self.episodes.len() as f64);
+            self.score.max_time_to_capacity_seconds =
+                Some(self.episodes.iter().copied().fold(0.0, f64::max));
+        }
+        self.score
+    }
+}
+
+/// Replicas the target utilisation needs for `demand`, within the bounds.
+fn needed(demand_millicores: f64, config: &Config) -> u32 {
+    let per_pod = config.pod.request_millicores * config.settings.target_utilization / 100.0;
+    let n = (demand_millicores / per_pod - 1e-9).ceil().max(0.0) as u32;
+    n.clamp(config.settings.min_replicas, config.settings.max_replicas)
+}
+
+/// One policy on its own simulated StatefulSet.
+fn simulate(
+    name: &str,
+    ticks: &[DateTime<Utc>],
+    demand: &Demand,
+    made: &[Made],
+    config: &Config,
+    settings: &Settings,
+    tuning: &Tuning,
+) -> (Score, Vec<f64>, Vec<u32>) {
+    let mut meter = Meter::new(name, tuning.tick);
+    let (mut capacity, mut replicas) = (
+        Vec::with_capacity(ticks.len()),
+        Vec::with_capacity(ticks.len()),
+    );
+    let Some(&first) = ticks.first() else {
+        return (meter.finish(), capacity, replicas);
+    };
+    // Every policy starts where the oracle would: ready for the demand now.
+    let mut sts = SimulatedStatefulSet::new(config.pod, needed(demand.at(first), config), first);
+    let mut history = History::default();
+    let mut next = 0usize;
+    let reference = f64::from(config.reference_pods);
+    // The HPA acts once a sync period; PAS every tick.
+    let every = if settings.policy == Policy::Hpa {
+        (config.hpa_sync.as_secs_f64() / tuning.tick.as_secs_f64())
+            .round()
+            .max(1.0) as usize
+    } else {
+        1
+    };
+    let (mut values, mut upper) = (Vec::new(), Vec::new());
+    for (i, &now) in ticks.iter().enumerate() {
+        let d = demand.at(now);
+        let served = sts.serve(d, now);
+        meter.tick(sts.replicas(), served.unmet_millicores);
+        capacity.push(sts.capacity(now) / 1000.0);
+        replicas.push(sts.replicas());
+        if i % every != 0 {
+            continue;
+        }
+
+        while next < made.len() && made[next].effective <= now {
+            next += 1;
+        }
+        let ready = sts.ready(now);
+        // Demand in percent of the reference pods, as utilisation of the ready ones.
+        let to_util = reference / f64::from(ready.max(1));
+        let latest = next.checked_sub(1).map(|i| &made[i]);
+        let view = latest.map(|m| {
+            values.clear();
+            values.extend(m.prediction.values.iter().map(|v| v * to_util));
+            upper.clear();
+            if let Some(u) = m.prediction.upper.as_ref() {
+                upper.extend(u.iter().map(|v| v * to_util));
+            }
+            m.window_end
+        });
+        let forecast = view.map(|window_end| ForecastView {
+            window_end,
+            step_seconds: made[0]
+                .effective
+                .signed_duration_since(made[0].window_end)
+                .as_seconds_f64(),
+            values: &values,
+            upper: (!upper.is_empty()).then_some(upper.as_slice()),
+        });
+        let pods: Vec<PodUsage> = served
+            .used_millicores
+            .iter()
+            .enumerate()
+            .map(|(ordinal, &used)| PodUsage {
+                // Newer pods have higher ordinals, so the ready ones come first.
+                ready: (ordinal as u32) < ready,
+                used_millicores: Some(used),
+                requested_millicores: Some(config.pod.request_millicores),
+            })
+            .collect();
+        let observed = Observed {
+            replicas: sts.replicas(),
+            pods,
+        };
+        let before = sts.replicas();
+        let decision = policy::decide(now, settings, tuning, &observed, forecast, &mut history);
+        meter.score.forecast_decisions += u32::from(decision.used_forecast);
+        if decision.replicas != before {
+            sts.scale(decision.replicas, now);
+            history.record_scale(now, before, decision.replicas, &tuning.behavior);
+            meter.score.scaling_actions += 1;
+        }
+    }
+    (meter.finish(), capacity, replicas)
+}
+
+/// Perfect foresight at the target utilisation, pods started `startup` ahead.
+fn oracle(
+    ticks: &[DateTime<Utc>],
+    demand: &Demand,
+    config: &Config,
+    tuning: &Tuning,
+) -> (Score, Vec<f64>, Vec<u32>) {
+    let mut meter = Meter::new("oracle", tuning.tick);
+    let need: Vec<u32> = ticks
+        .iter()
+        .map(|&t| needed(demand.at(t), config))
+        .collect();
+    let ahead = (config.pod.startup.as_secs_f64() / tuning.tick.as_secs_f64()).ceil() as usize;
+    let (mut capacity, mut replicas) = (
+        Vec::with_capacity(ticks.len()),
+        Vec::with_capacity(ticks.len()),
+    );
+    let mut last = None;
+    for (i, &t) in ticks.iter().enumerate() {
+        // A pod needed within the start-up time already exists.
+        let exists = need[i..(i + ahead + 1).min(need.len())]
+            .iter()
+            .copied()
+            .max()
+            .unwrap_or(need[i]);
+        let cap = f64::from(need[i]) * config.pod.capacity_millicores;
+        meter.tick(exists, (demand.at(t) - cap).max(0.0));
+        if last.is_some_and(|l| l != exists) {
+            meter.score.scaling_actions += 1;
+        }
+        last = Some(exists);
+        capacity.push(cap / 1000.0);
+        replicas.push(exists);
+    }
+    (meter.finish(), capacity, replicas)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_700_000_000 + s, 0).unwrap()
+    }
+
+    #[test]
+    fn demand_is_the_stated_rule_linear_between_points() {
+        let trace = Trace {
+            name: "t".into(),
+            points: vec![(at(0), 50.0), (at(300), 100.0)],
+        };
+        let d = Demand::from_trace(&trace, 4, 1000.0, Shape::Linear);
+        assert_eq!(d.at(at(0)), 2000.0, "50 % of 4 pods of 1000m");
+        assert_eq!(d.at(at(150)), 3000.0);
+        assert_eq!(d.at(at(300)), 4000.0);
+        assert_eq!(
+            d.at(at(900)),
+            4000.0,
+            "the last point holds after the trace"
+        );
+        let d = Demand::from_trace(&trace, 4, 1000.0, Shape::Step);
+        assert_eq!(d.at(at(150)), 2000.0);
+        assert_eq!(d.at(at(299)), 2000.0);
+        assert_eq!(d.at(at(300)), 4000.0);
+    }
+
+    #[test]
+    fn the_meter_counts_violation_episodes_and_cost() {
+        let mut m = Meter::new("x", Duration::from_secs(5));
+        for (replicas, unmet) in [(2, 0.0), (2, 500.0), (3, 100.0), (3, 0.0), (3, 200.0)] {
+            m.tick(replicas, unmet);
+        }
+        let s = m.finish();
+        assert_eq!(s.violation_seconds, 15.0);
+        assert_eq!(s.violations, 2);
+        assert!((s.unserved_core_seconds - 0.8 * 5.0).abs() < 1e-9);
+        assert!((s.replica_hours - 13.0 * 5.0 / 3600.0).abs() < 1e-12);
+        assert_eq!(s.peak_replicas, 3);
+        assert_eq!(s.mean_time_to_capacity_seconds, Some(7.5));
+        assert_eq!(s.max_time_to_capacity_seconds, Some(10.0));
+    }
+
+    #[test]
+    fn the_oracle_starts_pods_ahead_and_never_violates_within_bounds() {
+        let config = Config::default();
+        // 1 core, then 5 cores from 300 s.
+        let trace = Trace {
+            name: "t".into(),
+            points: vec![
+                (at(0), 25.0),
+                (at(299), 25.0),
+                (at(300), 125.0),
+                (at(900), 125.0),
+            ],
+        };
+        let demand = Demand::from_trace(&trace, 4, 1000.0, Shape::Linear);
+        let ticks = ticks(at(0), at(900), Duration::from_secs(5));
+        let (score, capacity, replicas) = oracle(&ticks, &demand, &config, &Tuning::default());
+        assert_eq!(score.violation_seconds, 0.0);
+        // 1000m at 70 % needs 2 pods; 5000m needs 8.
+        assert_eq!(replicas[0], 2);
+        assert_eq!(
+            replicas[(300 - 60) / 5],
+            8,
+            "started one start-up time before the rise"
+        );
+        assert_eq!(replicas[(300 - 65) / 5], 2);
+        assert_eq!(capacity[(300 - 60) / 5], 2.0, "not ready before the rise");
+        assert_eq!(capacity[300 / 5], 8.0);
+    }
+}

@@ -1,0 +1,328 @@
+//! The report: `report.md`, `results.json` and the plots.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::{Config, Error, TraceResult};
+
+/// What the experiment ran with, as reported.
+#[derive(Debug, Clone, Serialize)]
+pub struct Setup {
+    /// Policies compared.
+    pub policies: Vec<String>,
+    /// A trace's 100 % is this many pods' worth of CPU.
+    pub reference_pods: u32,
+    /// Pod start-up, seconds.
+    pub startup_seconds: f64,
+    /// Pod capacity (CPU limit), millicores.
+    pub capacity_millicores: f64,
+    /// Pod request, millicores.
+    pub request_millicores: f64,
+    /// Target utilisation, percent.
+    pub target_utilization: f64,
+    /// Replica bounds.
+    pub min_replicas: u32,
+    /// Replica bounds.
+    pub max_replicas: u32,
+    /// Scaler tick, seconds.
+    pub tick_seconds: f64,
+    /// Share of each trace trained on.
+    pub train_fraction: f64,
+    /// How demand moves between points.
+    pub shape: crate::Shape,
+    /// The HPA's sync period, seconds.
+    pub hpa_sync_seconds: f64,
+    /// Whether predictive plans on the upper quantile.
+    pub plan_on_upper: bool,
+}
+
+/// One policy over all traces.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    /// The policy.
+    pub policy: String,
+    /// Traces it ran on.
+    pub traces: usize,
+    /// Mean over traces of the SLO-violation time, hours.
+    pub mean_violation_hours: f64,
+    /// Mean over traces of the replica-hours.
+    pub mean_replica_hours: f64,
+    /// Sum of violation time over sum of the HPA's (1 = the same as the HPA).
+    pub violation_vs_hpa: Option<f64>,
+    /// Mean over traces of replica-hours over the HPA's.
+    pub cost_vs_hpa: Option<f64>,
+    /// Mean over traces of replica-hours over the oracle's.
+    pub cost_vs_oracle: Option<f64>,
+    /// Mean scaling actions per trace.
+    pub mean_scaling_actions: f64,
+}
+
+/// Everything an experiment produced.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// Settings.
+    pub setup: Setup,
+    /// Per policy over every trace, the oracle last.
+    pub summary: Vec<Summary>,
+    /// Per trace.
+    pub traces: Vec<TraceResult>,
+    /// Total training wall time, seconds.
+    pub training_seconds: f64,
+    /// Total simulation wall time, seconds.
+    pub simulation_seconds: f64,
+}
+
+impl Report {
+    /// Summarises the traces' results.
+    pub fn new(config: &Config, traces: Vec<TraceResult>) -> Report {
+        let setup = Setup {
+            policies: config
+                .policies
+                .iter()
+                .map(|p| p.as_str().to_owned())
+                .collect(),
+            reference_pods: config.reference_pods,
+            startup_seconds: config.pod.startup.as_secs_f64(),
+            capacity_millicores: config.pod.capacity_millicores,
+            request_millicores: config.pod.request_millicores,
+            target_utilization: config.settings.target_utilization,
+            min_replicas: config.settings.min_replicas,
+            max_replicas: config.settings.max_replicas,
+            tick_seconds: config.tuning.tick.as_secs_f64(),
+            train_fraction: config.train_fraction,
+            shape: config.shape,
+            hpa_sync_seconds: config.hpa_sync.as_secs_f64(),
+            plan_on_upper: config.tuning.plan_on_upper,
+        };
+        let names: Vec<String> = traces
+            .first()
+            .map(|t| t.scores.iter().map(|s| s.policy.clone()).collect())
+            .unwrap_or_default();
+        let summary = names.iter().map(|name| summarise(name, &traces)).collect();
+        Report {
+            setup,
+            summary,
+            training_seconds: traces.iter().map(|t| t.training_seconds).sum(),
+            simulation_seconds: traces.iter().map(|t| t.simulation_seconds).sum(),
+            traces,
+        }
+    }
+
+    /// The summary of one policy.
+    pub fn policy(&self, name: &str) -> Option<&Summary> {
+        self.summary.iter().find(|s| s.policy == name)
+    }
+}
+
+fn summarise(name: &str, traces: &[TraceResult]) -> Summary {
+    let score = |t: &TraceResult, p: &str| t.scores.iter().find(|s| s.policy == p).cloned();
+    let mine: Vec<_> = traces
+        .iter()
+        .filter_map(|t| score(t, name).map(|s| (t, s)))
+        .collect();
+    let n = mine.len().max(1) as f64;
+    let ratio_mean = |other: &str| {
+        let r: Vec<f64> = mine
+            .iter()
+            .filter_map(|(t, s)| {
+                score(t, other)
+                    .filter(|o| o.replica_hours > 0.0)
+                    .map(|o| s.replica_hours / o.replica_hours)
+            })
+            .collect();
+        (!r.is_empty()).then(|| r.iter().sum::<f64>() / r.len() as f64)
+    };
+    let hpa_violation: f64 = mine
+        .iter()
+        .filter_map(|(t, _)| score(t, "hpa"))
+        .map(|s| s.violation_seconds)
+        .sum();
+    let my_violation: f64 = mine.iter().map(|(_, s)| s.violation_seconds).sum();
+    Summary {
+        policy: name.to_owned(),
+        traces: mine.len(),
+        mean_violation_hours: my_violation / 3600.0 / n,
+        mean_replica_hours: mine.iter().map(|(_, s)| s.replica_hours).sum::<f64>() / n,
+        violation_vs_hpa: (hpa_violation > 0.0).then(|| my_violation / hpa_violation),
+        cost_vs_hpa: ratio_mean("hpa"),
+        cost_vs_oracle: ratio_mean("oracle"),
+        mean_scaling_actions: mine
+            .iter()
+            .map(|(_, s)| f64::from(s.scaling_actions))
+            .sum::<f64>()
+            / n,
+    }
+}
+
+fn opt(v: Option<f64>, digits: usize) -> String {
+    v.map_or_else(|| "–".into(), |v| format!("{v:.digits$}"))
+}
+
+/// Writes `report.md`, `results.json`, and per trace `<trace>.png` and
+/// `<trace>.svg`, plus `summary.png` and `summary.svg`, into `dir`.
+/// Returns the files written.
+pub fn write_report(report: &Report, dir: &Path) -> Result<Vec<PathBuf>, Error> {
+    let io = |path: &Path| {
+        let path = path.display().to_string();
+        move |source| Error::Io { path, source }
+    };
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let mut written = Vec::new();
+    for t in &report.traces {
+        for ext in ["png", "svg"] {
+            let path = dir.join(format!("{}.{ext}", t.trace));
+            crate::plot::timeline(t, &path)?;
+            written.push(path);
+        }
+    }
+    for ext in ["png", "svg"] {
+        let path = dir.join(format!("summary.{ext}"));
+        crate::plot::summary(report, &path)?;
+        written.push(path);
+    }
+    let json = serde_json::to_string_pretty(report)
+        .map_err(|e| Error::Input(format!("results.json: {e}")))?;
+    let path = dir.join("results.json");
+    std::fs::write(&path, json + "\n").map_err(io(&path))?;
+    written.push(path);
+    let path = dir.join("report.md");
+    std::fs::write(&path, markdown(report)).map_err(io(&path))?;
+    written.push(path);
+    Ok(written)
+}
+
+/// The comparison table over every trace, as the terminal and `report.md` show it.
+pub fn summary_table(report: &Report) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "| policy | violation h (mean) | vs hpa | replica-h (mean) | cost vs hpa | cost vs oracle | actions (mean) |"
+    );
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|");
+    for p in &report.summary {
+        let _ = writeln!(
+            s,
+            "| {} | {:.2} | {} | {:.1} | {} | {} | {:.0} |",
+            p.policy,
+            p.mean_violation_hours,
+            opt(p.violation_vs_hpa.map(|v| v * 100.0), 0)
+                + if p.violation_vs_hpa.is_some() {
+                    " %"
+                } else {
+                    ""
+                },
+            p.mean_replica_hours,
+            opt(p.cost_vs_hpa.map(|v| v * 100.0), 0)
+                + if p.cost_vs_hpa.is_some() { " %" } else { "" },
+            opt(p.cost_vs_oracle.map(|v| v * 100.0), 0)
+                + if p.cost_vs_oracle.is_some() { " %" } else { "" },
+            p.mean_scaling_actions,
+        );
+    }
+    s
+}
+
+fn markdown(r: &Report) -> String {
+    let s0 = &r.setup;
+    let mut s = String::new();
+    let _ = writeln!(s, "# Experiment report\n");
+    let _ = writeln!(
+        s,
+        "{} trace(s); policies {} and the oracle. A trace's 100 % is {} pods' worth of CPU; each pod serves at most {:.0}m, requests {:.0}m and is ready {:.0} s after it is created. Target utilisation {:.0} %, replicas {}–{}, scaler tick {:.0} s. Trained on the first {:.0} % of each trace, scored on the rest. Demand is {} between a trace's points. `hpa` evaluates every {:.0} s (the Kubernetes HPA's sync period), PAS's policies every tick; `predictive` plans on the {} forecast.\n",
+        r.traces.len(),
+        s0.policies.join(", "),
+        s0.reference_pods,
+        s0.capacity_millicores,
+        s0.request_millicores,
+        s0.startup_seconds,
+        s0.target_utilization,
+        s0.min_replicas,
+        s0.max_replicas,
+        s0.tick_seconds,
+        s0.train_fraction * 100.0,
+        match s0.shape {
+            crate::Shape::Linear => "linear",
+            crate::Shape::Step => "held (a step)",
+        },
+        s0.hpa_sync_seconds,
+        if s0.plan_on_upper {
+            "upper-quantile"
+        } else {
+            "point"
+        },
+    );
+    let _ = writeln!(
+        s,
+        "Violation: time with demand above the ready pods' capacity. Cost: replica-hours, starting pods included. The oracle knows the future: the replicas the target needs at every tick, each started a start-up time ahead.\n"
+    );
+    let _ = writeln!(
+        s,
+        "Training took {:.1} s, the simulations {:.1} s.\n",
+        r.training_seconds, r.simulation_seconds
+    );
+    let _ = writeln!(s, "## All traces\n");
+    s.push_str(&summary_table(r));
+    let _ = writeln!(s, "\n![summary](summary.svg)\n");
+    let _ = writeln!(s, "## Forecasts\n");
+    let _ = writeln!(
+        s,
+        "| trace | model | trainer's MASE lstm / naive | forecasts | MASE | naive MASE | upper coverage |"
+    );
+    let _ = writeln!(s, "|---|---|---|---:|---:|---:|---:|");
+    for t in &r.traces {
+        let a = &t.accuracy;
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} / {} | {} | {} | {} | {} |",
+            t.trace,
+            a.model,
+            opt(a.validation.get("lstm").copied(), 3),
+            opt(a.validation.get("naive").copied(), 3),
+            a.forecasts,
+            opt(a.mase, 3),
+            opt(a.naive_mase, 3),
+            opt(a.upper_coverage.map(|c| c * 100.0), 0),
+        );
+    }
+    let _ = writeln!(s, "\n## Per trace\n");
+    for t in &r.traces {
+        let _ = writeln!(
+            s,
+            "### {}\n\n{} steps of {} s trained on, {} scored ({} → {}); training {:.1} s, simulation {:.1} s.\n",
+            t.trace,
+            t.train_steps,
+            t.step_seconds,
+            t.scored_steps,
+            t.scored_from,
+            t.scored_to,
+            t.training_seconds,
+            t.simulation_seconds
+        );
+        let _ = writeln!(
+            s,
+            "| policy | violation min | violations | mean / max time to capacity s | unserved core-s | replica-h | peak | mean | actions | forecast decisions |"
+        );
+        let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for p in &t.scores {
+            let _ = writeln!(
+                s,
+                "| {} | {:.1} | {} | {} / {} | {:.0} | {:.1} | {} | {:.2} | {} | {} |",
+                p.policy,
+                p.violation_seconds / 60.0,
+                p.violations,
+                opt(p.mean_time_to_capacity_seconds, 0),
+                opt(p.max_time_to_capacity_seconds, 0),
+                p.unserved_core_seconds,
+                p.replica_hours,
+                p.peak_replicas,
+                p.mean_replicas,
+                p.scaling_actions,
+                p.forecast_decisions,
+            );
+        }
+        let _ = writeln!(s, "\n![{0}]({0}.svg)\n", t.trace);
+    }
+    s
+}
