@@ -18,7 +18,8 @@
 //! speed, so the last row lands now. `original` keeps the trace's times.
 //!
 //! **Delivery.** Every sample is published to JetStream with its
-//! `Nats-Msg-Id`, up to `in_flight` unacknowledged at once; a failed publish
+//! `Nats-Msg-Id` (the sample's, prefixed with the run, so a replay run
+//! twice adds nothing and never collides with the live sample it copies), up to `in_flight` unacknowledged at once; a failed publish
 //! or ack is retried (the id makes a retry safe) until it succeeds or the
 //! replay is stopped, so a NATS restart loses no sample.
 
@@ -212,7 +213,11 @@ fn read_items(config: &Config) -> Result<Vec<(DateTime<Utc>, Item)>, Error> {
     }
 }
 
-/// Reads the pod samples PAS_SAMPLES holds on the live subjects in a range.
+/// Reads the pod samples PAS_SAMPLES holds on the live subjects whose
+/// timestamps are in `since..=until`. A sample is stored after it was taken,
+/// so reading starts at messages stored from `since`; it goes on to the end
+/// of the stream, since an agent flushing its outbox after an outage stores
+/// old samples late.
 pub async fn read_range(
     conn: &Connection,
     since: DateTime<Utc>,
@@ -256,12 +261,7 @@ pub async fn read_range(
         let info = msg
             .info()
             .map_err(|e| Error::js("read message metadata", e))?;
-        let (remaining, stored) = (info.pending, info.published);
-        let stored = DateTime::<Utc>::from_timestamp(stored.unix_timestamp(), stored.nanosecond())
-            .unwrap_or(until);
-        if stored > until {
-            break;
-        }
+        let remaining = info.pending;
         if let Ok(sample) = pas_schemas::decode::<CpuSample>(&msg.payload)
             && sample.timestamp >= since
             && sample.timestamp <= until
@@ -524,7 +524,10 @@ pub async fn replay(
             let subject = prefix
                 .sample(&sample)
                 .map_err(|e| Error::Input(format!("sample of {:?}: {e}", sample.pod)))?;
-            let msg = Outgoing::new(subject, &sample)?;
+            let mut msg = Outgoing::new(subject, &sample)?;
+            // The stream de-duplicates ids across subjects: a replayed
+            // sample must never pass for the live one it copies.
+            msg.msg_id = format!("replay:{}:{}", config.run, msg.msg_id);
             publisher.publish(msg).await?;
         }
         first = first.or(Some(at));
