@@ -217,6 +217,8 @@ pub struct Accuracy {
     pub model: String,
     /// Whether the trainer accepted its version (it beat naive in its own backtest).
     pub accepted: bool,
+    /// Why no version could be trained, if none could.
+    pub training_error: Option<String>,
     /// The trainer's validation MASE of its LSTM and of naive.
     pub validation: std::collections::BTreeMap<String, f64>,
     /// Forecasts made.
@@ -399,7 +401,10 @@ pub fn run_trace(
         namespace: "experiment".into(),
         workload: trace.name.clone(),
     };
-    let (manifest, weights) = pas_trainer::train_version(key, 1, train.clone(), range, &trainer)?;
+    // A version that cannot be trained leaves the forecaster on its naive
+    // fallback, as in the pipeline; the report says why.
+    let trained = pas_trainer::train_version(key, 1, train.clone(), range, &trainer)
+        .map_err(|e| e.to_string());
     let training_seconds = started.elapsed().as_secs_f64();
 
     // 3. Forecasts at every step of the scored part whose last step is observed.
@@ -408,12 +413,13 @@ pub fn run_trace(
     let mut filled = series.clone();
     filled.fill_gaps(trainer.max_fill);
     let origins: Vec<usize> = (split..n).filter(|&i| observed[i]).collect();
-    let lstm = if manifest.accepted {
-        let model =
-            Lstm::from_safetensors(trainer.model.clone(), &manifest.normalisation, &weights)?;
-        Some(LstmWeights::from_lstm(&model)?)
-    } else {
-        None
+    let lstm = match &trained {
+        Ok((manifest, weights)) if manifest.accepted => {
+            let model =
+                Lstm::from_safetensors(trainer.model.clone(), &manifest.normalisation, weights)?;
+            Some(LstmWeights::from_lstm(&model)?)
+        }
+        _ => None,
     };
     let window = trainer.model.window.max(config.forecaster_history);
     let predictions: Vec<Prediction> = match &lstm {
@@ -453,7 +459,7 @@ pub fn run_trace(
         &origins,
         &made,
         horizon,
-        &manifest,
+        &trained,
     );
 
     // 4. and 5. Every policy, then the oracle, over the scored part.
@@ -561,8 +567,10 @@ fn accuracy(
     origins: &[usize],
     made: &[Made],
     horizon: usize,
-    manifest: &pas_schemas::ModelManifest,
+    trained: &Result<(pas_schemas::ModelManifest, Vec<u8>), String>,
 ) -> Accuracy {
+    let manifest = trained.as_ref().ok().map(|t| &t.0);
+    let accepted = manifest.is_some_and(|m| m.accepted);
     let scale = pas_models::eval::naive_scale(train);
     let (mut err, mut naive_err, mut n, mut covered, mut with_upper) =
         (0.0, 0.0, 0usize, 0usize, 0usize);
@@ -586,13 +594,14 @@ fn accuracy(
     let mase = |e: f64| scale.filter(|_| n > 0).map(|s| e / n as f64 / s);
     let mut validation = std::collections::BTreeMap::new();
     for k in ["lstm", "naive"] {
-        if let Some(v) = manifest.validation.get(k) {
+        if let Some(v) = manifest.and_then(|m| m.validation.get(k)) {
             validation.insert(k.to_owned(), *v);
         }
     }
     Accuracy {
-        model: if manifest.accepted { "lstm" } else { "naive" }.into(),
-        accepted: manifest.accepted,
+        model: if accepted { "lstm" } else { "naive" }.into(),
+        accepted,
+        training_error: trained.as_ref().err().cloned(),
         validation,
         forecasts: made.len(),
         mase: mase(err),
@@ -909,5 +918,23 @@ mod tests {
         assert_eq!(replicas[(300 - 65) / 5], 2);
         assert_eq!(capacity[(300 - 60) / 5], 2.0, "not ready before the rise");
         assert_eq!(capacity[300 / 5], 8.0);
+    }
+
+    #[test]
+    fn a_trace_too_short_for_the_lstm_is_scored_on_the_naive_fallback() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../testdata/traces/nab-ec2_cpu_utilization_77c1ca.csv");
+        let mut trace = Trace::read(&path).unwrap();
+        trace.points.truncate(100);
+        let r = run_trace(&trace, &Config::default(), &mut |_| {}).unwrap();
+        assert_eq!(r.accuracy.model, "naive");
+        let why = r.accuracy.training_error.as_deref().unwrap_or_default();
+        assert!(why.contains("LSTM"), "the report says why: {why}");
+        assert!(r.accuracy.forecasts > 0, "the fallback forecasts");
+        assert_eq!(r.scores.len(), 5);
+        // Too short to train at all: a clear error, not a panic.
+        trace.points.truncate(40);
+        let e = run_trace(&trace, &Config::default(), &mut |_| {}).unwrap_err();
+        assert!(e.to_string().contains("too few"), "{e}");
     }
 }

@@ -221,7 +221,11 @@ fn draw_summary<DB: DrawingBackend>(r: &Report, root: DrawingArea<DB, Shift>) ->
         // The dot, and its name beside it.
         let mark = EmptyElement::at((*x, *y))
             + Circle::new((0, 0), 7, c.filled())
-            + Text::new(name.clone(), (10, -18), ("sans-serif", 16).into_font().color(&c));
+            + Text::new(
+                name.clone(),
+                (10, -18),
+                ("sans-serif", 16).into_font().color(&c),
+            );
         chart.draw_series(std::iter::once(mark)).map_err(e)?;
     }
     root.present().map_err(e)

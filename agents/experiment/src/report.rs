@@ -277,7 +277,10 @@ fn markdown(r: &Report) -> String {
             s,
             "| {} | {} | {} / {} | {} | {} | {} | {} |",
             t.trace,
-            a.model,
+            match &a.training_error {
+                Some(e) => format!("{} (training failed: {e})", a.model),
+                None => a.model.clone(),
+            },
             opt(a.validation.get("lstm").copied(), 3),
             opt(a.validation.get("naive").copied(), 3),
             a.forecasts,
