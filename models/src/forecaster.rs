@@ -18,6 +18,16 @@ pub struct Prediction {
     pub upper: Option<Vec<f64>>,
 }
 
+impl Prediction {
+    /// As PAS publishes it: CPU is never negative, and the upper bound is
+    /// never below the point.
+    pub fn clamped(self) -> Prediction {
+        let values: Vec<f64> = self.values.iter().map(|v| v.max(0.0)).collect();
+        let upper = self.upper.map(|u| u.iter().zip(&values).map(|(u, v)| u.max(*v)).collect());
+        Prediction { values, upper }
+    }
+}
+
 /// One epoch of training, reported to progress callbacks.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct Epoch {

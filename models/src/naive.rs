@@ -43,6 +43,17 @@ impl Forecaster for Naive {
     }
 }
 
+/// The forecast served for a workload without a model: naive fitted on its
+/// recent `history` (for error margins, where the history is long enough)
+/// and predicted from it. The forecaster and `pas experiment` both use it.
+pub fn baseline(history: Vec<f64>, step_seconds: u32, horizon: usize, quantile: f64) -> Result<Prediction, Error> {
+    let series = Series { start: chrono::DateTime::UNIX_EPOCH, step_seconds, values: history };
+    let mut naive = Naive::new(horizon, quantile);
+    // Too short a history for error margins: a point forecast only.
+    let _ = naive.fit(&series, &mut |_| {});
+    naive.predict(&series.values)
+}
+
 /// Forecasts step `h` as the value one season before it (repeating the last
 /// season when the horizon is longer than the season).
 #[derive(Debug, Clone)]

@@ -13,6 +13,8 @@
 //! - [`DeadLetters`] and [`consume`]: typed consuming; a message that does
 //!   not decode is republished to `pas.dlq.<stage>` with the error in a
 //!   header, counted, logged once per interval, and acked only then.
+//! - [`read_samples`]: what a stream holds from a time on, without a durable
+//!   consumer (state rebuilt at start, ranges read by `pas replay`).
 
 pub mod definitions;
 pub mod provision;
@@ -22,9 +24,11 @@ mod consume;
 mod dlq;
 mod error;
 mod publish;
+mod read;
 
 pub use connect::{Connection, NatsConfig, TlsConfig, connect, reconnect_delay};
 pub use consume::{Delivery, HandlerError, consume};
 pub use dlq::DeadLetters;
 pub use error::Error;
 pub use publish::{Outgoing, publish};
+pub use read::read_samples;

@@ -36,8 +36,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, TimeDelta, Utc};
 use pas_models::batch::{LstmWeights, predict_batch};
 use pas_models::lstm::Lstm;
-use pas_models::naive::Naive;
-use pas_models::{Forecaster, Prediction, Series, Trace};
+use pas_models::{Prediction, Series, Trace};
 use pas_scaler::policy::{
     self, ForecastView, History, Observed, PodUsage, Policy, Settings, Tuning,
 };
@@ -434,8 +433,8 @@ pub fn run_trace(
         None => origins
             .iter()
             .map(|&i| {
-                naive_fallback(
-                    &filled.values[(i + 1).saturating_sub(config.forecaster_history)..=i],
+                pas_models::naive::baseline(
+                    filled.values[(i + 1).saturating_sub(config.forecaster_history)..=i].to_vec(),
                     step,
                     horizon,
                     trainer.model.quantile,
@@ -450,7 +449,7 @@ pub fn run_trace(
         .map(|(&i, p)| Made {
             effective: series.time_at(i) + step_delta,
             window_end: series.time_at(i),
-            prediction: clamp(p),
+            prediction: p.clamped(),
         })
         .collect();
     let accuracy = accuracy(
@@ -475,16 +474,15 @@ pub fn run_trace(
     let min_age = Duration::from_secs(u64::from(step)) + tuning.tick;
     tuning.forecast_max_age = tuning.forecast_max_age.max(min_age);
     let ticks = ticks(from, to, tuning.tick);
+    // Demand at each tick, millicores: the same for every policy.
+    let load: Vec<f64> = ticks.iter().map(|&t| demand.at(t)).collect();
     let bucket = (ticks.len() / 1500).max(1);
     let mut timeline = Timeline::default();
-    for chunk in ticks.chunks(bucket) {
-        timeline.at.push(chunk[0]);
-        timeline.demand.push(
-            chunk
-                .iter()
-                .map(|&t| demand.at(t) / 1000.0)
-                .fold(0.0, f64::max),
-        );
+    for (at, chunk) in ticks.chunks(bucket).zip(load.chunks(bucket)) {
+        timeline.at.push(at[0]);
+        timeline
+            .demand
+            .push(chunk.iter().map(|d| d / 1000.0).fold(0.0, f64::max));
     }
     let mut scores = Vec::new();
     for &p in &config.policies {
@@ -493,8 +491,9 @@ pub fn run_trace(
         let (score, capacity, replicas) = simulate(
             p.as_str(),
             &ticks,
-            &demand,
+            &load,
             &made,
+            f64::from(step),
             config,
             &settings,
             &tuning,
@@ -506,7 +505,7 @@ pub fn run_trace(
         ));
         scores.push(score);
     }
-    let (score, capacity, replicas) = oracle(&ticks, &demand, config, &tuning);
+    let (score, capacity, replicas) = oracle(&load, config, &tuning);
     timeline.policies.push((
         score.policy.clone(),
         bucket_min(&capacity, bucket),
@@ -533,32 +532,6 @@ pub fn run_trace(
         scores,
         timeline,
     })
-}
-
-/// The forecaster's fallback: naive on the recent history.
-fn naive_fallback(
-    history: &[f64],
-    step: u32,
-    horizon: usize,
-    quantile: f64,
-) -> Result<Prediction, Error> {
-    let series = Series {
-        start: DateTime::UNIX_EPOCH,
-        step_seconds: step,
-        values: history.to_vec(),
-    };
-    let mut naive = Naive::new(horizon, quantile);
-    let _ = naive.fit(&series, &mut |_| {});
-    Ok(naive.predict(&series.values)?)
-}
-
-/// As the forecaster publishes: never below 0, upper never below the point.
-fn clamp(p: Prediction) -> Prediction {
-    let values: Vec<f64> = p.values.iter().map(|v| v.max(0.0)).collect();
-    let upper = p
-        .upper
-        .map(|u| u.iter().zip(&values).map(|(u, v)| u.max(*v)).collect());
-    Prediction { values, upper }
 }
 
 fn accuracy(
@@ -715,12 +688,15 @@ fn needed(demand_millicores: f64, config: &Config) -> u32 {
     n.clamp(config.settings.min_replicas, config.settings.max_replicas)
 }
 
-/// One policy on its own simulated StatefulSet.
+/// One policy on its own simulated StatefulSet; `load` is the demand at
+/// each tick, forecasts come every `step_seconds`.
+#[allow(clippy::too_many_arguments)]
 fn simulate(
     name: &str,
     ticks: &[DateTime<Utc>],
-    demand: &Demand,
+    load: &[f64],
     made: &[Made],
+    step_seconds: f64,
     config: &Config,
     settings: &Settings,
     tuning: &Tuning,
@@ -730,11 +706,11 @@ fn simulate(
         Vec::with_capacity(ticks.len()),
         Vec::with_capacity(ticks.len()),
     );
-    let Some(&first) = ticks.first() else {
+    let (Some(&first), Some(&first_load)) = (ticks.first(), load.first()) else {
         return (meter.finish(), capacity, replicas);
     };
     // Every policy starts where the oracle would: ready for the demand now.
-    let mut sts = SimulatedStatefulSet::new(config.pod, needed(demand.at(first), config), first);
+    let mut sts = SimulatedStatefulSet::new(config.pod, needed(first_load, config), first);
     let mut history = History::default();
     let mut next = 0usize;
     let reference = f64::from(config.reference_pods);
@@ -747,8 +723,7 @@ fn simulate(
         1
     };
     let (mut values, mut upper) = (Vec::new(), Vec::new());
-    for (i, &now) in ticks.iter().enumerate() {
-        let d = demand.at(now);
+    for (i, (&now, &d)) in ticks.iter().zip(load).enumerate() {
         let served = sts.serve(d, now);
         meter.tick(sts.replicas(), served.unmet_millicores);
         capacity.push(sts.capacity(now) / 1000.0);
@@ -775,10 +750,7 @@ fn simulate(
         });
         let forecast = view.map(|window_end| ForecastView {
             window_end,
-            step_seconds: made[0]
-                .effective
-                .signed_duration_since(made[0].window_end)
-                .as_seconds_f64(),
+            step_seconds,
             values: &values,
             upper: (!upper.is_empty()).then_some(upper.as_slice()),
         });
@@ -809,25 +781,18 @@ fn simulate(
     (meter.finish(), capacity, replicas)
 }
 
-/// Perfect foresight at the target utilisation, pods started `startup` ahead.
-fn oracle(
-    ticks: &[DateTime<Utc>],
-    demand: &Demand,
-    config: &Config,
-    tuning: &Tuning,
-) -> (Score, Vec<f64>, Vec<u32>) {
+/// Perfect foresight at the target utilisation, pods started `startup`
+/// ahead; `load` is the demand at each tick.
+fn oracle(load: &[f64], config: &Config, tuning: &Tuning) -> (Score, Vec<f64>, Vec<u32>) {
     let mut meter = Meter::new("oracle", tuning.tick);
-    let need: Vec<u32> = ticks
-        .iter()
-        .map(|&t| needed(demand.at(t), config))
-        .collect();
+    let need: Vec<u32> = load.iter().map(|&d| needed(d, config)).collect();
     let ahead = (config.pod.startup.as_secs_f64() / tuning.tick.as_secs_f64()).ceil() as usize;
     let (mut capacity, mut replicas) = (
-        Vec::with_capacity(ticks.len()),
-        Vec::with_capacity(ticks.len()),
+        Vec::with_capacity(load.len()),
+        Vec::with_capacity(load.len()),
     );
     let mut last = None;
-    for (i, &t) in ticks.iter().enumerate() {
+    for (i, &d) in load.iter().enumerate() {
         // A pod needed within the start-up time already exists.
         let exists = need[i..(i + ahead + 1).min(need.len())]
             .iter()
@@ -835,7 +800,7 @@ fn oracle(
             .max()
             .unwrap_or(need[i]);
         let cap = f64::from(need[i]) * config.pod.capacity_millicores;
-        meter.tick(exists, (demand.at(t) - cap).max(0.0));
+        meter.tick(exists, (d - cap).max(0.0));
         if last.is_some_and(|l| l != exists) {
             meter.score.scaling_actions += 1;
         }
@@ -906,7 +871,8 @@ mod tests {
         };
         let demand = Demand::from_trace(&trace, 4, 1000.0, Shape::Linear);
         let ticks = ticks(at(0), at(900), Duration::from_secs(5));
-        let (score, capacity, replicas) = oracle(&ticks, &demand, &config, &Tuning::default());
+        let load: Vec<f64> = ticks.iter().map(|&t| demand.at(t)).collect();
+        let (score, capacity, replicas) = oracle(&load, &config, &Tuning::default());
         assert_eq!(score.violation_seconds, 0.0);
         // 1000m at 70 % needs 2 pods; 5000m needs 8.
         assert_eq!(replicas[0], 2);

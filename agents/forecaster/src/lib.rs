@@ -41,10 +41,8 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer::DeliverPolicy;
 use chrono::{DateTime, TimeDelta, Utc};
-use pas_models::Forecaster as _;
 use pas_models::batch::{LstmWeights, predict_batch};
-use pas_models::naive::Naive;
-use pas_models::{Prediction, Series};
+use pas_models::Prediction;
 use pas_nats::{DeadLetters, HandlerError, Outgoing};
 use pas_runtime::health::{self, Health};
 use pas_schemas::subjects::{BUCKET_FORECASTER, BUCKET_MODELS, Prefix, STREAM_SAMPLES, Stage};
@@ -449,11 +447,8 @@ fn predict(jobs: Vec<Job>, horizon: usize, quantile: f64, chunk: usize, step_sec
     }
     for mut job in baseline.into_iter().chain(fallback) {
         job.model = None;
-        let series = Series { start: DateTime::UNIX_EPOCH, step_seconds, values: std::mem::take(&mut job.values) };
-        let mut naive = Naive::new(horizon, quantile);
-        // Too short a history for error margins: a point forecast only.
-        let _ = naive.fit(&series, &mut |_| {});
-        let p = naive.predict(&series.values).map_err(|e| e.to_string());
+        let history = std::mem::take(&mut job.values);
+        let p = pas_models::naive::baseline(history, step_seconds, horizon, quantile).map_err(|e| e.to_string());
         out.push((job, p, quantile));
     }
     out
@@ -464,9 +459,7 @@ fn to_message(job: &Job, p: Prediction, quantile: f64, step_seconds: f64) -> For
         Some(m) => ModelRef { key: m.key.clone(), kind: m.kind.clone(), version: m.version },
         None => ModelRef { key: job.key.model_key(), kind: pas_models::ModelKind::Naive.name().to_owned(), version: 0 },
     };
-    // Utilisation is never negative; the upper bound is never below the point.
-    let values: Vec<f64> = p.values.iter().map(|v| v.max(0.0)).collect();
-    let upper = p.upper.map(|u| u.iter().zip(&values).map(|(u, v)| u.max(*v)).collect());
+    let Prediction { values, upper } = p.clamped();
     Forecast {
         schema_version: SCHEMA_VERSION,
         timestamp: Utc::now(),

@@ -28,7 +28,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::consumer::{DeliverPolicy, pull};
 use async_nats::jetstream::context::PublishAckFuture;
 use chrono::{DateTime, TimeDelta, Utc};
 use futures::StreamExt;
@@ -233,46 +232,19 @@ pub async fn read_range(
         since.timestamp_nanos_opt().unwrap_or(0),
     ))
     .map_err(|e| Error::Input(format!("--since: {e}")))?;
-    let consumer = stream
-        .create_consumer(pull::OrderedConfig {
-            filter_subject: Prefix::live().all_pod_cpu(),
-            deliver_policy: DeliverPolicy::ByStartTime { start_time },
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| Error::js("read PAS_SAMPLES", e))?;
-    let mut consumer = consumer;
-    if consumer
-        .info()
-        .await
-        .map_err(|e| Error::js("read PAS_SAMPLES", e))?
-        .num_pending
-        == 0
-    {
-        return Ok(0);
-    }
-    let mut messages = consumer
-        .messages()
-        .await
-        .map_err(|e| Error::js("read PAS_SAMPLES", e))?;
     let mut read = 0;
-    while let Some(msg) = messages.next().await {
-        let msg = msg.map_err(|e| Error::js("read PAS_SAMPLES", e))?;
-        let info = msg
-            .info()
-            .map_err(|e| Error::js("read message metadata", e))?;
-        let remaining = info.pending;
-        if let Ok(sample) = pas_schemas::decode::<CpuSample>(&msg.payload)
-            && sample.timestamp >= since
-            && sample.timestamp <= until
-        {
-            each(sample);
-            read += 1;
-        }
-        if remaining == 0 {
-            break;
-        }
-    }
+    pas_nats::read_samples(
+        &stream,
+        &Prefix::live().all_pod_cpu(),
+        start_time,
+        |sample, _| {
+            if sample.timestamp >= since && sample.timestamp <= until {
+                each(sample);
+                read += 1;
+            }
+        },
+    )
+    .await?;
     Ok(read)
 }
 
@@ -363,6 +335,13 @@ pub async fn replay(
         return Err(Error::Input(
             "pods must be at least 1 and pod CPU above 0".into(),
         ));
+    }
+    if let Speed::Factor(f) = config.speed
+        && !(f.is_finite() && f > 0.0)
+    {
+        return Err(Error::Input(format!(
+            "speed must be a factor above 0, not {f}"
+        )));
     }
     if !(0.0..=1.0).contains(&config.backfill) {
         return Err(Error::Input(format!(
@@ -553,10 +532,15 @@ pub async fn replay(
     if let Some(f) = follower {
         f.abort();
     }
-    let rows = total;
+    if stopped {
+        return Err(Error::Input(format!(
+            "stopped after {} samples",
+            publisher.acked
+        )));
+    }
     Ok(Summary {
         prefix: format!("replay.{}.", config.run),
-        rows,
+        rows: total,
         samples: publisher.acked,
         duplicates: publisher.duplicates,
         retries: publisher.retries,
@@ -565,12 +549,5 @@ pub async fn replay(
         seconds: started.elapsed().as_secs_f64(),
         decisions_applied: applied.load(std::sync::atomic::Ordering::Relaxed),
         final_replicas,
-    })
-    .and_then(|s| {
-        if stopped {
-            Err(Error::Input(format!("stopped after {} samples", s.samples)))
-        } else {
-            Ok(s)
-        }
     })
 }

@@ -31,10 +31,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::consumer::{DeliverPolicy, pull};
 use async_nats::jetstream::object_store::ObjectStore;
 use chrono::Utc;
-use futures::StreamExt;
 use pas_models::eval::{self, EvalConfig};
 use pas_models::lstm::Lstm;
 use pas_models::naive::{Naive, SeasonalNaive};
@@ -271,10 +269,9 @@ fn fold(state: &Mutex<Workloads>, metrics: &Metrics, sample: &CpuSample, sequenc
     }
 }
 
-/// Reads what the stream holds for `filter` from `lookback` ago up to now,
-/// with an ordered consumer that leaves no trace, and hands each sample that
-/// decodes to `fold` with its stream sequence (bad ones are the durable
-/// consumer's to dead-letter). Returns the messages read. The forecaster
+/// Reads what the stream holds for `filter` from `lookback` ago up to now
+/// ([`pas_nats::read_samples`]), handing each sample that decodes to `fold`
+/// with its stream sequence. Returns the messages read. The forecaster
 /// rebuilds its windows the same way.
 pub async fn rebuild(
     stream: &async_nats::jetstream::stream::Stream,
@@ -283,33 +280,7 @@ pub async fn rebuild(
     mut fold: impl FnMut(&CpuSample, u64),
 ) -> Result<u64, Error> {
     let start_time = time::OffsetDateTime::now_utc() - lookback;
-    let mut consumer = stream
-        .create_consumer(pull::OrderedConfig {
-            filter_subject: filter.to_owned(),
-            deliver_policy: DeliverPolicy::ByStartTime { start_time },
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| Error::js("create a consumer to rebuild state", e))?;
-    let pending = consumer.info().await.map_err(|e| Error::js("read the rebuild consumer", e))?.num_pending;
-    if pending == 0 {
-        return Ok(0);
-    }
-    let mut messages = consumer.messages().await.map_err(|e| Error::js("rebuild state", e))?;
-    let mut read = 0;
-    while let Some(msg) = messages.next().await {
-        let msg = msg.map_err(|e| Error::js("rebuild state", e))?;
-        let info = msg.info().map_err(|e| Error::JetStream { what: "read message metadata", source: e })?;
-        let (sequence, remaining) = (info.stream_sequence, info.pending);
-        if let Ok(sample) = pas_schemas::decode::<CpuSample>(&msg.payload) {
-            fold(&sample, sequence);
-        }
-        read += 1;
-        if remaining == 0 {
-            break;
-        }
-    }
-    Ok(read)
+    Ok(pas_nats::read_samples(stream, filter, start_time, |sample, sequence| fold(&sample, sequence)).await?)
 }
 
 /// Workloads due for training, with their series, oldest attempt first.

@@ -1,0 +1,48 @@
+use async_nats::jetstream::consumer::{DeliverPolicy, pull};
+use async_nats::jetstream::stream::Stream;
+use futures::StreamExt;
+use pas_schemas::CpuSample;
+
+use crate::Error;
+
+/// Reads what `stream` holds for `filter` from messages stored at
+/// `start_time` on, up to the end of the stream as it is now, with an
+/// ordered consumer that leaves no trace. Each sample that decodes goes to
+/// `fold` with its stream sequence (bad ones are a durable consumer's to
+/// dead-letter). Returns the messages read. The trainer and the forecaster
+/// rebuild their state this way; `pas replay` and `pas record` read ranges.
+pub async fn read_samples(
+    stream: &Stream,
+    filter: &str,
+    start_time: time::OffsetDateTime,
+    mut fold: impl FnMut(CpuSample, u64),
+) -> Result<u64, Error> {
+    let what = || format!("read {filter} from the stream");
+    let mut consumer = stream
+        .create_consumer(pull::OrderedConfig {
+            filter_subject: filter.to_owned(),
+            deliver_policy: DeliverPolicy::ByStartTime { start_time },
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| Error::js(what(), e))?;
+    let pending = consumer.info().await.map_err(|e| Error::js(what(), e))?.num_pending;
+    if pending == 0 {
+        return Ok(0);
+    }
+    let mut messages = consumer.messages().await.map_err(|e| Error::js(what(), e))?;
+    let mut read = 0;
+    while let Some(msg) = messages.next().await {
+        let msg = msg.map_err(|e| Error::js(what(), e))?;
+        let info = msg.info().map_err(|e| Error::JetStream { action: "read message metadata".into(), source: e })?;
+        let (sequence, remaining) = (info.stream_sequence, info.pending);
+        if let Ok(sample) = pas_schemas::decode::<CpuSample>(&msg.payload) {
+            fold(sample, sequence);
+        }
+        read += 1;
+        if remaining == 0 {
+            break;
+        }
+    }
+    Ok(read)
+}
