@@ -10,7 +10,8 @@
 //! - **Inputs.** Forecasts from the durable consumer `pas-scaler-forecasts`
 //!   on PAS_FORECASTS: each fresh one is evaluated at once. Pod samples from
 //!   an ordered consumer on PAS_SAMPLES (from [`Config::sample_max_age`]
-//!   back) give the measured utilisation the `hpa` rule needs. Every
+//!   back, read to its end before a new leader decides anything) give the
+//!   measured utilisation the `hpa` rule needs. Every
 //!   [`Config::tick`] the workloads not evaluated since are evaluated on
 //!   samples alone.
 //! - **Kubernetes** ([`cluster`], [`k8s`]): replicas change only through the
@@ -79,6 +80,9 @@ pub const RULES: [&str; 12] = [
     "scaled-to-zero",
     "hpa-conflict",
 ];
+
+/// How long a new leader waits for the samples already in the stream.
+const CATCH_UP: Duration = Duration::from_secs(10);
 
 /// Samples older than this are dropped; workloads silent for
 /// [`FORGET_AFTER`] are forgotten.
@@ -347,10 +351,16 @@ impl Active {
             })
             .await
             .map_err(|e| Error::js("create the scaler's sample consumer", e))?;
+        // The samples already in the stream are read before any evaluation:
+        // a leader that decided on half a backlog would mix old and new
+        // samples of the same workload.
+        let backlog = ordered.cached_info().num_pending;
         let mut messages = ordered
             .messages()
             .await
             .map_err(|e| Error::js("read samples", e))?;
+        let (caught_up_tx, caught_up) = oneshot::channel::<()>();
+        let mut caught_up_tx = (backlog > 0).then_some(caught_up_tx);
         let sample_task = {
             let stop = stop.clone();
             let metrics = metrics.clone();
@@ -365,15 +375,31 @@ impl Active {
                         Some(Err(error)) => {
                             tracing::warn!(%error, "Reading samples failed; continuing.")
                         }
-                        Some(Ok(msg)) => match pas_schemas::decode::<CpuSample>(&msg.payload) {
-                            Ok(sample) => record_sample(&pods, sample),
-                            // The forecaster dead-letters bad samples; here they are only counted.
-                            Err(_) => metrics.ignored("invalid_sample"),
-                        },
+                        Some(Ok(msg)) => {
+                            match pas_schemas::decode::<CpuSample>(&msg.payload) {
+                                Ok(sample) => record_sample(&pods, sample),
+                                // The forecaster dead-letters bad samples; here they are only counted.
+                                Err(_) => metrics.ignored("invalid_sample"),
+                            }
+                            if msg.info().is_ok_and(|info| info.pending == 0) {
+                                if let Some(tx) = caught_up_tx.take() {
+                                    let _ = tx.send(());
+                                }
+                            }
+                        }
                     }
                 }
             })
         };
+        if backlog > 0 {
+            match tokio::time::timeout(CATCH_UP, caught_up).await {
+                Ok(_) => tracing::info!(backlog, "Read the samples in the stream."),
+                Err(_) => tracing::warn!(
+                    backlog,
+                    "The sample backlog was not read in {CATCH_UP:?}; deciding on what has been read."
+                ),
+            }
+        }
 
         // Forecasts: the shared durable consumer; each is acked once decided on.
         let stream = js
