@@ -6,15 +6,18 @@ use pas_schemas::CpuSample;
 use crate::Error;
 
 /// Reads what `stream` holds for `filter` from messages stored at
-/// `start_time` on, up to the end of the stream as it is now, with an
-/// ordered consumer that leaves no trace. Each sample that decodes goes to
+/// `start_time` on, up to the end of the stream as it is now (or up to
+/// stream sequence `last_sequence`), with an ordered consumer that leaves
+/// no trace. Each sample that decodes goes to
 /// `fold` with its stream sequence (bad ones are a durable consumer's to
 /// dead-letter). Returns the messages read. The trainer and the forecaster
-/// rebuild their state this way; `pas replay` and `pas record` read ranges.
+/// rebuild their state this way, the recorder up to its consumer's ack
+/// floor; `pas replay` and `pas record` read ranges.
 pub async fn read_samples(
     stream: &Stream,
     filter: &str,
     start_time: time::OffsetDateTime,
+    last_sequence: Option<u64>,
     mut fold: impl FnMut(CpuSample, u64),
 ) -> Result<u64, Error> {
     let what = || format!("read {filter} from the stream");
@@ -36,11 +39,14 @@ pub async fn read_samples(
         let msg = msg.map_err(|e| Error::js(what(), e))?;
         let info = msg.info().map_err(|e| Error::JetStream { action: "read message metadata".into(), source: e })?;
         let (sequence, remaining) = (info.stream_sequence, info.pending);
+        if last_sequence.is_some_and(|last| sequence > last) {
+            break;
+        }
         if let Ok(sample) = pas_schemas::decode::<CpuSample>(&msg.payload) {
             fold(sample, sequence);
         }
         read += 1;
-        if remaining == 0 {
+        if remaining == 0 || last_sequence == Some(sequence) {
             break;
         }
     }

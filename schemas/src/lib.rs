@@ -28,7 +28,7 @@ pub use error::{DecodeError, ValidationError};
 pub use forecast::{Forecast, ModelRef};
 pub use manifest::{ModelManifest, Normalisation, TrainingRange};
 pub use quantity::cpu_millicores;
-pub use sample::CpuSample;
+pub use sample::{CpuSample, workload_utilisation};
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use serde::{Serialize, de::DeserializeOwned};

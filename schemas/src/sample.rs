@@ -50,6 +50,21 @@ impl CpuSample {
     }
 }
 
+/// A workload's CPU utilisation as the HPA defines it, in percent: the sum of
+/// its pods' use over the sum of their requests. Each item is one pod's mean
+/// use and mean request over the interval, in millicores. `NaN` when nothing
+/// is requested. The trainer, the forecaster and the recorder all use this.
+pub fn workload_utilisation(pods: impl IntoIterator<Item = (f64, f64)>) -> f64 {
+    let (used, requested) = pods
+        .into_iter()
+        .fold((0.0, 0.0), |(u, r), (pu, pr)| (u + pu, r + pr));
+    if requested > 0.0 {
+        100.0 * used / requested
+    } else {
+        f64::NAN
+    }
+}
+
 impl Message for CpuSample {
     const KIND: &'static str = "cpu-sample";
 

@@ -237,6 +237,7 @@ pub async fn read_range(
         &stream,
         &Prefix::live().all_pod_cpu(),
         start_time,
+        None,
         |sample, _| {
             if sample.timestamp >= since && sample.timestamp <= until {
                 each(sample);

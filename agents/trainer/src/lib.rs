@@ -280,7 +280,7 @@ pub async fn rebuild(
     mut fold: impl FnMut(&CpuSample, u64),
 ) -> Result<u64, Error> {
     let start_time = time::OffsetDateTime::now_utc() - lookback;
-    Ok(pas_nats::read_samples(stream, filter, start_time, |sample, sequence| fold(&sample, sequence)).await?)
+    Ok(pas_nats::read_samples(stream, filter, start_time, None, |sample, sequence| fold(&sample, sequence)).await?)
 }
 
 /// Workloads due for training, with their series, oldest attempt first.

@@ -104,9 +104,7 @@ fn settle(samples: &PodSamples) -> Settled {
         *p = (p.0 + used, p.1 + requested, p.2 + 1.0);
         sequences = Some(sequences.map_or((seq, seq), |(a, b)| (a.min(seq), b.max(seq))));
     }
-    let used: f64 = pods.values().map(|(u, _, n)| u / n).sum();
-    let requested: f64 = pods.values().map(|(_, r, n)| r / n).sum();
-    let value = if requested > 0.0 { 100.0 * used / requested } else { f64::NAN };
+    let value = pas_schemas::workload_utilisation(pods.values().map(|(u, r, n)| (u / n, r / n)));
     Settled { value, sequences }
 }
 
