@@ -381,10 +381,10 @@ impl Active {
                                 // The forecaster dead-letters bad samples; here they are only counted.
                                 Err(_) => metrics.ignored("invalid_sample"),
                             }
-                            if msg.info().is_ok_and(|info| info.pending == 0) {
-                                if let Some(tx) = caught_up_tx.take() {
-                                    let _ = tx.send(());
-                                }
+                            if msg.info().is_ok_and(|info| info.pending == 0)
+                                && let Some(tx) = caught_up_tx.take()
+                            {
+                                let _ = tx.send(());
                             }
                         }
                     }
