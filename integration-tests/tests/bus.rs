@@ -206,31 +206,13 @@ async fn bad_input_goes_to_the_dead_letter_subject_and_nothing_stops() {
     assert!(text.contains(r#"pas_dlq_messages_total{stage="trainer",error_type="malformed"} 1"#), "{text}");
 }
 
-fn accounts_server() -> NatsServer {
-    let env = ["ADMIN", "AGENT", "TRAINER", "FORECASTER", "SCALER", "RECORDER", "VIEWER"]
-        .iter()
-        .map(|u| (format!("PAS_{u}_PASSWORD"), format!("{}-pw", u.to_lowercase())))
-        .collect();
-    NatsServer::start_with(Some(&repo_root().join("nats/server.conf")), env)
-}
-
-fn as_user(server: &NatsServer, user: &str) -> NatsConfig {
-    NatsConfig {
-        urls: vec![server.url()],
-        user: Some(user.into()),
-        password: Some(Secret::new(format!("{user}-pw"))),
-        ack_timeout: Duration::from_secs(2),
-        ..Default::default()
-    }
-}
-
 #[tokio::test]
 async fn the_agent_account_may_only_publish_samples() {
-    let server = accounts_server();
-    let admin = pas_nats::connect(&as_user(&server, "admin"), "admin", false).await.unwrap();
+    let server = NatsServer::with_accounts();
+    let admin = pas_nats::connect(&server.as_user("admin"), "admin", false).await.unwrap();
     provision::init(&admin.jetstream).await.unwrap();
 
-    let agent = pas_nats::connect(&as_user(&server, "agent"), "agent", false).await.unwrap();
+    let agent = pas_nats::connect(&server.as_user("agent"), "agent", false).await.unwrap();
     let ok = agent
         .jetstream
         .publish(Prefix::live().node_cpu("n1").unwrap(), sample(1.0).to_string().into())
@@ -247,12 +229,12 @@ async fn the_agent_account_may_only_publish_samples() {
     assert!(agent.jetstream.get_stream("PAS_FORECASTS").await.is_err(), "nor use the JetStream API");
 
     // A wrong password does not get in at all.
-    let mut wrong = as_user(&server, "agent");
+    let mut wrong = server.as_user("agent");
     wrong.password = Some(Secret::new("nope"));
     assert!(pas_nats::connect(&wrong, "intruder", false).await.is_err());
 
     // The viewer reads samples the way `nats sub 'pas.>'` does.
-    let viewer = pas_nats::connect(&as_user(&server, "viewer"), "viewer", false).await.unwrap();
+    let viewer = pas_nats::connect(&server.as_user("viewer"), "viewer", false).await.unwrap();
     let mut sub = viewer.client.subscribe("pas.>").await.unwrap();
     // flush() only writes the buffer; a request on the same connection is
     // answered only after the server has processed the SUB before it.

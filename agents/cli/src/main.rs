@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 #[command(name = "pas", version)]
 struct Cli {
     /// Configuration file (TOML, or JSON by extension): the stage's settings
-    /// for `pas trainer`, `pas forecaster` and `pas scaler`; for the other commands only its
+    /// for `pas trainer`, `pas forecaster`, `pas scaler` and `pas recorder`; for the other commands only its
     /// [nats] table is read.
     #[arg(long, short = 'c', global = true, env = "PAS_CONFIG")]
     config: Option<PathBuf>,
@@ -63,6 +63,12 @@ enum Command {
     /// pas.io/ annotations. Settings: --config FILE, PAS_* variables
     /// (PAS_DEFAULTS__POLICY=hpa), these flags; every key is in docs/scaler.md.
     Scaler(ScalerArgs),
+    /// Run the recorder stage: write samples (cpu_usage_current, per pod and
+    /// per workload), forecasts (cpu_usage_predicted) and decisions
+    /// (scale_decision) to InfluxDB 2 in batches, acking each message once
+    /// its points are written. The token comes from the file or
+    /// PAS_INFLUX__TOKEN; every key is in README.md, "The recorder".
+    Recorder(RecorderArgs),
     /// Compare scaling policies on recorded traces in virtual time: the
     /// trainer's training on the first part of each trace, the forecaster's
     /// inference and the scaler's policies on a simulated StatefulSet over
@@ -124,11 +130,12 @@ struct StageArgs {
     /// of the live subjects.
     #[arg(long)]
     run: Option<String>,
-    /// Step of the utilisation series, e.g. 5s [default: 5s] (trainer and forecaster).
+    /// Step of the utilisation series, e.g. 5s [default: 5s] (trainer, forecaster, recorder).
     #[arg(long)]
     step: Option<String>,
     /// Address for /healthz, /readyz and /metrics [default: 0.0.0.0:9465
-    /// for the trainer, 0.0.0.0:9466 for the forecaster, 0.0.0.0:9467 for the scaler].
+    /// for the trainer, 0.0.0.0:9466 for the forecaster, 0.0.0.0:9467 for the scaler,
+    /// 0.0.0.0:9468 for the recorder].
     #[arg(long)]
     listen: Option<String>,
     /// Log JSON lines instead of text.
@@ -193,6 +200,21 @@ struct ScalerArgs {
     dry_run: bool,
 }
 
+#[derive(Debug, clap::Args)]
+struct RecorderArgs {
+    #[command(flatten)]
+    stage: StageArgs,
+    /// InfluxDB base URL [default: http://127.0.0.1:8086].
+    #[arg(long)]
+    influx_url: Option<String>,
+    /// InfluxDB organisation [default: pas].
+    #[arg(long)]
+    influx_org: Option<String>,
+    /// InfluxDB bucket [default: pas].
+    #[arg(long)]
+    influx_bucket: Option<String>,
+}
+
 /// The part of a stage configuration file the CLI reads.
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(default)]
@@ -221,6 +243,9 @@ fn main() -> anyhow::Result<()> {
     if let Command::Scaler(args) = &cli.command {
         return scaler(args, overrides, cli.config.as_deref());
     }
+    if let Command::Recorder(args) = &cli.command {
+        return recorder(args, overrides, cli.config.as_deref());
+    }
     pas_runtime::telemetry::init(false, "warn");
     if let Command::Models { command } = cli.command {
         return models::run(command);
@@ -240,7 +265,7 @@ fn main() -> anyhow::Result<()> {
             Command::Bus { command } => bus(command, &config.nats).await,
             Command::Replay(args) => replay::run_replay(args, &config.nats).await,
             Command::Record(args) => replay::run_record(args, &config.nats).await,
-            Command::Models { .. } | Command::Experiment(_) | Command::Loadgen(_) | Command::Trainer(_) | Command::Forecaster(_) | Command::Scaler(_) => {
+            Command::Models { .. } | Command::Experiment(_) | Command::Loadgen(_) | Command::Trainer(_) | Command::Forecaster(_) | Command::Scaler(_) | Command::Recorder(_) => {
                 unreachable!("handled before the runtime starts")
             }
         }
@@ -350,6 +375,18 @@ fn scaler(args: &ScalerArgs, mut overrides: Vec<(&str, config::Value)>, file: Op
         return Ok(());
     };
     run_stage(|shutdown| pas_scaler::run(config, shutdown))
+}
+
+fn recorder(args: &RecorderArgs, mut overrides: Vec<(&str, config::Value)>, file: Option<&std::path::Path>) -> anyhow::Result<()> {
+    push_strings(
+        &mut overrides,
+        [("influx.url", &args.influx_url), ("influx.org", &args.influx_org), ("influx.bucket", &args.influx_bucket)],
+    );
+    let Some(config) = stage_config("recorder", &args.stage, file, overrides, |c: &pas_recorder::Config| c.log_json)? else {
+        return Ok(());
+    };
+    let recorder = pas_recorder::Recorder::new(config)?;
+    run_stage(|shutdown| recorder.run(shutdown))
 }
 
 fn push_strings<'a, const N: usize>(overrides: &mut Vec<(&'a str, config::Value)>, flags: [(&'a str, &Option<String>); N]) {
