@@ -308,6 +308,13 @@ async fn an_influxdb_outage_loses_nothing() {
         .chain(times.iter().enumerate().map(|(i, t)| (t.timestamp_millis(), i as f64)))
         .collect();
     wait_for(&vm, "cpu_usage_current_used_millicores", &[("level", "pod")], &want).await;
+    // And a workload point for each of the 61 steps, though one batch spans
+    // more steps than the recorder keeps open (12).
+    let steps: std::collections::BTreeSet<i64> = (0..=60).map(|k| t0.timestamp_millis() + 5000 * k).collect();
+    let all = vm.export("cpu_usage_current_pods").await;
+    let written: std::collections::BTreeSet<i64> =
+        find(&all, "cpu_usage_current_pods", &[("level", "workload")]).iter().flat_map(|s| s.points.iter().map(|p| p.0)).collect();
+    assert_eq!(written, steps, "one workload point per step");
     all_acked(&js).await;
     // Each once: none redelivered, none written twice.
     assert_eq!(metrics.messages_total(STREAM_SAMPLES, "written"), 301);

@@ -319,13 +319,17 @@ impl Pipe {
     /// Writes a batch and acks it; `Err` only when shutting down.
     async fn record(&mut self, messages: Vec<jetstream::Message>) -> Result<(), Attempt> {
         let mut units = Vec::with_capacity(messages.len());
-        let mut touched: HashMap<StepKey, usize> = HashMap::new();
+        let mut touched: HashMap<StepKey, (usize, Point)> = HashMap::new();
         for msg in messages {
             let sequence = msg.info().map(|i| i.stream_sequence).unwrap_or_default();
             let decoded = match self.kind {
                 Kind::Samples => pas_schemas::decode::<CpuSample>(&msg.payload).map(|sample| {
-                    if let Some(key) = self.workloads.fold(&sample) {
-                        touched.insert(key, units.len());
+                    // The step's point as of this sample: a batch may span
+                    // more steps than are kept, so it is taken now.
+                    if let Some(key) = self.workloads.fold(&sample)
+                        && let Some(point) = self.workloads.point(&key, &self.run)
+                    {
+                        touched.insert(key, (units.len(), point));
                     }
                     vec![points::sample_point(&sample, &self.run)]
                 }),
@@ -346,10 +350,8 @@ impl Pipe {
             });
         }
         // Each step's workload point rides with the last sample that changed it.
-        for (key, i) in touched {
-            if let Some(point) = self.workloads.point(&key, &self.run) {
-                units[i].points.push(point);
-            }
+        for (i, point) in touched.into_values() {
+            units[i].points.push(point);
         }
         let mut data: Vec<Vec<DataPoint>> = Vec::with_capacity(units.len());
         for unit in &mut units {
