@@ -11,17 +11,25 @@
 #   3. `pas forecaster` loads it and forecasts every 5 s.
 #   4. `pas scaler` (policy hybrid) decides and scales the simulated
 #      StatefulSet; its decisions are printed as they come.
-#   5. `pas experiment` compares every policy and the oracle on the whole
+#   5. `pas recorder` writes samples, forecasts and decisions through
+#      InfluxDB 2's write API to a local VictoriaMetrics (or to
+#      DEMO_INFLUX_URL); the points it wrote are counted at the end.
+#   6. `pas experiment` compares every policy and the oracle on the whole
 #      trace in virtual time: the table, report.md and plots.
 #
 #   DEMO_STATEFULSET=namespace/name  drive that real StatefulSet (kubeconfig
 #                                    as kubectl finds it; the StatefulSet
 #                                    needs the annotation pas.io/enabled=true)
 #   DEMO_REPORT=dir                  where the report goes (default target/demo-report)
+#   DEMO_INFLUX_URL=url              record to that InfluxDB 2 instead (with
+#                                    PAS_INFLUX__ORG, PAS_INFLUX__BUCKET and
+#                                    PAS_INFLUX__TOKEN), e.g. for the Grafana
+#                                    dashboard in grafana/
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PAS_CACHE=${PAS_CACHE:-$HOME/.cache/pas}
 NATS_SERVER=${NATS_SERVER:-$PAS_CACHE/bin/nats-server}
+VICTORIA_METRICS=${VICTORIA_METRICS:-$PAS_CACHE/bin/victoria-metrics}
 trace=testdata/traces/nab-ec2_cpu_utilization_77c1ca.csv
 report=${DEMO_REPORT:-target/demo-report}
 history_rows=2364
@@ -69,6 +77,20 @@ echo "    $url; streams and buckets provisioned"
 head -n $((1 + history_rows + live_rows)) "$trace" >"$run/trace.csv"
 backfill=$(python3 -c "print($history_rows / ($history_rows + $live_rows))")
 
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+influx=${DEMO_INFLUX_URL:-}
+if [[ -z "$influx" ]]; then
+  vm_port=$(free_port)
+  "$VICTORIA_METRICS" -httpListenAddr "127.0.0.1:$vm_port" -storageDataPath "$run/vm" 2>"$run/vm.log" &
+  pids+=($!)
+  influx="http://127.0.0.1:$vm_port"
+  for _ in $(seq 100); do curl -fs "$influx/health" >/dev/null 2>&1 && break; sleep 0.1; done
+  echo "==> VictoriaMetrics at $influx takes InfluxDB 2 writes (set DEMO_INFLUX_URL for a real InfluxDB 2)"
+fi
+recorder_metrics=127.0.0.1:$(free_port)
+"$pas" recorder --run demo --influx-url "$influx" --listen "$recorder_metrics" 2>"$run/recorder.log" &
+pids+=($!)
+
 echo "==> trainer, forecaster and scaler on run 'demo' ($cluster StatefulSet $namespace/$workload); logs in $run"
 "$pas" -c scripts/demo/trainer.toml trainer --run demo 2>"$run/trainer.log" &
 pids+=($!)
@@ -114,6 +136,8 @@ echo "==> what the stages did"
 plain() { sed -E 's/\x1b\[[0-9;]*m//g; s/^/    /'; }
 grep -a "Stored a model version" "$run/trainer.log" | plain || true
 grep -a "Serving a new model version" "$run/forecaster.log" | plain || true
+echo "    recorder: points written to $influx (run=demo), by measurement:"
+curl -fs "http://$recorder_metrics/metrics" | grep -E '^pas_recorder_(points|messages)_total' | sed 's/^/      /' || true
 "$pas" --nats-url "$url" bus status | sed 's/^/    /' || true
 
 echo "==> pas experiment: every policy and the oracle on the whole trace, in virtual time"
