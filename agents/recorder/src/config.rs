@@ -107,15 +107,60 @@ impl Config {
         if self.write_timeout.is_zero() {
             return Err("write_timeout must be above zero".into());
         }
-        if !(self.influx.url.starts_with("http://") || self.influx.url.starts_with("https://")) {
-            return Err(format!(
-                "influx.url {:?} must start with http:// or https://",
-                self.influx.url
-            ));
+        match url::Url::parse(&self.influx.url) {
+            Ok(u) if (u.scheme() == "http" || u.scheme() == "https") && u.host().is_some() => {}
+            Ok(_) => {
+                return Err(format!(
+                    "influx.url {:?} must be an http:// or https:// URL with a host",
+                    self.influx.url
+                ));
+            }
+            Err(e) => return Err(format!("influx.url {:?}: {e}", self.influx.url)),
         }
         if self.influx.bucket.is_empty() || self.influx.org.is_empty() {
             return Err("influx.org and influx.bucket must be set".into());
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_settings_are_clear_errors() {
+        assert_eq!(Config::default().check(), Ok(()));
+        for (url, says) in [
+            ("influxdb:8086", "http:// or https://"),
+            ("http://exa mple:8086", "influx.url"),
+            ("ftp://influxdb", "http:// or https://"),
+            ("", "influx.url"),
+        ] {
+            let c = Config {
+                influx: InfluxConfig {
+                    url: url.into(),
+                    ..InfluxConfig::default()
+                },
+                ..Config::default()
+            };
+            let error = c.check().unwrap_err();
+            assert!(error.contains(says), "{url:?}: {error}");
+        }
+        let c = Config {
+            step: Duration::from_millis(1500),
+            ..Config::default()
+        };
+        assert!(c.check().unwrap_err().contains("whole number of seconds"));
+        let c = Config {
+            retry_max: Duration::from_millis(100),
+            ..Config::default()
+        };
+        assert!(c.check().is_err());
+        let c = Config {
+            batch_size: 0,
+            ..Config::default()
+        };
+        assert!(c.check().is_err());
     }
 }

@@ -171,6 +171,21 @@ mod tests {
         assert_eq!(stopped, Err(Attempt::Stopped));
     }
 
+    #[tokio::test]
+    async fn the_token_shows_nowhere() {
+        // Port 9 on loopback: nothing listens, the write fails at once.
+        let config = InfluxConfig {
+            url: "http://127.0.0.1:9".into(),
+            token: pas_runtime::Secret::new("hunter2-token"),
+            ..InfluxConfig::default()
+        };
+        let influx = Influx::new(&config, Duration::from_secs(5));
+        assert!(!format!("{influx:?}").contains("hunter2"), "{influx:?}");
+        let error = influx.write(Vec::new()).await.unwrap_err();
+        assert!(matches!(error, WriteError::Unavailable(_)), "{error}");
+        assert!(!error.to_string().contains("hunter2"), "{error}");
+    }
+
     #[test]
     fn statuses_say_whether_to_retry() {
         let http = |code: u16| RequestError::Http {
