@@ -7,7 +7,8 @@
 //! Every message becomes the right points; an InfluxDB outage loses nothing
 //! (the batch waits, kept from redelivery, and is written when the server is
 //! back); a point InfluxDB would reject goes to `pas.dlq.recorder` with the
-//! reason while the rest is written; a restarted recorder never rewrites a
+//! reason while the rest is written; a nats-server killed mid-run loses no
+//! sample; a restarted recorder never rewrites a
 //! workload's step from part of its pods. The last two run the recorder as
 //! the `recorder` user of `nats/server.conf`, with only its permissions.
 //!
@@ -409,6 +410,43 @@ async fn a_restarted_recorder_keeps_each_step_whole() {
     wait_for_step(&vm, "cpu_usage_current_pods", &workload, t0.timestamp_millis(), 2.0, &[1.0]).await;
     all_acked(&js).await;
     assert_eq!(metrics.messages_total(STREAM_SAMPLES, "written"), 1);
+    stop.cancel();
+    task.await.unwrap();
+}
+
+#[tokio::test]
+async fn nats_killed_mid_run_loses_no_sample() {
+    let mut nats = NatsServer::start();
+    let vm = VictoriaMetrics::start();
+    let conn = connect_and_provision(&nats).await;
+    let js = conn.jetstream.clone();
+    let (metrics, stop, task) = start(config(plain(&nats), &vm));
+
+    let t0 = step_start() - TimeDelta::seconds(300);
+    let times: Vec<DateTime<Utc>> = (0..100).map(|i| t0 + TimeDelta::seconds(i)).collect();
+    for (i, t) in times[..50].iter().enumerate() {
+        send_sample(&js, &pod_sample(*t, "web-0", i as f64)).await;
+    }
+    // The server dies with the recorder mid-stream and comes back on the
+    // same port and store; the recorder's consumer resumes where it was.
+    nats.restart();
+    for (i, t) in times.iter().enumerate().skip(50) {
+        // The test's own publisher reconnects too: retried until acked
+        // (the message id makes a retry harmless).
+        let s = pod_sample(*t, "web-0", i as f64);
+        let out = pas_nats::Outgoing::new(Prefix::live().sample(&s).unwrap(), &s).unwrap();
+        eventually(Duration::from_secs(20), "the publish to be acked after the restart", || async {
+            match pas_nats::publish(&js, &out).await {
+                Ok(ack) => ack.await.ok().map(|_| ()),
+                Err(_) => None,
+            }
+        })
+        .await;
+    }
+    let want: Vec<(i64, f64)> = times.iter().enumerate().map(|(i, t)| (t.timestamp_millis(), i as f64)).collect();
+    wait_for(&vm, "cpu_usage_current_used_millicores", &[("level", "pod")], &want).await;
+    all_acked(&js).await;
+    assert!(metrics.messages_total(STREAM_SAMPLES, "written") >= 100);
     stop.cancel();
     task.await.unwrap();
 }
