@@ -14,7 +14,7 @@ export PAS_CACHE LIBTORCH LIBTORCH_CXX11_ABI NATS_SERVER
 export LD_LIBRARY_PATH := $(LIBTORCH)/lib$(if $(LD_LIBRARY_PATH),:$(LD_LIBRARY_PATH))
 PY := $(PAS_CACHE)/venv/bin/python
 
-.PHONY: all setup env test test-rust test-python check-agent demo schemas footprint bench-models bench-epoch results clean-cache
+.PHONY: all setup env test test-rust test-python check-agent chart demo schemas footprint bench-models bench-epoch results clean-cache
 
 all: test
 
@@ -37,6 +37,10 @@ test-rust: setup
 test-python: setup
 	cargo build -p pas-agent -p pas-cli
 	$(PY) -m pytest -q integration-tests/python
+
+# The Helm chart alone: lint, render, validate, RBAC and pod security (part of make test).
+chart: setup
+	$(PY) -m pytest -q integration-tests/python/test_chart.py
 
 # The node agent links neither libtorch nor InfluxDB nor kube's heavy features.
 check-agent:

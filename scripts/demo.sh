@@ -24,7 +24,7 @@
 #   DEMO_INFLUX_URL=url              record to that InfluxDB 2 instead (with
 #                                    PAS_INFLUX__ORG, PAS_INFLUX__BUCKET and
 #                                    PAS_INFLUX__TOKEN), e.g. for the Grafana
-#                                    dashboard in grafana/
+#                                    dashboard in helm/pas/files/grafana/
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PAS_CACHE=${PAS_CACHE:-$HOME/.cache/pas}

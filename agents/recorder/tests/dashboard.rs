@@ -1,4 +1,4 @@
-//! The Grafana dashboard (`grafana/dashboards/pas.json`) is a dashboard
+//! The Grafana dashboard (`helm/pas/files/grafana/dashboards/pas.json`, which the chart provisions) is a dashboard
 //! Grafana can provision, and every query asks only for what the recorder
 //! writes. No Grafana or InfluxDB 2 runs here: the Flux is checked against
 //! the recorder's schema ([`pas_recorder::points::SCHEMA`]), not run.
@@ -14,7 +14,7 @@ fn repo() -> PathBuf {
 }
 
 fn dashboard() -> Value {
-    let path = repo().join("grafana/dashboards/pas.json");
+    let path = repo().join("helm/pas/files/grafana/dashboards/pas.json");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).expect("the dashboard is JSON")
 }
@@ -293,7 +293,7 @@ fn the_panels_show_what_operators_watch() {
 #[test]
 fn provisioning_points_at_the_dashboard_and_a_flux_data_source() {
     let ds =
-        std::fs::read_to_string(repo().join("grafana/provisioning/datasources/pas.yaml")).unwrap();
+        std::fs::read_to_string(repo().join("helm/pas/files/grafana/provisioning/datasources/pas.yaml")).unwrap();
     for needle in [
         "type: influxdb",
         "version: Flux",
@@ -306,7 +306,7 @@ fn provisioning_points_at_the_dashboard_and_a_flux_data_source() {
         );
     }
     let dash =
-        std::fs::read_to_string(repo().join("grafana/provisioning/dashboards/pas.yaml")).unwrap();
+        std::fs::read_to_string(repo().join("helm/pas/files/grafana/provisioning/dashboards/pas.yaml")).unwrap();
     assert!(
         dash.contains("type: file") && dash.contains("path: /var/lib/grafana/dashboards/pas"),
         "{dash}"

@@ -1,0 +1,113 @@
+{{/* Names and labels. */}}
+{{- define "pas.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 50 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 50 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "pas.labels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{/* Selector labels of one component: (dict "ctx" $ "component" "scaler"). */}}
+{{- define "pas.selector" -}}
+app.kubernetes.io/name: {{ .ctx.Chart.Name }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "pas.image" -}}
+{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- end -}}
+
+{{- define "pas.agentImage" -}}
+{{ .Values.agentImage.repository }}:{{ .Values.agentImage.tag | default .Chart.AppVersion }}
+{{- end -}}
+
+{{/* Pod security: non-root, RuntimeDefault seccomp. */}}
+{{- define "pas.podSecurity" -}}
+runAsNonRoot: true
+runAsUser: {{ .uid | default 65532 }}
+runAsGroup: {{ .uid | default 65532 }}
+fsGroup: {{ .uid | default 65532 }}
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{/* Container security: read-only root, no escalation, no capabilities. */}}
+{{- define "pas.containerSecurity" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+privileged: false
+capabilities:
+  drop: ["ALL"]
+{{- end -}}
+
+{{/* The Secret with the NATS users' passwords. */}}
+{{- define "pas.natsSecret" -}}
+{{- .Values.nats.existingSecret | default (printf "%s-nats-users" (include "pas.fullname" .)) -}}
+{{- end -}}
+
+{{- define "pas.natsUrl" -}}
+{{- if .Values.nats.enabled -}}
+nats://{{ include "pas.fullname" . }}-nats:4222
+{{- else -}}
+{{- required "nats.external.url is required when nats.enabled is false" .Values.nats.external.url -}}
+{{- end -}}
+{{- end -}}
+
+{{/* NATS connection of a stage as `user`: (dict "ctx" $ "user" "scaler"). */}}
+{{- define "pas.natsEnv" -}}
+- name: PAS_NATS__URLS
+  value: {{ include "pas.natsUrl" .ctx | quote }}
+- name: PAS_NATS__USER
+  value: {{ .user }}
+- name: PAS_NATS__PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "pas.natsSecret" .ctx }}
+      key: {{ .user }}
+- name: PAS_LOG_JSON
+  value: {{ .ctx.Values.logJson | quote }}
+{{- end -}}
+
+{{/* A stage's probes, on its health port. */}}
+{{- define "pas.probes" -}}
+livenessProbe:
+  httpGet: {path: /healthz, port: http-metrics}
+  periodSeconds: 10
+  failureThreshold: 6
+readinessProbe:
+  httpGet: {path: /readyz, port: http-metrics}
+  periodSeconds: 5
+  failureThreshold: 3
+{{- end -}}
+
+{{- define "pas.scrapeAnnotations" -}}
+{{- if .ctx.Values.metrics.podAnnotations }}
+prometheus.io/scrape: "true"
+prometheus.io/port: {{ .port | quote }}
+prometheus.io/path: /metrics
+{{- end }}
+{{- end -}}
+
+{{/* InfluxDB: URL and the Secret and key of its token. */}}
+{{- define "pas.influxUrl" -}}
+{{- if .Values.recorder.influx.url -}}
+{{ .Values.recorder.influx.url }}
+{{- else if .Values.influxdb.enabled -}}
+http://{{ include "pas.fullname" . }}-influxdb:8086
+{{- else -}}
+{{- fail "the recorder needs recorder.influx.url or influxdb.enabled=true (or recorder.enabled=false)" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "pas.influxSecret" -}}
+{{- .Values.influxdb.existingSecret | default (printf "%s-influxdb" (include "pas.fullname" .)) -}}
+{{- end -}}

@@ -1,0 +1,228 @@
+"""The Helm chart helm/pas, with the real Helm v4 SDK (helm-python-sdk, Go's
+Helm as a library: no helm binary, no cluster): it lints, renders with the
+default values and with every optional part on, every rendered manifest is
+valid against the Kubernetes JSON schemas of a current release
+(kubernetes-validate), and the RBAC rules and pod security are exactly what
+docs/scaler.md and the chart's README promise."""
+
+import pathlib
+
+import helm_python as helm
+import kubernetes_validate
+import pytest
+import yaml
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+CHART = ROOT / "helm/pas"
+KUBERNETES = "1.35.0"
+
+ALL_ON = {
+    "influxdb": {"enabled": True},
+    "grafana": {"enabled": True},
+    "recorder": {"enabled": True},
+    "example": {"enabled": True},
+    "metrics": {"serviceMonitor": {"enabled": True}},
+}
+EXTERNAL = {
+    "nats": {"enabled": False, "existingSecret": "my-nats-users", "external": {"url": "nats://nats.example:4222"}},
+    "recorder": {"enabled": True, "influx": {"url": "https://influx.example", "existingSecret": "influx", "tokenKey": "write"}},
+}
+CONFIGS = {"default": {}, "all-on": ALL_ON, "external": EXTERNAL}
+WORKLOADS = {"Deployment", "DaemonSet", "StatefulSet", "Job"}
+
+
+def render(values: dict) -> list[dict]:
+    with helm.Chart.load(CHART) as chart:
+        files = chart.render(values, name="pas", namespace="pas", is_install=True)
+    docs = []
+    for path, text in sorted(files.items()):
+        if path.endswith("NOTES.txt"):
+            continue
+        for doc in yaml.safe_load_all(text):
+            if doc:
+                doc["__file"] = path
+                docs.append(doc)
+    return docs
+
+
+def pod_specs(docs: list[dict]):
+    for d in docs:
+        if d["kind"] in WORKLOADS:
+            yield d, d["spec"]["template"]["spec"]
+        elif d["kind"] == "Pod":
+            yield d, d["spec"]
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_the_chart_lints_clean(config):
+    report = helm.lint(CHART, CONFIGS[config], strict=True)
+    problems = [m for m in report["messages"] if m["severity"] >= 2]
+    assert not problems and not report["errors"], report
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_every_manifest_is_valid_kubernetes(config):
+    docs = render(CONFIGS[config])
+    assert len(docs) > 10
+    for d in docs:
+        where = f"{d.pop('__file')}: {d['kind']} {d['metadata']['name']}"
+        if d["apiVersion"].startswith("monitoring.coreos.com/"):
+            # A CRD of the Prometheus operator: not in Kubernetes' schemas.
+            assert d["spec"]["endpoints"][0]["port"] == "http-metrics", where
+            continue
+        try:
+            kubernetes_validate.validate(d, KUBERNETES, strict=True)
+        except kubernetes_validate.ValidationError as e:
+            pytest.fail(f"{where}: {e.message} at {list(e.path)}")
+
+
+def test_default_and_all_on_create_what_they_should():
+    kinds = lambda docs: {(d["kind"], d["metadata"]["name"]) for d in docs}
+    default = kinds(render({}))
+    for want in [
+        ("StatefulSet", "pas-nats"), ("Job", "pas-bus-init"), ("DaemonSet", "pas-agent"),
+        ("Deployment", "pas-trainer"), ("Deployment", "pas-forecaster"), ("Deployment", "pas-scaler"),
+        ("Pod", "pas-test-bus"), ("Secret", "pas-nats-users"),
+    ]:
+        assert want in default, want
+    assert not any(k == "Deployment" and n == "pas-grafana" for k, n in default)
+    all_on = kinds(render(ALL_ON))
+    for want in [
+        ("Deployment", "pas-recorder"), ("StatefulSet", "pas-influxdb"), ("Deployment", "pas-grafana"),
+        ("StatefulSet", "pas-ss"), ("ServiceMonitor", "pas-scaler"), ("ConfigMap", "pas-grafana-dashboards"),
+    ]:
+        assert want in all_on, want
+    external = kinds(render(EXTERNAL))
+    assert ("StatefulSet", "pas-nats") not in external and ("Secret", "pas-nats-users") not in external
+
+
+def rules(docs, name):
+    role = next(d for d in docs if d["kind"] == "ClusterRole" and d["metadata"]["name"] == name)
+    return sorted(
+        (tuple(r["apiGroups"]), tuple(r["resources"]), tuple(sorted(r["verbs"]))) for r in role["rules"]
+    )
+
+
+def test_rbac_is_exactly_what_each_stage_needs():
+    docs = render(ALL_ON)
+    assert rules(docs, "pas-agent") == [(("",), ("pods",), ("get", "list", "watch"))]
+    assert rules(docs, "pas-scaler") == sorted([
+        (("apps",), ("statefulsets",), ("get", "list", "watch")),
+        (("apps",), ("statefulsets/scale",), ("get", "patch")),
+        (("autoscaling",), ("horizontalpodautoscalers",), ("get", "list", "watch")),
+        (("events.k8s.io",), ("events",), ("create", "patch")),
+    ])
+    for d in docs:
+        if d["kind"] in ("Role", "ClusterRole"):
+            for r in d["rules"]:
+                assert "*" not in r["verbs"] + r["resources"] + r["apiGroups"], d["metadata"]["name"]
+    roles = [d["metadata"]["name"] for d in docs if d["kind"] in ("Role", "ClusterRole")]
+    assert sorted(roles) == ["pas-agent", "pas-scaler"]
+    # Only the agent and the scaler talk to the API server.
+    for d, spec in pod_specs(docs):
+        name = d["metadata"]["name"]
+        if name in ("pas-agent", "pas-scaler"):
+            assert spec["serviceAccountName"] == name
+        else:
+            assert spec.get("automountServiceAccountToken") is False, name
+
+
+def test_every_pod_is_locked_down():
+    docs = render(ALL_ON)
+    seen = 0
+    for d, spec in pod_specs(docs):
+        name = d["metadata"]["name"]
+        pod = spec["securityContext"]
+        assert pod["runAsNonRoot"] is True and pod["runAsUser"] > 0, name
+        assert pod["seccompProfile"] == {"type": "RuntimeDefault"}, name
+        assert not spec.get("hostNetwork") and not spec.get("hostPID") and not spec.get("hostIPC"), name
+        for c in spec.get("initContainers", []) + spec["containers"]:
+            sc = c["securityContext"]
+            assert sc["allowPrivilegeEscalation"] is False, (name, c["name"])
+            assert sc["readOnlyRootFilesystem"] is True, (name, c["name"])
+            assert sc["privileged"] is False, (name, c["name"])
+            assert sc["capabilities"] == {"drop": ["ALL"]}, (name, c["name"])
+            assert "resources" in c, (name, c["name"])
+            seen += 1
+        host = [v for v in spec.get("volumes", []) if "hostPath" in v]
+        if name == "pas-agent":
+            # The agent's one host mount: the cgroup tree, read-only.
+            assert [v["hostPath"]["path"] for v in host] == ["/sys/fs/cgroup"]
+            mounts = {m["name"]: m for m in spec["containers"][0]["volumeMounts"]}
+            assert mounts["cgroup"]["readOnly"] is True
+            assert spec["tolerations"] == [{"operator": "Exists"}]
+            env = {e["name"]: e for e in spec["containers"][0]["env"]}
+            assert env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
+        else:
+            assert host == [], name
+    assert seen >= 10
+
+
+def test_stages_have_probes_metrics_and_their_nats_user():
+    docs = render(ALL_ON)
+    ports = {"pas-agent": 9464, "pas-trainer": 9465, "pas-forecaster": 9466, "pas-scaler": 9467, "pas-recorder": 9468}
+    found = {}
+    for d, spec in pod_specs(docs):
+        name = d["metadata"]["name"]
+        if name not in ports:
+            continue
+        c = spec["containers"][0]
+        assert c["livenessProbe"]["httpGet"]["path"] == "/healthz", name
+        assert c["readinessProbe"]["httpGet"]["path"] == "/readyz", name
+        assert c["ports"][0]["containerPort"] == ports[name], name
+        annotations = d["spec"]["template"]["metadata"]["annotations"]
+        assert annotations["prometheus.io/port"] == str(ports[name]), name
+        env = {e["name"]: e for e in c["env"]}
+        user = name.removeprefix("pas-")
+        assert env["PAS_NATS__USER"]["value"] == user, name
+        assert env["PAS_NATS__PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "pas-nats-users", "key": user}
+        found[name] = d
+    assert set(found) == set(ports)
+    assert found["pas-forecaster"]["spec"]["replicas"] == 2
+    recorder = {e["name"]: e for e in found["pas-recorder"]["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert recorder["PAS_INFLUX__URL"]["value"] == "http://pas-influxdb:8086"
+    assert recorder["PAS_INFLUX__TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "pas-influxdb", "key": "token"}
+
+
+def test_nats_and_grafana_get_the_repository_files():
+    docs = render(ALL_ON)
+    by_name = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+    nats = by_name[("ConfigMap", "pas-nats")]["data"]
+    assert nats["accounts.conf"].strip() == (CHART / "files/nats-accounts.conf").read_text().strip()
+    assert 'include "accounts.conf"' in nats["nats.conf"] and "jetstream" in nats["nats.conf"]
+    assert 'include "../helm/pas/files/nats-accounts.conf"' in (ROOT / "nats/server.conf").read_text()
+    dash = by_name[("ConfigMap", "pas-grafana-dashboards")]["data"]["pas.json"]
+    assert dash.strip() == (CHART / "files/grafana/dashboards/pas.json").read_text().strip()
+    # The example target is managed by PAS and burns CPU with `pas loadgen`.
+    ss = by_name[("StatefulSet", "pas-ss")]
+    assert ss["metadata"]["annotations"]["pas.io/enabled"] == "true"
+    assert ss["spec"]["template"]["spec"]["containers"][0]["args"][0] == "loadgen"
+
+
+def test_the_schema_refuses_bad_values():
+    for bad in [{"forecaster": {"replicas": 0}}, {"scaler": {"policy": "magic"}}, {"nats": {"storage": {"size": "lots"}}}, {"typo": 1}]:
+        with pytest.raises(helm.HelmError):
+            render(bad)
+    # An external NATS without the users' passwords is a clear error.
+    with pytest.raises(helm.HelmError, match="existingSecret"):
+        render({"nats": {"enabled": False, "external": {"url": "nats://x:4222"}}})
+
+
+def test_the_dockerfiles_match_the_chart():
+    """No container engine runs here, so the images are not built; this
+    holds the Dockerfiles to what the chart expects of them."""
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    for name, repository in [("pas", values["image"]["repository"]), ("agent", values["agentImage"]["repository"])]:
+        text = (ROOT / f"docker/{name}.Dockerfile").read_text()
+        stages = [line for line in text.splitlines() if line.startswith("FROM ")]
+        assert len(stages) >= 2, f"{name}: multi-stage"
+        final = text[text.rindex("\nFROM "):]
+        assert "USER 65532:65532" in final, f"{name}: runs as the chart's non-root user"
+        assert f"-t {repository}:" in text, f"{name}: builds {repository}"
+    agent = (ROOT / "docker/agent.Dockerfile").read_text()
+    assert "libtorch" not in agent[agent.rindex("\nFROM "):].lower().replace("no libtorch", "")
+    pas = (ROOT / "docker/pas.Dockerfile").read_text()
+    assert "scripts/setup.sh libtorch" in pas, "libtorch as on a developer's machine"
+    trace = pathlib.PurePosixPath(values["example"]["trace"])
+    assert f"COPY testdata/traces/ {trace.parent}/" in pas
+    assert (ROOT / "testdata/traces" / trace.name).exists()
