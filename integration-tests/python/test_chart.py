@@ -1,8 +1,8 @@
 """The Helm chart helm/pas, with the real Helm v4 SDK (helm-python-sdk, Go's
 Helm as a library: no helm binary, no cluster): it lints, renders with the
 default values and with every optional part on, every rendered manifest is
-valid against the Kubernetes JSON schemas of a current release
-(kubernetes-validate), and the RBAC rules and pod security are exactly what
+valid against the Kubernetes JSON schemas of current releases
+(kubernetes-validate: 1.37 and 1.35), and the RBAC rules and pod security are exactly what
 docs/scaler.md and the chart's README promise."""
 
 import pathlib
@@ -14,7 +14,9 @@ import yaml
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm/pas"
-KUBERNETES = "1.35.0"
+# The newest release kubernetes-validate knows, and the one the scaler's
+# k8s-openapi is built for.
+KUBERNETES = ["1.37.0", "1.35.0"]
 
 ALL_ON = {
     "influxdb": {"enabled": True},
@@ -60,8 +62,9 @@ def test_the_chart_lints_clean(config):
     assert not problems and not report["errors"], report
 
 
+@pytest.mark.parametrize("version", KUBERNETES)
 @pytest.mark.parametrize("config", CONFIGS)
-def test_every_manifest_is_valid_kubernetes(config):
+def test_every_manifest_is_valid_kubernetes(config, version):
     docs = render(CONFIGS[config])
     assert len(docs) > 10
     for d in docs:
@@ -71,7 +74,7 @@ def test_every_manifest_is_valid_kubernetes(config):
             assert d["spec"]["endpoints"][0]["port"] == "http-metrics", where
             continue
         try:
-            kubernetes_validate.validate(d, KUBERNETES, strict=True)
+            kubernetes_validate.validate(d, version, strict=True)
         except kubernetes_validate.ValidationError as e:
             pytest.fail(f"{where}: {e.message} at {list(e.path)}")
 
