@@ -229,3 +229,44 @@ def test_the_dockerfiles_match_the_chart():
     trace = pathlib.PurePosixPath(values["example"]["trace"])
     assert f"COPY testdata/traces/ {trace.parent}/" in pas
     assert (ROOT / "testdata/traces" / trace.name).exists()
+
+
+def test_every_stage_takes_the_configuration_the_chart_gives_it(agent_bin, pas_bin):
+    """The real binaries read the environment the rendered pods would get
+    (secrets and downward-API fields stand in as placeholders) and print
+    the configuration they would run with: an unknown key or a bad value
+    would make them exit 1."""
+    import json
+    import os
+    import subprocess
+
+    docs = render(ALL_ON)
+    checked = []
+    for d, spec in pod_specs(docs):
+        c = spec["containers"][0]
+        name = d["metadata"]["name"]
+        if name == "pas-agent":
+            command = [str(agent_bin)]
+        elif name in ("pas-trainer", "pas-forecaster", "pas-scaler", "pas-recorder"):
+            command = [str(pas_bin), *c["args"]]
+        else:
+            continue
+        env = {"PATH": os.environ.get("PATH", ""), "LD_LIBRARY_PATH": os.environ.get("LD_LIBRARY_PATH", "")}
+        for e in c["env"]:
+            env[e["name"]] = e.get("value", f"placeholder-{e['name'].lower()}")
+        out = subprocess.run(command + ["--print-config"], env=env, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, f"{name}: {out.stderr}"
+        config = json.loads(out.stdout)
+        assert config["nats"]["user"] == name.removeprefix("pas-"), name
+        assert config["nats"]["password"] == "<redacted>", name
+        assert config["log_json"] is True, name
+        checked.append((name, config))
+    configs = dict(checked)
+    assert set(configs) == {"pas-agent", "pas-trainer", "pas-forecaster", "pas-scaler", "pas-recorder"}
+    assert configs["pas-agent"]["cgroup_root"] == "/host/cgroup"
+    assert configs["pas-agent"]["kubernetes"] == "on"
+    assert configs["pas-scaler"]["cluster"] == "kube"
+    assert configs["pas-scaler"]["defaults"]["policy"] == "hybrid"
+    assert configs["pas-recorder"]["influx"]["url"] == "http://pas-influxdb:8086"
+    assert configs["pas-recorder"]["influx"]["token"] == "<redacted>"
+    assert configs["pas-recorder"]["listen"] == "0.0.0.0:9468"
