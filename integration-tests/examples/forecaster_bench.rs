@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use chrono::{DateTime, TimeDelta, Utc};
 use futures::StreamExt;
 use pas_forecaster::{Config, Forecaster};
@@ -48,21 +49,21 @@ fn sample(at: DateTime<Utc>, workload: usize, round: i64) -> CpuSample {
 
 /// Publishes one sample per workload for step `round`; returns each
 /// workload's publish time.
-async fn publish_round(js: &async_nats::jetstream::Context, base: DateTime<Utc>, n: usize, round: i64) -> Vec<Instant> {
-    let prefix = Prefix::replay(RUN).unwrap();
+async fn publish_round(js: &async_nats::jetstream::Context, base: DateTime<Utc>, n: usize, round: i64) -> anyhow::Result<Vec<Instant>> {
+    let prefix = Prefix::replay(RUN).map_err(anyhow::Error::msg)?;
     let at = base + TimeDelta::seconds(round * STEP);
     let mut sent = Vec::with_capacity(n);
     let mut acks = Vec::with_capacity(n);
     for w in 0..n {
         let s = sample(at, w, round);
-        let out = pas_nats::Outgoing::new(prefix.sample(&s).unwrap(), &s).unwrap();
+        let out = pas_nats::Outgoing::new(prefix.sample(&s).map_err(anyhow::Error::msg)?, &s)?;
         sent.push(Instant::now());
-        acks.push(pas_nats::publish(js, &out).await.unwrap());
+        acks.push(pas_nats::publish(js, &out).await?);
     }
     for ack in acks {
-        ack.await.unwrap();
+        ack.await?;
     }
-    sent
+    Ok(sent)
 }
 
 /// Forecasts received, by workload and window end, with their arrival time.
@@ -73,27 +74,31 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() {
+async fn main() -> anyhow::Result<()> {
     pas_runtime::telemetry::init(false, "warn");
-    let counts: Vec<usize> = std::env::args().skip(1).map(|a| a.parse().expect("a workload count")).collect();
+    let counts: Vec<usize> = std::env::args()
+        .skip(1)
+        .map(|a| a.parse().with_context(|| format!("{a:?} is not a workload count")))
+        .collect::<anyhow::Result<_>>()?;
     for n in if counts.is_empty() { vec![1000] } else { counts } {
-        bench(n).await;
+        bench(n).await?;
     }
+    Ok(())
 }
 
-async fn bench(n: usize) {
+async fn bench(n: usize) -> anyhow::Result<()> {
     let server = NatsServer::start();
     let conn = connect_and_provision(&server).await;
     let js = conn.jetstream.clone();
-    let bucket = js.get_object_store(BUCKET_MODELS).await.unwrap();
-    let layout = Layout::new(&Prefix::replay(RUN).unwrap());
+    let bucket = js.get_object_store(BUCKET_MODELS).await?;
+    let layout = Layout::new(&Prefix::replay(RUN).map_err(anyhow::Error::msg)?);
 
     // One stored version per workload (the same weights, so storing is quick;
     // each is downloaded, checked and held separately).
     let started = Instant::now();
     let lstm_config = LstmConfig::default();
     let normalisation = Normalisation::Standard { mean: 40.0, std: 10.0 };
-    let weights = Lstm::new(lstm_config.clone()).unwrap().to_safetensors().unwrap();
+    let weights = Lstm::new(lstm_config.clone())?.to_safetensors()?;
     for w in 0..n {
         let manifest = ModelManifest {
             schema_version: SCHEMA_VERSION,
@@ -111,7 +116,7 @@ async fn bench(n: usize) {
             digest: pas_models::digest(&weights),
             accepted: true,
         };
-        store::save(&bucket, &layout, &manifest, &weights).await.unwrap();
+        store::save(&bucket, &layout, &manifest, &weights).await?;
     }
     eprintln!("{n} workloads: stored {n} model versions in {:.1} s", started.elapsed().as_secs_f64());
 
@@ -120,11 +125,11 @@ async fn bench(n: usize) {
         run: Some(RUN.into()),
         step: Duration::from_secs(STEP as u64),
         replica: Some("bench".into()),
-        listen: "127.0.0.1:0".parse().unwrap(),
+        listen: "127.0.0.1:0".parse()?,
         nats: NatsConfig { urls: vec![server.url()], ..NatsConfig::default() },
         ..Config::default()
     };
-    let mut forecaster = Forecaster::new(config).unwrap();
+    let mut forecaster = Forecaster::new(config)?;
     let tick = forecaster.manual_ticks();
     let metrics = forecaster.metrics();
     let stop = CancellationToken::new();
@@ -143,9 +148,9 @@ async fn bench(n: usize) {
     eprintln!("{n} workloads: models loaded in {:.1} s", started.elapsed().as_secs_f64());
 
     // History: a window's worth of steps for every workload, in the past.
-    let base = DateTime::from_timestamp((Utc::now().timestamp() - 86_400) / STEP * STEP, 0).unwrap();
+    let base = DateTime::from_timestamp((Utc::now().timestamp() - 86_400) / STEP * STEP, 0).context("a time a day ago")?;
     for round in 0..HISTORY {
-        publish_round(&js, base, n, round).await;
+        publish_round(&js, base, n, round).await?;
     }
     while metrics.samples() < (HISTORY as u64) * n as u64 {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -154,20 +159,23 @@ async fn bench(n: usize) {
 
     // Forecasts as they arrive, by workload and window end.
     let arrivals: Arc<Mutex<Arrivals>> = Arc::default();
-    let mut sub = conn.client.subscribe(format!("replay.{RUN}.pas.forecast.>")).await.unwrap();
+    let mut sub = conn.client.subscribe(format!("replay.{RUN}.pas.forecast.>")).await?;
     let _ = conn.client.request("$JS.API.INFO", "".into()).await;
     {
         let arrivals = arrivals.clone();
         tokio::spawn(async move {
             while let Some(msg) = sub.next().await {
-                let f: Forecast = pas_schemas::decode(&msg.payload).unwrap();
-                arrivals.lock().unwrap().insert((f.workload.clone(), f.window_end), (Instant::now(), f));
+                let Ok(f) = pas_schemas::decode::<Forecast>(&msg.payload) else {
+                    eprintln!("skipping a forecast that does not decode on {}", msg.subject);
+                    continue;
+                };
+                arrivals.lock().unwrap_or_else(|p| p.into_inner()).insert((f.workload.clone(), f.window_end), (Instant::now(), f));
             }
         });
     }
     // Ticks with the history only, so every workload's first forecast is out.
-    tick.send(()).await.unwrap();
-    while arrivals.lock().unwrap().len() < n {
+    tick.send(()).await?;
+    while arrivals.lock().unwrap_or_else(|p| p.into_inner()).len() < n {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 
@@ -177,16 +185,16 @@ async fn bench(n: usize) {
     for r in 0..ROUNDS as i64 {
         let round = HISTORY + r;
         let folded = metrics.samples();
-        let sent = publish_round(&js, base, n, round).await;
+        let sent = publish_round(&js, base, n, round).await?;
         while metrics.samples() < folded + n as u64 {
             tokio::time::sleep(Duration::from_micros(500)).await;
         }
         let ticked = Instant::now();
-        tick.send(()).await.unwrap();
+        tick.send(()).await?;
         let end = base + TimeDelta::seconds(round * STEP);
         let got = loop {
             {
-                let a = arrivals.lock().unwrap();
+                let a = arrivals.lock().unwrap_or_else(|p| p.into_inner());
                 let got: Vec<(usize, Instant, bool)> = (0..n)
                     .filter_map(|w| a.get(&(format!("wl-{w}"), end)).map(|(t, f)| (w, *t, f.model.kind == "lstm")))
                     .collect();
@@ -196,7 +204,7 @@ async fn bench(n: usize) {
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         };
-        let last = got.iter().map(|(_, t, _)| *t).max().unwrap();
+        let last = got.iter().map(|(_, t, _)| *t).max().context("no forecast arrived")?;
         ticks.push(last.duration_since(ticked).as_secs_f64());
         for (w, at, is_lstm) in got {
             latencies.push(at.duration_since(sent[w]).as_secs_f64() * 1000.0);
@@ -204,7 +212,7 @@ async fn bench(n: usize) {
         }
     }
     stop.cancel();
-    task.await.unwrap().unwrap();
+    task.await??;
     latencies.sort_by(f64::total_cmp);
     ticks.sort_by(f64::total_cmp);
     let mib = |b: u64| b as f64 / n as f64 / 1024.0;
@@ -219,4 +227,5 @@ async fn bench(n: usize) {
         lstm,
         latencies.len(),
     );
+    Ok(())
 }

@@ -10,6 +10,7 @@
 
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use chrono::{DateTime, TimeDelta, Utc};
 use pas_integration_tests::{NatsServer, VictoriaMetrics, connect_and_provision};
 use pas_nats::NatsConfig;
@@ -29,7 +30,10 @@ fn rss_bytes() -> u64 {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args: Vec<usize> = std::env::args().skip(1).map(|a| a.parse()).collect::<Result<_, _>>()?;
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .map(|a| a.parse().with_context(|| format!("{a:?} is not a count")))
+        .collect::<anyhow::Result<_>>()?;
     let (workloads, rounds) = (args.first().copied().unwrap_or(1000), args.get(1).copied().unwrap_or(20));
     let nats = NatsServer::start();
     let vm = VictoriaMetrics::start();
@@ -37,7 +41,7 @@ async fn main() -> anyhow::Result<()> {
     let js = conn.jetstream.clone();
 
     let now = Utc::now().timestamp() - 3600;
-    let t0 = DateTime::from_timestamp(now - now.rem_euclid(STEP), 0).unwrap();
+    let t0 = DateTime::from_timestamp(now - now.rem_euclid(STEP), 0).context("an hour ago")?;
     let prefix = Prefix::live();
     let publishing = Instant::now();
     let mut acks = Vec::new();

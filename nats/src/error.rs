@@ -57,6 +57,9 @@ pub enum Error {
     /// A subject could not be built from a name.
     #[error("cannot build a subject: {0}")]
     Subject(&'static str),
+    /// The stage's health endpoint could not start.
+    #[error(transparent)]
+    Health(#[from] pas_runtime::Error),
 }
 
 impl Error {

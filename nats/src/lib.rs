@@ -25,6 +25,7 @@ mod dlq;
 mod error;
 mod publish;
 mod read;
+mod stage;
 
 pub use connect::{Connection, NatsConfig, TlsConfig, connect, reconnect_delay};
 pub use consume::{Delivery, HandlerError, consume};
@@ -32,3 +33,4 @@ pub use dlq::DeadLetters;
 pub use error::Error;
 pub use publish::{Outgoing, publish};
 pub use read::read_samples;
+pub use stage::{StageBus, start_stage};

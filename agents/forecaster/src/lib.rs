@@ -43,13 +43,11 @@ use async_nats::jetstream::consumer::DeliverPolicy;
 use chrono::{DateTime, TimeDelta, Utc};
 use pas_models::batch::{LstmWeights, predict_batch};
 use pas_models::Prediction;
-use pas_nats::{DeadLetters, HandlerError, Outgoing};
-use pas_runtime::health::{self, Health};
+use pas_nats::{HandlerError, Outgoing};
 use pas_schemas::subjects::{BUCKET_FORECASTER, BUCKET_MODELS, Prefix, STREAM_SAMPLES, Stage};
 use pas_schemas::{CpuSample, Forecast, ModelRef, SCHEMA_VERSION};
 use pas_trainer::state::{Fold, WorkloadKey, Workloads};
 use pas_trainer::store::Layout;
-use prometheus_client::registry::Registry;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -118,14 +116,11 @@ impl Forecaster {
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
         let Forecaster { config, prefix, replica, metrics, mut manual } = self;
         pas_models::runtime::configure(config.threads, 0).map_err(|e| Error::Config(e.to_string()))?;
-        let conn = pas_nats::connect(&config.nats, &format!("pas-forecaster-{replica}"), true).await?;
+        let client = format!("pas-forecaster-{replica}");
+        let pas_nats::StageBus { conn, dead_letters, health } =
+            pas_nats::start_stage(&config.nats, &client, Stage::Forecaster, &prefix, config.listen, |r| metrics.register(r), &shutdown)
+                .await?;
         let js = conn.jetstream.clone();
-        let mut registry = Registry::default();
-        metrics.register(&mut registry);
-        let dead_letters = DeadLetters::new(js.clone(), Stage::Forecaster, &prefix, &mut registry);
-        let health = Arc::new(Health::default());
-        let addr = health::serve(config.listen, health.clone(), Arc::new(registry), shutdown.clone()).await?;
-        tracing::info!(%addr, replica, "Serving /healthz, /readyz and /metrics.");
 
         // Models: everything stored now, then whatever appears.
         let bucket = js.get_object_store(BUCKET_MODELS).await.map_err(|e| Error::js("open the pas-models bucket (run `pas bus init`)", e))?;

@@ -39,10 +39,8 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use futures::StreamExt;
 use influxdb2::models::DataPoint;
 use pas_nats::DeadLetters;
-use pas_runtime::health::{self, Health};
 use pas_schemas::subjects::{Prefix, STREAM_DECISIONS, STREAM_FORECASTS, STREAM_SAMPLES, Stage};
 use pas_schemas::{CpuSample, Forecast, ScaleDecision};
-use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
 pub use config::{Config, InfluxConfig};
@@ -91,25 +89,18 @@ impl Recorder {
             }
             None => Prefix::live(),
         };
-        let conn = pas_nats::connect(&config.nats, "pas-recorder", true).await?;
-        let js = conn.jetstream.clone();
-        let mut registry = Registry::default();
-        metrics.register(&mut registry);
-        let dead_letters = Arc::new(DeadLetters::new(
-            js.clone(),
+        let pas_nats::StageBus { conn, dead_letters, health } = pas_nats::start_stage(
+            &config.nats,
+            "pas-recorder",
             Stage::Recorder,
             &prefix,
-            &mut registry,
-        ));
-        let health = Arc::new(Health::default());
-        let addr = health::serve(
             config.listen,
-            health.clone(),
-            Arc::new(registry),
-            shutdown.clone(),
+            |r| metrics.register(r),
+            &shutdown,
         )
         .await?;
-        tracing::info!(%addr, "Serving /healthz, /readyz and /metrics.");
+        let js = conn.jetstream.clone();
+        let dead_letters = Arc::new(dead_letters);
         let influx = Arc::new(Influx::new(&config.influx, config.write_timeout));
         tracing::info!(
             url = %config.influx.url,

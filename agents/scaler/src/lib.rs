@@ -52,10 +52,8 @@ use async_nats::jetstream::kv::Store;
 use chrono::{DateTime, TimeDelta, Utc};
 use futures::StreamExt;
 use pas_nats::{DeadLetters, HandlerError, Outgoing};
-use pas_runtime::health::{self, Health};
 use pas_schemas::subjects::{BUCKET_SCALER, Prefix, STREAM_FORECASTS, STREAM_SAMPLES, Stage};
 use pas_schemas::{CpuSample, Forecast, ForecastRef, Outcome, SCHEMA_VERSION, ScaleDecision};
-use prometheus_client::registry::Registry;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -178,25 +176,18 @@ impl<C: Cluster> Scaler<C> {
             metrics,
             cluster,
         } = self;
-        let conn = pas_nats::connect(&config.nats, &format!("pas-scaler-{replica}"), true).await?;
-        let js = conn.jetstream.clone();
-        let mut registry = Registry::default();
-        metrics.register(&mut registry);
-        let dead_letters = Arc::new(DeadLetters::new(
-            js.clone(),
+        let pas_nats::StageBus { conn, dead_letters, health } = pas_nats::start_stage(
+            &config.nats,
+            &format!("pas-scaler-{replica}"),
             Stage::Scaler,
             &prefix,
-            &mut registry,
-        ));
-        let health = Arc::new(Health::default());
-        let addr = health::serve(
             config.listen,
-            health.clone(),
-            Arc::new(registry),
-            shutdown.clone(),
+            |r| metrics.register(r),
+            &shutdown,
         )
         .await?;
-        tracing::info!(%addr, replica, "Serving /healthz, /readyz and /metrics.");
+        let js = conn.jetstream.clone();
+        let dead_letters = Arc::new(dead_letters);
         let kv = js
             .get_key_value(BUCKET_SCALER)
             .await

@@ -38,8 +38,7 @@ use pas_models::lstm::Lstm;
 use pas_models::naive::{Naive, SeasonalNaive};
 use pas_models::holt_winters::HoltWinters;
 use pas_models::{Forecaster, ModelKind};
-use pas_nats::{DeadLetters, HandlerError};
-use pas_runtime::health::{self, Health};
+use pas_nats::HandlerError;
 use pas_schemas::subjects::{Prefix, STREAM_SAMPLES, Stage};
 use pas_schemas::{CpuSample, ModelManifest, SCHEMA_VERSION, TrainingRange};
 use prometheus_client::encoding::EncodeLabelSet;
@@ -126,14 +125,10 @@ impl Trainer {
         let Trainer { config, prefix, metrics } = self;
         pas_models::runtime::configure(config.threads, config.model.seed as i64)
             .map_err(|e| Error::Config(e.to_string()))?;
-        let conn = pas_nats::connect(&config.nats, "pas-trainer", true).await?;
+        let pas_nats::StageBus { conn, dead_letters, health } =
+            pas_nats::start_stage(&config.nats, "pas-trainer", Stage::Trainer, &prefix, config.listen, |r| metrics.register(r), &shutdown)
+                .await?;
         let js = conn.jetstream.clone();
-        let mut registry = Registry::default();
-        metrics.register(&mut registry);
-        let dead_letters = DeadLetters::new(js.clone(), Stage::Trainer, &prefix, &mut registry);
-        let health = Arc::new(Health::default());
-        let addr = health::serve(config.listen, health.clone(), Arc::new(registry), shutdown.clone()).await?;
-        tracing::info!(%addr, "Serving /healthz, /readyz and /metrics.");
 
         let bucket = js.get_object_store(pas_schemas::subjects::BUCKET_MODELS).await.map_err(|e| Error::JetStream {
             what: "open the pas-models bucket (run `pas bus init`)",
