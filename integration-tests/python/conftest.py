@@ -41,8 +41,13 @@ class NatsServer:
         ports = pathlib.Path(self.dir.name) / "ports"
         ports.mkdir()
         self.log = open(pathlib.Path(self.dir.name) / "server.log", "wb")
+        # JetStream reserves each stream's max_bytes (8 GiB for the PAS
+        # streams); without max_file_store a server offers only 75 % of the
+        # free disk, which a CI machine may not have. The tests store little.
+        config = pathlib.Path(self.dir.name) / "server.conf"
+        config.write_text("jetstream {\n  max_memory_store: 256MB\n  max_file_store: 20GB\n}\n")
         self.proc = subprocess.Popen(
-            [_nats_server(), "-js", "-sd", f"{self.dir.name}/js", "-a", "127.0.0.1", "-p", "-1",
+            [_nats_server(), "-c", str(config), "-js", "-sd", f"{self.dir.name}/js", "-a", "127.0.0.1", "-p", "-1",
              "--ports_file_dir", str(ports)],
             stdout=subprocess.DEVNULL, stderr=self.log,
         )

@@ -38,7 +38,17 @@ impl NatsServer {
     /// variables (the file's `$VARS`); port and store are still the test's own.
     pub fn start_with(config: Option<&Path>, env: Vec<(String, String)>) -> Self {
         let dir = tempfile::tempdir().expect("a temporary directory");
-        let mut server = NatsServer { child: None, dir, port: 0, config: config.map(Path::to_owned), env };
+        // JetStream reserves each stream's max_bytes when it is created (8 GiB
+        // for the PAS streams); a server without max_file_store offers only 75 %
+        // of the disk's free space, which a CI machine may not have. The tests
+        // store a few megabytes, so they state the limit as nats/server.conf does.
+        let config = config.map(Path::to_owned).unwrap_or_else(|| {
+            let path = dir.path().join("server.conf");
+            std::fs::write(&path, "jetstream {\n  max_memory_store: 256MB\n  max_file_store: 20GB\n}\n")
+                .expect("write the server configuration");
+            path
+        });
+        let mut server = NatsServer { child: None, dir, port: 0, config: Some(config), env };
         server.spawn(None);
         server
     }

@@ -24,6 +24,22 @@ async fn connect(server: &NatsServer) -> pas_nats::Connection {
 }
 
 #[tokio::test]
+async fn init_on_a_server_with_too_little_storage_says_what_to_change() {
+    // A server that offers 1 GB of file storage, less than the 4 GiB PAS_SAMPLES reserves.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("small.conf");
+    std::fs::write(&config, "jetstream { max_file_store: 1GB }\n").unwrap();
+    let server = NatsServer::start_with(Some(&config), Vec::new());
+    let conn = connect(&server).await;
+
+    let err = provision::init(&conn.jetstream).await.unwrap_err().to_string();
+    assert!(err.starts_with("JetStream create stream PAS_SAMPLES"), "{err}");
+    assert!(err.contains("reserve 8.0 GiB"), "{err}");
+    assert!(err.contains("max_file_store"), "{err}");
+    assert!(err.contains("insufficient storage resources"), "{err}");
+}
+
+#[tokio::test]
 async fn init_is_idempotent_and_repairs_drift() {
     let server = NatsServer::start();
     let conn = connect(&server).await;

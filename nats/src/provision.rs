@@ -38,9 +38,10 @@ pub async fn init(js: &jetstream::Context) -> Result<Vec<Provisioned>, Error> {
     for (def, info) in current(js).await? {
         let name = def.config.name.clone();
         let Some(info) = info else {
-            js.create_stream(def.config.clone())
-                .await
-                .map_err(|e| Error::js(format!("create stream {name}"), e))?;
+            js.create_stream(def.config.clone()).await.map_err(|e| {
+                let short = storage_exceeded(e.kind());
+                Error::js(format!("create stream {name}{}", storage_hint(short)), e)
+            })?;
             out.push(Provisioned { stream: name, action: Action::Created, changed: vec![] });
             continue;
         };
@@ -48,9 +49,10 @@ pub async fn init(js: &jetstream::Context) -> Result<Vec<Provisioned>, Error> {
         if changed.is_empty() {
             out.push(Provisioned { stream: name, action: Action::Unchanged, changed });
         } else {
-            js.update_stream(def.config.clone())
-                .await
-                .map_err(|e| Error::js(format!("update stream {name} ({})", changed.join(", ")), e))?;
+            js.update_stream(def.config.clone()).await.map_err(|e| {
+                let short = storage_exceeded(e.kind());
+                Error::js(format!("update stream {name} ({}){}", changed.join(", "), storage_hint(short)), e)
+            })?;
             out.push(Provisioned { stream: name, action: Action::Updated, changed });
         }
     }
@@ -65,6 +67,29 @@ pub async fn init(js: &jetstream::Context) -> Result<Vec<Provisioned>, Error> {
         .await
         .map_err(|e| Error::js("open object store pas-models", e))?;
     Ok(out)
+}
+
+fn storage_exceeded(kind: jetstream::context::CreateStreamErrorKind) -> bool {
+    matches!(kind, jetstream::context::CreateStreamErrorKind::JetStream(e)
+        if e.error_code() == jetstream::ErrorCode::STORAGE_RESOURCES_EXCEEDED)
+}
+
+/// What to do when the server has too little file storage for the streams'
+/// `max_bytes`: JetStream reserves each stream's limit when it is created,
+/// and a server without `max_file_store` offers only 75 % of its free disk.
+fn storage_hint(exceeded: bool) -> String {
+    if !exceeded {
+        return String::new();
+    }
+    let reserved: i64 = definitions::streams()
+        .map(|defs| defs.iter().map(|d| d.config.max_bytes.max(0)).sum())
+        .unwrap_or(0);
+    format!(
+        ": the server has too little JetStream file storage left; the PAS streams reserve {:.1} GiB \
+         in all, so set its `jetstream {{ max_file_store }}` to more than that (nats/server.conf sets 20GB, \
+         the chart `nats.jetstream.maxFile`) or free disk",
+        reserved as f64 / (1u64 << 30) as f64
+    )
 }
 
 /// The settings of the definition file that the server's config does not match.
