@@ -14,7 +14,7 @@ use anyhow::Context;
 use chrono::{DateTime, TimeDelta, Utc};
 use futures::StreamExt;
 use pas_forecaster::{Config, Forecaster};
-use pas_integration_tests::{NatsServer, connect_and_provision};
+use pas_integration_tests::{NatsServer, connect_and_provision, rss_bytes};
 use pas_models::lstm::{Lstm, LstmConfig};
 use pas_nats::NatsConfig;
 use pas_schemas::subjects::{BUCKET_MODELS, Prefix};
@@ -26,12 +26,6 @@ const RUN: &str = "bench";
 const STEP: i64 = 5;
 const HISTORY: i64 = 60;
 const ROUNDS: usize = 20;
-
-fn rss_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let kb = status.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok());
-    kb.unwrap_or(0) * 1024
-}
 
 fn sample(at: DateTime<Utc>, workload: usize, round: i64) -> CpuSample {
     CpuSample {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use chrono::{DateTime, TimeDelta, Utc};
-use pas_integration_tests::{NatsServer, VictoriaMetrics, connect_and_provision};
+use pas_integration_tests::{NatsServer, VictoriaMetrics, connect_and_provision, rss_bytes};
 use pas_nats::NatsConfig;
 use pas_recorder::{Config, InfluxConfig, Recorder};
 use pas_schemas::subjects::{Prefix, STREAM_FORECASTS, STREAM_SAMPLES};
@@ -21,12 +21,6 @@ use tokio_util::sync::CancellationToken;
 
 const PODS: usize = 3;
 const STEP: i64 = 5;
-
-fn rss_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let kb = status.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok());
-    kb.unwrap_or(0) * 1024
-}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

@@ -394,3 +394,10 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// This process's resident memory (VmRSS), in bytes; 0 where /proc has none.
+pub fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kb = status.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok());
+    kb.unwrap_or(0) * 1024
+}

@@ -145,6 +145,15 @@ impl Prefix {
         })
     }
 
+    /// The subjects of replay run `run`, or the live ones without a run: what
+    /// a stage's `run` setting selects. The error names the run.
+    pub fn for_run(run: Option<&str>) -> Result<Self, String> {
+        match run {
+            None => Ok(Prefix::live()),
+            Some(run) => Prefix::replay(run).map_err(|e| format!("run {run:?}: {e}")),
+        }
+    }
+
     /// The run name, if this is a replay prefix.
     pub fn run(&self) -> Option<&str> {
         self.run.as_deref()
@@ -243,6 +252,9 @@ mod tests {
         assert_eq!(replay.forecast("a", "b").unwrap(), "replay.exp1.pas.forecast.a.b");
         assert_eq!(replay.all_cpu(), "replay.exp1.pas.cpu.>");
         assert!(Prefix::replay("a.b").is_err());
+        assert_eq!(Prefix::for_run(None).unwrap(), Prefix::live());
+        assert_eq!(Prefix::for_run(Some("exp1")).unwrap(), replay);
+        assert_eq!(Prefix::for_run(Some("a.b")).unwrap_err(), "run \"a.b\": a run name may not contain '.'");
     }
 
     #[test]

@@ -234,42 +234,44 @@ fn main() -> anyhow::Result<()> {
     if let Some(creds) = &cli.nats_creds {
         overrides.push(("nats.creds_file", creds.display().to_string().into()));
     }
-    if let Command::Trainer(args) = &cli.command {
-        return trainer(args, overrides, cli.config.as_deref());
+    let file = cli.config.as_deref();
+    // The stages set up their own logging from their configuration.
+    if !matches!(cli.command, Command::Trainer(_) | Command::Forecaster(_) | Command::Scaler(_) | Command::Recorder(_)) {
+        pas_runtime::telemetry::init(false, "warn");
     }
-    if let Command::Forecaster(args) = &cli.command {
-        return forecaster(args, overrides, cli.config.as_deref());
-    }
-    if let Command::Scaler(args) = &cli.command {
-        return scaler(args, overrides, cli.config.as_deref());
-    }
-    if let Command::Recorder(args) = &cli.command {
-        return recorder(args, overrides, cli.config.as_deref());
-    }
-    pas_runtime::telemetry::init(false, "warn");
-    if let Command::Models { command } = cli.command {
-        return models::run(command);
-    }
-    if let Command::Experiment(args) = cli.command {
-        return experiment::run(args);
-    }
-    if let Command::Loadgen(args) = cli.command {
-        return replay::run_loadgen(args);
-    }
-    // Stage files have other tables too: read only [nats] from them.
-    let config: CliConfig = pas_runtime::config::load(cli.config.as_deref(), std::env::vars(), overrides)
-        .context("loading the configuration")?;
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    runtime.block_on(async {
-        match cli.command {
-            Command::Bus { command } => bus(command, &config.nats).await,
-            Command::Replay(args) => replay::run_replay(args, &config.nats).await,
-            Command::Record(args) => replay::run_record(args, &config.nats).await,
-            Command::Models { .. } | Command::Experiment(_) | Command::Loadgen(_) | Command::Trainer(_) | Command::Forecaster(_) | Command::Scaler(_) | Command::Recorder(_) => {
-                unreachable!("handled before the runtime starts")
-            }
+    match cli.command {
+        Command::Trainer(args) => trainer(&args, overrides, file),
+        Command::Forecaster(args) => forecaster(&args, overrides, file),
+        Command::Scaler(args) => scaler(&args, overrides, file),
+        Command::Recorder(args) => recorder(&args, overrides, file),
+        Command::Models { command } => models::run(command),
+        Command::Experiment(args) => experiment::run(args),
+        Command::Loadgen(args) => replay::run_loadgen(args),
+        Command::Bus { command } => {
+            let (runtime, nats) = nats_runtime(file, overrides)?;
+            runtime.block_on(bus(command, &nats))
         }
-    })
+        Command::Replay(args) => {
+            let (runtime, nats) = nats_runtime(file, overrides)?;
+            runtime.block_on(replay::run_replay(args, &nats))
+        }
+        Command::Record(args) => {
+            let (runtime, nats) = nats_runtime(file, overrides)?;
+            runtime.block_on(replay::run_record(args, &nats))
+        }
+    }
+}
+
+/// The NATS settings of a command that only talks to the bus (a stage's file
+/// has other tables too: only [nats] is read from it), and a runtime to run it.
+fn nats_runtime(
+    file: Option<&std::path::Path>,
+    overrides: Vec<(&str, config::Value)>,
+) -> anyhow::Result<(tokio::runtime::Runtime, NatsConfig)> {
+    let config: CliConfig =
+        pas_runtime::config::load(file, std::env::vars(), overrides).context("loading the configuration")?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    Ok((runtime, config.nats))
 }
 
 async fn bus(command: BusCommand, nats: &NatsConfig) -> anyhow::Result<()> {

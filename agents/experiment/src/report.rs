@@ -160,6 +160,11 @@ fn opt(v: Option<f64>, digits: usize) -> String {
     v.map_or_else(|| "–".into(), |v| format!("{v:.digits$}"))
 }
 
+/// A ratio as a whole percent ("66 %"), or "–".
+fn percent(ratio: Option<f64>) -> String {
+    ratio.map_or_else(|| "–".into(), |r| format!("{:.0} %", r * 100.0))
+}
+
 /// Writes `report.md`, `results.json`, and per trace `<trace>.png` and
 /// `<trace>.svg`, plus `summary.png` and `summary.svg`, into `dir`.
 /// Returns the files written.
@@ -207,17 +212,10 @@ pub fn summary_table(report: &Report) -> String {
             "| {} | {:.2} | {} | {:.1} | {} | {} | {:.0} |",
             p.policy,
             p.mean_violation_hours,
-            opt(p.violation_vs_hpa.map(|v| v * 100.0), 0)
-                + if p.violation_vs_hpa.is_some() {
-                    " %"
-                } else {
-                    ""
-                },
+            percent(p.violation_vs_hpa),
             p.mean_replica_hours,
-            opt(p.cost_vs_hpa.map(|v| v * 100.0), 0)
-                + if p.cost_vs_hpa.is_some() { " %" } else { "" },
-            opt(p.cost_vs_oracle.map(|v| v * 100.0), 0)
-                + if p.cost_vs_oracle.is_some() { " %" } else { "" },
+            percent(p.cost_vs_hpa),
+            percent(p.cost_vs_oracle),
             p.mean_scaling_actions,
         );
     }

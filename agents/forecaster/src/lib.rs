@@ -90,10 +90,7 @@ impl Forecaster {
     /// Checks the configuration.
     pub fn new(config: Config) -> Result<Forecaster, Error> {
         config.check().map_err(Error::Config)?;
-        let prefix = match &config.run {
-            Some(run) => Prefix::replay(run).map_err(|e| Error::Config(format!("run: {e}")))?,
-            None => Prefix::live(),
-        };
+        let prefix = Prefix::for_run(config.run.as_deref()).map_err(Error::Config)?;
         let replica = config.replica_id();
         Ok(Forecaster { config, prefix, replica, metrics: Metrics::default(), manual: None })
     }

@@ -99,10 +99,7 @@ impl Agent {
             return Err(Error::Config("buffer_capacity must be at least 1".into()));
         }
         let node = config.resolved_node_name();
-        let prefix = match &config.run {
-            None => Prefix::live(),
-            Some(run) => Prefix::replay(run).map_err(|e| Error::Config(format!("run {run:?}: {e}")))?,
-        };
+        let prefix = Prefix::for_run(config.run.as_deref()).map_err(Error::Config)?;
         prefix
             .node_cpu(&node)
             .map_err(|e| Error::Config(format!("node name {node:?}: {e}")))?;

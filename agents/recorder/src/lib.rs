@@ -83,12 +83,7 @@ impl Recorder {
     /// unacked, for the next recorder.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
         let Recorder { config, metrics } = self;
-        let prefix = match &config.run {
-            Some(run) => {
-                Prefix::replay(run).map_err(|e| Error::Config(format!("run {run:?}: {e}")))?
-            }
-            None => Prefix::live(),
-        };
+        let prefix = Prefix::for_run(config.run.as_deref()).map_err(Error::Config)?;
         let pas_nats::StageBus { conn, dead_letters, health } = pas_nats::start_stage(
             &config.nats,
             "pas-recorder",

@@ -146,10 +146,7 @@ impl<C: Cluster> Scaler<C> {
     /// Checks the configuration.
     pub fn new(mut config: Config, cluster: C) -> Result<Scaler<C>, Error> {
         config.check().map_err(Error::Config)?;
-        let prefix = match &config.run {
-            Some(run) => Prefix::replay(run).map_err(|e| Error::Config(format!("run: {e}")))?,
-            None => Prefix::live(),
-        };
+        let prefix = Prefix::for_run(config.run.as_deref()).map_err(Error::Config)?;
         let replica = config.replica_id();
         config.replica = Some(replica.clone());
         Ok(Scaler {

@@ -108,10 +108,7 @@ impl Trainer {
     /// Checks the configuration.
     pub fn new(config: Config) -> Result<Trainer, Error> {
         config.check().map_err(Error::Config)?;
-        let prefix = match &config.run {
-            Some(run) => Prefix::replay(run).map_err(|e| Error::Config(format!("run: {e}")))?,
-            None => Prefix::live(),
-        };
+        let prefix = Prefix::for_run(config.run.as_deref()).map_err(Error::Config)?;
         Ok(Trainer { config, prefix, metrics: Metrics::default() })
     }
 
