@@ -161,7 +161,7 @@ async fn bad_input_goes_to_the_dead_letter_subject_and_nothing_stops() {
     let task = {
         let (dead, handled, stop) = (dead.clone(), handled.clone(), stop.clone());
         tokio::spawn(async move {
-            pas_nats::consume::<CpuSample, _, _>(&consumer, &dead, stop, |s, _| {
+            pas_nats::consume::<CpuSample, _, _>(&consumer, &dead, &pas_nats::Admission::default(), stop, |s, _| {
                 let handled = handled.clone();
                 async move {
                     if s.cpu_used_millicores > 5000.0 {

@@ -5,13 +5,20 @@
 //! serving; bad samples go to the dead-letter subject; two replicas together
 //! forecast every workload exactly once per tick, also while one joins and
 //! one leaves.
+//!
+//! Hostile input (issue 15), each case once a stopped forecaster: samples
+//! dated 1970 or 23 h ahead, a namespace `..`, `cpu 1e308` and a message of
+//! the whole max payload end in dead letters; a replayed 1970 sample
+//! allocates nothing for the gap; 5,100 workloads are all forecast in one
+//! tick; a manifest claiming `hidden = 20000` is refused and an object
+//! entry with an empty `mtime` skipped.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use futures::StreamExt;
 use pas_forecaster::{Config, Forecaster, Metrics};
 use pas_integration_tests::{NatsServer, connect_and_provision, eventually, repo_root};
@@ -57,8 +64,7 @@ fn sample(at: DateTime<Utc>, workload: &str, percent: f64) -> CpuSample {
 /// Publishes a sample of every workload four times a second, stamped now,
 /// following the trace's values, after `backfill` seconds of history; until
 /// `stop`.
-fn feed(js: jetstream::Context, run: &str, workloads: Vec<String>, backfill: i64, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
-    let prefix = Prefix::replay(run).unwrap();
+fn feed(js: jetstream::Context, prefix: Prefix, workloads: Vec<String>, backfill: i64, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
     let values = trace_values();
     tokio::spawn(async move {
         let publish = |s: CpuSample| {
@@ -102,15 +108,15 @@ fn trace_values() -> Vec<f64> {
     trace.points.iter().map(|p| p.1 * 10.0).collect()
 }
 
-/// Every forecast seen on the run's subjects, as published (a core
+/// Every forecast seen on `subjects`, as published (a core
 /// subscription sees duplicates the stream would drop).
 #[derive(Default, Clone)]
 struct Seen(Arc<Mutex<Vec<(String, Forecast)>>>);
 
 impl Seen {
-    async fn start(client: &async_nats::Client, run: &str) -> Seen {
+    async fn start(client: &async_nats::Client, subjects: String) -> Seen {
         let seen = Seen::default();
-        let mut sub = client.subscribe(format!("replay.{run}.pas.forecast.>")).await.unwrap();
+        let mut sub = client.subscribe(subjects).await.unwrap();
         // A round trip, so the subscription is in place before anything is published.
         client.flush().await.unwrap();
         let _ = client.request("$JS.API.INFO", "".into()).await;
@@ -122,6 +128,14 @@ impl Seen {
             }
         });
         seen
+    }
+
+    fn count(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
+
+    fn workloads(&self) -> BTreeSet<String> {
+        self.0.lock().unwrap().iter().map(|(_, f)| f.workload.clone()).collect()
     }
 
     fn of(&self, workload: &str) -> Vec<Forecast> {
@@ -185,14 +199,14 @@ async fn serves_new_versions_without_missing_a_tick_and_refuses_bad_ones() {
     let js = conn.jetstream.clone();
     let bucket = js.get_object_store(BUCKET_MODELS).await.unwrap();
     let layout = Layout::new(&Prefix::replay(RUN).unwrap());
-    let seen = Seen::start(&conn.client, RUN).await;
+    let seen = Seen::start(&conn.client, Prefix::replay(RUN).unwrap().all_forecasts()).await;
 
     // Version 1 is stored before the forecaster starts; 30 s of history too.
     let v1_model = trained(1);
     let v1_weights = v1_model.to_safetensors().unwrap();
     store::save(&bucket, &layout, &manifest(&v1_model, 1, &v1_weights), &v1_weights).await.unwrap();
     let stop_feed = CancellationToken::new();
-    let feeding = feed(js.clone(), RUN, vec!["web".into(), "db".into()], 30, stop_feed.clone());
+    let feeding = feed(js.clone(), Prefix::replay(RUN).unwrap(), vec!["web".into(), "db".into()], 30, stop_feed.clone());
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (stop, metrics, task) = start(config(&server, RUN, "solo"));
 
@@ -277,10 +291,10 @@ async fn two_replicas_forecast_every_workload_exactly_once_while_one_joins_and_l
     let server = NatsServer::start();
     let conn = connect_and_provision(&server).await;
     let js = conn.jetstream.clone();
-    let seen = Seen::start(&conn.client, RUN).await;
+    let seen = Seen::start(&conn.client, Prefix::replay(RUN).unwrap().all_forecasts()).await;
     let workloads: Vec<String> = (0..24).map(|i| format!("wl-{i}")).collect();
     let stop_feed = CancellationToken::new();
-    let feeding = feed(js.clone(), RUN, workloads.clone(), 5, stop_feed.clone());
+    let feeding = feed(js.clone(), Prefix::replay(RUN).unwrap(), workloads.clone(), 5, stop_feed.clone());
 
     let (stop_a, metrics_a, task_a) = start(config(&server, RUN, "a"));
     eventually(Duration::from_secs(10), "a holds every partition", || async { (metrics_a.partitions() == 8).then_some(()) }).await;
@@ -320,4 +334,185 @@ async fn two_replicas_forecast_every_workload_exactly_once_while_one_joins_and_l
         }
         assert!(sorted.first().unwrap() < &split_at && sorted.last().unwrap() > &(split_at + chrono::TimeDelta::seconds(5)));
     }
+}
+
+// Hostile input (issue 15): each case below once stopped the forecaster and
+// now ends in a dead letter or a clear refusal while it goes on working.
+
+async fn raw(js: &jetstream::Context, subject: &str, payload: Vec<u8>) {
+    js.publish(subject.to_owned(), payload.into()).await.unwrap().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn impossible_samples_are_dead_lettered_and_the_forecaster_goes_on() {
+    let server = NatsServer::start();
+    let conn = connect_and_provision(&server).await;
+    let js = conn.jetstream.clone();
+    let live = Prefix::live();
+    let seen = Seen::start(&conn.client, live.forecast("shop", "web").unwrap()).await;
+    let mut dlq = conn.client.subscribe(live.dlq(pas_schemas::subjects::Stage::Forecaster)).await.unwrap();
+    conn.client.flush().await.unwrap();
+    let stop_feed = CancellationToken::new();
+    let feeding = feed(js.clone(), live.clone(), vec!["web".into()], 2, stop_feed.clone());
+    let (stop, metrics, task) = start(Config { run: None, ..config(&server, "unused", "r1") });
+    eventually(Duration::from_secs(20), "the first forecasts", || async { (seen.count() >= 2).then_some(()) }).await;
+
+    let subject = live.pod_cpu("shop", "web", "web-0").unwrap();
+    let json = |s: &CpuSample| serde_json::to_value(s).unwrap();
+    // A node whose clock reset to 1970, and one running 23 h ahead.
+    let mut epoch = json(&sample(Utc::now(), "web", 20.0));
+    epoch["timestamp"] = "1970-01-01T00:00:05Z".into();
+    let mut ahead = json(&sample(Utc::now(), "web", 20.0));
+    ahead["timestamp"] = serde_json::to_value(Utc::now() + TimeDelta::hours(23)).unwrap();
+    // A namespace that passed the old check and emptied a KV key's token.
+    let mut dots = json(&sample(Utc::now(), "web", 20.0));
+    dots["namespace"] = "..".into();
+    // A value that parses but no machine can use.
+    let mut huge = json(&sample(Utc::now(), "web", 20.0));
+    huge["cpu_used_millicores"] = 1e308.into();
+    for bad in [epoch, ahead, dots, huge] {
+        raw(&js, &subject, serde_json::to_vec(&bad).unwrap()).await;
+    }
+    // A message of exactly the server's max payload: its copy plus the error
+    // headers cannot be republished whole.
+    let max = conn.client.max_payload();
+    raw(&js, &subject, vec![b'x'; max]).await;
+
+    let mut reasons = Vec::new();
+    let mut truncated = 0;
+    for _ in 0..5 {
+        let letter = tokio::time::timeout(Duration::from_secs(10), dlq.next()).await.expect("a dead letter").unwrap();
+        let headers = letter.headers.unwrap();
+        reasons.push(headers.get("Pas-Error").unwrap().to_string());
+        if headers.get("Pas-Truncated").is_some() {
+            truncated += 1;
+            assert_eq!(headers.get("Pas-Original-Size").unwrap().as_str(), max.to_string());
+            assert!(letter.payload.len() < max);
+        }
+    }
+    let all = reasons.join("\n");
+    assert!(all.contains("older than the server's clock"), "{all}");
+    assert!(all.contains("ahead of the server's clock"), "{all}");
+    assert!(all.contains("namespace \"..\""), "{all}");
+    assert!(all.contains("above the bound"), "{all}");
+    assert_eq!(truncated, 1, "{all}");
+
+    // The workload is still forecast every tick, from its true samples.
+    let before = seen.count();
+    eventually(Duration::from_secs(10), "three more forecasts", || async { (seen.count() >= before + 3).then_some(()) }).await;
+    assert!(metrics.forecasts(false) >= 5);
+    stop_feed.cancel();
+    feeding.await.unwrap();
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(10), task).await.expect("the forecaster stops").unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_sample_from_1970_allocates_nothing_for_the_gap() {
+    // A replay admits old times, so this reaches the series: it once filled
+    // one step per second since the epoch (1.8 billion) and was OOM-killed.
+    const RUN: &str = "epoch";
+    let server = NatsServer::start();
+    let conn = connect_and_provision(&server).await;
+    let js = conn.jetstream.clone();
+    let prefix = Prefix::replay(RUN).unwrap();
+    let seen = Seen::start(&conn.client, prefix.forecast("shop", "web").unwrap()).await;
+    let s = sample(DateTime::from_timestamp(5, 0).unwrap(), "web", 20.0);
+    pas_nats::publish(&js, &pas_nats::Outgoing::new(prefix.sample(&s).unwrap(), &s).unwrap()).await.unwrap().await.unwrap();
+    let stop_feed = CancellationToken::new();
+    let feeding = feed(js.clone(), prefix.clone(), vec!["web".into()], 0, stop_feed.clone());
+    let (stop, _metrics, task) = start(config(&server, RUN, "r1"));
+    eventually(Duration::from_secs(20), "forecasts after the jump", || async { (seen.count() >= 3).then_some(()) }).await;
+    let first = seen.0.lock().unwrap()[0].1.clone();
+    assert!(first.window_end > Utc::now() - TimeDelta::minutes(1), "forecast from today's samples: {first:?}");
+    stop_feed.cancel();
+    feeding.await.unwrap();
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(10), task).await.expect("the forecaster stops").unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_than_five_thousand_workloads_are_all_forecast_in_one_tick() {
+    // async-nats lets 5,000 publishes wait for acks; holding every ack of a
+    // tick before awaiting any hung the forecaster at 5,001 workloads.
+    const RUN: &str = "many";
+    const WORKLOADS: usize = 5_100;
+    let server = NatsServer::start();
+    let conn = connect_and_provision(&server).await;
+    let js = conn.jetstream.clone();
+    let prefix = Prefix::replay(RUN).unwrap();
+    let seen = Seen::start(&conn.client, format!("replay.{RUN}.pas.forecast.>")).await;
+    // Three closed steps of every workload, published in acked batches.
+    let now = Utc::now().timestamp();
+    let mut pending = Vec::new();
+    for back in [3, 2] {
+        for w in 0..WORKLOADS {
+            let s = sample(DateTime::from_timestamp(now - back, 0).unwrap(), &format!("wl-{w}"), 20.0 + w as f64 % 50.0);
+            pending.push(pas_nats::publish(&js, &pas_nats::Outgoing::new(prefix.sample(&s).unwrap(), &s).unwrap()).await.unwrap());
+            if pending.len() == 1000 {
+                for ack in pending.drain(..) {
+                    ack.await.unwrap();
+                }
+            }
+        }
+    }
+    for ack in pending.drain(..) {
+        ack.await.unwrap();
+    }
+    let (stop, metrics, task) = start(Config { stale_after: Duration::from_secs(600), forget_after: Duration::from_secs(900), ..config(&server, RUN, "r1") });
+    eventually(Duration::from_secs(120), "a forecast of every workload", || async {
+        (seen.workloads().len() == WORKLOADS).then_some(())
+    })
+    .await;
+    assert!(metrics.forecasts(false) >= WORKLOADS as u64);
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(30), task).await.expect("the forecaster stops").unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_model_store_entries_are_refused_and_the_stages_still_start() {
+    let server = NatsServer::start();
+    let conn = connect_and_provision(&server).await;
+    let js = conn.jetstream.clone();
+    let bucket = js.get_object_store(BUCKET_MODELS).await.unwrap();
+    let layout = Layout::new(&Prefix::live());
+
+    // A good version 1.
+    let small = LstmConfig { window: 8, hidden: 4, max_epochs: 1, patience: 0, ..LstmConfig::default() };
+    let mut model = Lstm::new(small.clone()).unwrap();
+    let values: Vec<f64> = (0..200).map(|i| 40.0 + (i % 10) as f64).collect();
+    pas_models::Forecaster::fit(&mut model, &Series { start: DateTime::UNIX_EPOCH, step_seconds: 1, values }, &mut |_| {}).unwrap();
+    let weights = model.to_safetensors().unwrap();
+    store::save(&bucket, &layout, &manifest(&model, 1, &weights), &weights).await.unwrap();
+
+    // An object-metadata entry with an empty mtime, as another client writes
+    // on delete: the Rust client cannot parse it.
+    bucket.put("junk", &mut &b"x"[..]).await.unwrap();
+    let mut stream = js.get_stream(pas_nats::definitions::object_stream()).await.unwrap();
+    let last = stream.info().await.unwrap().state.last_sequence;
+    let meta = stream.get_raw_message(last).await.unwrap();
+    assert!(meta.subject.starts_with("$O.pas-models.M."), "{}", meta.subject);
+    let mut entry: serde_json::Value = serde_json::from_slice(&meta.payload).unwrap();
+    entry["mtime"] = "".into();
+    entry["deleted"] = true.into();
+    raw(&js, &meta.subject, serde_json::to_vec(&entry).unwrap()).await;
+    assert!(bucket.info("junk").await.is_err(), "the client cannot read the entry");
+
+    // The trainer reads the bucket at start; it must not fail on the entry.
+    let versions = store::load(&bucket, &stream, &layout).await.expect("the bucket loads past the bad entry");
+    assert_eq!(versions["shop/web"].keys().copied().collect::<Vec<_>>(), vec![1]);
+
+    let (stop, metrics, task) = start(Config { run: None, ..config(&server, "unused", "r1") });
+    eventually(Duration::from_secs(20), "version 1 served", || async { (metrics.loads() == 1).then_some(()) }).await;
+
+    // Version 2 claims a network of hidden = 20000 with 210 bytes of weights.
+    let garbage = vec![0u8; 210];
+    let mut v2 = manifest(&model, 2, &garbage);
+    v2.hyper_parameters = LstmConfig { hidden: 20_000, ..small }.hyper_parameters();
+    store::save(&bucket, &layout, &v2, &garbage).await.unwrap();
+    eventually(Duration::from_secs(20), "version 2 refused", || async { (metrics.refusals("load") == 1).then_some(()) }).await;
+    assert_eq!(metrics.loads(), 1, "version 1 keeps serving");
+    assert!(!task.is_finished(), "the forecaster is still running");
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(10), task).await.expect("the forecaster stops").unwrap().unwrap();
 }

@@ -335,8 +335,9 @@ async fn a_point_influxdb_rejects_goes_to_the_dead_letters() {
     let (metrics, stop, task) = start(config(nats.as_user("recorder"), &vm));
 
     let t0 = step_start();
-    // A valid forecast whose steps are so long its points fall past 2262,
-    // where InfluxDB's nanosecond timestamps end.
+    // A forecast whose steps are so long its points would fall past 2262,
+    // where InfluxDB's nanosecond timestamps end: refused at the door now (a
+    // step is at most a day), before the recorder's own range check.
     let far = Forecast {
         schema_version: SCHEMA_VERSION,
         timestamp: t0,
@@ -349,7 +350,11 @@ async fn a_point_influxdb_rejects_goes_to_the_dead_letters() {
         upper: None,
         quantile: None,
     };
-    publish(&js, Prefix::live().forecast("shop", "web").unwrap(), &far).await;
+    js.publish(Prefix::live().forecast("shop", "web").unwrap(), serde_json::to_vec(&far).unwrap().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
     // Between two good decisions, one that does not parse.
     let first = decision(t0, Outcome::Applied);
     publish(&js, Prefix::live().scale("shop", "web").unwrap(), &first).await;
@@ -366,11 +371,11 @@ async fn a_point_influxdb_rejects_goes_to_the_dead_letters() {
         reasons.push((error_type, error, msg.payload));
     }
     reasons.sort_by(|a, b| a.0.cmp(&b.0));
-    assert_eq!(reasons[0].0, "malformed");
-    assert_eq!(&reasons[0].2[..], b"{not json");
-    assert_eq!(reasons[1].0, "rejected");
-    assert!(reasons[1].1.contains("outside InfluxDB's range"), "{}", reasons[1].1);
-    assert_eq!(serde_json::from_slice::<Forecast>(&reasons[1].2).unwrap(), far);
+    assert_eq!(reasons[0].0, "invalid");
+    assert!(reasons[0].1.contains("step_seconds is 10000000000, above the bound of 86400"), "{}", reasons[0].1);
+    assert_eq!(serde_json::from_slice::<Forecast>(&reasons[0].2).unwrap(), far);
+    assert_eq!(reasons[1].0, "malformed");
+    assert_eq!(&reasons[1].2[..], b"{not json");
 
     // The good decisions are written; nothing is left unacked.
     let tags = [("workload", "web"), ("policy", "hybrid")];

@@ -158,10 +158,43 @@ impl LstmConfig {
         }
     }
 
+    /// The most units an LSTM layer or the dense layer may have.
+    pub const MAX_UNITS: usize = 1024;
+    /// The most stacked LSTM layers.
+    pub const MAX_LAYERS: usize = 8;
+
+    /// How many weights the network has: what its weights file must hold,
+    /// computed without building it.
+    pub fn parameter_count(&self) -> usize {
+        // One LSTM layer: input and recurrent weights and two biases per gate.
+        let lstm = |input: usize, hidden: usize| 4 * hidden * (input + hidden + 2);
+        let stack = |input: usize, hidden: usize, layers: usize| {
+            lstm(input, hidden) + layers.saturating_sub(1) * lstm(hidden, hidden)
+        };
+        let linear = |input: usize, output: usize| output * (input + 1);
+        let h = self.hidden;
+        match self.architecture {
+            Architecture::Direct => stack(2, h, self.layers) + linear(h, 2 * self.horizon),
+            Architecture::EncoderDecoder => {
+                stack(1, h, self.layers) + lstm(h, h) + linear(h, self.dense) + linear(self.dense, 1)
+            }
+        }
+    }
+
     fn check(&self) -> Result<(), Error> {
         let bad = |what: &str| Err(Error::Input(format!("lstm: {what}")));
         if self.window == 0 || self.horizon == 0 || self.hidden == 0 || self.layers == 0 || self.batch_size == 0 {
             return bad("window, horizon, hidden, layers and batch_size must be at least 1");
+        }
+        if self.hidden > Self::MAX_UNITS || self.dense > Self::MAX_UNITS || self.layers > Self::MAX_LAYERS {
+            return bad(&format!(
+                "hidden and dense have at most {} units and layers at most {}",
+                Self::MAX_UNITS,
+                Self::MAX_LAYERS
+            ));
+        }
+        if self.window > pas_schemas::MAX_STEPS || self.horizon > pas_schemas::MAX_STEPS {
+            return bad(&format!("window and horizon are at most {} steps", pas_schemas::MAX_STEPS));
         }
         if self.architecture == Architecture::EncoderDecoder && self.dense == 0 {
             return bad("the encoder-decoder needs a dense layer");
@@ -183,6 +216,9 @@ enum Net {
     Direct { lstm: nn::LSTM, head: nn::Linear },
     EncoderDecoder { encoder: nn::LSTM, decoder: nn::LSTM, dense: nn::Linear, out: nn::Linear },
 }
+
+/// The most bytes a weights file may hold besides the weights (its header).
+const MAX_SAFETENSORS_HEADER: usize = 64 * 1024;
 
 /// An LSTM forecaster (either architecture).
 pub struct Lstm {
@@ -274,6 +310,18 @@ impl Lstm {
 
     /// A model from stored weights and the normalisation its manifest records.
     pub fn from_safetensors(config: LstmConfig, normalisation: &Normalisation, weights: &[u8]) -> Result<Lstm, Error> {
+        // Check the sizes before anything is allocated: a manifest's
+        // hyper-parameters are input, and a network of `hidden = 20000`
+        // would take gigabytes before its 210 bytes of weights were found short.
+        config.check()?;
+        let expected = config.parameter_count() * std::mem::size_of::<f32>();
+        if weights.len() < expected || weights.len() > expected + MAX_SAFETENSORS_HEADER {
+            return Err(Error::Weights(format!(
+                "{} bytes of weights, but the hyper-parameters make a network of {} parameters ({expected} bytes and a header)",
+                weights.len(),
+                config.parameter_count()
+            )));
+        }
         let mut model = Lstm::new(config)?;
         model.scale = Some(match (model.config.scaling, normalisation) {
             (Scaling::Standard, Normalisation::Standard { mean, std }) => (*mean, *std),
@@ -633,6 +681,27 @@ mod tests {
         let loaded = Lstm::from_safetensors(small(), &m.normalisation(), &bytes).unwrap();
         assert_eq!(loaded.predict(&series.values[..700]).unwrap(), p);
         assert!(Lstm::from_safetensors(LstmConfig { hidden: 8, ..small() }, &m.normalisation(), &bytes).is_err());
+    }
+
+    #[test]
+    fn the_parameter_count_matches_the_network_for_both_architectures() {
+        for config in [small(), LstmConfig { layers: 2, ..small() }, LstmConfig::seed()] {
+            let m = Lstm::new(config.clone()).unwrap();
+            let counted: usize = m.vs.variables().values().map(|t| t.numel()).sum();
+            assert_eq!(config.parameter_count(), counted, "{config:?}");
+        }
+    }
+
+    #[test]
+    fn a_manifest_claiming_a_huge_network_is_refused_before_allocating() {
+        // hidden = 20000 with 210 bytes of weights OOM-killed the forecaster.
+        let huge = LstmConfig { hidden: 20_000, ..small() };
+        let e = Lstm::from_safetensors(huge, &Normalisation::Standard { mean: 0.0, std: 1.0 }, &[0u8; 210]).unwrap_err();
+        assert!(e.to_string().contains("at most 1024 units"), "{e}");
+        // Within bounds, but the weights are far fewer than the shape needs.
+        let wide = LstmConfig { hidden: 1024, layers: 8, ..small() };
+        let e = Lstm::from_safetensors(wide, &Normalisation::Standard { mean: 0.0, std: 1.0 }, &[0u8; 210]).unwrap_err();
+        assert!(e.to_string().contains("210 bytes of weights"), "{e}");
     }
 
     #[test]

@@ -7,7 +7,7 @@ use futures::StreamExt;
 use pas_schemas::Message;
 use tokio_util::sync::CancellationToken;
 
-use crate::{DeadLetters, Error};
+use crate::{Admission, DeadLetters, Error};
 
 /// Where a consumed message came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,7 +43,8 @@ pub enum HandlerError {
     },
 }
 
-/// Pulls messages from `consumer` until `shutdown`, decodes each as `M` and
+/// Pulls messages from `consumer` until `shutdown`, decodes each as `M`,
+/// checks its time against when the stream stored it ([`Admission`]), and
 /// hands it to `handle`. Acks a message only after `handle` succeeded (the
 /// side effect is done) or after the message was safely on the dead-letter
 /// subject; a message that does not decode never stops the stream.
@@ -53,6 +54,7 @@ pub enum HandlerError {
 pub async fn consume<M, F, Fut>(
     consumer: &PullConsumer,
     dead_letters: &DeadLetters,
+    admission: &Admission,
     shutdown: CancellationToken,
     mut handle: F,
 ) -> Result<(), Error>
@@ -93,7 +95,13 @@ where
             }
         };
         let id = info.stream_sequence.to_string();
-        let outcome = match pas_schemas::decode::<M>(&msg.payload) {
+        let decoded = pas_schemas::decode::<M>(&msg.payload).and_then(|m| {
+            admission
+                .check(&m, info.stored_at_unix_nanos, dead_letters.is_replay())
+                .map_err(pas_schemas::DecodeError::Invalid)?;
+            Ok(m)
+        });
+        let outcome = match decoded {
             Err(error) => Err((error.kind(), Box::new(error) as Box<dyn std::error::Error + Send + Sync>)),
             Ok(decoded) => match handle(decoded, info.clone()).await {
                 Ok(()) => Ok(()),

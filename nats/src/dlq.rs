@@ -4,7 +4,9 @@ use std::time::{Duration, Instant};
 use async_nats::HeaderMap;
 use async_nats::jetstream;
 use bytes::Bytes;
-use pas_schemas::subjects::{HEADER_ERROR, HEADER_ERROR_TYPE, HEADER_ORIGINAL_SUBJECT, Prefix, Stage};
+use pas_schemas::subjects::{
+    HEADER_ERROR, HEADER_ERROR_TYPE, HEADER_ORIGINAL_SIZE, HEADER_ORIGINAL_SUBJECT, HEADER_TRUNCATED, Prefix, Stage,
+};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -30,7 +32,9 @@ pub struct DeadLetters {
     js: jetstream::Context,
     stage: Stage,
     subject: String,
+    replay: bool,
     counter: Family<Labels, Counter>,
+    truncated: Counter,
     log: Mutex<(Option<Instant>, u64)>,
 }
 
@@ -43,13 +47,32 @@ impl DeadLetters {
             "Messages sent to the dead-letter subject because they could not be decoded or used.",
             counter.clone(),
         );
+        let truncated = Counter::default();
+        registry.register(
+            "pas_dlq_truncated",
+            "Dead letters whose payload was cut to fit the server's max_payload (the Pas-Truncated header says so).",
+            truncated.clone(),
+        );
         DeadLetters {
             js,
             stage,
             subject: prefix.dlq(stage),
+            replay: prefix.run().is_some(),
             counter,
+            truncated,
             log: Mutex::new((None, 0)),
         }
+    }
+
+    /// Whether this stage reads a replay run's subjects (which carry a
+    /// trace's old times on purpose).
+    pub fn is_replay(&self) -> bool {
+        self.replay
+    }
+
+    /// How many dead letters had their payload cut to fit.
+    pub fn truncated(&self) -> u64 {
+        self.truncated.get()
     }
 
     /// How many messages of `error_type` (`malformed`, `invalid`, or a
@@ -79,6 +102,23 @@ impl DeadLetters {
             async_nats::header::NATS_MESSAGE_ID,
             format!("dlq:{}:{id}", self.stage).as_str(),
         );
+        // A message of the server's max_payload cannot be republished with
+        // headers added: cut its payload to fit and say so, so it is never
+        // redelivered until dropped unseen.
+        let max = self.js.client().max_payload();
+        let header_bytes: usize = 16 + headers
+            .iter()
+            .map(|(k, vs)| vs.iter().map(|v| AsRef::<str>::as_ref(k).len() + v.as_str().len() + 4).sum::<usize>())
+            .sum::<usize>();
+        let payload = if payload.len() + header_bytes + 256 > max {
+            let keep = max.saturating_sub(header_bytes + 256);
+            headers.insert(HEADER_TRUNCATED, "true");
+            headers.insert(HEADER_ORIGINAL_SIZE, payload.len().to_string().as_str());
+            self.truncated.inc();
+            payload.slice(..keep.min(payload.len()))
+        } else {
+            payload
+        };
         self.js
             .publish_with_headers(self.subject.clone(), headers, payload)
             .await

@@ -19,6 +19,7 @@
 pub mod definitions;
 pub mod provision;
 
+mod admission;
 mod connect;
 mod consume;
 mod dlq;
@@ -27,6 +28,7 @@ mod publish;
 mod read;
 mod stage;
 
+pub use admission::Admission;
 pub use connect::{Connection, NatsConfig, TlsConfig, connect, reconnect_delay};
 pub use consume::{Delivery, HandlerError, consume};
 pub use dlq::DeadLetters;

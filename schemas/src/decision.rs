@@ -2,7 +2,7 @@ use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::{Message, ModelRef, ValidationError, check_name, check_timestamp};
+use crate::{Message, ModelRef, ValidationError, check_name, check_namespace, check_timestamp};
 
 /// What became of a scale decision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -89,7 +89,7 @@ impl Message for ScaleDecision {
     }
 
     fn validate_fields(&self) -> Result<(), ValidationError> {
-        check_name("namespace", &self.namespace)?;
+        check_namespace("namespace", &self.namespace)?;
         check_name("workload", &self.workload)?;
         if self.policy.is_empty() || self.rule.is_empty() {
             return Err(ValidationError::Inconsistent {

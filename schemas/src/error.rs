@@ -34,7 +34,27 @@ pub enum ValidationError {
         /// Its value.
         value: f64,
     },
-    /// A name that cannot be used as a NATS subject token.
+    /// A number above the largest the field may hold.
+    #[error("{field} is {value}, above the bound of {max}")]
+    TooLarge {
+        /// The field.
+        field: &'static str,
+        /// Its value.
+        value: f64,
+        /// The bound.
+        max: f64,
+    },
+    /// A message's time too far from when the stream stored it.
+    #[error("timestamp {at} is {reason} (stored at {stored})")]
+    Admission {
+        /// The message's time.
+        at: DateTime<Utc>,
+        /// When the stream stored it.
+        stored: DateTime<Utc>,
+        /// How far off, and which bound it broke.
+        reason: String,
+    },
+    /// A name Kubernetes would refuse, so it cannot name a workload.
     #[error("{field} {value:?} is not a usable name: {reason}")]
     BadName {
         /// The field.

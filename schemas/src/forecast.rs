@@ -2,7 +2,10 @@ use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::{Message, ValidationError, check_finite, check_name, check_timestamp};
+use crate::{
+    MAX_FORECAST_VALUE, MAX_STEP_SECONDS, MAX_STEPS, Message, ValidationError, check_bounded, check_name, check_namespace,
+    check_timestamp,
+};
 
 /// The model that produced a forecast.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -68,10 +71,16 @@ impl Message for Forecast {
     }
 
     fn validate_fields(&self) -> Result<(), ValidationError> {
-        check_name("namespace", &self.namespace)?;
+        check_namespace("namespace", &self.namespace)?;
         check_name("workload", &self.workload)?;
         check_timestamp("window_end", self.window_end)?;
-        check_finite("step_seconds", self.step_seconds)?;
+        if self.model.key.len() > 320 || self.model.kind.len() > 64 {
+            return Err(ValidationError::Inconsistent {
+                field: "model",
+                reason: "its key has at most 320 characters and its kind at most 64".into(),
+            });
+        }
+        check_bounded("step_seconds", self.step_seconds, MAX_STEP_SECONDS)?;
         if self.step_seconds <= 0.0 {
             return Err(ValidationError::Inconsistent {
                 field: "step_seconds",
@@ -84,8 +93,14 @@ impl Message for Forecast {
                 reason: "a forecast predicts at least one step".into(),
             });
         }
+        if self.values.len() > MAX_STEPS {
+            return Err(ValidationError::Inconsistent {
+                field: "values",
+                reason: format!("{} steps, more than the {MAX_STEPS} a forecast may have", self.values.len()),
+            });
+        }
         for v in &self.values {
-            check_finite("values", *v)?;
+            check_bounded("values", *v, MAX_FORECAST_VALUE)?;
         }
         if let Some(upper) = &self.upper {
             if upper.len() != self.values.len() {
@@ -95,7 +110,7 @@ impl Message for Forecast {
                 });
             }
             for v in upper {
-                check_finite("upper", *v)?;
+                check_bounded("upper", *v, MAX_FORECAST_VALUE)?;
             }
             match self.quantile {
                 Some(q) if q.is_finite() && q > 0.0 && q < 1.0 => {}

@@ -26,7 +26,7 @@ pub mod trace;
 pub use decision::{ForecastRef, Outcome, ScaleDecision};
 pub use error::{DecodeError, ValidationError};
 pub use forecast::{Forecast, ModelRef};
-pub use manifest::{ModelManifest, Normalisation, TrainingRange};
+pub use manifest::{MAX_MANIFEST_ENTRIES, ModelManifest, Normalisation, TrainingRange};
 pub use quantity::cpu_millicores;
 pub use sample::{CpuSample, workload_utilisation};
 
@@ -36,8 +36,26 @@ use serde::{Serialize, de::DeserializeOwned};
 /// The schema version every message of this build writes and accepts.
 pub const SCHEMA_VERSION: u32 = 1;
 
-/// How far ahead of the local clock a timestamp may be before it is refused.
+/// How far ahead of the local clock a timestamp may be before it is refused
+/// by [`Message::validate`] (a sanity bound; stages admit samples only within
+/// their configured clock skew of the time the stream stored them, see
+/// [`check_admission`]).
 pub const MAX_FUTURE_SKEW: Duration = Duration::hours(24);
+
+/// The most CPU a sample may report, in millicores: 10,000 cores, more than
+/// any machine has. A larger value is refused as impossible.
+pub const MAX_CPU_MILLICORES: f64 = 1.0e7;
+
+/// The largest value a forecast may carry (a prediction or its upper bound).
+/// A larger one is refused, not acted on.
+pub const MAX_FORECAST_VALUE: f64 = 1.0e7;
+
+/// The most steps a forecast may predict and a model may take as its window
+/// or give as its horizon.
+pub const MAX_STEPS: usize = 10_080;
+
+/// The longest step a forecast or a model may have: one day.
+pub const MAX_STEP_SECONDS: f64 = 86_400.0;
 
 /// A message type carried over NATS.
 pub trait Message: Serialize + DeserializeOwned + schemars::JsonSchema {
@@ -117,12 +135,74 @@ pub(crate) fn check_non_negative(field: &'static str, value: f64) -> Result<(), 
     Ok(())
 }
 
-pub(crate) fn check_name(field: &'static str, value: &str) -> Result<(), ValidationError> {
-    subjects::token(value).map(|_| ()).map_err(|reason| ValidationError::BadName {
+/// A value that must be finite, zero or more, and at most `max`.
+pub(crate) fn check_bounded(field: &'static str, value: f64, max: f64) -> Result<(), ValidationError> {
+    check_non_negative(field, value)?;
+    if value > max {
+        return Err(ValidationError::TooLarge { field, value, max });
+    }
+    Ok(())
+}
+
+/// A namespace: a Kubernetes DNS-1123 label.
+pub(crate) fn check_namespace(field: &'static str, value: &str) -> Result<(), ValidationError> {
+    subjects::dns1123_label(value).map_err(|reason| ValidationError::BadName {
         field,
-        value: value.to_owned(),
+        value: value.chars().take(300).collect(),
         reason,
     })
+}
+
+/// The name of a node, pod or workload: a Kubernetes DNS-1123 subdomain.
+pub(crate) fn check_name(field: &'static str, value: &str) -> Result<(), ValidationError> {
+    subjects::dns1123_subdomain(value).map_err(|reason| ValidationError::BadName {
+        field,
+        value: value.chars().take(300).collect(),
+        reason,
+    })
+}
+
+/// Whether a message dated `at` may be admitted when the stream stored it at
+/// `stored`: not more than `max_clock_skew` after (a clock running ahead
+/// would otherwise make the newest step lie in the future and every real
+/// sample late), and, where `max_age` is given, not more than `max_age`
+/// before (a clock reset to 1970). Stages check this at their door, against
+/// the server's clock rather than their own, so a backlog read late is not
+/// refused for waiting in the stream.
+pub fn check_admission(
+    at: DateTime<Utc>,
+    stored: DateTime<Utc>,
+    max_clock_skew: std::time::Duration,
+    max_age: Option<std::time::Duration>,
+) -> Result<(), ValidationError> {
+    let skew = Duration::from_std(max_clock_skew).unwrap_or(Duration::MAX);
+    if at > stored + skew {
+        return Err(ValidationError::Admission {
+            at,
+            stored,
+            reason: format!("more than {} ahead of the server's clock", humanize(skew)),
+        });
+    }
+    if let Some(age) = max_age {
+        let age = Duration::from_std(age).unwrap_or(Duration::MAX);
+        if stored.signed_duration_since(at) > age {
+            return Err(ValidationError::Admission {
+                at,
+                stored,
+                reason: format!("more than {} older than the server's clock", humanize(age)),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn humanize(d: Duration) -> String {
+    let s = d.num_seconds();
+    match s {
+        s if s % 3600 == 0 && s > 0 => format!("{} h", s / 3600),
+        s if s % 60 == 0 && s > 0 => format!("{} min", s / 60),
+        s => format!("{s} s"),
+    }
 }
 
 pub(crate) fn check_timestamp(field: &'static str, at: DateTime<Utc>) -> Result<(), ValidationError> {

@@ -4,7 +4,10 @@ use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::{Message, ValidationError, check_finite, check_non_negative, check_timestamp};
+use crate::{MAX_STEP_SECONDS, MAX_STEPS, Message, ValidationError, check_bounded, check_finite, check_non_negative, check_timestamp};
+
+/// The most hyper-parameters, and validation scores, a manifest may list.
+pub const MAX_MANIFEST_ENTRIES: usize = 64;
 
 /// How inputs were scaled before training; applied again at inference.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -98,8 +101,11 @@ impl Message for ModelManifest {
         let bad = |field: &'static str, reason: &str| {
             Err(ValidationError::Inconsistent { field, reason: reason.into() })
         };
-        if self.key.is_empty() {
-            return bad("key", "must not be empty");
+        if self.key.is_empty() || self.key.len() > 320 {
+            return bad("key", "must have 1 to 320 characters");
+        }
+        if self.architecture.len() > 64 {
+            return bad("architecture", "has at most 64 characters");
         }
         if self.version == 0 {
             return bad("version", "versions start at 1");
@@ -107,7 +113,13 @@ impl Message for ModelManifest {
         if self.window == 0 || self.horizon == 0 {
             return bad("window/horizon", "must be at least one step");
         }
-        check_non_negative("step_seconds", self.step_seconds)?;
+        if self.window as usize > MAX_STEPS || self.horizon as usize > MAX_STEPS {
+            return bad("window/horizon", &format!("at most {MAX_STEPS} steps"));
+        }
+        check_bounded("step_seconds", self.step_seconds, MAX_STEP_SECONDS)?;
+        if self.hyper_parameters.len() > MAX_MANIFEST_ENTRIES || self.validation.len() > MAX_MANIFEST_ENTRIES {
+            return bad("hyper_parameters/validation", &format!("at most {MAX_MANIFEST_ENTRIES} entries each"));
+        }
         check_timestamp("training.from", self.training.from)?;
         check_timestamp("training.to", self.training.to)?;
         if self.training.from > self.training.to

@@ -2,7 +2,7 @@ use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::{Message, ValidationError, check_name, check_non_negative};
+use crate::{MAX_CPU_MILLICORES, Message, ValidationError, check_bounded, check_name, check_namespace};
 
 /// CPU use measured on one node, either of the whole node or of one pod of a
 /// StatefulSet.
@@ -86,17 +86,17 @@ impl Message for CpuSample {
 
     fn validate_fields(&self) -> Result<(), ValidationError> {
         check_name("node", &self.node)?;
-        check_non_negative("cpu_used_millicores", self.cpu_used_millicores)?;
+        check_bounded("cpu_used_millicores", self.cpu_used_millicores, MAX_CPU_MILLICORES)?;
         if let Some(v) = self.cpu_requested_millicores {
-            check_non_negative("cpu_requested_millicores", v)?;
+            check_bounded("cpu_requested_millicores", v, MAX_CPU_MILLICORES)?;
         }
         if let Some(v) = self.cpu_capacity_millicores {
-            check_non_negative("cpu_capacity_millicores", v)?;
+            check_bounded("cpu_capacity_millicores", v, MAX_CPU_MILLICORES)?;
         }
         match (&self.namespace, &self.workload, &self.pod) {
             (None, None, None) => Ok(()),
             (Some(ns), Some(wl), Some(pod)) => {
-                check_name("namespace", ns)?;
+                check_namespace("namespace", ns)?;
                 check_name("workload", wl)?;
                 check_name("pod", pod)
             }

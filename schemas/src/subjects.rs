@@ -42,6 +42,11 @@ pub const BUCKET_FORECASTER: &str = "pas-forecaster";
 pub const HEADER_ERROR: &str = "Pas-Error";
 /// Header naming the kind of failure (`malformed` or `invalid`).
 pub const HEADER_ERROR_TYPE: &str = "Pas-Error-Type";
+/// Header set on a dead letter whose payload was cut to fit the server's
+/// `max_payload` (the original plus the error headers did not).
+pub const HEADER_TRUNCATED: &str = "Pas-Truncated";
+/// Header giving a truncated dead letter's original payload size, in bytes.
+pub const HEADER_ORIGINAL_SIZE: &str = "Pas-Original-Size";
 /// Header naming the subject a dead letter originally arrived on.
 pub const HEADER_ORIGINAL_SUBJECT: &str = "Pas-Original-Subject";
 
@@ -120,6 +125,45 @@ pub fn token(name: &str) -> Result<Cow<'_, str>, &'static str> {
     } else {
         Ok(Cow::Borrowed(name))
     }
+}
+
+/// Checks a Kubernetes DNS-1123 label (a namespace's name): at most 63
+/// characters of lower-case ASCII letters, digits and `-`, starting and
+/// ending with a letter or digit.
+pub fn dns1123_label(name: &str) -> Result<(), &'static str> {
+    if name.len() > 63 {
+        return Err("a Kubernetes label name has at most 63 characters");
+    }
+    if name.contains('.') {
+        return Err("a Kubernetes label name has only lower-case letters, digits and '-'");
+    }
+    label(name)
+}
+
+/// Checks a Kubernetes DNS-1123 subdomain (the name of a node, pod,
+/// StatefulSet or Deployment): at most 253 characters, labels of lower-case
+/// letters, digits and `-` joined by single dots. So no name is empty, starts
+/// or ends with a dot, or holds `..`, and none can make an empty subject token.
+pub fn dns1123_subdomain(name: &str) -> Result<(), &'static str> {
+    if name.len() > 253 {
+        return Err("a Kubernetes name has at most 253 characters");
+    }
+    name.split('.').try_for_each(label)
+}
+
+/// One dot-free part of a Kubernetes name.
+fn label(part: &str) -> Result<(), &'static str> {
+    if part.is_empty() {
+        return Err("a Kubernetes name is not empty, does not start or end with '.' and holds no '..'");
+    }
+    if !part.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+        return Err("a Kubernetes name has only lower-case letters, digits, '-' and '.'");
+    }
+    let ends = |b: Option<&u8>| b.is_some_and(|b| b.is_ascii_alphanumeric());
+    if !ends(part.as_bytes().first()) || !ends(part.as_bytes().last()) {
+        return Err("each part of a Kubernetes name starts and ends with a letter or digit");
+    }
+    Ok(())
 }
 
 /// Where a set of subjects lives: live (`pas.…`) or a replay run
@@ -280,6 +324,21 @@ mod tests {
     fn wildcards_and_spaces_are_refused() {
         for bad in ["", "a*", ">", "a b", "é", "a\tb"] {
             assert!(token(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn kubernetes_names() {
+        for good in ["a", "shop", "pas-ss", "a1", &"x".repeat(63)] {
+            assert_eq!(dns1123_label(good), Ok(()), "{good}");
+            assert_eq!(dns1123_subdomain(good), Ok(()), "{good}");
+        }
+        for bad in ["", "..", ".a", "b.", "-a", "a-", "A", "a_b", "a b", "é", &"x".repeat(64)] {
+            assert!(dns1123_label(bad).is_err(), "{bad:?} is no label");
+        }
+        assert_eq!(dns1123_subdomain("ip-10-0-0-1.eu-west-1.compute.internal"), Ok(()));
+        for bad in ["", "..", ".a", "b.", "a..b", "a.-b", "Web", "a_b", "a*", ">", &"x".repeat(254)] {
+            assert!(dns1123_subdomain(bad).is_err(), "{bad:?} is no subdomain");
         }
     }
 

@@ -1,7 +1,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use pas_nats::NatsConfig;
+use pas_nats::{Admission, NatsConfig};
 use serde::{Deserialize, Serialize};
 
 /// Forecaster configuration. Layers: these defaults, then `--config FILE`
@@ -60,6 +60,8 @@ pub struct Config {
     pub log_json: bool,
     /// The NATS connection.
     pub nats: NatsConfig,
+    /// Which message times are admitted, against when the stream stored them.
+    pub admission: Admission,
 }
 
 impl Default for Config {
@@ -84,6 +86,7 @@ impl Default for Config {
             listen: SocketAddr::from(([0, 0, 0, 0], 9466)),
             log_json: false,
             nats: NatsConfig::default(),
+            admission: Admission::default(),
         }
     }
 }

@@ -127,8 +127,10 @@ impl Forecaster {
             .get_stream(pas_nats::definitions::object_stream())
             .await
             .map_err(|e| Error::js("open the pas-models stream", e))?;
-        let loader = Loader::new((bucket, chunks), Layout::new(&prefix), step, config.history, served.clone(), metrics.clone());
-        let loading = tokio::spawn(loader.run(shutdown.clone(), Duration::from_secs(300)));
+        let rescan = Duration::from_secs(300);
+        let loader = Loader::new((bucket, chunks), Layout::new(&prefix), step, config.history, served.clone(), metrics.clone())
+            .with_heartbeat(health.heartbeat("model loader", 2 * rescan + Duration::from_secs(60)));
+        let loading = tokio::spawn(loader.run(shutdown.clone(), rescan));
 
         // Samples: this replica's durable consumer, starting a window back.
         let stream = js.get_stream(STREAM_SAMPLES).await.map_err(|e| Error::js("open stream PAS_SAMPLES (run `pas bus init`)", e))?;
@@ -169,8 +171,9 @@ impl Forecaster {
         let consuming = {
             let stop = stop_consuming.clone();
             let fold = fold.clone();
+            let admission = config.admission;
             tokio::spawn(async move {
-                pas_nats::consume::<CpuSample, _, _>(&consumer, &dead_letters, stop, |sample, delivery| {
+                pas_nats::consume::<CpuSample, _, _>(&consumer, &dead_letters, &admission, stop, |sample, delivery| {
                     fold(&sample, delivery.stream_sequence);
                     async { Ok::<(), HandlerError>(()) }
                 })
@@ -193,6 +196,9 @@ impl Forecaster {
             next_coordination += tick;
         }
         let on_clock = manual.is_none();
+        // Readiness fails when the tick stops advancing (a publish that never
+        // returns, inference that hangs); with manual ticks nothing is due.
+        let beat = on_clock.then(|| health.heartbeat("forecast tick", (3 * tick).max(Duration::from_secs(30))));
         let mut leaving = false;
         loop {
             let manual_tick = async {
@@ -242,6 +248,9 @@ impl Forecaster {
                 }
             }
             metrics.tick(started.elapsed().as_secs_f64(), tracked, stale, owned.len(), shard.members(), served.len());
+            if let Some(beat) = &beat {
+                beat.beat();
+            }
             if leaving {
                 break;
             }
@@ -376,7 +385,12 @@ async fn forecast_and_publish(
             return Vec::new();
         }
     };
-    let mut pending = Vec::with_capacity(made.len());
+    // Acks are awaited as they go, never more than MAX_IN_FLIGHT at once:
+    // async-nats lets 5,000 publishes wait for acks and then blocks the next
+    // publish, so holding every ack of a 5,001-workload tick before awaiting
+    // any deadlocked the tick.
+    let mut pending = std::collections::VecDeque::with_capacity(MAX_IN_FLIGHT);
+    let mut done = Vec::with_capacity(made.len());
     for (job, prediction, quantile) in made {
         let lstm = job.model.is_some();
         let outgoing = prediction.and_then(|p| {
@@ -385,33 +399,48 @@ async fn forecast_and_publish(
             Outgoing::new(subject, &forecast).map_err(|e| e.to_string())
         });
         match outgoing {
-            Ok(outgoing) => match pas_nats::publish(js, &outgoing).await {
-                Ok(ack) => pending.push((job.key, job.window_end, lstm, ack)),
-                Err(error) => {
-                    metrics.failed();
-                    tracing::warn!(%error, "Publishing a forecast failed.");
+            Ok(outgoing) => {
+                if pending.len() >= MAX_IN_FLIGHT
+                    && let Some(oldest) = pending.pop_front()
+                {
+                    settle_ack(oldest, metrics, &mut done).await;
                 }
-            },
+                match pas_nats::publish(js, &outgoing).await {
+                    Ok(ack) => pending.push_back((job.key, job.window_end, lstm, ack)),
+                    Err(error) => {
+                        metrics.failed();
+                        tracing::warn!(%error, "Publishing a forecast failed.");
+                    }
+                }
+            }
             Err(error) => {
                 metrics.failed();
                 tracing::warn!(workload = job.key.model_key(), error, "A forecast could not be made.");
             }
         }
     }
-    let mut done = Vec::with_capacity(pending.len());
-    for (key, end, lstm, ack) in pending {
-        match ack.await {
-            Ok(_) => {
-                metrics.forecast(lstm);
-                done.push((key, end));
-            }
-            Err(error) => {
-                metrics.failed();
-                tracing::warn!(%error, workload = key.model_key(), "A forecast was not acknowledged.");
-            }
-        }
+    while let Some(ack) = pending.pop_front() {
+        settle_ack(ack, metrics, &mut done).await;
     }
     done
+}
+
+/// Most forecasts of a tick awaiting JetStream's ack at once.
+const MAX_IN_FLIGHT: usize = 1024;
+
+type Pending = (WorkloadKey, DateTime<Utc>, bool, async_nats::jetstream::context::PublishAckFuture);
+
+async fn settle_ack((key, end, lstm, ack): Pending, metrics: &Metrics, done: &mut Vec<(WorkloadKey, DateTime<Utc>)>) {
+    match ack.await {
+        Ok(_) => {
+            metrics.forecast(lstm);
+            done.push((key, end));
+        }
+        Err(error) => {
+            metrics.failed();
+            tracing::warn!(%error, workload = key.model_key(), "A forecast was not acknowledged.");
+        }
+    }
 }
 
 type Made = (Job, Result<Prediction, String>, f64);

@@ -20,6 +20,7 @@ use futures::StreamExt;
 use pas_models::batch::LstmWeights;
 use pas_models::lstm::{Lstm, LstmConfig};
 use pas_schemas::ModelManifest;
+use pas_runtime::health::Heartbeat;
 use pas_trainer::store::{self, Layout};
 use tokio_util::sync::CancellationToken;
 
@@ -94,6 +95,7 @@ pub struct Loader {
     models: Arc<Models>,
     refused: HashSet<(String, u64)>,
     metrics: Metrics,
+    heartbeat: Option<Heartbeat>,
 }
 
 impl Loader {
@@ -107,7 +109,31 @@ impl Loader {
         models: Arc<Models>,
         metrics: Metrics,
     ) -> Loader {
-        Loader { bucket, chunks, layout, step_seconds, history, models, refused: HashSet::new(), metrics }
+        Loader { bucket, chunks, layout, step_seconds, history, models, refused: HashSet::new(), metrics, heartbeat: None }
+    }
+
+    /// Reports the loader's failures to readiness (and its rescans as beats).
+    pub fn with_heartbeat(mut self, heartbeat: Heartbeat) -> Loader {
+        self.heartbeat = Some(heartbeat);
+        self
+    }
+
+    /// Loads everything, logging and reporting a failure instead of
+    /// returning it: the loader keeps going and the next rescan retries.
+    async fn rescan(&mut self) {
+        match self.load_all().await {
+            Ok(()) => {
+                if let Some(h) = &self.heartbeat {
+                    h.beat();
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, "Reading the model bucket failed; serving what is loaded and retrying at the next rescan.");
+                if let Some(h) = &self.heartbeat {
+                    h.fail(format!("reading the model bucket: {error}"));
+                }
+            }
+        }
     }
 
     /// Loads the newest loadable accepted version of every key.
@@ -129,19 +155,30 @@ impl Loader {
     /// Watches the bucket until `shutdown`, loading each new accepted
     /// version; reads the whole bucket again every `rescan`, in case the
     /// watch missed something (a reconnect).
-    pub async fn run(mut self, shutdown: CancellationToken, rescan: Duration) -> Result<(), Error> {
+    ///
+    /// When it stops with an error, it says so at once: logged at ERROR and
+    /// shown by `/readyz`, while the models already loaded keep serving.
+    pub async fn run(self, shutdown: CancellationToken, rescan: Duration) -> Result<(), Error> {
+        let heartbeat = self.heartbeat.clone();
+        let result = self.watch(shutdown, rescan).await;
+        if let Err(error) = &result {
+            tracing::error!(%error, "The model loader stopped; no new model version will be served until a restart.");
+            if let Some(h) = heartbeat {
+                h.fail(format!("stopped: {error}"));
+            }
+        }
+        result
+    }
+
+    async fn watch(mut self, shutdown: CancellationToken, rescan: Duration) -> Result<(), Error> {
         let mut watch = self.bucket.watch().await.map_err(|e| Error::js("watch the model bucket", e))?;
-        self.load_all().await?;
+        self.rescan().await;
         let mut rescans = tokio::time::interval(rescan);
         rescans.tick().await;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
-                _ = rescans.tick() => {
-                    if let Err(error) = self.load_all().await {
-                        tracing::warn!(%error, "Reading the model bucket failed; will try again.");
-                    }
-                }
+                _ = rescans.tick() => self.rescan().await,
                 event = watch.next() => match event {
                     Some(Ok(info)) if !info.deleted => {
                         let Some((key, version)) = self.layout.manifest_of(&info.name) else { continue };

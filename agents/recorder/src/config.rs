@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use pas_nats::NatsConfig;
+use pas_nats::{Admission, NatsConfig};
 use pas_runtime::Secret;
 use serde::{Deserialize, Serialize};
 
@@ -69,6 +69,8 @@ pub struct Config {
     pub log_json: bool,
     /// The NATS connection.
     pub nats: NatsConfig,
+    /// Which message times are admitted, against when the stream stored them.
+    pub admission: Admission,
 }
 
 impl Default for Config {
@@ -86,6 +88,7 @@ impl Default for Config {
             listen: SocketAddr::from(([0, 0, 0, 0], 9468)),
             log_json: false,
             nats: NatsConfig::default(),
+            admission: Admission::default(),
         }
     }
 }

@@ -1,8 +1,9 @@
 //! `/healthz`, `/readyz` and `/metrics` for every long-running stage.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::State;
@@ -14,10 +15,45 @@ use tokio_util::sync::CancellationToken;
 
 use crate::Error;
 
-/// Liveness and readiness flags a stage sets as it runs.
+/// Liveness and readiness flags a stage sets as it runs, and the loops it
+/// watches: `/readyz` fails while a watched loop has not advanced for its
+/// stall limit or has reported a failure, so an orchestrator sees a stage
+/// that is stuck, not only one that is down.
 #[derive(Debug, Default)]
 pub struct Health {
     ready: AtomicBool,
+    loops: Mutex<Vec<Loop>>,
+}
+
+#[derive(Debug)]
+struct Loop {
+    name: &'static str,
+    stall_after: Duration,
+    last: Instant,
+    failure: Option<String>,
+}
+
+/// A watched loop's handle: [`Heartbeat::beat`] each time it advances.
+#[derive(Debug, Clone)]
+pub struct Heartbeat {
+    health: Arc<Health>,
+    index: usize,
+}
+
+impl Heartbeat {
+    /// The loop advanced; clears a reported failure.
+    pub fn beat(&self) {
+        self.health.update(self.index, |l| {
+            l.last = Instant::now();
+            l.failure = None;
+        });
+    }
+
+    /// The loop failed; `/readyz` says why until the next beat.
+    pub fn fail(&self, reason: impl Into<String>) {
+        let reason = reason.into();
+        self.health.update(self.index, |l| l.failure = Some(reason));
+    }
 }
 
 impl Health {
@@ -30,6 +66,36 @@ impl Health {
     /// Whether the stage said it is ready.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed)
+    }
+
+    /// Watches a loop called `name` that must beat at least every
+    /// `stall_after`; it counts as having beaten now.
+    pub fn heartbeat(self: &Arc<Self>, name: &'static str, stall_after: Duration) -> Heartbeat {
+        let mut loops = self.loops.lock().unwrap_or_else(|p| p.into_inner());
+        loops.push(Loop { name, stall_after, last: Instant::now(), failure: None });
+        Heartbeat { health: self.clone(), index: loops.len() - 1 }
+    }
+
+    /// What keeps the stage from being ready: stalled or failed loops.
+    pub fn problems(&self) -> Vec<String> {
+        let loops = self.loops.lock().unwrap_or_else(|p| p.into_inner());
+        loops
+            .iter()
+            .filter_map(|l| {
+                if let Some(failure) = &l.failure {
+                    return Some(format!("{} failed: {failure}", l.name));
+                }
+                let idle = l.last.elapsed();
+                (idle > l.stall_after).then(|| format!("{} has not advanced for {} s", l.name, idle.as_secs()))
+            })
+            .collect()
+    }
+
+    fn update(&self, index: usize, f: impl FnOnce(&mut Loop)) {
+        let mut loops = self.loops.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(l) = loops.get_mut(index) {
+            f(l);
+        }
     }
 }
 
@@ -68,10 +134,14 @@ pub async fn serve(
 }
 
 async fn readyz(State(s): State<Shared>) -> impl IntoResponse {
-    if s.health.is_ready() {
-        (StatusCode::OK, "ready\n")
+    if !s.health.is_ready() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "not ready\n".to_owned());
+    }
+    let problems = s.health.problems();
+    if problems.is_empty() {
+        (StatusCode::OK, "ready\n".to_owned())
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+        (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {}\n", problems.join("; ")))
     }
 }
 
@@ -126,6 +196,20 @@ mod tests {
         assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 200"));
         let m = get(addr, "/metrics").await;
         assert!(m.contains("pas_test_things_total 3"), "{m}");
+
+        // A loop that stops advancing, or reports a failure, fails readiness.
+        let tick = health.heartbeat("tick", Duration::from_millis(200));
+        let loader = health.heartbeat("model loader", Duration::from_secs(600));
+        assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 200"));
+        loader.fail("the bucket is gone");
+        let r = get(addr, "/readyz").await;
+        assert!(r.starts_with("HTTP/1.1 503") && r.contains("model loader failed: the bucket is gone"), "{r}");
+        loader.beat();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let r = get(addr, "/readyz").await;
+        assert!(r.starts_with("HTTP/1.1 503") && r.contains("tick has not advanced"), "{r}");
+        tick.beat();
+        assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 200"));
         stop.cancel();
     }
 }

@@ -1,7 +1,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use pas_nats::NatsConfig;
+use pas_nats::{Admission, NatsConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::policy::{Behavior, Settings, Tuning};
@@ -68,6 +68,8 @@ pub struct Config {
     pub log_json: bool,
     /// The NATS connection.
     pub nats: NatsConfig,
+    /// Which message times are admitted, against when the stream stored them.
+    pub admission: Admission,
 }
 
 impl Default for Config {
@@ -92,6 +94,7 @@ impl Default for Config {
             listen: SocketAddr::from(([0, 0, 0, 0], 9467)),
             log_json: false,
             nats: NatsConfig::default(),
+            admission: Admission::default(),
         }
     }
 }

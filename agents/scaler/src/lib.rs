@@ -241,7 +241,11 @@ impl<C: Cluster> Scaler<C> {
         let mut sweep = tokio::time::interval(config.tick);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut active: Option<Active> = None;
+        // Readiness fails when the decision loop stops advancing (the lease
+        // check below runs every lease/3 whether leading or not).
+        let beat = health.heartbeat("decision loop", (3 * config.lease).max(Duration::from_secs(30)));
         loop {
+            beat.beat();
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 Ok(()) = lead_rx.changed() => {}
@@ -352,6 +356,7 @@ impl Active {
         let sample_task = {
             let stop = stop.clone();
             let metrics = metrics.clone();
+            let (admission, replay) = (config.admission, dead_letters.is_replay());
             tokio::spawn(async move {
                 loop {
                     let next = tokio::select! {
@@ -364,10 +369,14 @@ impl Active {
                             tracing::warn!(%error, "Reading samples failed; continuing.")
                         }
                         Some(Ok(msg)) => {
-                            match pas_schemas::decode::<CpuSample>(&msg.payload) {
-                                Ok(sample) => record_sample(&pods, sample),
+                            let stored = msg.info().map(|i| i.published.unix_timestamp_nanos()).unwrap_or_default();
+                            let admitted = pas_schemas::decode::<CpuSample>(&msg.payload).ok().filter(|s| {
+                                admission.check(s, stored, replay).is_ok()
+                            });
+                            match admitted {
+                                Some(sample) => record_sample(&pods, sample),
                                 // The forecaster dead-letters bad samples; here they are only counted.
-                                Err(_) => metrics.ignored("invalid_sample"),
+                                None => metrics.ignored("invalid_sample"),
                             }
                             if msg.info().is_ok_and(|info| info.pending == 0)
                                 && let Some(tx) = caught_up_tx.take()
@@ -408,10 +417,12 @@ impl Active {
         let forecast_task = {
             let stop = stop.clone();
             let dead_letters = dead_letters.clone();
+            let admission = config.admission;
             tokio::spawn(async move {
                 let result = pas_nats::consume::<Forecast, _, _>(
                     &consumer,
                     &dead_letters,
+                    &admission,
                     stop,
                     |forecast, _| {
                         let tx = tx.clone();
@@ -746,8 +757,11 @@ impl<C: Cluster> Engine<C> {
         }
     }
 
+    /// `<scope>.state.<namespace>.<workload>`, each name one token (a dot
+    /// written as `_`), so no name can add or empty a token of the key.
     fn state_key(&self, key: &Key) -> String {
-        format!("{}.state.{}.{}", self.scope, key.0, key.1)
+        let token = |name: &str| pas_schemas::subjects::token(name).map(|t| t.into_owned()).unwrap_or_else(|_| "_".into());
+        format!("{}.state.{}.{}", self.scope, token(&key.0), token(&key.1))
     }
 
     /// The workload's history, taken out of memory or read as the last

@@ -2,7 +2,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use pas_models::lstm::LstmConfig;
-use pas_nats::NatsConfig;
+use pas_nats::{Admission, NatsConfig};
 use serde::{Deserialize, Serialize};
 
 /// Trainer configuration. Layers: these defaults, then `--config FILE`
@@ -33,6 +33,10 @@ pub struct Config {
     /// How often the trainer looks for workloads due for training.
     #[serde(with = "humantime_serde")]
     pub check_interval: Duration,
+    /// A workload with no sample for this long is forgotten (its series and
+    /// training attempts); its stored models stay.
+    #[serde(with = "humantime_serde")]
+    pub forget_after: Duration,
     /// Model versions kept per workload (the newest accepted one is always kept).
     pub keep_versions: usize,
     /// Holes of at most this many steps are interpolated; longer ones stay missing.
@@ -49,6 +53,8 @@ pub struct Config {
     pub log_json: bool,
     /// The NATS connection.
     pub nats: NatsConfig,
+    /// Which message times are admitted, against when the stream stored them.
+    pub admission: Admission,
 }
 
 impl Default for Config {
@@ -61,6 +67,7 @@ impl Default for Config {
             lateness: Duration::from_secs(600),
             retrain_after: Duration::from_secs(3600),
             check_interval: Duration::from_secs(30),
+            forget_after: Duration::from_secs(6 * 3600),
             keep_versions: 5,
             max_fill: 3,
             test_fraction: 0.2,
@@ -69,6 +76,7 @@ impl Default for Config {
             listen: SocketAddr::from(([0, 0, 0, 0], 9465)),
             log_json: false,
             nats: NatsConfig::default(),
+            admission: Admission::default(),
         }
     }
 }

@@ -162,8 +162,9 @@ impl Trainer {
             let state = state.clone();
             let metrics = metrics.clone();
             let stop = shutdown.clone();
+            let admission = config.admission;
             tokio::spawn(async move {
-                pas_nats::consume::<CpuSample, _, _>(&consumer, &dead_letters, stop, |sample, delivery| {
+                pas_nats::consume::<CpuSample, _, _>(&consumer, &dead_letters, &admission, stop, |sample, delivery| {
                     fold(&state, &metrics, &sample, delivery.stream_sequence);
                     async { Ok::<(), HandlerError>(()) }
                 })
@@ -174,16 +175,29 @@ impl Trainer {
         let mut attempts: HashMap<WorkloadKey, chrono::DateTime<Utc>> = HashMap::new();
         let mut ticks = tokio::time::interval(config.check_interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Readiness fails when the training loop stops advancing; each job beats.
+        let beat = health.heartbeat("training loop", (3 * config.check_interval).max(Duration::from_secs(600)));
         loop {
+            beat.beat();
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = ticks.tick() => {}
+            }
+            {
+                let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
+                let forgot = state.forget_silent(config.forget_after);
+                if forgot > 0 {
+                    attempts.retain(|key, _| state.steps(key) > 0);
+                    metrics.workloads.set(state.len() as i64);
+                    tracing::info!(workloads = forgot, "Forgot workloads with no samples for forget_after.");
+                }
             }
             let due = due(&config, &state, &models, &attempts);
             for (key, series, range) in due {
                 if shutdown.is_cancelled() {
                     break;
                 }
+                beat.beat();
                 attempts.insert(key.clone(), range.to);
                 let versions = models.entry(key.model_key()).or_default();
                 let version = versions.keys().next_back().copied().unwrap_or(0) + 1;

@@ -1,6 +1,7 @@
 //! Per-workload utilisation series built from pod samples.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeDelta, Utc};
 use pas_models::Series;
@@ -44,20 +45,37 @@ struct Settled {
     sequences: Option<(u64, u64)>,
 }
 
+/// The most samples one open step of one workload holds (pods times
+/// samples per pod); more are ignored, so a burst of made-up pod names
+/// cannot grow a workload without bound.
+pub const MAX_SAMPLES_PER_STEP: usize = 20_000;
+
 /// One workload's data: settled steps as numbers, the newest steps (still
 /// open to late samples) as samples.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Workload {
     /// Step index of `settled[0]`.
     first: i64,
     settled: VecDeque<Settled>,
+    /// The step after the newest settled one: older samples are late. Kept
+    /// apart from `settled`, which may be emptied when it falls out of the
+    /// history.
+    next: Option<i64>,
     open: BTreeMap<i64, PodSamples>,
+    /// When a sample was last folded in.
+    touched: Instant,
+}
+
+impl Default for Workload {
+    fn default() -> Self {
+        Workload { first: 0, settled: VecDeque::new(), next: None, open: BTreeMap::new(), touched: Instant::now() }
+    }
 }
 
 impl Workload {
     /// The step after the last settled one, if any step has settled.
     fn next_settled(&self) -> Option<i64> {
-        (!self.settled.is_empty()).then(|| self.first + self.settled.len() as i64)
+        self.next
     }
 
     fn first_step(&self) -> Option<i64> {
@@ -65,29 +83,42 @@ impl Workload {
     }
 
     fn newest_step(&self) -> Option<i64> {
-        self.open.last_key_value().map(|(k, _)| *k).or_else(|| self.next_settled().map(|n| n - 1))
+        match self.open.last_key_value() {
+            Some((k, _)) => Some(*k),
+            None if !self.settled.is_empty() => self.next.map(|n| n - 1),
+            None => None,
+        }
     }
 
     /// Settles open steps older than `newest - open_steps`, filling skipped
-    /// steps as missing, and drops settled steps beyond `max_history`.
+    /// steps as missing, and drops settled steps more than `max_history`
+    /// behind the newest. Nothing here allocates in proportion to the time
+    /// between two samples: a gap as long as the history (a node's clock
+    /// that jumped, a workload back after a day away) keeps nothing from
+    /// before it.
     fn settle(&mut self, open_steps: i64, max_history: usize) {
         let Some(newest) = self.open.last_key_value().map(|(k, _)| *k) else { return };
+        let max_history = max_history as i64;
         while let Some(first) = self.open.first_entry() {
             if *first.key() > newest - open_steps {
                 break;
             }
             let (step, samples) = first.remove_entry();
-            match self.next_settled() {
-                None => self.first = step,
-                Some(next) => {
+            match self.next {
+                Some(next) if !self.settled.is_empty() && step - next < max_history => {
                     for _ in next..step {
                         self.settled.push_back(Settled { value: f64::NAN, sequences: None });
                     }
                 }
+                _ => {
+                    self.settled.clear();
+                    self.first = step;
+                }
             }
             self.settled.push_back(settle(&samples));
+            self.next = Some(step + 1);
         }
-        while self.settled.len() + self.open.len() > max_history && self.settled.len() > 1 {
+        while !self.settled.is_empty() && newest - self.first >= max_history {
             self.settled.pop_front();
             self.first += 1;
         }
@@ -146,9 +177,21 @@ impl Workloads {
         if samples.contains_key(&id) {
             return Fold::Duplicate;
         }
+        if samples.len() >= MAX_SAMPLES_PER_STEP {
+            return Fold::Ignored("too_many_samples");
+        }
         samples.insert(id, (sample.cpu_used_millicores, requested, sequence));
+        w.touched = Instant::now();
         w.settle(self.open_steps, self.max_history);
         Fold::Folded
+    }
+
+    /// Forgets every workload with no sample folded for `silence`; returns
+    /// how many.
+    pub fn forget_silent(&mut self, silence: Duration) -> usize {
+        let before = self.map.len();
+        self.map.retain(|_, w| w.touched.elapsed() < silence);
+        before - self.map.len()
     }
 
     /// Forgets a workload and its data.
@@ -253,6 +296,38 @@ mod tests {
         assert_eq!(s.values[2], 50.0);
         assert_eq!((range.first_sequence, range.last_sequence), (1, 4));
         assert_eq!(range.to, DateTime::from_timestamp(10, 0).unwrap());
+    }
+
+    #[test]
+    fn a_clock_jump_allocates_nothing_in_proportion_to_the_gap() {
+        // One sample dated 1970, then samples of today: the trainer and the
+        // forecaster were OOM-killed filling one step per 5 s since the epoch.
+        let mut w = Workloads::new(5, 100, 3);
+        let key = WorkloadKey { namespace: "shop".into(), workload: "web".into() };
+        assert_eq!(w.fold(&sample(0, "web-0", 1.0, Some(2.0)), 1), Fold::Folded);
+        let now = 1_790_000_000;
+        for i in 0..20 {
+            w.fold(&sample(now + i * 5, "web-0", 1.0, Some(2.0)), i as u64 + 2);
+        }
+        assert!(w.steps(&key) <= 100, "kept {} steps", w.steps(&key));
+        let (s, _) = w.series(&key).unwrap();
+        assert_eq!(s.start, DateTime::from_timestamp(now, 0).unwrap(), "nothing kept from before the jump");
+        assert!(s.values.iter().all(|v| *v == 50.0));
+    }
+
+    #[test]
+    fn a_burst_of_pod_names_is_bounded_and_silent_workloads_are_forgotten() {
+        let mut w = Workloads::new(5, 100, 3);
+        let mut ignored = 0;
+        for i in 0..(MAX_SAMPLES_PER_STEP + 10) {
+            if w.fold(&sample(1, &format!("web-{i}"), 1.0, Some(2.0)), i as u64) == Fold::Ignored("too_many_samples") {
+                ignored += 1;
+            }
+        }
+        assert_eq!(ignored, 10);
+        assert_eq!(w.forget_silent(Duration::from_secs(3600)), 0);
+        assert_eq!(w.forget_silent(Duration::ZERO), 1);
+        assert!(w.is_empty());
     }
 
     #[test]

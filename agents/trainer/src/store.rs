@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use async_nats::jetstream::object_store::ObjectStore;
-use futures::TryStreamExt;
+use futures::StreamExt;
 use pas_schemas::ModelManifest;
 use pas_schemas::subjects::Prefix;
 use async_nats::jetstream::stream::Stream;
@@ -49,19 +49,32 @@ impl Layout {
 
 /// Reads every manifest of this layout, by key. `chunks` is the bucket's
 /// stream (`OBJ_pas-models`), see [`read`].
+///
+/// An entry that cannot be read (object metadata that does not parse, such
+/// as an empty `mtime`, or a manifest that fails validation) is logged and
+/// skipped: one bad object must not stop a stage from starting.
 pub async fn load(store: &ObjectStore, chunks: &Stream, layout: &Layout) -> Result<HashMap<String, Versions>, Error> {
-    let names: Vec<String> = store
-        .list()
-        .await
-        .map_err(|e| Error::js("list the model bucket", e))?
-        .map_ok(|info| info.name)
-        .try_collect()
-        .await
-        .map_err(|e| Error::js("list the model bucket", e))?;
+    let mut list = store.list().await.map_err(|e| Error::js("list the model bucket", e))?;
+    let mut names = Vec::new();
+    while let Some(entry) = list.next().await {
+        match entry {
+            Ok(info) => names.push(info.name),
+            Err(error) => tracing::warn!(%error, "Unreadable entry in the model bucket; skipping it."),
+        }
+    }
     let mut out: HashMap<String, Versions> = HashMap::new();
     for name in names {
         let Some((key, version)) = layout.manifest_of(&name) else { continue };
-        let bytes = read(store, chunks, &name).await?;
+        let bytes = match read(store, chunks, &name).await {
+            Ok(bytes) => bytes,
+            Err(error) if chunks.get_info().await.is_ok() => {
+                // The bucket answers, so the fault is this object's (metadata
+                // that does not parse, deleted since it was listed).
+                tracing::warn!(object = name, %error, "Unreadable model object; skipping it.");
+                continue;
+            }
+            Err(error) => return Err(error),
+        };
         match pas_schemas::decode::<ModelManifest>(&bytes) {
             Ok(m) if m.key == key && m.version == version => {
                 out.entry(key.to_owned()).or_default().insert(version, m);
