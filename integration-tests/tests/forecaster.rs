@@ -516,3 +516,35 @@ async fn hostile_model_store_entries_are_refused_and_the_stages_still_start() {
     stop.cancel();
     tokio::time::timeout(Duration::from_secs(10), task).await.expect("the forecaster stops").unwrap().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_with_nats_down_exits_within_ten_seconds() {
+    // 32 partition releases one after another, each waiting for its 5 s
+    // timeout, held the forecaster for 178 s after SIGTERM.
+    const RUN: &str = "down";
+    let mut server = NatsServer::start();
+    let conn = connect_and_provision(&server).await;
+    let js = conn.jetstream.clone();
+    let seen = Seen::start(&conn.client, Prefix::replay(RUN).unwrap().all_forecasts()).await;
+    let stop_feed = CancellationToken::new();
+    let feeding = feed(js.clone(), Prefix::replay(RUN).unwrap(), vec!["web".into()], 2, stop_feed.clone());
+    let config = Config {
+        partitions: 32,
+        nats: NatsConfig { ack_timeout: Duration::from_secs(5), ..config(&server, RUN, "r1").nats },
+        ..config(&server, RUN, "r1")
+    };
+    let (stop, metrics, task) = start(config);
+    eventually(Duration::from_secs(20), "every partition held and a forecast", || async {
+        (metrics.partitions() == 32 && seen.count() >= 1).then_some(())
+    })
+    .await;
+    stop_feed.cancel();
+    feeding.abort();
+    server.kill();
+    let asked = std::time::Instant::now();
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(30), task).await.expect("the forecaster exits").unwrap().unwrap();
+    let took = asked.elapsed();
+    println!("exit with NATS down took {took:?}");
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+}

@@ -238,7 +238,18 @@ impl Forecaster {
             let started = Instant::now();
             let owned = shard.owned();
             let (jobs, stale, tracked) = collect(&inputs, &config, &owned, &served, &metrics);
-            let published = forecast_and_publish(&js, &prefix, &config, jobs, &metrics).await;
+            // The last tick, on shutdown, gets a bounded time: with NATS down
+            // its acks would each wait for their timeout.
+            let published = if leaving {
+                tokio::time::timeout(LAST_TICK, forecast_and_publish(&js, &prefix, &config, jobs, &metrics))
+                    .await
+                    .unwrap_or_else(|_| {
+                        tracing::warn!("The last tick did not finish in time; its forecasts may be missing.");
+                        Vec::new()
+                    })
+            } else {
+                forecast_and_publish(&js, &prefix, &config, jobs, &metrics).await
+            };
             {
                 let mut inputs = inputs.lock().unwrap_or_else(|p| p.into_inner());
                 for (key, end) in published {
@@ -257,19 +268,22 @@ impl Forecaster {
             shard.release_extras().await;
         }
         health.set_ready(false);
-        shard.leave().await;
+        // Each step of the way out is bounded, so SIGTERM exits in time even
+        // with NATS down (the leases then expire on their own).
+        let late = |what: &'static str| tracing::warn!(step = what, "Shutdown step did not finish in time; going on.");
+        if tokio::time::timeout(Duration::from_secs(2), shard.leave()).await.is_err() {
+            late("release partitions");
+        }
         stop_consuming.cancel();
-        match consuming.await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => tracing::warn!(%error, "Consuming stopped with an error."),
-            Err(error) => tracing::warn!(%error, "The consumer task failed."),
+        loading.abort();
+        match tokio::time::timeout(Duration::from_secs(2), consuming).await.ok() {
+            Some(Ok(Ok(()))) | None => {}
+            Some(Ok(Err(error))) => tracing::warn!(%error, "Consuming stopped with an error."),
+            Some(Err(error)) => tracing::warn!(%error, "The consumer task failed."),
         }
-        match loading.await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => tracing::warn!(%error, "Watching the models stopped with an error."),
-            Err(error) => tracing::warn!(%error, "The model loader task failed."),
+        if tokio::time::timeout(Duration::from_secs(2), conn.client.drain()).await.is_err() {
+            late("drain the connection");
         }
-        conn.client.drain().await.ok();
         Ok(())
     }
 }
@@ -424,6 +438,9 @@ async fn forecast_and_publish(
     }
     done
 }
+
+/// The most time the last tick, on shutdown, may take.
+const LAST_TICK: Duration = Duration::from_secs(3);
 
 /// Most forecasts of a tick awaiting JetStream's ack at once.
 const MAX_IN_FLIGHT: usize = 1024;

@@ -216,10 +216,22 @@ impl Shard {
             return;
         }
         let released: Vec<u32> = partitions.iter().map(|(p, _)| *p).collect();
-        for (p, revision) in partitions {
-            // Forget it first: a failed write leaves a lease that expires.
-            self.held.remove(&p);
-            if let Err(error) = self.kv.update(self.partition_key(p), self.record(0), revision).await {
+        // Forget them first: a failed write leaves a lease that expires.
+        for (p, _) in &partitions {
+            self.held.remove(p);
+        }
+        // All at once: with NATS down each write waits for its timeout, and
+        // one after another 32 of them held a shutdown for minutes.
+        let kv = &self.kv;
+        let writes: Vec<_> = partitions
+            .iter()
+            .map(|&(p, revision)| {
+                let (key, record) = (self.partition_key(p), self.record(0));
+                async move { (p, kv.update(key, record, revision).await) }
+            })
+            .collect();
+        for (p, result) in futures::future::join_all(writes).await {
+            if let Err(error) = result {
                 tracing::warn!(partition = p, %error, "Releasing a partition failed; its lease will expire.");
             }
         }
