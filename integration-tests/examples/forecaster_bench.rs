@@ -19,7 +19,7 @@ use pas_models::lstm::{Lstm, LstmConfig};
 use pas_nats::NatsConfig;
 use pas_schemas::subjects::{BUCKET_MODELS, Prefix};
 use pas_schemas::{CpuSample, Forecast, ModelManifest, Normalisation, SCHEMA_VERSION, TrainingRange};
-use pas_trainer::store::{self, Layout};
+use pas_nats::model_store::{self as store, Layout};
 use tokio_util::sync::CancellationToken;
 
 const RUN: &str = "bench";

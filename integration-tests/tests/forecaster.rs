@@ -28,7 +28,7 @@ use pas_models::{Series, Trace};
 use pas_nats::NatsConfig;
 use pas_schemas::subjects::{BUCKET_MODELS, Prefix, STREAM_DLQ};
 use pas_schemas::{CpuSample, Forecast, ModelManifest, SCHEMA_VERSION, TrainingRange};
-use pas_trainer::store::{self, Layout};
+use pas_nats::model_store::{self as store, Layout};
 use tokio_util::sync::CancellationToken;
 
 fn config(server: &NatsServer, run: &str, replica: &str) -> Config {

@@ -37,6 +37,12 @@ pub struct GapReport {
     pub long_gaps: usize,
 }
 
+impl From<pas_workloads::Steps> for Series {
+    fn from(s: pas_workloads::Steps) -> Series {
+        Series { start: s.start, step_seconds: s.step_seconds, values: s.values }
+    }
+}
+
 impl Series {
     /// Puts timestamped points on a grid of `step_seconds`, aligned to whole
     /// multiples of the step since the Unix epoch. Points falling into the same

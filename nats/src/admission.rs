@@ -1,7 +1,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use pas_schemas::{Message, ValidationError};
+use pas_schemas::{DecodeError, Message, ValidationError};
 use serde::{Deserialize, Serialize};
 
 /// Which message times a stage admits, judged against the time the stream
@@ -31,6 +31,14 @@ impl Default for Admission {
 }
 
 impl Admission {
+    /// Decodes and validates a payload stored at `stored_at_unix_nanos`, then
+    /// checks its time: what every stage does with a message at its door.
+    pub fn decode<M: Message>(&self, payload: &[u8], stored_at_unix_nanos: i128, replay: bool) -> Result<M, DecodeError> {
+        let msg = pas_schemas::decode::<M>(payload)?;
+        self.check(&msg, stored_at_unix_nanos, replay).map_err(DecodeError::Invalid)?;
+        Ok(msg)
+    }
+
     /// Checks `msg`, stored at `stored_at_unix_nanos`; without the age bound
     /// for a replay run's subjects.
     pub fn check<M: Message>(&self, msg: &M, stored_at_unix_nanos: i128, replay: bool) -> Result<(), ValidationError> {

@@ -95,13 +95,7 @@ where
             }
         };
         let id = info.stream_sequence.to_string();
-        let decoded = pas_schemas::decode::<M>(&msg.payload).and_then(|m| {
-            admission
-                .check(&m, info.stored_at_unix_nanos, dead_letters.is_replay())
-                .map_err(pas_schemas::DecodeError::Invalid)?;
-            Ok(m)
-        });
-        let outcome = match decoded {
+        let outcome = match admission.decode::<M>(&msg.payload, info.stored_at_unix_nanos, dead_letters.is_replay()) {
             Err(error) => Err((error.kind(), Box::new(error) as Box<dyn std::error::Error + Send + Sync>)),
             Ok(decoded) => match handle(decoded, info.clone()).await {
                 Ok(()) => Ok(()),

@@ -51,6 +51,16 @@ pub enum Error {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// An object of the model store was shorter than its metadata says.
+    #[error("object {name}: read {read} bytes of {size}")]
+    ShortObject {
+        /// The object.
+        name: String,
+        /// Bytes read.
+        read: usize,
+        /// Bytes its metadata gives.
+        size: usize,
+    },
     /// A message could not be encoded (it failed validation).
     #[error("cannot publish an invalid message: {0}")]
     Encode(#[source] pas_schemas::DecodeError),

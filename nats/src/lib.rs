@@ -15,8 +15,11 @@
 //!   header, counted, logged once per interval, and acked only then.
 //! - [`read_samples`]: what a stream holds from a time on, without a durable
 //!   consumer (state rebuilt at start, ranges read by `pas replay`).
+//! - [`model_store`]: model versions in the `pas-models` object store, as
+//!   the trainer writes and the forecaster reads them.
 
 pub mod definitions;
+pub mod model_store;
 pub mod provision;
 
 mod admission;

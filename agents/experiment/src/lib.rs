@@ -42,7 +42,7 @@ use pas_scaler::policy::{
 };
 use pas_scaler::sim::{PodModel, SimulatedStatefulSet};
 use pas_schemas::TrainingRange;
-use pas_trainer::state::WorkloadKey;
+use pas_workloads::WorkloadKey;
 use serde::Serialize;
 
 pub use report::{Report, Summary, summary_table, write_report};

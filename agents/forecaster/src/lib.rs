@@ -4,7 +4,7 @@
 //! - **Input.** Each replica has its own durable consumer on PAS_SAMPLES
 //!   (`pas-forecaster-samples-<replica>`, removed by the server after an hour
 //!   unused) and folds every pod sample into its workload's utilisation
-//!   series, the newest [`Config::history`] steps ([`pas_trainer::state`]:
+//!   series, the newest [`Config::history`] steps ([`pas_workloads`]:
 //!   sum of use over sum of requests per step, the same numbers the trainer
 //!   trains on). A new consumer starts [`Config::history`] steps back; a
 //!   replica that restarts with its name reads that far back too, so its
@@ -28,11 +28,11 @@ pub mod models;
 pub mod shard;
 
 mod config;
+mod error;
 mod metrics;
 
 pub use config::Config;
-/// Why the forecaster stopped: the stages share one error type.
-pub use pas_trainer::Error;
+pub use error::Error;
 pub use metrics::Metrics;
 
 use std::collections::HashMap;
@@ -46,8 +46,8 @@ use pas_models::Prediction;
 use pas_nats::{HandlerError, Outgoing};
 use pas_schemas::subjects::{BUCKET_FORECASTER, BUCKET_MODELS, Prefix, STREAM_SAMPLES, Stage};
 use pas_schemas::{CpuSample, Forecast, ModelRef, SCHEMA_VERSION};
-use pas_trainer::state::{Fold, WorkloadKey, Workloads};
-use pas_trainer::store::Layout;
+use pas_nats::model_store::Layout;
+use pas_workloads::{Fold, WorkloadKey, Workloads};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -58,7 +58,6 @@ use crate::shard::Shard;
 #[derive(Debug)]
 struct Tracked {
     partition: u32,
-    last_seen: Instant,
     /// Window end of the last forecast this replica published.
     last_end: Option<DateTime<Utc>>,
 }
@@ -128,8 +127,14 @@ impl Forecaster {
             .await
             .map_err(|e| Error::js("open the pas-models stream", e))?;
         let rescan = Duration::from_secs(300);
-        let loader = Loader::new((bucket, chunks), Layout::new(&prefix), step, config.history, served.clone(), metrics.clone())
-            .with_heartbeat(health.heartbeat("model loader", 2 * rescan + Duration::from_secs(60)));
+        let loader = Loader::new(
+            (bucket, chunks),
+            Layout::new(&prefix),
+            step,
+            config.history,
+            (served.clone(), metrics.clone()),
+            health.heartbeat("model loader", 2 * rescan + Duration::from_secs(60)),
+        );
         let loading = tokio::spawn(loader.run(shutdown.clone(), rescan));
 
         // Samples: this replica's durable consumer, starting a window back.
@@ -155,7 +160,9 @@ impl Forecaster {
             Ok(consumer) => {
                 // Restarted under the same name: the consumer resumes where it
                 // was acked, the windows start empty, so read them back.
-                let read = pas_trainer::rebuild(&stream, &consumer_config.filter_subject, lookback, fold.clone())
+                let since = time::OffsetDateTime::now_utc() - lookback;
+                let fold = fold.clone();
+                let read = pas_nats::read_samples(&stream, &consumer_config.filter_subject, since, None, move |s, seq| fold(&s, seq))
                     .await
                     .map_err(|e| Error::js("rebuild the windows", e))?;
                 tracing::info!(samples = read, "Rebuilt the windows from the stream.");
@@ -307,12 +314,10 @@ fn fold(inputs: &Mutex<Inputs>, metrics: &Metrics, partitions: u32, sample: &Cpu
             metrics.folded();
             let (Some(namespace), Some(workload)) = (&sample.namespace, &sample.workload) else { return };
             let key = WorkloadKey { namespace: namespace.clone(), workload: workload.clone() };
-            let now = Instant::now();
             inputs
                 .tracked
                 .entry(key)
-                .and_modify(|t| t.last_seen = now)
-                .or_insert_with(|| Tracked { partition: shard::partition(namespace, workload, partitions), last_seen: now, last_end: None });
+                .or_insert_with(|| Tracked { partition: shard::partition(namespace, workload, partitions), last_end: None });
         }
         Fold::Duplicate => metrics.ignored("duplicate"),
         Fold::Ignored(reason) => metrics.ignored(reason),
@@ -329,7 +334,6 @@ fn collect(
     metrics: &Metrics,
 ) -> (Vec<Job>, usize, usize) {
     let now = Utc::now();
-    let now_instant = Instant::now();
     let step = TimeDelta::seconds(config.step.as_secs() as i64);
     let mut inputs = inputs.lock().unwrap_or_else(|p| p.into_inner());
     let Inputs { series, tracked } = &mut *inputs;
@@ -337,7 +341,8 @@ fn collect(
     let mut jobs = Vec::new();
     let mut stale = 0;
     for (key, t) in tracked.iter() {
-        let silent = now_instant.duration_since(t.last_seen);
+        // Silence is the series' own: when a sample was last folded in.
+        let silent = series.silence(key).unwrap_or(Duration::MAX);
         if silent >= config.forget_after {
             forget.push(key.clone());
             continue;
@@ -354,7 +359,8 @@ fn collect(
         if t.last_end.is_some_and(|end| end >= closed) {
             continue;
         }
-        let Some((mut s, _)) = series.series(key) else { continue };
+        let Some((steps, _)) = series.series(key) else { continue };
+        let mut s = pas_models::Series::from(steps);
         let Ok(steps) = usize::try_from((closed - s.start).num_seconds() / step.num_seconds() + 1) else { continue };
         s.values.truncate(steps);
         s.fill_gaps(config.max_fill);

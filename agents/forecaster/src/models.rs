@@ -21,7 +21,7 @@ use pas_models::batch::LstmWeights;
 use pas_models::lstm::{Lstm, LstmConfig};
 use pas_schemas::ModelManifest;
 use pas_runtime::health::Heartbeat;
-use pas_trainer::store::{self, Layout};
+use pas_nats::model_store::{self as store, Layout};
 use tokio_util::sync::CancellationToken;
 
 use crate::Error;
@@ -95,43 +95,32 @@ pub struct Loader {
     models: Arc<Models>,
     refused: HashSet<(String, u64)>,
     metrics: Metrics,
-    heartbeat: Option<Heartbeat>,
+    heartbeat: Heartbeat,
 }
 
 impl Loader {
     /// A loader for the models of `layout` trained on a step of `step_seconds`
-    /// with windows of at most `history` steps.
+    /// with windows of at most `history` steps. It reports its failures to
+    /// readiness through `heartbeat`, and its rescans as beats.
     pub fn new(
         (bucket, chunks): (ObjectStore, Stream),
         layout: Layout,
         step_seconds: u64,
         history: usize,
-        models: Arc<Models>,
-        metrics: Metrics,
+        (models, metrics): (Arc<Models>, Metrics),
+        heartbeat: Heartbeat,
     ) -> Loader {
-        Loader { bucket, chunks, layout, step_seconds, history, models, refused: HashSet::new(), metrics, heartbeat: None }
-    }
-
-    /// Reports the loader's failures to readiness (and its rescans as beats).
-    pub fn with_heartbeat(mut self, heartbeat: Heartbeat) -> Loader {
-        self.heartbeat = Some(heartbeat);
-        self
+        Loader { bucket, chunks, layout, step_seconds, history, models, refused: HashSet::new(), metrics, heartbeat }
     }
 
     /// Loads everything, logging and reporting a failure instead of
     /// returning it: the loader keeps going and the next rescan retries.
     async fn rescan(&mut self) {
         match self.load_all().await {
-            Ok(()) => {
-                if let Some(h) = &self.heartbeat {
-                    h.beat();
-                }
-            }
+            Ok(()) => self.heartbeat.beat(),
             Err(error) => {
                 tracing::error!(%error, "Reading the model bucket failed; serving what is loaded and retrying at the next rescan.");
-                if let Some(h) = &self.heartbeat {
-                    h.fail(format!("reading the model bucket: {error}"));
-                }
+                self.heartbeat.fail(format!("reading the model bucket: {error}"));
             }
         }
     }
@@ -163,9 +152,7 @@ impl Loader {
         let result = self.watch(shutdown, rescan).await;
         if let Err(error) = &result {
             tracing::error!(%error, "The model loader stopped; no new model version will be served until a restart.");
-            if let Some(h) = heartbeat {
-                h.fail(format!("stopped: {error}"));
-            }
+            heartbeat.fail(format!("stopped: {error}"));
         }
         result
     }

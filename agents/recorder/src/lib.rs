@@ -306,17 +306,14 @@ impl Pipe {
     async fn record(&mut self, messages: Vec<jetstream::Message>) -> Result<(), Attempt> {
         let mut units = Vec::with_capacity(messages.len());
         let mut touched: HashMap<StepKey, (usize, Point)> = HashMap::new();
+        let (admission, replay) = (self.config.admission, self.dead_letters.is_replay());
         for msg in messages {
             let (sequence, stored) = msg
                 .info()
                 .map(|i| (i.stream_sequence, i.published.unix_timestamp_nanos()))
                 .unwrap_or_default();
-            let (admission, replay) = (self.config.admission, self.dead_letters.is_replay());
-            let admit = |m: &dyn Fn() -> Result<(), pas_schemas::ValidationError>| m().map_err(pas_schemas::DecodeError::Invalid);
             let decoded = match self.kind {
-                Kind::Samples => pas_schemas::decode::<CpuSample>(&msg.payload)
-                    .and_then(|s| admit(&|| admission.check(&s, stored, replay)).map(|()| s))
-                    .map(|sample| {
+                Kind::Samples => admission.decode::<CpuSample>(&msg.payload, stored, replay).map(|sample| {
                     // The step's point as of this sample: a batch may span
                     // more steps than are kept, so it is taken now.
                     if let Some(key) = self.workloads.fold(&sample)
@@ -326,11 +323,11 @@ impl Pipe {
                     }
                     vec![points::sample_point(&sample, &self.run)]
                 }),
-                Kind::Forecasts => pas_schemas::decode::<Forecast>(&msg.payload)
-                    .and_then(|f| admit(&|| admission.check(&f, stored, replay)).map(|()| f))
+                Kind::Forecasts => admission
+                    .decode::<Forecast>(&msg.payload, stored, replay)
                     .map(|f| points::forecast_points(&f, &self.run)),
-                Kind::Decisions => pas_schemas::decode::<ScaleDecision>(&msg.payload)
-                    .and_then(|d| admit(&|| admission.check(&d, stored, replay)).map(|()| d))
+                Kind::Decisions => admission
+                    .decode::<ScaleDecision>(&msg.payload, stored, replay)
                     .map(|d| vec![points::decision_point(&d, &self.run)]),
             };
             let (points, problem) = match decoded {

@@ -369,16 +369,14 @@ impl Active {
                             tracing::warn!(%error, "Reading samples failed; continuing.")
                         }
                         Some(Ok(msg)) => {
-                            let stored = msg.info().map(|i| i.published.unix_timestamp_nanos()).unwrap_or_default();
-                            let admitted = pas_schemas::decode::<CpuSample>(&msg.payload).ok().filter(|s| {
-                                admission.check(s, stored, replay).is_ok()
-                            });
-                            match admitted {
-                                Some(sample) => record_sample(&pods, sample),
+                            let info = msg.info().ok();
+                            let stored = info.as_ref().map(|i| i.published.unix_timestamp_nanos()).unwrap_or_default();
+                            match admission.decode::<CpuSample>(&msg.payload, stored, replay) {
+                                Ok(sample) => record_sample(&pods, sample),
                                 // The forecaster dead-letters bad samples; here they are only counted.
-                                None => metrics.ignored("invalid_sample"),
+                                Err(_) => metrics.ignored("invalid_sample"),
                             }
-                            if msg.info().is_ok_and(|info| info.pending == 0)
+                            if info.is_some_and(|info| info.pending == 0)
                                 && let Some(tx) = caught_up_tx.take()
                             {
                                 let _ = tx.send(());

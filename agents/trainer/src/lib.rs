@@ -2,14 +2,15 @@
 //! models.
 //!
 //! A durable pull consumer on PAS_SAMPLES folds every pod sample into its
-//! workload's utilisation series ([`state::Workloads`]: sum of use over sum
+//! workload's utilisation series ([`pas_workloads::Workloads`]: sum of use over sum
 //! of requests per step, missing steps kept missing) and acks it only then.
 //! Every [`Config::check_interval`] the trainer looks for workloads with
 //! [`Config::min_history`] steps and no model yet, or with
 //! [`Config::retrain_after`] of data beyond their newest model. For each it
 //! trains the LSTM on the head of the series, backtests it against naive,
 //! seasonal naive and Holt-Winters on the tail, and stores the weights and a
-//! manifest as the next version in the `pas-models` bucket ([`store`]),
+//! manifest as the next version in the `pas-models` bucket
+//! ([`pas_nats::model_store`]),
 //! accepted only if it beat naive; then announces the manifest on
 //! `pas.model.<namespace>.<workload>` and deletes versions beyond
 //! [`Config::keep_versions`] (never the newest accepted one).
@@ -17,9 +18,6 @@
 //! State is rebuilt on start from the stream itself (folding is idempotent),
 //! and what was trained is read back from the bucket, so a restart resumes
 //! where it stopped and trains nothing twice. Start at [`Trainer::run`].
-
-pub mod state;
-pub mod store;
 
 mod config;
 mod error;
@@ -48,8 +46,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
-use crate::state::{Fold, WorkloadKey, Workloads};
-use crate::store::{Layout, Versions};
+use pas_nats::model_store::{self as store, Layout, Versions};
+use pas_workloads::{Fold, WorkloadKey, Workloads};
 
 /// A fixed label set: one word from a known list.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -151,8 +149,9 @@ impl Trainer {
         let open_steps = config.lateness.as_secs().div_ceil(u64::from(step)) as usize;
         let state = Arc::new(Mutex::new(Workloads::new(step, config.max_history, open_steps)));
         let lookback = config.step * config.max_history as u32 + Duration::from_secs(3600);
-        let rebuilt = rebuild(&stream, &consumer_config.filter_subject, lookback, |sample, sequence| {
-            fold(&state, &metrics, sample, sequence)
+        let since = time::OffsetDateTime::now_utc() - lookback;
+        let rebuilt = pas_nats::read_samples(&stream, &consumer_config.filter_subject, since, None, |sample, sequence| {
+            fold(&state, &metrics, &sample, sequence)
         })
         .await?;
         tracing::info!(samples = rebuilt, "Rebuilt workload series from the stream.");
@@ -275,20 +274,6 @@ fn fold(state: &Mutex<Workloads>, metrics: &Metrics, sample: &CpuSample, sequenc
     }
 }
 
-/// Reads what the stream holds for `filter` from `lookback` ago up to now
-/// ([`pas_nats::read_samples`]), handing each sample that decodes to `fold`
-/// with its stream sequence. Returns the messages read. The forecaster
-/// rebuilds its windows the same way.
-pub async fn rebuild(
-    stream: &async_nats::jetstream::stream::Stream,
-    filter: &str,
-    lookback: Duration,
-    mut fold: impl FnMut(&CpuSample, u64),
-) -> Result<u64, Error> {
-    let start_time = time::OffsetDateTime::now_utc() - lookback;
-    Ok(pas_nats::read_samples(stream, filter, start_time, None, |sample, sequence| fold(&sample, sequence)).await?)
-}
-
 /// Workloads due for training, with their series, oldest attempt first.
 fn due(
     config: &Config,
@@ -310,8 +295,8 @@ fn due(
         if last.is_some_and(|t| newest - t < retrain) {
             continue;
         }
-        if let Some((series, range)) = state.series(&key) {
-            out.push((key, series, range));
+        if let Some((steps, range)) = state.series(&key) {
+            out.push((key, steps.into(), range));
         }
     }
     out

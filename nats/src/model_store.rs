@@ -8,10 +8,10 @@
 use std::collections::{BTreeMap, HashMap};
 
 use async_nats::jetstream::object_store::ObjectStore;
+use async_nats::jetstream::stream::Stream;
 use futures::StreamExt;
 use pas_schemas::ModelManifest;
 use pas_schemas::subjects::Prefix;
-use async_nats::jetstream::stream::Stream;
 
 use crate::Error;
 
@@ -104,7 +104,7 @@ pub async fn read(store: &ObjectStore, chunks: &Stream, name: &str) -> Result<Ve
         next = chunk.sequence + 1;
     }
     if bytes.len() != info.size {
-        return Err(Error::Config(format!("object {name}: read {} bytes of {}", bytes.len(), info.size)));
+        return Err(Error::ShortObject { name: name.to_owned(), read: bytes.len(), size: info.size });
     }
     Ok(bytes)
 }
@@ -116,7 +116,7 @@ pub async fn save(store: &ObjectStore, layout: &Layout, manifest: &ModelManifest
         .put(layout.object(key, version, "weights.safetensors").as_str(), &mut &weights[..])
         .await
         .map_err(|e| Error::js("store model weights", e))?;
-    let json = pas_schemas::encode(manifest).map_err(|e| Error::js("encode a manifest", e))?;
+    let json = pas_schemas::encode(manifest).map_err(Error::Encode)?;
     store
         .put(layout.object(key, version, "manifest.json").as_str(), &mut &json[..])
         .await

@@ -1,11 +1,30 @@
-//! Per-workload utilisation series built from pod samples.
+//! Per-workload utilisation series built from pod samples, shared by the
+//! trainer and the forecaster (stages meet on the bus; this is the folding
+//! both do to what they read from it). No libtorch: a series comes out as
+//! plain [`Steps`], which `pas-models` turns into its `Series`.
+//!
+//! Start at [`Workloads::fold`]. Nothing a sample says sizes an allocation:
+//! a gap as long as the history keeps nothing from before it, an open step
+//! holds at most [`MAX_SAMPLES_PER_STEP`] samples, and silent workloads can
+//! be forgotten ([`Workloads::forget_silent`]).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeDelta, Utc};
-use pas_models::Series;
 use pas_schemas::{CpuSample, TrainingRange};
+
+/// A workload's series: one value per step from `start` (`NaN` where a step
+/// had no sample).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Steps {
+    /// Start of the first step.
+    pub start: DateTime<Utc>,
+    /// Step length, in seconds.
+    pub step_seconds: u32,
+    /// One value per step.
+    pub values: Vec<f64>,
+}
 
 /// A workload: namespace and StatefulSet.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -194,6 +213,11 @@ impl Workloads {
         before - self.map.len()
     }
 
+    /// How long since a sample of `key` was last folded in.
+    pub fn silence(&self, key: &WorkloadKey) -> Option<Duration> {
+        self.map.get(key).map(|w| w.touched.elapsed())
+    }
+
     /// Forgets a workload and its data.
     pub fn remove(&mut self, key: &WorkloadKey) -> bool {
         self.map.remove(key).is_some()
@@ -230,7 +254,7 @@ impl Workloads {
     /// of their mean CPU use over the sum of their mean CPU requests (the HPA's
     /// definition); steps with no sample are missing. With it, the stream
     /// sequences and times it covers.
-    pub fn series(&self, key: &WorkloadKey) -> Option<(Series, TrainingRange)> {
+    pub fn series(&self, key: &WorkloadKey) -> Option<(Steps, TrainingRange)> {
         let w = self.map.get(key)?;
         let (first, last) = (w.first_step()?, w.newest_step()?);
         let mut values = vec![f64::NAN; (last - first + 1) as usize];
@@ -245,7 +269,7 @@ impl Workloads {
             }
         }
         let start = DateTime::from_timestamp(first * self.step, 0)?;
-        let series = Series { start, step_seconds: self.step as u32, values };
+        let series = Steps { start, step_seconds: self.step as u32, values };
         let range = TrainingRange {
             first_sequence: min_seq,
             last_sequence: max_seq,
