@@ -548,3 +548,36 @@ async fn shutdown_with_nats_down_exits_within_ten_seconds() {
     println!("exit with NATS down took {took:?}");
     assert!(took < Duration::from_secs(10), "took {took:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_rebuilds_through_the_same_door_so_a_stored_future_sample_is_left_out() {
+    // The consumer dead-letters a sample dated 23 h ahead, but it stays in
+    // PAS_SAMPLES: a restarted forecaster rebuilding its windows from the
+    // stream must refuse it too, or the workload's newest step lies a day
+    // ahead and every true sample after it is late.
+    const RUN: &str = "rebuild";
+    let server = NatsServer::start();
+    let conn = connect_and_provision(&server).await;
+    let js = conn.jetstream.clone();
+    let prefix = Prefix::replay(RUN).unwrap();
+    let seen = Seen::start(&conn.client, prefix.all_forecasts()).await;
+    let stop_feed = CancellationToken::new();
+    let feeding = feed(js.clone(), prefix.clone(), vec!["web".into()], 5, stop_feed.clone());
+    let (stop, _, task) = start(config(&server, RUN, "r1"));
+    eventually(Duration::from_secs(20), "the first forecasts", || async { (seen.count() >= 2).then_some(()) }).await;
+    let mut ahead = serde_json::to_value(sample(Utc::now(), "web", 20.0)).unwrap();
+    ahead["timestamp"] = serde_json::to_value(Utc::now() + TimeDelta::hours(23)).unwrap();
+    raw(&js, &prefix.pod_cpu("shop", "web", "web-0").unwrap(), serde_json::to_vec(&ahead).unwrap()).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.cancel();
+    task.await.unwrap().unwrap();
+
+    // The same replica again: its consumer exists, so it rebuilds from the stream.
+    let (stop, _, task) = start(config(&server, RUN, "r1"));
+    let before = seen.count();
+    eventually(Duration::from_secs(15), "forecasts after the restart", || async { (seen.count() >= before + 3).then_some(()) }).await;
+    stop_feed.cancel();
+    feeding.await.unwrap();
+    stop.cancel();
+    task.await.unwrap().unwrap();
+}

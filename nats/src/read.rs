@@ -3,14 +3,16 @@ use async_nats::jetstream::stream::Stream;
 use futures::StreamExt;
 use pas_schemas::CpuSample;
 
-use crate::Error;
+use crate::{Admission, Error};
 
 /// Reads what `stream` holds for `filter` from messages stored at
 /// `start_time` on, up to the end of the stream as it is now (or up to
 /// stream sequence `last_sequence`), with an ordered consumer that leaves
-/// no trace. Each sample that decodes goes to
-/// `fold` with its stream sequence (bad ones are a durable consumer's to
-/// dead-letter). Returns the messages read. The trainer and the forecaster
+/// no trace. Each sample that decodes, and passes `admission` where one is
+/// given (with whether these are a replay run's subjects), goes to `fold`
+/// with its stream sequence; bad ones are a durable consumer's to
+/// dead-letter, but they stay in the stream, so a stage rebuilding its
+/// state reads them through the same door it consumes through. Returns the messages read. The trainer and the forecaster
 /// rebuild their state this way, the recorder up to its consumer's ack
 /// floor; `pas replay` and `pas record` read ranges.
 pub async fn read_samples(
@@ -18,6 +20,7 @@ pub async fn read_samples(
     filter: &str,
     start_time: time::OffsetDateTime,
     last_sequence: Option<u64>,
+    admission: Option<(&Admission, bool)>,
     mut fold: impl FnMut(CpuSample, u64),
 ) -> Result<u64, Error> {
     let what = || format!("read {filter} from the stream");
@@ -42,7 +45,12 @@ pub async fn read_samples(
         if last_sequence.is_some_and(|last| sequence > last) {
             break;
         }
-        if let Ok(sample) = pas_schemas::decode::<CpuSample>(&msg.payload) {
+        let stored = info.published.unix_timestamp_nanos();
+        let decoded = match admission {
+            Some((admission, replay)) => admission.decode::<CpuSample>(&msg.payload, stored, replay),
+            None => pas_schemas::decode::<CpuSample>(&msg.payload),
+        };
+        if let Ok(sample) = decoded {
             fold(sample, sequence);
         }
         read += 1;

@@ -162,7 +162,8 @@ impl Forecaster {
                 // was acked, the windows start empty, so read them back.
                 let since = time::OffsetDateTime::now_utc() - lookback;
                 let fold = fold.clone();
-                let read = pas_nats::read_samples(&stream, &consumer_config.filter_subject, since, None, move |s, seq| fold(&s, seq))
+                let door = Some((&config.admission, prefix.run().is_some()));
+                let read = pas_nats::read_samples(&stream, &consumer_config.filter_subject, since, None, door, move |s, seq| fold(&s, seq))
                     .await
                     .map_err(|e| Error::js("rebuild the windows", e))?;
                 tracing::info!(samples = read, "Rebuilt the windows from the stream.");

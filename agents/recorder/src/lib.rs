@@ -295,6 +295,7 @@ impl Pipe {
             &self.samples_filter,
             start,
             Some(floor),
+            Some((&self.config.admission, self.dead_letters.is_replay())),
             |sample, _| {
                 workloads.fold(&sample);
             },

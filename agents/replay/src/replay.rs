@@ -238,6 +238,8 @@ pub async fn read_range(
         &Prefix::live().all_pod_cpu(),
         start_time,
         None,
+        // A range is copied as stored; whoever reads the copy checks it.
+        None,
         |sample, _| {
             if sample.timestamp >= since && sample.timestamp <= until {
                 each(sample);

@@ -150,7 +150,8 @@ impl Trainer {
         let state = Arc::new(Mutex::new(Workloads::new(step, config.max_history, open_steps)));
         let lookback = config.step * config.max_history as u32 + Duration::from_secs(3600);
         let since = time::OffsetDateTime::now_utc() - lookback;
-        let rebuilt = pas_nats::read_samples(&stream, &consumer_config.filter_subject, since, None, |sample, sequence| {
+        let door = Some((&config.admission, prefix.run().is_some()));
+        let rebuilt = pas_nats::read_samples(&stream, &consumer_config.filter_subject, since, None, door, |sample, sequence| {
             fold(&state, &metrics, &sample, sequence)
         })
         .await?;
