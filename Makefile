@@ -14,7 +14,7 @@ export PAS_CACHE LIBTORCH LIBTORCH_CXX11_ABI NATS_SERVER
 export LD_LIBRARY_PATH := $(LIBTORCH)/lib$(if $(LD_LIBRARY_PATH),:$(LD_LIBRARY_PATH))
 PY := $(PAS_CACHE)/venv/bin/python
 
-.PHONY: all setup env test test-rust test-python check-agent chart demo schemas footprint bench-models bench-epoch results clean-cache
+.PHONY: all setup env test test-rust test-python check-agent chart demo schemas fuzz footprint bench-models bench-epoch results clean-cache
 
 all: test
 
@@ -48,6 +48,13 @@ check-agent:
 
 demo: setup
 	@scripts/demo.sh
+
+# The decoders and validators on many more random and mutated inputs than
+# make test's 256 per property (FUZZ_CASES=…); a failure is shrunk and added
+# to schemas/tests/fuzz.proptest-regressions, which every run replays first.
+FUZZ_CASES ?= 100000
+fuzz: setup
+	PROPTEST_CASES=$(FUZZ_CASES) cargo test --release -p pas-schemas --test fuzz
 
 # Regenerate schemas/json/ after changing a message type.
 schemas:

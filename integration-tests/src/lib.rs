@@ -26,6 +26,7 @@ pub struct NatsServer {
     port: u16,
     config: Option<PathBuf>,
     env: Vec<(String, String)>,
+    accounts: bool,
 }
 
 impl NatsServer {
@@ -48,7 +49,7 @@ impl NatsServer {
                 .expect("write the server configuration");
             path
         });
-        let mut server = NatsServer { child: None, dir, port: 0, config: Some(config), env };
+        let mut server = NatsServer { child: None, dir, port: 0, config: Some(config), env, accounts: false };
         server.spawn(None);
         server
     }
@@ -60,11 +61,18 @@ impl NatsServer {
             .iter()
             .map(|u| (format!("PAS_{u}_PASSWORD"), format!("{}-pw", u.to_lowercase())))
             .collect();
-        Self::start_with(Some(&repo_root().join("nats/server.conf")), env)
+        let mut server = Self::start_with(Some(&repo_root().join("nats/server.conf")), env);
+        server.accounts = true;
+        server
     }
 
-    /// How `user` of [`NatsServer::with_accounts`] connects.
+    /// How `user` of [`NatsServer::with_accounts`] connects (on a server
+    /// without accounts, anonymously: the tests of a stage run it as its
+    /// own user on either).
     pub fn as_user(&self, user: &str) -> pas_nats::NatsConfig {
+        if !self.accounts {
+            return pas_nats::NatsConfig { urls: vec![self.url()], ..Default::default() };
+        }
         pas_nats::NatsConfig {
             urls: vec![self.url()],
             user: Some(user.into()),
@@ -171,9 +179,9 @@ fn read_port(dir: &Path) -> Option<u16> {
 
 /// Connects to `server` as an admin and provisions the streams and buckets.
 pub async fn connect_and_provision(server: &NatsServer) -> pas_nats::Connection {
-    let config = pas_nats::NatsConfig { urls: vec![server.url()], ..Default::default() };
+    let config = pas_nats::NatsConfig { ack_timeout: Duration::from_secs(5), ..server.as_user("admin") };
     let conn = pas_nats::connect(&config, "test", false).await.expect("connect to the test server");
-    pas_nats::provision::init(&conn.jetstream).await.expect("provision the streams");
+    pas_nats::provision::init(&conn.jetstream, Default::default()).await.expect("provision the streams");
     conn
 }
 
@@ -400,4 +408,20 @@ pub fn rss_bytes() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let kb = status.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok());
     kb.unwrap_or(0) * 1024
+}
+
+/// Asks a stage to stop (`stop`), waits for its `task` (a minute at most),
+/// prints how long it took and checks it was under 10 s: SIGTERM must end
+/// a stage in time even with NATS down. Returns what the task returned.
+pub async fn exits_within_ten_seconds<T>(what: &str, stop: impl FnOnce(), task: tokio::task::JoinHandle<T>) -> T {
+    let asked = Instant::now();
+    stop();
+    let out = tokio::time::timeout(Duration::from_secs(60), task)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not exit within a minute"))
+        .unwrap_or_else(|e| panic!("{what} failed: {e}"));
+    let took = asked.elapsed();
+    println!("{what}: exit with NATS down took {took:?}");
+    assert!(took < Duration::from_secs(10), "{what} took {took:?} to exit");
+    out
 }

@@ -34,7 +34,7 @@ async fn provision(server: &NatsServer) -> async_nats::jetstream::Context {
     let conn = pas_nats::connect(&NatsConfig { urls: vec![server.url()], ..Default::default() }, "test", false)
         .await
         .unwrap();
-    pas_nats::provision::init(&conn.jetstream).await.unwrap();
+    pas_nats::provision::init(&conn.jetstream, Default::default()).await.unwrap();
     conn.jetstream
 }
 

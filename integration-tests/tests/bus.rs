@@ -32,7 +32,7 @@ async fn init_on_a_server_with_too_little_storage_says_what_to_change() {
     let server = NatsServer::start_with(Some(&config), Vec::new());
     let conn = connect(&server).await;
 
-    let err = provision::init(&conn.jetstream).await.unwrap_err().to_string();
+    let err = provision::init(&conn.jetstream, Default::default()).await.unwrap_err().to_string();
     assert!(err.starts_with("JetStream create stream PAS_SAMPLES"), "{err}");
     assert!(err.contains("reserve 8.0 GiB"), "{err}");
     assert!(err.contains("max_file_store"), "{err}");
@@ -45,10 +45,14 @@ async fn init_is_idempotent_and_repairs_drift() {
     let conn = connect(&server).await;
     let js = &conn.jetstream;
 
-    let first = provision::init(js).await.unwrap();
-    assert_eq!(first.len(), definitions::STREAM_FILES.len());
+    let first = provision::init(js, Default::default()).await.unwrap();
+    // Every stream and bucket, then the live consumers, which only the
+    // admin may create (not the forecaster's: each replica makes its own).
+    assert_eq!(first.len(), definitions::STREAM_FILES.len() + definitions::CONSUMER_FILES.len() - 1, "{first:?}");
     assert!(first.iter().all(|p| p.action == Action::Created), "{first:?}");
-    let second = provision::init(js).await.unwrap();
+    let samples = js.get_stream(STREAM_SAMPLES).await.unwrap();
+    assert!(samples.consumer_info("pas-trainer-samples").await.is_ok());
+    let second = provision::init(js, Default::default()).await.unwrap();
     assert!(second.iter().all(|p| p.action == Action::Unchanged), "{second:?}");
 
     // The buckets work through the client's KV and object store APIs.
@@ -69,13 +73,13 @@ async fn init_is_idempotent_and_repairs_drift() {
     let mut cfg = js.get_stream(STREAM_SAMPLES).await.unwrap().info().await.unwrap().config.clone();
     cfg.max_age = Duration::from_secs(3 * 86_400);
     js.update_stream(cfg).await.unwrap();
-    let status = provision::status(js).await.unwrap();
+    let status = provision::status(js, Default::default()).await.unwrap();
     let samples = status.iter().find(|s| s.stream == STREAM_SAMPLES).unwrap();
     assert_eq!(samples.drift, ["max_age"]);
-    let third = provision::init(js).await.unwrap();
+    let third = provision::init(js, Default::default()).await.unwrap();
     let repaired = third.iter().find(|p| p.stream == STREAM_SAMPLES).unwrap();
     assert_eq!((repaired.action, repaired.changed.clone()), (Action::Updated, vec!["max_age".to_string()]));
-    assert!(provision::status(js).await.unwrap().iter().all(|s| s.exists && s.drift.is_empty()));
+    assert!(provision::status(js, Default::default()).await.unwrap().iter().all(|s| s.exists && s.drift.is_empty()));
 }
 
 /// `nats stream add --config FILE` sends the file to the JetStream API as it
@@ -105,7 +109,7 @@ async fn definition_files_are_accepted_by_the_jetstream_api_as_they_are() {
         let reply: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap();
         assert!(reply.get("error").is_none(), "{durable}: {reply}");
     }
-    let after = provision::init(&conn.jetstream).await.unwrap();
+    let after = provision::init(&conn.jetstream, Default::default()).await.unwrap();
     assert!(after.iter().all(|p| p.action == Action::Unchanged), "{after:?}");
 }
 
@@ -129,7 +133,7 @@ async fn bad_input_goes_to_the_dead_letter_subject_and_nothing_stops() {
     let server = NatsServer::start();
     let conn = connect(&server).await;
     let js = conn.jetstream.clone();
-    provision::init(&js).await.unwrap();
+    provision::init(&js, Default::default()).await.unwrap();
     let prefix = Prefix::live();
     let consumer = js
         .get_stream(STREAM_SAMPLES)
@@ -226,7 +230,7 @@ async fn bad_input_goes_to_the_dead_letter_subject_and_nothing_stops() {
 async fn the_agent_account_may_only_publish_samples() {
     let server = NatsServer::with_accounts();
     let admin = pas_nats::connect(&server.as_user("admin"), "admin", false).await.unwrap();
-    provision::init(&admin.jetstream).await.unwrap();
+    provision::init(&admin.jetstream, Default::default()).await.unwrap();
 
     let agent = pas_nats::connect(&server.as_user("agent"), "agent", false).await.unwrap();
     let ok = agent

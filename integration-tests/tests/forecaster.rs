@@ -42,7 +42,8 @@ fn config(server: &NatsServer, run: &str, replica: &str) -> Config {
         replica: Some(replica.into()),
         lease: Duration::from_secs(3),
         listen: "127.0.0.1:0".parse().unwrap(),
-        nats: NatsConfig { urls: vec![server.url()], ..NatsConfig::default() },
+        // The stage runs as its own user, with the accounts file's permissions.
+        nats: NatsConfig { ack_timeout: NatsConfig::default().ack_timeout, ..server.as_user("forecaster") },
         ..Config::default()
     }
 }
@@ -194,7 +195,7 @@ fn assert_no_missed_tick(forecasts: &[Forecast], what: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serves_new_versions_without_missing_a_tick_and_refuses_bad_ones() {
     const RUN: &str = "fc-swap";
-    let server = NatsServer::start();
+    let server = NatsServer::with_accounts();
     let conn = connect_and_provision(&server).await;
     let js = conn.jetstream.clone();
     let bucket = js.get_object_store(BUCKET_MODELS).await.unwrap();
@@ -288,7 +289,7 @@ async fn serves_new_versions_without_missing_a_tick_and_refuses_bad_ones() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_forecast_every_workload_exactly_once_while_one_joins_and_leaves() {
     const RUN: &str = "fc-shards";
-    let server = NatsServer::start();
+    let server = NatsServer::with_accounts();
     let conn = connect_and_provision(&server).await;
     let js = conn.jetstream.clone();
     let seen = Seen::start(&conn.client, Prefix::replay(RUN).unwrap().all_forecasts()).await;
@@ -345,7 +346,7 @@ async fn raw(js: &jetstream::Context, subject: &str, payload: Vec<u8>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn impossible_samples_are_dead_lettered_and_the_forecaster_goes_on() {
-    let server = NatsServer::start();
+    let server = NatsServer::with_accounts();
     let conn = connect_and_provision(&server).await;
     let js = conn.jetstream.clone();
     let live = Prefix::live();
@@ -412,7 +413,7 @@ async fn a_replayed_sample_from_1970_allocates_nothing_for_the_gap() {
     // A replay admits old times, so this reaches the series: it once filled
     // one step per second since the epoch (1.8 billion) and was OOM-killed.
     const RUN: &str = "epoch";
-    let server = NatsServer::start();
+    let server = NatsServer::with_accounts();
     let conn = connect_and_provision(&server).await;
     let js = conn.jetstream.clone();
     let prefix = Prefix::replay(RUN).unwrap();
@@ -437,7 +438,7 @@ async fn more_than_five_thousand_workloads_are_all_forecast_in_one_tick() {
     // tick before awaiting any hung the forecaster at 5,001 workloads.
     const RUN: &str = "many";
     const WORKLOADS: usize = 5_100;
-    let server = NatsServer::start();
+    let server = NatsServer::with_accounts();
     let conn = connect_and_provision(&server).await;
     let js = conn.jetstream.clone();
     let prefix = Prefix::replay(RUN).unwrap();
@@ -471,7 +472,7 @@ async fn more_than_five_thousand_workloads_are_all_forecast_in_one_tick() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_model_store_entries_are_refused_and_the_stages_still_start() {
-    let server = NatsServer::start();
+    let server = NatsServer::with_accounts();
     let conn = connect_and_provision(&server).await;
     let js = conn.jetstream.clone();
     let bucket = js.get_object_store(BUCKET_MODELS).await.unwrap();
@@ -522,7 +523,7 @@ async fn shutdown_with_nats_down_exits_within_ten_seconds() {
     // 32 partition releases one after another, each waiting for its 5 s
     // timeout, held the forecaster for 178 s after SIGTERM.
     const RUN: &str = "down";
-    let mut server = NatsServer::start();
+    let mut server = NatsServer::with_accounts();
     let conn = connect_and_provision(&server).await;
     let js = conn.jetstream.clone();
     let seen = Seen::start(&conn.client, Prefix::replay(RUN).unwrap().all_forecasts()).await;
@@ -541,12 +542,7 @@ async fn shutdown_with_nats_down_exits_within_ten_seconds() {
     stop_feed.cancel();
     feeding.abort();
     server.kill();
-    let asked = std::time::Instant::now();
-    stop.cancel();
-    tokio::time::timeout(Duration::from_secs(30), task).await.expect("the forecaster exits").unwrap().unwrap();
-    let took = asked.elapsed();
-    println!("exit with NATS down took {took:?}");
-    assert!(took < Duration::from_secs(10), "took {took:?}");
+    pas_integration_tests::exits_within_ten_seconds("the forecaster", || stop.cancel(), task).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -556,7 +552,7 @@ async fn a_restart_rebuilds_through_the_same_door_so_a_stored_future_sample_is_l
     // stream must refuse it too, or the workload's newest step lies a day
     // ahead and every true sample after it is late.
     const RUN: &str = "rebuild";
-    let server = NatsServer::start();
+    let server = NatsServer::with_accounts();
     let conn = connect_and_provision(&server).await;
     let js = conn.jetstream.clone();
     let prefix = Prefix::replay(RUN).unwrap();

@@ -107,7 +107,7 @@ fn plain(nats: &NatsServer) -> NatsConfig {
 async fn accounts() -> (NatsServer, pas_nats::Connection) {
     let nats = NatsServer::with_accounts();
     let admin = pas_nats::connect(&nats.as_user("admin"), "admin", false).await.unwrap();
-    pas_nats::provision::init(&admin.jetstream).await.unwrap();
+    pas_nats::provision::init(&admin.jetstream, Default::default()).await.unwrap();
     (nats, admin)
 }
 
@@ -454,4 +454,21 @@ async fn nats_killed_mid_run_loses_no_sample() {
     assert!(metrics.messages_total(STREAM_SAMPLES, "written") >= 100);
     stop.cancel();
     task.await.unwrap();
+}
+
+/// SIGTERM with NATS down: the recorder exits within 10 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_with_nats_down_exits_within_ten_seconds() {
+    let (mut nats, conn) = accounts().await;
+    let vm = VictoriaMetrics::start();
+    let js = conn.jetstream.clone();
+    let (metrics, stop, task) = start(config(nats.as_user("recorder"), &vm));
+    send_sample(&js, &pod_sample(step_start(), "web-0", 100.0)).await;
+    eventually(Duration::from_secs(20), "the sample written", || async {
+        (metrics.messages_total(STREAM_SAMPLES, "written") >= 1).then_some(())
+    })
+    .await;
+
+    nats.kill();
+    pas_integration_tests::exits_within_ten_seconds("the recorder", || stop.cancel(), task).await;
 }

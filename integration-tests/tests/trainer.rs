@@ -34,7 +34,8 @@ fn config(server: &NatsServer) -> Config {
         threads: 1,
         model: LstmConfig { window: 24, hidden: 16, max_epochs: 8, patience: 0, ..LstmConfig::default() },
         listen: "127.0.0.1:0".parse().unwrap(),
-        nats: NatsConfig { urls: vec![server.url()], ..NatsConfig::default() },
+        // The stage runs as its own user, with the accounts file's permissions.
+        nats: NatsConfig { ack_timeout: NatsConfig::default().ack_timeout, ..server.as_user("trainer") },
         ..Config::default()
     }
 }
@@ -84,7 +85,7 @@ fn start(config: Config) -> (CancellationToken, Metrics, tokio::task::JoinHandle
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trains_an_accepted_model_once_and_keeps_it_when_a_run_diverges() {
-    let server = NatsServer::start();
+    let server = NatsServer::with_accounts();
     let conn = connect_and_provision(&server).await;
     let js = conn.jetstream.clone();
     let store = js.get_object_store(BUCKET_MODELS).await.unwrap();
@@ -152,4 +153,23 @@ async fn trains_an_accepted_model_once_and_keeps_it_when_a_run_diverges() {
     // The bad message was dead-lettered, not dropped.
     let mut dlq = js.get_stream(STREAM_DLQ).await.unwrap();
     assert!(dlq.info().await.unwrap().state.messages >= 1);
+}
+
+/// A trainer started before `pas bus init` waits for its bucket, stream
+/// and consumer (the chart's bus-init job may run after it) instead of
+/// exiting; and SIGTERM with NATS down exits within 10 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waits_for_bus_init_and_exits_within_ten_seconds_with_nats_down() {
+    let mut server = NatsServer::with_accounts();
+    let (stop, metrics, task) = start(config(&server));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!task.is_finished(), "the trainer gave up before the bus was provisioned: {:?}", task.await);
+
+    let conn = connect_and_provision(&server).await;
+    let trace = Trace::read(&repo_root().join("testdata/traces/nab-ec2_cpu_utilization_53ea38.csv")).unwrap();
+    replay(&conn.jetstream, &trace.points[..20]).await;
+    eventually(Duration::from_secs(30), "the samples consumed", || async { (metrics.samples() >= 20).then_some(()) }).await;
+
+    server.kill();
+    pas_integration_tests::exits_within_ten_seconds("the trainer", || stop.cancel(), task).await.unwrap();
 }

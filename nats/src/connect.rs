@@ -34,6 +34,11 @@ pub struct NatsConfig {
     /// How long to wait for JetStream to acknowledge a publish.
     #[serde(with = "humantime_serde")]
     pub ack_timeout: Duration,
+    /// Subject prefix of this client's replies (JetStream acks, deliveries,
+    /// key-value reads). Unset: `_INBOX_<user>` when `user` is set, so the
+    /// accounts file can let each user read only its own replies, else
+    /// `_INBOX`.
+    pub inbox_prefix: Option<String>,
 }
 
 impl Default for NatsConfig {
@@ -48,6 +53,7 @@ impl Default for NatsConfig {
             tls: TlsConfig::default(),
             reconnect_max_delay: Duration::from_secs(30),
             ack_timeout: Duration::from_secs(5),
+            inbox_prefix: None,
         }
     }
 }
@@ -64,6 +70,24 @@ pub struct TlsConfig {
     pub cert_file: Option<PathBuf>,
     /// PEM private key of `cert_file`.
     pub key_file: Option<PathBuf>,
+}
+
+impl NatsConfig {
+    /// The reply subject prefix this client uses (see `inbox_prefix`).
+    pub fn inbox(&self) -> String {
+        if let Some(prefix) = &self.inbox_prefix {
+            return prefix.clone();
+        }
+        match &self.user {
+            Some(user) if is_token(user) => format!("_INBOX_{user}"),
+            _ => "_INBOX".into(),
+        }
+    }
+}
+
+/// Whether `s` can stand as one subject token (no separators, no wildcards).
+fn is_token(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// A connected client, its JetStream context, and whether it is connected
@@ -98,8 +122,13 @@ pub async fn connect(config: &NatsConfig, name: &str, wait_for_server: bool) -> 
     let (tx, rx) = watch::channel(false);
     let max_delay = config.reconnect_max_delay;
     let events_tx = tx.clone();
+    let inbox = config.inbox();
+    if !inbox.split('.').all(is_token) {
+        return Err(Error::Config(format!("nats.inbox_prefix {inbox:?} is not a subject without wildcards")));
+    }
     let mut options = ConnectOptions::new()
         .name(name)
+        .custom_inbox_prefix(inbox)
         .max_reconnects(None)
         .reconnect_delay_callback(move |attempt| reconnect_delay(attempt, max_delay))
         .event_callback(move |event| {
@@ -161,8 +190,10 @@ pub async fn connect(config: &NatsConfig, name: &str, wait_for_server: bool) -> 
     }
 
     let urls = config.urls.join(",");
+    // Each URL on its own: the client does not split a comma-separated
+    // string, so a list of servers (a cluster) must go as a list.
     let client = options
-        .connect(urls.as_str())
+        .connect(config.urls.as_slice())
         .await
         .map_err(|source| Error::Connect { urls: urls.clone(), source })?;
     if client.connection_state() == async_nats::connection::State::Connected {
@@ -195,5 +226,19 @@ mod tests {
         }
         let samples: std::collections::BTreeSet<_> = (0..20).map(|_| reconnect_delay(10, max)).collect();
         assert!(samples.len() > 1, "no jitter");
+    }
+
+    #[test]
+    fn each_user_gets_its_own_inbox_prefix() {
+        let mut config = NatsConfig::default();
+        assert_eq!(config.inbox(), "_INBOX");
+        config.user = Some("scaler".into());
+        assert_eq!(config.inbox(), "_INBOX_scaler");
+        // A user name that cannot be a token falls back rather than
+        // becoming a wildcard.
+        config.user = Some("a.>".into());
+        assert_eq!(config.inbox(), "_INBOX");
+        config.inbox_prefix = Some("_R.team".into());
+        assert_eq!(config.inbox(), "_R.team");
     }
 }

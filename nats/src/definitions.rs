@@ -35,6 +35,14 @@ pub const CONSUMER_FILES: [(&str, &str, &str); 6] = [
     ("PAS_DECISIONS", "pas-recorder-decisions", include_str!("../jetstream/consumers/PAS_DECISIONS.pas-recorder-decisions.json")),
 ];
 
+/// The stage whose live durable consumer `durable` is (`pas-<stage>-…`).
+pub fn consumer_stage(durable: &str) -> Result<Stage, Error> {
+    [Stage::Trainer, Stage::Forecaster, Stage::Scaler, Stage::Recorder]
+        .into_iter()
+        .find(|stage| durable.starts_with(&format!("pas-{stage}-")))
+        .ok_or_else(|| Error::NoConsumer { stage: durable.to_owned(), stream: String::new() })
+}
+
 /// Stream name of the key-value bucket `pas-scaler`.
 pub fn kv_stream() -> String {
     format!("KV_{BUCKET_SCALER}")

@@ -5,6 +5,9 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
+    /// A setting is not valid.
+    #[error("{0}")]
+    Config(String),
     /// A credentials, nkey or TLS file could not be read.
     #[error("cannot read {what} {path}: {source}")]
     File {

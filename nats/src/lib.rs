@@ -15,6 +15,8 @@
 //!   header, counted, logged once per interval, and acked only then.
 //! - [`read_samples`]: what a stream holds from a time on, without a durable
 //!   consumer (state rebuilt at start, ranges read by `pas replay`).
+//! - [`wait_for`] and [`durable`]: a stage waits for the streams, buckets
+//!   and live consumers `pas bus init` provisions instead of exiting.
 //! - [`model_store`]: model versions in the `pas-models` object store, as
 //!   the trainer writes and the forecaster reads them.
 
@@ -30,6 +32,7 @@ mod error;
 mod publish;
 mod read;
 mod stage;
+mod wait;
 
 pub use admission::Admission;
 pub use connect::{Connection, NatsConfig, TlsConfig, connect, reconnect_delay};
@@ -37,5 +40,6 @@ pub use consume::{Delivery, HandlerError, consume};
 pub use dlq::DeadLetters;
 pub use error::Error;
 pub use publish::{Outgoing, publish};
-pub use read::read_samples;
-pub use stage::{StageBus, start_stage};
+pub use read::{ordered_name, read_samples};
+pub use stage::{StageBus, start_stage, within};
+pub use wait::{durable, wait_for};

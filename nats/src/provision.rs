@@ -31,25 +31,44 @@ pub struct Provisioned {
     pub changed: Vec<String>,
 }
 
+/// How to provision.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Options {
+    /// Replicas of every stream and bucket (3 on a three-node cluster).
+    /// `None` creates them with the definitions' one replica and leaves an
+    /// existing stream's replicas as they are.
+    pub replicas: Option<usize>,
+}
+
 /// Creates every stream and bucket that is missing and updates those whose
-/// settings differ from the definitions. Running it twice changes nothing.
-pub async fn init(js: &jetstream::Context) -> Result<Vec<Provisioned>, Error> {
+/// settings differ from the definitions (a `sources` entry or a subject
+/// transform someone added is removed), then creates the live durable
+/// consumers that are missing: only the admin may, so the stages wait for
+/// them (but for the forecaster's, one per replica, which each replica
+/// creates). Running it twice changes nothing.
+pub async fn init(js: &jetstream::Context, options: Options) -> Result<Vec<Provisioned>, Error> {
     let mut out = Vec::new();
     for (def, info) in current(js).await? {
         let name = def.config.name.clone();
+        let mut config = def.config.clone();
+        if let Some(replicas) = options.replicas {
+            config.num_replicas = replicas;
+        } else if let Some(info) = &info {
+            config.num_replicas = info.config.num_replicas;
+        }
         let Some(info) = info else {
-            js.create_stream(def.config.clone()).await.map_err(|e| {
+            js.create_stream(config).await.map_err(|e| {
                 let short = storage_exceeded(e.kind());
                 Error::js(format!("create stream {name}{}", storage_hint(short)), e)
             })?;
             out.push(Provisioned { stream: name, action: Action::Created, changed: vec![] });
             continue;
         };
-        let changed = differences(&def, &info.config);
+        let changed = differences(&def, &info.config, options.replicas);
         if changed.is_empty() {
             out.push(Provisioned { stream: name, action: Action::Unchanged, changed });
         } else {
-            js.update_stream(def.config.clone()).await.map_err(|e| {
+            js.update_stream(config).await.map_err(|e| {
                 let short = storage_exceeded(e.kind());
                 Error::js(format!("update stream {name} ({}){}", changed.join(", "), storage_hint(short)), e)
             })?;
@@ -66,6 +85,28 @@ pub async fn init(js: &jetstream::Context) -> Result<Vec<Provisioned>, Error> {
     js.get_object_store(pas_schemas::subjects::BUCKET_MODELS)
         .await
         .map_err(|e| Error::js("open object store pas-models", e))?;
+    for (stream, durable, _) in definitions::CONSUMER_FILES {
+        let stage = definitions::consumer_stage(durable)?;
+        // Each forecaster replica has a consumer of its own, named after it,
+        // which it creates (the accounts file lets it, on its subjects only).
+        if stage == pas_schemas::subjects::Stage::Forecaster {
+            continue;
+        }
+        let config = definitions::consumer(stage, stream, &pas_schemas::subjects::Prefix::live())?;
+        let handle = js.get_stream(stream).await.map_err(|e| Error::js(format!("get stream {stream}"), e))?;
+        match handle.consumer_info(durable).await {
+            Ok(_) => continue,
+            Err(e) if e.kind() == jetstream::context::ConsumerInfoErrorKind::NotFound => {}
+            Err(e) => return Err(Error::js(format!("consumer info {durable} on {stream}"), e)),
+        }
+        {
+            handle
+                .create_consumer(config)
+                .await
+                .map_err(|e| Error::js(format!("create consumer {durable} on {stream}"), e))?;
+            out.push(Provisioned { stream: format!("{stream}/{durable}"), action: Action::Created, changed: vec![] });
+        }
+    }
     Ok(out)
 }
 
@@ -92,25 +133,68 @@ fn storage_hint(exceeded: bool) -> String {
     )
 }
 
-/// The settings of the definition file that the server's config does not match.
-fn differences(def: &StreamDefinition, actual: &stream::Config) -> Vec<String> {
+/// Settings a definition file may leave out but that change where messages
+/// come from or go, or how much is kept: the server's value must be the
+/// default then. (A `sources` entry with a subject transform is how another
+/// user's messages could be written into a bucket.)
+const WATCHED: [&str; 12] = [
+    "subjects",
+    "sources",
+    "mirror",
+    "subject_transform",
+    "republish",
+    "max_bytes",
+    "max_msgs",
+    "max_age",
+    "max_msg_size",
+    "max_msgs_per_subject",
+    "sealed",
+    "placement",
+];
+
+/// The settings where the server's config does not match the definition:
+/// every key of the definition file, the [`WATCHED`] ones it leaves at
+/// their defaults, and the replicas when `replicas` is given.
+fn differences(def: &StreamDefinition, actual: &stream::Config, replicas: Option<usize>) -> Vec<String> {
     let actual = serde_json::to_value(actual).unwrap_or_default();
+    let defaults = serde_json::to_value(&def.config).unwrap_or_default();
     let Some(wanted) = def.raw.as_object() else { return vec![] };
-    wanted
+    let have = |key: &str| actual.get(key).cloned().unwrap_or(serde_json::Value::Null);
+    let mut out: Vec<String> = wanted
         .iter()
-        .filter(|(key, value)| {
-            let have = actual.get(key.as_str()).cloned().unwrap_or(serde_json::Value::Null);
-            !same(value, &have)
-        })
+        .filter(|(key, _)| key.as_str() != "num_replicas")
+        .filter(|(key, value)| !same(value, &have(key)))
         .map(|(key, _)| key.clone())
-        .collect()
+        .collect();
+    for key in WATCHED {
+        if wanted.contains_key(key) {
+            continue;
+        }
+        let default = defaults.get(key).cloned().unwrap_or(serde_json::Value::Null);
+        if !same(&default, &have(key)) {
+            out.push(key.to_owned());
+        }
+    }
+    if let Some(replicas) = replicas
+        && actual.get("num_replicas").and_then(|v| v.as_u64()) != Some(replicas as u64)
+    {
+        out.push("num_replicas".into());
+    }
+    out
 }
 
 fn same(wanted: &serde_json::Value, have: &serde_json::Value) -> bool {
     use serde_json::Value;
+    let empty = |v: &Value| match v {
+        Value::Null | Value::Bool(false) => true,
+        Value::Array(a) => a.is_empty(),
+        Value::Object(o) => o.is_empty(),
+        Value::String(s) => s.is_empty(),
+        _ => false,
+    };
     match (wanted, have) {
         (Value::Number(a), Value::Number(b)) => a.as_f64() == b.as_f64(),
-        (Value::Bool(false), Value::Null) => true,
+        (a, b) if empty(a) && empty(b) => true,
         (a, b) => a == b,
     }
 }
@@ -130,12 +214,15 @@ pub struct StreamStatus {
     pub consumers: usize,
     /// Sequence of the last message.
     pub last_sequence: u64,
+    /// Replicas.
+    pub replicas: usize,
     /// Definition settings the server's config does not match.
     pub drift: Vec<String>,
 }
 
-/// The state of every stream and bucket PAS defines.
-pub async fn status(js: &jetstream::Context) -> Result<Vec<StreamStatus>, Error> {
+/// The state of every stream and bucket PAS defines; with `replicas`, a
+/// stream with another number of replicas has drifted.
+pub async fn status(js: &jetstream::Context, options: Options) -> Result<Vec<StreamStatus>, Error> {
     Ok(current(js)
         .await?
         .into_iter()
@@ -147,6 +234,7 @@ pub async fn status(js: &jetstream::Context) -> Result<Vec<StreamStatus>, Error>
                 bytes: 0,
                 consumers: 0,
                 last_sequence: 0,
+                replicas: 0,
                 drift: vec![],
             },
             Some(info) => StreamStatus {
@@ -156,7 +244,8 @@ pub async fn status(js: &jetstream::Context) -> Result<Vec<StreamStatus>, Error>
                 bytes: info.state.bytes,
                 consumers: info.state.consumer_count,
                 last_sequence: info.state.last_sequence,
-                drift: differences(&def, &info.config),
+                replicas: info.config.num_replicas,
+                drift: differences(&def, &info.config, options.replicas),
             },
         })
         .collect())

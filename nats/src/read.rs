@@ -26,6 +26,7 @@ pub async fn read_samples(
     let what = || format!("read {filter} from the stream");
     let mut consumer = stream
         .create_consumer(pull::OrderedConfig {
+            name: Some(ordered_name("read")),
             filter_subject: filter.to_owned(),
             deliver_policy: DeliverPolicy::ByStartTime { start_time },
             ..Default::default()
@@ -59,4 +60,12 @@ pub async fn read_samples(
         }
     }
     Ok(read)
+}
+
+/// A name for a short-lived ordered consumer. Named, its create request
+/// carries the name and filter in the subject, which is what the accounts
+/// file lets a stage user create: the unnamed form would let the body name
+/// (and so change) another stage's durable consumer.
+pub fn ordered_name(purpose: &str) -> String {
+    format!("pas-{purpose}-{:016x}", fastrand::u64(..))
 }

@@ -103,6 +103,11 @@ enum BusCommand {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Replicas of every stream and bucket (3 on a three-node NATS
+        /// cluster; the chart passes its NATS replicas). Without it, new
+        /// streams get one and existing ones keep theirs.
+        #[arg(long, value_parser = clap::value_parser!(u8).range(1..=5))]
+        replicas: Option<u8>,
     },
     /// Show each stream's messages, size and consumers, and any drift from
     /// the definitions. Exits 1 when something is missing or drifted.
@@ -110,6 +115,9 @@ enum BusCommand {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Report a stream with another number of replicas as drift.
+        #[arg(long, value_parser = clap::value_parser!(u8).range(1..=5))]
+        replicas: Option<u8>,
     },
     /// Print messages as they arrive, one `subject payload` line each, like
     /// `nats sub` (for machines without the nats CLI).
@@ -290,36 +298,41 @@ async fn bus(command: BusCommand, nats: &NatsConfig) -> anyhow::Result<()> {
                 seen += 1;
             }
         }
-        BusCommand::Init { json } => {
-            let done = provision::init(&conn.jetstream).await?;
+        BusCommand::Init { json, replicas } => {
+            let options = provision::Options { replicas: replicas.map(usize::from) };
+            let done = provision::init(&conn.jetstream, options).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&done)?);
             } else {
-                println!("{:<16} {:<10} changed", "stream", "action");
+                println!("{:<38} {:<10} changed", "stream or stream/consumer", "action");
                 for p in &done {
                     let action = match p.action {
                         Action::Created => "created",
                         Action::Updated => "updated",
                         Action::Unchanged => "unchanged",
                     };
-                    println!("{:<16} {:<10} {}", p.stream, action, p.changed.join(","));
+                    println!("{:<38} {:<10} {}", p.stream, action, p.changed.join(","));
                 }
             }
         }
-        BusCommand::Status { json } => {
-            let status = provision::status(&conn.jetstream).await?;
+        BusCommand::Status { json, replicas } => {
+            let options = provision::Options { replicas: replicas.map(usize::from) };
+            let status = provision::status(&conn.jetstream, options).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
             } else {
-                println!("{:<16} {:>10} {:>12} {:>9} {:>10}  drift", "stream", "messages", "bytes", "consumers", "last seq");
+                println!(
+                    "{:<17} {:>10} {:>12} {:>9} {:>10} {:>8}  drift",
+                    "stream", "messages", "bytes", "consumers", "last seq", "replicas"
+                );
                 for s in &status {
                     if s.exists {
                         println!(
-                            "{:<16} {:>10} {:>12} {:>9} {:>10}  {}",
-                            s.stream, s.messages, s.bytes, s.consumers, s.last_sequence, s.drift.join(",")
+                            "{:<17} {:>10} {:>12} {:>9} {:>10} {:>8}  {}",
+                            s.stream, s.messages, s.bytes, s.consumers, s.last_sequence, s.replicas, s.drift.join(",")
                         );
                     } else {
-                        println!("{:<16} missing: run `pas bus init`", s.stream);
+                        println!("{:<17} missing: run `pas bus init`", s.stream);
                     }
                 }
             }

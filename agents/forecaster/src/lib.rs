@@ -118,14 +118,27 @@ impl Forecaster {
                 .await?;
         let js = conn.jetstream.clone();
 
+        // Waits for what `pas bus init` provisions rather than exiting.
+        let opened = pas_nats::wait_for("the pas-models and pas-forecaster buckets and PAS_SAMPLES", &shutdown, || async {
+            let open = |what: &str, e: Box<dyn std::error::Error + Send + Sync>| pas_nats::Error::JetStream {
+                action: format!("open {what}"),
+                source: e,
+            };
+            let bucket = js.get_object_store(BUCKET_MODELS).await.map_err(|e| open("the pas-models bucket", e.into()))?;
+            let chunks = js
+                .get_stream(pas_nats::definitions::object_stream())
+                .await
+                .map_err(|e| open("the pas-models stream", e.into()))?;
+            let stream = js.get_stream(STREAM_SAMPLES).await.map_err(|e| open("stream PAS_SAMPLES", e.into()))?;
+            let kv = js.get_key_value(BUCKET_FORECASTER).await.map_err(|e| open("the pas-forecaster bucket", e.into()))?;
+            Ok((bucket, chunks, stream, kv))
+        })
+        .await?;
+        let Some((bucket, chunks, stream, kv)) = opened else { return Ok(()) };
+
         // Models: everything stored now, then whatever appears.
-        let bucket = js.get_object_store(BUCKET_MODELS).await.map_err(|e| Error::js("open the pas-models bucket (run `pas bus init`)", e))?;
         let served = Arc::new(Models::default());
         let step = config.step.as_secs();
-        let chunks = js
-            .get_stream(pas_nats::definitions::object_stream())
-            .await
-            .map_err(|e| Error::js("open the pas-models stream", e))?;
         let rescan = Duration::from_secs(300);
         let loader = Loader::new(
             (bucket, chunks),
@@ -138,7 +151,6 @@ impl Forecaster {
         let loading = tokio::spawn(loader.run(shutdown.clone(), rescan));
 
         // Samples: this replica's durable consumer, starting a window back.
-        let stream = js.get_stream(STREAM_SAMPLES).await.map_err(|e| Error::js("open stream PAS_SAMPLES (run `pas bus init`)", e))?;
         let mut consumer_config = pas_nats::definitions::consumer(Stage::Forecaster, STREAM_SAMPLES, &prefix)?;
         let name = format!("{}-{replica}", consumer_config.durable_name.clone().unwrap_or_default());
         consumer_config.durable_name = Some(name.clone());
@@ -156,24 +168,20 @@ impl Forecaster {
             let metrics = metrics.clone();
             move |sample: &CpuSample, sequence: u64| fold(&inputs, &metrics, partitions, sample, sequence)
         };
-        let consumer = match stream.get_consumer(&name).await {
-            Ok(consumer) => {
-                // Restarted under the same name: the consumer resumes where it
-                // was acked, the windows start empty, so read them back.
-                let since = time::OffsetDateTime::now_utc() - lookback;
-                let fold = fold.clone();
-                let door = Some((&config.admission, prefix.run().is_some()));
-                let read = pas_nats::read_samples(&stream, &consumer_config.filter_subject, since, None, door, move |s, seq| fold(&s, seq))
-                    .await
-                    .map_err(|e| Error::js("rebuild the windows", e))?;
-                tracing::info!(samples = read, "Rebuilt the windows from the stream.");
-                consumer
-            }
-            Err(_) => stream
-                .create_consumer(consumer_config)
+        // Each replica's own durable consumer, which it creates.
+        let opened = pas_nats::wait_for("the forecaster's consumer", &shutdown, || pas_nats::durable(&stream, &consumer_config)).await?;
+        let Some((consumer, existed)) = opened else { return Ok(()) };
+        if existed {
+            // Restarted under the same name: the consumer resumes where it
+            // was acked, the windows start empty, so read them back.
+            let since = time::OffsetDateTime::now_utc() - lookback;
+            let fold = fold.clone();
+            let door = Some((&config.admission, prefix.run().is_some()));
+            let read = pas_nats::read_samples(&stream, &consumer_config.filter_subject, since, None, door, move |s, seq| fold(&s, seq))
                 .await
-                .map_err(|e| Error::js("create the forecaster's consumer", e))?,
-        };
+                .map_err(|e| Error::js("rebuild the windows", e))?;
+            tracing::info!(samples = read, "Rebuilt the windows from the stream.");
+        }
         // Samples keep flowing until the last tick is done.
         let stop_consuming = CancellationToken::new();
         let consuming = {
@@ -189,7 +197,6 @@ impl Forecaster {
             })
         };
 
-        let kv = js.get_key_value(BUCKET_FORECASTER).await.map_err(|e| Error::js("open the pas-forecaster bucket (run `pas bus init`)", e))?;
         let scope = prefix.run().map(|r| format!("run-{r}")).unwrap_or_else(|| "live".into());
         let mut shard = Shard::new(kv, scope, replica.clone(), config.partitions, config.lease);
         if let Err(error) = shard.coordinate().await {
@@ -278,20 +285,15 @@ impl Forecaster {
         health.set_ready(false);
         // Each step of the way out is bounded, so SIGTERM exits in time even
         // with NATS down (the leases then expire on their own).
-        let late = |what: &'static str| tracing::warn!(step = what, "Shutdown step did not finish in time; going on.");
-        if tokio::time::timeout(Duration::from_secs(2), shard.leave()).await.is_err() {
-            late("release partitions");
-        }
+        let _ = pas_nats::within(Duration::from_secs(2), "release partitions", shard.leave()).await;
         stop_consuming.cancel();
         loading.abort();
-        match tokio::time::timeout(Duration::from_secs(2), consuming).await.ok() {
+        match pas_nats::within(Duration::from_secs(2), "stop consuming", consuming).await {
             Some(Ok(Ok(()))) | None => {}
             Some(Ok(Err(error))) => tracing::warn!(%error, "Consuming stopped with an error."),
             Some(Err(error)) => tracing::warn!(%error, "The consumer task failed."),
         }
-        if tokio::time::timeout(Duration::from_secs(2), conn.client.drain()).await.is_err() {
-            late("drain the connection");
-        }
+        let _ = pas_nats::within(Duration::from_secs(2), "drain the connection", conn.client.drain()).await;
         Ok(())
     }
 }

@@ -83,6 +83,7 @@ Settings (file key / environment variable; flags above override both):
   nats.tls.key_file         PAS_NATS__TLS__KEY_FILE       its key (PEM)
   nats.reconnect_max_delay  PAS_NATS__RECONNECT_MAX_DELAY cap of the jittered reconnect backoff [30s]
   nats.ack_timeout          PAS_NATS__ACK_TIMEOUT         wait for a JetStream ack [5s]
+  nats.inbox_prefix         PAS_NATS__INBOX_PREFIX        reply subject prefix [_INBOX_<user>]
 RUST_LOG filters the log (default info). SIGTERM drains; a second SIGTERM stops at once.";
 
 impl Cli {

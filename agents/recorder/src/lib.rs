@@ -106,20 +106,19 @@ impl Recorder {
         let config = Arc::new(config);
         let mut tasks = Vec::new();
         for kind in [Kind::Samples, Kind::Forecasts, Kind::Decisions] {
-            let stream = js
-                .get_stream(kind.stream())
-                .await
-                .map_err(|e| Error::js("open the recorder's streams (run `pas bus init`)", e))?;
-            let definition =
-                pas_nats::definitions::consumer(Stage::Recorder, kind.stream(), &prefix)?;
-            let name = definition.durable_name.clone().unwrap_or_default();
-            let consumer = match stream.get_consumer(&name).await {
-                Ok(consumer) => consumer,
-                Err(_) => stream
-                    .create_consumer(definition)
-                    .await
-                    .map_err(|e| Error::js("create the recorder's consumers", e))?,
-            };
+            let definition = pas_nats::definitions::consumer(Stage::Recorder, kind.stream(), &prefix)?;
+            // Waits for what `pas bus init` provisions rather than exiting.
+            let what = format!("stream {} and the recorder's consumer", kind.stream());
+            let opened = pas_nats::wait_for(&what, &shutdown, || async {
+                let stream = js.get_stream(kind.stream()).await.map_err(|e| pas_nats::Error::JetStream {
+                    action: format!("open stream {}", kind.stream()),
+                    source: Box::new(e),
+                })?;
+                let (consumer, _) = pas_nats::durable(&stream, &definition).await?;
+                Ok((stream, consumer))
+            })
+            .await?;
+            let Some((stream, consumer)) = opened else { return Ok(()) };
             let pipe = Pipe {
                 kind,
                 consumer,
@@ -152,7 +151,7 @@ impl Recorder {
             }
         }
         health.set_ready(false);
-        conn.client.drain().await.ok();
+        let _ = pas_nats::within(Duration::from_secs(2), "drain the connection", conn.client.drain()).await;
         result
     }
 }

@@ -185,10 +185,15 @@ impl<C: Cluster> Scaler<C> {
         .await?;
         let js = conn.jetstream.clone();
         let dead_letters = Arc::new(dead_letters);
-        let kv = js
-            .get_key_value(BUCKET_SCALER)
-            .await
-            .map_err(|e| Error::js("open the pas-scaler bucket (run `pas bus init`)", e))?;
+        // Waits for what `pas bus init` provisions rather than exiting.
+        let opened = pas_nats::wait_for("the pas-scaler bucket", &shutdown, || async {
+            js.get_key_value(BUCKET_SCALER).await.map_err(|e| pas_nats::Error::JetStream {
+                action: "open the pas-scaler bucket".into(),
+                source: Box::new(e),
+            })
+        })
+        .await?;
+        let Some(kv) = opened else { return Ok(()) };
         let scope = prefix
             .run()
             .map(|r| format!("run-{r}"))
@@ -292,13 +297,15 @@ impl<C: Cluster> Scaler<C> {
             metrics.set_leader(active.is_some());
         }
         health.set_ready(false);
+        // Each step of the way out is bounded, so SIGTERM exits in time even
+        // with NATS down (the lease then expires on its own).
         if let Some(a) = active.take() {
-            a.stop().await;
+            let _ = pas_nats::within(Duration::from_secs(3), "stop consuming", a.stop()).await;
         }
         resign.cancel();
-        let _ = campaigning.await;
+        let _ = pas_nats::within(Duration::from_secs(2), "release the lease", campaigning).await;
         metrics.set_leader(false);
-        conn.client.drain().await.ok();
+        let _ = pas_nats::within(Duration::from_secs(2), "drain the connection", conn.client.drain()).await;
         Ok(())
     }
 }
@@ -337,6 +344,7 @@ impl Active {
         let start_time = time::OffsetDateTime::now_utc() - config.sample_max_age;
         let ordered = samples
             .create_consumer(pull::OrderedConfig {
+                name: Some(pas_nats::ordered_name("scaler-samples")),
                 filter_subject: prefix.all_pod_cpu(),
                 deliver_policy: DeliverPolicy::ByStartTime { start_time },
                 ..pull::OrderedConfig::default()
@@ -403,14 +411,7 @@ impl Active {
             .map_err(|e| Error::js("open stream PAS_FORECASTS (run `pas bus init`)", e))?;
         let consumer_config =
             pas_nats::definitions::consumer(Stage::Scaler, STREAM_FORECASTS, prefix)?;
-        let name = consumer_config.durable_name.clone().unwrap_or_default();
-        let consumer = match stream.get_consumer(&name).await {
-            Ok(consumer) => consumer,
-            Err(_) => stream
-                .create_consumer(consumer_config)
-                .await
-                .map_err(|e| Error::js("create the scaler's forecast consumer", e))?,
-        };
+        let (consumer, _) = pas_nats::durable(&stream, &consumer_config).await?;
         let (tx, rx) = mpsc::channel(64);
         let forecast_task = {
             let stop = stop.clone();

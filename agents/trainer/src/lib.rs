@@ -125,25 +125,29 @@ impl Trainer {
                 .await?;
         let js = conn.jetstream.clone();
 
-        let bucket = js.get_object_store(pas_schemas::subjects::BUCKET_MODELS).await.map_err(|e| Error::JetStream {
-            what: "open the pas-models bucket (run `pas bus init`)",
-            source: Box::new(e),
-        })?;
-        let chunks = js.get_stream(pas_nats::definitions::object_stream()).await.map_err(|e| Error::js("open the pas-models stream", e))?;
+        // Waits for what `pas bus init` provisions rather than exiting.
+        let consumer_config = pas_nats::definitions::consumer(Stage::Trainer, STREAM_SAMPLES, &prefix)?;
+        let opened = pas_nats::wait_for("the pas-models bucket, PAS_SAMPLES and the trainer's consumer", &shutdown, || async {
+            let bucket = js
+                .get_object_store(pas_schemas::subjects::BUCKET_MODELS)
+                .await
+                .map_err(|e| pas_nats::Error::JetStream { action: "open the pas-models bucket".into(), source: Box::new(e) })?;
+            let chunks = js
+                .get_stream(pas_nats::definitions::object_stream())
+                .await
+                .map_err(|e| pas_nats::Error::JetStream { action: "open the pas-models stream".into(), source: Box::new(e) })?;
+            let stream = js
+                .get_stream(STREAM_SAMPLES)
+                .await
+                .map_err(|e| pas_nats::Error::JetStream { action: "open stream PAS_SAMPLES".into(), source: Box::new(e) })?;
+            let (consumer, _) = pas_nats::durable(&stream, &consumer_config).await?;
+            Ok((bucket, chunks, stream, consumer))
+        })
+        .await?;
+        let Some((bucket, chunks, stream, consumer)) = opened else { return Ok(()) };
         let layout = Layout::new(&prefix);
         let mut models = store::load(&bucket, &chunks, &layout).await?;
         tracing::info!(keys = models.len(), "Read stored model versions.");
-
-        let stream = js.get_stream(STREAM_SAMPLES).await.map_err(|e| Error::JetStream {
-            what: "open stream PAS_SAMPLES (run `pas bus init`)",
-            source: Box::new(e),
-        })?;
-        let consumer_config = pas_nats::definitions::consumer(Stage::Trainer, STREAM_SAMPLES, &prefix)?;
-        let name = consumer_config.durable_name.clone().unwrap_or_default();
-        let consumer = stream
-            .get_or_create_consumer(&name, consumer_config.clone())
-            .await
-            .map_err(|e| Error::js("create the trainer's consumer", e))?;
 
         let step = config.step.as_secs() as u32;
         let open_steps = config.lateness.as_secs().div_ceil(u64::from(step)) as usize;
@@ -239,12 +243,14 @@ impl Trainer {
             }
         }
         health.set_ready(false);
-        match consuming.await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => tracing::warn!(%error, "Consuming stopped with an error."),
-            Err(error) => tracing::warn!(%error, "Consumer task failed."),
+        // Each step of the way out is bounded, so SIGTERM exits in time even
+        // with NATS down.
+        match pas_nats::within(Duration::from_secs(3), "stop consuming", consuming).await {
+            Some(Ok(Ok(()))) | None => {}
+            Some(Ok(Err(error))) => tracing::warn!(%error, "Consuming stopped with an error."),
+            Some(Err(error)) => tracing::warn!(%error, "Consumer task failed."),
         }
-        conn.client.drain().await.ok();
+        let _ = pas_nats::within(Duration::from_secs(2), "drain the connection", conn.client.drain()).await;
         Ok(())
     }
 }
