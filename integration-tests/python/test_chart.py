@@ -5,7 +5,10 @@ valid against the Kubernetes JSON schemas of current releases
 (kubernetes-validate: 1.37 and 1.35), and the RBAC rules and pod security are exactly what
 docs/scaler.md and the chart's README promise."""
 
+import json
+import os
 import pathlib
+import subprocess
 
 import helm_python as helm
 import kubernetes_validate
@@ -236,9 +239,6 @@ def test_every_stage_takes_the_configuration_the_chart_gives_it(agent_bin, pas_b
     (secrets and downward-API fields stand in as placeholders) and print
     the configuration they would run with: an unknown key or a bad value
     would make them exit 1."""
-    import json
-    import os
-    import subprocess
 
     docs = render(ALL_ON)
     checked = []
@@ -270,3 +270,102 @@ def test_every_stage_takes_the_configuration_the_chart_gives_it(agent_bin, pas_b
     assert configs["pas-recorder"]["influx"]["url"] == "http://pas-influxdb:8086"
     assert configs["pas-recorder"]["influx"]["token"] == "<redacted>"
     assert configs["pas-recorder"]["listen"] == "0.0.0.0:9468"
+
+
+def by_kind_name(docs):
+    return {(d["kind"], d["metadata"]["name"]): d for d in docs}
+
+
+def test_nats_runs_as_a_three_node_cluster_by_default():
+    docs = by_kind_name(render({}))
+    sts = docs[("StatefulSet", "pas-nats")]
+    assert sts["spec"]["replicas"] == 3
+    assert sts["spec"]["podManagementPolicy"] == "Parallel"
+    pod = sts["spec"]["template"]["spec"]
+    term = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"][0]["podAffinityTerm"]
+    assert term["topologyKey"] == "kubernetes.io/hostname"
+    assert term["labelSelector"]["matchLabels"]["app.kubernetes.io/component"] == "nats"
+    nats = pod["containers"][0]
+    assert nats["lifecycle"]["preStop"]["exec"]["command"] == ["nats-server", "--signal", "ldm=/var/run/nats/nats.pid"]
+    assert pod["terminationGracePeriodSeconds"] > 40, "lame duck (30 s after a 10 s grace) must fit"
+    assert {"name": "cluster", "containerPort": 6222} in nats["ports"]
+    pdb = docs[("PodDisruptionBudget", "pas-nats")]
+    assert pdb["spec"]["maxUnavailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"] == "nats"
+    headless = docs[("Service", "pas-nats-headless")]["spec"]
+    assert headless["publishNotReadyAddresses"] is True and any(p["port"] == 6222 for p in headless["ports"])
+    conf = docs[("ConfigMap", "pas-nats")]["data"]["nats.conf"]
+    for i in range(3):
+        assert f"nats://pas-nats-{i}.pas-nats-headless:6222" in conf
+    assert "lame_duck_duration" in conf and "pid_file: /var/run/nats/nats.pid" in conf
+    # bus init puts every stream and bucket on all three.
+    job = docs[("Job", "pas-bus-init")]["spec"]["template"]["spec"]["containers"][0]
+    assert job["args"] == ["bus", "init", "--replicas", "3"]
+    # The forecaster and the scaler keep one pod up through a drain.
+    for name in ["pas-forecaster", "pas-scaler"]:
+        assert docs[("PodDisruptionBudget", name)]["spec"]["maxUnavailable"] == 1
+
+    single = by_kind_name(render({"nats": {"replicas": 1}}))
+    assert "cluster {" not in single[("ConfigMap", "pas-nats")]["data"]["nats.conf"]
+    assert ("PodDisruptionBudget", "pas-nats") not in single
+    assert single[("Job", "pas-bus-init")]["spec"]["template"]["spec"]["containers"][0]["args"][-2:] == ["--replicas", "1"]
+    external = by_kind_name(render(EXTERNAL))
+    assert external[("Job", "pas-bus-init")]["spec"]["template"]["spec"]["containers"][0]["args"] == ["bus", "init"]
+
+
+def test_the_nats_pods_restart_when_any_of_their_configuration_changes():
+    def checksum(values):
+        sts = by_kind_name(render(values))[("StatefulSet", "pas-nats")]
+        return sts["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+
+    base = checksum({})
+    assert checksum({"nats": {"jetstream": {"maxFile": "8GB"}}}) != base
+    assert checksum({"nats": {"replicas": 5}}) != base
+    assert checksum({}) == base
+
+
+def test_the_rendered_nats_configuration_is_one_nats_server_accepts(tmp_path):
+    from conftest import _nats_server
+
+    data = by_kind_name(render({}))[("ConfigMap", "pas-nats")]["data"]
+    for name, text in data.items():
+        text = text.replace("/data/jetstream", str(tmp_path / "js")).replace("/var/run/nats", str(tmp_path))
+        (tmp_path / name).write_text(text)
+    env = {f"PAS_{u.upper()}_PASSWORD": "pw" for u in ["admin", "agent", "trainer", "forecaster", "scaler", "recorder", "viewer"]}
+    env |= {"POD_NAME": "pas-nats-0", "PATH": os.environ.get("PATH", "")}
+    out = subprocess.run([_nats_server(), "-t", "-c", str(tmp_path / "nats.conf")], env=env, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_every_component_takes_the_scheduling_values_users_expect():
+    scheduling = {
+        "nodeSelector": {"pool": "pas"},
+        "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "pas", "effect": "NoSchedule"}],
+        "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+            {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]}]}}},
+        "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "zone", "whenUnsatisfiable": "ScheduleAnyway",
+                                       "labelSelector": {"matchLabels": {"app.kubernetes.io/name": "pas"}}}],
+        "priorityClassName": "pas-critical",
+        "podAnnotations": {"team": "autoscaling"},
+    }
+    components = ["nats", "busInit", "agent", "trainer", "forecaster", "scaler", "recorder", "influxdb", "grafana", "example"]
+    values = {k: dict(v) for k, v in ALL_ON.items()}
+    for c in components:
+        values.setdefault(c, {}).update(scheduling)
+    docs = render(values)
+    seen = set()
+    for d, spec in pod_specs(docs):
+        component = d["spec"]["template"]["metadata"]["labels"].get("app.kubernetes.io/component") if d["kind"] != "Pod" else None
+        if component is None:
+            continue
+        seen.add(component)
+        for key in ["nodeSelector", "tolerations", "affinity", "topologySpreadConstraints", "priorityClassName"]:
+            assert spec.get(key) == scheduling[key], f"{d['metadata']['name']}: {key}"
+        assert d["spec"]["template"]["metadata"]["annotations"]["team"] == "autoscaling", d["metadata"]["name"]
+    assert seen == {"nats", "bus-init", "agent", "trainer", "forecaster", "scaler", "recorder", "influxdb", "grafana", "example"}
+    for version in KUBERNETES:
+        for d in docs:
+            if d["apiVersion"].startswith("monitoring.coreos.com/"):
+                continue
+            manifest = {k: v for k, v in d.items() if k != "__file"}
+            kubernetes_validate.validate(manifest, version, strict=True)

@@ -111,3 +111,97 @@ http://{{ include "pas.fullname" . }}-influxdb:8086
 {{- define "pas.influxSecret" -}}
 {{- .Values.influxdb.existingSecret | default (printf "%s-influxdb" (include "pas.fullname" .)) -}}
 {{- end -}}
+
+{{/*
+Where a component's pods run, from its values: nodeSelector, tolerations,
+affinity, topologySpreadConstraints, priorityClassName. Without an affinity
+of its own, a component that runs several pods ("spread" true) prefers
+nodes its siblings are not on, so losing a node loses one of them.
+(dict "ctx" $ "values" .Values.forecaster "component" "forecaster" "spread" true)
+*/}}
+{{- define "pas.scheduling" -}}
+{{- with .values.nodeSelector }}
+nodeSelector: {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .values.tolerations }}
+tolerations: {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- if .values.affinity }}
+affinity: {{- toYaml .values.affinity | nindent 2 }}
+{{- else if .spread }}
+affinity:
+  podAntiAffinity:
+    preferredDuringSchedulingIgnoredDuringExecution:
+      - weight: 100
+        podAffinityTerm:
+          topologyKey: kubernetes.io/hostname
+          labelSelector:
+            matchLabels:
+              {{- include "pas.selector" (dict "ctx" .ctx "component" .component) | nindent 14 }}
+{{- end }}
+{{- with .values.topologySpreadConstraints }}
+topologySpreadConstraints: {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .values.priorityClassName }}
+priorityClassName: {{ . }}
+{{- end }}
+{{- end -}}
+
+{{/* A component's own pod annotations (its values' podAnnotations). */}}
+{{- define "pas.podAnnotations" -}}
+{{- with .podAnnotations }}
+{{- toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* A PodDisruptionBudget: at most one pod of the component down at a time
+(dict "ctx" $ "component" "scaler"). */}}
+{{- define "pas.pdb" -}}
+apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata:
+  name: {{ include "pas.fullname" .ctx }}-{{ .component }}
+  labels:
+    {{- include "pas.labels" .ctx | nindent 4 }}
+    app.kubernetes.io/component: {{ .component }}
+spec:
+  maxUnavailable: 1
+  selector:
+    matchLabels:
+      {{- include "pas.selector" (dict "ctx" .ctx "component" .component) | nindent 6 }}
+{{- end -}}
+
+{{/* The NATS servers' configuration files (the ConfigMap's data). */}}
+{{- define "pas.natsConfig" -}}
+{{- $fullname := include "pas.fullname" . -}}
+nats.conf: |
+  # NATS with JetStream for PAS; the users come from accounts.conf
+  # (files/nats-accounts.conf, the same file nats/server.conf includes).
+  server_name: $POD_NAME
+  listen: 0.0.0.0:4222
+  http: 0.0.0.0:8222
+  pid_file: /var/run/nats/nats.pid
+  # On SIGTERM (the pre-stop hook sends lame-duck), stop taking clients and
+  # move them over this long, after a grace period.
+  lame_duck_duration: 30s
+  lame_duck_grace_period: 10s
+  jetstream {
+    store_dir: /data/jetstream
+    max_memory_store: {{ .Values.nats.jetstream.maxMemory }}
+    max_file_store: {{ .Values.nats.jetstream.maxFile }}
+  }
+  {{- if gt (int .Values.nats.replicas) 1 }}
+  cluster {
+    name: {{ $fullname }}-nats
+    listen: 0.0.0.0:6222
+    routes: [
+      {{- range $i := until (int .Values.nats.replicas) }}
+      nats://{{ $fullname }}-nats-{{ $i }}.{{ $fullname }}-nats-headless:6222
+      {{- end }}
+    ]
+  }
+  {{- end }}
+  include "accounts.conf"
+accounts.conf: |
+  {{- .Files.Get "files/nats-accounts.conf" | nindent 2 }}
+{{- end -}}

@@ -25,7 +25,9 @@ spec:
         {{- include "pas.selector" (dict "ctx" $ctx "component" .name) | nindent 8 }}
       annotations:
         {{- include "pas.scrapeAnnotations" (dict "ctx" $ctx "port" .port) | nindent 8 }}
+        {{- include "pas.podAnnotations" $values | nindent 8 }}
     spec:
+      {{- include "pas.scheduling" (dict "ctx" $ctx "values" $values "component" .name "spread" (gt (int (.replicas | default 1)) 1)) | nindent 6 }}
       {{- if .serviceAccount }}
       serviceAccountName: {{ .serviceAccount }}
       {{- else }}
