@@ -106,6 +106,24 @@ impl NatsServer {
         }
     }
 
+    /// Stops the server process (SIGSTOP) without closing its connections:
+    /// every call to it hangs, as with a server that is overloaded or
+    /// behind a partition, until [`NatsServer::resume`].
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a paused server go on (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let child = self.child.as_ref().expect("the server runs");
+        let status = Command::new("kill").arg(signal).arg(child.id().to_string()).status().expect("kill");
+        assert!(status.success(), "kill {signal} failed");
+    }
+
     /// Starts it again on the same port with the same store.
     pub fn restart(&mut self) {
         self.kill();

@@ -506,3 +506,85 @@ async fn shutdown_with_nats_down_exits_within_ten_seconds() {
     server.kill();
     pas_integration_tests::exits_within_ten_seconds("the scaler", || stop.cancel(), task).await;
 }
+
+/// Every decision for every workload over all outcomes.
+fn all_decisions(metrics: &Metrics) -> u64 {
+    ["applied", "dry_run", "refused", "unchanged"].iter().map(|o| metrics.decisions(o)).sum()
+}
+
+/// The reproduction: one workload's slow key-value call held the
+/// single decision loop (decisions for every workload came every 65–130 s).
+/// Now state writes and publish acks happen beside the loop, each with its
+/// own timeout: with the NATS server stopped (SIGSTOP: every call hangs),
+/// the scaler, still inside its lease, goes on deciding for all of its 30
+/// workloads every tick.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_nats_call_holds_up_no_other_workload() {
+    let (server, _conn, js) = bus().await;
+    let sim = Simulated::new();
+    let workloads: Vec<String> = (0..30).map(|i| format!("w{i}")).collect();
+    for w in &workloads {
+        sim.insert("shop", w, 2, annotations(&ON), Some(1000.0));
+    }
+    let config = Config { lease: Duration::from_secs(30), ..config(&server, "a") };
+    let (metrics, stop, task) = start(config, &sim);
+    eventually(Duration::from_secs(10), "the scaler to lead", || async { metrics.is_leader().then_some(()) }).await;
+    for w in &workloads {
+        sample(&js, w, 0, 50.0).await;
+        sample(&js, w, 1, 50.0).await;
+    }
+    // Every workload decided on once: its state read and cached.
+    eventually(Duration::from_secs(20), "a decision for every workload", || async {
+        (all_decisions(&metrics) >= 2 * workloads.len() as u64).then_some(())
+    })
+    .await;
+
+    server.pause();
+    let before = all_decisions(&metrics);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let during = all_decisions(&metrics) - before;
+    server.resume();
+    println!("decisions while NATS hung for 4 s: {during}");
+    assert!(during >= workloads.len() as u64, "only {during} decisions in 4 s with NATS hanging");
+    assert!(metrics.is_leader());
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(15), task).await.expect("the scaler stops").unwrap();
+}
+
+/// The reproduction: forecast values `1e308` and `-1e6` parsed and
+/// were acted on (scaled to the maximum). Now they are refused at the door:
+/// each ends in `pas.dlq.scaler` with its reason, nothing is scaled for
+/// them, and the next sound forecast is decided on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn impossible_forecast_values_are_dead_lettered_and_the_scaler_goes_on() {
+    let (server, conn, js) = bus().await;
+    let sim = Simulated::new();
+    sim.insert("shop", "web", 2, annotations(&ON), Some(1000.0));
+    let mut dead = conn.client.subscribe(Prefix::live().dlq(pas_schemas::subjects::Stage::Scaler)).await.unwrap();
+    let mut sub = decisions(&conn.client).await;
+    let (metrics, stop, task) = start(config(&server, "a"), &sim);
+    eventually(Duration::from_secs(10), "the scaler to lead", || async { metrics.is_leader().then_some(()) }).await;
+    sample(&js, "web", 0, 50.0).await;
+    sample(&js, "web", 1, 50.0).await;
+
+    let subject = Prefix::live().forecast("shop", "web").unwrap();
+    for values in [vec![1e308; 6], vec![-1e6; 6]] {
+        // Written as raw JSON: the typed encoder would refuse them first.
+        let mut f = serde_json::to_value(forecast("web", 1, vec![50.0; 6])).unwrap();
+        f["values"] = serde_json::json!(values);
+        js.publish(subject.clone(), f.to_string().into()).await.unwrap().await.unwrap();
+        let letter = tokio::time::timeout(Duration::from_secs(10), dead.next()).await.expect("a dead letter").unwrap();
+        let reason = letter.headers.as_ref().and_then(|h| h.get(pas_schemas::subjects::HEADER_ERROR)).map(|v| v.to_string());
+        assert!(reason.is_some_and(|r| r.contains("values")), "{:?}", letter.headers);
+    }
+    assert_eq!(sim.replicas("shop", "web"), Some(2), "nothing scaled for an impossible forecast");
+
+    // A sound forecast after them is decided on: a peak of 150 % ahead, so
+    // 2 replicas become 6.
+    send_forecast(&js, &forecast("web", 2, vec![60.0, 150.0, 90.0])).await;
+    let (_, d) = next_decision_where(&mut sub, "web", on_forecast).await;
+    assert_eq!(d.forecast.map(|f| f.model.version), Some(2), "{:?}", d.reason);
+    assert_eq!((d.replicas_before, d.replicas_after), (2, 6));
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(15), task).await.expect("the scaler stops").unwrap();
+}

@@ -37,6 +37,7 @@ pub mod sim;
 mod config;
 mod error;
 mod metrics;
+mod state;
 
 pub use config::{ClusterKind, Config};
 pub use error::Error;
@@ -62,6 +63,7 @@ use crate::cluster::{Cluster, ClusterError, EventKind, Simulated, Workload};
 use crate::k8s::{Kube, Retry};
 use crate::leader::Leader;
 use crate::policy::{ForecastView, History, Observed, PodUsage, Tuning};
+use crate::state::StateWriter;
 
 /// Every rule a decision can name.
 pub const RULES: [&str; 12] = [
@@ -226,6 +228,7 @@ impl<C: Cluster> Scaler<C> {
         let mut engine = Engine {
             cluster,
             js: js.clone(),
+            state: StateWriter::start(kv.clone(), until.clone()),
             kv,
             prefix: prefix.clone(),
             scope,
@@ -302,6 +305,7 @@ impl<C: Cluster> Scaler<C> {
         if let Some(a) = active.take() {
             let _ = pas_nats::within(Duration::from_secs(3), "stop consuming", a.stop()).await;
         }
+        engine.state.close(Duration::from_secs(2)).await;
         resign.cancel();
         let _ = pas_nats::within(Duration::from_secs(2), "release the lease", campaigning).await;
         metrics.set_leader(false);
@@ -503,6 +507,8 @@ struct Engine<C> {
     cluster: C,
     js: async_nats::jetstream::Context,
     kv: Store,
+    /// State writes, beside the decision loop.
+    state: StateWriter,
     prefix: Prefix,
     scope: String,
     config: Config,
@@ -654,7 +660,10 @@ impl<C: Cluster> Engine<C> {
         let observed = self.observe(&workload, now);
         let forecast = self.forecasts.get(key).map(|(f, _)| f.clone());
         let view = forecast.as_ref().map(forecast_view);
-        let mut history = self.take_history(key).await;
+        let Some(mut history) = self.take_history(key).await else {
+            // Tried again next tick; the other workloads go on.
+            return;
+        };
         let d = policy::decide(now, &settings, &self.tuning, &observed, view, &mut history);
         decision.replicas_after = d.replicas;
         decision.rule = d.rule.into();
@@ -692,7 +701,7 @@ impl<C: Cluster> Engine<C> {
                 }
             }
         };
-        self.save_history(key, &history).await;
+        self.save_history(key, &history);
         self.histories.insert(key.clone(), history);
         match decision.outcome {
             Outcome::Applied => {
@@ -764,29 +773,36 @@ impl<C: Cluster> Engine<C> {
     }
 
     /// The workload's history, taken out of memory or read as the last
-    /// leader left it.
-    async fn take_history(&mut self, key: &Key) -> History {
+    /// leader left it; `None` when the read did not answer within
+    /// [`state::KV_CALL`] (the workload waits for the next tick, the others
+    /// do not wait for it).
+    async fn take_history(&mut self, key: &Key) -> Option<History> {
         if let Some(history) = self.histories.remove(key) {
-            return history;
+            return Some(history);
         }
-        match self.kv.get(self.state_key(key)).await {
-                Ok(Some(bytes)) => serde_json::from_slice(&bytes).unwrap_or_else(|error| {
-                    tracing::warn!(namespace = %key.0, workload = %key.1, %error, "Stored scaler state unreadable; starting afresh.");
-                    History::default()
-                }),
-                Ok(None) => History::default(),
-                Err(error) => {
-                    tracing::warn!(namespace = %key.0, workload = %key.1, %error, "Reading the scaler state failed; starting afresh.");
+        let read = tokio::time::timeout(state::KV_CALL, self.kv.get(self.state_key(key))).await;
+        Some(match read {
+            Ok(Ok(Some(bytes))) => serde_json::from_slice(&bytes).unwrap_or_else(|error| {
+                tracing::warn!(namespace = %key.0, workload = %key.1, %error, "Stored scaler state unreadable; starting afresh.");
+                History::default()
+            }),
+            Ok(Ok(None)) => History::default(),
+            Ok(Err(error)) => {
+                tracing::warn!(namespace = %key.0, workload = %key.1, %error, "Reading the scaler state failed; starting afresh.");
                 History::default()
             }
-        }
+            Err(_) => {
+                self.metrics.ignored("state_read_timeout");
+                tracing::warn!(namespace = %key.0, workload = %key.1, "Reading the scaler state timed out; trying again next tick.");
+                return None;
+            }
+        })
     }
 
-    async fn save_history(&self, key: &Key, history: &History) {
+    /// Queues the workload's history for the bucket; written beside the loop.
+    fn save_history(&self, key: &Key, history: &History) {
         let bytes = serde_json::to_vec(history).unwrap_or_default();
-        if let Err(error) = self.kv.put(self.state_key(key), bytes.into()).await {
-            tracing::warn!(namespace = %key.0, workload = %key.1, %error, "Saving the scaler state failed.");
-        }
+        self.state.put(self.state_key(key), bytes.into());
     }
 
     async fn event(&self, workload: &Workload, kind: EventKind, reason: &str, note: String) {
@@ -811,16 +827,26 @@ impl<C: Cluster> Engine<C> {
                 return;
             }
         };
-        let result = async {
+        // Sent in order from the loop; the acks are awaited beside it, so a
+        // slow NATS does not hold up the other workloads' decisions.
+        let (namespace, workload) = (decision.namespace.clone(), decision.workload.clone());
+        let sent = async {
             let msg = Outgoing::new(subject, &decision).map_err(|e| e.to_string())?;
-            let ack = pas_nats::publish(&self.js, &msg)
-                .await
-                .map_err(|e| e.to_string())?;
-            ack.await.map(|_| ()).map_err(|e| e.to_string())
+            match tokio::time::timeout(state::KV_CALL, pas_nats::publish(&self.js, &msg)).await {
+                Ok(ack) => ack.map_err(|e| e.to_string()),
+                Err(_) => Err("the client's send buffer stayed full".to_owned()),
+            }
         }
         .await;
-        if let Err(error) = result {
-            tracing::warn!(namespace = %decision.namespace, workload = %decision.workload, %error, "Publishing a decision failed.");
+        match sent {
+            Ok(ack) => {
+                tokio::spawn(async move {
+                    if let Err(error) = ack.await {
+                        tracing::warn!(%namespace, %workload, %error, "Publishing a decision failed.");
+                    }
+                });
+            }
+            Err(error) => tracing::warn!(%namespace, %workload, %error, "Publishing a decision failed."),
         }
     }
 }
