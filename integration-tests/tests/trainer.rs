@@ -173,3 +173,110 @@ async fn waits_for_bus_init_and_exits_within_ten_seconds_with_nats_down() {
     server.kill();
     pas_integration_tests::exits_within_ten_seconds("the trainer", || stop.cancel(), task).await.unwrap();
 }
+
+/// SIGTERM to the real `pas trainer` process in the middle of training a
+/// large model: it exits within 10 s, leaving the version unfinished (it
+/// is trained again after a restart), rather than when the training ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_mid_training_exits_within_ten_seconds() {
+    use std::io::BufRead;
+    let server = NatsServer::with_accounts();
+    let conn = connect_and_provision(&server).await;
+    let trace = Trace::read(&repo_root().join("testdata/traces/nab-ec2_cpu_utilization_53ea38.csv")).unwrap();
+    replay(&conn.jetstream, &trace.points[..2000]).await;
+
+    let pas = repo_root().join("target/debug/pas");
+    assert!(pas.exists(), "{} is missing: run `cargo build -p pas-cli` (make test does)", pas.display());
+    let mut child = std::process::Command::new(&pas)
+        .args(["trainer", "--run", RUN])
+        .env("PAS_NATS__URLS", server.url())
+        .env("PAS_NATS__USER", "trainer")
+        .env("PAS_NATS__PASSWORD", "trainer-pw")
+        .env("PAS_LISTEN", "127.0.0.1:0")
+        .env("PAS_STEP", "300s")
+        .env("PAS_MIN_HISTORY", "1500")
+        .env("PAS_MAX_HISTORY", "5000")
+        .env("PAS_CHECK_INTERVAL", "200ms")
+        .env("PAS_THREADS", "1")
+        // Minutes of training on one thread.
+        .env("PAS_MODEL__HIDDEN", "256")
+        .env("PAS_MODEL__MAX_EPOCHS", "1000")
+        .env("PAS_MODEL__PATIENCE", "0")
+        .env("NO_COLOR", "1")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut log = Vec::new();
+    while !log.iter().any(|l: &String| l.contains("Training a version")) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => log.push(line),
+            Err(_) => panic!("no training started:\n{}", log.join("\n")),
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let asked = std::time::Instant::now();
+    let status = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let exit = loop {
+        if let Some(exit) = child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(asked.elapsed() < Duration::from_secs(60), "the trainer did not exit within a minute");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let took = asked.elapsed();
+    log.extend(rx.try_iter());
+    println!("the trainer: exit on SIGTERM mid-training took {took:?}");
+    assert!(exit.success(), "{exit}:\n{}", log.join("\n"));
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    assert!(log.iter().any(|l| l.contains("left this version's training unfinished")), "{}", log.join("\n"));
+}
+
+/// The reproduction: the trainer never forgot a workload (15,006
+/// held after a burst of 5,000 names). Now a workload with no sample for
+/// `forget_after` is forgotten.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_workload_names_is_forgotten_after_the_silence() {
+    let server = NatsServer::with_accounts();
+    let conn = connect_and_provision(&server).await;
+    let js = conn.jetstream.clone();
+    let config = Config { forget_after: Duration::from_secs(3), ..config(&server) };
+    let (stop, metrics, task) = start(config);
+
+    let prefix = Prefix::replay(RUN).unwrap();
+    let now = chrono::Utc::now();
+    for chunk in (0..2000).collect::<Vec<_>>().chunks(500) {
+        let mut acks = Vec::new();
+        for i in chunk {
+            let sample = CpuSample {
+                schema_version: SCHEMA_VERSION,
+                timestamp: now,
+                node: "node-1".into(),
+                namespace: Some("burst".into()),
+                workload: Some(format!("w{i}")),
+                pod: Some(format!("w{i}-0")),
+                cpu_used_millicores: 100.0,
+                cpu_requested_millicores: Some(1000.0),
+                cpu_capacity_millicores: None,
+            };
+            let out = pas_nats::Outgoing::new(prefix.sample(&sample).unwrap(), &sample).unwrap();
+            acks.push(pas_nats::publish(&js, &out).await.unwrap());
+        }
+        for ack in acks {
+            ack.await.unwrap();
+        }
+    }
+    eventually(Duration::from_secs(30), "2,000 workloads held", || async { (metrics.workloads() == 2000).then_some(()) }).await;
+    eventually(Duration::from_secs(15), "every workload forgotten", || async { (metrics.workloads() == 0).then_some(()) }).await;
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(10), task).await.unwrap().unwrap().unwrap();
+}

@@ -26,6 +26,9 @@ pub enum Error {
     /// libtorch failed.
     #[error("libtorch failed")]
     Torch(#[from] tch::TchError),
+    /// Training was asked to stop.
+    #[error("training stopped")]
+    Stopped,
     /// Stored weights do not match the model they are loaded into.
     #[error("stored weights do not fit this model: {0}")]
     Weights(String),

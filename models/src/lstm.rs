@@ -19,6 +19,8 @@
 //! error, no validation.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use pas_schemas::Normalisation;
@@ -226,6 +228,8 @@ pub struct Lstm {
     vs: nn::VarStore,
     net: Net,
     scale: Option<(f64, f64)>,
+    /// Set from outside to end a `fit` at the next batch.
+    stop: Option<Arc<AtomicBool>>,
 }
 
 impl std::fmt::Debug for Lstm {
@@ -252,6 +256,13 @@ impl Examples {
 }
 
 impl Lstm {
+    /// Ends a `fit` in progress at its next batch, with [`Error::Stopped`],
+    /// once `flag` is set (a stage shutting down does not wait for minutes
+    /// of training).
+    pub fn stop_when(&mut self, flag: Arc<AtomicBool>) {
+        self.stop = Some(flag);
+    }
+
     /// A fresh network with weights drawn from the configured seed.
     pub fn new(config: LstmConfig) -> Result<Lstm, Error> {
         config.check()?;
@@ -283,7 +294,7 @@ impl Lstm {
                 }
             });
         }
-        Ok(Lstm { config, vs, net, scale: None })
+        Ok(Lstm { config, vs, net, scale: None, stop: None })
     }
 
     /// The settings.
@@ -574,6 +585,9 @@ impl Forecaster for Lstm {
             order.truncate(per_epoch);
             let (mut total, mut batches) = (0.0, 0usize);
             for chunk in order.chunks(c.batch_size) {
+                if self.stop.as_ref().is_some_and(|f| f.load(std::sync::atomic::Ordering::Relaxed)) {
+                    return Err(Error::Stopped);
+                }
                 let batch = train_set.select(&Tensor::from_slice(chunk));
                 let loss = self.loss(&batch);
                 if c.clip_norm > 0.0 {

@@ -445,9 +445,13 @@ where
     E: std::error::Error + Send + Sync + 'static,
 {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    runtime.block_on(async {
+    let result = runtime.block_on(async {
         let shutdown = pas_runtime::shutdown::on_signal();
         stage(shutdown).await
-    })?;
+    });
+    // Blocking work (a training job told to stop) gets a moment to end;
+    // the process does not wait longer.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    result?;
     Ok(())
 }

@@ -26,6 +26,7 @@ pub use config::Config;
 pub use error::Error;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -87,6 +88,11 @@ impl Metrics {
     /// Samples folded so far.
     pub fn samples(&self) -> u64 {
         self.samples.get()
+    }
+
+    /// Workloads held now.
+    pub fn workloads(&self) -> i64 {
+        self.workloads.get()
     }
 
     /// Versions stored with `outcome` (`accepted`, `rejected` or `diverged`).
@@ -205,9 +211,23 @@ impl Trainer {
                 attempts.insert(key.clone(), range.to);
                 let versions = models.entry(key.model_key()).or_default();
                 let version = versions.keys().next_back().copied().unwrap_or(0) + 1;
-                let job = Job { key: key.clone(), version, series, range, config: config.clone() };
+                tracing::info!(workload = key.model_key(), version, steps = series.len(), "Training a version.");
+                let stop = Arc::new(AtomicBool::new(false));
+                let job = Job { key: key.clone(), version, series, range, config: config.clone(), stop: stop.clone() };
                 let started = Instant::now();
-                let outcome = tokio::task::spawn_blocking(move || job.train()).await;
+                // Training takes seconds to minutes: SIGTERM does not wait for
+                // it (the version is trained again after a restart).
+                let mut training = tokio::task::spawn_blocking(move || job.train());
+                let outcome = tokio::select! {
+                    outcome = &mut training => outcome,
+                    _ = shutdown.cancelled() => {
+                        // The fit ends at its next batch.
+                        stop.store(true, Ordering::Relaxed);
+                        let _ = pas_nats::within(Duration::from_secs(5), "stop training", training).await;
+                        tracing::info!(workload = key.model_key(), version, "Stopping: left this version's training unfinished.");
+                        break;
+                    }
+                };
                 match outcome {
                     Ok(Ok((manifest, weights))) => {
                         let label = outcome_label(&manifest);
@@ -320,7 +340,7 @@ pub fn train_version(
     range: TrainingRange,
     config: &Config,
 ) -> Result<(ModelManifest, Vec<u8>), pas_models::Error> {
-    Job { key, version, series, range, config: config.clone() }.train()
+    Job { key, version, series, range, config: config.clone(), stop: Arc::default() }.train()
 }
 
 /// One training run, off the async runtime.
@@ -330,6 +350,8 @@ struct Job {
     series: pas_models::Series,
     range: TrainingRange,
     config: Config,
+    /// Set when the trainer stops: the fit ends at its next batch.
+    stop: Arc<AtomicBool>,
 }
 
 impl Job {
@@ -341,6 +363,7 @@ impl Job {
         let horizon = c.model.horizon;
         let quantile = c.model.quantile;
         let mut lstm = Lstm::new(c.model.clone())?;
+        lstm.stop_when(self.stop.clone());
         let mut naive = Naive::new(horizon, quantile);
         let mut seasonal = SeasonalNaive::new(horizon, None, quantile);
         let mut holt = HoltWinters::new(horizon, None, quantile);
