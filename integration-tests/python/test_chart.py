@@ -301,6 +301,8 @@ def test_nats_runs_as_a_three_node_cluster_by_default():
     # bus init puts every stream and bucket on all three.
     job = docs[("Job", "pas-bus-init")]["spec"]["template"]["spec"]["containers"][0]
     assert job["args"] == ["bus", "init", "--replicas", "3"]
+    # helm test checks the same, replicas included.
+    assert docs[("Pod", "pas-test-bus")]["spec"]["containers"][0]["args"] == ["bus", "status", "--replicas", "3"]
     # The forecaster and the scaler keep one pod up through a drain.
     for name in ["pas-forecaster", "pas-scaler"]:
         assert docs[("PodDisruptionBudget", name)]["spec"]["maxUnavailable"] == 1

@@ -132,6 +132,9 @@ impl Recorder {
                 shutdown: shutdown.clone(),
                 workloads: Workloads::new(config.step.as_secs() as u32, config.keep_steps),
                 forgot: Instant::now(),
+                // A pass takes up to a flush interval and a write, retried
+                // up to retry_max apart: three slow passes are a stall.
+                beat: health.heartbeat(kind.heartbeat(), 3 * (config.flush_interval + config.write_timeout) + config.retry_max),
             };
             tasks.push(tokio::spawn(pipe.run()));
         }
@@ -176,6 +179,15 @@ impl Kind {
             Kind::Decisions => STREAM_DECISIONS,
         }
     }
+
+    /// The name of its pipe's loop in readiness.
+    fn heartbeat(self) -> &'static str {
+        match self {
+            Kind::Samples => "recording samples",
+            Kind::Forecasts => "recording forecasts",
+            Kind::Decisions => "recording decisions",
+        }
+    }
 }
 
 /// One message in hand: its points, or why it goes to the dead letters.
@@ -200,6 +212,9 @@ struct Pipe {
     shutdown: CancellationToken,
     workloads: Workloads,
     forgot: Instant,
+    /// Readiness fails when this pipe stops advancing (an InfluxDB outage
+    /// holding its batch included).
+    beat: pas_runtime::health::Heartbeat,
 }
 
 impl Pipe {
@@ -219,6 +234,7 @@ impl Pipe {
         }
         let stream = self.kind.stream();
         while !self.shutdown.is_cancelled() {
+            self.beat.beat();
             let pulled = tokio::select! {
                 _ = self.shutdown.cancelled() => return Ok(()),
                 pulled = self

@@ -205,3 +205,9 @@ nats.conf: |
 accounts.conf: |
   {{- .Files.Get "files/nats-accounts.conf" | nindent 2 }}
 {{- end -}}
+
+{{/* Replicas of every stream and bucket: busInit.replicas, else the
+release's NATS servers (at most 5); empty with an external NATS. */}}
+{{- define "pas.busReplicas" -}}
+{{- .Values.busInit.replicas | default (ternary (min .Values.nats.replicas 5) 0 .Values.nats.enabled) -}}
+{{- end -}}
