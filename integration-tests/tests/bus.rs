@@ -47,8 +47,8 @@ async fn init_is_idempotent_and_repairs_drift() {
 
     let first = provision::init(js, Default::default()).await.unwrap();
     // Every stream and bucket, then the live consumers, which only the
-    // admin may create (not the forecaster's: each replica makes its own).
-    assert_eq!(first.len(), definitions::STREAM_FILES.len() + definitions::CONSUMER_FILES.len() - 1, "{first:?}");
+    // admin may create.
+    assert_eq!(first.len(), definitions::STREAM_FILES.len() + definitions::CONSUMER_FILES.len(), "{first:?}");
     assert!(first.iter().all(|p| p.action == Action::Created), "{first:?}");
     let samples = js.get_stream(STREAM_SAMPLES).await.unwrap();
     assert!(samples.consumer_info("pas-trainer-samples").await.is_ok());
@@ -80,6 +80,23 @@ async fn init_is_idempotent_and_repairs_drift() {
     let repaired = third.iter().find(|p| p.stream == STREAM_SAMPLES).unwrap();
     assert_eq!((repaired.action, repaired.changed.clone()), (Action::Updated, vec!["max_age".to_string()]));
     assert!(provision::status(js, Default::default()).await.unwrap().iter().all(|s| s.exists && s.drift.is_empty()));
+
+    // A live consumer changed or deleted by hand is drift too; init repairs it.
+    let samples = js.get_stream(STREAM_SAMPLES).await.unwrap();
+    let mut trainer = samples.consumer_info("pas-trainer-samples").await.unwrap().config.clone();
+    trainer.max_ack_pending = 1;
+    samples.create_consumer(trainer).await.unwrap();
+    samples.delete_consumer("pas-recorder-samples").await.unwrap();
+    let status = provision::status(js, Default::default()).await.unwrap();
+    let drift = &status.iter().find(|s| s.stream == STREAM_SAMPLES).unwrap().drift;
+    assert_eq!(drift, &["pas-trainer-samples: max_ack_pending", "pas-recorder-samples: missing"]);
+    let fourth = provision::init(js, Default::default()).await.unwrap();
+    let consumers: Vec<_> = fourth.iter().filter(|p| p.stream.contains('/')).map(|p| (p.stream.as_str(), p.action)).collect();
+    assert_eq!(
+        consumers,
+        [("PAS_SAMPLES/pas-trainer-samples", Action::Updated), ("PAS_SAMPLES/pas-recorder-samples", Action::Created)]
+    );
+    assert!(provision::status(js, Default::default()).await.unwrap().iter().all(|s| s.drift.is_empty()));
 }
 
 /// `nats stream add --config FILE` sends the file to the JetStream API as it

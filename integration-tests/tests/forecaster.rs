@@ -577,3 +577,46 @@ async fn a_restart_rebuilds_through_the_same_door_so_a_stored_future_sample_is_l
     stop.cancel();
     task.await.unwrap().unwrap();
 }
+
+/// After the NATS server restarts, the model watch and the sample reader
+/// come back by themselves as the forecaster's own user: the client
+/// recreates its ordered consumers under new names (deleting the old ones
+/// on its own bucket), which the accounts file allows, so a version stored
+/// after the restart is served at once, not at the next full rescan (5 min).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_nats_restart_samples_flow_and_new_versions_are_served_at_once() {
+    const RUN: &str = "fc-restart";
+    let mut server = NatsServer::with_accounts();
+    let conn = connect_and_provision(&server).await;
+    let js = conn.jetstream.clone();
+    let bucket = js.get_object_store(BUCKET_MODELS).await.unwrap();
+    let layout = Layout::new(&Prefix::replay(RUN).unwrap());
+    let seen = Seen::start(&conn.client, Prefix::replay(RUN).unwrap().all_forecasts()).await;
+    let stop_feed = CancellationToken::new();
+    let feeding = feed(js.clone(), Prefix::replay(RUN).unwrap(), vec!["web".into()], 30, stop_feed.clone());
+    let (stop, _metrics, task) = start(config(&server, RUN, "solo"));
+    eventually(Duration::from_secs(15), "a forecast", || async { seen.of("web").first().cloned() }).await;
+
+    stop_feed.cancel();
+    let _ = feeding.await;
+    server.restart();
+    let restarted = Utc::now();
+    let stop_feed = CancellationToken::new();
+    let feeding = feed(js.clone(), Prefix::replay(RUN).unwrap(), vec!["web".into()], 0, stop_feed.clone());
+    // Forecasts from windows that hold samples published after the restart.
+    eventually(Duration::from_secs(30), "a forecast from samples after the restart", || async {
+        seen.of("web").last().filter(|f| f.window_end > restarted).map(|_| ())
+    })
+    .await;
+    let model = trained(1);
+    let weights = model.to_safetensors().unwrap();
+    store::save(&bucket, &layout, &manifest(&model, 1, &weights), &weights).await.unwrap();
+    eventually(Duration::from_secs(30), "version 1 served after the restart", || async {
+        seen.of("web").last().filter(|f| f.model.version == 1).map(|_| ())
+    })
+    .await;
+    stop_feed.cancel();
+    let _ = feeding.await;
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(15), task).await.unwrap().unwrap().unwrap();
+}

@@ -103,8 +103,20 @@ async fn each_user_may_use_only_the_jetstream_api_its_job_needs() {
         ("trainer", "$JS.API.CONSUMER.CREATE.PAS_SAMPLES.pas-read-1.pas.cpu.pod.>",
             consumer_body(STREAM_SAMPLES, json!({ "name": "pas-read-1", "filter_subject": "pas.cpu.pod.>", "ack_policy": "none" })), ALLOWED),
         ("trainer", "$JS.API.STREAM.PURGE.OBJ_pas-models", json!({ "filter": "$O.pas-models.C.none" }), ALLOWED),
-        ("forecaster", "$JS.API.CONSUMER.CREATE.PAS_SAMPLES.pas-forecaster-samples-f0.pas.cpu.pod.>",
-            consumer_body(STREAM_SAMPLES, json!({ "durable_name": "pas-forecaster-samples-f0", "filter_subject": "pas.cpu.pod.>", "ack_policy": "explicit" })), ALLOWED),
+        ("forecaster", "$JS.API.CONSUMER.CREATE.PAS_SAMPLES.pas-forecaster-f0-1.pas.cpu.pod.>",
+            consumer_body(STREAM_SAMPLES, json!({ "name": "pas-forecaster-f0-1", "filter_subject": "pas.cpu.pod.>", "ack_policy": "none" })), ALLOWED),
+        // Ordered consumers on a stage's own bucket, recreated after a
+        // reconnect under `<name>_<n>` with the old one deleted first.
+        ("forecaster", "$JS.API.CONSUMER.CREATE.OBJ_pas-models.w_1.$O.pas-models.M.>",
+            consumer_body("OBJ_pas-models", json!({ "name": "w_1", "filter_subject": "$O.pas-models.M.>", "ack_policy": "none", "deliver_subject": "_INBOX_forecaster.w" })), ALLOWED),
+        ("forecaster", "$JS.API.CONSUMER.DELETE.OBJ_pas-models.w_1", json!({}), ALLOWED),
+        ("scaler", "$JS.API.CONSUMER.CREATE.KV_pas-scaler.k_1.$KV.pas-scaler.>",
+            consumer_body("KV_pas-scaler", json!({ "name": "k_1", "filter_subject": "$KV.pas-scaler.>", "ack_policy": "none", "deliver_subject": "_INBOX_scaler.k" })), ALLOWED),
+        ("scaler", "$JS.API.CONSUMER.CREATE.KV_pas-forecaster.k_1.$KV.pas-forecaster.>",
+            consumer_body("KV_pas-forecaster", json!({ "name": "k_1", "filter_subject": "$KV.pas-forecaster.>", "ack_policy": "none" })), DENIED),
+        ("forecaster", "$JS.API.CONSUMER.DELETE.PAS_SAMPLES.pas-trainer-samples", json!({}), DENIED),
+        ("scaler", "$JS.API.CONSUMER.DELETE.PAS_FORECASTS.pas-recorder-forecasts", json!({}), DENIED),
+        ("forecaster", "$JS.ACK.PAS_SAMPLES.pas-trainer-samples.1.1.1.1.0", json!({}), DENIED),
         ("forecaster", "$JS.API.STREAM.INFO.KV_pas-forecaster", json!({}), ALLOWED),
         ("forecaster", "$JS.API.STREAM.INFO.OBJ_pas-models", json!({}), ALLOWED),
         ("scaler", "$JS.API.DIRECT.GET.KV_pas-scaler.$KV.pas-scaler.leader", json!({}), ALLOWED),
@@ -153,16 +165,24 @@ async fn each_user_may_use_only_the_jetstream_api_its_job_needs() {
     assert_ne!(trainer.config.max_ack_pending, 1, "the trainer's consumer was changed");
 
     // A push consumer cannot deliver into another user's bucket: the server
-    // checks the deliver subject against its creator's permissions.
-    let push = consumer_body(
-        "PAS_FORECASTS",
-        json!({ "deliver_subject": "$KV.pas-scaler.leader", "ack_policy": "none", "filter_subject": "pas.forecast.>" }),
-    );
-    let _ = api(forecaster, "$JS.API.CONSUMER.CREATE.PAS_FORECASTS", &push).await;
-    forecaster.jetstream.publish("pas.forecast.shop.web", "{}".into()).await.unwrap().await.unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // checks the deliver subject against its creator's permissions. The
+    // forecaster may create consumers on pod samples, so the request itself
+    // is allowed; a control consumer delivering to its own inbox does
+    // deliver.
+    let mut control = forecaster.client.subscribe("_INBOX_forecaster.control").await.unwrap();
+    for (name, deliver) in [("evil", "$KV.pas-scaler.live.leader"), ("control", "_INBOX_forecaster.control")] {
+        let push = consumer_body(
+            STREAM_SAMPLES,
+            json!({ "name": name, "deliver_subject": deliver, "ack_policy": "none", "filter_subject": "pas.cpu.pod.>" }),
+        );
+        let subject = format!("$JS.API.CONSUMER.CREATE.PAS_SAMPLES.{name}.pas.cpu.pod.>");
+        assert!(api(forecaster, &subject, &push).await.is_some(), "the forecaster may create consumers on pod samples");
+    }
+    js.publish("pas.cpu.pod.shop.web.web-0", "{}".into()).await.unwrap().await.unwrap();
+    let delivered = tokio::time::timeout(Duration::from_secs(5), control.next()).await;
+    assert!(matches!(delivered, Ok(Some(_))), "the control push consumer delivers");
     let kv = js.get_key_value(BUCKET_SCALER).await.unwrap();
-    assert!(kv.get("leader").await.unwrap().is_none(), "a forecast reached the scaler's bucket");
+    assert!(kv.get("live.leader").await.unwrap().is_none(), "a sample reached the scaler's bucket");
     let held = js.get_stream("KV_pas-scaler").await.unwrap().info().await.unwrap().state.messages;
     assert_eq!(held, 0);
 }

@@ -2,8 +2,9 @@ use std::future::Future;
 use std::time::Duration;
 
 use async_nats::jetstream::AckKind;
-use async_nats::jetstream::consumer::PullConsumer;
-use futures::StreamExt;
+use async_nats::jetstream::consumer::{DeliverPolicy, PullConsumer, pull};
+use async_nats::jetstream::stream::Stream as JsStream;
+use futures::{Stream, StreamExt};
 use pas_schemas::Message;
 use tokio_util::sync::CancellationToken;
 
@@ -63,18 +64,88 @@ where
     F: FnMut(M, Delivery) -> Fut,
     Fut: Future<Output = Result<(), HandlerError>>,
 {
-    let mut messages = consumer
+    let messages = consumer
         .messages()
         .await
         .map_err(|e| Error::js("start pulling", e))?;
+    consume_messages(messages, true, dead_letters, admission, &shutdown, &mut handle).await.map(|_| ())
+}
+
+/// Like [`consume`], through a short-lived ordered consumer on `stream`
+/// that `config` describes (its policy acks nothing, so a handler's `Retry`
+/// only logs): for a stage that needs every message of a subject from a
+/// time on without a durable consumer of its own (each forecaster replica).
+/// It is named ([`crate::ordered_name`]), so the accounts file can let the
+/// user create it without letting it name another stage's consumer. When
+/// the consumer goes away (a server restart), a new one carries on after
+/// the last message handled.
+pub async fn consume_ordered<M, F, Fut>(
+    stream: &JsStream,
+    mut config: pull::OrderedConfig,
+    dead_letters: &DeadLetters,
+    admission: &Admission,
+    shutdown: CancellationToken,
+    mut handle: F,
+) -> Result<(), Error>
+where
+    M: Message,
+    F: FnMut(M, Delivery) -> Fut,
+    Fut: Future<Output = Result<(), HandlerError>>,
+{
+    let purpose = config.name.clone().unwrap_or_else(|| "ordered".into());
+    loop {
+        config.name = Some(crate::ordered_name(&purpose));
+        let opened = async {
+            let consumer = stream.create_consumer(config.clone()).await.map_err(|e| Error::js("create an ordered consumer", e))?;
+            consumer.messages().await.map_err(|e| Error::js("start reading", e))
+        };
+        let last = match tokio::select! { _ = shutdown.cancelled() => return Ok(()), o = opened => o } {
+            Ok(messages) => consume_messages(messages, false, dead_letters, admission, &shutdown, &mut handle).await?,
+            Err(error) => {
+                tracing::warn!(%error, "Reading the stream failed; trying again.");
+                None
+            }
+        };
+        if shutdown.is_cancelled() {
+            return Ok(());
+        }
+        if let Some(sequence) = last {
+            config.deliver_policy = DeliverPolicy::ByStartSequence { start_sequence: sequence + 1 };
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+/// Handles `messages` until `shutdown` or their end; returns the stream
+/// sequence of the last message handled.
+async fn consume_messages<M, F, Fut, S, E>(
+    messages: S,
+    acks: bool,
+    dead_letters: &DeadLetters,
+    admission: &Admission,
+    shutdown: &CancellationToken,
+    handle: &mut F,
+) -> Result<Option<u64>, Error>
+where
+    M: Message,
+    F: FnMut(M, Delivery) -> Fut,
+    Fut: Future<Output = Result<(), HandlerError>>,
+    S: Stream<Item = Result<async_nats::jetstream::Message, E>>,
+    E: std::fmt::Display,
+{
+    let mut messages = std::pin::pin!(messages);
+    let mut last = None;
     loop {
         let next = tokio::select! {
             biased;
-            _ = shutdown.cancelled() => return Ok(()),
+            _ = shutdown.cancelled() => return Ok(last),
             next = messages.next() => next,
         };
         let msg = match next {
-            None => return Ok(()),
+            None => return Ok(last),
             Some(Err(error)) => {
                 // Missed heartbeats and the like: the stream resumes by itself.
                 tracing::warn!(%error, "Pulling from JetStream failed; continuing.");
@@ -94,12 +165,17 @@ where
                 continue;
             }
         };
+        last = Some(info.stream_sequence);
         let id = info.stream_sequence.to_string();
         let outcome = match admission.decode::<M>(&msg.payload, info.stored_at_unix_nanos, dead_letters.is_replay()) {
             Err(error) => Err((error.kind(), Box::new(error) as Box<dyn std::error::Error + Send + Sync>)),
             Ok(decoded) => match handle(decoded, info.clone()).await {
                 Ok(()) => Ok(()),
                 Err(HandlerError::Retry { reason, after }) => {
+                    if !acks {
+                        tracing::warn!(subject = %info.subject, reason, "Handler failed; an ordered consumer cannot redeliver, so the message is dropped.");
+                        continue;
+                    }
                     tracing::warn!(subject = %info.subject, reason, delivered = info.delivered, "Handler failed; message will be redelivered.");
                     if let Err(error) = msg.ack_with(AckKind::Nak(Some(after))).await {
                         tracing::warn!(%error, "Negative ack failed; the ack wait will redeliver.");
@@ -116,9 +192,14 @@ where
             {
                 // Never ack what is not safely stored elsewhere.
                 tracing::warn!(error = %dlq_error, "Dead-letter publish failed; message will be redelivered.");
-                let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+                if acks {
+                    let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+                }
                 continue;
             }
+        if !acks {
+            continue;
+        }
         if let Err(error) = msg.ack().await {
             tracing::warn!(%error, subject = %info.subject, "Ack failed; the message may be redelivered (handlers are idempotent).");
         }

@@ -26,9 +26,8 @@ pub const STREAM_FILES: [(&str, &str); 7] = [
 ];
 
 /// Every consumer definition file, as (stream, durable name, JSON).
-pub const CONSUMER_FILES: [(&str, &str, &str); 6] = [
+pub const CONSUMER_FILES: [(&str, &str, &str); 5] = [
     ("PAS_SAMPLES", "pas-trainer-samples", include_str!("../jetstream/consumers/PAS_SAMPLES.pas-trainer-samples.json")),
-    ("PAS_SAMPLES", "pas-forecaster-samples", include_str!("../jetstream/consumers/PAS_SAMPLES.pas-forecaster-samples.json")),
     ("PAS_SAMPLES", "pas-recorder-samples", include_str!("../jetstream/consumers/PAS_SAMPLES.pas-recorder-samples.json")),
     ("PAS_FORECASTS", "pas-scaler-forecasts", include_str!("../jetstream/consumers/PAS_FORECASTS.pas-scaler-forecasts.json")),
     ("PAS_FORECASTS", "pas-recorder-forecasts", include_str!("../jetstream/consumers/PAS_FORECASTS.pas-recorder-forecasts.json")),

@@ -44,8 +44,8 @@ pub struct Options {
 /// settings differ from the definitions (a `sources` entry or a subject
 /// transform someone added is removed), then creates the live durable
 /// consumers that are missing: only the admin may, so the stages wait for
-/// them (but for the forecaster's, one per replica, which each replica
-/// creates). Running it twice changes nothing.
+/// them. (The forecaster has none: each replica reads through a short-lived
+/// ordered consumer of its own.) Running it twice changes nothing.
 pub async fn init(js: &jetstream::Context, options: Options) -> Result<Vec<Provisioned>, Error> {
     let mut out = Vec::new();
     for (def, info) in current(js).await? {
@@ -87,27 +87,56 @@ pub async fn init(js: &jetstream::Context, options: Options) -> Result<Vec<Provi
         .map_err(|e| Error::js("open object store pas-models", e))?;
     for (stream, durable, _) in definitions::CONSUMER_FILES {
         let stage = definitions::consumer_stage(durable)?;
-        // Each forecaster replica has a consumer of its own, named after it,
-        // which it creates (the accounts file lets it, on its subjects only).
-        if stage == pas_schemas::subjects::Stage::Forecaster {
-            continue;
-        }
         let config = definitions::consumer(stage, stream, &pas_schemas::subjects::Prefix::live())?;
         let handle = js.get_stream(stream).await.map_err(|e| Error::js(format!("get stream {stream}"), e))?;
-        match handle.consumer_info(durable).await {
-            Ok(_) => continue,
-            Err(e) if e.kind() == jetstream::context::ConsumerInfoErrorKind::NotFound => {}
+        let (action, changed) = match handle.consumer_info(durable).await {
+            Ok(info) => {
+                let changed = consumer_differences(durable, &info.config);
+                if changed.is_empty() {
+                    continue;
+                }
+                (Action::Updated, changed)
+            }
+            Err(e) if e.kind() == jetstream::context::ConsumerInfoErrorKind::NotFound => (Action::Created, vec![]),
             Err(e) => return Err(Error::js(format!("consumer info {durable} on {stream}"), e)),
-        }
-        {
-            handle
-                .create_consumer(config)
-                .await
-                .map_err(|e| Error::js(format!("create consumer {durable} on {stream}"), e))?;
-            out.push(Provisioned { stream: format!("{stream}/{durable}"), action: Action::Created, changed: vec![] });
-        }
+        };
+        // Creates, or updates one that drifted (a changed filter or limit).
+        handle.create_consumer(config).await.map_err(|e| {
+            Error::js(format!("create or update consumer {durable} on {stream} ({})", changed.join(", ")), e)
+        })?;
+        out.push(Provisioned { stream: format!("{stream}/{durable}"), action, changed });
     }
     Ok(out)
+}
+
+/// The settings of a live consumer's definition file its server config
+/// does not match.
+fn consumer_differences(durable: &str, actual: &jetstream::consumer::Config) -> Vec<String> {
+    let Some((_, _, text)) = definitions::CONSUMER_FILES.iter().find(|(_, d, _)| *d == durable) else { return vec![] };
+    let wanted: serde_json::Value = serde_json::from_str(text).unwrap_or_default();
+    let actual = serde_json::to_value(actual).unwrap_or_default();
+    let Some(wanted) = wanted.as_object() else { return vec![] };
+    wanted
+        .iter()
+        .filter(|(key, value)| {
+            key.as_str() != "description" && !same(value, &actual.get(key.as_str()).cloned().unwrap_or(serde_json::Value::Null))
+        })
+        .map(|(key, _)| key.clone())
+        .collect()
+}
+
+/// Drift of the live consumers on `stream`, as `<consumer>: <setting>` (or
+/// `<consumer>: missing`).
+async fn consumers_drift(js: &jetstream::Context, stream: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let Ok(handle) = js.get_stream(stream).await else { return out };
+    for (_, durable, _) in definitions::CONSUMER_FILES.iter().filter(|(s, _, _)| *s == stream) {
+        match handle.consumer_info(*durable).await {
+            Ok(info) => out.extend(consumer_differences(durable, &info.config).into_iter().map(|k| format!("{durable}: {k}"))),
+            Err(_) => out.push(format!("{durable}: missing")),
+        }
+    }
+    out
 }
 
 fn storage_exceeded(kind: jetstream::context::CreateStreamErrorKind) -> bool {
@@ -137,8 +166,16 @@ fn storage_hint(exceeded: bool) -> String {
 /// come from or go, or how much is kept: the server's value must be the
 /// default then. (A `sources` entry with a subject transform is how another
 /// user's messages could be written into a bucket.)
-const WATCHED: [&str; 12] = [
+const WATCHED: [&str; 20] = [
     "subjects",
+    "retention",
+    "storage",
+    "discard",
+    "deny_delete",
+    "deny_purge",
+    "allow_rollup_hdrs",
+    "allow_direct",
+    "no_ack",
     "sources",
     "mirror",
     "subject_transform",
@@ -223,7 +260,7 @@ pub struct StreamStatus {
 /// The state of every stream and bucket PAS defines; with `replicas`, a
 /// stream with another number of replicas has drifted.
 pub async fn status(js: &jetstream::Context, options: Options) -> Result<Vec<StreamStatus>, Error> {
-    Ok(current(js)
+    let mut out: Vec<StreamStatus> = current(js)
         .await?
         .into_iter()
         .map(|(def, info)| match info {
@@ -248,7 +285,12 @@ pub async fn status(js: &jetstream::Context, options: Options) -> Result<Vec<Str
                 drift: differences(&def, &info.config, options.replicas),
             },
         })
-        .collect())
+        .collect();
+    for s in out.iter_mut().filter(|s| s.exists) {
+        let consumers = consumers_drift(js, &s.stream).await;
+        s.drift.extend(consumers);
+    }
+    Ok(out)
 }
 
 /// Every definition with the server's info of its stream, `None` where the

@@ -1,15 +1,15 @@
 //! The PAS forecaster (`pas forecaster`): turns the sample stream into
 //! forecasts the scaler acts on.
 //!
-//! - **Input.** Each replica has its own durable consumer on PAS_SAMPLES
-//!   (`pas-forecaster-samples-<replica>`, removed by the server after an hour
-//!   unused) and folds every pod sample into its workload's utilisation
-//!   series, the newest [`Config::history`] steps ([`pas_workloads`]:
-//!   sum of use over sum of requests per step, the same numbers the trainer
-//!   trains on). A new consumer starts [`Config::history`] steps back; a
-//!   replica that restarts with its name reads that far back too, so its
-//!   windows are whole again before its first tick. Samples that fail
-//!   validation go to `pas.dlq.forecaster`.
+//! - **Input.** Each replica reads every pod sample of PAS_SAMPLES through
+//!   a short-lived ordered consumer of its own, starting
+//!   [`Config::history`] steps back (so its windows are whole before its
+//!   first tick, also after a restart), and folds each into its workload's
+//!   utilisation series, the newest [`Config::history`] steps
+//!   ([`pas_workloads`]: sum of use over sum of requests per step, the same
+//!   numbers the trainer trains on). No durable consumer: nothing another
+//!   NATS user could pull from or change. Samples that fail validation go
+//!   to `pas.dlq.forecaster`.
 //! - **Ticks.** On every multiple of [`Config::tick`] (plus
 //!   [`Config::tick_delay`]) it forecasts each workload of its partitions
 //!   ([`shard`]) whose newest step has closed since its last forecast, and
@@ -39,7 +39,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::consumer::DeliverPolicy;
+use async_nats::jetstream::consumer::{DeliverPolicy, pull};
 use chrono::{DateTime, TimeDelta, Utc};
 use pas_models::batch::{LstmWeights, predict_batch};
 use pas_models::Prediction;
@@ -150,14 +150,17 @@ impl Forecaster {
         );
         let loading = tokio::spawn(loader.run(shutdown.clone(), rescan));
 
-        // Samples: this replica's durable consumer, starting a window back.
-        let mut consumer_config = pas_nats::definitions::consumer(Stage::Forecaster, STREAM_SAMPLES, &prefix)?;
-        let name = format!("{}-{replica}", consumer_config.durable_name.clone().unwrap_or_default());
-        consumer_config.durable_name = Some(name.clone());
+        // Samples: every pod sample from a window back, through a
+        // short-lived ordered consumer of this replica's own (each replica
+        // needs them all; no durable consumer another user could reach).
         let open_steps = config.lateness.as_secs().div_ceil(step) as usize;
         let lookback = config.step * (config.history + open_steps) as u32;
-        consumer_config.deliver_policy =
-            DeliverPolicy::ByStartTime { start_time: time::OffsetDateTime::now_utc() - lookback };
+        let consumer_config = pull::OrderedConfig {
+            name: Some(format!("forecaster-{}", pas_schemas::subjects::token(&replica).unwrap_or_default())),
+            filter_subject: prefix.all_pod_cpu(),
+            deliver_policy: DeliverPolicy::ByStartTime { start_time: time::OffsetDateTime::now_utc() - lookback },
+            ..pull::OrderedConfig::default()
+        };
         let inputs = Arc::new(Mutex::new(Inputs {
             series: Workloads::new(step as u32, config.history, open_steps),
             tracked: HashMap::new(),
@@ -168,20 +171,6 @@ impl Forecaster {
             let metrics = metrics.clone();
             move |sample: &CpuSample, sequence: u64| fold(&inputs, &metrics, partitions, sample, sequence)
         };
-        // Each replica's own durable consumer, which it creates.
-        let opened = pas_nats::wait_for("the forecaster's consumer", &shutdown, || pas_nats::durable(&stream, &consumer_config)).await?;
-        let Some((consumer, existed)) = opened else { return Ok(()) };
-        if existed {
-            // Restarted under the same name: the consumer resumes where it
-            // was acked, the windows start empty, so read them back.
-            let since = time::OffsetDateTime::now_utc() - lookback;
-            let fold = fold.clone();
-            let door = Some((&config.admission, prefix.run().is_some()));
-            let read = pas_nats::read_samples(&stream, &consumer_config.filter_subject, since, None, door, move |s, seq| fold(&s, seq))
-                .await
-                .map_err(|e| Error::js("rebuild the windows", e))?;
-            tracing::info!(samples = read, "Rebuilt the windows from the stream.");
-        }
         // Samples keep flowing until the last tick is done.
         let stop_consuming = CancellationToken::new();
         let consuming = {
@@ -189,7 +178,7 @@ impl Forecaster {
             let fold = fold.clone();
             let admission = config.admission;
             tokio::spawn(async move {
-                pas_nats::consume::<CpuSample, _, _>(&consumer, &dead_letters, &admission, stop, |sample, delivery| {
+                pas_nats::consume_ordered::<CpuSample, _, _>(&stream, consumer_config, &dead_letters, &admission, stop, |sample, delivery| {
                     fold(&sample, delivery.stream_sequence);
                     async { Ok::<(), HandlerError>(()) }
                 })

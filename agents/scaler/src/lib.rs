@@ -303,7 +303,7 @@ impl<C: Cluster> Scaler<C> {
         // Each step of the way out is bounded, so SIGTERM exits in time even
         // with NATS down (the lease then expires on its own).
         if let Some(a) = active.take() {
-            let _ = pas_nats::within(Duration::from_secs(3), "stop consuming", a.stop()).await;
+            let _ = pas_nats::within(Duration::from_secs(2), "stop consuming", a.stop()).await;
         }
         engine.state.close(Duration::from_secs(2)).await;
         resign.cancel();

@@ -223,7 +223,7 @@ impl Trainer {
                     _ = shutdown.cancelled() => {
                         // The fit ends at its next batch.
                         stop.store(true, Ordering::Relaxed);
-                        let _ = pas_nats::within(Duration::from_secs(5), "stop training", training).await;
+                        let _ = pas_nats::within(Duration::from_secs(3), "stop training", training).await;
                         tracing::info!(workload = key.model_key(), version, "Stopping: left this version's training unfinished.");
                         break;
                     }
@@ -265,7 +265,7 @@ impl Trainer {
         health.set_ready(false);
         // Each step of the way out is bounded, so SIGTERM exits in time even
         // with NATS down.
-        match pas_nats::within(Duration::from_secs(3), "stop consuming", consuming).await {
+        match pas_nats::within(Duration::from_secs(2), "stop consuming", consuming).await {
             Some(Ok(Ok(()))) | None => {}
             Some(Ok(Err(error))) => tracing::warn!(%error, "Consuming stopped with an error."),
             Some(Err(error)) => tracing::warn!(%error, "Consumer task failed."),
