@@ -159,6 +159,10 @@ impl Forecaster {
             name: Some(format!("forecaster-{}", pas_schemas::subjects::token(&replica).unwrap_or_default())),
             filter_subject: prefix.all_pod_cpu(),
             deliver_policy: DeliverPolicy::ByStartTime { start_time: time::OffsetDateTime::now_utc() - lookback },
+            // Short pulls with a 2 s heartbeat: a consumer lost with its
+            // server (an ordered consumer is not replicated) is noticed and
+            // recreated in seconds, not after two missed 15 s heartbeats.
+            max_expires: Duration::from_secs(4),
             ..pull::OrderedConfig::default()
         };
         let inputs = Arc::new(Mutex::new(Inputs {

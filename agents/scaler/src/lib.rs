@@ -349,6 +349,8 @@ impl Active {
         let ordered = samples
             .create_consumer(pull::OrderedConfig {
                 name: Some(pas_nats::ordered_name("scaler-samples")),
+                // Lost with its server, noticed in seconds (2 s heartbeats).
+                max_expires: Duration::from_secs(4),
                 filter_subject: prefix.all_pod_cpu(),
                 deliver_policy: DeliverPolicy::ByStartTime { start_time },
                 ..pull::OrderedConfig::default()
