@@ -246,7 +246,7 @@ async fn losing_the_leader_of_pas_samples_loses_no_sample_and_forecasts_and_deci
     eventually(RESUME_WITHIN, "the scaler deciding on a forecast made after the kill", || {
         let js = js.clone();
         async move {
-            let mut stream = js.get_stream("PAS_FORECASTS").await.ok()?;
+            let stream = js.get_stream("PAS_FORECASTS").await.ok()?;
             let floor = stream.consumer_info("pas-scaler-forecasts").await.ok()?.ack_floor.stream_sequence;
             (floor >= forecasts_now).then_some(())
         }

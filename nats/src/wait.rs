@@ -61,10 +61,10 @@ where
     }
 }
 
-/// The durable pull consumer `config` names on `stream`, and whether it
-/// existed. A missing one is created where the user may (a replay run's
-/// consumers); a live stage user may not, so it waits for `pas bus init`.
-pub async fn durable(stream: &Stream, config: &pull::Config) -> Result<(PullConsumer, bool), Error> {
+/// The durable pull consumer `config` names on `stream`. A missing one is
+/// created where the user may (a replay run's consumers); a live stage user
+/// may not, so it waits for `pas bus init`.
+pub async fn durable(stream: &Stream, config: &pull::Config) -> Result<PullConsumer, Error> {
     let name = config.durable_name.clone().unwrap_or_default();
     match stream.consumer_info(&name).await {
         Ok(_) => {
@@ -72,13 +72,13 @@ pub async fn durable(stream: &Stream, config: &pull::Config) -> Result<(PullCons
                 action: format!("open consumer {name}"),
                 source: e,
             })?;
-            Ok((consumer, true))
+            Ok(consumer)
         }
         Err(error) if error.kind() == ConsumerInfoErrorKind::NotFound => {
             let consumer = stream.create_consumer(config.clone()).await.map_err(|e| {
                 Error::js(format!("create consumer {name} (only the admin may create live consumers: run `pas bus init`)"), e)
             })?;
-            Ok((consumer, false))
+            Ok(consumer)
         }
         Err(error) => Err(Error::js(format!("find consumer {name}"), error)),
     }

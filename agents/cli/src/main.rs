@@ -97,8 +97,9 @@ enum Command {
 #[derive(Debug, Subcommand)]
 enum BusCommand {
     /// Create or update the streams PAS_SAMPLES, PAS_FORECASTS, PAS_DECISIONS,
-    /// PAS_DLQ, the key-value buckets pas-scaler and pas-forecaster and the
-    /// object store pas-models. Safe to run again: it changes only what differs.
+    /// PAS_DLQ, the key-value buckets pas-scaler and pas-forecaster, the
+    /// object store pas-models and the stages' live consumers (only the admin
+    /// may). Safe to run again: it changes only what differs.
     Init {
         /// Print JSON instead of a table.
         #[arg(long)]
@@ -109,8 +110,9 @@ enum BusCommand {
         #[arg(long, value_parser = clap::value_parser!(u8).range(1..=5))]
         replicas: Option<u8>,
     },
-    /// Show each stream's messages, size and consumers, and any drift from
-    /// the definitions. Exits 1 when something is missing or drifted.
+    /// Show each stream's messages, size, consumers and replicas, and any
+    /// drift from the definitions (its live consumers' included). Exits 1
+    /// when something is missing or drifted.
     Status {
         /// Print JSON instead of a table.
         #[arg(long)]

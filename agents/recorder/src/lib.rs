@@ -114,7 +114,7 @@ impl Recorder {
                     action: format!("open stream {}", kind.stream()),
                     source: Box::new(e),
                 })?;
-                let (consumer, _) = pas_nats::durable(&stream, &definition).await?;
+                let consumer = pas_nats::durable(&stream, &definition).await?;
                 Ok((stream, consumer))
             })
             .await?;

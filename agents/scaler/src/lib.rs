@@ -417,7 +417,7 @@ impl Active {
             .map_err(|e| Error::js("open stream PAS_FORECASTS (run `pas bus init`)", e))?;
         let consumer_config =
             pas_nats::definitions::consumer(Stage::Scaler, STREAM_FORECASTS, prefix)?;
-        let (consumer, _) = pas_nats::durable(&stream, &consumer_config).await?;
+        let consumer = pas_nats::durable(&stream, &consumer_config).await?;
         let (tx, rx) = mpsc::channel(64);
         let forecast_task = {
             let stop = stop.clone();
@@ -776,13 +776,13 @@ impl<C: Cluster> Engine<C> {
 
     /// The workload's history, taken out of memory or read as the last
     /// leader left it; `None` when the read did not answer within
-    /// [`state::KV_CALL`] (the workload waits for the next tick, the others
+    /// [`state::NATS_CALL`] (the workload waits for the next tick, the others
     /// do not wait for it).
     async fn take_history(&mut self, key: &Key) -> Option<History> {
         if let Some(history) = self.histories.remove(key) {
             return Some(history);
         }
-        let read = tokio::time::timeout(state::KV_CALL, self.kv.get(self.state_key(key))).await;
+        let read = tokio::time::timeout(state::NATS_CALL, self.kv.get(self.state_key(key))).await;
         Some(match read {
             Ok(Ok(Some(bytes))) => serde_json::from_slice(&bytes).unwrap_or_else(|error| {
                 tracing::warn!(namespace = %key.0, workload = %key.1, %error, "Stored scaler state unreadable; starting afresh.");
@@ -834,7 +834,7 @@ impl<C: Cluster> Engine<C> {
         let (namespace, workload) = (decision.namespace.clone(), decision.workload.clone());
         let sent = async {
             let msg = Outgoing::new(subject, &decision).map_err(|e| e.to_string())?;
-            match tokio::time::timeout(state::KV_CALL, pas_nats::publish(&self.js, &msg)).await {
+            match tokio::time::timeout(state::NATS_CALL, pas_nats::publish(&self.js, &msg)).await {
                 Ok(ack) => ack.map_err(|e| e.to_string()),
                 Err(_) => Err("the client's send buffer stayed full".to_owned()),
             }

@@ -14,8 +14,9 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-/// Longest wait for one key-value call.
-pub const KV_CALL: Duration = Duration::from_secs(2);
+/// Longest wait for one NATS call of the decision loop (a key-value read
+/// or write, sending a decision).
+pub const NATS_CALL: Duration = Duration::from_secs(2);
 /// Puts in flight at once.
 const CONCURRENCY: usize = 16;
 
@@ -60,7 +61,7 @@ impl StateWriter {
                                     tracing::debug!(key, "Not leading: dropped a queued state write.");
                                     return;
                                 }
-                                match tokio::time::timeout(KV_CALL, kv.put(&key, value)).await {
+                                match tokio::time::timeout(NATS_CALL, kv.put(&key, value)).await {
                                     Ok(Ok(_)) => {}
                                     Ok(Err(error)) => tracing::warn!(key, %error, "Saving the scaler state failed."),
                                     Err(_) => tracing::warn!(key, "Saving the scaler state timed out."),

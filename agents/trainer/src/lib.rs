@@ -146,7 +146,7 @@ impl Trainer {
                 .get_stream(STREAM_SAMPLES)
                 .await
                 .map_err(|e| pas_nats::Error::JetStream { action: "open stream PAS_SAMPLES".into(), source: Box::new(e) })?;
-            let (consumer, _) = pas_nats::durable(&stream, &consumer_config).await?;
+            let consumer = pas_nats::durable(&stream, &consumer_config).await?;
             Ok((bucket, chunks, stream, consumer))
         })
         .await?;
