@@ -17,9 +17,9 @@ use pas_forecaster::{Config, Forecaster};
 use pas_integration_tests::{NatsServer, connect_and_provision, rss_bytes};
 use pas_models::lstm::{Lstm, LstmConfig};
 use pas_nats::NatsConfig;
+use pas_nats::model_store::{self as store, Layout};
 use pas_schemas::subjects::{BUCKET_MODELS, Prefix};
 use pas_schemas::{CpuSample, Forecast, ModelManifest, Normalisation, SCHEMA_VERSION, TrainingRange};
-use pas_nats::model_store::{self as store, Layout};
 use tokio_util::sync::CancellationToken;
 
 const RUN: &str = "bench";
@@ -43,7 +43,12 @@ fn sample(at: DateTime<Utc>, workload: usize, round: i64) -> CpuSample {
 
 /// Publishes one sample per workload for step `round`; returns each
 /// workload's publish time.
-async fn publish_round(js: &async_nats::jetstream::Context, base: DateTime<Utc>, n: usize, round: i64) -> anyhow::Result<Vec<Instant>> {
+async fn publish_round(
+    js: &async_nats::jetstream::Context,
+    base: DateTime<Utc>,
+    n: usize,
+    round: i64,
+) -> anyhow::Result<Vec<Instant>> {
     let prefix = Prefix::replay(RUN).map_err(anyhow::Error::msg)?;
     let at = base + TimeDelta::seconds(round * STEP);
     let mut sent = Vec::with_capacity(n);
@@ -72,7 +77,10 @@ async fn main() -> anyhow::Result<()> {
     pas_runtime::telemetry::init(false, "warn");
     let counts: Vec<usize> = std::env::args()
         .skip(1)
-        .map(|a| a.parse().with_context(|| format!("{a:?} is not a workload count")))
+        .map(|a| {
+            a.parse()
+                .with_context(|| format!("{a:?} is not a workload count"))
+        })
         .collect::<anyhow::Result<_>>()?;
     for n in if counts.is_empty() { vec![1000] } else { counts } {
         bench(n).await?;
@@ -91,7 +99,10 @@ async fn bench(n: usize) -> anyhow::Result<()> {
     // each is downloaded, checked and held separately).
     let started = Instant::now();
     let lstm_config = LstmConfig::default();
-    let normalisation = Normalisation::Standard { mean: 40.0, std: 10.0 };
+    let normalisation = Normalisation::Standard {
+        mean: 40.0,
+        std: 10.0,
+    };
     let weights = Lstm::new(lstm_config.clone())?.to_safetensors()?;
     for w in 0..n {
         let manifest = ModelManifest {
@@ -105,14 +116,22 @@ async fn bench(n: usize) -> anyhow::Result<()> {
             window: lstm_config.window as u32,
             horizon: lstm_config.horizon as u32,
             normalisation: normalisation.clone(),
-            training: TrainingRange { first_sequence: 1, last_sequence: 1, from: DateTime::UNIX_EPOCH, to: DateTime::UNIX_EPOCH },
+            training: TrainingRange {
+                first_sequence: 1,
+                last_sequence: 1,
+                from: DateTime::UNIX_EPOCH,
+                to: DateTime::UNIX_EPOCH,
+            },
             validation: [("lstm".to_owned(), 0.5), ("naive".to_owned(), 1.0)].into(),
             digest: pas_models::digest(&weights),
             accepted: true,
         };
         store::save(&bucket, &layout, &manifest, &weights).await?;
     }
-    eprintln!("{n} workloads: stored {n} model versions in {:.1} s", started.elapsed().as_secs_f64());
+    eprintln!(
+        "{n} workloads: stored {n} model versions in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
 
     let rss_start = rss_bytes();
     let config = Config {
@@ -120,7 +139,10 @@ async fn bench(n: usize) -> anyhow::Result<()> {
         step: Duration::from_secs(STEP as u64),
         replica: Some("bench".into()),
         listen: "127.0.0.1:0".parse()?,
-        nats: NatsConfig { urls: vec![server.url()], ..NatsConfig::default() },
+        nats: NatsConfig {
+            urls: vec![server.url()],
+            ..NatsConfig::default()
+        },
         ..Config::default()
     };
     let mut forecaster = Forecaster::new(config)?;
@@ -134,15 +156,23 @@ async fn bench(n: usize) -> anyhow::Result<()> {
         waited += 1;
         if waited == 300 {
             let log = server.log();
-            eprintln!("stuck at {} loads; server log tail:\n{}", metrics.loads(), &log[log.len().saturating_sub(3000)..]);
+            eprintln!(
+                "stuck at {} loads; server log tail:\n{}",
+                metrics.loads(),
+                &log[log.len().saturating_sub(3000)..]
+            );
             std::process::exit(1);
         }
     }
     let rss_models = rss_bytes();
-    eprintln!("{n} workloads: models loaded in {:.1} s", started.elapsed().as_secs_f64());
+    eprintln!(
+        "{n} workloads: models loaded in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
 
     // History: a window's worth of steps for every workload, in the past.
-    let base = DateTime::from_timestamp((Utc::now().timestamp() - 86_400) / STEP * STEP, 0).context("a time a day ago")?;
+    let base = DateTime::from_timestamp((Utc::now().timestamp() - 86_400) / STEP * STEP, 0)
+        .context("a time a day ago")?;
     for round in 0..HISTORY {
         publish_round(&js, base, n, round).await?;
     }
@@ -153,7 +183,10 @@ async fn bench(n: usize) -> anyhow::Result<()> {
 
     // Forecasts as they arrive, by workload and window end.
     let arrivals: Arc<Mutex<Arrivals>> = Arc::default();
-    let mut sub = conn.client.subscribe(format!("replay.{RUN}.pas.forecast.>")).await?;
+    let mut sub = conn
+        .client
+        .subscribe(format!("replay.{RUN}.pas.forecast.>"))
+        .await?;
     let _ = conn.client.request("$JS.API.INFO", "".into()).await;
     {
         let arrivals = arrivals.clone();
@@ -163,7 +196,10 @@ async fn bench(n: usize) -> anyhow::Result<()> {
                     eprintln!("skipping a forecast that does not decode on {}", msg.subject);
                     continue;
                 };
-                arrivals.lock().unwrap_or_else(|p| p.into_inner()).insert((f.workload.clone(), f.window_end), (Instant::now(), f));
+                arrivals
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert((f.workload.clone(), f.window_end), (Instant::now(), f));
             }
         });
     }
@@ -190,7 +226,10 @@ async fn bench(n: usize) -> anyhow::Result<()> {
             {
                 let a = arrivals.lock().unwrap_or_else(|p| p.into_inner());
                 let got: Vec<(usize, Instant, bool)> = (0..n)
-                    .filter_map(|w| a.get(&(format!("wl-{w}"), end)).map(|(t, f)| (w, *t, f.model.kind == "lstm")))
+                    .filter_map(|w| {
+                        a.get(&(format!("wl-{w}"), end))
+                            .map(|(t, f)| (w, *t, f.model.kind == "lstm"))
+                    })
                     .collect();
                 if got.len() == n {
                     break got;
@@ -198,7 +237,11 @@ async fn bench(n: usize) -> anyhow::Result<()> {
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         };
-        let last = got.iter().map(|(_, t, _)| *t).max().context("no forecast arrived")?;
+        let last = got
+            .iter()
+            .map(|(_, t, _)| *t)
+            .max()
+            .context("no forecast arrived")?;
         ticks.push(last.duration_since(ticked).as_secs_f64());
         for (w, at, is_lstm) in got {
             latencies.push(at.duration_since(sent[w]).as_secs_f64() * 1000.0);

@@ -28,7 +28,10 @@ async fn main() -> anyhow::Result<()> {
         .skip(1)
         .map(|a| a.parse().with_context(|| format!("{a:?} is not a count")))
         .collect::<anyhow::Result<_>>()?;
-    let (workloads, rounds) = (args.first().copied().unwrap_or(1000), args.get(1).copied().unwrap_or(20));
+    let (workloads, rounds) = (
+        args.first().copied().unwrap_or(1000),
+        args.get(1).copied().unwrap_or(20),
+    );
     let nats = NatsServer::start();
     let vm = VictoriaMetrics::start();
     let conn = connect_and_provision(&nats).await;
@@ -64,14 +67,21 @@ async fn main() -> anyhow::Result<()> {
                 timestamp: at + TimeDelta::seconds(STEP),
                 namespace: "bench".into(),
                 workload: workload.clone(),
-                model: ModelRef { key: format!("bench/{workload}"), kind: "lstm".into(), version: 1 },
+                model: ModelRef {
+                    key: format!("bench/{workload}"),
+                    kind: "lstm".into(),
+                    version: 1,
+                },
                 window_end: at,
                 step_seconds: STEP as f64,
                 values: vec![50.0; 10],
                 upper: Some(vec![60.0; 10]),
                 quantile: Some(0.9),
             };
-            let out = pas_nats::Outgoing::new(prefix.forecast("bench", &workload).map_err(anyhow::Error::msg)?, &f)?;
+            let out = pas_nats::Outgoing::new(
+                prefix.forecast("bench", &workload).map_err(anyhow::Error::msg)?,
+                &f,
+            )?;
             acks.push(pas_nats::publish(&js, &out).await?);
             messages += PODS + 1;
             if acks.len() >= 4096 {
@@ -84,13 +94,23 @@ async fn main() -> anyhow::Result<()> {
     for ack in acks.drain(..) {
         ack.await?;
     }
-    eprintln!("stored {messages} messages in {:.1} s", publishing.elapsed().as_secs_f64());
+    eprintln!(
+        "stored {messages} messages in {:.1} s",
+        publishing.elapsed().as_secs_f64()
+    );
 
     let rss_before = rss_bytes();
     let config = Config {
-        influx: InfluxConfig { url: vm.url(), token: pas_runtime::Secret::new("bench"), ..InfluxConfig::default() },
+        influx: InfluxConfig {
+            url: vm.url(),
+            token: pas_runtime::Secret::new("bench"),
+            ..InfluxConfig::default()
+        },
         listen: "127.0.0.1:0".parse()?,
-        nats: NatsConfig { urls: vec![nats.url()], ..NatsConfig::default() },
+        nats: NatsConfig {
+            urls: vec![nats.url()],
+            ..NatsConfig::default()
+        },
         ..Config::default()
     };
     let recorder = Recorder::new(config)?;
@@ -111,11 +131,17 @@ async fn main() -> anyhow::Result<()> {
         if done {
             break;
         }
-        anyhow::ensure!(started.elapsed() < Duration::from_secs(1800), "not drained in 30 min");
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(1800),
+            "not drained in 30 min"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let took = started.elapsed().as_secs_f64();
-    let points: u64 = ["cpu_usage_current", "cpu_usage_predicted"].iter().map(|m| metrics.points_total(m)).sum();
+    let points: u64 = ["cpu_usage_current", "cpu_usage_predicted"]
+        .iter()
+        .map(|m| metrics.points_total(m))
+        .sum();
     println!(
         "| {workloads} | {rounds} | {messages} | {took:.1} s | {:.0} | {:.0} | {:.0} MiB |",
         messages as f64 / took,

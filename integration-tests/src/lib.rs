@@ -45,11 +45,21 @@ impl NatsServer {
         // store a few megabytes, so they state the limit as nats/server.conf does.
         let config = config.map(Path::to_owned).unwrap_or_else(|| {
             let path = dir.path().join("server.conf");
-            std::fs::write(&path, "jetstream {\n  max_memory_store: 256MB\n  max_file_store: 20GB\n}\n")
-                .expect("write the server configuration");
+            std::fs::write(
+                &path,
+                "jetstream {\n  max_memory_store: 256MB\n  max_file_store: 20GB\n}\n",
+            )
+            .expect("write the server configuration");
             path
         });
-        let mut server = NatsServer { child: None, dir, port: 0, config: Some(config), env, accounts: false };
+        let mut server = NatsServer {
+            child: None,
+            dir,
+            port: 0,
+            config: Some(config),
+            env,
+            accounts: false,
+        };
         server.spawn(None);
         server
     }
@@ -57,10 +67,18 @@ impl NatsServer {
     /// Starts a server with `nats/server.conf`: its users and permissions,
     /// each user's password `<user>-pw` (see [`NatsServer::as_user`]).
     pub fn with_accounts() -> Self {
-        let env = ["ADMIN", "AGENT", "TRAINER", "FORECASTER", "SCALER", "RECORDER", "VIEWER"]
-            .iter()
-            .map(|u| (format!("PAS_{u}_PASSWORD"), format!("{}-pw", u.to_lowercase())))
-            .collect();
+        let env = [
+            "ADMIN",
+            "AGENT",
+            "TRAINER",
+            "FORECASTER",
+            "SCALER",
+            "RECORDER",
+            "VIEWER",
+        ]
+        .iter()
+        .map(|u| (format!("PAS_{u}_PASSWORD"), format!("{}-pw", u.to_lowercase())))
+        .collect();
         let mut server = Self::start_with(Some(&repo_root().join("nats/server.conf")), env);
         server.accounts = true;
         server
@@ -71,7 +89,10 @@ impl NatsServer {
     /// own user on either).
     pub fn as_user(&self, user: &str) -> pas_nats::NatsConfig {
         if !self.accounts {
-            return pas_nats::NatsConfig { urls: vec![self.url()], ..Default::default() };
+            return pas_nats::NatsConfig {
+                urls: vec![self.url()],
+                ..Default::default()
+            };
         }
         pas_nats::NatsConfig {
             urls: vec![self.url()],
@@ -120,7 +141,11 @@ impl NatsServer {
 
     fn signal(&self, signal: &str) {
         let child = self.child.as_ref().expect("the server runs");
-        let status = Command::new("kill").arg(signal).arg(child.id().to_string()).status().expect("kill");
+        let status = Command::new("kill")
+            .arg(signal)
+            .arg(child.id().to_string())
+            .status()
+            .expect("kill");
         assert!(status.success(), "kill {signal} failed");
     }
 
@@ -187,9 +212,10 @@ impl Drop for NatsServer {
 }
 
 fn read_port(dir: &Path) -> Option<u16> {
-    let entry = std::fs::read_dir(dir).ok()?.filter_map(|e| e.ok()).find(|e| {
-        e.path().extension().is_some_and(|x| x == "ports")
-    })?;
+    let entry = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .find(|e| e.path().extension().is_some_and(|x| x == "ports"))?;
     let ports: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(entry.path()).ok()?).ok()?;
     let url = ports["nats"][0].as_str()?;
     url.rsplit(':').next()?.parse().ok()
@@ -197,9 +223,16 @@ fn read_port(dir: &Path) -> Option<u16> {
 
 /// Connects to `server` as an admin and provisions the streams and buckets.
 pub async fn connect_and_provision(server: &NatsServer) -> pas_nats::Connection {
-    let config = pas_nats::NatsConfig { ack_timeout: Duration::from_secs(5), ..server.as_user("admin") };
-    let conn = pas_nats::connect(&config, "test", false).await.expect("connect to the test server");
-    pas_nats::provision::init(&conn.jetstream, Default::default()).await.expect("provision the streams");
+    let config = pas_nats::NatsConfig {
+        ack_timeout: Duration::from_secs(5),
+        ..server.as_user("admin")
+    };
+    let conn = pas_nats::connect(&config, "test", false)
+        .await
+        .expect("connect to the test server");
+    pas_nats::provision::init(&conn.jetstream, Default::default())
+        .await
+        .expect("provision the streams");
     conn
 }
 
@@ -217,9 +250,10 @@ fn find_binary(variable: &str, name: &str) -> PathBuf {
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/pas")));
     if let Some(candidate) = cache.map(|c| c.join("bin").join(name))
-        && candidate.exists() {
-            return candidate;
-        }
+        && candidate.exists()
+    {
+        return candidate;
+    }
     PathBuf::from(name)
 }
 
@@ -246,7 +280,11 @@ impl VictoriaMetrics {
     /// age are kept.
     pub fn start() -> Self {
         let dir = tempfile::tempdir().expect("a temporary directory");
-        let mut vm = VictoriaMetrics { child: None, dir, port: 0 };
+        let mut vm = VictoriaMetrics {
+            child: None,
+            dir,
+            port: 0,
+        };
         for _ in 0..5 {
             let port = std::net::TcpListener::bind("127.0.0.1:0")
                 .and_then(|l| l.local_addr())
@@ -282,7 +320,10 @@ impl VictoriaMetrics {
     /// seconds of points, which InfluxDB's write-ahead log would keep.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
             let _ = child.wait();
         }
     }
@@ -290,7 +331,11 @@ impl VictoriaMetrics {
     /// Starts it again (after [`VictoriaMetrics::stop`]) on the same port with the same store.
     pub fn restart(&mut self) {
         self.stop();
-        assert!(self.spawn(self.port), "victoria-metrics did not restart:\n{}", self.log());
+        assert!(
+            self.spawn(self.port),
+            "victoria-metrics did not restart:\n{}",
+            self.log()
+        );
     }
 
     fn spawn(&mut self, port: u16) -> bool {
@@ -302,7 +347,10 @@ impl VictoriaMetrics {
         let binary = find_binary("VICTORIA_METRICS", "victoria-metrics");
         let mut child = Command::new(&binary)
             .arg(format!("-httpListenAddr=127.0.0.1:{port}"))
-            .arg(format!("-storageDataPath={}", self.dir.path().join("data").display()))
+            .arg(format!(
+                "-storageDataPath={}",
+                self.dir.path().join("data").display()
+            ))
             .arg("-retentionPeriod=100y")
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
@@ -319,7 +367,9 @@ impl VictoriaMetrics {
             if let Ok(Some(_)) = child.try_wait() {
                 return false;
             }
-            if http_get_blocking(port, "/health").is_some_and(|(status, body)| status == 200 && body.trim() == "OK") {
+            if http_get_blocking(port, "/health")
+                .is_some_and(|(status, body)| status == 200 && body.trim() == "OK")
+            {
                 self.port = port;
                 self.child = Some(child);
                 return true;
@@ -402,7 +452,10 @@ fn percent_encode(s: &str) -> String {
 
 /// The repository's root directory.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the workspace root").to_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the workspace root")
+        .to_owned()
 }
 
 /// Polls `check` every 50 ms until it returns `Some` or `timeout` passes.
@@ -416,7 +469,10 @@ where
         if let Some(v) = check().await {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -424,14 +480,21 @@ where
 /// This process's resident memory (VmRSS), in bytes; 0 where /proc has none.
 pub fn rss_bytes() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let kb = status.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok());
+    let kb = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok());
     kb.unwrap_or(0) * 1024
 }
 
 /// Asks a stage to stop (`stop`), waits for its `task` (a minute at most),
 /// prints how long it took and checks it was under 10 s: SIGTERM must end
 /// a stage in time even with NATS down. Returns what the task returned.
-pub async fn exits_within_ten_seconds<T>(what: &str, stop: impl FnOnce(), task: tokio::task::JoinHandle<T>) -> T {
+pub async fn exits_within_ten_seconds<T>(
+    what: &str,
+    stop: impl FnOnce(),
+    task: tokio::task::JoinHandle<T>,
+) -> T {
     let asked = Instant::now();
     stop();
     let out = tokio::time::timeout(Duration::from_secs(60), task)

@@ -31,10 +31,19 @@ fn agent_config(server: &NatsServer, interval_ms: u64, buffer: usize) -> Config 
 }
 
 async fn provision(server: &NatsServer) -> async_nats::jetstream::Context {
-    let conn = pas_nats::connect(&NatsConfig { urls: vec![server.url()], ..Default::default() }, "test", false)
+    let conn = pas_nats::connect(
+        &NatsConfig {
+            urls: vec![server.url()],
+            ..Default::default()
+        },
+        "test",
+        false,
+    )
+    .await
+    .unwrap();
+    pas_nats::provision::init(&conn.jetstream, Default::default())
         .await
         .unwrap();
-    pas_nats::provision::init(&conn.jetstream, Default::default()).await.unwrap();
     conn.jetstream
 }
 
@@ -60,10 +69,23 @@ async fn stored_samples(js: &async_nats::jetstream::Context) -> Vec<(CpuSample, 
 }
 
 async fn stream_count(js: &async_nats::jetstream::Context) -> u64 {
-    js.get_stream(STREAM_SAMPLES).await.unwrap().info().await.unwrap().state.messages
+    js.get_stream(STREAM_SAMPLES)
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .state
+        .messages
 }
 
-fn start(config: Config) -> (Metrics, CancellationToken, tokio::task::JoinHandle<Result<(), pas_agent::Error>>) {
+fn start(
+    config: Config,
+) -> (
+    Metrics,
+    CancellationToken,
+    tokio::task::JoinHandle<Result<(), pas_agent::Error>>,
+) {
     let agent = Agent::new(config).unwrap();
     let metrics = agent.metrics();
     let stop = CancellationToken::new();
@@ -110,8 +132,16 @@ async fn agent_publishes_real_samples_of_this_machine() {
     handle.await.unwrap().unwrap();
 
     let samples = stored_samples(&js).await;
-    assert_eq!(samples.len() as u64, metrics.published.get(), "every acknowledged sample is stored once");
-    assert_eq!(metrics.samples.get(), metrics.published.get(), "shutdown drained the outbox");
+    assert_eq!(
+        samples.len() as u64,
+        metrics.published.get(),
+        "every acknowledged sample is stored once"
+    );
+    assert_eq!(
+        metrics.samples.get(),
+        metrics.published.get(),
+        "shutdown drained the outbox"
+    );
     let cores = std::thread::available_parallelism().unwrap().get() as f64;
     let subject = Prefix::live().node_cpu("test-node.example.internal").unwrap();
     let mut last = None;
@@ -150,13 +180,21 @@ async fn no_sample_is_lost_when_nats_is_killed_and_restarted() {
     let before_outage = metrics.samples.get();
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let taken_during_outage = metrics.samples.get() - before_outage;
-    assert!(taken_during_outage >= 8, "the agent kept sampling while NATS was down ({taken_during_outage})");
+    assert!(
+        taken_during_outage >= 8,
+        "the agent kept sampling while NATS was down ({taken_during_outage})"
+    );
     assert!(metrics.buffered.get() > 0, "samples wait in the outbox");
     server.restart();
 
-    eventually(Duration::from_secs(30), "the outbox to drain after the restart", || async {
-        (metrics.buffered.get() == 0 && metrics.published.get() > before_outage + taken_during_outage).then_some(())
-    })
+    eventually(
+        Duration::from_secs(30),
+        "the outbox to drain after the restart",
+        || async {
+            (metrics.buffered.get() == 0 && metrics.published.get() > before_outage + taken_during_outage)
+                .then_some(())
+        },
+    )
     .await;
     stop.cancel();
     handle.await.unwrap().unwrap();
@@ -165,14 +203,21 @@ async fn no_sample_is_lost_when_nats_is_killed_and_restarted() {
     let js = provision(&server).await; // a fresh connection to the restarted server
     let samples = stored_samples(&js).await;
     assert_eq!(metrics.dropped.get(), 0);
-    assert_eq!(samples.len() as u64, metrics.samples.get(), "every sample taken is stored, exactly once");
+    assert_eq!(
+        samples.len() as u64,
+        metrics.samples.get(),
+        "every sample taken is stored, exactly once"
+    );
     // No hole in time: consecutive samples are about one interval apart.
     let gaps: Vec<i64> = samples
         .windows(2)
         .map(|w| (w[1].0.timestamp - w[0].0.timestamp).num_milliseconds())
         .collect();
     let worst = gaps.iter().copied().max().unwrap();
-    assert!(worst < 3 * interval as i64, "a gap of {worst} ms in the stored samples");
+    assert!(
+        worst < 3 * interval as i64,
+        "a gap of {worst} ms in the stored samples"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -198,7 +243,11 @@ async fn a_full_outbox_drops_the_oldest_and_counts_them() {
     drop(js);
     let js = provision(&server).await;
     let stored = stored_samples(&js).await.len() as u64;
-    assert_eq!(stored + metrics.dropped.get(), metrics.samples.get(), "stored plus dropped is every sample");
+    assert_eq!(
+        stored + metrics.dropped.get(),
+        metrics.samples.get(),
+        "stored plus dropped is every sample"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -232,12 +281,22 @@ async fn statefulset_pods_are_sampled_from_their_cgroups() {
     let map = PodMap::default();
     map.write().unwrap().insert(
         uid.into(),
-        PodInfo { namespace: "shop".into(), name: "web-0".into(), workload: Some("web".into()), cpu_request_millicores: Some(1000.0) },
+        PodInfo {
+            namespace: "shop".into(),
+            name: "web-0".into(),
+            workload: Some("web".into()),
+            cpu_request_millicores: Some(1000.0),
+        },
     );
     // A pod of a Deployment: measured, but not published (not a scaling target).
     map.write().unwrap().insert(
         other.into(),
-        PodInfo { namespace: "shop".into(), name: "api-x".into(), workload: None, cpu_request_millicores: None },
+        PodInfo {
+            namespace: "shop".into(),
+            name: "api-x".into(),
+            workload: None,
+            cpu_request_millicores: None,
+        },
     );
     let mut config = agent_config(&server, 250, 1000);
     config.cgroup_root = cgroups.path().to_owned();
@@ -247,7 +306,11 @@ async fn statefulset_pods_are_sampled_from_their_cgroups() {
     let handle = tokio::spawn(agent.run(stop.clone()));
 
     eventually(Duration::from_secs(20), "four pod samples", || async {
-        let n = stored_samples(&js).await.iter().filter(|(s, _, _)| s.is_pod()).count();
+        let n = stored_samples(&js)
+            .await
+            .iter()
+            .filter(|(s, _, _)| s.is_pod())
+            .count();
         (n >= 4).then_some(())
     })
     .await;

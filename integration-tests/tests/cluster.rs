@@ -42,14 +42,21 @@ struct Cluster {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl Cluster {
     fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
-        let routes: Vec<String> = ports.iter().map(|(_, r)| format!("nats-route://127.0.0.1:{r}")).collect();
+        let routes: Vec<String> = ports
+            .iter()
+            .map(|(_, r)| format!("nats-route://127.0.0.1:{r}"))
+            .collect();
         let mut nodes = Vec::new();
         for (i, (client, route)) in ports.iter().enumerate() {
             let name = format!("n{i}");
@@ -74,17 +81,28 @@ impl Cluster {
                 .stderr(Stdio::from(log))
                 .spawn()
                 .expect("start nats-server");
-            nodes.push(Node { name, port: *client, child: Some(child) });
+            nodes.push(Node {
+                name,
+                port: *client,
+                child: Some(child),
+            });
         }
         Cluster { _dir: dir, nodes }
     }
 
     fn urls(&self) -> Vec<String> {
-        self.nodes.iter().map(|n| format!("nats://127.0.0.1:{}", n.port)).collect()
+        self.nodes
+            .iter()
+            .map(|n| format!("nats://127.0.0.1:{}", n.port))
+            .collect()
     }
 
     fn kill(&mut self, name: &str) {
-        let node = self.nodes.iter_mut().find(|n| n.name == name).expect("a node of that name");
+        let node = self
+            .nodes
+            .iter_mut()
+            .find(|n| n.name == name)
+            .expect("a node of that name");
         if let Some(mut child) = node.child.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -104,7 +122,11 @@ impl Drop for Cluster {
 }
 
 fn nats(cluster: &Cluster) -> NatsConfig {
-    NatsConfig { urls: cluster.urls(), reconnect_max_delay: Duration::from_secs(2), ..NatsConfig::default() }
+    NatsConfig {
+        urls: cluster.urls(),
+        reconnect_max_delay: Duration::from_secs(2),
+        ..NatsConfig::default()
+    }
 }
 
 fn sample(at: chrono::DateTime<Utc>) -> CpuSample {
@@ -123,7 +145,10 @@ fn sample(at: chrono::DateTime<Utc>) -> CpuSample {
 
 /// The next message on `sub`, waiting up to a minute.
 async fn next(sub: &mut async_nats::Subscriber) -> Option<async_nats::Message> {
-    tokio::time::timeout(RESUME_WITHIN + Duration::from_secs(30), sub.next()).await.ok().flatten()
+    tokio::time::timeout(RESUME_WITHIN + Duration::from_secs(30), sub.next())
+        .await
+        .ok()
+        .flatten()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -132,13 +157,24 @@ async fn losing_the_leader_of_pas_samples_loses_no_sample_and_forecasts_and_deci
     let admin = pas_nats::connect(&nats(&cluster), "admin", true).await.unwrap();
     let js = admin.jetstream.clone();
     // Until the cluster has elected its meta leader, stream creation fails.
-    eventually(Duration::from_secs(60), "the streams created with three replicas", || {
-        let js = js.clone();
-        async move { provision::init(&js, Options { replicas: Some(3) }).await.ok() }
-    })
+    eventually(
+        Duration::from_secs(60),
+        "the streams created with three replicas",
+        || {
+            let js = js.clone();
+            async move { provision::init(&js, Options { replicas: Some(3) }).await.ok() }
+        },
+    )
     .await;
-    let status = provision::status(&js, Options { replicas: Some(3) }).await.unwrap();
-    assert!(status.iter().all(|s| s.exists && s.replicas == 3 && s.drift.is_empty()), "{status:?}");
+    let status = provision::status(&js, Options { replicas: Some(3) })
+        .await
+        .unwrap();
+    assert!(
+        status
+            .iter()
+            .all(|s| s.exists && s.replicas == 3 && s.drift.is_empty()),
+        "{status:?}"
+    );
 
     // A minute of history, then a sample a second, each retried until acked
     // (as the agent's outbox does), each with its own message id.
@@ -197,10 +233,14 @@ async fn losing_the_leader_of_pas_samples_loses_no_sample_and_forecasts_and_deci
     .unwrap();
     let forecasting = tokio::spawn(forecaster.run(stop.clone()));
     let sim = Simulated::new();
-    let on: BTreeMap<String, String> = [("pas.io/enabled", "true"), ("pas.io/target-utilization", "50"), ("pas.io/startup", "10s")]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect();
+    let on: BTreeMap<String, String> = [
+        ("pas.io/enabled", "true"),
+        ("pas.io/target-utilization", "50"),
+        ("pas.io/startup", "10s"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
     sim.insert("shop", "web", 2, on, Some(1000.0));
     let scaler = pas_scaler::Scaler::new(
         pas_scaler::Config {
@@ -216,12 +256,28 @@ async fn losing_the_leader_of_pas_samples_loses_no_sample_and_forecasts_and_deci
     .unwrap();
     let scaling = tokio::spawn(scaler.run(stop.clone()));
 
-    assert!(next(&mut forecasts).await.is_some(), "no forecast before the kill");
-    assert!(next(&mut decisions).await.is_some(), "no decision before the kill");
+    assert!(
+        next(&mut forecasts).await.is_some(),
+        "no forecast before the kill"
+    );
+    assert!(
+        next(&mut decisions).await.is_some(),
+        "no decision before the kill"
+    );
 
     // Kill the server leading PAS_SAMPLES.
-    let info = js.get_stream(STREAM_SAMPLES).await.unwrap().info().await.unwrap().clone();
-    let leader = info.cluster.and_then(|c| c.leader).expect("PAS_SAMPLES has a leader");
+    let info = js
+        .get_stream(STREAM_SAMPLES)
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .clone();
+    let leader = info
+        .cluster
+        .and_then(|c| c.leader)
+        .expect("PAS_SAMPLES has a leader");
     cluster.kill(&leader);
     let killed = Instant::now();
     let killed_at = Utc::now();
@@ -230,7 +286,9 @@ async fn losing_the_leader_of_pas_samples_loses_no_sample_and_forecasts_and_deci
     // forecast (so PAS_FORECASTS is read again), not a forecast or decision
     // made from what the stages already held.
     let forecast_after = loop {
-        let msg = next(&mut forecasts).await.expect("forecasts resume after the kill");
+        let msg = next(&mut forecasts)
+            .await
+            .expect("forecasts resume after the kill");
         let f: pas_schemas::Forecast = pas_schemas::decode(&msg.payload).unwrap();
         if f.window_end > killed_at {
             break killed.elapsed();
@@ -240,23 +298,51 @@ async fn losing_the_leader_of_pas_samples_loses_no_sample_and_forecasts_and_deci
     // ack floor passing that forecast is a decision made on it.
     let forecasts_now = eventually(Duration::from_secs(10), "PAS_FORECASTS' last sequence", || {
         let js = js.clone();
-        async move { Some(js.get_stream("PAS_FORECASTS").await.ok()?.info().await.ok()?.state.last_sequence) }
-    })
-    .await;
-    eventually(RESUME_WITHIN, "the scaler deciding on a forecast made after the kill", || {
-        let js = js.clone();
         async move {
-            let stream = js.get_stream("PAS_FORECASTS").await.ok()?;
-            let floor = stream.consumer_info("pas-scaler-forecasts").await.ok()?.ack_floor.stream_sequence;
-            (floor >= forecasts_now).then_some(())
+            Some(
+                js.get_stream("PAS_FORECASTS")
+                    .await
+                    .ok()?
+                    .info()
+                    .await
+                    .ok()?
+                    .state
+                    .last_sequence,
+            )
         }
     })
     .await;
+    eventually(
+        RESUME_WITHIN,
+        "the scaler deciding on a forecast made after the kill",
+        || {
+            let js = js.clone();
+            async move {
+                let stream = js.get_stream("PAS_FORECASTS").await.ok()?;
+                let floor = stream
+                    .consumer_info("pas-scaler-forecasts")
+                    .await
+                    .ok()?
+                    .ack_floor
+                    .stream_sequence;
+                (floor >= forecasts_now).then_some(())
+            }
+        },
+    )
+    .await;
     let decision_after = killed.elapsed();
     assert!(next(&mut decisions).await.is_some(), "decisions are published");
-    println!("leader {leader} killed: first forecast after {forecast_after:?}, first decision after {decision_after:?}");
-    assert!(forecast_after < RESUME_WITHIN, "forecasts resumed after {forecast_after:?}");
-    assert!(decision_after < RESUME_WITHIN, "decisions resumed after {decision_after:?}");
+    println!(
+        "leader {leader} killed: first forecast after {forecast_after:?}, first decision after {decision_after:?}"
+    );
+    assert!(
+        forecast_after < RESUME_WITHIN,
+        "forecasts resumed after {forecast_after:?}"
+    );
+    assert!(
+        decision_after < RESUME_WITHIN,
+        "decisions resumed after {decision_after:?}"
+    );
 
     // Every acknowledged sample is held by the surviving servers, once.
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -273,10 +359,30 @@ async fn losing_the_leader_of_pas_samples_loses_no_sample_and_forecasts_and_deci
     })
     .await;
     assert_eq!(held, sent, "acked {sent} samples, the stream holds {held}");
-    let new_leader = js.get_stream(STREAM_SAMPLES).await.unwrap().info().await.unwrap().cluster.clone().and_then(|c| c.leader);
-    assert!(new_leader.is_some_and(|l| l != leader), "a new leader was elected");
+    let new_leader = js
+        .get_stream(STREAM_SAMPLES)
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .cluster
+        .clone()
+        .and_then(|c| c.leader);
+    assert!(
+        new_leader.is_some_and(|l| l != leader),
+        "a new leader was elected"
+    );
 
     stop.cancel();
-    tokio::time::timeout(Duration::from_secs(15), forecasting).await.expect("the forecaster stops").unwrap().unwrap();
-    tokio::time::timeout(Duration::from_secs(15), scaling).await.expect("the scaler stops").unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(15), forecasting)
+        .await
+        .expect("the forecaster stops")
+        .unwrap()
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(15), scaling)
+        .await
+        .expect("the scaler stops")
+        .unwrap()
+        .unwrap();
 }

@@ -26,9 +26,9 @@ use pas_models::Forecaster as _;
 use pas_models::lstm::{Lstm, LstmConfig};
 use pas_models::{Series, Trace};
 use pas_nats::NatsConfig;
+use pas_nats::model_store::{self as store, Layout};
 use pas_schemas::subjects::{BUCKET_MODELS, Prefix, STREAM_DLQ};
 use pas_schemas::{CpuSample, Forecast, ModelManifest, SCHEMA_VERSION, TrainingRange};
-use pas_nats::model_store::{self as store, Layout};
 use tokio_util::sync::CancellationToken;
 
 fn config(server: &NatsServer, run: &str, replica: &str) -> Config {
@@ -43,7 +43,10 @@ fn config(server: &NatsServer, run: &str, replica: &str) -> Config {
         lease: Duration::from_secs(3),
         listen: "127.0.0.1:0".parse().unwrap(),
         // The stage runs as its own user, with the accounts file's permissions.
-        nats: NatsConfig { ack_timeout: NatsConfig::default().ack_timeout, ..server.as_user("forecaster") },
+        nats: NatsConfig {
+            ack_timeout: NatsConfig::default().ack_timeout,
+            ..server.as_user("forecaster")
+        },
         ..Config::default()
     }
 }
@@ -65,7 +68,13 @@ fn sample(at: DateTime<Utc>, workload: &str, percent: f64) -> CpuSample {
 /// Publishes a sample of every workload four times a second, stamped now,
 /// following the trace's values, after `backfill` seconds of history; until
 /// `stop`.
-fn feed(js: jetstream::Context, prefix: Prefix, workloads: Vec<String>, backfill: i64, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
+fn feed(
+    js: jetstream::Context,
+    prefix: Prefix,
+    workloads: Vec<String>,
+    backfill: i64,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
     let values = trace_values();
     tokio::spawn(async move {
         let publish = |s: CpuSample| {
@@ -77,7 +86,12 @@ fn feed(js: jetstream::Context, prefix: Prefix, workloads: Vec<String>, backfill
         for back in (1..=backfill).rev() {
             for (k, w) in workloads.iter().enumerate() {
                 let at = now - chrono::TimeDelta::seconds(back);
-                publish(sample(at, w, values[(at.timestamp() as usize + k) % values.len()])).await;
+                publish(sample(
+                    at,
+                    w,
+                    values[(at.timestamp() as usize + k) % values.len()],
+                ))
+                .await;
             }
         }
         // Every second gets samples, also one the backfill took too long
@@ -95,7 +109,12 @@ fn feed(js: jetstream::Context, prefix: Prefix, workloads: Vec<String>, backfill
             last = current.timestamp();
             for at in stamps {
                 for (k, w) in workloads.iter().enumerate() {
-                    publish(sample(at, w, values[(at.timestamp() as usize + k) % values.len()])).await;
+                    publish(sample(
+                        at,
+                        w,
+                        values[(at.timestamp() as usize + k) % values.len()],
+                    ))
+                    .await;
                 }
             }
         }
@@ -124,7 +143,8 @@ impl Seen {
         let out = seen.clone();
         tokio::spawn(async move {
             while let Some(msg) = sub.next().await {
-                let forecast: Forecast = pas_schemas::decode(&msg.payload).expect("every forecast decodes and validates");
+                let forecast: Forecast =
+                    pas_schemas::decode(&msg.payload).expect("every forecast decodes and validates");
                 out.0.lock().unwrap().push((msg.subject.to_string(), forecast));
             }
         });
@@ -136,11 +156,22 @@ impl Seen {
     }
 
     fn workloads(&self) -> BTreeSet<String> {
-        self.0.lock().unwrap().iter().map(|(_, f)| f.workload.clone()).collect()
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, f)| f.workload.clone())
+            .collect()
     }
 
     fn of(&self, workload: &str) -> Vec<Forecast> {
-        self.0.lock().unwrap().iter().filter(|(_, f)| f.workload == workload).map(|(_, f)| f.clone()).collect()
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, f)| f.workload == workload)
+            .map(|(_, f)| f.clone())
+            .collect()
     }
 
     fn all(&self) -> Vec<(String, Forecast)> {
@@ -151,9 +182,25 @@ impl Seen {
 /// A small LSTM for a 1 s step, trained on the head of the trace.
 fn trained(seed: u64) -> Lstm {
     let values = trace_values()[..1200].to_vec();
-    let config = LstmConfig { window: 12, hidden: 8, max_epochs: 2, patience: 0, seed, ..LstmConfig::default() };
+    let config = LstmConfig {
+        window: 12,
+        hidden: 8,
+        max_epochs: 2,
+        patience: 0,
+        seed,
+        ..LstmConfig::default()
+    };
     let mut model = Lstm::new(config).unwrap();
-    model.fit(&Series { start: DateTime::UNIX_EPOCH, step_seconds: 1, values }, &mut |_| {}).unwrap();
+    model
+        .fit(
+            &Series {
+                start: DateTime::UNIX_EPOCH,
+                step_seconds: 1,
+                values,
+            },
+            &mut |_| {},
+        )
+        .unwrap();
     model
 }
 
@@ -169,14 +216,25 @@ fn manifest(model: &Lstm, version: u64, weights: &[u8]) -> ModelManifest {
         window: model.config().window as u32,
         horizon: model.config().horizon as u32,
         normalisation: model.normalisation(),
-        training: TrainingRange { first_sequence: 1, last_sequence: 2, from: DateTime::UNIX_EPOCH, to: DateTime::UNIX_EPOCH },
+        training: TrainingRange {
+            first_sequence: 1,
+            last_sequence: 2,
+            from: DateTime::UNIX_EPOCH,
+            to: DateTime::UNIX_EPOCH,
+        },
         validation: [("lstm".to_owned(), 0.5), ("naive".to_owned(), 1.0)].into(),
         digest: pas_models::digest(weights),
         accepted: true,
     }
 }
 
-fn start(config: Config) -> (CancellationToken, Metrics, tokio::task::JoinHandle<Result<(), pas_forecaster::Error>>) {
+fn start(
+    config: Config,
+) -> (
+    CancellationToken,
+    Metrics,
+    tokio::task::JoinHandle<Result<(), pas_forecaster::Error>>,
+) {
     let forecaster = Forecaster::new(config).unwrap();
     let metrics = forecaster.metrics();
     let stop = CancellationToken::new();
@@ -188,7 +246,13 @@ fn start(config: Config) -> (CancellationToken, Metrics, tokio::task::JoinHandle
 fn assert_no_missed_tick(forecasts: &[Forecast], what: &str) {
     let ends: Vec<DateTime<Utc>> = forecasts.iter().map(|f| f.window_end).collect();
     for pair in ends.windows(2) {
-        assert_eq!((pair[1] - pair[0]).num_seconds(), 1, "{what}: a tick was missed or doubled between {} and {}", pair[0], pair[1]);
+        assert_eq!(
+            (pair[1] - pair[0]).num_seconds(),
+            1,
+            "{what}: a tick was missed or doubled between {} and {}",
+            pair[0],
+            pair[1]
+        );
     }
 }
 
@@ -205,27 +269,60 @@ async fn serves_new_versions_without_missing_a_tick_and_refuses_bad_ones() {
     // Version 1 is stored before the forecaster starts; 30 s of history too.
     let v1_model = trained(1);
     let v1_weights = v1_model.to_safetensors().unwrap();
-    store::save(&bucket, &layout, &manifest(&v1_model, 1, &v1_weights), &v1_weights).await.unwrap();
+    store::save(
+        &bucket,
+        &layout,
+        &manifest(&v1_model, 1, &v1_weights),
+        &v1_weights,
+    )
+    .await
+    .unwrap();
     let stop_feed = CancellationToken::new();
-    let feeding = feed(js.clone(), Prefix::replay(RUN).unwrap(), vec!["web".into(), "db".into()], 30, stop_feed.clone());
+    let feeding = feed(
+        js.clone(),
+        Prefix::replay(RUN).unwrap(),
+        vec!["web".into(), "db".into()],
+        30,
+        stop_feed.clone(),
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (stop, metrics, task) = start(config(&server, RUN, "solo"));
 
     // From the first tick: web on its LSTM (its window rebuilt from the
     // stream), db on the baseline.
-    let first = eventually(Duration::from_secs(10), "a forecast of web", || async { seen.of("web").first().cloned() }).await;
-    assert_eq!((first.model.kind.as_str(), first.model.version), ("lstm", 1), "{first:?}");
+    let first = eventually(Duration::from_secs(10), "a forecast of web", || async {
+        seen.of("web").first().cloned()
+    })
+    .await;
+    assert_eq!(
+        (first.model.kind.as_str(), first.model.version),
+        ("lstm", 1),
+        "{first:?}"
+    );
     assert_eq!(first.values.len(), 10);
     assert_eq!(first.quantile, Some(v1_model.config().quantile));
-    let db = eventually(Duration::from_secs(5), "a forecast of db", || async { seen.of("db").first().cloned() }).await;
-    assert_eq!((db.model.kind.as_str(), db.model.version, db.model.key.as_str()), ("naive", 0, "shop/db"));
+    let db = eventually(Duration::from_secs(5), "a forecast of db", || async {
+        seen.of("db").first().cloned()
+    })
+    .await;
+    assert_eq!(
+        (db.model.kind.as_str(), db.model.version, db.model.key.as_str()),
+        ("naive", 0, "shop/db")
+    );
     // The forecast is the model's own prediction from the window it names.
     let values = trace_values();
     let end = first.window_end.timestamp();
-    let window: Vec<f64> = (end - 11..=end).map(|t| values[t as usize % values.len()]).collect();
+    let window: Vec<f64> = (end - 11..=end)
+        .map(|t| values[t as usize % values.len()])
+        .collect();
     let expected = v1_model.predict(&window).unwrap();
     for (got, want) in first.values.iter().zip(&expected.values) {
-        assert!((got - want.max(0.0)).abs() < 1e-3 * (1.0 + want.abs()), "{:?} vs {:?}", first.values, expected.values);
+        assert!(
+            (got - want.max(0.0)).abs() < 1e-3 * (1.0 + want.abs()),
+            "{:?} vs {:?}",
+            first.values,
+            expected.values
+        );
     }
     assert_eq!(first.step_seconds, 1.0);
     let (subject, _) = seen.all().into_iter().find(|(_, f)| f.workload == "web").unwrap();
@@ -235,7 +332,14 @@ async fn serves_new_versions_without_missing_a_tick_and_refuses_bad_ones() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let v2_model = trained(2);
     let v2_weights = v2_model.to_safetensors().unwrap();
-    store::save(&bucket, &layout, &manifest(&v2_model, 2, &v2_weights), &v2_weights).await.unwrap();
+    store::save(
+        &bucket,
+        &layout,
+        &manifest(&v2_model, 2, &v2_weights),
+        &v2_weights,
+    )
+    .await
+    .unwrap();
     eventually(Duration::from_secs(10), "version 2 served", || async {
         seen.of("web").last().filter(|f| f.model.version == 2).map(|_| ())
     })
@@ -250,25 +354,51 @@ async fn serves_new_versions_without_missing_a_tick_and_refuses_bad_ones() {
     let mut v3 = manifest(&v2_model, 3, &v2_weights);
     v3.digest = pas_models::digest(&v2_weights);
     store::save(&bucket, &layout, &v3, &corrupt).await.unwrap();
-    eventually(Duration::from_secs(10), "version 3 refused", || async { (metrics.refusals("digest") == 1).then_some(()) }).await;
+    eventually(Duration::from_secs(10), "version 3 refused", || async {
+        (metrics.refusals("digest") == 1).then_some(())
+    })
+    .await;
     let garbage = b"not a safetensors file".to_vec();
-    store::save(&bucket, &layout, &manifest(&v2_model, 4, &garbage), &garbage).await.unwrap();
-    eventually(Duration::from_secs(10), "version 4 refused", || async { (metrics.refusals("load") == 1).then_some(()) }).await;
+    store::save(&bucket, &layout, &manifest(&v2_model, 4, &garbage), &garbage)
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(10), "version 4 refused", || async {
+        (metrics.refusals("load") == 1).then_some(())
+    })
+    .await;
 
     // Bad samples go to the dead-letter subject; forecasting goes on.
-    let mut dlq = conn.client.subscribe(format!("replay.{RUN}.pas.dlq.forecaster")).await.unwrap();
+    let mut dlq = conn
+        .client
+        .subscribe(format!("replay.{RUN}.pas.dlq.forecaster"))
+        .await
+        .unwrap();
     conn.client.flush().await.unwrap();
     let subject = format!("replay.{RUN}.pas.cpu.pod.shop.web.web-0");
-    js.publish(subject.clone(), "not json".into()).await.unwrap().await.unwrap();
+    js.publish(subject.clone(), "not json".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
     let mut negative = serde_json::to_value(sample(Utc::now(), "web", 10.0)).unwrap();
     negative["cpu_used_millicores"] = (-5.0).into();
-    js.publish(subject, serde_json::to_vec(&negative).unwrap().into()).await.unwrap().await.unwrap();
+    js.publish(subject, serde_json::to_vec(&negative).unwrap().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
     for _ in 0..2 {
-        let letter = tokio::time::timeout(Duration::from_secs(10), dlq.next()).await.unwrap().unwrap();
+        let letter = tokio::time::timeout(Duration::from_secs(10), dlq.next())
+            .await
+            .unwrap()
+            .unwrap();
         assert!(letter.headers.unwrap().get("Pas-Error").is_some());
     }
     let count_before = seen.of("web").len();
-    eventually(Duration::from_secs(10), "three more forecasts", || async { (seen.of("web").len() >= count_before + 3).then_some(()) }).await;
+    eventually(Duration::from_secs(10), "three more forecasts", || async {
+        (seen.of("web").len() >= count_before + 3).then_some(())
+    })
+    .await;
 
     stop_feed.cancel();
     feeding.await.unwrap();
@@ -280,9 +410,20 @@ async fn serves_new_versions_without_missing_a_tick_and_refuses_bad_ones() {
     assert_no_missed_tick(&seen.of("db"), "db");
     let versions: Vec<u64> = web.iter().map(|f| f.model.version).collect();
     let switch = versions.iter().position(|&v| v == 2).unwrap();
-    assert!(versions[..switch].iter().all(|&v| v == 1) && versions[switch..].iter().all(|&v| v == 2), "{versions:?}");
+    assert!(
+        versions[..switch].iter().all(|&v| v == 1) && versions[switch..].iter().all(|&v| v == 2),
+        "{versions:?}"
+    );
     assert!(metrics.forecasts(true) >= web.len() as u64);
-    let stream = js.get_stream(STREAM_DLQ).await.unwrap().info().await.unwrap().state.messages;
+    let stream = js
+        .get_stream(STREAM_DLQ)
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .state
+        .messages;
     assert_eq!(stream, 2, "both bad samples are stored in PAS_DLQ");
 }
 
@@ -295,10 +436,19 @@ async fn two_replicas_forecast_every_workload_exactly_once_while_one_joins_and_l
     let seen = Seen::start(&conn.client, Prefix::replay(RUN).unwrap().all_forecasts()).await;
     let workloads: Vec<String> = (0..24).map(|i| format!("wl-{i}")).collect();
     let stop_feed = CancellationToken::new();
-    let feeding = feed(js.clone(), Prefix::replay(RUN).unwrap(), workloads.clone(), 5, stop_feed.clone());
+    let feeding = feed(
+        js.clone(),
+        Prefix::replay(RUN).unwrap(),
+        workloads.clone(),
+        5,
+        stop_feed.clone(),
+    );
 
     let (stop_a, metrics_a, task_a) = start(config(&server, RUN, "a"));
-    eventually(Duration::from_secs(10), "a holds every partition", || async { (metrics_a.partitions() == 8).then_some(()) }).await;
+    eventually(Duration::from_secs(10), "a holds every partition", || async {
+        (metrics_a.partitions() == 8).then_some(())
+    })
+    .await;
     let (stop_b, metrics_b, task_b) = start(config(&server, RUN, "b"));
     eventually(Duration::from_secs(15), "the partitions split", || async {
         (metrics_a.partitions() == 4 && metrics_b.partitions() == 4).then_some(())
@@ -309,31 +459,54 @@ async fn two_replicas_forecast_every_workload_exactly_once_while_one_joins_and_l
     let both_forecast = (metrics_a.forecasts(false), metrics_b.forecasts(false));
     stop_b.cancel();
     task_b.await.unwrap().unwrap();
-    eventually(Duration::from_secs(10), "a holds every partition again", || async { (metrics_a.partitions() == 8).then_some(()) }).await;
+    eventually(
+        Duration::from_secs(10),
+        "a holds every partition again",
+        || async { (metrics_a.partitions() == 8).then_some(()) },
+    )
+    .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     stop_feed.cancel();
     feeding.await.unwrap();
     stop_a.cancel();
     task_a.await.unwrap().unwrap();
 
-    assert!(both_forecast.0 > 0 && both_forecast.1 > 0, "both replicas forecast: {both_forecast:?}");
+    assert!(
+        both_forecast.0 > 0 && both_forecast.1 > 0,
+        "both replicas forecast: {both_forecast:?}"
+    );
     // Per workload, one forecast per window end, none missed, through the
     // join (b started), the split, and the leave (b stopped).
     let all = seen.all();
     let mut per_workload: BTreeMap<&str, Vec<DateTime<Utc>>> = BTreeMap::new();
     for (_, f) in &all {
-        per_workload.entry(f.workload.as_str()).or_default().push(f.window_end);
+        per_workload
+            .entry(f.workload.as_str())
+            .or_default()
+            .push(f.window_end);
     }
     assert_eq!(per_workload.len(), workloads.len(), "every workload was forecast");
     for (workload, ends) in &per_workload {
         let unique: BTreeSet<_> = ends.iter().collect();
-        assert_eq!(unique.len(), ends.len(), "{workload} was forecast twice for a window: {ends:?}");
+        assert_eq!(
+            unique.len(),
+            ends.len(),
+            "{workload} was forecast twice for a window: {ends:?}"
+        );
         let mut sorted = ends.clone();
         sorted.sort();
         for pair in sorted.windows(2) {
-            assert_eq!((pair[1] - pair[0]).num_seconds(), 1, "{workload} missed a tick after {}", pair[0]);
+            assert_eq!(
+                (pair[1] - pair[0]).num_seconds(),
+                1,
+                "{workload} missed a tick after {}",
+                pair[0]
+            );
         }
-        assert!(sorted.first().unwrap() < &split_at && sorted.last().unwrap() > &(split_at + chrono::TimeDelta::seconds(5)));
+        assert!(
+            sorted.first().unwrap() < &split_at
+                && sorted.last().unwrap() > &(split_at + chrono::TimeDelta::seconds(5))
+        );
     }
 }
 
@@ -341,7 +514,11 @@ async fn two_replicas_forecast_every_workload_exactly_once_while_one_joins_and_l
 // now ends in a dead letter or a clear refusal while it goes on working.
 
 async fn raw(js: &jetstream::Context, subject: &str, payload: Vec<u8>) {
-    js.publish(subject.to_owned(), payload.into()).await.unwrap().await.unwrap();
+    js.publish(subject.to_owned(), payload.into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -351,12 +528,22 @@ async fn impossible_samples_are_dead_lettered_and_the_forecaster_goes_on() {
     let js = conn.jetstream.clone();
     let live = Prefix::live();
     let seen = Seen::start(&conn.client, live.forecast("shop", "web").unwrap()).await;
-    let mut dlq = conn.client.subscribe(live.dlq(pas_schemas::subjects::Stage::Forecaster)).await.unwrap();
+    let mut dlq = conn
+        .client
+        .subscribe(live.dlq(pas_schemas::subjects::Stage::Forecaster))
+        .await
+        .unwrap();
     conn.client.flush().await.unwrap();
     let stop_feed = CancellationToken::new();
     let feeding = feed(js.clone(), live.clone(), vec!["web".into()], 2, stop_feed.clone());
-    let (stop, metrics, task) = start(Config { run: None, ..config(&server, "unused", "r1") });
-    eventually(Duration::from_secs(20), "the first forecasts", || async { (seen.count() >= 2).then_some(()) }).await;
+    let (stop, metrics, task) = start(Config {
+        run: None,
+        ..config(&server, "unused", "r1")
+    });
+    eventually(Duration::from_secs(20), "the first forecasts", || async {
+        (seen.count() >= 2).then_some(())
+    })
+    .await;
 
     let subject = live.pod_cpu("shop", "web", "web-0").unwrap();
     let json = |s: &CpuSample| serde_json::to_value(s).unwrap();
@@ -382,12 +569,18 @@ async fn impossible_samples_are_dead_lettered_and_the_forecaster_goes_on() {
     let mut reasons = Vec::new();
     let mut truncated = 0;
     for _ in 0..5 {
-        let letter = tokio::time::timeout(Duration::from_secs(10), dlq.next()).await.expect("a dead letter").unwrap();
+        let letter = tokio::time::timeout(Duration::from_secs(10), dlq.next())
+            .await
+            .expect("a dead letter")
+            .unwrap();
         let headers = letter.headers.unwrap();
         reasons.push(headers.get("Pas-Error").unwrap().to_string());
         if headers.get("Pas-Truncated").is_some() {
             truncated += 1;
-            assert_eq!(headers.get("Pas-Original-Size").unwrap().as_str(), max.to_string());
+            assert_eq!(
+                headers.get("Pas-Original-Size").unwrap().as_str(),
+                max.to_string()
+            );
             assert!(letter.payload.len() < max);
         }
     }
@@ -400,12 +593,19 @@ async fn impossible_samples_are_dead_lettered_and_the_forecaster_goes_on() {
 
     // The workload is still forecast every tick, from its true samples.
     let before = seen.count();
-    eventually(Duration::from_secs(10), "three more forecasts", || async { (seen.count() >= before + 3).then_some(()) }).await;
+    eventually(Duration::from_secs(10), "three more forecasts", || async {
+        (seen.count() >= before + 3).then_some(())
+    })
+    .await;
     assert!(metrics.forecasts(false) >= 5);
     stop_feed.cancel();
     feeding.await.unwrap();
     stop.cancel();
-    tokio::time::timeout(Duration::from_secs(10), task).await.expect("the forecaster stops").unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("the forecaster stops")
+        .unwrap()
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -419,17 +619,40 @@ async fn a_replayed_sample_from_1970_allocates_nothing_for_the_gap() {
     let prefix = Prefix::replay(RUN).unwrap();
     let seen = Seen::start(&conn.client, prefix.forecast("shop", "web").unwrap()).await;
     let s = sample(DateTime::from_timestamp(5, 0).unwrap(), "web", 20.0);
-    pas_nats::publish(&js, &pas_nats::Outgoing::new(prefix.sample(&s).unwrap(), &s).unwrap()).await.unwrap().await.unwrap();
+    pas_nats::publish(
+        &js,
+        &pas_nats::Outgoing::new(prefix.sample(&s).unwrap(), &s).unwrap(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
     let stop_feed = CancellationToken::new();
-    let feeding = feed(js.clone(), prefix.clone(), vec!["web".into()], 0, stop_feed.clone());
+    let feeding = feed(
+        js.clone(),
+        prefix.clone(),
+        vec!["web".into()],
+        0,
+        stop_feed.clone(),
+    );
     let (stop, _metrics, task) = start(config(&server, RUN, "r1"));
-    eventually(Duration::from_secs(20), "forecasts after the jump", || async { (seen.count() >= 3).then_some(()) }).await;
+    eventually(Duration::from_secs(20), "forecasts after the jump", || async {
+        (seen.count() >= 3).then_some(())
+    })
+    .await;
     let first = seen.0.lock().unwrap()[0].1.clone();
-    assert!(first.window_end > Utc::now() - TimeDelta::minutes(1), "forecast from today's samples: {first:?}");
+    assert!(
+        first.window_end > Utc::now() - TimeDelta::minutes(1),
+        "forecast from today's samples: {first:?}"
+    );
     stop_feed.cancel();
     feeding.await.unwrap();
     stop.cancel();
-    tokio::time::timeout(Duration::from_secs(10), task).await.expect("the forecaster stops").unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("the forecaster stops")
+        .unwrap()
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -448,8 +671,19 @@ async fn more_than_five_thousand_workloads_are_all_forecast_in_one_tick() {
     let mut pending = Vec::new();
     for back in [3, 2] {
         for w in 0..WORKLOADS {
-            let s = sample(DateTime::from_timestamp(now - back, 0).unwrap(), &format!("wl-{w}"), 20.0 + w as f64 % 50.0);
-            pending.push(pas_nats::publish(&js, &pas_nats::Outgoing::new(prefix.sample(&s).unwrap(), &s).unwrap()).await.unwrap());
+            let s = sample(
+                DateTime::from_timestamp(now - back, 0).unwrap(),
+                &format!("wl-{w}"),
+                20.0 + w as f64 % 50.0,
+            );
+            pending.push(
+                pas_nats::publish(
+                    &js,
+                    &pas_nats::Outgoing::new(prefix.sample(&s).unwrap(), &s).unwrap(),
+                )
+                .await
+                .unwrap(),
+            );
             if pending.len() == 1000 {
                 for ack in pending.drain(..) {
                     ack.await.unwrap();
@@ -460,14 +694,24 @@ async fn more_than_five_thousand_workloads_are_all_forecast_in_one_tick() {
     for ack in pending.drain(..) {
         ack.await.unwrap();
     }
-    let (stop, metrics, task) = start(Config { stale_after: Duration::from_secs(600), forget_after: Duration::from_secs(900), ..config(&server, RUN, "r1") });
-    eventually(Duration::from_secs(120), "a forecast of every workload", || async {
-        (seen.workloads().len() == WORKLOADS).then_some(())
-    })
+    let (stop, metrics, task) = start(Config {
+        stale_after: Duration::from_secs(600),
+        forget_after: Duration::from_secs(900),
+        ..config(&server, RUN, "r1")
+    });
+    eventually(
+        Duration::from_secs(120),
+        "a forecast of every workload",
+        || async { (seen.workloads().len() == WORKLOADS).then_some(()) },
+    )
     .await;
     assert!(metrics.forecasts(false) >= WORKLOADS as u64);
     stop.cancel();
-    tokio::time::timeout(Duration::from_secs(30), task).await.expect("the forecaster stops").unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(30), task)
+        .await
+        .expect("the forecaster stops")
+        .unwrap()
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -479,17 +723,37 @@ async fn hostile_model_store_entries_are_refused_and_the_stages_still_start() {
     let layout = Layout::new(&Prefix::live());
 
     // A good version 1.
-    let small = LstmConfig { window: 8, hidden: 4, max_epochs: 1, patience: 0, ..LstmConfig::default() };
+    let small = LstmConfig {
+        window: 8,
+        hidden: 4,
+        max_epochs: 1,
+        patience: 0,
+        ..LstmConfig::default()
+    };
     let mut model = Lstm::new(small.clone()).unwrap();
     let values: Vec<f64> = (0..200).map(|i| 40.0 + (i % 10) as f64).collect();
-    pas_models::Forecaster::fit(&mut model, &Series { start: DateTime::UNIX_EPOCH, step_seconds: 1, values }, &mut |_| {}).unwrap();
+    pas_models::Forecaster::fit(
+        &mut model,
+        &Series {
+            start: DateTime::UNIX_EPOCH,
+            step_seconds: 1,
+            values,
+        },
+        &mut |_| {},
+    )
+    .unwrap();
     let weights = model.to_safetensors().unwrap();
-    store::save(&bucket, &layout, &manifest(&model, 1, &weights), &weights).await.unwrap();
+    store::save(&bucket, &layout, &manifest(&model, 1, &weights), &weights)
+        .await
+        .unwrap();
 
     // An object-metadata entry with an empty mtime, as another client writes
     // on delete: the Rust client cannot parse it.
     bucket.put("junk", &mut &b"x"[..]).await.unwrap();
-    let mut stream = js.get_stream(pas_nats::definitions::object_stream()).await.unwrap();
+    let mut stream = js
+        .get_stream(pas_nats::definitions::object_stream())
+        .await
+        .unwrap();
     let last = stream.info().await.unwrap().state.last_sequence;
     let meta = stream.get_raw_message(last).await.unwrap();
     assert!(meta.subject.starts_with("$O.pas-models.M."), "{}", meta.subject);
@@ -497,25 +761,47 @@ async fn hostile_model_store_entries_are_refused_and_the_stages_still_start() {
     entry["mtime"] = "".into();
     entry["deleted"] = true.into();
     raw(&js, &meta.subject, serde_json::to_vec(&entry).unwrap()).await;
-    assert!(bucket.info("junk").await.is_err(), "the client cannot read the entry");
+    assert!(
+        bucket.info("junk").await.is_err(),
+        "the client cannot read the entry"
+    );
 
     // The trainer reads the bucket at start; it must not fail on the entry.
-    let versions = store::load(&bucket, &stream, &layout).await.expect("the bucket loads past the bad entry");
+    let versions = store::load(&bucket, &stream, &layout)
+        .await
+        .expect("the bucket loads past the bad entry");
     assert_eq!(versions["shop/web"].keys().copied().collect::<Vec<_>>(), vec![1]);
 
-    let (stop, metrics, task) = start(Config { run: None, ..config(&server, "unused", "r1") });
-    eventually(Duration::from_secs(20), "version 1 served", || async { (metrics.loads() == 1).then_some(()) }).await;
+    let (stop, metrics, task) = start(Config {
+        run: None,
+        ..config(&server, "unused", "r1")
+    });
+    eventually(Duration::from_secs(20), "version 1 served", || async {
+        (metrics.loads() == 1).then_some(())
+    })
+    .await;
 
     // Version 2 claims a network of hidden = 20000 with 210 bytes of weights.
     let garbage = vec![0u8; 210];
     let mut v2 = manifest(&model, 2, &garbage);
-    v2.hyper_parameters = LstmConfig { hidden: 20_000, ..small }.hyper_parameters();
+    v2.hyper_parameters = LstmConfig {
+        hidden: 20_000,
+        ..small
+    }
+    .hyper_parameters();
     store::save(&bucket, &layout, &v2, &garbage).await.unwrap();
-    eventually(Duration::from_secs(20), "version 2 refused", || async { (metrics.refusals("load") == 1).then_some(()) }).await;
+    eventually(Duration::from_secs(20), "version 2 refused", || async {
+        (metrics.refusals("load") == 1).then_some(())
+    })
+    .await;
     assert_eq!(metrics.loads(), 1, "version 1 keeps serving");
     assert!(!task.is_finished(), "the forecaster is still running");
     stop.cancel();
-    tokio::time::timeout(Duration::from_secs(10), task).await.expect("the forecaster stops").unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("the forecaster stops")
+        .unwrap()
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -528,21 +814,34 @@ async fn shutdown_with_nats_down_exits_within_ten_seconds() {
     let js = conn.jetstream.clone();
     let seen = Seen::start(&conn.client, Prefix::replay(RUN).unwrap().all_forecasts()).await;
     let stop_feed = CancellationToken::new();
-    let feeding = feed(js.clone(), Prefix::replay(RUN).unwrap(), vec!["web".into()], 2, stop_feed.clone());
+    let feeding = feed(
+        js.clone(),
+        Prefix::replay(RUN).unwrap(),
+        vec!["web".into()],
+        2,
+        stop_feed.clone(),
+    );
     let config = Config {
         partitions: 32,
-        nats: NatsConfig { ack_timeout: Duration::from_secs(5), ..config(&server, RUN, "r1").nats },
+        nats: NatsConfig {
+            ack_timeout: Duration::from_secs(5),
+            ..config(&server, RUN, "r1").nats
+        },
         ..config(&server, RUN, "r1")
     };
     let (stop, metrics, task) = start(config);
-    eventually(Duration::from_secs(20), "every partition held and a forecast", || async {
-        (metrics.partitions() == 32 && seen.count() >= 1).then_some(())
-    })
+    eventually(
+        Duration::from_secs(20),
+        "every partition held and a forecast",
+        || async { (metrics.partitions() == 32 && seen.count() >= 1).then_some(()) },
+    )
     .await;
     stop_feed.cancel();
     feeding.abort();
     server.kill();
-    pas_integration_tests::exits_within_ten_seconds("the forecaster", || stop.cancel(), task).await.unwrap();
+    pas_integration_tests::exits_within_ten_seconds("the forecaster", || stop.cancel(), task)
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -558,12 +857,26 @@ async fn a_restart_rebuilds_through_the_same_door_so_a_stored_future_sample_is_l
     let prefix = Prefix::replay(RUN).unwrap();
     let seen = Seen::start(&conn.client, prefix.all_forecasts()).await;
     let stop_feed = CancellationToken::new();
-    let feeding = feed(js.clone(), prefix.clone(), vec!["web".into()], 5, stop_feed.clone());
+    let feeding = feed(
+        js.clone(),
+        prefix.clone(),
+        vec!["web".into()],
+        5,
+        stop_feed.clone(),
+    );
     let (stop, _, task) = start(config(&server, RUN, "r1"));
-    eventually(Duration::from_secs(20), "the first forecasts", || async { (seen.count() >= 2).then_some(()) }).await;
+    eventually(Duration::from_secs(20), "the first forecasts", || async {
+        (seen.count() >= 2).then_some(())
+    })
+    .await;
     let mut ahead = serde_json::to_value(sample(Utc::now(), "web", 20.0)).unwrap();
     ahead["timestamp"] = serde_json::to_value(Utc::now() + TimeDelta::hours(23)).unwrap();
-    raw(&js, &prefix.pod_cpu("shop", "web", "web-0").unwrap(), serde_json::to_vec(&ahead).unwrap()).await;
+    raw(
+        &js,
+        &prefix.pod_cpu("shop", "web", "web-0").unwrap(),
+        serde_json::to_vec(&ahead).unwrap(),
+    )
+    .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.cancel();
     task.await.unwrap().unwrap();
@@ -571,7 +884,10 @@ async fn a_restart_rebuilds_through_the_same_door_so_a_stored_future_sample_is_l
     // The same replica again: its consumer exists, so it rebuilds from the stream.
     let (stop, _, task) = start(config(&server, RUN, "r1"));
     let before = seen.count();
-    eventually(Duration::from_secs(15), "forecasts after the restart", || async { (seen.count() >= before + 3).then_some(()) }).await;
+    eventually(Duration::from_secs(15), "forecasts after the restart", || async {
+        (seen.count() >= before + 3).then_some(())
+    })
+    .await;
     stop_feed.cancel();
     feeding.await.unwrap();
     stop.cancel();
@@ -593,30 +909,60 @@ async fn after_a_nats_restart_samples_flow_and_new_versions_are_served_at_once()
     let layout = Layout::new(&Prefix::replay(RUN).unwrap());
     let seen = Seen::start(&conn.client, Prefix::replay(RUN).unwrap().all_forecasts()).await;
     let stop_feed = CancellationToken::new();
-    let feeding = feed(js.clone(), Prefix::replay(RUN).unwrap(), vec!["web".into()], 30, stop_feed.clone());
+    let feeding = feed(
+        js.clone(),
+        Prefix::replay(RUN).unwrap(),
+        vec!["web".into()],
+        30,
+        stop_feed.clone(),
+    );
     let (stop, _metrics, task) = start(config(&server, RUN, "solo"));
-    eventually(Duration::from_secs(15), "a forecast", || async { seen.of("web").first().cloned() }).await;
+    eventually(Duration::from_secs(15), "a forecast", || async {
+        seen.of("web").first().cloned()
+    })
+    .await;
 
     stop_feed.cancel();
     let _ = feeding.await;
     server.restart();
     let restarted = Utc::now();
     let stop_feed = CancellationToken::new();
-    let feeding = feed(js.clone(), Prefix::replay(RUN).unwrap(), vec!["web".into()], 0, stop_feed.clone());
+    let feeding = feed(
+        js.clone(),
+        Prefix::replay(RUN).unwrap(),
+        vec!["web".into()],
+        0,
+        stop_feed.clone(),
+    );
     // Forecasts from windows that hold samples published after the restart.
-    eventually(Duration::from_secs(30), "a forecast from samples after the restart", || async {
-        seen.of("web").last().filter(|f| f.window_end > restarted).map(|_| ())
-    })
+    eventually(
+        Duration::from_secs(30),
+        "a forecast from samples after the restart",
+        || async {
+            seen.of("web")
+                .last()
+                .filter(|f| f.window_end > restarted)
+                .map(|_| ())
+        },
+    )
     .await;
     let model = trained(1);
     let weights = model.to_safetensors().unwrap();
-    store::save(&bucket, &layout, &manifest(&model, 1, &weights), &weights).await.unwrap();
-    eventually(Duration::from_secs(30), "version 1 served after the restart", || async {
-        seen.of("web").last().filter(|f| f.model.version == 1).map(|_| ())
-    })
+    store::save(&bucket, &layout, &manifest(&model, 1, &weights), &weights)
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "version 1 served after the restart",
+        || async { seen.of("web").last().filter(|f| f.model.version == 1).map(|_| ()) },
+    )
     .await;
     stop_feed.cancel();
     let _ = feeding.await;
     stop.cancel();
-    tokio::time::timeout(Duration::from_secs(15), task).await.unwrap().unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(15), task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
 }

@@ -28,13 +28,19 @@ struct Users {
 impl Users {
     async fn start() -> Self {
         let server = NatsServer::with_accounts();
-        let admin = pas_nats::connect(&server.as_user("admin"), "admin", false).await.unwrap();
-        provision::init(&admin.jetstream, Default::default()).await.unwrap();
+        let admin = pas_nats::connect(&server.as_user("admin"), "admin", false)
+            .await
+            .unwrap();
+        provision::init(&admin.jetstream, Default::default())
+            .await
+            .unwrap();
         Users { server, admin }
     }
 
     async fn connect(&self, user: &str) -> pas_nats::Connection {
-        pas_nats::connect(&self.server.as_user(user), user, false).await.unwrap()
+        pas_nats::connect(&self.server.as_user(user), user, false)
+            .await
+            .unwrap()
     }
 }
 
@@ -134,17 +140,46 @@ async fn each_user_may_use_only_the_jetstream_api_its_job_needs() {
     let mut wrong = Vec::new();
     for (user, subject, allowed, answer) in futures::future::join_all(checks).await {
         if answer.is_some() != allowed {
-            wrong.push(format!("{user} {subject}: expected {}, got {answer:?}", if allowed { "allowed" } else { "denied" }));
+            wrong.push(format!(
+                "{user} {subject}: expected {}, got {answer:?}",
+                if allowed { "allowed" } else { "denied" }
+            ));
         }
     }
-    assert!(wrong.is_empty(), "{} of {} rows wrong:\n{}", wrong.len(), table.len(), wrong.join("\n"));
+    assert!(
+        wrong.is_empty(),
+        "{} of {} rows wrong:\n{}",
+        wrong.len(),
+        table.len(),
+        wrong.join("\n")
+    );
 
     // Nothing the denied rows asked for happened.
     let js = &users.admin.jetstream;
-    let kv_stream = js.get_stream("KV_pas-scaler").await.unwrap().info().await.unwrap().clone();
-    assert!(kv_stream.config.sources.as_ref().is_none_or(|s| s.is_empty()), "{:?}", kv_stream.config.sources);
-    let trainer = js.get_stream(STREAM_SAMPLES).await.unwrap().consumer_info("pas-trainer-samples").await.unwrap();
-    assert_ne!(trainer.config.max_ack_pending, 1, "the trainer's consumer was changed");
+    let kv_stream = js
+        .get_stream("KV_pas-scaler")
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .clone();
+    assert!(
+        kv_stream.config.sources.as_ref().is_none_or(|s| s.is_empty()),
+        "{:?}",
+        kv_stream.config.sources
+    );
+    let trainer = js
+        .get_stream(STREAM_SAMPLES)
+        .await
+        .unwrap()
+        .consumer_info("pas-trainer-samples")
+        .await
+        .unwrap();
+    assert_ne!(
+        trainer.config.max_ack_pending, 1,
+        "the trainer's consumer was changed"
+    );
     assert!(js.get_stream("EVIL").await.is_err());
 
     // The unnamed create subject would let the body name a durable: the
@@ -154,36 +189,79 @@ async fn each_user_may_use_only_the_jetstream_api_its_job_needs() {
     let forecaster = &conns["forecaster"];
     for body in [
         consumer_body(STREAM_SAMPLES, live_trainer.clone()),
-        consumer_body(STREAM_SAMPLES, json!({ "name": "pas-trainer-samples", "filter_subject": "pas.cpu.pod.>", "ack_policy": "explicit", "max_ack_pending": 1 })),
+        consumer_body(
+            STREAM_SAMPLES,
+            json!({ "name": "pas-trainer-samples", "filter_subject": "pas.cpu.pod.>", "ack_policy": "explicit", "max_ack_pending": 1 }),
+        ),
     ] {
         for user in ["trainer", "forecaster", "scaler", "recorder", "viewer"] {
             let answer = api(&conns[user], "$JS.API.CONSUMER.CREATE.PAS_SAMPLES", &body).await;
-            assert!(answer.is_none(), "{user} may use the unnamed create subject: {answer:?}");
+            assert!(
+                answer.is_none(),
+                "{user} may use the unnamed create subject: {answer:?}"
+            );
         }
     }
-    let trainer = js.get_stream(STREAM_SAMPLES).await.unwrap().consumer_info("pas-trainer-samples").await.unwrap();
-    assert_ne!(trainer.config.max_ack_pending, 1, "the trainer's consumer was changed");
+    let trainer = js
+        .get_stream(STREAM_SAMPLES)
+        .await
+        .unwrap()
+        .consumer_info("pas-trainer-samples")
+        .await
+        .unwrap();
+    assert_ne!(
+        trainer.config.max_ack_pending, 1,
+        "the trainer's consumer was changed"
+    );
 
     // A push consumer cannot deliver into another user's bucket: the server
     // checks the deliver subject against its creator's permissions. The
     // forecaster may create consumers on pod samples, so the request itself
     // is allowed; a control consumer delivering to its own inbox does
     // deliver.
-    let mut control = forecaster.client.subscribe("_INBOX_forecaster.control").await.unwrap();
-    for (name, deliver) in [("evil", "$KV.pas-scaler.live.leader"), ("control", "_INBOX_forecaster.control")] {
+    let mut control = forecaster
+        .client
+        .subscribe("_INBOX_forecaster.control")
+        .await
+        .unwrap();
+    for (name, deliver) in [
+        ("evil", "$KV.pas-scaler.live.leader"),
+        ("control", "_INBOX_forecaster.control"),
+    ] {
         let push = consumer_body(
             STREAM_SAMPLES,
             json!({ "name": name, "deliver_subject": deliver, "ack_policy": "none", "filter_subject": "pas.cpu.pod.>" }),
         );
         let subject = format!("$JS.API.CONSUMER.CREATE.PAS_SAMPLES.{name}.pas.cpu.pod.>");
-        assert!(api(forecaster, &subject, &push).await.is_some(), "the forecaster may create consumers on pod samples");
+        assert!(
+            api(forecaster, &subject, &push).await.is_some(),
+            "the forecaster may create consumers on pod samples"
+        );
     }
-    js.publish("pas.cpu.pod.shop.web.web-0", "{}".into()).await.unwrap().await.unwrap();
+    js.publish("pas.cpu.pod.shop.web.web-0", "{}".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
     let delivered = tokio::time::timeout(Duration::from_secs(5), control.next()).await;
-    assert!(matches!(delivered, Ok(Some(_))), "the control push consumer delivers");
+    assert!(
+        matches!(delivered, Ok(Some(_))),
+        "the control push consumer delivers"
+    );
     let kv = js.get_key_value(BUCKET_SCALER).await.unwrap();
-    assert!(kv.get("live.leader").await.unwrap().is_none(), "a sample reached the scaler's bucket");
-    let held = js.get_stream("KV_pas-scaler").await.unwrap().info().await.unwrap().state.messages;
+    assert!(
+        kv.get("live.leader").await.unwrap().is_none(),
+        "a sample reached the scaler's bucket"
+    );
+    let held = js
+        .get_stream("KV_pas-scaler")
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .state
+        .messages;
     assert_eq!(held, 0);
 }
 
@@ -195,7 +273,15 @@ async fn each_user_may_use_only_the_jetstream_api_its_job_needs() {
 async fn a_sources_entry_on_a_bucket_is_drift_and_init_removes_it() {
     let users = Users::start().await;
     let js = &users.admin.jetstream;
-    let mut config = js.get_stream("KV_pas-scaler").await.unwrap().info().await.unwrap().config.clone();
+    let mut config = js
+        .get_stream("KV_pas-scaler")
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .config
+        .clone();
     config.sources = Some(vec![async_nats::jetstream::stream::Source {
         name: "PAS_FORECASTS".into(),
         subject_transforms: vec![async_nats::jetstream::stream::SubjectTransform {
@@ -208,12 +294,22 @@ async fn a_sources_entry_on_a_bucket_is_drift_and_init_removes_it() {
 
     // The hijack works while the source is there: a forecast becomes a key.
     let forecaster = users.connect("forecaster").await;
-    forecaster.jetstream.publish("pas.forecast.live.leader", "forecaster-0".into()).await.unwrap().await.unwrap();
+    forecaster
+        .jetstream
+        .publish("pas.forecast.live.leader", "forecaster-0".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
     let kv = js.get_key_value(BUCKET_SCALER).await.unwrap();
-    pas_integration_tests::eventually(Duration::from_secs(5), "the sourced forecast in the bucket", || {
-        let kv = kv.clone();
-        async move { kv.get("live.leader").await.ok().flatten().map(|_| ()) }
-    })
+    pas_integration_tests::eventually(
+        Duration::from_secs(5),
+        "the sourced forecast in the bucket",
+        || {
+            let kv = kv.clone();
+            async move { kv.get("live.leader").await.ok().flatten().map(|_| ()) }
+        },
+    )
     .await;
 
     let status = provision::status(js, Default::default()).await.unwrap();
@@ -221,13 +317,22 @@ async fn a_sources_entry_on_a_bucket_is_drift_and_init_removes_it() {
     assert_eq!(bucket.drift, ["sources"], "{status:?}");
     let repaired = provision::init(js, Default::default()).await.unwrap();
     let bucket = repaired.iter().find(|p| p.stream == "KV_pas-scaler").unwrap();
-    assert_eq!((bucket.action, bucket.changed.clone()), (provision::Action::Updated, vec!["sources".to_string()]));
+    assert_eq!(
+        (bucket.action, bucket.changed.clone()),
+        (provision::Action::Updated, vec!["sources".to_string()])
+    );
     let status = provision::status(js, Default::default()).await.unwrap();
     assert!(status.iter().all(|s| s.drift.is_empty()), "{status:?}");
 
     // Once removed, forecasts stay forecasts.
     kv.purge("live.leader").await.unwrap();
-    forecaster.jetstream.publish("pas.forecast.live.leader", "forecaster-0".into()).await.unwrap().await.unwrap();
+    forecaster
+        .jetstream
+        .publish("pas.forecast.live.leader", "forecaster-0".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(kv.get("live.leader").await.unwrap().is_none());
 }
@@ -245,21 +350,56 @@ async fn replies_go_to_per_user_inboxes_no_other_user_can_read() {
     let mut shared = agent.client.subscribe("_INBOX.>").await.unwrap();
     let mut own = scaler.client.subscribe("_INBOX_scaler.probe").await.unwrap();
     // A round trip, so the server has processed the subscriptions.
-    api(&scaler, "$JS.API.STREAM.INFO.PAS_FORECASTS", &json!({})).await.expect("the scaler may");
+    api(&scaler, "$JS.API.STREAM.INFO.PAS_FORECASTS", &json!({}))
+        .await
+        .expect("the scaler may");
     api(&agent, "$JS.API.STREAM.INFO.PAS_SAMPLES", &json!({})).await;
 
     let forecaster = users.connect("forecaster").await;
-    assert!(api(&forecaster, "$JS.API.STREAM.INFO.KV_pas-forecaster", &json!({})).await.is_some());
-    forecaster.jetstream.publish("pas.forecast.shop.web", "{}".into()).await.unwrap().await.unwrap();
-    users.admin.client.publish("_INBOX.x", "shared".into()).await.unwrap();
-    users.admin.client.publish("_INBOX_forecaster.x", "theirs".into()).await.unwrap();
-    users.admin.client.publish("_INBOX_scaler.probe", "own".into()).await.unwrap();
+    assert!(
+        api(&forecaster, "$JS.API.STREAM.INFO.KV_pas-forecaster", &json!({}))
+            .await
+            .is_some()
+    );
+    forecaster
+        .jetstream
+        .publish("pas.forecast.shop.web", "{}".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    users
+        .admin
+        .client
+        .publish("_INBOX.x", "shared".into())
+        .await
+        .unwrap();
+    users
+        .admin
+        .client
+        .publish("_INBOX_forecaster.x", "theirs".into())
+        .await
+        .unwrap();
+    users
+        .admin
+        .client
+        .publish("_INBOX_scaler.probe", "own".into())
+        .await
+        .unwrap();
     users.admin.client.flush().await.unwrap();
 
-    let got = tokio::time::timeout(Duration::from_secs(2), own.next()).await.expect("the scaler reads its own inbox");
+    let got = tokio::time::timeout(Duration::from_secs(2), own.next())
+        .await
+        .expect("the scaler reads its own inbox");
     assert_eq!(got.unwrap().payload, "own");
     let leaked = tokio::time::timeout(Duration::from_millis(300), theirs.next()).await;
-    assert!(!matches!(leaked, Ok(Some(_))), "the scaler read the forecaster's replies: {leaked:?}");
+    assert!(
+        !matches!(leaked, Ok(Some(_))),
+        "the scaler read the forecaster's replies: {leaked:?}"
+    );
     let leaked = tokio::time::timeout(Duration::from_millis(300), shared.next()).await;
-    assert!(!matches!(leaked, Ok(Some(_))), "the agent read _INBOX.>: {leaked:?}");
+    assert!(
+        !matches!(leaked, Ok(Some(_))),
+        "the agent read _INBOX.>: {leaked:?}"
+    );
 }

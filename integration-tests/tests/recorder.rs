@@ -24,7 +24,9 @@ use futures::StreamExt;
 use pas_integration_tests::{NatsServer, Series, VictoriaMetrics, connect_and_provision, eventually};
 use pas_nats::NatsConfig;
 use pas_recorder::{Config, InfluxConfig, Metrics, Recorder};
-use pas_schemas::subjects::{HEADER_ERROR, HEADER_ERROR_TYPE, Prefix, STREAM_DECISIONS, STREAM_FORECASTS, STREAM_SAMPLES, Stage};
+use pas_schemas::subjects::{
+    HEADER_ERROR, HEADER_ERROR_TYPE, Prefix, STREAM_DECISIONS, STREAM_FORECASTS, STREAM_SAMPLES, Stage,
+};
 use pas_schemas::{CpuSample, Forecast, ForecastRef, ModelRef, Outcome, SCHEMA_VERSION, ScaleDecision};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -93,21 +95,30 @@ fn find<'a>(all: &'a [Series], name: &str, labels: &[(&str, &str)]) -> Vec<&'a S
     all.iter()
         .filter(|s| {
             s.labels.get("__name__").map(String::as_str) == Some(name)
-                && labels.iter().all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+                && labels
+                    .iter()
+                    .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
         })
         .collect()
 }
 
 fn plain(nats: &NatsServer) -> NatsConfig {
-    NatsConfig { urls: vec![nats.url()], ..NatsConfig::default() }
+    NatsConfig {
+        urls: vec![nats.url()],
+        ..NatsConfig::default()
+    }
 }
 
 /// A server with `nats/server.conf`'s accounts, provisioned by the admin:
 /// the recorder then runs as its own user, with only its permissions.
 async fn accounts() -> (NatsServer, pas_nats::Connection) {
     let nats = NatsServer::with_accounts();
-    let admin = pas_nats::connect(&nats.as_user("admin"), "admin", false).await.unwrap();
-    pas_nats::provision::init(&admin.jetstream, Default::default()).await.unwrap();
+    let admin = pas_nats::connect(&nats.as_user("admin"), "admin", false)
+        .await
+        .unwrap();
+    pas_nats::provision::init(&admin.jetstream, Default::default())
+        .await
+        .unwrap();
     (nats, admin)
 }
 
@@ -117,7 +128,10 @@ async fn wait_for(vm: &VictoriaMetrics, name: &str, labels: &[(&str, &str)], wan
     let found = tokio::time::timeout(Duration::from_secs(20), async {
         loop {
             let all = vm.export("cpu_usage.*|scale_decision.*").await;
-            let got: Vec<(i64, f64)> = find(&all, name, labels).iter().flat_map(|s| s.points.clone()).collect();
+            let got: Vec<(i64, f64)> = find(&all, name, labels)
+                .iter()
+                .flat_map(|s| s.points.clone())
+                .collect();
             if got == want {
                 return;
             }
@@ -129,7 +143,11 @@ async fn wait_for(vm: &VictoriaMetrics, name: &str, labels: &[(&str, &str)], wan
     if found.is_err() {
         let missing: Vec<_> = want.iter().filter(|p| !last.contains(p)).take(5).collect();
         let extra: Vec<_> = last.iter().filter(|p| !want.contains(p)).take(5).collect();
-        panic!("{name} {labels:?}: want {} points, read {}; missing {missing:?}, unexpected {extra:?}", want.len(), last.len());
+        panic!(
+            "{name} {labels:?}: want {} points, read {}; missing {missing:?}, unexpected {extra:?}",
+            want.len(),
+            last.len()
+        );
     }
 }
 
@@ -137,12 +155,24 @@ async fn wait_for(vm: &VictoriaMetrics, name: &str, labels: &[(&str, &str)], wan
 /// at `at` (ms), and no value outside `allowed`. A workload's step point is
 /// rewritten as its samples arrive: InfluxDB keeps the last write of a
 /// point, VictoriaMetrics keeps every write, so each is checked.
-async fn wait_for_step(vm: &VictoriaMetrics, name: &str, labels: &[(&str, &str)], at: i64, last: f64, allowed: &[f64]) {
+async fn wait_for_step(
+    vm: &VictoriaMetrics,
+    name: &str,
+    labels: &[(&str, &str)],
+    at: i64,
+    last: f64,
+    allowed: &[f64],
+) {
     let mut seen = Vec::new();
     let found = tokio::time::timeout(Duration::from_secs(20), async {
         loop {
             let all = vm.export("cpu_usage.*").await;
-            seen = find(&all, name, labels).iter().flat_map(|s| s.points.clone()).filter(|p| p.0 == at).map(|p| p.1).collect();
+            seen = find(&all, name, labels)
+                .iter()
+                .flat_map(|s| s.points.clone())
+                .filter(|p| p.0 == at)
+                .map(|p| p.1)
+                .collect();
             if seen.contains(&last) {
                 return;
             }
@@ -150,16 +180,27 @@ async fn wait_for_step(vm: &VictoriaMetrics, name: &str, labels: &[(&str, &str)]
         }
     })
     .await;
-    assert!(found.is_ok(), "{name} {labels:?} at {at}: want {last}, read {seen:?}");
+    assert!(
+        found.is_ok(),
+        "{name} {labels:?} at {at}: want {last}, read {seen:?}"
+    );
     for v in &seen {
-        assert!(*v == last || allowed.contains(v), "{name} {labels:?} at {at}: {v} was written (allowed {allowed:?} before {last})");
+        assert!(
+            *v == last || allowed.contains(v),
+            "{name} {labels:?} at {at}: {v} was written (allowed {allowed:?} before {last})"
+        );
     }
 }
 
 /// Pending and unacked messages of the recorder's consumer on `stream`.
 async fn backlog(js: &jetstream::Context, stream: &str, consumer: &str) -> (u64, usize, usize) {
-    let mut c: jetstream::consumer::PullConsumer =
-        js.get_stream(stream).await.unwrap().get_consumer(consumer).await.unwrap();
+    let mut c: jetstream::consumer::PullConsumer = js
+        .get_stream(stream)
+        .await
+        .unwrap()
+        .get_consumer(consumer)
+        .await
+        .unwrap();
     let info = c.info().await.unwrap();
     (info.num_pending, info.num_ack_pending, info.num_redelivered)
 }
@@ -191,7 +232,11 @@ fn decision(at: DateTime<Utc>, outcome: Outcome) -> ScaleDecision {
         reason: "predicted peak 90% of a 50% target".into(),
         outcome,
         forecast: Some(ForecastRef {
-            model: ModelRef { key: "shop/web".into(), kind: "lstm".into(), version: 3 },
+            model: ModelRef {
+                key: "shop/web".into(),
+                kind: "lstm".into(),
+                version: 3,
+            },
             window_end: at - TimeDelta::seconds(5),
         }),
         utilization_percent: Some(70.0),
@@ -231,7 +276,11 @@ async fn every_message_becomes_its_points() {
         timestamp: t0 + TimeDelta::seconds(5),
         namespace: "shop".into(),
         workload: "web".into(),
-        model: ModelRef { key: "shop/web".into(), kind: "lstm".into(), version: 3 },
+        model: ModelRef {
+            key: "shop/web".into(),
+            kind: "lstm".into(),
+            version: 3,
+        },
         window_end: t0,
         step_seconds: 5.0,
         values: vec![55.0, 60.0, 65.0],
@@ -242,23 +291,77 @@ async fn every_message_becomes_its_points() {
     let d = decision(t0 + TimeDelta::seconds(6), Outcome::Applied);
     publish(&js, Prefix::live().scale("shop", "web").unwrap(), &d).await;
 
-    let pod0 = [("level", "pod"), ("pod", "web-0"), ("namespace", "shop"), ("workload", "web"), ("node", "node-1"), ("run", "live")];
-    wait_for(&vm, "cpu_usage_current_value", &pod0, &[(ms(t0), 20.0), (ms(t0) + 3000, 60.0)]).await;
-    wait_for(&vm, "cpu_usage_current_used_millicores", &pod0, &[(ms(t0), 100.0), (ms(t0) + 3000, 300.0)]).await;
-    wait_for(&vm, "cpu_usage_current_requested_millicores", &[("pod", "web-1")], &[(ms(t0) + 1000, 500.0)]).await;
-    let workload = [("level", "workload"), ("namespace", "shop"), ("workload", "web"), ("run", "live")];
+    let pod0 = [
+        ("level", "pod"),
+        ("pod", "web-0"),
+        ("namespace", "shop"),
+        ("workload", "web"),
+        ("node", "node-1"),
+        ("run", "live"),
+    ];
+    wait_for(
+        &vm,
+        "cpu_usage_current_value",
+        &pod0,
+        &[(ms(t0), 20.0), (ms(t0) + 3000, 60.0)],
+    )
+    .await;
+    wait_for(
+        &vm,
+        "cpu_usage_current_used_millicores",
+        &pod0,
+        &[(ms(t0), 100.0), (ms(t0) + 3000, 300.0)],
+    )
+    .await;
+    wait_for(
+        &vm,
+        "cpu_usage_current_requested_millicores",
+        &[("pod", "web-1")],
+        &[(ms(t0) + 1000, 500.0)],
+    )
+    .await;
+    let workload = [
+        ("level", "workload"),
+        ("namespace", "shop"),
+        ("workload", "web"),
+        ("run", "live"),
+    ];
     // Written as the step's samples arrive: web-0 alone (20 %), then with web-1 (40 %), then whole.
-    wait_for_step(&vm, "cpu_usage_current_value", &workload, ms(t0), 50.0, &[20.0, 40.0]).await;
+    wait_for_step(
+        &vm,
+        "cpu_usage_current_value",
+        &workload,
+        ms(t0),
+        50.0,
+        &[20.0, 40.0],
+    )
+    .await;
     wait_for_step(&vm, "cpu_usage_current_pods", &workload, ms(t0), 2.0, &[1.0]).await;
-    wait_for(&vm, "cpu_usage_current_value", &[("level", "node"), ("node", "node-1")], &[(ms(t0), 25.0)]).await;
+    wait_for(
+        &vm,
+        "cpu_usage_current_value",
+        &[("level", "node"), ("node", "node-1")],
+        &[(ms(t0), 25.0)],
+    )
+    .await;
     for (k, (value, upper)) in [(55.0, 70.0), (60.0, 75.0), (65.0, 80.0)].into_iter().enumerate() {
         let horizon = (k + 1).to_string();
-        let labels = [("horizon", horizon.as_str()), ("model_kind", "lstm"), ("model_version", "3"), ("workload", "web")];
+        let labels = [
+            ("horizon", horizon.as_str()),
+            ("model_kind", "lstm"),
+            ("model_version", "3"),
+            ("workload", "web"),
+        ];
         let at = ms(t0) + 5000 * (k as i64 + 1);
         wait_for(&vm, "cpu_usage_predicted_value", &labels, &[(at, value)]).await;
         wait_for(&vm, "cpu_usage_predicted_upper", &labels, &[(at, upper)]).await;
     }
-    let tags = [("policy", "hybrid"), ("rule", "predictive"), ("outcome", "applied"), ("workload", "web")];
+    let tags = [
+        ("policy", "hybrid"),
+        ("rule", "predictive"),
+        ("outcome", "applied"),
+        ("workload", "web"),
+    ];
     let at = ms(d.timestamp);
     wait_for(&vm, "scale_decision_replicas_before", &tags, &[(at, 2.0)]).await;
     wait_for(&vm, "scale_decision_replicas_after", &tags, &[(at, 4.0)]).await;
@@ -284,7 +387,13 @@ async fn an_influxdb_outage_loses_nothing() {
 
     let t0 = step_start() - TimeDelta::seconds(600);
     send_sample(&js, &pod_sample(t0, "web-0", 50.0)).await;
-    wait_for(&vm, "cpu_usage_current_used_millicores", &[("level", "pod")], &[(t0.timestamp_millis(), 50.0)]).await;
+    wait_for(
+        &vm,
+        "cpu_usage_current_used_millicores",
+        &[("level", "pod")],
+        &[(t0.timestamp_millis(), 50.0)],
+    )
+    .await;
 
     // InfluxDB goes away; 300 samples (one per second of pod web-0) arrive.
     vm.stop();
@@ -299,28 +408,50 @@ async fn an_influxdb_outage_loses_nothing() {
     // Longer than the consumer's 30 s ack wait: the batch in hand is held
     // (with progress acks), the rest waits in the stream.
     tokio::time::sleep(Duration::from_secs(35)).await;
-    assert_eq!(metrics.messages_total(STREAM_SAMPLES, "written"), 1, "nothing acked while InfluxDB is down");
+    assert_eq!(
+        metrics.messages_total(STREAM_SAMPLES, "written"),
+        1,
+        "nothing acked while InfluxDB is down"
+    );
     let (pending, unacked, _) = backlog(&js, STREAM_SAMPLES, "pas-recorder-samples").await;
     assert_eq!(pending as usize + unacked, 300, "the backlog is in JetStream");
     assert!(unacked > 0, "a batch is in hand");
 
     vm.restart();
     let want: Vec<(i64, f64)> = std::iter::once((t0.timestamp_millis(), 50.0))
-        .chain(times.iter().enumerate().map(|(i, t)| (t.timestamp_millis(), i as f64)))
+        .chain(
+            times
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (t.timestamp_millis(), i as f64)),
+        )
         .collect();
-    wait_for(&vm, "cpu_usage_current_used_millicores", &[("level", "pod")], &want).await;
+    wait_for(
+        &vm,
+        "cpu_usage_current_used_millicores",
+        &[("level", "pod")],
+        &want,
+    )
+    .await;
     // And a workload point for each of the 61 steps, though one batch spans
     // more steps than the recorder keeps open (12).
     let steps: std::collections::BTreeSet<i64> = (0..=60).map(|k| t0.timestamp_millis() + 5000 * k).collect();
     let all = vm.export("cpu_usage_current_pods").await;
     let written: std::collections::BTreeSet<i64> =
-        find(&all, "cpu_usage_current_pods", &[("level", "workload")]).iter().flat_map(|s| s.points.iter().map(|p| p.0)).collect();
+        find(&all, "cpu_usage_current_pods", &[("level", "workload")])
+            .iter()
+            .flat_map(|s| s.points.iter().map(|p| p.0))
+            .collect();
     assert_eq!(written, steps, "one workload point per step");
     all_acked(&js).await;
     // Each once: none redelivered, none written twice.
     assert_eq!(metrics.messages_total(STREAM_SAMPLES, "written"), 301);
     assert_eq!(metrics.messages_total(STREAM_SAMPLES, "dead_lettered"), 0);
-    assert_eq!(backlog(&js, STREAM_SAMPLES, "pas-recorder-samples").await.2, 0, "nothing redelivered");
+    assert_eq!(
+        backlog(&js, STREAM_SAMPLES, "pas-recorder-samples").await.2,
+        0,
+        "nothing redelivered"
+    );
     stop.cancel();
     task.await.unwrap();
 }
@@ -330,7 +461,11 @@ async fn a_point_influxdb_rejects_goes_to_the_dead_letters() {
     let (nats, conn) = accounts().await;
     let vm = VictoriaMetrics::start();
     let js = conn.jetstream.clone();
-    let mut dlq = conn.client.subscribe(Prefix::live().dlq(Stage::Recorder)).await.unwrap();
+    let mut dlq = conn
+        .client
+        .subscribe(Prefix::live().dlq(Stage::Recorder))
+        .await
+        .unwrap();
     conn.jetstream.query_account().await.unwrap();
     let (metrics, stop, task) = start(config(nats.as_user("recorder"), &vm));
 
@@ -343,49 +478,91 @@ async fn a_point_influxdb_rejects_goes_to_the_dead_letters() {
         timestamp: t0,
         namespace: "shop".into(),
         workload: "web".into(),
-        model: ModelRef { key: "shop/web".into(), kind: "lstm".into(), version: 3 },
+        model: ModelRef {
+            key: "shop/web".into(),
+            kind: "lstm".into(),
+            version: 3,
+        },
         window_end: t0,
         step_seconds: 1e10,
         values: vec![55.0, 60.0],
         upper: None,
         quantile: None,
     };
-    js.publish(Prefix::live().forecast("shop", "web").unwrap(), serde_json::to_vec(&far).unwrap().into())
+    js.publish(
+        Prefix::live().forecast("shop", "web").unwrap(),
+        serde_json::to_vec(&far).unwrap().into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    // Between two good decisions, one that does not parse.
+    let first = decision(t0, Outcome::Applied);
+    publish(&js, Prefix::live().scale("shop", "web").unwrap(), &first).await;
+    js.publish(Prefix::live().scale("shop", "web").unwrap(), "{not json".into())
         .await
         .unwrap()
         .await
         .unwrap();
-    // Between two good decisions, one that does not parse.
-    let first = decision(t0, Outcome::Applied);
-    publish(&js, Prefix::live().scale("shop", "web").unwrap(), &first).await;
-    js.publish(Prefix::live().scale("shop", "web").unwrap(), "{not json".into()).await.unwrap().await.unwrap();
     let second = decision(t0 + TimeDelta::seconds(5), Outcome::DryRun);
     publish(&js, Prefix::live().scale("shop", "web").unwrap(), &second).await;
 
     let mut reasons = Vec::new();
     for _ in 0..2 {
-        let msg = tokio::time::timeout(Duration::from_secs(10), dlq.next()).await.expect("a dead letter").unwrap();
+        let msg = tokio::time::timeout(Duration::from_secs(10), dlq.next())
+            .await
+            .expect("a dead letter")
+            .unwrap();
         let headers = msg.headers.clone().expect("dead letters carry headers");
         let error = headers.get(HEADER_ERROR).expect("Pas-Error").as_str().to_owned();
-        let error_type = headers.get(HEADER_ERROR_TYPE).expect("Pas-Error-Type").as_str().to_owned();
+        let error_type = headers
+            .get(HEADER_ERROR_TYPE)
+            .expect("Pas-Error-Type")
+            .as_str()
+            .to_owned();
         reasons.push((error_type, error, msg.payload));
     }
     reasons.sort_by(|a, b| a.0.cmp(&b.0));
     assert_eq!(reasons[0].0, "invalid");
-    assert!(reasons[0].1.contains("step_seconds is 10000000000, above the bound of 86400"), "{}", reasons[0].1);
+    assert!(
+        reasons[0]
+            .1
+            .contains("step_seconds is 10000000000, above the bound of 86400"),
+        "{}",
+        reasons[0].1
+    );
     assert_eq!(serde_json::from_slice::<Forecast>(&reasons[0].2).unwrap(), far);
     assert_eq!(reasons[1].0, "malformed");
     assert_eq!(&reasons[1].2[..], b"{not json");
 
     // The good decisions are written; nothing is left unacked.
     let tags = [("workload", "web"), ("policy", "hybrid")];
-    wait_for(&vm, "scale_decision_replicas_after", &tags, &[(first.timestamp.timestamp_millis(), 4.0), (second.timestamp.timestamp_millis(), 4.0)]).await;
-    wait_for(&vm, "scale_decision_applied", &[("outcome", "dry_run")], &[(second.timestamp.timestamp_millis(), 0.0)]).await;
+    wait_for(
+        &vm,
+        "scale_decision_replicas_after",
+        &tags,
+        &[
+            (first.timestamp.timestamp_millis(), 4.0),
+            (second.timestamp.timestamp_millis(), 4.0),
+        ],
+    )
+    .await;
+    wait_for(
+        &vm,
+        "scale_decision_applied",
+        &[("outcome", "dry_run")],
+        &[(second.timestamp.timestamp_millis(), 0.0)],
+    )
+    .await;
     all_acked(&js).await;
     assert_eq!(metrics.messages_total(STREAM_FORECASTS, "dead_lettered"), 1);
     assert_eq!(metrics.messages_total(STREAM_DECISIONS, "dead_lettered"), 1);
     assert_eq!(metrics.messages_total(STREAM_DECISIONS, "written"), 2);
-    assert!(vm.export("cpu_usage_predicted.*").await.is_empty(), "no point of the rejected forecast");
+    assert!(
+        vm.export("cpu_usage_predicted.*").await.is_empty(),
+        "no point of the rejected forecast"
+    );
     stop.cancel();
     task.await.unwrap();
 }
@@ -400,7 +577,15 @@ async fn a_restarted_recorder_keeps_each_step_whole() {
 
     let (metrics, stop, task) = start(config(nats.as_user("recorder"), &vm));
     send_sample(&js, &pod_sample(t0, "web-0", 100.0)).await;
-    wait_for_step(&vm, "cpu_usage_current_value", &workload, t0.timestamp_millis(), 20.0, &[]).await;
+    wait_for_step(
+        &vm,
+        "cpu_usage_current_value",
+        &workload,
+        t0.timestamp_millis(),
+        20.0,
+        &[],
+    )
+    .await;
     all_acked(&js).await;
     assert_eq!(metrics.messages_total(STREAM_SAMPLES, "written"), 1);
     stop.cancel();
@@ -411,8 +596,24 @@ async fn a_restarted_recorder_keeps_each_step_whole() {
     let (metrics, stop, task) = start(config(nats.as_user("recorder"), &vm));
     // Both pods: (100 + 300) / (500 + 500), not web-1's 60 % alone.
     // Never web-1's 60 % alone.
-    wait_for_step(&vm, "cpu_usage_current_value", &workload, t0.timestamp_millis(), 40.0, &[20.0]).await;
-    wait_for_step(&vm, "cpu_usage_current_pods", &workload, t0.timestamp_millis(), 2.0, &[1.0]).await;
+    wait_for_step(
+        &vm,
+        "cpu_usage_current_value",
+        &workload,
+        t0.timestamp_millis(),
+        40.0,
+        &[20.0],
+    )
+    .await;
+    wait_for_step(
+        &vm,
+        "cpu_usage_current_pods",
+        &workload,
+        t0.timestamp_millis(),
+        2.0,
+        &[1.0],
+    )
+    .await;
     all_acked(&js).await;
     assert_eq!(metrics.messages_total(STREAM_SAMPLES, "written"), 1);
     stop.cancel();
@@ -440,16 +641,30 @@ async fn nats_killed_mid_run_loses_no_sample() {
         // (the message id makes a retry harmless).
         let s = pod_sample(*t, "web-0", i as f64);
         let out = pas_nats::Outgoing::new(Prefix::live().sample(&s).unwrap(), &s).unwrap();
-        eventually(Duration::from_secs(20), "the publish to be acked after the restart", || async {
-            match pas_nats::publish(&js, &out).await {
-                Ok(ack) => ack.await.ok().map(|_| ()),
-                Err(_) => None,
-            }
-        })
+        eventually(
+            Duration::from_secs(20),
+            "the publish to be acked after the restart",
+            || async {
+                match pas_nats::publish(&js, &out).await {
+                    Ok(ack) => ack.await.ok().map(|_| ()),
+                    Err(_) => None,
+                }
+            },
+        )
         .await;
     }
-    let want: Vec<(i64, f64)> = times.iter().enumerate().map(|(i, t)| (t.timestamp_millis(), i as f64)).collect();
-    wait_for(&vm, "cpu_usage_current_used_millicores", &[("level", "pod")], &want).await;
+    let want: Vec<(i64, f64)> = times
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.timestamp_millis(), i as f64))
+        .collect();
+    wait_for(
+        &vm,
+        "cpu_usage_current_used_millicores",
+        &[("level", "pod")],
+        &want,
+    )
+    .await;
     all_acked(&js).await;
     assert!(metrics.messages_total(STREAM_SAMPLES, "written") >= 100);
     stop.cancel();

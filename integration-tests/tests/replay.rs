@@ -9,13 +9,19 @@ use futures::StreamExt;
 use pas_integration_tests::{NatsServer, connect_and_provision, repo_root};
 use pas_replay::{record, replay};
 use pas_schemas::subjects::{Prefix, STREAM_SAMPLES};
-use pas_schemas::{CpuSample, Outcome, ScaleDecision, SCHEMA_VERSION};
+use pas_schemas::{CpuSample, Outcome, SCHEMA_VERSION, ScaleDecision};
 use tokio_util::sync::CancellationToken;
 
 /// The first `rows` rows of a bundled NAB trace, in a temporary file.
 fn short_trace(dir: &Path, rows: usize) -> (PathBuf, Vec<(DateTime<Utc>, f64)>) {
-    let text = std::fs::read_to_string(repo_root().join("testdata/traces/nab-rds_cpu_utilization_cc0c53.csv")).unwrap();
-    let points: Vec<_> = pas_schemas::trace::parse(&text).unwrap().into_iter().take(rows).collect();
+    let text =
+        std::fs::read_to_string(repo_root().join("testdata/traces/nab-rds_cpu_utilization_cc0c53.csv"))
+            .unwrap();
+    let points: Vec<_> = pas_schemas::trace::parse(&text)
+        .unwrap()
+        .into_iter()
+        .take(rows)
+        .collect();
     let path = dir.join("short.csv");
     std::fs::write(&path, pas_schemas::trace::to_csv(&points)).unwrap();
     (path, points)
@@ -25,7 +31,11 @@ fn short_trace(dir: &Path, rows: usize) -> (PathBuf, Vec<(DateTime<Utc>, f64)>) 
 async fn stored(conn: &pas_nats::Connection, filter: String) -> Vec<CpuSample> {
     let stream = conn.jetstream.get_stream(STREAM_SAMPLES).await.unwrap();
     let mut consumer = stream
-        .create_consumer(pull::OrderedConfig { filter_subject: filter, deliver_policy: DeliverPolicy::All, ..Default::default() })
+        .create_consumer(pull::OrderedConfig {
+            filter_subject: filter,
+            deliver_policy: DeliverPolicy::All,
+            ..Default::default()
+        })
         .await
         .unwrap();
     let pending = consumer.info().await.unwrap().num_pending;
@@ -66,9 +76,14 @@ async fn replay_publishes_exactly_the_trace_under_the_prefix() {
     let (path, points) = short_trace(dir.path(), 300);
 
     let mut seen = Vec::new();
-    let summary = replay::replay(&conn, &config("count", path.clone()), CancellationToken::new(), &mut |p| seen.push(p.done))
-        .await
-        .unwrap();
+    let summary = replay::replay(
+        &conn,
+        &config("count", path.clone()),
+        CancellationToken::new(),
+        &mut |p| seen.push(p.done),
+    )
+    .await
+    .unwrap();
     assert_eq!(summary.rows, 300);
     assert_eq!(summary.samples, 600, "two pods per row");
     assert_eq!(seen.last(), Some(&300), "progress reached the end");
@@ -76,7 +91,10 @@ async fn replay_publishes_exactly_the_trace_under_the_prefix() {
     // Counted via the stream: every row's two samples, nothing on the live subjects.
     let samples = stored(&conn, Prefix::replay("count").unwrap().all_pod_cpu()).await;
     assert_eq!(samples.len(), 600);
-    assert!(stored(&conn, Prefix::live().all_cpu()).await.is_empty(), "a replay never touches live subjects");
+    assert!(
+        stored(&conn, Prefix::live().all_cpu()).await.is_empty(),
+        "a replay never touches live subjects"
+    );
     // Each row: the stated rule, so utilisation equals the trace's cpu.
     for (i, (at, cpu)) in points.iter().enumerate() {
         let pair = &samples[2 * i..2 * i + 2];
@@ -84,22 +102,46 @@ async fn replay_publishes_exactly_the_trace_under_the_prefix() {
         let pods: Vec<_> = pair.iter().map(|s| s.pod.clone().unwrap()).collect();
         assert_eq!(pods, ["web-0", "web-1"]);
         let used: f64 = pair.iter().map(|s| s.cpu_used_millicores).sum();
-        assert!((100.0 * used / 1000.0 - cpu).abs() < 1e-9, "row {i}: {used} of 1000m against {cpu} %");
+        assert!(
+            (100.0 * used / 1000.0 - cpu).abs() < 1e-9,
+            "row {i}: {used} of 1000m against {cpu} %"
+        );
     }
 
     // Replaying again adds nothing: the message ids are the same.
-    let again = replay::replay(&conn, &config("count", path), CancellationToken::new(), &mut |_| {}).await.unwrap();
+    let again = replay::replay(
+        &conn,
+        &config("count", path),
+        CancellationToken::new(),
+        &mut |_| {},
+    )
+    .await
+    .unwrap();
     assert_eq!(again.duplicates, 600);
-    assert_eq!(stored(&conn, Prefix::replay("count").unwrap().all_pod_cpu()).await.len(), 600);
+    assert_eq!(
+        stored(&conn, Prefix::replay("count").unwrap().all_pod_cpu())
+            .await
+            .len(),
+        600
+    );
 }
 
 /// Records run `run` live while `path` is replayed under it; returns the file's text.
-async fn record_while_replaying(conn: &pas_nats::Connection, run: &str, path: &Path, samples: u64, out: PathBuf) -> String {
+async fn record_while_replaying(
+    conn: &pas_nats::Connection,
+    run: &str,
+    path: &Path,
+    samples: u64,
+    out: PathBuf,
+) -> String {
     let rec = record::Config {
         run: Some(run.into()),
         namespace: None,
         workload: Some("web".into()),
-        from: record::From::Live { count: Some(samples), duration: Some(Duration::from_secs(60)) },
+        from: record::From::Live {
+            count: Some(samples),
+            duration: Some(Duration::from_secs(60)),
+        },
         step: Duration::from_secs(5),
         pods: None,
         out: out.clone(),
@@ -107,12 +149,28 @@ async fn record_while_replaying(conn: &pas_nats::Connection, run: &str, path: &P
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let recorder = {
         let conn = conn.clone();
-        tokio::spawn(async move { record::record(&conn, &rec, CancellationToken::new(), || {
-            let _ = ready_tx.send(());
-        }, &mut |_| {}).await })
+        tokio::spawn(async move {
+            record::record(
+                &conn,
+                &rec,
+                CancellationToken::new(),
+                || {
+                    let _ = ready_tx.send(());
+                },
+                &mut |_| {},
+            )
+            .await
+        })
     };
     ready_rx.await.unwrap();
-    replay::replay(conn, &config(run, path.to_owned()), CancellationToken::new(), &mut |_| {}).await.unwrap();
+    replay::replay(
+        conn,
+        &config(run, path.to_owned()),
+        CancellationToken::new(),
+        &mut |_| {},
+    )
+    .await
+    .unwrap();
     let summary = recorder.await.unwrap().unwrap();
     assert_eq!(summary.samples, samples);
     assert_eq!(summary.files, vec![(out.clone(), (samples / 2) as usize)]);
@@ -135,7 +193,8 @@ async fn record_then_replay_round_trips_a_trace() {
     }
     // The recording replays (under another run) to the same recording.
     let recorded_path = dir.path().join("recorded.csv");
-    let second = record_while_replaying(&conn, "rt2", &recorded_path, 400, dir.path().join("again.csv")).await;
+    let second =
+        record_while_replaying(&conn, "rt2", &recorded_path, 400, dir.path().join("again.csv")).await;
     assert_eq!(first, second);
 }
 
@@ -179,7 +238,10 @@ async fn a_simulated_statefulset_follows_applied_decisions() {
     };
     let applied_at = Utc::now();
     conn.client
-        .publish(prefix.scale("shop", "web").unwrap(), pas_schemas::encode(&decision).unwrap().into())
+        .publish(
+            prefix.scale("shop", "web").unwrap(),
+            pas_schemas::encode(&decision).unwrap().into(),
+        )
         .await
         .unwrap();
     // New pods publish samples at once (using nothing while they start),
@@ -187,7 +249,10 @@ async fn a_simulated_statefulset_follows_applied_decisions() {
     let (mut starting, mut serving) = (None, None);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     while starting.is_none() || serving.is_none() {
-        let m = tokio::time::timeout_at(deadline, sub.next()).await.expect("web-3 starts, then serves").unwrap();
+        let m = tokio::time::timeout_at(deadline, sub.next())
+            .await
+            .expect("web-3 starts, then serves")
+            .unwrap();
         let s: CpuSample = pas_schemas::decode(&m.payload).unwrap();
         if s.pod.as_deref() == Some("web-3") {
             if s.cpu_used_millicores == 0.0 && starting.is_none() {
@@ -202,8 +267,14 @@ async fn a_simulated_statefulset_follows_applied_decisions() {
     assert_eq!(summary.decisions_applied, 1);
     assert_eq!(summary.final_replicas, Some(4));
     let (starting, serving) = (starting.unwrap(), serving.unwrap());
-    assert!(starting < applied_at + chrono::TimeDelta::seconds(2), "web-3 appears right after the decision");
-    assert!(serving >= applied_at + chrono::TimeDelta::seconds(2), "and serves only after the 2 s start-up");
+    assert!(
+        starting < applied_at + chrono::TimeDelta::seconds(2),
+        "web-3 appears right after the decision"
+    );
+    assert!(
+        serving >= applied_at + chrono::TimeDelta::seconds(2),
+        "and serves only after the 2 s start-up"
+    );
 }
 
 #[tokio::test]
@@ -226,7 +297,11 @@ async fn a_range_of_pas_samples_records_and_replays() {
                 cpu_capacity_millicores: None,
             };
             let msg = pas_nats::Outgoing::new(Prefix::live().sample(&sample).unwrap(), &sample).unwrap();
-            pas_nats::publish(&conn.jetstream, &msg).await.unwrap().await.unwrap();
+            pas_nats::publish(&conn.jetstream, &msg)
+                .await
+                .unwrap()
+                .await
+                .unwrap();
         }
     }
     let dir = tempfile::tempdir().unwrap();
@@ -243,7 +318,9 @@ async fn a_range_of_pas_samples_records_and_replays() {
         pods: None,
         out: out.clone(),
     };
-    let summary = record::record(&conn, &rec, CancellationToken::new(), || {}, &mut |_| {}).await.unwrap();
+    let summary = record::record(&conn, &rec, CancellationToken::new(), || {}, &mut |_| {})
+        .await
+        .unwrap();
     assert_eq!(summary.samples, 30);
     let rows = pas_schemas::trace::parse(&std::fs::read_to_string(&out).unwrap()).unwrap();
     assert_eq!(rows.len(), 10);
@@ -256,10 +333,16 @@ async fn a_range_of_pas_samples_records_and_replays() {
     // The same range re-published under a run, sample for sample.
     let mut cfg = config("again", PathBuf::new());
     cfg.source = replay::Source::Stream { since, until };
-    let summary = replay::replay(&conn, &cfg, CancellationToken::new(), &mut |_| {}).await.unwrap();
+    let summary = replay::replay(&conn, &cfg, CancellationToken::new(), &mut |_| {})
+        .await
+        .unwrap();
     assert_eq!(summary.samples, 30);
     let again = stored(&conn, Prefix::replay("again").unwrap().all_pod_cpu()).await;
     assert_eq!(again.len(), 30);
     assert!(again.iter().all(|s| s.timestamp >= since && s.timestamp <= until));
-    assert_eq!(stored(&conn, Prefix::live().all_pod_cpu()).await.len(), 60, "the live samples are untouched");
+    assert_eq!(
+        stored(&conn, Prefix::live().all_pod_cpu()).await.len(),
+        60,
+        "the live samples are untouched"
+    );
 }

@@ -31,13 +31,20 @@ fn config(server: &NatsServer, replica: &str) -> Config {
         replica: Some(replica.into()),
         listen: "127.0.0.1:0".parse().unwrap(),
         // The stage runs as its own user, with the accounts file's permissions.
-        nats: NatsConfig { ack_timeout: NatsConfig::default().ack_timeout, ..server.as_user("scaler") },
+        nats: NatsConfig {
+            ack_timeout: NatsConfig::default().ack_timeout,
+            ..server.as_user("scaler")
+        },
         ..Config::default()
     }
 }
 
 /// Managed, a 50 % target, pods ready 10 s after they start.
-const ON: [(&str, &str); 3] = [("pas.io/enabled", "true"), ("pas.io/target-utilization", "50"), ("pas.io/startup", "10s")];
+const ON: [(&str, &str); 3] = [
+    ("pas.io/enabled", "true"),
+    ("pas.io/target-utilization", "50"),
+    ("pas.io/startup", "10s"),
+];
 
 /// A nats-server with the PAS streams and buckets, and a connection to it.
 async fn bus() -> (NatsServer, pas_nats::Connection, jetstream::Context) {
@@ -108,30 +115,19 @@ fn forecast(workload: &str, version: u64, values: Vec<f64>) -> Forecast {
 }
 
 async fn send_forecast(js: &jetstream::Context, f: &Forecast) {
-    publish(
-        js,
-        Prefix::live().forecast(&f.namespace, &f.workload).unwrap(),
-        f,
-    )
-    .await;
+    publish(js, Prefix::live().forecast(&f.namespace, &f.workload).unwrap(), f).await;
 }
 
 /// Subscribes to every decision; returns once the subscription is known to
 /// the server.
 async fn decisions(client: &async_nats::Client) -> async_nats::Subscriber {
-    let sub = client
-        .subscribe(Prefix::live().all_decisions())
-        .await
-        .unwrap();
+    let sub = client.subscribe(Prefix::live().all_decisions()).await.unwrap();
     // A round trip, so the server has the subscription (flush is not one).
     let _ = client.request("$JS.API.INFO", "".into()).await;
     sub
 }
 
-async fn next_decision(
-    sub: &mut async_nats::Subscriber,
-    workload: &str,
-) -> (String, ScaleDecision) {
+async fn next_decision(sub: &mut async_nats::Subscriber, workload: &str) -> (String, ScaleDecision) {
     next_decision_where(sub, workload, |_| true).await
 }
 
@@ -216,17 +212,11 @@ async fn forecasts_in_decisions_out() {
         (2, 6, Outcome::Applied),
         "{d:?}"
     );
-    assert_eq!(
-        (d.policy.as_str(), d.rule.as_str()),
-        ("hybrid", "predictive")
-    );
+    assert_eq!((d.policy.as_str(), d.rule.as_str()), ("hybrid", "predictive"));
     assert_eq!(d.predicted_peak_percent, Some(150.0));
     assert_eq!(d.utilization_percent, Some(50.0));
     let used = d.forecast.expect("the forecast used");
-    assert_eq!(
-        (used.model, used.window_end),
-        (web.model.clone(), web.window_end)
-    );
+    assert_eq!((used.model, used.window_end), (web.model.clone(), web.window_end));
     assert_eq!(sim.replicas("shop", "web"), Some(6));
     assert!(sim.log().contains(&SimulatedChange::Event {
         workload: "shop/web".into(),
@@ -264,11 +254,7 @@ async fn forecasts_in_decisions_out() {
         "{:?}",
         d.warnings
     );
-    assert_eq!(
-        (d.replicas_after, d.rule.as_str()),
-        (6, "rate-limit"),
-        "{d:?}"
-    );
+    assert_eq!((d.replicas_after, d.rule.as_str()), (6, "rate-limit"), "{d:?}");
     assert!(metrics.invalid_settings_count() >= 1);
 
     // Not enabled: no decisions at all, however high the forecast.
@@ -428,11 +414,7 @@ async fn restart_keeps_the_stabilisation_window() {
             break d;
         }
     };
-    assert_eq!(
-        (held.replicas_before, held.replicas_after),
-        (4, 4),
-        "{held:?}"
-    );
+    assert_eq!((held.replicas_before, held.replicas_after), (4, 4), "{held:?}");
 
     // Restart 12 s into the window.
     tokio::time::sleep(
@@ -465,11 +447,7 @@ async fn restart_keeps_the_stabilisation_window() {
         if d.outcome == Outcome::Applied {
             break (d.timestamp, d);
         }
-        assert_eq!(
-            (d.replicas_after, d.rule.as_str()),
-            (4, "stabilisation"),
-            "{d:?}"
-        );
+        assert_eq!((d.replicas_after, d.rule.as_str()), (4, "stabilisation"), "{d:?}");
     };
     // To 1, or to 3 first when an evaluation saw the pods' new samples
     // only in part (a recommendation of 3 just after the drop) — either way
@@ -498,7 +476,10 @@ async fn shutdown_with_nats_down_exits_within_ten_seconds() {
     sim.insert("shop", "web", 2, annotations(&ON), Some(1000.0));
     let mut sub = decisions(&conn.client).await;
     let (metrics, stop, task) = start(config(&server, "a"), &sim);
-    eventually(Duration::from_secs(10), "the scaler to lead", || async { metrics.is_leader().then_some(()) }).await;
+    eventually(Duration::from_secs(10), "the scaler to lead", || async {
+        metrics.is_leader().then_some(())
+    })
+    .await;
     sample(&js, "web", 0, 50.0).await;
     send_forecast(&js, &forecast("web", 1, vec![50.0; 6])).await;
     next_decision(&mut sub, "web").await;
@@ -509,7 +490,10 @@ async fn shutdown_with_nats_down_exits_within_ten_seconds() {
 
 /// Every decision for every workload over all outcomes.
 fn all_decisions(metrics: &Metrics) -> u64 {
-    ["applied", "dry_run", "refused", "unchanged"].iter().map(|o| metrics.decisions(o)).sum()
+    ["applied", "dry_run", "refused", "unchanged"]
+        .iter()
+        .map(|o| metrics.decisions(o))
+        .sum()
 }
 
 /// The reproduction: one workload's slow key-value call held the
@@ -526,17 +510,25 @@ async fn a_hanging_nats_call_holds_up_no_other_workload() {
     for w in &workloads {
         sim.insert("shop", w, 2, annotations(&ON), Some(1000.0));
     }
-    let config = Config { lease: Duration::from_secs(30), ..config(&server, "a") };
+    let config = Config {
+        lease: Duration::from_secs(30),
+        ..config(&server, "a")
+    };
     let (metrics, stop, task) = start(config, &sim);
-    eventually(Duration::from_secs(10), "the scaler to lead", || async { metrics.is_leader().then_some(()) }).await;
+    eventually(Duration::from_secs(10), "the scaler to lead", || async {
+        metrics.is_leader().then_some(())
+    })
+    .await;
     for w in &workloads {
         sample(&js, w, 0, 50.0).await;
         sample(&js, w, 1, 50.0).await;
     }
     // Every workload decided on once: its state read and cached.
-    eventually(Duration::from_secs(20), "a decision for every workload", || async {
-        (all_decisions(&metrics) >= 2 * workloads.len() as u64).then_some(())
-    })
+    eventually(
+        Duration::from_secs(20),
+        "a decision for every workload",
+        || async { (all_decisions(&metrics) >= 2 * workloads.len() as u64).then_some(()) },
+    )
     .await;
 
     server.pause();
@@ -545,10 +537,16 @@ async fn a_hanging_nats_call_holds_up_no_other_workload() {
     let during = all_decisions(&metrics) - before;
     server.resume();
     println!("decisions while NATS hung for 4 s: {during}");
-    assert!(during >= workloads.len() as u64, "only {during} decisions in 4 s with NATS hanging");
+    assert!(
+        during >= workloads.len() as u64,
+        "only {during} decisions in 4 s with NATS hanging"
+    );
     assert!(metrics.is_leader());
     stop.cancel();
-    tokio::time::timeout(Duration::from_secs(15), task).await.expect("the scaler stops").unwrap();
+    tokio::time::timeout(Duration::from_secs(15), task)
+        .await
+        .expect("the scaler stops")
+        .unwrap();
 }
 
 /// The reproduction: forecast values `1e308` and `-1e6` parsed and
@@ -560,10 +558,17 @@ async fn impossible_forecast_values_are_dead_lettered_and_the_scaler_goes_on() {
     let (server, conn, js) = bus().await;
     let sim = Simulated::new();
     sim.insert("shop", "web", 2, annotations(&ON), Some(1000.0));
-    let mut dead = conn.client.subscribe(Prefix::live().dlq(pas_schemas::subjects::Stage::Scaler)).await.unwrap();
+    let mut dead = conn
+        .client
+        .subscribe(Prefix::live().dlq(pas_schemas::subjects::Stage::Scaler))
+        .await
+        .unwrap();
     let mut sub = decisions(&conn.client).await;
     let (metrics, stop, task) = start(config(&server, "a"), &sim);
-    eventually(Duration::from_secs(10), "the scaler to lead", || async { metrics.is_leader().then_some(()) }).await;
+    eventually(Duration::from_secs(10), "the scaler to lead", || async {
+        metrics.is_leader().then_some(())
+    })
+    .await;
     sample(&js, "web", 0, 50.0).await;
     sample(&js, "web", 1, 50.0).await;
 
@@ -572,12 +577,31 @@ async fn impossible_forecast_values_are_dead_lettered_and_the_scaler_goes_on() {
         // Written as raw JSON: the typed encoder would refuse them first.
         let mut f = serde_json::to_value(forecast("web", 1, vec![50.0; 6])).unwrap();
         f["values"] = serde_json::json!(values);
-        js.publish(subject.clone(), f.to_string().into()).await.unwrap().await.unwrap();
-        let letter = tokio::time::timeout(Duration::from_secs(10), dead.next()).await.expect("a dead letter").unwrap();
-        let reason = letter.headers.as_ref().and_then(|h| h.get(pas_schemas::subjects::HEADER_ERROR)).map(|v| v.to_string());
-        assert!(reason.is_some_and(|r| r.contains("values")), "{:?}", letter.headers);
+        js.publish(subject.clone(), f.to_string().into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        let letter = tokio::time::timeout(Duration::from_secs(10), dead.next())
+            .await
+            .expect("a dead letter")
+            .unwrap();
+        let reason = letter
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(pas_schemas::subjects::HEADER_ERROR))
+            .map(|v| v.to_string());
+        assert!(
+            reason.is_some_and(|r| r.contains("values")),
+            "{:?}",
+            letter.headers
+        );
     }
-    assert_eq!(sim.replicas("shop", "web"), Some(2), "nothing scaled for an impossible forecast");
+    assert_eq!(
+        sim.replicas("shop", "web"),
+        Some(2),
+        "nothing scaled for an impossible forecast"
+    );
 
     // A sound forecast after them is decided on: a peak of 150 % ahead, so
     // 2 replicas become 6.
@@ -586,5 +610,8 @@ async fn impossible_forecast_values_are_dead_lettered_and_the_scaler_goes_on() {
     assert_eq!(d.forecast.map(|f| f.model.version), Some(2), "{:?}", d.reason);
     assert_eq!((d.replicas_before, d.replicas_after), (2, 6));
     stop.cancel();
-    tokio::time::timeout(Duration::from_secs(15), task).await.expect("the scaler stops").unwrap();
+    tokio::time::timeout(Duration::from_secs(15), task)
+        .await
+        .expect("the scaler stops")
+        .unwrap();
 }

@@ -10,9 +10,9 @@ use async_nats::jetstream;
 use async_nats::jetstream::object_store::ObjectStore;
 use futures::StreamExt;
 use pas_integration_tests::{NatsServer, connect_and_provision, eventually, repo_root};
+use pas_models::Forecaster;
 use pas_models::Trace;
 use pas_models::lstm::{Lstm, LstmConfig};
-use pas_models::Forecaster;
 use pas_nats::NatsConfig;
 use pas_schemas::subjects::{BUCKET_MODELS, Prefix, STREAM_DLQ};
 use pas_schemas::{CpuSample, ModelManifest, SCHEMA_VERSION};
@@ -32,10 +32,19 @@ fn config(server: &NatsServer) -> Config {
         check_interval: Duration::from_millis(200),
         keep_versions: 1,
         threads: 1,
-        model: LstmConfig { window: 24, hidden: 16, max_epochs: 8, patience: 0, ..LstmConfig::default() },
+        model: LstmConfig {
+            window: 24,
+            hidden: 16,
+            max_epochs: 8,
+            patience: 0,
+            ..LstmConfig::default()
+        },
         listen: "127.0.0.1:0".parse().unwrap(),
         // The stage runs as its own user, with the accounts file's permissions.
-        nats: NatsConfig { ack_timeout: NatsConfig::default().ack_timeout, ..server.as_user("trainer") },
+        nats: NatsConfig {
+            ack_timeout: NatsConfig::default().ack_timeout,
+            ..server.as_user("trainer")
+        },
         ..Config::default()
     }
 }
@@ -75,7 +84,13 @@ async fn manifest(store: &ObjectStore, version: u64) -> Option<ModelManifest> {
     Some(pas_schemas::decode(&bytes).unwrap())
 }
 
-fn start(config: Config) -> (CancellationToken, Metrics, tokio::task::JoinHandle<Result<(), pas_trainer::Error>>) {
+fn start(
+    config: Config,
+) -> (
+    CancellationToken,
+    Metrics,
+    tokio::task::JoinHandle<Result<(), pas_trainer::Error>>,
+) {
     let trainer = Trainer::new(config).unwrap();
     let metrics = trainer.metrics();
     let stop = CancellationToken::new();
@@ -90,33 +105,64 @@ async fn trains_an_accepted_model_once_and_keeps_it_when_a_run_diverges() {
     let js = conn.jetstream.clone();
     let store = js.get_object_store(BUCKET_MODELS).await.unwrap();
     let trace = Trace::read(&repo_root().join("testdata/traces/nab-ec2_cpu_utilization_53ea38.csv")).unwrap();
-    let mut announcements = conn.client.subscribe(format!("replay.{RUN}.pas.model.>")).await.unwrap();
+    let mut announcements = conn
+        .client
+        .subscribe(format!("replay.{RUN}.pas.model.>"))
+        .await
+        .unwrap();
     conn.client.flush().await.unwrap();
 
     let last_sequence = replay(&js, &trace.points[..2000]).await;
     // Bad input on the trainer's subject goes to the DLQ; the trainer goes on.
-    js.publish(format!("replay.{RUN}.pas.cpu.pod.shop.web.web-0"), "not json".into()).await.unwrap().await.unwrap();
+    js.publish(
+        format!("replay.{RUN}.pas.cpu.pod.shop.web.web-0"),
+        "not json".into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
 
     // First run: one accepted version from the replayed history.
     let (stop, metrics, task) = start(config(&server));
-    let v1 = eventually(Duration::from_secs(120), "version 1 stored", || async { manifest(&store, 1).await }).await;
-    assert!(v1.accepted, "the LSTM beat naive on this trace: {:?}", v1.validation);
+    let v1 = eventually(Duration::from_secs(120), "version 1 stored", || async {
+        manifest(&store, 1).await
+    })
+    .await;
+    assert!(
+        v1.accepted,
+        "the LSTM beat naive on this trace: {:?}",
+        v1.validation
+    );
     assert!(v1.validation["lstm"] < v1.validation["naive"]);
     assert!(v1.validation.contains_key("holt-winters"), "{:?}", v1.validation);
     assert_eq!(v1.key, "shop/web");
     assert_eq!(v1.architecture, "lstm");
     assert_eq!(v1.step_seconds, 300.0);
-    assert_eq!(v1.training.last_sequence, last_sequence, "trained on everything replayed");
+    assert_eq!(
+        v1.training.last_sequence, last_sequence,
+        "trained on everything replayed"
+    );
     assert_eq!(v1.training.to, trace.points[1999].0);
-    let weights = read(&store, &format!("replay/{RUN}/shop/web/v1/weights.safetensors")).await.unwrap();
-    assert_eq!(v1.digest, pas_models::digest(&weights), "the manifest's digest is the stored weights'");
+    let weights = read(&store, &format!("replay/{RUN}/shop/web/v1/weights.safetensors"))
+        .await
+        .unwrap();
+    assert_eq!(
+        v1.digest,
+        pas_models::digest(&weights),
+        "the manifest's digest is the stored weights'"
+    );
     // The stored weights are a working model.
-    let lstm_config: LstmConfig = serde_json::from_value(serde_json::to_value(&v1.hyper_parameters).unwrap()).unwrap();
+    let lstm_config: LstmConfig =
+        serde_json::from_value(serde_json::to_value(&v1.hyper_parameters).unwrap()).unwrap();
     let model = Lstm::from_safetensors(lstm_config, &v1.normalisation, &weights).unwrap();
     let history: Vec<f64> = trace.points[1900..2000].iter().map(|p| p.1).collect();
     let p = model.predict(&history).unwrap();
     assert!(p.values.iter().all(|v| (0.0..10.0).contains(v)), "{p:?}");
-    let announced = tokio::time::timeout(Duration::from_secs(5), announcements.next()).await.unwrap().unwrap();
+    let announced = tokio::time::timeout(Duration::from_secs(5), announcements.next())
+        .await
+        .unwrap()
+        .unwrap();
     let announced: ModelManifest = pas_schemas::decode(&announced.payload).unwrap();
     assert_eq!(announced, v1);
     assert_eq!(metrics.versions("accepted"), 1);
@@ -126,10 +172,17 @@ async fn trains_an_accepted_model_once_and_keeps_it_when_a_run_diverges() {
 
     // Restart: the state is rebuilt, nothing is due, nothing is stored twice.
     let (stop, metrics, task) = start(config(&server));
-    eventually(Duration::from_secs(30), "state rebuilt", || async { (metrics.samples() >= 2000).then_some(()) }).await;
+    eventually(Duration::from_secs(30), "state rebuilt", || async {
+        (metrics.samples() >= 2000).then_some(())
+    })
+    .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(manifest(&store, 2).await.is_none(), "a restart trained again");
-    assert!(tokio::time::timeout(Duration::from_millis(200), announcements.next()).await.is_err());
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), announcements.next())
+            .await
+            .is_err()
+    );
     stop.cancel();
     task.await.unwrap().unwrap();
 
@@ -141,11 +194,16 @@ async fn trains_an_accepted_model_once_and_keeps_it_when_a_run_diverges() {
     diverging.model.clip_norm = 0.0;
     let (stop, metrics, task) = start(diverging);
     replay(&js, &trace.points[2000..2100]).await;
-    let v2 = eventually(Duration::from_secs(120), "version 2 stored", || async { manifest(&store, 2).await }).await;
+    let v2 = eventually(Duration::from_secs(120), "version 2 stored", || async {
+        manifest(&store, 2).await
+    })
+    .await;
     assert!(!v2.accepted);
     assert!(v2.validation.contains_key("diverged"), "{:?}", v2.validation);
     assert_eq!(metrics.versions("diverged"), 1);
-    let kept = manifest(&store, 1).await.expect("the newest accepted version is never pruned");
+    let kept = manifest(&store, 1)
+        .await
+        .expect("the newest accepted version is never pruned");
     assert_eq!(kept, v1);
     stop.cancel();
     task.await.unwrap().unwrap();
@@ -163,15 +221,24 @@ async fn waits_for_bus_init_and_exits_within_ten_seconds_with_nats_down() {
     let mut server = NatsServer::with_accounts();
     let (stop, metrics, task) = start(config(&server));
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert!(!task.is_finished(), "the trainer gave up before the bus was provisioned: {:?}", task.await);
+    assert!(
+        !task.is_finished(),
+        "the trainer gave up before the bus was provisioned: {:?}",
+        task.await
+    );
 
     let conn = connect_and_provision(&server).await;
     let trace = Trace::read(&repo_root().join("testdata/traces/nab-ec2_cpu_utilization_53ea38.csv")).unwrap();
     replay(&conn.jetstream, &trace.points[..20]).await;
-    eventually(Duration::from_secs(30), "the samples consumed", || async { (metrics.samples() >= 20).then_some(()) }).await;
+    eventually(Duration::from_secs(30), "the samples consumed", || async {
+        (metrics.samples() >= 20).then_some(())
+    })
+    .await;
 
     server.kill();
-    pas_integration_tests::exits_within_ten_seconds("the trainer", || stop.cancel(), task).await.unwrap();
+    pas_integration_tests::exits_within_ten_seconds("the trainer", || stop.cancel(), task)
+        .await
+        .unwrap();
 }
 
 /// SIGTERM to the real `pas trainer` process in the middle of training a
@@ -186,7 +253,11 @@ async fn sigterm_mid_training_exits_within_ten_seconds() {
     replay(&conn.jetstream, &trace.points[..2000]).await;
 
     let pas = repo_root().join("target/debug/pas");
-    assert!(pas.exists(), "{} is missing: run `cargo build -p pas-cli` (make test does)", pas.display());
+    assert!(
+        pas.exists(),
+        "{} is missing: run `cargo build -p pas-cli` (make test does)",
+        pas.display()
+    );
     let mut child = std::process::Command::new(&pas)
         .args(["trainer", "--run", RUN])
         .env("PAS_NATS__URLS", server.url())
@@ -224,13 +295,19 @@ async fn sigterm_mid_training_exits_within_ten_seconds() {
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let asked = std::time::Instant::now();
-    let status = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
     let exit = loop {
         if let Some(exit) = child.try_wait().unwrap() {
             break exit;
         }
-        assert!(asked.elapsed() < Duration::from_secs(60), "the trainer did not exit within a minute");
+        assert!(
+            asked.elapsed() < Duration::from_secs(60),
+            "the trainer did not exit within a minute"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let took = asked.elapsed();
@@ -238,7 +315,12 @@ async fn sigterm_mid_training_exits_within_ten_seconds() {
     println!("the trainer: exit on SIGTERM mid-training took {took:?}");
     assert!(exit.success(), "{exit}:\n{}", log.join("\n"));
     assert!(took < Duration::from_secs(10), "took {took:?}");
-    assert!(log.iter().any(|l| l.contains("left this version's training unfinished")), "{}", log.join("\n"));
+    assert!(
+        log.iter()
+            .any(|l| l.contains("left this version's training unfinished")),
+        "{}",
+        log.join("\n")
+    );
 }
 
 /// The reproduction: the trainer never forgot a workload (15,006
@@ -249,7 +331,10 @@ async fn a_burst_of_workload_names_is_forgotten_after_the_silence() {
     let server = NatsServer::with_accounts();
     let conn = connect_and_provision(&server).await;
     let js = conn.jetstream.clone();
-    let config = Config { forget_after: Duration::from_secs(3), ..config(&server) };
+    let config = Config {
+        forget_after: Duration::from_secs(3),
+        ..config(&server)
+    };
     let (stop, metrics, task) = start(config);
 
     let prefix = Prefix::replay(RUN).unwrap();
@@ -275,8 +360,18 @@ async fn a_burst_of_workload_names_is_forgotten_after_the_silence() {
             ack.await.unwrap();
         }
     }
-    eventually(Duration::from_secs(30), "2,000 workloads held", || async { (metrics.workloads() == 2000).then_some(()) }).await;
-    eventually(Duration::from_secs(15), "every workload forgotten", || async { (metrics.workloads() == 0).then_some(()) }).await;
+    eventually(Duration::from_secs(30), "2,000 workloads held", || async {
+        (metrics.workloads() == 2000).then_some(())
+    })
+    .await;
+    eventually(Duration::from_secs(15), "every workload forgotten", || async {
+        (metrics.workloads() == 0).then_some(())
+    })
+    .await;
     stop.cancel();
-    tokio::time::timeout(Duration::from_secs(10), task).await.unwrap().unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
 }

@@ -10,16 +10,31 @@ use pas_models::lstm::{Lstm, LstmConfig};
 use pas_schemas::Normalisation;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let counts: Vec<usize> = std::env::args().skip(1).map(|a| a.parse()).collect::<Result<_, _>>()?;
+    let counts: Vec<usize> = std::env::args()
+        .skip(1)
+        .map(|a| a.parse())
+        .collect::<Result<_, _>>()?;
     pas_models::runtime::configure(1, 42)?;
     let config = LstmConfig::default();
     let bytes = Lstm::new(config.clone())?.to_safetensors()?;
-    let model = Lstm::from_safetensors(config.clone(), &Normalisation::Standard { mean: 50.0, std: 10.0 }, &bytes)?;
+    let model = Lstm::from_safetensors(
+        config.clone(),
+        &Normalisation::Standard {
+            mean: 50.0,
+            std: 10.0,
+        },
+        &bytes,
+    )?;
     let weights = LstmWeights::from_lstm(&model)?;
-    for n in if counts.is_empty() { vec![1000, 10_000] } else { counts } {
+    for n in if counts.is_empty() {
+        vec![1000, 10_000]
+    } else {
+        counts
+    } {
         let models: Vec<LstmWeights> = (0..n).map(|_| weights.clone()).collect();
-        let windows: Vec<Vec<f64>> =
-            (0..n).map(|k| (0..config.window).map(|i| 40.0 + ((k + i) % 17) as f64).collect()).collect();
+        let windows: Vec<Vec<f64>> = (0..n)
+            .map(|k| (0..config.window).map(|i| 40.0 + ((k + i) % 17) as f64).collect())
+            .collect();
         let m: Vec<&LstmWeights> = models.iter().collect();
         let w: Vec<&[f64]> = windows.iter().map(|w| w.as_slice()).collect();
         for chunk in [16, 32, 64, 128, n] {
@@ -29,7 +44,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 predict_batch(&m, &w, chunk)?;
             }
             let seconds = started.elapsed().as_secs_f64() / rounds as f64;
-            println!("workloads {n:>6}  chunk {chunk:>6}  {seconds:.3} s per tick  {:.0} forecasts/s", n as f64 / seconds);
+            println!(
+                "workloads {n:>6}  chunk {chunk:>6}  {seconds:.3} s per tick  {:.0} forecasts/s",
+                n as f64 / seconds
+            );
         }
     }
     Ok(())

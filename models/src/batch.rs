@@ -72,19 +72,29 @@ impl LstmWeights {
     pub fn from_lstm(model: &Lstm) -> Result<LstmWeights, Error> {
         let c = model.config();
         if c.architecture != Architecture::Direct {
-            return Err(Error::Input("batched inference serves the direct LSTM (`lstm`), not the encoder-decoder".into()));
+            return Err(Error::Input(
+                "batched inference serves the direct LSTM (`lstm`), not the encoder-decoder".into(),
+            ));
         }
         let scale = match model.normalisation() {
             Normalisation::Standard { mean, std } => (mean, std),
             Normalisation::MinMax { min, max } => (min, max - min),
             Normalisation::None => return Err(Error::NotFitted),
         };
-        let shape = Shape { window: c.window, horizon: c.horizon, hidden: c.hidden, layers: c.layers };
+        let shape = Shape {
+            window: c.window,
+            horizon: c.horizon,
+            hidden: c.hidden,
+            layers: c.layers,
+        };
         let weights: BTreeMap<String, Vec<f32>> = model.weights().into_iter().collect();
         let take = |name: &str, len: usize| -> Result<&Vec<f32>, Error> {
             match weights.get(name) {
                 Some(w) if w.len() == len => Ok(w),
-                Some(w) => Err(Error::Weights(format!("{name} has {} numbers, expected {len}", w.len()))),
+                Some(w) => Err(Error::Weights(format!(
+                    "{name} has {} numbers, expected {len}",
+                    w.len()
+                ))),
                 None => Err(Error::Weights(format!("{name} is missing"))),
             }
         };
@@ -105,7 +115,13 @@ impl LstmWeights {
         let out = 2 * c.horizon;
         let head = transpose(take("head.weight", out * h)?, out, h);
         let head_bias = take("head.bias", out)?.clone();
-        Ok(LstmWeights { shape, layers, head, head_bias, scale })
+        Ok(LstmWeights {
+            shape,
+            layers,
+            head,
+            head_bias,
+            scale,
+        })
     }
 
     /// The shape, which decides what it can be batched with.
@@ -115,7 +131,11 @@ impl LstmWeights {
 
     /// Bytes held by the weights.
     pub fn bytes(&self) -> usize {
-        let layers: usize = self.layers.iter().map(|l| l.input.len() + l.recurrent.len() + l.bias.len()).sum();
+        let layers: usize = self
+            .layers
+            .iter()
+            .map(|l| l.input.len() + l.recurrent.len() + l.bias.len())
+            .sum();
         (layers + self.head.len() + self.head_bias.len()) * std::mem::size_of::<f32>()
     }
 }
@@ -124,16 +144,27 @@ impl LstmWeights {
 /// the shapes allow, `chunk` models per pass. Each window must hold at least
 /// its model's `window` steps (the newest are used), the last one observed;
 /// holes are carried forward and marked, as in training.
-pub fn predict_batch(models: &[&LstmWeights], windows: &[&[f64]], chunk: usize) -> Result<Vec<Prediction>, Error> {
+pub fn predict_batch(
+    models: &[&LstmWeights],
+    windows: &[&[f64]],
+    chunk: usize,
+) -> Result<Vec<Prediction>, Error> {
     if models.len() != windows.len() {
-        return Err(Error::Input(format!("{} models for {} windows", models.len(), windows.len())));
+        return Err(Error::Input(format!(
+            "{} models for {} windows",
+            models.len(),
+            windows.len()
+        )));
     }
     let mut groups: BTreeMap<Shape, Vec<usize>> = BTreeMap::new();
     for (i, m) in models.iter().enumerate() {
         let w = m.shape.window;
         let history = windows[i];
         if history.len() < w {
-            return Err(Error::Input(format!("window {i} has {} steps, its model needs {w}", history.len())));
+            return Err(Error::Input(format!(
+                "window {i} has {} steps, its model needs {w}",
+                history.len()
+            )));
         }
         if history.last().is_none_or(|v| v.is_nan()) {
             return Err(Error::Input(format!("the last step of window {i} is missing")));
@@ -156,7 +187,8 @@ pub fn predict_batch(models: &[&LstmWeights], windows: &[&[f64]], chunk: usize) 
             for (k, part) in members.chunks(chunk).enumerate() {
                 let (start, len) = ((k * chunk) as i64, part.len() as i64);
                 let items: Vec<&LstmWeights> = part.iter().map(|&i| models[i]).collect();
-                let predictions = run_chunk(shape, &items, x.narrow(0, start, len), last.narrow(0, start, len))?;
+                let predictions =
+                    run_chunk(shape, &items, x.narrow(0, start, len), last.narrow(0, start, len))?;
                 for (&i, p) in part.iter().zip(predictions) {
                     out[i] = Some(p);
                 }
@@ -164,13 +196,25 @@ pub fn predict_batch(models: &[&LstmWeights], windows: &[&[f64]], chunk: usize) 
         }
         Ok(())
     })?;
-    out.into_iter().collect::<Option<Vec<_>>>().ok_or_else(|| Error::Input("a window was left out of every batch".into()))
+    out.into_iter()
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| Error::Input("a window was left out of every batch".into()))
 }
 
 /// One batched pass over models of one shape: `x` is their encoded windows
 /// `[n, window, 2]`, `last` their scaled last values `[n, 1]`.
-fn run_chunk(shape: Shape, items: &[&LstmWeights], x: Tensor, last: Tensor) -> Result<Vec<Prediction>, Error> {
-    let Shape { window, horizon, hidden, layers } = shape;
+fn run_chunk(
+    shape: Shape,
+    items: &[&LstmWeights],
+    x: Tensor,
+    last: Tensor,
+) -> Result<Vec<Prediction>, Error> {
+    let Shape {
+        window,
+        horizon,
+        hidden,
+        layers,
+    } = shape;
     let n = items.len() as i64;
     let (h, gates, w) = (hidden as i64, 4 * hidden as i64, window as i64);
     let stack = |part: &dyn Fn(&LstmWeights) -> &[f32], dims: [i64; 3]| -> Tensor {
@@ -239,10 +283,24 @@ mod tests {
     use crate::{Forecaster, Series};
 
     fn fitted(seed: u64, layers: usize, hidden: usize) -> Lstm {
-        let config = LstmConfig { window: 12, horizon: 4, hidden, layers, max_epochs: 2, seed, ..LstmConfig::default() };
+        let config = LstmConfig {
+            window: 12,
+            horizon: 4,
+            hidden,
+            layers,
+            max_epochs: 2,
+            seed,
+            ..LstmConfig::default()
+        };
         let mut model = Lstm::new(config).unwrap();
-        let values: Vec<f64> = (0..400).map(|i| 50.0 + 20.0 * (i as f64 / (7.0 + seed as f64)).sin()).collect();
-        let series = Series { start: chrono::DateTime::UNIX_EPOCH, step_seconds: 5, values };
+        let values: Vec<f64> = (0..400)
+            .map(|i| 50.0 + 20.0 * (i as f64 / (7.0 + seed as f64)).sin())
+            .collect();
+        let series = Series {
+            start: chrono::DateTime::UNIX_EPOCH,
+            step_seconds: 5,
+            values,
+        };
         model.fit(&series, &mut |_| {}).unwrap();
         model
     }
@@ -252,8 +310,13 @@ mod tests {
         crate::runtime::configure(1, 7).unwrap();
         // Two shapes and three sets of weights, in mixed order, with holes.
         let models = [fitted(1, 1, 16), fitted(2, 1, 16), fitted(3, 2, 8)];
-        let weights: Vec<LstmWeights> = models.iter().map(|m| LstmWeights::from_lstm(m).unwrap()).collect();
-        let mut windows: Vec<Vec<f64>> = (0..7).map(|k| (0..20).map(|i| 30.0 + (k * 3 + i) as f64).collect()).collect();
+        let weights: Vec<LstmWeights> = models
+            .iter()
+            .map(|m| LstmWeights::from_lstm(m).unwrap())
+            .collect();
+        let mut windows: Vec<Vec<f64>> = (0..7)
+            .map(|k| (0..20).map(|i| 30.0 + (k * 3 + i) as f64).collect())
+            .collect();
         windows[2][10] = f64::NAN;
         windows[5][15] = f64::NAN;
         let pick = [0, 2, 1, 0, 2, 2, 1];
@@ -263,8 +326,16 @@ mod tests {
             let batched = predict_batch(&batch_models, &batch_windows, chunk).unwrap();
             for (k, p) in batched.iter().enumerate() {
                 let alone = models[pick[k]].predict(&windows[k]).unwrap();
-                for (a, b) in p.values.iter().zip(&alone.values).chain(p.upper.iter().flatten().zip(alone.upper.iter().flatten())) {
-                    assert!((a - b).abs() < 1e-3 * (1.0 + b.abs()), "window {k}, chunk {chunk}: {a} vs {b}");
+                for (a, b) in p
+                    .values
+                    .iter()
+                    .zip(&alone.values)
+                    .chain(p.upper.iter().flatten().zip(alone.upper.iter().flatten()))
+                {
+                    assert!(
+                        (a - b).abs() < 1e-3 * (1.0 + b.abs()),
+                        "window {k}, chunk {chunk}: {a} vs {b}"
+                    );
                 }
             }
         }

@@ -43,7 +43,13 @@ pub struct EvalConfig {
 
 impl Default for EvalConfig {
     fn default() -> Self {
-        EvalConfig { horizon: 10, test_fraction: 0.2, stride: 1, max_fill: 3, step_seconds: None }
+        EvalConfig {
+            horizon: 10,
+            test_fraction: 0.2,
+            stride: 1,
+            max_fill: 3,
+            step_seconds: None,
+        }
     }
 }
 
@@ -124,9 +130,18 @@ pub fn evaluate_trace(
     let (series, gaps) = trace.to_series(step, config.max_fill)?;
     let mut models = Vec::with_capacity(kinds.len());
     for &kind in kinds {
-        models.push(build(kind, &ModelOptions { horizon: config.horizon, ..options.clone() })?);
+        models.push(build(
+            kind,
+            &ModelOptions {
+                horizon: config.horizon,
+                ..options.clone()
+            },
+        )?);
     }
-    let mut refs: Vec<&mut dyn Forecaster> = models.iter_mut().map(|m| m.as_mut() as &mut dyn Forecaster).collect();
+    let mut refs: Vec<&mut dyn Forecaster> = models
+        .iter_mut()
+        .map(|m| m.as_mut() as &mut dyn Forecaster)
+        .collect();
     backtest(&trace.name, &series, gaps, &mut refs, config, progress)
 }
 
@@ -145,24 +160,36 @@ pub fn backtest(
     }
     let train_steps = ((series.len() as f64) * (1.0 - config.test_fraction)) as usize;
     let train = series.slice(0..train_steps);
-    let scale = naive_scale(&train.values)
-        .ok_or_else(|| Error::NotEnoughData(format!("{name}: the training part has no two consecutive observed steps")))?;
+    let scale = naive_scale(&train.values).ok_or_else(|| {
+        Error::NotEnoughData(format!(
+            "{name}: the training part has no two consecutive observed steps"
+        ))
+    })?;
     let origins: Vec<usize> = usable_origins(&series.values, train_steps.max(1), h)
         .into_iter()
         .filter(|t| (t - train_steps).is_multiple_of(config.stride.max(1)))
         .collect();
     if origins.is_empty() {
-        return Err(Error::NotEnoughData(format!("{name}: no origin in the test part has {h} observed steps after it")));
+        return Err(Error::NotEnoughData(format!(
+            "{name}: no origin in the test part has {h} observed steps after it"
+        )));
     }
     let mut scores = Vec::with_capacity(models.len());
     for model in models.iter_mut() {
         let kind = model.kind();
-        progress(Progress::Fitting { series: name, model: kind });
+        progress(Progress::Fitting {
+            series: name,
+            model: kind,
+        });
         let started = Instant::now();
         let fitted = model.fit(&train, &mut |e| progress(Progress::Epoch(e)));
         let fit_seconds = started.elapsed().as_secs_f64();
         let mut score = match fitted {
-            Ok(fit) if fit.diverged => ModelScore { error: Some("training diverged".into()), fit, ..ModelScore::default() },
+            Ok(fit) if fit.diverged => ModelScore {
+                error: Some("training diverged".into()),
+                fit,
+                ..ModelScore::default()
+            },
             Ok(fit) => {
                 let started = Instant::now();
                 match predict_all(&**model, &series.values, &origins, train_steps) {
@@ -172,10 +199,17 @@ pub fn backtest(
                         s.fit = fit;
                         s
                     }
-                    Err(e) => ModelScore { error: Some(e.to_string()), fit, ..ModelScore::default() },
+                    Err(e) => ModelScore {
+                        error: Some(e.to_string()),
+                        fit,
+                        ..ModelScore::default()
+                    },
                 }
             }
-            Err(e) => ModelScore { error: Some(e.to_string()), ..ModelScore::default() },
+            Err(e) => ModelScore {
+                error: Some(e.to_string()),
+                ..ModelScore::default()
+            },
         };
         score.model = kind.name().to_owned();
         score.fit_seconds = fit_seconds;
@@ -199,7 +233,10 @@ fn predict_all(
     train_steps: usize,
 ) -> Result<Vec<crate::Prediction>, Error> {
     if model.window() > train_steps {
-        return Err(Error::NotEnoughData(format!("the model reads {} steps of history", model.window())));
+        return Err(Error::NotEnoughData(format!(
+            "the model reads {} steps of history",
+            model.window()
+        )));
     }
     let mut out = Vec::with_capacity(origins.len());
     for chunk in origins.chunks(512) {
@@ -222,7 +259,13 @@ pub fn naive_scale(values: &[f64]) -> Option<f64> {
     (n > 0).then(|| (sum / n as f64).max(1e-9))
 }
 
-fn score(values: &[f64], origins: &[usize], predictions: &[crate::Prediction], h: usize, scale: f64) -> ModelScore {
+fn score(
+    values: &[f64],
+    origins: &[usize],
+    predictions: &[crate::Prediction],
+    h: usize,
+    scale: f64,
+) -> ModelScore {
     let mut sq = vec![0.0; h];
     let mut abs = vec![0.0; h];
     let (mut smape, mut under, mut covered, mut with_upper) = (0.0, 0usize, 0usize, 0usize);
@@ -291,13 +334,23 @@ pub fn summarise(reports: &[SeriesReport]) -> Vec<ModelSummary> {
     names
         .into_iter()
         .map(|name| {
-            let scored: Vec<&ModelScore> =
-                reports.iter().flat_map(|r| r.models.iter().filter(|m| m.model == name && m.error.is_none())).collect();
-            let failed = reports.iter().flat_map(|r| &r.models).filter(|m| m.model == name && m.error.is_some()).count();
+            let scored: Vec<&ModelScore> = reports
+                .iter()
+                .flat_map(|r| r.models.iter().filter(|m| m.model == name && m.error.is_none()))
+                .collect();
+            let failed = reports
+                .iter()
+                .flat_map(|r| &r.models)
+                .filter(|m| m.model == name && m.error.is_some())
+                .count();
             let best = reports
                 .iter()
                 .filter(|r| {
-                    let winner = r.models.iter().filter(|m| m.error.is_none()).min_by(|a, b| a.mase.total_cmp(&b.mase));
+                    let winner = r
+                        .models
+                        .iter()
+                        .filter(|m| m.error.is_none())
+                        .min_by(|a, b| a.mase.total_cmp(&b.mase));
                     winner.is_some_and(|w| w.model == name)
                 })
                 .count();
@@ -340,10 +393,33 @@ mod tests {
         // and MASE (scale 1) is the mean of 1..=h.
         let mut values: Vec<f64> = (0..100).map(|i| i as f64).collect();
         values[90] = f64::NAN;
-        let series = Series { start: DateTime::from_timestamp(0, 0).unwrap(), step_seconds: 60, values };
-        let mut naive = build(ModelKind::Naive, &ModelOptions { horizon: 3, ..ModelOptions::default() }).unwrap();
-        let config = EvalConfig { horizon: 3, test_fraction: 0.2, ..EvalConfig::default() };
-        let r = backtest("ramp", &series, GapReport::default(), &mut [naive.as_mut()], &config, &mut |_| {}).unwrap();
+        let series = Series {
+            start: DateTime::from_timestamp(0, 0).unwrap(),
+            step_seconds: 60,
+            values,
+        };
+        let mut naive = build(
+            ModelKind::Naive,
+            &ModelOptions {
+                horizon: 3,
+                ..ModelOptions::default()
+            },
+        )
+        .unwrap();
+        let config = EvalConfig {
+            horizon: 3,
+            test_fraction: 0.2,
+            ..EvalConfig::default()
+        };
+        let r = backtest(
+            "ramp",
+            &series,
+            GapReport::default(),
+            &mut [naive.as_mut()],
+            &config,
+            &mut |_| {},
+        )
+        .unwrap();
         assert_eq!(r.train_steps, 80);
         // Origins 80..=97 need t-1 and t..t+2 observed: 88, 89, 90, 91 touch step 90.
         assert_eq!(r.origins, 18 - 4);

@@ -23,7 +23,9 @@ impl Prediction {
     /// never below the point.
     pub fn clamped(self) -> Prediction {
         let values: Vec<f64> = self.values.iter().map(|v| v.max(0.0)).collect();
-        let upper = self.upper.map(|u| u.iter().zip(&values).map(|(u, v)| u.max(*v)).collect());
+        let upper = self
+            .upper
+            .map(|u| u.iter().zip(&values).map(|(u, v)| u.max(*v)).collect());
         Prediction { values, upper }
     }
 }
@@ -105,8 +107,13 @@ pub enum ModelKind {
 
 impl ModelKind {
     /// Every model, baselines first.
-    pub const ALL: [ModelKind; 5] =
-        [ModelKind::Naive, ModelKind::SeasonalNaive, ModelKind::HoltWinters, ModelKind::LstmSeed, ModelKind::Lstm];
+    pub const ALL: [ModelKind; 5] = [
+        ModelKind::Naive,
+        ModelKind::SeasonalNaive,
+        ModelKind::HoltWinters,
+        ModelKind::LstmSeed,
+        ModelKind::Lstm,
+    ];
 
     /// The model's name.
     pub fn name(self) -> &'static str {
@@ -151,7 +158,12 @@ pub struct ModelOptions {
 
 impl Default for ModelOptions {
     fn default() -> Self {
-        ModelOptions { horizon: 10, period: None, quantile: 0.9, lstm: LstmConfig::default() }
+        ModelOptions {
+            horizon: 10,
+            period: None,
+            quantile: 0.9,
+            lstm: LstmConfig::default(),
+        }
     }
 }
 
@@ -161,12 +173,23 @@ pub fn build(kind: ModelKind, options: &ModelOptions) -> Result<Box<dyn Forecast
         return Err(Error::Input("the horizon must be at least one step".into()));
     }
     if !(0.5..1.0).contains(&options.quantile) {
-        return Err(Error::Input(format!("the upper quantile must be in [0.5, 1), not {}", options.quantile)));
+        return Err(Error::Input(format!(
+            "the upper quantile must be in [0.5, 1), not {}",
+            options.quantile
+        )));
     }
     Ok(match kind {
         ModelKind::Naive => Box::new(Naive::new(options.horizon, options.quantile)),
-        ModelKind::SeasonalNaive => Box::new(SeasonalNaive::new(options.horizon, options.period, options.quantile)),
-        ModelKind::HoltWinters => Box::new(HoltWinters::new(options.horizon, options.period, options.quantile)),
+        ModelKind::SeasonalNaive => Box::new(SeasonalNaive::new(
+            options.horizon,
+            options.period,
+            options.quantile,
+        )),
+        ModelKind::HoltWinters => Box::new(HoltWinters::new(
+            options.horizon,
+            options.period,
+            options.quantile,
+        )),
         ModelKind::LstmSeed => {
             if options.horizon != 10 {
                 return Err(Error::Input(format!(
@@ -187,7 +210,10 @@ pub fn build(kind: ModelKind, options: &ModelOptions) -> Result<Box<dyn Forecast
 /// Checks a history handed to `predict`: long enough, last step observed.
 pub(crate) fn check_history(history: &[f64], window: usize) -> Result<&[f64], Error> {
     if history.len() < window.max(1) {
-        return Err(Error::Input(format!("the history has {} steps, the model needs {window}", history.len())));
+        return Err(Error::Input(format!(
+            "the history has {} steps, the model needs {window}",
+            history.len()
+        )));
     }
     let tail = &history[history.len() - window.max(1)..];
     if tail.last().is_none_or(|v| v.is_nan()) {

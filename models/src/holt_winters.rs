@@ -35,7 +35,15 @@ pub struct HoltWinters {
 impl HoltWinters {
     /// A model for `horizon` steps; `period` in steps, or `None` to detect it.
     pub fn new(horizon: usize, period: Option<usize>, quantile: f64) -> HoltWinters {
-        HoltWinters { horizon, quantile, configured: period, period: period.unwrap_or(0), smoothing: None, margins: None, score_from: 0 }
+        HoltWinters {
+            horizon,
+            quantile,
+            configured: period,
+            period: period.unwrap_or(0),
+            smoothing: None,
+            margins: None,
+            score_from: 0,
+        }
     }
 
     /// The fitted constants.
@@ -139,7 +147,10 @@ impl Forecaster for HoltWinters {
                 c
             }
         };
-        if let Some(&p) = periods.first().filter(|&&p| p > 0 && train.len() < 3 * p + self.horizon) {
+        if let Some(&p) = periods
+            .first()
+            .filter(|&&p| p > 0 && train.len() < 3 * p + self.horizon)
+        {
             return Err(Error::NotEnoughData(format!(
                 "Holt-Winters with a season of {p} steps needs {} steps, the series has {}",
                 3 * p + self.horizon,
@@ -150,12 +161,21 @@ impl Forecaster for HoltWinters {
         self.score_from = periods.iter().map(|p| 2 * p).max().unwrap_or(0);
         for period in periods {
             self.period = period;
-            let gammas: &[f64] = if period > 0 { &[0.0, 0.05, 0.1, 0.3] } else { &[0.0] };
+            let gammas: &[f64] = if period > 0 {
+                &[0.0, 0.05, 0.1, 0.3]
+            } else {
+                &[0.0]
+            };
             for &alpha in &[0.05, 0.1, 0.2, 0.35, 0.5, 0.7, 0.9] {
                 for &beta in &[0.0, 0.01, 0.05, 0.15] {
                     for &gamma in gammas {
                         for &phi in &[0.8, 0.9, 0.98] {
-                            let s = Smoothing { alpha, beta, gamma, phi };
+                            let s = Smoothing {
+                                alpha,
+                                beta,
+                                gamma,
+                                phi,
+                            };
                             let (sum, count, _) = self.run(&train.values, s, true);
                             if count > 0 && sum / (count as f64) < best.0 {
                                 best = (sum / count as f64, Some(s), period);
@@ -166,7 +186,9 @@ impl Forecaster for HoltWinters {
             }
         }
         self.period = best.2;
-        let s = best.1.ok_or_else(|| Error::NotEnoughData("no observed steps to fit Holt-Winters on".into()))?;
+        let s = best
+            .1
+            .ok_or_else(|| Error::NotEnoughData("no observed steps to fit Holt-Winters on".into()))?;
         self.smoothing = Some(s);
         self.margins = None;
         self.margins = Some(residual_margins(self, &train.values, self.quantile)?);
@@ -198,14 +220,24 @@ mod tests {
 
     #[test]
     fn fits_a_trending_season_closely() {
-        let y: Vec<f64> =
-            (0..400).map(|i| 20.0 + 0.05 * i as f64 + 10.0 * ((i % 12) as f64 / 12.0 * std::f64::consts::TAU).sin()).collect();
-        let train = Series { start: DateTime::from_timestamp(0, 0).unwrap(), step_seconds: 60, values: y[..360].to_vec() };
+        let y: Vec<f64> = (0..400)
+            .map(|i| 20.0 + 0.05 * i as f64 + 10.0 * ((i % 12) as f64 / 12.0 * std::f64::consts::TAU).sin())
+            .collect();
+        let train = Series {
+            start: DateTime::from_timestamp(0, 0).unwrap(),
+            step_seconds: 60,
+            values: y[..360].to_vec(),
+        };
         let mut m = HoltWinters::new(6, Some(12), 0.9);
         m.fit(&train, &mut |_| {}).unwrap();
         let p = m.predict(&y[..360]).unwrap();
         for h in 0..6 {
-            assert!((p.values[h] - y[360 + h]).abs() < 0.5, "step {h}: {} vs {}", p.values[h], y[360 + h]);
+            assert!(
+                (p.values[h] - y[360 + h]).abs() < 0.5,
+                "step {h}: {} vs {}",
+                p.values[h],
+                y[360 + h]
+            );
         }
     }
 }

@@ -9,8 +9,8 @@
 //! models on the tail of a series and scores them; [`runtime`] sets libtorch's
 //! threads and seed.
 
-pub mod error;
 pub mod batch;
+pub mod error;
 pub mod eval;
 pub mod forecaster;
 pub mod holt_winters;

@@ -185,7 +185,12 @@ impl LstmConfig {
 
     fn check(&self) -> Result<(), Error> {
         let bad = |what: &str| Err(Error::Input(format!("lstm: {what}")));
-        if self.window == 0 || self.horizon == 0 || self.hidden == 0 || self.layers == 0 || self.batch_size == 0 {
+        if self.window == 0
+            || self.horizon == 0
+            || self.hidden == 0
+            || self.layers == 0
+            || self.batch_size == 0
+        {
             return bad("window, horizon, hidden, layers and batch_size must be at least 1");
         }
         if self.hidden > Self::MAX_UNITS || self.dense > Self::MAX_UNITS || self.layers > Self::MAX_LAYERS {
@@ -196,7 +201,10 @@ impl LstmConfig {
             ));
         }
         if self.window > pas_schemas::MAX_STEPS || self.horizon > pas_schemas::MAX_STEPS {
-            return bad(&format!("window and horizon are at most {} steps", pas_schemas::MAX_STEPS));
+            return bad(&format!(
+                "window and horizon are at most {} steps",
+                pas_schemas::MAX_STEPS
+            ));
         }
         if self.architecture == Architecture::EncoderDecoder && self.dense == 0 {
             return bad("the encoder-decoder needs a dense layer");
@@ -215,8 +223,16 @@ impl LstmConfig {
 }
 
 enum Net {
-    Direct { lstm: nn::LSTM, head: nn::Linear },
-    EncoderDecoder { encoder: nn::LSTM, decoder: nn::LSTM, dense: nn::Linear, out: nn::Linear },
+    Direct {
+        lstm: nn::LSTM,
+        head: nn::Linear,
+    },
+    EncoderDecoder {
+        encoder: nn::LSTM,
+        decoder: nn::LSTM,
+        dense: nn::Linear,
+        out: nn::Linear,
+    },
 }
 
 /// The most bytes a weights file may hold besides the weights (its header).
@@ -234,7 +250,10 @@ pub struct Lstm {
 
 impl std::fmt::Debug for Lstm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Lstm").field("config", &self.config).field("scale", &self.scale).finish_non_exhaustive()
+        f.debug_struct("Lstm")
+            .field("config", &self.config)
+            .field("scale", &self.scale)
+            .finish_non_exhaustive()
     }
 }
 
@@ -251,7 +270,11 @@ impl Examples {
         self.y.size()[0]
     }
     fn select(&self, idx: &Tensor) -> Examples {
-        Examples { x: self.x.index_select(0, idx), y: self.y.index_select(0, idx), last: self.last.index_select(0, idx) }
+        Examples {
+            x: self.x.index_select(0, idx),
+            y: self.y.index_select(0, idx),
+            last: self.last.index_select(0, idx),
+        }
     }
 }
 
@@ -272,11 +295,20 @@ impl Lstm {
         let vs = nn::VarStore::new(Device::Cpu);
         let root = vs.root();
         let hidden = config.hidden as i64;
-        let rnn = |layers: usize| nn::RNNConfig { num_layers: layers as i64, batch_first: true, ..Default::default() };
+        let rnn = |layers: usize| nn::RNNConfig {
+            num_layers: layers as i64,
+            batch_first: true,
+            ..Default::default()
+        };
         let net = match config.architecture {
             Architecture::Direct => Net::Direct {
                 lstm: nn::lstm(&root / "lstm", 2, hidden, rnn(config.layers)),
-                head: nn::linear(&root / "head", hidden, 2 * config.horizon as i64, Default::default()),
+                head: nn::linear(
+                    &root / "head",
+                    hidden,
+                    2 * config.horizon as i64,
+                    Default::default(),
+                ),
             },
             Architecture::EncoderDecoder => Net::EncoderDecoder {
                 encoder: nn::lstm(&root / "encoder", 1, hidden, rnn(config.layers)),
@@ -294,7 +326,13 @@ impl Lstm {
                 }
             });
         }
-        Ok(Lstm { config, vs, net, scale: None, stop: None })
+        Ok(Lstm {
+            config,
+            vs,
+            net,
+            scale: None,
+            stop: None,
+        })
     }
 
     /// The settings.
@@ -307,20 +345,33 @@ impl Lstm {
         match (self.config.scaling, self.scale) {
             (_, None) => Normalisation::None,
             (Scaling::Standard, Some((mean, std))) => Normalisation::Standard { mean, std },
-            (Scaling::MinMax, Some((min, range))) => Normalisation::MinMax { min, max: min + range },
+            (Scaling::MinMax, Some((min, range))) => Normalisation::MinMax {
+                min,
+                max: min + range,
+            },
         }
     }
 
     /// The weights in safetensors format.
     pub fn to_safetensors(&self) -> Result<Vec<u8>, Error> {
-        let dir = tempfile::tempdir().map_err(|e| Error::Io { path: "a temporary directory".into(), source: e })?;
+        let dir = tempfile::tempdir().map_err(|e| Error::Io {
+            path: "a temporary directory".into(),
+            source: e,
+        })?;
         let path = dir.path().join("weights.safetensors");
         self.vs.save(&path)?;
-        std::fs::read(&path).map_err(|e| Error::Io { path: path.display().to_string(), source: e })
+        std::fs::read(&path).map_err(|e| Error::Io {
+            path: path.display().to_string(),
+            source: e,
+        })
     }
 
     /// A model from stored weights and the normalisation its manifest records.
-    pub fn from_safetensors(config: LstmConfig, normalisation: &Normalisation, weights: &[u8]) -> Result<Lstm, Error> {
+    pub fn from_safetensors(
+        config: LstmConfig,
+        normalisation: &Normalisation,
+        weights: &[u8],
+    ) -> Result<Lstm, Error> {
         // Check the sizes before anything is allocated: a manifest's
         // hyper-parameters are input, and a network of `hidden = 20000`
         // would take gigabytes before its 210 bytes of weights were found short.
@@ -337,11 +388,21 @@ impl Lstm {
         model.scale = Some(match (model.config.scaling, normalisation) {
             (Scaling::Standard, Normalisation::Standard { mean, std }) => (*mean, *std),
             (Scaling::MinMax, Normalisation::MinMax { min, max }) => (*min, max - min),
-            (_, other) => return Err(Error::Weights(format!("normalisation {other:?} does not match the model's scaling"))),
+            (_, other) => {
+                return Err(Error::Weights(format!(
+                    "normalisation {other:?} does not match the model's scaling"
+                )));
+            }
         });
-        let dir = tempfile::tempdir().map_err(|e| Error::Io { path: "a temporary directory".into(), source: e })?;
+        let dir = tempfile::tempdir().map_err(|e| Error::Io {
+            path: "a temporary directory".into(),
+            source: e,
+        })?;
         let path = dir.path().join("weights.safetensors");
-        std::fs::write(&path, weights).map_err(|e| Error::Io { path: path.display().to_string(), source: e })?;
+        std::fs::write(&path, weights).map_err(|e| Error::Io {
+            path: path.display().to_string(),
+            source: e,
+        })?;
         model.vs.load(&path).map_err(|e| Error::Weights(e.to_string()))?;
         Ok(model)
     }
@@ -351,7 +412,12 @@ impl Lstm {
         let mut vars: Vec<_> = self.vs.variables().into_iter().collect();
         vars.sort_by(|a, b| a.0.cmp(&b.0));
         vars.into_iter()
-            .map(|(name, t)| (name, Vec::<f32>::try_from(t.flatten(0, -1).to_kind(Kind::Float)).unwrap_or_default()))
+            .map(|(name, t)| {
+                (
+                    name,
+                    Vec::<f32>::try_from(t.flatten(0, -1).to_kind(Kind::Float)).unwrap_or_default(),
+                )
+            })
             .collect()
     }
 
@@ -370,7 +436,12 @@ impl Lstm {
     /// model, minus the last value) and, for the direct model, whether the
     /// step was observed. Returns the scaled last value.
     fn encode_window(&self, window: &[f64], out: &mut Vec<f32>) -> f64 {
-        encode_window(self.config.architecture, self.scale.unwrap_or((0.0, 1.0)), window, out)
+        encode_window(
+            self.config.architecture,
+            self.scale.unwrap_or((0.0, 1.0)),
+            window,
+            out,
+        )
     }
 
     fn features(&self) -> i64 {
@@ -410,7 +481,12 @@ impl Lstm {
                 let upper = &point + heads.narrow(1, h, h).softplus();
                 (point, Some(upper))
             }
-            Net::EncoderDecoder { encoder, decoder, dense, out } => {
+            Net::EncoderDecoder {
+                encoder,
+                decoder,
+                dense,
+                out,
+            } => {
                 let (enc, _) = encoder.seq(x);
                 let state = enc.select(1, -1).unsqueeze(1).repeat([1, h, 1]);
                 let (dec, _) = decoder.seq(&state);
@@ -480,14 +556,20 @@ impl Lstm {
         }
         // Validation windows are the newest; drop the training windows whose
         // targets reach into theirs.
-        let first_validation = origins.get(n_train).copied().filter(|_| n_val > 0).unwrap_or(usize::MAX);
-        let train_origins: Vec<usize> =
-            origins[..n_train].iter().copied().filter(|&t| t + c.horizon <= first_validation).collect();
+        let first_validation = origins
+            .get(n_train)
+            .copied()
+            .filter(|_| n_val > 0)
+            .unwrap_or(usize::MAX);
+        let train_origins: Vec<usize> = origins[..n_train]
+            .iter()
+            .copied()
+            .filter(|&t| t + c.horizon <= first_validation)
+            .collect();
         let train_set = self.examples(values, &train_origins);
         let val_set = (n_val > 0).then(|| self.examples(values, &origins[n_train..]));
         Ok((train_set, val_set))
     }
-
 
     /// Writes the training examples [`Forecaster::fit`] would use to an
     /// `.npz` file (`x`: inputs `[n, window, features]`, `y`: targets
@@ -500,7 +582,11 @@ impl Lstm {
     }
 
     fn snapshot(&self) -> Vec<(String, Tensor)> {
-        self.vs.variables().into_iter().map(|(k, v)| (k, v.detach().copy())).collect()
+        self.vs
+            .variables()
+            .into_iter()
+            .map(|(k, v)| (k, v.detach().copy()))
+            .collect()
     }
 
     fn restore(&mut self, saved: &[(String, Tensor)]) {
@@ -518,10 +604,22 @@ impl Lstm {
 /// Scaled inputs for one window (see [`Lstm::encode_window`]), with the
 /// scaling `(a, b)` meaning `(x - a) / b`. Shared with [`crate::batch`], so
 /// batched inference encodes exactly as training did.
-pub(crate) fn encode_window(architecture: Architecture, (a, b): (f64, f64), window: &[f64], out: &mut Vec<f32>) -> f64 {
+pub(crate) fn encode_window(
+    architecture: Architecture,
+    (a, b): (f64, f64),
+    window: &[f64],
+    out: &mut Vec<f32>,
+) -> f64 {
     let scale = |v: f64| (v - a) / b;
     let first = window.iter().copied().find(|v| !v.is_nan()).unwrap_or(0.0);
-    let last = scale(window.iter().rev().copied().find(|v| !v.is_nan()).unwrap_or(first));
+    let last = scale(
+        window
+            .iter()
+            .rev()
+            .copied()
+            .find(|v| !v.is_nan())
+            .unwrap_or(first),
+    );
     let mut carried = first;
     for &v in window {
         let observed = !v.is_nan();
@@ -571,13 +669,20 @@ impl Forecaster for Lstm {
         let (train_set, val_set) = self.prepare(train)?;
         let mut opt = nn::Adam::default().build(&self.vs, c.learning_rate)?;
         let mut rng = fastrand::Rng::with_seed(c.seed);
-        let mut report = FitReport { examples: train_set.len() as usize, ..FitReport::default() };
+        let mut report = FitReport {
+            examples: train_set.len() as usize,
+            ..FitReport::default()
+        };
         report.initial_loss = Some(self.mean_loss(&train_set));
         let mut best: Option<(f64, Vec<(String, Tensor)>)> = None;
         let mut since_best = 0;
         let mut seconds = 0.0;
         let n = train_set.len() as usize;
-        let per_epoch = if c.max_examples > 0 { c.max_examples.min(n) } else { n };
+        let per_epoch = if c.max_examples > 0 {
+            c.max_examples.min(n)
+        } else {
+            n
+        };
         for epoch in 1..=c.max_epochs {
             let started = Instant::now();
             let mut order: Vec<i64> = (0..n as i64).collect();
@@ -585,7 +690,11 @@ impl Forecaster for Lstm {
             order.truncate(per_epoch);
             let (mut total, mut batches) = (0.0, 0usize);
             for chunk in order.chunks(c.batch_size) {
-                if self.stop.as_ref().is_some_and(|f| f.load(std::sync::atomic::Ordering::Relaxed)) {
+                if self
+                    .stop
+                    .as_ref()
+                    .is_some_and(|f| f.load(std::sync::atomic::Ordering::Relaxed))
+                {
                     return Err(Error::Stopped);
                 }
                 let batch = train_set.select(&Tensor::from_slice(chunk));
@@ -605,7 +714,13 @@ impl Forecaster for Lstm {
             seconds += took;
             report.epochs = epoch;
             report.final_loss = Some(loss);
-            progress(&Epoch { epoch, max_epochs: c.max_epochs, loss, validation_loss, seconds: took });
+            progress(&Epoch {
+                epoch,
+                max_epochs: c.max_epochs,
+                loss,
+                validation_loss,
+                seconds: took,
+            });
             if !loss.is_finite() || validation_loss.is_some_and(|v| !v.is_finite()) {
                 report.diverged = true;
                 break;
@@ -651,14 +766,21 @@ impl Forecaster for Lstm {
         let (point, upper) = tch::no_grad(|| self.forward(&x, &last));
         let to_rows = |t: Tensor| -> Result<Vec<Vec<f64>>, Error> {
             let flat = Vec::<f32>::try_from(t.to_kind(Kind::Float).flatten(0, -1))?;
-            Ok(flat.chunks(h).map(|r| r.iter().map(|z| self.unscale(f64::from(*z))).collect()).collect())
+            Ok(flat
+                .chunks(h)
+                .map(|r| r.iter().map(|z| self.unscale(f64::from(*z))).collect())
+                .collect())
         };
         let points = to_rows(point)?;
         let mut uppers = match upper {
             Some(u) => to_rows(u)?.into_iter().map(Some).collect(),
             None => vec![None; points.len()],
         };
-        Ok(points.into_iter().zip(uppers.drain(..)).map(|(values, upper)| Prediction { values, upper }).collect())
+        Ok(points
+            .into_iter()
+            .zip(uppers.drain(..))
+            .map(|(values, upper)| Prediction { values, upper })
+            .collect())
     }
 }
 
@@ -670,13 +792,27 @@ mod tests {
 
     fn wave(n: usize) -> Series {
         let values = (0..n)
-            .map(|i| 40.0 + 15.0 * ((i % 24) as f64 / 24.0 * std::f64::consts::TAU).sin() + ((i * 7919) % 13) as f64 * 0.3)
+            .map(|i| {
+                40.0 + 15.0 * ((i % 24) as f64 / 24.0 * std::f64::consts::TAU).sin()
+                    + ((i * 7919) % 13) as f64 * 0.3
+            })
             .collect();
-        Series { start: DateTime::from_timestamp(0, 0).unwrap(), step_seconds: 300, values }
+        Series {
+            start: DateTime::from_timestamp(0, 0).unwrap(),
+            step_seconds: 300,
+            values,
+        }
     }
 
     fn small() -> LstmConfig {
-        LstmConfig { window: 24, horizon: 6, hidden: 16, max_epochs: 6, patience: 0, ..LstmConfig::default() }
+        LstmConfig {
+            window: 24,
+            horizon: 6,
+            hidden: 16,
+            max_epochs: 6,
+            patience: 0,
+            ..LstmConfig::default()
+        }
     }
 
     #[test]
@@ -686,15 +822,23 @@ mod tests {
         let mut m = Lstm::new(small()).unwrap();
         let report = m.fit(&series, &mut |_| {}).unwrap();
         assert!(!report.diverged);
-        assert!(report.final_loss.unwrap() < report.initial_loss.unwrap(), "{report:?}");
+        assert!(
+            report.final_loss.unwrap() < report.initial_loss.unwrap(),
+            "{report:?}"
+        );
         let p = m.predict(&series.values[..700]).unwrap();
         assert_eq!(p.values.len(), 6);
         let upper = p.upper.as_ref().unwrap();
-        assert!(p.values.iter().zip(upper).all(|(v, u)| u >= v), "the upper forecast is above the point");
+        assert!(
+            p.values.iter().zip(upper).all(|(v, u)| u >= v),
+            "the upper forecast is above the point"
+        );
         let bytes = m.to_safetensors().unwrap();
         let loaded = Lstm::from_safetensors(small(), &m.normalisation(), &bytes).unwrap();
         assert_eq!(loaded.predict(&series.values[..700]).unwrap(), p);
-        assert!(Lstm::from_safetensors(LstmConfig { hidden: 8, ..small() }, &m.normalisation(), &bytes).is_err());
+        assert!(
+            Lstm::from_safetensors(LstmConfig { hidden: 8, ..small() }, &m.normalisation(), &bytes).is_err()
+        );
     }
 
     #[test]
@@ -709,19 +853,41 @@ mod tests {
     #[test]
     fn a_manifest_claiming_a_huge_network_is_refused_before_allocating() {
         // hidden = 20000 with 210 bytes of weights OOM-killed the forecaster.
-        let huge = LstmConfig { hidden: 20_000, ..small() };
-        let e = Lstm::from_safetensors(huge, &Normalisation::Standard { mean: 0.0, std: 1.0 }, &[0u8; 210]).unwrap_err();
+        let huge = LstmConfig {
+            hidden: 20_000,
+            ..small()
+        };
+        let e = Lstm::from_safetensors(
+            huge,
+            &Normalisation::Standard { mean: 0.0, std: 1.0 },
+            &[0u8; 210],
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("at most 1024 units"), "{e}");
         // Within bounds, but the weights are far fewer than the shape needs.
-        let wide = LstmConfig { hidden: 1024, layers: 8, ..small() };
-        let e = Lstm::from_safetensors(wide, &Normalisation::Standard { mean: 0.0, std: 1.0 }, &[0u8; 210]).unwrap_err();
+        let wide = LstmConfig {
+            hidden: 1024,
+            layers: 8,
+            ..small()
+        };
+        let e = Lstm::from_safetensors(
+            wide,
+            &Normalisation::Standard { mean: 0.0, std: 1.0 },
+            &[0u8; 210],
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("210 bytes of weights"), "{e}");
     }
 
     #[test]
     fn a_huge_learning_rate_is_reported_as_divergence() {
         crate::runtime::configure(1, 7).unwrap();
-        let mut m = Lstm::new(LstmConfig { learning_rate: 1e30, clip_norm: 0.0, ..small() }).unwrap();
+        let mut m = Lstm::new(LstmConfig {
+            learning_rate: 1e30,
+            clip_norm: 0.0,
+            ..small()
+        })
+        .unwrap();
         let report = m.fit(&wave(400), &mut |_| {}).unwrap();
         assert!(report.diverged, "{report:?}");
     }

@@ -15,7 +15,11 @@ pub struct Naive {
 impl Naive {
     /// A naive model for `horizon` steps.
     pub fn new(horizon: usize, quantile: f64) -> Naive {
-        Naive { horizon, quantile, margins: None }
+        Naive {
+            horizon,
+            quantile,
+            margins: None,
+        }
     }
 }
 
@@ -46,8 +50,17 @@ impl Forecaster for Naive {
 /// The forecast served for a workload without a model: naive fitted on its
 /// recent `history` (for error margins, where the history is long enough)
 /// and predicted from it. The forecaster and `pas experiment` both use it.
-pub fn baseline(history: Vec<f64>, step_seconds: u32, horizon: usize, quantile: f64) -> Result<Prediction, Error> {
-    let series = Series { start: chrono::DateTime::UNIX_EPOCH, step_seconds, values: history };
+pub fn baseline(
+    history: Vec<f64>,
+    step_seconds: u32,
+    horizon: usize,
+    quantile: f64,
+) -> Result<Prediction, Error> {
+    let series = Series {
+        start: chrono::DateTime::UNIX_EPOCH,
+        step_seconds,
+        values: history,
+    };
     let mut naive = Naive::new(horizon, quantile);
     // Too short a history for error margins: a point forecast only.
     let _ = naive.fit(&series, &mut |_| {});
@@ -68,7 +81,13 @@ pub struct SeasonalNaive {
 impl SeasonalNaive {
     /// A seasonal naive model; `period` in steps, or `None` to detect it in `fit`.
     pub fn new(horizon: usize, period: Option<usize>, quantile: f64) -> SeasonalNaive {
-        SeasonalNaive { horizon, quantile, configured: period, period, margins: None }
+        SeasonalNaive {
+            horizon,
+            quantile,
+            configured: period,
+            period,
+            margins: None,
+        }
     }
 
     /// The season length in use.
@@ -97,7 +116,8 @@ impl Forecaster for SeasonalNaive {
             // The candidate season with the lowest in-sample error; with no
             // candidate, a day, the usual season of machine load.
             None => {
-                let mut candidates = candidate_periods(&train.values, max_period(train), &calendar_periods(train));
+                let mut candidates =
+                    candidate_periods(&train.values, max_period(train), &calendar_periods(train));
                 if candidates.is_empty() {
                     candidates.extend(train.steps_per_day().filter(|&day| day <= train.len() / 2));
                 }
@@ -111,14 +131,19 @@ impl Forecaster for SeasonalNaive {
                     }
                 }
                 best.map(|(p, _)| p).ok_or_else(|| {
-                    Error::NotEnoughData("no season found and less than two days of data; set the period".into())
+                    Error::NotEnoughData(
+                        "no season found and less than two days of data; set the period".into(),
+                    )
                 })?
             }
         };
         self.period = Some(period);
         self.margins = None;
         self.margins = Some(residual_margins(self, &train.values, self.quantile)?);
-        Ok(FitReport { parameters: vec![("period".into(), period as f64)], ..FitReport::default() })
+        Ok(FitReport {
+            parameters: vec![("period".into(), period as f64)],
+            ..FitReport::default()
+        })
     }
     fn predict(&self, history: &[f64]) -> Result<Prediction, Error> {
         let period = self.period.ok_or(Error::NotFitted)?;
@@ -129,7 +154,11 @@ impl Forecaster for SeasonalNaive {
                 // The same phase in the last observed season; the newest value
                 // where that step is missing.
                 let v = tail[h % period];
-                if v.is_nan() { last_observed(&tail[..=h % period]).unwrap_or(last) } else { v }
+                if v.is_nan() {
+                    last_observed(&tail[..=h % period]).unwrap_or(last)
+                } else {
+                    v
+                }
             })
             .collect();
         Ok(with_margins(values, self.margins.as_deref()))
@@ -168,7 +197,11 @@ pub fn detect_period(values: &[f64], max_lag: usize, calendar: &[usize]) -> Opti
         if b.is_nan() || !(b >= a && b >= c) || b < 0.3 {
             continue;
         }
-        let trough = acfs[lag / 2..lag].iter().copied().filter(|v| !v.is_nan()).fold(f64::INFINITY, f64::min);
+        let trough = acfs[lag / 2..lag]
+            .iter()
+            .copied()
+            .filter(|v| !v.is_nan())
+            .fold(f64::INFINITY, f64::min);
         if b - trough < 0.1 {
             continue;
         }
@@ -197,7 +230,11 @@ pub fn candidate_periods(values: &[f64], max_lag: usize, calendar: &[usize]) -> 
     let mut peaks: Vec<(usize, f64)> = (2..max_lag)
         .filter(|&lag| {
             let (a, b, c) = (acfs[lag - 1], acfs[lag], acfs[lag + 1]);
-            let trough = acfs[lag / 2..lag].iter().copied().filter(|v| !v.is_nan()).fold(f64::INFINITY, f64::min);
+            let trough = acfs[lag / 2..lag]
+                .iter()
+                .copied()
+                .filter(|v| !v.is_nan())
+                .fold(f64::INFINITY, f64::min);
             !b.is_nan() && b >= a && b >= c && b >= 0.2 && b - trough >= 0.05
         })
         .map(|lag| (lag, acfs[lag]))
@@ -230,7 +267,13 @@ fn autocorrelation(values: &[f64], max_lag: usize) -> Vec<f64> {
                     count += 1;
                 }
             }
-            if lag == 0 { 1.0 } else if count < n / 4 { f64::NAN } else { sum / count as f64 / (std * std) }
+            if lag == 0 {
+                1.0
+            } else if count < n / 4 {
+                f64::NAN
+            } else {
+                sum / count as f64 / (std * std)
+            }
         })
         .collect()
 }
@@ -243,7 +286,11 @@ pub(crate) fn calendar_periods(train: &Series) -> Vec<usize> {
 
 /// Per-step margins so that `point + margin` is the `quantile` of what was
 /// observed, from the model's own errors on up to 400 origins of `values`.
-pub(crate) fn residual_margins(model: &dyn Forecaster, values: &[f64], quantile: f64) -> Result<Vec<f64>, Error> {
+pub(crate) fn residual_margins(
+    model: &dyn Forecaster,
+    values: &[f64],
+    quantile: f64,
+) -> Result<Vec<f64>, Error> {
     let (window, horizon) = (model.window(), model.horizon());
     let origins: Vec<usize> = (window..values.len().saturating_sub(horizon - 1))
         .filter(|&t| !values[t - 1].is_nan() && values[t..t + horizon].iter().all(|v| !v.is_nan()))
@@ -262,7 +309,10 @@ pub(crate) fn residual_margins(model: &dyn Forecaster, values: &[f64], quantile:
             e.push(values[t + h] - p.values[h]);
         }
     }
-    Ok(errors.into_iter().map(|e| quantile_of(e, quantile).max(0.0)).collect())
+    Ok(errors
+        .into_iter()
+        .map(|e| quantile_of(e, quantile).max(0.0))
+        .collect())
 }
 
 /// Mean absolute error of the model over up to 400 origins in the newer
@@ -311,13 +361,18 @@ mod tests {
     use super::*;
 
     fn series(values: Vec<f64>) -> Series {
-        Series { start: DateTime::from_timestamp(0, 0).unwrap(), step_seconds: 300, values }
+        Series {
+            start: DateTime::from_timestamp(0, 0).unwrap(),
+            step_seconds: 300,
+            values,
+        }
     }
 
     #[test]
     fn naive_repeats_the_last_value_and_rejects_a_missing_one() {
         let mut m = Naive::new(3, 0.9);
-        m.fit(&series((0..50).map(|i| (i % 7) as f64).collect()), &mut |_| {}).unwrap();
+        m.fit(&series((0..50).map(|i| (i % 7) as f64).collect()), &mut |_| {})
+            .unwrap();
         let p = m.predict(&[1.0, 2.0, 5.0]).unwrap();
         assert_eq!(p.values, [5.0; 3]);
         let upper = p.upper.unwrap();
@@ -328,13 +383,18 @@ mod tests {
 
     #[test]
     fn a_clear_season_is_detected_and_repeated() {
-        let wave: Vec<f64> = (0..600).map(|i| 50.0 + 20.0 * ((i % 24) as f64 / 24.0 * std::f64::consts::TAU).sin()).collect();
+        let wave: Vec<f64> = (0..600)
+            .map(|i| 50.0 + 20.0 * ((i % 24) as f64 / 24.0 * std::f64::consts::TAU).sin())
+            .collect();
         assert_eq!(detect_period(&wave, 200, &[]), Some(24));
         let noise: Vec<f64> = (0..600).map(|_| fastrand::f64()).collect();
         assert_eq!(detect_period(&noise, 200, &[]), None, "no season in noise");
         // A calendar season wins over a stronger short one when it is there.
         let both: Vec<f64> = (0..2000)
-            .map(|i| 5.0 * ((i % 6) as f64 / 6.0 * std::f64::consts::TAU).sin() + 3.0 * ((i % 288) as f64 / 288.0 * std::f64::consts::TAU).sin())
+            .map(|i| {
+                5.0 * ((i % 6) as f64 / 6.0 * std::f64::consts::TAU).sin()
+                    + 3.0 * ((i % 288) as f64 / 288.0 * std::f64::consts::TAU).sin()
+            })
             .collect();
         assert_eq!(detect_period(&both, 700, &[288]), Some(288));
         assert_eq!(detect_period(&both, 700, &[]), Some(6));

@@ -45,7 +45,10 @@ pub(crate) fn generator_lock() -> std::sync::MutexGuard<'static, ()> {
 
 /// The current settings.
 pub fn info() -> RuntimeInfo {
-    RuntimeInfo { threads: tch::get_num_threads(), cuda: tch::Cuda::is_available() }
+    RuntimeInfo {
+        threads: tch::get_num_threads(),
+        cuda: tch::Cuda::is_available(),
+    }
 }
 
 /// The device models run on: the first CUDA device if there is one, else the CPU.
@@ -95,7 +98,11 @@ mod tests {
         let (out, _) = tch::nn::RNN::seq(&lstm, &input);
         assert_eq!(out.size(), [2, 10, 8]);
         out.sum(tch::Kind::Float).backward();
-        let grads: f64 = vs.trainable_variables().iter().map(|v| v.grad().abs().sum(tch::Kind::Float).double_value(&[])).sum();
+        let grads: f64 = vs
+            .trainable_variables()
+            .iter()
+            .map(|v| v.grad().abs().sum(tch::Kind::Float).double_value(&[]))
+            .sum();
         assert!(grads > 0.0, "gradients flow");
     }
 }

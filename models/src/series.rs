@@ -39,7 +39,11 @@ pub struct GapReport {
 
 impl From<pas_workloads::Steps> for Series {
     fn from(s: pas_workloads::Steps) -> Series {
-        Series { start: s.start, step_seconds: s.step_seconds, values: s.values }
+        Series {
+            start: s.start,
+            step_seconds: s.step_seconds,
+            values: s.values,
+        }
     }
 }
 
@@ -56,7 +60,10 @@ impl Series {
             return Err(Error::Input("the series has no points".into()));
         };
         if let Some(w) = points.windows(2).find(|w| w[1].0 < w[0].0) {
-            return Err(Error::Input(format!("points are not sorted by time: {} after {}", w[1].0, w[0].0)));
+            return Err(Error::Input(format!(
+                "points are not sorted by time: {} after {}",
+                w[1].0, w[0].0
+            )));
         }
         let origin = first.0.timestamp().div_euclid(step) * step;
         let last = points.last().map(|p| p.0.timestamp()).unwrap_or(origin);
@@ -72,16 +79,27 @@ impl Series {
             sum[i] += value;
             count[i] += 1;
         }
-        let values = sum.iter().zip(&count).map(|(s, &c)| if c == 0 { f64::NAN } else { s / f64::from(c) }).collect();
+        let values = sum
+            .iter()
+            .zip(&count)
+            .map(|(s, &c)| if c == 0 { f64::NAN } else { s / f64::from(c) })
+            .collect();
         let start = DateTime::from_timestamp(origin, 0).expect("timestamp from a DateTime");
-        Ok(Series { start, step_seconds, values })
+        Ok(Series {
+            start,
+            step_seconds,
+            values,
+        })
     }
 
     /// Fills holes of at most `max_steps` missing steps by linear interpolation
     /// between the observed neighbours; longer holes, and holes at either end,
     /// stay missing.
     pub fn fill_gaps(&mut self, max_steps: usize) -> GapReport {
-        let mut report = GapReport { steps: self.values.len(), ..GapReport::default() };
+        let mut report = GapReport {
+            steps: self.values.len(),
+            ..GapReport::default()
+        };
         let mut i = 0;
         while i < self.values.len() {
             if !self.values[i].is_nan() {
@@ -125,7 +143,11 @@ impl Series {
 
     /// The steps `range`, as a series of their own.
     pub fn slice(&self, range: std::ops::Range<usize>) -> Series {
-        Series { start: self.time_at(range.start), step_seconds: self.step_seconds, values: self.values[range].to_vec() }
+        Series {
+            start: self.time_at(range.start),
+            step_seconds: self.step_seconds,
+            values: self.values[range].to_vec(),
+        }
     }
 
     /// Steps per day, when a day is a whole number of steps.
@@ -167,20 +189,33 @@ impl Trace {
     /// Reads a trace file. The header must be `timestamp,cpu`; every row an
     /// RFC 3339 time and a finite number, in time order. Errors name the line.
     pub fn read(path: &Path) -> Result<Trace, Error> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::Io { path: path.display().to_string(), source: e })?;
-        let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Io {
+            path: path.display().to_string(),
+            source: e,
+        })?;
+        let name = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
         Trace::parse(&name, &text).map_err(|e| Error::Input(format!("{}: {e}", path.display())))
     }
 
     /// Parses trace text (see [`Trace::read`]).
     pub fn parse(name: &str, text: &str) -> Result<Trace, String> {
         let points = pas_schemas::trace::parse(text)?;
-        Ok(Trace { name: name.to_owned(), points })
+        Ok(Trace {
+            name: name.to_owned(),
+            points,
+        })
     }
 
     /// The median spacing between rows in seconds (at least 1): the natural step.
     pub fn median_step_seconds(&self) -> u32 {
-        let mut gaps: Vec<i64> = self.points.windows(2).map(|w| (w[1].0 - w[0].0).num_seconds()).collect();
+        let mut gaps: Vec<i64> = self
+            .points
+            .windows(2)
+            .map(|w| (w[1].0 - w[0].0).num_seconds())
+            .collect();
         if gaps.is_empty() {
             return 1;
         }
@@ -209,7 +244,13 @@ mod tests {
     fn resampling_averages_bins_and_keeps_holes() {
         // Steps of 300 s; a jittered point (605 s) lands in its own step, the
         // step from 900 s has nothing, and two points share the step at 1200 s.
-        let points = [(at(0), 1.0), (at(305), 2.0), (at(605), 3.0), (at(1200), 4.0), (at(1250), 6.0)];
+        let points = [
+            (at(0), 1.0),
+            (at(305), 2.0),
+            (at(605), 3.0),
+            (at(1200), 4.0),
+            (at(1250), 6.0),
+        ];
         let s = Series::resample(&points, 300).unwrap();
         assert_eq!(s.start, at(0));
         assert_eq!(s.values.len(), 5);
@@ -223,21 +264,41 @@ mod tests {
     #[test]
     fn only_short_inner_gaps_are_filled() {
         let nan = f64::NAN;
-        let mut s = Series { start: at(0), step_seconds: 5, values: vec![nan, 1.0, nan, 3.0, nan, nan, nan, 7.0, nan] };
+        let mut s = Series {
+            start: at(0),
+            step_seconds: 5,
+            values: vec![nan, 1.0, nan, 3.0, nan, nan, nan, 7.0, nan],
+        };
         let report = s.fill_gaps(2);
-        assert_eq!(report, GapReport { steps: 9, missing: 6, filled: 1, long_gaps: 3 });
+        assert_eq!(
+            report,
+            GapReport {
+                steps: 9,
+                missing: 6,
+                filled: 1,
+                long_gaps: 3
+            }
+        );
         assert_eq!(s.values[2], 2.0);
         assert!(s.values[0].is_nan() && s.values[4].is_nan() && s.values[8].is_nan());
     }
 
     #[test]
     fn traces_parse_with_errors_that_name_the_line() {
-        let t = Trace::parse("t", "timestamp,cpu\n2014-02-14T14:30:00Z,1.5\n2014-02-14T14:35:00Z,2\n").unwrap();
+        let t = Trace::parse(
+            "t",
+            "timestamp,cpu\n2014-02-14T14:30:00Z,1.5\n2014-02-14T14:35:00Z,2\n",
+        )
+        .unwrap();
         assert_eq!(t.points.len(), 2);
         assert_eq!(t.median_step_seconds(), 300);
         let e = Trace::parse("t", "timestamp,cpu\n2014-02-14T14:30:00Z,x\n").unwrap_err();
         assert!(e.contains("line 2"), "{e}");
-        let e = Trace::parse("t", "timestamp,cpu\n2014-02-14T14:30:00Z,1\n2014-02-14T14:30:00Z,1\n").unwrap_err();
+        let e = Trace::parse(
+            "t",
+            "timestamp,cpu\n2014-02-14T14:30:00Z,1\n2014-02-14T14:30:00Z,1\n",
+        )
+        .unwrap_err();
         assert!(e.contains("line 3") && e.contains("not after"), "{e}");
         assert!(Trace::parse("t", "time,value\n").is_err());
     }

@@ -26,25 +26,43 @@ pub struct Admission {
 
 impl Default for Admission {
     fn default() -> Self {
-        Admission { max_clock_skew: Duration::from_secs(30), max_age: Duration::from_secs(3600) }
+        Admission {
+            max_clock_skew: Duration::from_secs(30),
+            max_age: Duration::from_secs(3600),
+        }
     }
 }
 
 impl Admission {
     /// Decodes and validates a payload stored at `stored_at_unix_nanos`, then
     /// checks its time: what every stage does with a message at its door.
-    pub fn decode<M: Message>(&self, payload: &[u8], stored_at_unix_nanos: i128, replay: bool) -> Result<M, DecodeError> {
+    pub fn decode<M: Message>(
+        &self,
+        payload: &[u8],
+        stored_at_unix_nanos: i128,
+        replay: bool,
+    ) -> Result<M, DecodeError> {
         let msg = pas_schemas::decode::<M>(payload)?;
-        self.check(&msg, stored_at_unix_nanos, replay).map_err(DecodeError::Invalid)?;
+        self.check(&msg, stored_at_unix_nanos, replay)
+            .map_err(DecodeError::Invalid)?;
         Ok(msg)
     }
 
     /// Checks `msg`, stored at `stored_at_unix_nanos`; without the age bound
     /// for a replay run's subjects.
-    pub fn check<M: Message>(&self, msg: &M, stored_at_unix_nanos: i128, replay: bool) -> Result<(), ValidationError> {
-        let stored = DateTime::<Utc>::from_timestamp_nanos(
-            i64::try_from(stored_at_unix_nanos).unwrap_or(if stored_at_unix_nanos < 0 { i64::MIN } else { i64::MAX }),
-        );
+    pub fn check<M: Message>(
+        &self,
+        msg: &M,
+        stored_at_unix_nanos: i128,
+        replay: bool,
+    ) -> Result<(), ValidationError> {
+        let stored = DateTime::<Utc>::from_timestamp_nanos(i64::try_from(stored_at_unix_nanos).unwrap_or(
+            if stored_at_unix_nanos < 0 {
+                i64::MIN
+            } else {
+                i64::MAX
+            },
+        ));
         let max_age = (!replay).then_some(self.max_age);
         pas_schemas::check_admission(msg.timestamp(), stored, self.max_clock_skew, max_age)
     }

@@ -87,7 +87,9 @@ impl NatsConfig {
 
 /// Whether `s` can stand as one subject token (no separators, no wildcards).
 fn is_token(s: &str) -> bool {
-    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// A connected client, its JetStream context, and whether it is connected
@@ -124,7 +126,9 @@ pub async fn connect(config: &NatsConfig, name: &str, wait_for_server: bool) -> 
     let events_tx = tx.clone();
     let inbox = config.inbox();
     if !inbox.split('.').all(is_token) {
-        return Err(Error::Config(format!("nats.inbox_prefix {inbox:?} is not a subject without wildcards")));
+        return Err(Error::Config(format!(
+            "nats.inbox_prefix {inbox:?} is not a subject without wildcards"
+        )));
     }
     let mut options = ConnectOptions::new()
         .name(name)
@@ -152,7 +156,10 @@ pub async fn connect(config: &NatsConfig, name: &str, wait_for_server: bool) -> 
     }
     match (&config.user, &config.password) {
         (Some(user), password) => {
-            let password = password.as_ref().map(|p| p.expose().to_owned()).unwrap_or_default();
+            let password = password
+                .as_ref()
+                .map(|p| p.expose().to_owned())
+                .unwrap_or_default();
             options = options.user_and_password(user.clone(), password);
         }
         (None, Some(_)) => tracing::warn!("nats.password is set without nats.user; ignoring it."),
@@ -162,15 +169,22 @@ pub async fn connect(config: &NatsConfig, name: &str, wait_for_server: bool) -> 
         options = options.token(token.expose().to_owned());
     }
     if let Some(path) = &config.nkey_seed_file {
-        let seed = std::fs::read_to_string(path)
-            .map_err(|source| Error::File { what: "nats.nkey_seed_file", path: path.clone(), source })?;
+        let seed = std::fs::read_to_string(path).map_err(|source| Error::File {
+            what: "nats.nkey_seed_file",
+            path: path.clone(),
+            source,
+        })?;
         options = options.nkey(seed.trim().to_owned());
     }
     if let Some(path) = &config.creds_file {
         options = options
             .credentials_file(path)
             .await
-            .map_err(|source| Error::File { what: "nats.creds_file", path: path.clone(), source })?;
+            .map_err(|source| Error::File {
+                what: "nats.creds_file",
+                path: path.clone(),
+                source,
+            })?;
     }
     if config.tls.required {
         options = options.require_tls(true);
@@ -195,20 +209,29 @@ pub async fn connect(config: &NatsConfig, name: &str, wait_for_server: bool) -> 
     let client = options
         .connect(config.urls.as_slice())
         .await
-        .map_err(|source| Error::Connect { urls: urls.clone(), source })?;
+        .map_err(|source| Error::Connect {
+            urls: urls.clone(),
+            source,
+        })?;
     if client.connection_state() == async_nats::connection::State::Connected {
         let _ = tx.send(true);
     }
     let jetstream = jetstream::ContextBuilder::new()
         .timeout(config.ack_timeout)
         .build(client.clone());
-    Ok(Connection { client, jetstream, connected: rx })
+    Ok(Connection {
+        client,
+        jetstream,
+        connected: rx,
+    })
 }
 
 fn check_readable(what: &'static str, path: &PathBuf) -> Result<(), Error> {
-    std::fs::metadata(path)
-        .map(|_| ())
-        .map_err(|source| Error::File { what, path: path.clone(), source })
+    std::fs::metadata(path).map(|_| ()).map_err(|source| Error::File {
+        what,
+        path: path.clone(),
+        source,
+    })
 }
 
 #[cfg(test)]
@@ -221,8 +244,14 @@ mod tests {
         assert_eq!(reconnect_delay(0, max), Duration::ZERO);
         for attempt in 1..40 {
             let d = reconnect_delay(attempt, max);
-            let base = Duration::from_millis(100).saturating_mul(1 << (attempt - 1).min(20)).min(max);
-            assert!(d >= base / 2 && d <= base, "attempt {attempt}: {d:?} outside [{:?}, {base:?}]", base / 2);
+            let base = Duration::from_millis(100)
+                .saturating_mul(1 << (attempt - 1).min(20))
+                .min(max);
+            assert!(
+                d >= base / 2 && d <= base,
+                "attempt {attempt}: {d:?} outside [{:?}, {base:?}]",
+                base / 2
+            );
         }
         let samples: std::collections::BTreeSet<_> = (0..20).map(|_| reconnect_delay(10, max)).collect();
         assert!(samples.len() > 1, "no jitter");

@@ -75,7 +75,9 @@ where
         .messages()
         .await
         .map_err(|e| Error::js("start pulling", e))?;
-    consume_messages(messages, true, dead_letters, admission, &shutdown, &mut handle).await.map(|_| ())
+    consume_messages(messages, true, dead_letters, admission, &shutdown, &mut handle)
+        .await
+        .map(|_| ())
 }
 
 /// Like [`consume`], through a short-lived ordered consumer on `stream`
@@ -103,11 +105,19 @@ where
     loop {
         config.name = Some(crate::ordered_name(&purpose));
         let opened = async {
-            let consumer = stream.create_consumer(config.clone()).await.map_err(|e| Error::js("create an ordered consumer", e))?;
-            consumer.messages().await.map_err(|e| Error::js("start reading", e))
+            let consumer = stream
+                .create_consumer(config.clone())
+                .await
+                .map_err(|e| Error::js("create an ordered consumer", e))?;
+            consumer
+                .messages()
+                .await
+                .map_err(|e| Error::js("start reading", e))
         };
         let last = match tokio::select! { _ = shutdown.cancelled() => return Ok(()), o = opened => o } {
-            Ok(messages) => consume_messages(messages, false, dead_letters, admission, &shutdown, &mut handle).await?,
+            Ok(messages) => {
+                consume_messages(messages, false, dead_letters, admission, &shutdown, &mut handle).await?
+            }
             Err(error) => {
                 tracing::warn!(%error, "Reading the stream failed; trying again.");
                 None
@@ -117,7 +127,9 @@ where
             return Ok(());
         }
         if let Some(sequence) = last {
-            config.deliver_policy = DeliverPolicy::ByStartSequence { start_sequence: sequence + 1 };
+            config.deliver_policy = DeliverPolicy::ByStartSequence {
+                start_sequence: sequence + 1,
+            };
         }
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
@@ -174,8 +186,15 @@ where
         };
         last = Some(info.stream_sequence);
         let id = info.stream_sequence.to_string();
-        let outcome = match admission.decode::<M>(&msg.payload, info.stored_at_unix_nanos, dead_letters.is_replay()) {
-            Err(error) => Err((error.kind(), Box::new(error) as Box<dyn std::error::Error + Send + Sync>)),
+        let outcome = match admission.decode::<M>(
+            &msg.payload,
+            info.stored_at_unix_nanos,
+            dead_letters.is_replay(),
+        ) {
+            Err(error) => Err((
+                error.kind(),
+                Box::new(error) as Box<dyn std::error::Error + Send + Sync>,
+            )),
             Ok(decoded) => match handle(decoded, info.clone()).await {
                 Ok(()) => Ok(()),
                 Err(HandlerError::Retry { reason, after }) => {
@@ -194,16 +213,22 @@ where
         };
         if let Err((error_type, error)) = outcome
             && let Err(dlq_error) = dead_letters
-                .send(&info.subject, msg.payload.clone(), &id, error_type, error.as_ref())
+                .send(
+                    &info.subject,
+                    msg.payload.clone(),
+                    &id,
+                    error_type,
+                    error.as_ref(),
+                )
                 .await
-            {
-                // Never ack what is not safely stored elsewhere.
-                tracing::warn!(error = %dlq_error, "Dead-letter publish failed; message will be redelivered.");
-                if acks {
-                    let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
-                }
-                continue;
+        {
+            // Never ack what is not safely stored elsewhere.
+            tracing::warn!(error = %dlq_error, "Dead-letter publish failed; message will be redelivered.");
+            if acks {
+                let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
             }
+            continue;
+        }
         if !acks {
             continue;
         }

@@ -16,22 +16,60 @@ use crate::Error;
 
 /// Every stream definition file, by file stem.
 pub const STREAM_FILES: [(&str, &str); 7] = [
-    ("PAS_SAMPLES", include_str!("../jetstream/streams/PAS_SAMPLES.json")),
-    ("PAS_FORECASTS", include_str!("../jetstream/streams/PAS_FORECASTS.json")),
-    ("PAS_DECISIONS", include_str!("../jetstream/streams/PAS_DECISIONS.json")),
+    (
+        "PAS_SAMPLES",
+        include_str!("../jetstream/streams/PAS_SAMPLES.json"),
+    ),
+    (
+        "PAS_FORECASTS",
+        include_str!("../jetstream/streams/PAS_FORECASTS.json"),
+    ),
+    (
+        "PAS_DECISIONS",
+        include_str!("../jetstream/streams/PAS_DECISIONS.json"),
+    ),
     ("PAS_DLQ", include_str!("../jetstream/streams/PAS_DLQ.json")),
-    ("KV_pas-scaler", include_str!("../jetstream/streams/KV_pas-scaler.json")),
-    ("KV_pas-forecaster", include_str!("../jetstream/streams/KV_pas-forecaster.json")),
-    ("OBJ_pas-models", include_str!("../jetstream/streams/OBJ_pas-models.json")),
+    (
+        "KV_pas-scaler",
+        include_str!("../jetstream/streams/KV_pas-scaler.json"),
+    ),
+    (
+        "KV_pas-forecaster",
+        include_str!("../jetstream/streams/KV_pas-forecaster.json"),
+    ),
+    (
+        "OBJ_pas-models",
+        include_str!("../jetstream/streams/OBJ_pas-models.json"),
+    ),
 ];
 
 /// Every consumer definition file, as (stream, durable name, JSON).
 pub const CONSUMER_FILES: [(&str, &str, &str); 5] = [
-    ("PAS_SAMPLES", "pas-trainer-samples", include_str!("../jetstream/consumers/PAS_SAMPLES.pas-trainer-samples.json")),
-    ("PAS_SAMPLES", "pas-recorder-samples", include_str!("../jetstream/consumers/PAS_SAMPLES.pas-recorder-samples.json")),
-    ("PAS_FORECASTS", "pas-scaler-forecasts", include_str!("../jetstream/consumers/PAS_FORECASTS.pas-scaler-forecasts.json")),
-    ("PAS_FORECASTS", "pas-recorder-forecasts", include_str!("../jetstream/consumers/PAS_FORECASTS.pas-recorder-forecasts.json")),
-    ("PAS_DECISIONS", "pas-recorder-decisions", include_str!("../jetstream/consumers/PAS_DECISIONS.pas-recorder-decisions.json")),
+    (
+        "PAS_SAMPLES",
+        "pas-trainer-samples",
+        include_str!("../jetstream/consumers/PAS_SAMPLES.pas-trainer-samples.json"),
+    ),
+    (
+        "PAS_SAMPLES",
+        "pas-recorder-samples",
+        include_str!("../jetstream/consumers/PAS_SAMPLES.pas-recorder-samples.json"),
+    ),
+    (
+        "PAS_FORECASTS",
+        "pas-scaler-forecasts",
+        include_str!("../jetstream/consumers/PAS_FORECASTS.pas-scaler-forecasts.json"),
+    ),
+    (
+        "PAS_FORECASTS",
+        "pas-recorder-forecasts",
+        include_str!("../jetstream/consumers/PAS_FORECASTS.pas-recorder-forecasts.json"),
+    ),
+    (
+        "PAS_DECISIONS",
+        "pas-recorder-decisions",
+        include_str!("../jetstream/consumers/PAS_DECISIONS.pas-recorder-decisions.json"),
+    ),
 ];
 
 /// The stage whose live durable consumer `durable` is (`pas-<stage>-…`).
@@ -39,7 +77,10 @@ pub fn consumer_stage(durable: &str) -> Result<Stage, Error> {
     [Stage::Trainer, Stage::Forecaster, Stage::Scaler, Stage::Recorder]
         .into_iter()
         .find(|stage| durable.starts_with(&format!("pas-{stage}-")))
-        .ok_or_else(|| Error::NoConsumer { stage: durable.to_owned(), stream: String::new() })
+        .ok_or_else(|| Error::NoConsumer {
+            stage: durable.to_owned(),
+            stream: String::new(),
+        })
 }
 
 /// Stream name of the key-value bucket `pas-scaler`.
@@ -72,7 +113,10 @@ pub fn streams() -> Result<Vec<StreamDefinition>, Error> {
     STREAM_FILES
         .iter()
         .map(|(name, text)| {
-            let parse = |source| Error::Definition { name: format!("streams/{name}.json"), source };
+            let parse = |source| Error::Definition {
+                name: format!("streams/{name}.json"),
+                source,
+            };
             let raw: serde_json::Value = serde_json::from_str(text).map_err(parse)?;
             let config = serde_json::from_value(raw.clone()).map_err(parse)?;
             Ok(StreamDefinition { config, raw })
@@ -88,9 +132,14 @@ pub fn consumer(stage: Stage, stream: &str, prefix: &Prefix) -> Result<pull::Con
     let (_, name, text) = CONSUMER_FILES
         .iter()
         .find(|(s, n, _)| *s == stream && *n == live)
-        .ok_or_else(|| Error::NoConsumer { stage: stage.to_string(), stream: stream.to_owned() })?;
-    let mut config: pull::Config = serde_json::from_str(text)
-        .map_err(|source| Error::Definition { name: format!("consumers/{stream}.{name}.json"), source })?;
+        .ok_or_else(|| Error::NoConsumer {
+            stage: stage.to_string(),
+            stream: stream.to_owned(),
+        })?;
+    let mut config: pull::Config = serde_json::from_str(text).map_err(|source| Error::Definition {
+        name: format!("consumers/{stream}.{name}.json"),
+        source,
+    })?;
     config.durable_name = Some(stage.consumer(stream, prefix));
     if let Some(run) = prefix.run() {
         config.filter_subject = format!("replay.{run}.{}", config.filter_subject);

@@ -5,7 +5,8 @@ use async_nats::HeaderMap;
 use async_nats::jetstream;
 use bytes::Bytes;
 use pas_schemas::subjects::{
-    HEADER_ERROR, HEADER_ERROR_TYPE, HEADER_ORIGINAL_SIZE, HEADER_ORIGINAL_SUBJECT, HEADER_TRUNCATED, Prefix, Stage,
+    HEADER_ERROR, HEADER_ERROR_TYPE, HEADER_ORIGINAL_SIZE, HEADER_ORIGINAL_SUBJECT, HEADER_TRUNCATED, Prefix,
+    Stage,
 };
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -78,7 +79,12 @@ impl DeadLetters {
     /// How many messages of `error_type` (`malformed`, `invalid`, or a
     /// stage's own) this stage sent to the dead-letter subject.
     pub fn count(&self, error_type: &'static str) -> u64 {
-        self.counter.get_or_create(&Labels { stage: self.stage.as_str(), error_type }).get()
+        self.counter
+            .get_or_create(&Labels {
+                stage: self.stage.as_str(),
+                error_type,
+            })
+            .get()
     }
 
     /// Publishes `payload`, which arrived on `subject`, to the dead-letter
@@ -106,10 +112,15 @@ impl DeadLetters {
         // headers added: cut its payload to fit and say so, so it is never
         // redelivered until dropped unseen.
         let max = self.js.client().max_payload();
-        let header_bytes: usize = 16 + headers
-            .iter()
-            .map(|(k, vs)| vs.iter().map(|v| AsRef::<str>::as_ref(k).len() + v.as_str().len() + 4).sum::<usize>())
-            .sum::<usize>();
+        let header_bytes: usize = 16
+            + headers
+                .iter()
+                .map(|(k, vs)| {
+                    vs.iter()
+                        .map(|v| AsRef::<str>::as_ref(k).len() + v.as_str().len() + 4)
+                        .sum::<usize>()
+                })
+                .sum::<usize>();
         let payload = if payload.len() + header_bytes + 256 > max {
             let keep = max.saturating_sub(header_bytes + 256);
             headers.insert(HEADER_TRUNCATED, "true");
@@ -126,7 +137,10 @@ impl DeadLetters {
             .await
             .map_err(|e| Error::js(format!("acknowledge {}", self.subject), e))?;
         self.counter
-            .get_or_create(&Labels { stage: self.stage.as_str(), error_type })
+            .get_or_create(&Labels {
+                stage: self.stage.as_str(),
+                error_type,
+            })
             .inc();
         self.log_throttled(subject, error_type, &reason);
         Ok(())
@@ -135,7 +149,9 @@ impl DeadLetters {
     fn log_throttled(&self, subject: &str, error_type: &str, reason: &str) {
         let mut state = self.log.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
-        let due = state.0.is_none_or(|last| now.duration_since(last) >= LOG_INTERVAL);
+        let due = state
+            .0
+            .is_none_or(|last| now.duration_since(last) >= LOG_INTERVAL);
         if due {
             tracing::warn!(
                 stage = %self.stage,
@@ -169,6 +185,9 @@ fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
 
 /// Header values are one line of visible characters.
 fn one_line(text: &str) -> String {
-    let flat: String = text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    let flat: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
     flat.chars().take(1024).collect()
 }

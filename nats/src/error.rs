@@ -76,8 +76,14 @@ pub enum Error {
 }
 
 impl Error {
-    pub(crate) fn js(action: impl Into<String>, source: impl std::error::Error + Send + Sync + 'static) -> Self {
-        Error::JetStream { action: action.into(), source: Box::new(source) }
+    pub(crate) fn js(
+        action: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Error::JetStream {
+            action: action.into(),
+            source: Box::new(source),
+        }
     }
 
     /// Whether trying again later may succeed (server down, timeout) rather

@@ -27,7 +27,12 @@ pub struct Layout {
 impl Layout {
     /// The layout for live models or a replay run's.
     pub fn new(prefix: &Prefix) -> Layout {
-        Layout { root: prefix.run().map(|run| format!("replay/{run}/")).unwrap_or_default() }
+        Layout {
+            root: prefix
+                .run()
+                .map(|run| format!("replay/{run}/"))
+                .unwrap_or_default(),
+        }
     }
 
     /// Object name of one file of one version.
@@ -53,8 +58,15 @@ impl Layout {
 /// An entry that cannot be read (object metadata that does not parse, such
 /// as an empty `mtime`, or a manifest that fails validation) is logged and
 /// skipped: one bad object must not stop a stage from starting.
-pub async fn load(store: &ObjectStore, chunks: &Stream, layout: &Layout) -> Result<HashMap<String, Versions>, Error> {
-    let mut list = store.list().await.map_err(|e| Error::js("list the model bucket", e))?;
+pub async fn load(
+    store: &ObjectStore,
+    chunks: &Stream,
+    layout: &Layout,
+) -> Result<HashMap<String, Versions>, Error> {
+    let mut list = store
+        .list()
+        .await
+        .map_err(|e| Error::js("list the model bucket", e))?;
     let mut names = Vec::new();
     while let Some(entry) = list.next().await {
         match entry {
@@ -64,7 +76,9 @@ pub async fn load(store: &ObjectStore, chunks: &Stream, layout: &Layout) -> Resu
     }
     let mut out: HashMap<String, Versions> = HashMap::new();
     for name in names {
-        let Some((key, version)) = layout.manifest_of(&name) else { continue };
+        let Some((key, version)) = layout.manifest_of(&name) else {
+            continue;
+        };
         let bytes = match read(store, chunks, &name).await {
             Ok(bytes) => bytes,
             Err(error) if chunks.get_info().await.is_ok() => {
@@ -79,7 +93,10 @@ pub async fn load(store: &ObjectStore, chunks: &Stream, layout: &Layout) -> Resu
             Ok(m) if m.key == key && m.version == version => {
                 out.entry(key.to_owned()).or_default().insert(version, m);
             }
-            Ok(_) => tracing::warn!(object = name, "Manifest names another key or version; ignoring it."),
+            Ok(_) => tracing::warn!(
+                object = name,
+                "Manifest names another key or version; ignoring it."
+            ),
             Err(error) => tracing::warn!(object = name, %error, "Unreadable manifest; ignoring it."),
         }
     }
@@ -91,7 +108,10 @@ pub async fn load(store: &ObjectStore, chunks: &Stream, layout: &Layout) -> Resu
 /// object, and a thousand of them in a row (a forecaster starting with a
 /// model per workload) stalled the client; direct gets need none.
 pub async fn read(store: &ObjectStore, chunks: &Stream, name: &str) -> Result<Vec<u8>, Error> {
-    let info = store.info(name).await.map_err(|e| Error::js("read a model object", e))?;
+    let info = store
+        .info(name)
+        .await
+        .map_err(|e| Error::js("read a model object", e))?;
     let subject = format!("$O.{}.C.{}", info.bucket, info.nuid);
     let mut bytes = Vec::with_capacity(info.size);
     let mut next = 1;
@@ -104,21 +124,36 @@ pub async fn read(store: &ObjectStore, chunks: &Stream, name: &str) -> Result<Ve
         next = chunk.sequence + 1;
     }
     if bytes.len() != info.size {
-        return Err(Error::ShortObject { name: name.to_owned(), read: bytes.len(), size: info.size });
+        return Err(Error::ShortObject {
+            name: name.to_owned(),
+            read: bytes.len(),
+            size: info.size,
+        });
     }
     Ok(bytes)
 }
 
 /// Stores a version: weights first, then the manifest.
-pub async fn save(store: &ObjectStore, layout: &Layout, manifest: &ModelManifest, weights: &[u8]) -> Result<(), Error> {
+pub async fn save(
+    store: &ObjectStore,
+    layout: &Layout,
+    manifest: &ModelManifest,
+    weights: &[u8],
+) -> Result<(), Error> {
     let (key, version) = (manifest.key.as_str(), manifest.version);
     store
-        .put(layout.object(key, version, "weights.safetensors").as_str(), &mut &weights[..])
+        .put(
+            layout.object(key, version, "weights.safetensors").as_str(),
+            &mut &weights[..],
+        )
         .await
         .map_err(|e| Error::js("store model weights", e))?;
     let json = pas_schemas::encode(manifest).map_err(Error::Encode)?;
     store
-        .put(layout.object(key, version, "manifest.json").as_str(), &mut &json[..])
+        .put(
+            layout.object(key, version, "manifest.json").as_str(),
+            &mut &json[..],
+        )
         .await
         .map_err(|e| Error::js("store a manifest", e))?;
     Ok(())
@@ -126,10 +161,21 @@ pub async fn save(store: &ObjectStore, layout: &Layout, manifest: &ModelManifest
 
 /// Deletes all but the newest `keep` versions, never the newest accepted one.
 /// Manifests go first, so a half-deleted version is no version.
-pub async fn prune(store: &ObjectStore, layout: &Layout, key: &str, versions: &mut Versions, keep: usize) -> Result<(), Error> {
+pub async fn prune(
+    store: &ObjectStore,
+    layout: &Layout,
+    key: &str,
+    versions: &mut Versions,
+    keep: usize,
+) -> Result<(), Error> {
     let newest_accepted = versions.values().rev().find(|m| m.accepted).map(|m| m.version);
-    let doomed: Vec<u64> =
-        versions.keys().rev().skip(keep).copied().filter(|v| Some(*v) != newest_accepted).collect();
+    let doomed: Vec<u64> = versions
+        .keys()
+        .rev()
+        .skip(keep)
+        .copied()
+        .filter(|v| Some(*v) != newest_accepted)
+        .collect();
     for version in doomed {
         for file in ["manifest.json", "weights.safetensors"] {
             match store.delete(layout.object(key, version, file)).await {
@@ -151,10 +197,22 @@ mod tests {
     fn object_names_round_trip_and_runs_stay_apart() {
         let live = Layout::new(&Prefix::live());
         let run = Layout::new(&Prefix::replay("exp1").unwrap());
-        assert_eq!(live.object("shop/web", 3, "manifest.json"), "shop/web/v3/manifest.json");
-        assert_eq!(run.object("shop/web", 3, "manifest.json"), "replay/exp1/shop/web/v3/manifest.json");
-        assert_eq!(live.manifest_of("shop/web/v3/manifest.json"), Some(("shop/web", 3)));
-        assert_eq!(run.manifest_of("replay/exp1/shop/web/v12/manifest.json"), Some(("shop/web", 12)));
+        assert_eq!(
+            live.object("shop/web", 3, "manifest.json"),
+            "shop/web/v3/manifest.json"
+        );
+        assert_eq!(
+            run.object("shop/web", 3, "manifest.json"),
+            "replay/exp1/shop/web/v3/manifest.json"
+        );
+        assert_eq!(
+            live.manifest_of("shop/web/v3/manifest.json"),
+            Some(("shop/web", 3))
+        );
+        assert_eq!(
+            run.manifest_of("replay/exp1/shop/web/v12/manifest.json"),
+            Some(("shop/web", 12))
+        );
         assert_eq!(live.manifest_of("replay/exp1/shop/web/v12/manifest.json"), None);
         assert_eq!(run.manifest_of("shop/web/v3/manifest.json"), None);
         assert_eq!(live.manifest_of("shop/web/v3/weights.safetensors"), None);

@@ -61,18 +61,37 @@ pub async fn init(js: &jetstream::Context, options: Options) -> Result<Vec<Provi
                 let short = storage_exceeded(e.kind());
                 Error::js(format!("create stream {name}{}", storage_hint(short)), e)
             })?;
-            out.push(Provisioned { stream: name, action: Action::Created, changed: vec![] });
+            out.push(Provisioned {
+                stream: name,
+                action: Action::Created,
+                changed: vec![],
+            });
             continue;
         };
         let changed = differences(&def, &info.config, options.replicas);
         if changed.is_empty() {
-            out.push(Provisioned { stream: name, action: Action::Unchanged, changed });
+            out.push(Provisioned {
+                stream: name,
+                action: Action::Unchanged,
+                changed,
+            });
         } else {
             js.update_stream(config).await.map_err(|e| {
                 let short = storage_exceeded(e.kind());
-                Error::js(format!("update stream {name} ({}){}", changed.join(", "), storage_hint(short)), e)
+                Error::js(
+                    format!(
+                        "update stream {name} ({}){}",
+                        changed.join(", "),
+                        storage_hint(short)
+                    ),
+                    e,
+                )
             })?;
-            out.push(Provisioned { stream: name, action: Action::Updated, changed });
+            out.push(Provisioned {
+                stream: name,
+                action: Action::Updated,
+                changed,
+            });
         }
     }
     // The buckets must open through the client's own KV and object store APIs.
@@ -88,7 +107,10 @@ pub async fn init(js: &jetstream::Context, options: Options) -> Result<Vec<Provi
     for (stream, durable, _) in definitions::CONSUMER_FILES {
         let stage = definitions::consumer_stage(durable)?;
         let config = definitions::consumer(stage, stream, &pas_schemas::subjects::Prefix::live())?;
-        let handle = js.get_stream(stream).await.map_err(|e| Error::js(format!("get stream {stream}"), e))?;
+        let handle = js
+            .get_stream(stream)
+            .await
+            .map_err(|e| Error::js(format!("get stream {stream}"), e))?;
         let (action, changed) = match handle.consumer_info(durable).await {
             Ok(info) => {
                 let changed = consumer_differences(durable, &info.config);
@@ -97,14 +119,26 @@ pub async fn init(js: &jetstream::Context, options: Options) -> Result<Vec<Provi
                 }
                 (Action::Updated, changed)
             }
-            Err(e) if e.kind() == jetstream::context::ConsumerInfoErrorKind::NotFound => (Action::Created, vec![]),
+            Err(e) if e.kind() == jetstream::context::ConsumerInfoErrorKind::NotFound => {
+                (Action::Created, vec![])
+            }
             Err(e) => return Err(Error::js(format!("consumer info {durable} on {stream}"), e)),
         };
         // Creates, or updates one that drifted (a changed filter or limit).
         handle.create_consumer(config).await.map_err(|e| {
-            Error::js(format!("create or update consumer {durable} on {stream} ({})", changed.join(", ")), e)
+            Error::js(
+                format!(
+                    "create or update consumer {durable} on {stream} ({})",
+                    changed.join(", ")
+                ),
+                e,
+            )
         })?;
-        out.push(Provisioned { stream: format!("{stream}/{durable}"), action, changed });
+        out.push(Provisioned {
+            stream: format!("{stream}/{durable}"),
+            action,
+            changed,
+        });
     }
     Ok(out)
 }
@@ -112,14 +146,25 @@ pub async fn init(js: &jetstream::Context, options: Options) -> Result<Vec<Provi
 /// The settings of a live consumer's definition file its server config
 /// does not match.
 fn consumer_differences(durable: &str, actual: &jetstream::consumer::Config) -> Vec<String> {
-    let Some((_, _, text)) = definitions::CONSUMER_FILES.iter().find(|(_, d, _)| *d == durable) else { return vec![] };
+    let Some((_, _, text)) = definitions::CONSUMER_FILES.iter().find(|(_, d, _)| *d == durable) else {
+        return vec![];
+    };
     let wanted: serde_json::Value = serde_json::from_str(text).unwrap_or_default();
     let actual = serde_json::to_value(actual).unwrap_or_default();
-    let Some(wanted) = wanted.as_object() else { return vec![] };
+    let Some(wanted) = wanted.as_object() else {
+        return vec![];
+    };
     wanted
         .iter()
         .filter(|(key, value)| {
-            key.as_str() != "description" && !same(value, &actual.get(key.as_str()).cloned().unwrap_or(serde_json::Value::Null))
+            key.as_str() != "description"
+                && !same(
+                    value,
+                    &actual
+                        .get(key.as_str())
+                        .cloned()
+                        .unwrap_or(serde_json::Value::Null),
+                )
         })
         .map(|(key, _)| key.clone())
         .collect()
@@ -129,10 +174,19 @@ fn consumer_differences(durable: &str, actual: &jetstream::consumer::Config) -> 
 /// `<consumer>: missing`).
 async fn consumers_drift(js: &jetstream::Context, stream: &str) -> Vec<String> {
     let mut out = Vec::new();
-    let Ok(handle) = js.get_stream(stream).await else { return out };
-    for (_, durable, _) in definitions::CONSUMER_FILES.iter().filter(|(s, _, _)| *s == stream) {
+    let Ok(handle) = js.get_stream(stream).await else {
+        return out;
+    };
+    for (_, durable, _) in definitions::CONSUMER_FILES
+        .iter()
+        .filter(|(s, _, _)| *s == stream)
+    {
         match handle.consumer_info(*durable).await {
-            Ok(info) => out.extend(consumer_differences(durable, &info.config).into_iter().map(|k| format!("{durable}: {k}"))),
+            Ok(info) => out.extend(
+                consumer_differences(durable, &info.config)
+                    .into_iter()
+                    .map(|k| format!("{durable}: {k}")),
+            ),
             Err(_) => out.push(format!("{durable}: missing")),
         }
     }
@@ -195,7 +249,9 @@ const WATCHED: [&str; 20] = [
 fn differences(def: &StreamDefinition, actual: &stream::Config, replicas: Option<usize>) -> Vec<String> {
     let actual = serde_json::to_value(actual).unwrap_or_default();
     let defaults = serde_json::to_value(&def.config).unwrap_or_default();
-    let Some(wanted) = def.raw.as_object() else { return vec![] };
+    let Some(wanted) = def.raw.as_object() else {
+        return vec![];
+    };
     let have = |key: &str| actual.get(key).cloned().unwrap_or(serde_json::Value::Null);
     let mut out: Vec<String> = wanted
         .iter()
@@ -312,7 +368,11 @@ async fn current(js: &jetstream::Context) -> Result<Vec<(StreamDefinition, Optio
             .get_stream(&name)
             .await
             .map_err(|e| Error::js(format!("get stream {name}"), e))?;
-        let info = s.info().await.map_err(|e| Error::js(format!("stream info {name}"), e))?.clone();
+        let info = s
+            .info()
+            .await
+            .map_err(|e| Error::js(format!("stream info {name}"), e))?
+            .clone();
         out.push((def, Some(info)));
     }
     Ok(out)

@@ -23,7 +23,11 @@ impl Outgoing {
     /// Validates and encodes `msg` for `subject`.
     pub fn new<M: Message>(subject: String, msg: &M) -> Result<Self, Error> {
         let payload = pas_schemas::encode(msg).map_err(Error::Encode)?;
-        Ok(Outgoing { subject, msg_id: msg.msg_id(), payload: payload.into() })
+        Ok(Outgoing {
+            subject,
+            msg_id: msg.msg_id(),
+            payload: payload.into(),
+        })
     }
 }
 

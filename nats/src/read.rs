@@ -33,7 +33,11 @@ pub async fn read_samples(
         })
         .await
         .map_err(|e| Error::js(what(), e))?;
-    let pending = consumer.info().await.map_err(|e| Error::js(what(), e))?.num_pending;
+    let pending = consumer
+        .info()
+        .await
+        .map_err(|e| Error::js(what(), e))?
+        .num_pending;
     if pending == 0 {
         return Ok(0);
     }
@@ -41,7 +45,10 @@ pub async fn read_samples(
     let mut read = 0;
     while let Some(msg) = messages.next().await {
         let msg = msg.map_err(|e| Error::js(what(), e))?;
-        let info = msg.info().map_err(|e| Error::JetStream { action: "read message metadata".into(), source: e })?;
+        let info = msg.info().map_err(|e| Error::JetStream {
+            action: "read message metadata".into(),
+            source: e,
+        })?;
         let (sequence, remaining) = (info.stream_sequence, info.pending);
         if last_sequence.is_some_and(|last| sequence > last) {
             break;

@@ -39,14 +39,22 @@ pub async fn start_stage(
     let health = Arc::new(Health::default());
     let addr = health::serve(listen, health.clone(), Arc::new(registry), shutdown.clone()).await?;
     tracing::info!(%addr, client, "Serving /healthz, /readyz and /metrics.");
-    Ok(StageBus { conn, dead_letters, health })
+    Ok(StageBus {
+        conn,
+        dead_letters,
+        health,
+    })
 }
 
 /// Runs one step of a stage's way out for at most `limit`: with NATS down a
 /// release, an ack or a drain would each wait for its own timeout, one
 /// after another, and SIGTERM must end the stage within 10 s. `None`, and a
 /// warning naming `step`, when it did not finish in time.
-pub async fn within<T>(limit: std::time::Duration, step: &'static str, work: impl std::future::Future<Output = T>) -> Option<T> {
+pub async fn within<T>(
+    limit: std::time::Duration,
+    step: &'static str,
+    work: impl std::future::Future<Output = T>,
+) -> Option<T> {
     match tokio::time::timeout(limit, work).await {
         Ok(done) => Some(done),
         Err(_) => {

@@ -20,7 +20,11 @@ const LOG_EVERY: Duration = Duration::from_secs(30);
 /// Calls `open` until it succeeds, waiting longer after each failure (up
 /// to 10 s), and logs what it waits for and why (at once, then every 30 s).
 /// `None` when `shutdown` comes first.
-pub async fn wait_for<T, F, Fut>(what: &str, shutdown: &CancellationToken, mut open: F) -> Result<Option<T>, Error>
+pub async fn wait_for<T, F, Fut>(
+    what: &str,
+    shutdown: &CancellationToken,
+    mut open: F,
+) -> Result<Option<T>, Error>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, Error>>,

@@ -3,8 +3,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    MAX_FORECAST_VALUE, MAX_STEP_SECONDS, MAX_STEPS, Message, ValidationError, check_bounded, check_name, check_namespace,
-    check_timestamp,
+    MAX_FORECAST_VALUE, MAX_STEP_SECONDS, MAX_STEPS, Message, ValidationError, check_bounded, check_name,
+    check_namespace, check_timestamp,
 };
 
 /// The model that produced a forecast.
@@ -96,7 +96,10 @@ impl Message for Forecast {
         if self.values.len() > MAX_STEPS {
             return Err(ValidationError::Inconsistent {
                 field: "values",
-                reason: format!("{} steps, more than the {MAX_STEPS} a forecast may have", self.values.len()),
+                reason: format!(
+                    "{} steps, more than the {MAX_STEPS} a forecast may have",
+                    self.values.len()
+                ),
             });
         }
         for v in &self.values {

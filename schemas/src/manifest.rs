@@ -4,7 +4,10 @@ use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::{MAX_STEP_SECONDS, MAX_STEPS, Message, ValidationError, check_bounded, check_finite, check_non_negative, check_timestamp};
+use crate::{
+    MAX_STEP_SECONDS, MAX_STEPS, Message, ValidationError, check_bounded, check_finite, check_non_negative,
+    check_timestamp,
+};
 
 /// The most hyper-parameters, and validation scores, a manifest may list.
 pub const MAX_MANIFEST_ENTRIES: usize = 64;
@@ -99,7 +102,10 @@ impl Message for ModelManifest {
 
     fn validate_fields(&self) -> Result<(), ValidationError> {
         let bad = |field: &'static str, reason: &str| {
-            Err(ValidationError::Inconsistent { field, reason: reason.into() })
+            Err(ValidationError::Inconsistent {
+                field,
+                reason: reason.into(),
+            })
         };
         if self.key.is_empty() || self.key.len() > 320 {
             return bad("key", "must have 1 to 320 characters");
@@ -117,13 +123,16 @@ impl Message for ModelManifest {
             return bad("window/horizon", &format!("at most {MAX_STEPS} steps"));
         }
         check_bounded("step_seconds", self.step_seconds, MAX_STEP_SECONDS)?;
-        if self.hyper_parameters.len() > MAX_MANIFEST_ENTRIES || self.validation.len() > MAX_MANIFEST_ENTRIES {
-            return bad("hyper_parameters/validation", &format!("at most {MAX_MANIFEST_ENTRIES} entries each"));
+        if self.hyper_parameters.len() > MAX_MANIFEST_ENTRIES || self.validation.len() > MAX_MANIFEST_ENTRIES
+        {
+            return bad(
+                "hyper_parameters/validation",
+                &format!("at most {MAX_MANIFEST_ENTRIES} entries each"),
+            );
         }
         check_timestamp("training.from", self.training.from)?;
         check_timestamp("training.to", self.training.to)?;
-        if self.training.from > self.training.to
-            || self.training.first_sequence > self.training.last_sequence
+        if self.training.from > self.training.to || self.training.first_sequence > self.training.last_sequence
         {
             return bad("training", "the range ends before it starts");
         }

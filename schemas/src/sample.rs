@@ -86,7 +86,11 @@ impl Message for CpuSample {
 
     fn validate_fields(&self) -> Result<(), ValidationError> {
         check_name("node", &self.node)?;
-        check_bounded("cpu_used_millicores", self.cpu_used_millicores, MAX_CPU_MILLICORES)?;
+        check_bounded(
+            "cpu_used_millicores",
+            self.cpu_used_millicores,
+            MAX_CPU_MILLICORES,
+        )?;
         if let Some(v) = self.cpu_requested_millicores {
             check_bounded("cpu_requested_millicores", v, MAX_CPU_MILLICORES)?;
         }

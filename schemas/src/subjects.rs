@@ -156,7 +156,10 @@ fn label(part: &str) -> Result<(), &'static str> {
     if part.is_empty() {
         return Err("a Kubernetes name is not empty, does not start or end with '.' and holds no '..'");
     }
-    if !part.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+    if !part
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
         return Err("a Kubernetes name has only lower-case letters, digits, '-' and '.'");
     }
     let ends = |b: Option<&u8>| b.is_some_and(|b| b.is_ascii_alphanumeric());
@@ -246,7 +249,11 @@ impl Prefix {
 
     /// `pas.forecast.<namespace>.<workload>`.
     pub fn forecast(&self, namespace: &str, workload: &str) -> Result<String, &'static str> {
-        Ok(self.join(format_args!("forecast.{}.{}", token(namespace)?, token(workload)?)))
+        Ok(self.join(format_args!(
+            "forecast.{}.{}",
+            token(namespace)?,
+            token(workload)?
+        )))
     }
 
     /// `pas.forecast.>`.
@@ -298,17 +305,27 @@ mod tests {
         assert!(Prefix::replay("a.b").is_err());
         assert_eq!(Prefix::for_run(None).unwrap(), Prefix::live());
         assert_eq!(Prefix::for_run(Some("exp1")).unwrap(), replay);
-        assert_eq!(Prefix::for_run(Some("a.b")).unwrap_err(), "run \"a.b\": a run name may not contain '.'");
+        assert_eq!(
+            Prefix::for_run(Some("a.b")).unwrap_err(),
+            "run \"a.b\": a run name may not contain '.'"
+        );
     }
 
     #[test]
     fn a_sample_picks_its_own_subject() {
-        let mut s: crate::CpuSample = serde_json::from_str(include_str!("../fixtures/cpu-sample.pod.json")).unwrap();
-        assert_eq!(Prefix::live().sample(&s).unwrap(), "pas.cpu.pod.shop.pas-ss.pas-ss-1");
+        let mut s: crate::CpuSample =
+            serde_json::from_str(include_str!("../fixtures/cpu-sample.pod.json")).unwrap();
+        assert_eq!(
+            Prefix::live().sample(&s).unwrap(),
+            "pas.cpu.pod.shop.pas-ss.pas-ss-1"
+        );
         s.namespace = None;
         s.workload = None;
         s.pod = None;
-        assert_eq!(Prefix::replay("r").unwrap().sample(&s).unwrap(), "replay.r.pas.cpu.node.worker-2");
+        assert_eq!(
+            Prefix::replay("r").unwrap().sample(&s).unwrap(),
+            "replay.r.pas.cpu.node.worker-2"
+        );
     }
 
     #[test]
@@ -333,11 +350,38 @@ mod tests {
             assert_eq!(dns1123_label(good), Ok(()), "{good}");
             assert_eq!(dns1123_subdomain(good), Ok(()), "{good}");
         }
-        for bad in ["", "..", ".a", "b.", "-a", "a-", "A", "a_b", "a b", "é", &"x".repeat(64)] {
+        for bad in [
+            "",
+            "..",
+            ".a",
+            "b.",
+            "-a",
+            "a-",
+            "A",
+            "a_b",
+            "a b",
+            "é",
+            &"x".repeat(64),
+        ] {
             assert!(dns1123_label(bad).is_err(), "{bad:?} is no label");
         }
-        assert_eq!(dns1123_subdomain("ip-10-0-0-1.eu-west-1.compute.internal"), Ok(()));
-        for bad in ["", "..", ".a", "b.", "a..b", "a.-b", "Web", "a_b", "a*", ">", &"x".repeat(254)] {
+        assert_eq!(
+            dns1123_subdomain("ip-10-0-0-1.eu-west-1.compute.internal"),
+            Ok(())
+        );
+        for bad in [
+            "",
+            "..",
+            ".a",
+            "b.",
+            "a..b",
+            "a.-b",
+            "Web",
+            "a_b",
+            "a*",
+            ">",
+            &"x".repeat(254),
+        ] {
             assert!(dns1123_subdomain(bad).is_err(), "{bad:?} is no subdomain");
         }
     }

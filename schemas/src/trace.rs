@@ -16,7 +16,11 @@ pub fn parse(text: &str) -> Result<Vec<(DateTime<Utc>, f64)>, String> {
     let mut lines = text.lines().enumerate();
     match lines.next() {
         Some((_, header)) if header.trim() == HEADER => {}
-        Some((_, header)) => return Err(format!("line 1: expected the header `{HEADER}`, found `{header}`")),
+        Some((_, header)) => {
+            return Err(format!(
+                "line 1: expected the header `{HEADER}`, found `{header}`"
+            ));
+        }
         None => return Err("the file is empty".into()),
     }
     let mut points: Vec<(DateTime<Utc>, f64)> = Vec::new();
@@ -25,11 +29,15 @@ pub fn parse(text: &str) -> Result<Vec<(DateTime<Utc>, f64)>, String> {
         if line.is_empty() {
             continue;
         }
-        let (at, cpu) = line.split_once(',').ok_or_else(|| format!("line {}: expected `{HEADER}`", n + 1))?;
+        let (at, cpu) = line
+            .split_once(',')
+            .ok_or_else(|| format!("line {}: expected `{HEADER}`", n + 1))?;
         let at = DateTime::parse_from_rfc3339(at)
             .map_err(|e| format!("line {}: bad timestamp `{at}`: {e}", n + 1))?
             .with_timezone(&Utc);
-        let cpu: f64 = cpu.parse().map_err(|_| format!("line {}: bad number `{cpu}`", n + 1))?;
+        let cpu: f64 = cpu
+            .parse()
+            .map_err(|_| format!("line {}: bad number `{cpu}`", n + 1))?;
         if !cpu.is_finite() {
             return Err(format!("line {}: `{cpu}` is not a finite number", n + 1));
         }
@@ -76,7 +84,15 @@ mod tests {
         assert!(parse("time,cpu\n").unwrap_err().contains("line 1"));
         let e = parse("timestamp,cpu\n2014-02-14T14:30:00Z,1\n2014-02-14T14:30:00Z,2\n").unwrap_err();
         assert!(e.contains("line 3") && e.contains("not after"), "{e}");
-        assert!(parse("timestamp,cpu\nyesterday,1\n").unwrap_err().contains("line 2"));
-        assert!(parse("timestamp,cpu\n2014-02-14T14:30:00Z,NaN\n").unwrap_err().contains("finite"));
+        assert!(
+            parse("timestamp,cpu\nyesterday,1\n")
+                .unwrap_err()
+                .contains("line 2")
+        );
+        assert!(
+            parse("timestamp,cpu\n2014-02-14T14:30:00Z,NaN\n")
+                .unwrap_err()
+                .contains("finite")
+        );
     }
 }

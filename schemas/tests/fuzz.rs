@@ -17,19 +17,26 @@
 use chrono::{DateTime, TimeZone, Utc};
 use pas_schemas::subjects::{Prefix, dns1123_label, dns1123_subdomain, token};
 use pas_schemas::{
-    CpuSample, Forecast, MAX_CPU_MILLICORES, MAX_FORECAST_VALUE, MAX_STEP_SECONDS, MAX_STEPS, Message, ModelManifest,
-    ScaleDecision, check_admission, decode, encode, trace,
+    CpuSample, Forecast, MAX_CPU_MILLICORES, MAX_FORECAST_VALUE, MAX_STEP_SECONDS, MAX_STEPS, Message,
+    ModelManifest, ScaleDecision, check_admission, decode, encode, trace,
 };
 use proptest::prelude::*;
 use serde_json::Value;
 
 fn fixture(name: &str) -> Value {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name);
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name);
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
-const FIXTURES: [&str; 5] =
-    ["cpu-sample.pod.json", "cpu-sample.node.json", "forecast.json", "scale-decision.json", "model-manifest.json"];
+const FIXTURES: [&str; 5] = [
+    "cpu-sample.pod.json",
+    "cpu-sample.node.json",
+    "forecast.json",
+    "scale-decision.json",
+    "model-manifest.json",
+];
 
 /// Values that stopped a stage once, or could.
 fn hostile() -> impl Strategy<Value = Value> {
@@ -58,7 +65,9 @@ fn hostile() -> impl Strategy<Value = Value> {
         Just(Value::Array(vec![serde_json::json!(1e308); 3])),
         Just(serde_json::json!([[[[[[[[[[[[1]]]]]]]]]]]])),
         Just(serde_json::json!({"nested": {"deeper": [1, "two", null]}})),
-        any::<f64>().prop_filter("JSON numbers are finite", |f| f.is_finite()).prop_map(|f| serde_json::json!(f)),
+        any::<f64>()
+            .prop_filter("JSON numbers are finite", |f| f.is_finite())
+            .prop_map(|f| serde_json::json!(f)),
         any::<i64>().prop_map(|i| serde_json::json!(i)),
         "[a-z0-9.\\-]{0,70}".prop_map(Value::String),
         "\\PC{0,40}".prop_map(Value::String),
@@ -135,18 +144,30 @@ fn accepted<M: Message + PartialEq + std::fmt::Debug>(payload: &[u8]) -> Option<
 /// What the stages rely on of anything a decoder accepted.
 fn check_everything(payload: &[u8]) {
     if let Some(sample) = accepted::<CpuSample>(payload) {
-        for cpu in [Some(sample.cpu_used_millicores), sample.cpu_requested_millicores, sample.cpu_capacity_millicores]
+        for cpu in [
+            Some(sample.cpu_used_millicores),
+            sample.cpu_requested_millicores,
+            sample.cpu_capacity_millicores,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            assert!(
+                cpu.is_finite() && (0.0..=MAX_CPU_MILLICORES).contains(&cpu),
+                "{cpu}"
+            );
+        }
+        assert!(subject_safe(&sample.node), "{:?}", sample.node);
+        for name in [&sample.namespace, &sample.workload, &sample.pod]
             .into_iter()
             .flatten()
         {
-            assert!(cpu.is_finite() && (0.0..=MAX_CPU_MILLICORES).contains(&cpu), "{cpu}");
-        }
-        assert!(subject_safe(&sample.node), "{:?}", sample.node);
-        for name in [&sample.namespace, &sample.workload, &sample.pod].into_iter().flatten() {
             assert!(subject_safe(name), "{name:?}");
         }
         if let (Some(ns), Some(wl), Some(pod)) = (&sample.namespace, &sample.workload, &sample.pod) {
-            Prefix::live().pod_cpu(ns, wl, pod).expect("an accepted sample has a subject");
+            Prefix::live()
+                .pod_cpu(ns, wl, pod)
+                .expect("an accepted sample has a subject");
         }
     }
     if let Some(forecast) = accepted::<Forecast>(payload) {
@@ -155,10 +176,14 @@ fn check_everything(payload: &[u8]) {
         for v in forecast.values.iter().chain(forecast.upper.iter().flatten()) {
             assert!(v.is_finite() && (0.0..=MAX_FORECAST_VALUE).contains(v), "{v}");
         }
-        Prefix::live().forecast(&forecast.namespace, &forecast.workload).expect("an accepted forecast has a subject");
+        Prefix::live()
+            .forecast(&forecast.namespace, &forecast.workload)
+            .expect("an accepted forecast has a subject");
     }
     if let Some(decision) = accepted::<ScaleDecision>(payload) {
-        Prefix::live().scale(&decision.namespace, &decision.workload).expect("an accepted decision has a subject");
+        Prefix::live()
+            .scale(&decision.namespace, &decision.workload)
+            .expect("an accepted decision has a subject");
     }
     if let Some(manifest) = accepted::<ModelManifest>(payload) {
         assert!(manifest.validation.len() <= pas_schemas::MAX_MANIFEST_ENTRIES);
@@ -167,7 +192,10 @@ fn check_everything(payload: &[u8]) {
 
 fn config() -> ProptestConfig {
     // PROPTEST_CASES (make fuzz) overrides the default.
-    ProptestConfig { cases: 256, ..ProptestConfig::default() }
+    ProptestConfig {
+        cases: 256,
+        ..ProptestConfig::default()
+    }
 }
 
 proptest! {

@@ -7,8 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use pas_schemas::{
-    CpuSample, DecodeError, Forecast, Message, ModelManifest, ScaleDecision, ValidationError,
-    decode, encode,
+    CpuSample, DecodeError, Forecast, Message, ModelManifest, ScaleDecision, ValidationError, decode, encode,
 };
 use serde_json::Value;
 
@@ -70,17 +69,21 @@ fn committed_json_schemas_match_the_types() {
 }
 
 fn sample() -> CpuSample {
-    serde_json::from_str(
-        &std::fs::read_to_string(dir("fixtures").join("cpu-sample.pod.json")).unwrap(),
-    )
-    .unwrap()
+    serde_json::from_str(&std::fs::read_to_string(dir("fixtures").join("cpu-sample.pod.json")).unwrap())
+        .unwrap()
 }
 
 #[test]
 fn validation_refuses_bad_values() {
     let mut s = sample();
     s.cpu_used_millicores = -1.0;
-    assert!(matches!(s.validate(), Err(ValidationError::Negative { field: "cpu_used_millicores", .. })));
+    assert!(matches!(
+        s.validate(),
+        Err(ValidationError::Negative {
+            field: "cpu_used_millicores",
+            ..
+        })
+    ));
 
     let mut s = sample();
     s.cpu_requested_millicores = Some(f64::NAN);
@@ -88,7 +91,10 @@ fn validation_refuses_bad_values() {
 
     let mut s = sample();
     s.schema_version = 2;
-    assert!(matches!(s.validate(), Err(ValidationError::UnknownSchemaVersion { found: 2, .. })));
+    assert!(matches!(
+        s.validate(),
+        Err(ValidationError::UnknownSchemaVersion { found: 2, .. })
+    ));
 
     let mut s = sample();
     s.timestamp = chrono::Utc::now() + chrono::Duration::days(3);
@@ -100,7 +106,10 @@ fn validation_refuses_bad_values() {
 
     let mut s = sample();
     s.pod = Some("web 0".into());
-    assert!(matches!(s.validate(), Err(ValidationError::BadName { field: "pod", .. })));
+    assert!(matches!(
+        s.validate(),
+        Err(ValidationError::BadName { field: "pod", .. })
+    ));
 
     assert!(sample().validate().is_ok());
 }
@@ -116,12 +125,14 @@ fn decode_tells_malformed_from_invalid() {
     let e = decode::<CpuSample>(v.to_string().as_bytes()).unwrap_err();
     assert_eq!(e.kind(), "invalid");
 
-    let mut f: Forecast = serde_json::from_str(
-        &std::fs::read_to_string(dir("fixtures").join("forecast.json")).unwrap(),
-    )
-    .unwrap();
+    let mut f: Forecast =
+        serde_json::from_str(&std::fs::read_to_string(dir("fixtures").join("forecast.json")).unwrap())
+            .unwrap();
     f.upper.as_mut().unwrap().pop();
-    assert!(matches!(f.validate(), Err(ValidationError::Inconsistent { field: "upper", .. })));
+    assert!(matches!(
+        f.validate(),
+        Err(ValidationError::Inconsistent { field: "upper", .. })
+    ));
 }
 
 #[test]

@@ -82,7 +82,10 @@ fn forecast_values_are_finite_non_negative_bounded_and_few() {
     let mut f: Forecast = fixture("forecast.json");
     f.values = vec![1.0; pas_schemas::MAX_STEPS + 1];
     f.upper = None;
-    assert!(matches!(f.validate(), Err(ValidationError::Inconsistent { field: "values", .. })));
+    assert!(matches!(
+        f.validate(),
+        Err(ValidationError::Inconsistent { field: "values", .. })
+    ));
     let mut f: Forecast = fixture("forecast.json");
     f.step_seconds = 1e12;
     assert!(f.validate().is_err());

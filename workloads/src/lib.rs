@@ -87,7 +87,13 @@ struct Workload {
 
 impl Default for Workload {
     fn default() -> Self {
-        Workload { first: 0, settled: VecDeque::new(), next: None, open: BTreeMap::new(), touched: Instant::now() }
+        Workload {
+            first: 0,
+            settled: VecDeque::new(),
+            next: None,
+            open: BTreeMap::new(),
+            touched: Instant::now(),
+        }
     }
 }
 
@@ -98,7 +104,11 @@ impl Workload {
     }
 
     fn first_step(&self) -> Option<i64> {
-        if self.settled.is_empty() { self.open.first_key_value().map(|(k, _)| *k) } else { Some(self.first) }
+        if self.settled.is_empty() {
+            self.open.first_key_value().map(|(k, _)| *k)
+        } else {
+            Some(self.first)
+        }
     }
 
     fn newest_step(&self) -> Option<i64> {
@@ -116,7 +126,9 @@ impl Workload {
     /// that jumped, a workload back after a day away) keeps nothing from
     /// before it.
     fn settle(&mut self, open_steps: i64, max_history: usize) {
-        let Some(newest) = self.open.last_key_value().map(|(k, _)| *k) else { return };
+        let Some(newest) = self.open.last_key_value().map(|(k, _)| *k) else {
+            return;
+        };
         let max_history = max_history as i64;
         while let Some(first) = self.open.first_entry() {
             if *first.key() > newest - open_steps {
@@ -126,7 +138,10 @@ impl Workload {
             match self.next {
                 Some(next) if !self.settled.is_empty() && step - next < max_history => {
                     for _ in next..step {
-                        self.settled.push_back(Settled { value: f64::NAN, sequences: None });
+                        self.settled.push_back(Settled {
+                            value: f64::NAN,
+                            sequences: None,
+                        });
                     }
                 }
                 _ => {
@@ -173,19 +188,28 @@ pub struct Workloads {
 impl Workloads {
     /// Empty state for a step of `step_seconds`.
     pub fn new(step_seconds: u32, max_history: usize, open_steps: usize) -> Workloads {
-        Workloads { step: i64::from(step_seconds), max_history, open_steps: open_steps.max(1) as i64, map: HashMap::new() }
+        Workloads {
+            step: i64::from(step_seconds),
+            max_history,
+            open_steps: open_steps.max(1) as i64,
+            map: HashMap::new(),
+        }
     }
 
     /// Folds one pod sample in; idempotent per pod and timestamp.
     pub fn fold(&mut self, sample: &CpuSample, sequence: u64) -> Fold {
-        let (Some(namespace), Some(workload), Some(pod)) = (&sample.namespace, &sample.workload, &sample.pod) else {
+        let (Some(namespace), Some(workload), Some(pod)) = (&sample.namespace, &sample.workload, &sample.pod)
+        else {
             return Fold::Ignored("not_a_workload_pod");
         };
         let requested = match sample.cpu_requested_millicores {
             Some(r) if r > 0.0 => r,
             _ => return Fold::Ignored("no_cpu_request"),
         };
-        let key = WorkloadKey { namespace: namespace.clone(), workload: workload.clone() };
+        let key = WorkloadKey {
+            namespace: namespace.clone(),
+            workload: workload.clone(),
+        };
         let step = sample.timestamp.timestamp().div_euclid(self.step);
         let w = self.map.entry(key).or_default();
         if w.next_settled().is_some_and(|next| step < next) {
@@ -242,7 +266,10 @@ impl Workloads {
 
     /// Steps spanned by a workload's kept data.
     pub fn steps(&self, key: &WorkloadKey) -> usize {
-        self.map.get(key).and_then(|w| Some((w.newest_step()? - w.first_step()? + 1) as usize)).unwrap_or(0)
+        self.map
+            .get(key)
+            .and_then(|w| Some((w.newest_step()? - w.first_step()? + 1) as usize))
+            .unwrap_or(0)
     }
 
     /// Start of the newest step of a workload.
@@ -260,7 +287,11 @@ impl Workloads {
         let mut values = vec![f64::NAN; (last - first + 1) as usize];
         let (mut min_seq, mut max_seq) = (u64::MAX, 0);
         let open = w.open.iter().map(|(&step, samples)| (step, settle(samples)));
-        let settled = w.settled.iter().enumerate().map(|(i, s)| (w.first + i as i64, *s));
+        let settled = w
+            .settled
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (w.first + i as i64, *s));
         for (step, s) in settled.chain(open) {
             values[(step - first) as usize] = s.value;
             if let Some((a, b)) = s.sequences {
@@ -269,7 +300,11 @@ impl Workloads {
             }
         }
         let start = DateTime::from_timestamp(first * self.step, 0)?;
-        let series = Steps { start, step_seconds: self.step as u32, values };
+        let series = Steps {
+            start,
+            step_seconds: self.step as u32,
+            values,
+        };
         let range = TrainingRange {
             first_sequence: min_seq,
             last_sequence: max_seq,
@@ -307,12 +342,21 @@ mod tests {
         assert_eq!(w.fold(&sample(0, "web-0", 100.0, Some(500.0)), 1), Fold::Folded);
         assert_eq!(w.fold(&sample(1, "web-1", 300.0, Some(500.0)), 2), Fold::Folded);
         // A redelivery changes nothing.
-        assert_eq!(w.fold(&sample(1, "web-1", 300.0, Some(500.0)), 2), Fold::Duplicate);
+        assert_eq!(
+            w.fold(&sample(1, "web-1", 300.0, Some(500.0)), 2),
+            Fold::Duplicate
+        );
         // Step 1 missing; step 2: one pod, two samples averaged -> 250 / 500.
         w.fold(&sample(10, "web-0", 200.0, Some(500.0)), 3);
         w.fold(&sample(12, "web-0", 300.0, Some(500.0)), 4);
-        assert_eq!(w.fold(&sample(13, "web-0", 1.0, None), 5), Fold::Ignored("no_cpu_request"));
-        let key = WorkloadKey { namespace: "shop".into(), workload: "web".into() };
+        assert_eq!(
+            w.fold(&sample(13, "web-0", 1.0, None), 5),
+            Fold::Ignored("no_cpu_request")
+        );
+        let key = WorkloadKey {
+            namespace: "shop".into(),
+            workload: "web".into(),
+        };
         let (s, range) = w.series(&key).unwrap();
         assert_eq!(s.values.len(), 3);
         assert_eq!(s.values[0], 40.0);
@@ -327,7 +371,10 @@ mod tests {
         // One sample dated 1970, then samples of today: the trainer and the
         // forecaster were OOM-killed filling one step per 5 s since the epoch.
         let mut w = Workloads::new(5, 100, 3);
-        let key = WorkloadKey { namespace: "shop".into(), workload: "web".into() };
+        let key = WorkloadKey {
+            namespace: "shop".into(),
+            workload: "web".into(),
+        };
         assert_eq!(w.fold(&sample(0, "web-0", 1.0, Some(2.0)), 1), Fold::Folded);
         let now = 1_790_000_000;
         for i in 0..20 {
@@ -335,7 +382,11 @@ mod tests {
         }
         assert!(w.steps(&key) <= 100, "kept {} steps", w.steps(&key));
         let (s, _) = w.series(&key).unwrap();
-        assert_eq!(s.start, DateTime::from_timestamp(now, 0).unwrap(), "nothing kept from before the jump");
+        assert_eq!(
+            s.start,
+            DateTime::from_timestamp(now, 0).unwrap(),
+            "nothing kept from before the jump"
+        );
         assert!(s.values.iter().all(|v| *v == 50.0));
     }
 
@@ -344,7 +395,9 @@ mod tests {
         let mut w = Workloads::new(5, 100, 3);
         let mut ignored = 0;
         for i in 0..(MAX_SAMPLES_PER_STEP + 10) {
-            if w.fold(&sample(1, &format!("web-{i}"), 1.0, Some(2.0)), i as u64) == Fold::Ignored("too_many_samples") {
+            if w.fold(&sample(1, &format!("web-{i}"), 1.0, Some(2.0)), i as u64)
+                == Fold::Ignored("too_many_samples")
+            {
                 ignored += 1;
             }
         }
@@ -363,15 +416,25 @@ mod tests {
                 w.fold(&sample(i * 5, "web-0", 1.0, Some(2.0)), i as u64 + 1);
             }
         }
-        let key = WorkloadKey { namespace: "shop".into(), workload: "web".into() };
+        let key = WorkloadKey {
+            namespace: "shop".into(),
+            workload: "web".into(),
+        };
         assert_eq!(w.steps(&key), 10);
         let (s, range) = w.series(&key).unwrap();
-        assert_eq!(s.start, DateTime::from_timestamp(100, 0).unwrap(), "steps 20..=29");
+        assert_eq!(
+            s.start,
+            DateTime::from_timestamp(100, 0).unwrap(),
+            "steps 20..=29"
+        );
         assert_eq!(range.first_sequence, 21);
         assert!(s.values[5].is_nan(), "step 25 settled as missing");
         assert!(s.values.iter().enumerate().all(|(i, v)| i == 5 || *v == 50.0));
         // Step 25 has settled: too late now. Step 28 is still open.
-        assert_eq!(w.fold(&sample(125, "web-0", 1.0, Some(2.0)), 99), Fold::Ignored("late"));
+        assert_eq!(
+            w.fold(&sample(125, "web-0", 1.0, Some(2.0)), 99),
+            Fold::Ignored("late")
+        );
         assert_eq!(w.fold(&sample(140, "web-1", 3.0, Some(2.0)), 100), Fold::Folded);
         let (s, range) = w.series(&key).unwrap();
         assert_eq!(s.values[8], 100.0 * 4.0 / 4.0);

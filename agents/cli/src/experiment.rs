@@ -15,7 +15,11 @@ pub struct ExperimentArgs {
     #[arg(long = "trace", required = true, num_args = 1..)]
     traces: Vec<PathBuf>,
     /// Policies to compare, comma-separated; the oracle is always added.
-    #[arg(long, value_delimiter = ',', default_value = "hpa,threshold,predictive,hybrid")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "hpa,threshold,predictive,hybrid"
+    )]
     policies: Vec<String>,
     /// Directory for report.md, results.json and the plots.
     #[arg(long)]
@@ -71,9 +75,15 @@ pub fn run(args: ExperimentArgs) -> anyhow::Result<()> {
     let policies = args
         .policies
         .iter()
-        .map(|p| p.parse::<Policy>().map_err(|e| anyhow::anyhow!("--policies: {e}")))
+        .map(|p| {
+            p.parse::<Policy>()
+                .map_err(|e| anyhow::anyhow!("--policies: {e}"))
+        })
         .collect::<anyhow::Result<_>>()?;
-    let mut config = Config { policies, ..Config::default() };
+    let mut config = Config {
+        policies,
+        ..Config::default()
+    };
     config.reference_pods = args.reference_pods;
     config.pod.startup = duration(&args.startup, "startup")?;
     config.pod.capacity_millicores = args.pod_cpu;
@@ -90,7 +100,9 @@ pub fn run(args: ExperimentArgs) -> anyhow::Result<()> {
     if let Some(e) = args.max_epochs {
         config.trainer.model.max_epochs = e;
     }
-    let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as i32));
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as i32));
     pas_models::runtime::configure(threads, 42)?;
 
     let mut err = std::io::stderr();
@@ -101,7 +113,11 @@ pub fn run(args: ExperimentArgs) -> anyhow::Result<()> {
         Progress::Training { trace, steps } => {
             let _ = writeln!(err, "[{}/{total}] {trace}: training on {steps} steps", done + 1);
         }
-        Progress::Scored { trace, training_seconds, simulation_seconds } => {
+        Progress::Scored {
+            trace,
+            training_seconds,
+            simulation_seconds,
+        } => {
             done += 1;
             let _ = writeln!(
                 err,
@@ -119,7 +135,10 @@ pub fn run(args: ExperimentArgs) -> anyhow::Result<()> {
         report.simulation_seconds,
         written.len(),
         args.report.display(),
-        written.iter().filter(|p| p.extension().is_some_and(|e| e == "png" || e == "svg")).count()
+        written
+            .iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "png" || e == "svg"))
+            .count()
     );
     Ok(())
 }

@@ -246,7 +246,10 @@ fn main() -> anyhow::Result<()> {
     }
     let file = cli.config.as_deref();
     // The stages set up their own logging from their configuration.
-    if !matches!(cli.command, Command::Trainer(_) | Command::Forecaster(_) | Command::Scaler(_) | Command::Recorder(_)) {
+    if !matches!(
+        cli.command,
+        Command::Trainer(_) | Command::Forecaster(_) | Command::Scaler(_) | Command::Recorder(_)
+    ) {
         pas_runtime::telemetry::init(false, "warn");
     }
     match cli.command {
@@ -280,7 +283,9 @@ fn nats_runtime(
 ) -> anyhow::Result<(tokio::runtime::Runtime, NatsConfig)> {
     let config: CliConfig =
         pas_runtime::config::load(file, std::env::vars(), overrides).context("loading the configuration")?;
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     Ok((runtime, config.nats))
 }
 
@@ -301,7 +306,9 @@ async fn bus(command: BusCommand, nats: &NatsConfig) -> anyhow::Result<()> {
             }
         }
         BusCommand::Init { json, replicas } => {
-            let options = provision::Options { replicas: replicas.map(usize::from) };
+            let options = provision::Options {
+                replicas: replicas.map(usize::from),
+            };
             let done = provision::init(&conn.jetstream, options).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&done)?);
@@ -318,7 +325,9 @@ async fn bus(command: BusCommand, nats: &NatsConfig) -> anyhow::Result<()> {
             }
         }
         BusCommand::Status { json, replicas } => {
-            let options = provision::Options { replicas: replicas.map(usize::from) };
+            let options = provision::Options {
+                replicas: replicas.map(usize::from),
+            };
             let status = provision::status(&conn.jetstream, options).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
@@ -331,7 +340,13 @@ async fn bus(command: BusCommand, nats: &NatsConfig) -> anyhow::Result<()> {
                     if s.exists {
                         println!(
                             "{:<17} {:>10} {:>12} {:>9} {:>10} {:>8}  {}",
-                            s.stream, s.messages, s.bytes, s.consumers, s.last_sequence, s.replicas, s.drift.join(",")
+                            s.stream,
+                            s.messages,
+                            s.bytes,
+                            s.consumers,
+                            s.last_sequence,
+                            s.replicas,
+                            s.drift.join(",")
                         );
                     } else {
                         println!("{:<17} missing: run `pas bus init`", s.stream);
@@ -349,19 +364,34 @@ async fn bus(command: BusCommand, nats: &NatsConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn trainer(args: &TrainerArgs, mut overrides: Vec<(&str, config::Value)>, file: Option<&std::path::Path>) -> anyhow::Result<()> {
+fn trainer(
+    args: &TrainerArgs,
+    mut overrides: Vec<(&str, config::Value)>,
+    file: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
     push_strings(&mut overrides, [("retrain_after", &args.retrain_after)]);
     if let Some(n) = args.min_history {
         overrides.push(("min_history", n.into()));
     }
-    let Some(config) = stage_config("trainer", &args.stage, file, overrides, |c: &pas_trainer::Config| c.log_json)? else {
+    let Some(config) = stage_config(
+        "trainer",
+        &args.stage,
+        file,
+        overrides,
+        |c: &pas_trainer::Config| c.log_json,
+    )?
+    else {
         return Ok(());
     };
     let trainer = pas_trainer::Trainer::new(config)?;
     run_stage(|shutdown| trainer.run(shutdown))
 }
 
-fn forecaster(args: &ForecasterArgs, mut overrides: Vec<(&str, config::Value)>, file: Option<&std::path::Path>) -> anyhow::Result<()> {
+fn forecaster(
+    args: &ForecasterArgs,
+    mut overrides: Vec<(&str, config::Value)>,
+    file: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
     push_strings(&mut overrides, [("tick", &args.tick), ("replica", &args.replica)]);
     if let Some(n) = args.history {
         overrides.push(("history", n.into()));
@@ -369,7 +399,13 @@ fn forecaster(args: &ForecasterArgs, mut overrides: Vec<(&str, config::Value)>, 
     if let Some(n) = args.partitions {
         overrides.push(("partitions", n.into()));
     }
-    let Some(config) = stage_config("forecaster", &args.stage, file, overrides, |c: &pas_forecaster::Config| c.log_json)?
+    let Some(config) = stage_config(
+        "forecaster",
+        &args.stage,
+        file,
+        overrides,
+        |c: &pas_forecaster::Config| c.log_json,
+    )?
     else {
         return Ok(());
     };
@@ -377,10 +413,19 @@ fn forecaster(args: &ForecasterArgs, mut overrides: Vec<(&str, config::Value)>, 
     run_stage(|shutdown| forecaster.run(shutdown))
 }
 
-fn scaler(args: &ScalerArgs, mut overrides: Vec<(&str, config::Value)>, file: Option<&std::path::Path>) -> anyhow::Result<()> {
+fn scaler(
+    args: &ScalerArgs,
+    mut overrides: Vec<(&str, config::Value)>,
+    file: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
     push_strings(
         &mut overrides,
-        [("tick", &args.tick), ("replica", &args.replica), ("cluster", &args.cluster), ("defaults.policy", &args.policy)],
+        [
+            ("tick", &args.tick),
+            ("replica", &args.replica),
+            ("cluster", &args.cluster),
+            ("defaults.policy", &args.policy),
+        ],
     );
     if args.all {
         overrides.push(("defaults.enabled", true.into()));
@@ -388,25 +433,50 @@ fn scaler(args: &ScalerArgs, mut overrides: Vec<(&str, config::Value)>, file: Op
     if args.dry_run {
         overrides.push(("defaults.dry_run", true.into()));
     }
-    let Some(config) = stage_config("scaler", &args.stage, file, overrides, |c: &pas_scaler::Config| c.log_json)? else {
+    let Some(config) = stage_config(
+        "scaler",
+        &args.stage,
+        file,
+        overrides,
+        |c: &pas_scaler::Config| c.log_json,
+    )?
+    else {
         return Ok(());
     };
     run_stage(|shutdown| pas_scaler::run(config, shutdown))
 }
 
-fn recorder(args: &RecorderArgs, mut overrides: Vec<(&str, config::Value)>, file: Option<&std::path::Path>) -> anyhow::Result<()> {
+fn recorder(
+    args: &RecorderArgs,
+    mut overrides: Vec<(&str, config::Value)>,
+    file: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
     push_strings(
         &mut overrides,
-        [("influx.url", &args.influx_url), ("influx.org", &args.influx_org), ("influx.bucket", &args.influx_bucket)],
+        [
+            ("influx.url", &args.influx_url),
+            ("influx.org", &args.influx_org),
+            ("influx.bucket", &args.influx_bucket),
+        ],
     );
-    let Some(config) = stage_config("recorder", &args.stage, file, overrides, |c: &pas_recorder::Config| c.log_json)? else {
+    let Some(config) = stage_config(
+        "recorder",
+        &args.stage,
+        file,
+        overrides,
+        |c: &pas_recorder::Config| c.log_json,
+    )?
+    else {
         return Ok(());
     };
     let recorder = pas_recorder::Recorder::new(config)?;
     run_stage(|shutdown| recorder.run(shutdown))
 }
 
-fn push_strings<'a, const N: usize>(overrides: &mut Vec<(&'a str, config::Value)>, flags: [(&'a str, &Option<String>); N]) {
+fn push_strings<'a, const N: usize>(
+    overrides: &mut Vec<(&'a str, config::Value)>,
+    flags: [(&'a str, &Option<String>); N],
+) {
     for (key, value) in flags {
         if let Some(v) = value {
             overrides.push((key, v.clone().into()));
@@ -423,7 +493,10 @@ fn stage_config<'a, C: serde::de::DeserializeOwned + Serialize + Default>(
     mut overrides: Vec<(&'a str, config::Value)>,
     log_json: impl Fn(&C) -> bool,
 ) -> anyhow::Result<Option<C>> {
-    push_strings(&mut overrides, [("run", &args.run), ("step", &args.step), ("listen", &args.listen)]);
+    push_strings(
+        &mut overrides,
+        [("run", &args.run), ("step", &args.step), ("listen", &args.listen)],
+    );
     if args.log_json {
         overrides.push(("log_json", true.into()));
     }
@@ -446,7 +519,10 @@ where
     Fut: std::future::Future<Output = Result<(), E>>,
     E: std::error::Error + Send + Sync + 'static,
 {
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     let result = runtime.block_on(async {
         let shutdown = pas_runtime::shutdown::on_signal();
         stage(shutdown).await

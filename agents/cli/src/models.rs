@@ -52,7 +52,11 @@ pub struct EvalArgs {
     #[arg(long = "trace", required = true, num_args = 1..)]
     traces: Vec<PathBuf>,
     /// Models to compare, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "naive,seasonal-naive,holt-winters,lstm-seed,lstm")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "naive,seasonal-naive,holt-winters,lstm-seed,lstm"
+    )]
     models: Vec<String>,
     /// Share of each trace (its newest part) to test on.
     #[arg(long, default_value_t = 0.2)]
@@ -97,16 +101,24 @@ pub fn run(command: ModelsCommand) -> anyhow::Result<()> {
 }
 
 fn options(common: &Common) -> anyhow::Result<ModelOptions> {
-    let threads = common.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as i32));
+    let threads = common
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as i32));
     pas_models::runtime::configure(threads, 42)?;
     let lstm = match &common.lstm_config {
         Some(path) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            let text =
+                std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
             toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
         }
         None => LstmConfig::default(),
     };
-    Ok(ModelOptions { horizon: common.horizon, period: common.period, lstm, ..ModelOptions::default() })
+    Ok(ModelOptions {
+        horizon: common.horizon,
+        period: common.period,
+        lstm,
+        ..ModelOptions::default()
+    })
 }
 
 /// One line per epoch on stderr, with a bar of the epochs done.
@@ -114,14 +126,25 @@ fn epoch_line(e: &Epoch) {
     const WIDTH: usize = 20;
     let done = e.epoch * WIDTH / e.max_epochs.max(1);
     let bar: String = "=".repeat(done) + &" ".repeat(WIDTH - done);
-    let validation = e.validation_loss.map(|v| format!("  validation {v:.4}")).unwrap_or_default();
+    let validation = e
+        .validation_loss
+        .map(|v| format!("  validation {v:.4}"))
+        .unwrap_or_default();
     let mut err = std::io::stderr().lock();
-    let _ = writeln!(err, "  epoch {:>3}/{:<3} [{bar}] loss {:.4}{validation}  {:.2} s", e.epoch, e.max_epochs, e.loss, e.seconds);
+    let _ = writeln!(
+        err,
+        "  epoch {:>3}/{:<3} [{bar}] loss {:.4}{validation}  {:.2} s",
+        e.epoch, e.max_epochs, e.loss, e.seconds
+    );
 }
 
 fn evaluate(args: EvalArgs) -> anyhow::Result<()> {
     let options = options(&args.common)?;
-    let kinds = args.models.iter().map(|m| m.parse::<ModelKind>()).collect::<Result<Vec<_>, _>>()?;
+    let kinds = args
+        .models
+        .iter()
+        .map(|m| m.parse::<ModelKind>())
+        .collect::<Result<Vec<_>, _>>()?;
     let config = EvalConfig {
         horizon: args.common.horizon,
         test_fraction: args.test_fraction,
@@ -166,7 +189,8 @@ fn write_json(path: &Path, value: &serde_json::Value) -> anyhow::Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }
-    std::fs::write(path, serde_json::to_string_pretty(value)? + "\n").with_context(|| format!("writing {}", path.display()))
+    std::fs::write(path, serde_json::to_string_pretty(value)? + "\n")
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 fn print_table(reports: &[SeriesReport]) {
@@ -182,7 +206,10 @@ fn print_table(reports: &[SeriesReport]) {
                 let _ = writeln!(out, "{:<44} {:<15} failed: {e}", r.name, m.model);
                 continue;
             }
-            let cover = m.coverage.map(|c| format!("{:.1}", 100.0 * c)).unwrap_or_else(|| "-".into());
+            let cover = m
+                .coverage
+                .map(|c| format!("{:.1}", 100.0 * c))
+                .unwrap_or_else(|| "-".into());
             let _ = writeln!(
                 out,
                 "{:<44} {:<15} {:>7.3} {:>7.2} {:>8.3} {:>8.3} {:>6.1} {:>6} {:>8.1}",
@@ -199,13 +226,25 @@ fn print_table(reports: &[SeriesReport]) {
         }
     }
     let _ = writeln!(out);
-    let _ = writeln!(out, "{:<15} {:>10} {:>7} {:>7} {:>7}", "model", "mean MASE", "traces", "best", "failed");
+    let _ = writeln!(
+        out,
+        "{:<15} {:>10} {:>7} {:>7} {:>7}",
+        "model", "mean MASE", "traces", "best", "failed"
+    );
     for s in eval::summarise(reports) {
-        let _ = writeln!(out, "{:<15} {:>10.3} {:>7} {:>7} {:>7}", s.model, s.mean_mase, s.series, s.best, s.failed);
+        let _ = writeln!(
+            out,
+            "{:<15} {:>10.3} {:>7} {:>7} {:>7}",
+            s.model, s.mean_mase, s.series, s.best, s.failed
+        );
     }
     let (won, of) = eval::wins(reports, "lstm", "lstm-seed");
     if of > 0 {
-        let _ = writeln!(out, "lstm beats lstm-seed on {won} of {of} traces ({:.0} %)", 100.0 * won as f64 / of as f64);
+        let _ = writeln!(
+            out,
+            "lstm beats lstm-seed on {won} of {of} traces ({:.0} %)",
+            100.0 * won as f64 / of as f64
+        );
     }
 }
 
@@ -213,9 +252,14 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
     let options = options(&args.common)?;
     let kind: ModelKind = args.model.parse()?;
     let mut config = match kind {
-        ModelKind::Lstm => LstmConfig { horizon: options.horizon, ..options.lstm.clone() },
+        ModelKind::Lstm => LstmConfig {
+            horizon: options.horizon,
+            ..options.lstm.clone()
+        },
         ModelKind::LstmSeed => LstmConfig::seed(),
-        other => anyhow::bail!("`pas models train` trains the neural models (lstm, lstm-seed); {other} has no weights to store"),
+        other => anyhow::bail!(
+            "`pas models train` trains the neural models (lstm, lstm-seed); {other} has no weights to store"
+        ),
     };
     if let Some(epochs) = args.epochs {
         config.max_epochs = epochs;
@@ -262,10 +306,13 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
             from: trace.points[0].0,
             to: trace.points[trace.points.len() - 1].0,
         },
-        validation: [("validation_loss".to_owned(), report.validation_loss.unwrap_or(f64::NAN))]
-            .into_iter()
-            .filter(|(_, v)| v.is_finite())
-            .collect(),
+        validation: [(
+            "validation_loss".to_owned(),
+            report.validation_loss.unwrap_or(f64::NAN),
+        )]
+        .into_iter()
+        .filter(|(_, v)| v.is_finite())
+        .collect(),
         digest: pas_models::digest(&weights),
         accepted: true,
     };

@@ -138,9 +138,17 @@ pub async fn run_replay(args: ReplayArgs, nats: &NatsConfig) -> anyhow::Result<(
         pods: args.pods,
         pod_cpu: args.pod_cpu,
         speed: args.speed.parse()?,
-        timestamps: if args.original_timestamps { replay::Timestamps::Original } else { replay::Timestamps::Shifted },
+        timestamps: if args.original_timestamps {
+            replay::Timestamps::Original
+        } else {
+            replay::Timestamps::Shifted
+        },
         backfill: args.backfill,
-        simulate: args.simulate.as_deref().map(|s| duration(s, "simulate")).transpose()?,
+        simulate: args
+            .simulate
+            .as_deref()
+            .map(|s| duration(s, "simulate"))
+            .transpose()?,
         in_flight: 512,
     };
     let conn = pas_nats::connect(nats, "pas-replay", false).await?;
@@ -148,8 +156,17 @@ pub async fn run_replay(args: ReplayArgs, nats: &NatsConfig) -> anyhow::Result<(
     let mut err = std::io::stderr();
     let summary = replay::replay(&conn, &config, shutdown, &mut |p| {
         let replicas = p.replicas.map(|r| format!(", {r} replicas")).unwrap_or_default();
-        let at = p.at.map(|t| format!(", at {}", t.format("%Y-%m-%d %H:%M:%S"))).unwrap_or_default();
-        let _ = write!(err, "\r{} {}/{} rows, {} samples acked{replicas}{at}   ", bar(p.done, p.total), p.done, p.total, p.acked);
+        let at =
+            p.at.map(|t| format!(", at {}", t.format("%Y-%m-%d %H:%M:%S")))
+                .unwrap_or_default();
+        let _ = write!(
+            err,
+            "\r{} {}/{} rows, {} samples acked{replicas}{at}   ",
+            bar(p.done, p.total),
+            p.done,
+            p.total,
+            p.acked
+        );
     })
     .await;
     let _ = writeln!(err);
@@ -167,9 +184,16 @@ pub async fn run_replay(args: ReplayArgs, nats: &NatsConfig) -> anyhow::Result<(
             s.samples as f64 / s.seconds.max(1e-9),
             s.duplicates,
             s.retries,
-            s.first.map_or("-".into(), |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
-            s.last.map_or("-".into(), |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
-            s.final_replicas.map(|r| format!("; {} decisions applied, {r} replicas at the end", s.decisions_applied)).unwrap_or_default()
+            s.first.map_or("-".into(), |t| t
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+            s.last.map_or("-".into(), |t| t
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+            s.final_replicas
+                .map(|r| format!(
+                    "; {} decisions applied, {r} replicas at the end",
+                    s.decisions_applied
+                ))
+                .unwrap_or_default()
         );
     }
     Ok(())
@@ -178,7 +202,14 @@ pub async fn run_replay(args: ReplayArgs, nats: &NatsConfig) -> anyhow::Result<(
 pub async fn run_record(args: RecordArgs, nats: &NatsConfig) -> anyhow::Result<()> {
     let from = match (args.since, args.until) {
         (Some(since), Some(until)) => record::From::Stream { since, until },
-        _ => record::From::Live { count: args.count, duration: args.duration.as_deref().map(|d| duration(d, "duration")).transpose()? },
+        _ => record::From::Live {
+            count: args.count,
+            duration: args
+                .duration
+                .as_deref()
+                .map(|d| duration(d, "duration"))
+                .transpose()?,
+        },
     };
     let config = record::Config {
         run: args.run,
@@ -192,9 +223,15 @@ pub async fn run_record(args: RecordArgs, nats: &NatsConfig) -> anyhow::Result<(
     let conn = pas_nats::connect(nats, "pas-record", false).await?;
     let shutdown = pas_runtime::shutdown::on_signal();
     let mut err = std::io::stderr();
-    let summary = record::record(&conn, &config, shutdown, || eprintln!("recording; Ctrl-C writes the file and stops"), &mut |n| {
-        let _ = write!(err, "\r{n} samples   ");
-    })
+    let summary = record::record(
+        &conn,
+        &config,
+        shutdown,
+        || eprintln!("recording; Ctrl-C writes the file and stops"),
+        &mut |n| {
+            let _ = write!(err, "\r{n} samples   ");
+        },
+    )
     .await;
     let _ = writeln!(err);
     conn.client.drain().await.ok();
@@ -207,7 +244,13 @@ pub async fn run_record(args: RecordArgs, nats: &NatsConfig) -> anyhow::Result<(
 }
 
 pub fn run_loadgen(args: LoadgenArgs) -> anyhow::Result<()> {
-    let config = loadgen::Config { cores: args.cores, speed: args.speed, scale: args.scale, repeat: args.repeat, ..Default::default() };
+    let config = loadgen::Config {
+        cores: args.cores,
+        speed: args.speed,
+        scale: args.scale,
+        repeat: args.repeat,
+        ..Default::default()
+    };
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     // SIGTERM or Ctrl-C: stop burning.

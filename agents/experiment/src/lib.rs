@@ -37,9 +37,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use pas_models::batch::{LstmWeights, predict_batch};
 use pas_models::lstm::Lstm;
 use pas_models::{Prediction, Series, Trace};
-use pas_scaler::policy::{
-    self, ForecastView, History, Observed, PodUsage, Policy, Settings, Tuning,
-};
+use pas_scaler::policy::{self, ForecastView, History, Observed, PodUsage, Policy, Settings, Tuning};
 use pas_scaler::sim::{PodModel, SimulatedStatefulSet};
 use pas_schemas::TrainingRange;
 use pas_workloads::WorkloadKey;
@@ -110,12 +108,7 @@ impl Default for Config {
             ..Settings::default()
         };
         Config {
-            policies: vec![
-                Policy::Hpa,
-                Policy::Threshold,
-                Policy::Predictive,
-                Policy::Hybrid,
-            ],
+            policies: vec![Policy::Hpa, Policy::Threshold, Policy::Predictive, Policy::Hybrid],
             reference_pods: 4,
             pod: PodModel {
                 startup: settings.startup,
@@ -151,9 +144,7 @@ impl Config {
         if self.tuning.tick.is_zero() {
             return bad("the tick must be above 0".into());
         }
-        if self.settings.min_replicas == 0
-            || self.settings.min_replicas > self.settings.max_replicas
-        {
+        if self.settings.min_replicas == 0 || self.settings.min_replicas > self.settings.max_replicas {
             return bad("min replicas must be at least 1 and at most max replicas".into());
         }
         Ok(())
@@ -308,12 +299,7 @@ pub struct Demand {
 impl Demand {
     /// The stated rule: `cpu` percent of `reference_pods` pods of
     /// `capacity_millicores` each.
-    pub fn from_trace(
-        trace: &Trace,
-        reference_pods: u32,
-        capacity_millicores: f64,
-        shape: Shape,
-    ) -> Demand {
+    pub fn from_trace(trace: &Trace, reference_pods: u32, capacity_millicores: f64, shape: Shape) -> Demand {
         let scale = f64::from(reference_pods) * capacity_millicores / 100.0;
         let points = trace
             .points
@@ -329,9 +315,7 @@ impl Demand {
         let i = self.points.partition_point(|(p, _)| *p <= t);
         match (i.checked_sub(1).map(|j| self.points[j]), self.points.get(i)) {
             (Some((_, v0)), Some(_)) if self.shape == Shape::Step => v0,
-            (Some((t0, v0)), Some(&(t1, v1))) => {
-                v0 + (v1 - v0) * (t - t0) as f64 / (t1 - t0) as f64
-            }
+            (Some((t0, v0)), Some(&(t1, v1))) => v0 + (v1 - v0) * (t - t0) as f64 / (t1 - t0) as f64,
             (Some((_, v)), None) | (None, Some(&(_, v))) => v,
             (None, None) => 0.0,
         }
@@ -402,8 +386,8 @@ pub fn run_trace(
     };
     // A version that cannot be trained leaves the forecaster on its naive
     // fallback, as in the pipeline; the report says why.
-    let trained = pas_trainer::train_version(key, 1, train.clone(), range, &trainer)
-        .map_err(|e| e.to_string());
+    let trained =
+        pas_trainer::train_version(key, 1, train.clone(), range, &trainer).map_err(|e| e.to_string());
     let training_seconds = started.elapsed().as_secs_f64();
 
     // 3. Forecasts at every step of the scored part whose last step is observed.
@@ -414,8 +398,7 @@ pub fn run_trace(
     let origins: Vec<usize> = (split..n).filter(|&i| observed[i]).collect();
     let lstm = match &trained {
         Ok((manifest, weights)) if manifest.accepted => {
-            let model =
-                Lstm::from_safetensors(trainer.model.clone(), &manifest.normalisation, weights)?;
+            let model = Lstm::from_safetensors(trainer.model.clone(), &manifest.normalisation, weights)?;
             Some(LstmWeights::from_lstm(&model)?)
         }
         _ => None,
@@ -452,14 +435,7 @@ pub fn run_trace(
             prediction: p.clamped(),
         })
         .collect();
-    let accuracy = accuracy(
-        &series.values,
-        &train.values,
-        &origins,
-        &made,
-        horizon,
-        &trained,
-    );
+    let accuracy = accuracy(&series.values, &train.values, &origins, &made, horizon, &trained);
 
     // 4. and 5. Every policy, then the oracle, over the scored part.
     let demand = Demand::from_trace(
@@ -545,8 +521,7 @@ fn accuracy(
     let manifest = trained.as_ref().ok().map(|t| &t.0);
     let accepted = manifest.is_some_and(|m| m.accepted);
     let scale = pas_models::eval::naive_scale(train);
-    let (mut err, mut naive_err, mut n, mut covered, mut with_upper) =
-        (0.0, 0.0, 0usize, 0usize, 0usize);
+    let (mut err, mut naive_err, mut n, mut covered, mut with_upper) = (0.0, 0.0, 0usize, 0usize, 0usize);
     for (&i, m) in origins.iter().zip(made) {
         for h in 0..horizon {
             let Some(&actual) = values.get(i + 1 + h) else {
@@ -674,8 +649,7 @@ impl Meter {
         if !self.episodes.is_empty() {
             self.score.mean_time_to_capacity_seconds =
                 Some(self.episodes.iter().sum::<f64>() / self.episodes.len() as f64);
-            self.score.max_time_to_capacity_seconds =
-                Some(self.episodes.iter().copied().fold(0.0, f64::max));
+            self.score.max_time_to_capacity_seconds = Some(self.episodes.iter().copied().fold(0.0, f64::max));
         }
         self.score
     }
@@ -702,10 +676,7 @@ fn simulate(
     tuning: &Tuning,
 ) -> (Score, Vec<f64>, Vec<u32>) {
     let mut meter = Meter::new(name, tuning.tick);
-    let (mut capacity, mut replicas) = (
-        Vec::with_capacity(ticks.len()),
-        Vec::with_capacity(ticks.len()),
-    );
+    let (mut capacity, mut replicas) = (Vec::with_capacity(ticks.len()), Vec::with_capacity(ticks.len()));
     let (Some(&first), Some(&first_load)) = (ticks.first(), load.first()) else {
         return (meter.finish(), capacity, replicas);
     };
@@ -787,10 +758,7 @@ fn oracle(load: &[f64], config: &Config, tuning: &Tuning) -> (Score, Vec<f64>, V
     let mut meter = Meter::new("oracle", tuning.tick);
     let need: Vec<u32> = load.iter().map(|&d| needed(d, config)).collect();
     let ahead = (config.pod.startup.as_secs_f64() / tuning.tick.as_secs_f64()).ceil() as usize;
-    let (mut capacity, mut replicas) = (
-        Vec::with_capacity(load.len()),
-        Vec::with_capacity(load.len()),
-    );
+    let (mut capacity, mut replicas) = (Vec::with_capacity(load.len()), Vec::with_capacity(load.len()));
     let mut last = None;
     for (i, &d) in load.iter().enumerate() {
         // A pod needed within the start-up time already exists.
@@ -829,11 +797,7 @@ mod tests {
         assert_eq!(d.at(at(0)), 2000.0, "50 % of 4 pods of 1000m");
         assert_eq!(d.at(at(150)), 3000.0);
         assert_eq!(d.at(at(300)), 4000.0);
-        assert_eq!(
-            d.at(at(900)),
-            4000.0,
-            "the last point holds after the trace"
-        );
+        assert_eq!(d.at(at(900)), 4000.0, "the last point holds after the trace");
         let d = Demand::from_trace(&trace, 4, 1000.0, Shape::Step);
         assert_eq!(d.at(at(150)), 2000.0);
         assert_eq!(d.at(at(299)), 2000.0);
@@ -862,12 +826,7 @@ mod tests {
         // 1 core, then 5 cores from 300 s.
         let trace = Trace {
             name: "t".into(),
-            points: vec![
-                (at(0), 25.0),
-                (at(299), 25.0),
-                (at(300), 125.0),
-                (at(900), 125.0),
-            ],
+            points: vec![(at(0), 25.0), (at(299), 25.0), (at(300), 125.0), (at(900), 125.0)],
         };
         let demand = Demand::from_trace(&trace, 4, 1000.0, Shape::Linear);
         let ticks = ticks(at(0), at(900), Duration::from_secs(5));

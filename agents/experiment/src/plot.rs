@@ -171,12 +171,7 @@ fn draw_timeline<DB: DrawingBackend>(t: &TraceResult, root: DrawingArea<DB, Shif
 
 /// Each policy's mean violation time against its cost relative to the oracle.
 pub fn summary(r: &Report, path: &Path) -> Result<(), Error> {
-    render(
-        path,
-        (900, 600),
-        |a| draw_summary(r, a),
-        |a| draw_summary(r, a),
-    )
+    render(path, (900, 600), |a| draw_summary(r, a), |a| draw_summary(r, a))
 }
 
 fn draw_summary<DB: DrawingBackend>(r: &Report, root: DrawingArea<DB, Shift>) -> Drawn {
@@ -221,11 +216,7 @@ fn draw_summary<DB: DrawingBackend>(r: &Report, root: DrawingArea<DB, Shift>) ->
         // The dot, and its name beside it.
         let mark = EmptyElement::at((*x, *y))
             + Circle::new((0, 0), 7, c.filled())
-            + Text::new(
-                name.clone(),
-                (10, -18),
-                ("sans-serif", 16).into_font().color(&c),
-            );
+            + Text::new(name.clone(), (10, -18), ("sans-serif", 16).into_font().color(&c));
         chart.draw_series(std::iter::once(mark)).map_err(e)?;
     }
     root.present().map_err(e)

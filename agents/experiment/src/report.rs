@@ -78,11 +78,7 @@ impl Report {
     /// Summarises the traces' results.
     pub fn new(config: &Config, traces: Vec<TraceResult>) -> Report {
         let setup = Setup {
-            policies: config
-                .policies
-                .iter()
-                .map(|p| p.as_str().to_owned())
-                .collect(),
+            policies: config.policies.iter().map(|p| p.as_str().to_owned()).collect(),
             reference_pods: config.reference_pods,
             startup_seconds: config.pod.startup.as_secs_f64(),
             capacity_millicores: config.pod.capacity_millicores,
@@ -187,8 +183,8 @@ pub fn write_report(report: &Report, dir: &Path) -> Result<Vec<PathBuf>, Error> 
         crate::plot::summary(report, &path)?;
         written.push(path);
     }
-    let json = serde_json::to_string_pretty(report)
-        .map_err(|e| Error::Input(format!("results.json: {e}")))?;
+    let json =
+        serde_json::to_string_pretty(report).map_err(|e| Error::Input(format!("results.json: {e}")))?;
     let path = dir.join("results.json");
     std::fs::write(&path, json + "\n").map_err(io(&path))?;
     written.push(path);

@@ -106,7 +106,10 @@ impl Config {
 
     pub(crate) fn check(&self) -> Result<(), String> {
         if self.step.as_secs() == 0 || self.step.subsec_nanos() != 0 {
-            return Err(format!("step must be a whole number of seconds, not {:?}", self.step));
+            return Err(format!(
+                "step must be a whole number of seconds, not {:?}",
+                self.step
+            ));
         }
         if self.tick().as_millis() < 100 {
             return Err("tick must be at least 100ms".into());
@@ -127,9 +130,11 @@ impl Config {
             return Err("partitions, chunk and threads must be at least 1".into());
         }
         if self.lease < 2 * self.tick() {
-            return Err(format!("lease ({:?}) must be at least two ticks, so it is renewed in time", self.lease));
+            return Err(format!(
+                "lease ({:?}) must be at least two ticks, so it is renewed in time",
+                self.lease
+            ));
         }
         Ok(())
     }
 }
-

@@ -22,6 +22,9 @@ pub enum Error {
 impl Error {
     /// A failed JetStream request: what was being done, and the cause.
     pub fn js(what: &'static str, source: impl std::error::Error + Send + Sync + 'static) -> Error {
-        Error::JetStream { what, source: Box::new(source) }
+        Error::JetStream {
+            what,
+            source: Box::new(source),
+        }
     }
 }

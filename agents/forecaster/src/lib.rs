@@ -41,12 +41,12 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer::{DeliverPolicy, pull};
 use chrono::{DateTime, TimeDelta, Utc};
-use pas_models::batch::{LstmWeights, predict_batch};
 use pas_models::Prediction;
+use pas_models::batch::{LstmWeights, predict_batch};
+use pas_nats::model_store::Layout;
 use pas_nats::{HandlerError, Outgoing};
 use pas_schemas::subjects::{BUCKET_FORECASTER, BUCKET_MODELS, Prefix, STREAM_SAMPLES, Stage};
 use pas_schemas::{CpuSample, Forecast, ModelRef, SCHEMA_VERSION};
-use pas_nats::model_store::Layout;
 use pas_workloads::{Fold, WorkloadKey, Workloads};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -91,7 +91,13 @@ impl Forecaster {
         config.check().map_err(Error::Config)?;
         let prefix = Prefix::for_run(config.run.as_deref()).map_err(Error::Config)?;
         let replica = config.replica_id();
-        Ok(Forecaster { config, prefix, replica, metrics: Metrics::default(), manual: None })
+        Ok(Forecaster {
+            config,
+            prefix,
+            replica,
+            metrics: Metrics::default(),
+            manual: None,
+        })
     }
 
     /// A handle on the metrics (for tests and embedding).
@@ -110,31 +116,64 @@ impl Forecaster {
 
     /// Runs until `shutdown`.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
-        let Forecaster { config, prefix, replica, metrics, mut manual } = self;
+        let Forecaster {
+            config,
+            prefix,
+            replica,
+            metrics,
+            mut manual,
+        } = self;
         pas_models::runtime::configure(config.threads, 0).map_err(|e| Error::Config(e.to_string()))?;
         let client = format!("pas-forecaster-{replica}");
-        let pas_nats::StageBus { conn, dead_letters, health } =
-            pas_nats::start_stage(&config.nats, &client, Stage::Forecaster, &prefix, config.listen, |r| metrics.register(r), &shutdown)
-                .await?;
+        let pas_nats::StageBus {
+            conn,
+            dead_letters,
+            health,
+        } = pas_nats::start_stage(
+            &config.nats,
+            &client,
+            Stage::Forecaster,
+            &prefix,
+            config.listen,
+            |r| metrics.register(r),
+            &shutdown,
+        )
+        .await?;
         let js = conn.jetstream.clone();
 
         // Waits for what `pas bus init` provisions rather than exiting.
-        let opened = pas_nats::wait_for("the pas-models and pas-forecaster buckets and PAS_SAMPLES", &shutdown, || async {
-            let open = |what: &str, e: Box<dyn std::error::Error + Send + Sync>| pas_nats::Error::JetStream {
-                action: format!("open {what}"),
-                source: e,
-            };
-            let bucket = js.get_object_store(BUCKET_MODELS).await.map_err(|e| open("the pas-models bucket", e.into()))?;
-            let chunks = js
-                .get_stream(pas_nats::definitions::object_stream())
-                .await
-                .map_err(|e| open("the pas-models stream", e.into()))?;
-            let stream = js.get_stream(STREAM_SAMPLES).await.map_err(|e| open("stream PAS_SAMPLES", e.into()))?;
-            let kv = js.get_key_value(BUCKET_FORECASTER).await.map_err(|e| open("the pas-forecaster bucket", e.into()))?;
-            Ok((bucket, chunks, stream, kv))
-        })
+        let opened = pas_nats::wait_for(
+            "the pas-models and pas-forecaster buckets and PAS_SAMPLES",
+            &shutdown,
+            || async {
+                let open =
+                    |what: &str, e: Box<dyn std::error::Error + Send + Sync>| pas_nats::Error::JetStream {
+                        action: format!("open {what}"),
+                        source: e,
+                    };
+                let bucket = js
+                    .get_object_store(BUCKET_MODELS)
+                    .await
+                    .map_err(|e| open("the pas-models bucket", e.into()))?;
+                let chunks = js
+                    .get_stream(pas_nats::definitions::object_stream())
+                    .await
+                    .map_err(|e| open("the pas-models stream", e.into()))?;
+                let stream = js
+                    .get_stream(STREAM_SAMPLES)
+                    .await
+                    .map_err(|e| open("stream PAS_SAMPLES", e.into()))?;
+                let kv = js
+                    .get_key_value(BUCKET_FORECASTER)
+                    .await
+                    .map_err(|e| open("the pas-forecaster bucket", e.into()))?;
+                Ok((bucket, chunks, stream, kv))
+            },
+        )
         .await?;
-        let Some((bucket, chunks, stream, kv)) = opened else { return Ok(()) };
+        let Some((bucket, chunks, stream, kv)) = opened else {
+            return Ok(());
+        };
 
         // Models: everything stored now, then whatever appears.
         let served = Arc::new(Models::default());
@@ -156,9 +195,14 @@ impl Forecaster {
         let open_steps = config.lateness.as_secs().div_ceil(step) as usize;
         let lookback = config.step * (config.history + open_steps) as u32;
         let consumer_config = pull::OrderedConfig {
-            name: Some(format!("forecaster-{}", pas_schemas::subjects::token(&replica).unwrap_or_default())),
+            name: Some(format!(
+                "forecaster-{}",
+                pas_schemas::subjects::token(&replica).unwrap_or_default()
+            )),
             filter_subject: prefix.all_pod_cpu(),
-            deliver_policy: DeliverPolicy::ByStartTime { start_time: time::OffsetDateTime::now_utc() - lookback },
+            deliver_policy: DeliverPolicy::ByStartTime {
+                start_time: time::OffsetDateTime::now_utc() - lookback,
+            },
             // Short pulls with a 2 s heartbeat: a consumer lost with its
             // server (an ordered consumer is not replicated) is noticed and
             // recreated in seconds, not after two missed 15 s heartbeats.
@@ -182,15 +226,25 @@ impl Forecaster {
             let fold = fold.clone();
             let admission = config.admission;
             tokio::spawn(async move {
-                pas_nats::consume_ordered::<CpuSample, _, _>(&stream, consumer_config, &dead_letters, &admission, stop, |sample, delivery| {
-                    fold(&sample, delivery.stream_sequence);
-                    async { Ok::<(), HandlerError>(()) }
-                })
+                pas_nats::consume_ordered::<CpuSample, _, _>(
+                    &stream,
+                    consumer_config,
+                    &dead_letters,
+                    &admission,
+                    stop,
+                    |sample, delivery| {
+                        fold(&sample, delivery.stream_sequence);
+                        async { Ok::<(), HandlerError>(()) }
+                    },
+                )
                 .await
             })
         };
 
-        let scope = prefix.run().map(|r| format!("run-{r}")).unwrap_or_else(|| "live".into());
+        let scope = prefix
+            .run()
+            .map(|r| format!("run-{r}"))
+            .unwrap_or_else(|| "live".into());
         let mut shard = Shard::new(kv, scope, replica.clone(), config.partitions, config.lease);
         if let Err(error) = shard.coordinate().await {
             tracing::warn!(%error, "Claiming partitions failed; will try again.");
@@ -206,7 +260,8 @@ impl Forecaster {
         let on_clock = manual.is_none();
         // Readiness fails when the tick stops advancing (a publish that never
         // returns, inference that hangs); with manual ticks nothing is due.
-        let beat = on_clock.then(|| health.heartbeat("forecast tick", (3 * tick).max(Duration::from_secs(30))));
+        let beat =
+            on_clock.then(|| health.heartbeat("forecast tick", (3 * tick).max(Duration::from_secs(30))));
         let mut leaving = false;
         loop {
             let manual_tick = async {
@@ -249,12 +304,15 @@ impl Forecaster {
             // The last tick, on shutdown, gets a bounded time: with NATS down
             // its acks would each wait for their timeout.
             let published = if leaving {
-                tokio::time::timeout(LAST_TICK, forecast_and_publish(&js, &prefix, &config, jobs, &metrics))
-                    .await
-                    .unwrap_or_else(|_| {
-                        tracing::warn!("The last tick did not finish in time; its forecasts may be missing.");
-                        Vec::new()
-                    })
+                tokio::time::timeout(
+                    LAST_TICK,
+                    forecast_and_publish(&js, &prefix, &config, jobs, &metrics),
+                )
+                .await
+                .unwrap_or_else(|_| {
+                    tracing::warn!("The last tick did not finish in time; its forecasts may be missing.");
+                    Vec::new()
+                })
             } else {
                 forecast_and_publish(&js, &prefix, &config, jobs, &metrics).await
             };
@@ -266,7 +324,14 @@ impl Forecaster {
                     }
                 }
             }
-            metrics.tick(started.elapsed().as_secs_f64(), tracked, stale, owned.len(), shard.members(), served.len());
+            metrics.tick(
+                started.elapsed().as_secs_f64(),
+                tracked,
+                stale,
+                owned.len(),
+                shard.members(),
+                served.len(),
+            );
             if let Some(beat) = &beat {
                 beat.beat();
             }
@@ -286,7 +351,12 @@ impl Forecaster {
             Some(Ok(Err(error))) => tracing::warn!(%error, "Consuming stopped with an error."),
             Some(Err(error)) => tracing::warn!(%error, "The consumer task failed."),
         }
-        let _ = pas_nats::within(Duration::from_secs(2), "drain the connection", conn.client.drain()).await;
+        let _ = pas_nats::within(
+            Duration::from_secs(2),
+            "drain the connection",
+            conn.client.drain(),
+        )
+        .await;
         Ok(())
     }
 }
@@ -308,12 +378,17 @@ fn fold(inputs: &Mutex<Inputs>, metrics: &Metrics, partitions: u32, sample: &Cpu
     match inputs.series.fold(sample, sequence) {
         Fold::Folded => {
             metrics.folded();
-            let (Some(namespace), Some(workload)) = (&sample.namespace, &sample.workload) else { return };
-            let key = WorkloadKey { namespace: namespace.clone(), workload: workload.clone() };
-            inputs
-                .tracked
-                .entry(key)
-                .or_insert_with(|| Tracked { partition: shard::partition(namespace, workload, partitions), last_end: None });
+            let (Some(namespace), Some(workload)) = (&sample.namespace, &sample.workload) else {
+                return;
+            };
+            let key = WorkloadKey {
+                namespace: namespace.clone(),
+                workload: workload.clone(),
+            };
+            inputs.tracked.entry(key).or_insert_with(|| Tracked {
+                partition: shard::partition(namespace, workload, partitions),
+                last_end: None,
+            });
         }
         Fold::Duplicate => metrics.ignored("duplicate"),
         Fold::Ignored(reason) => metrics.ignored(reason),
@@ -350,21 +425,38 @@ fn collect(
             stale += 1;
             continue;
         }
-        let Some(newest) = series.newest(key) else { continue };
-        let closed = if newest + step <= now { newest } else { newest - step };
+        let Some(newest) = series.newest(key) else {
+            continue;
+        };
+        let closed = if newest + step <= now {
+            newest
+        } else {
+            newest - step
+        };
         if t.last_end.is_some_and(|end| end >= closed) {
             continue;
         }
-        let Some((steps, _)) = series.series(key) else { continue };
+        let Some((steps, _)) = series.series(key) else {
+            continue;
+        };
         let mut s = pas_models::Series::from(steps);
-        let Ok(steps) = usize::try_from((closed - s.start).num_seconds() / step.num_seconds() + 1) else { continue };
+        let Ok(steps) = usize::try_from((closed - s.start).num_seconds() / step.num_seconds() + 1) else {
+            continue;
+        };
         s.values.truncate(steps);
         s.fill_gaps(config.max_fill);
         if s.values.last().is_none_or(|v| v.is_nan()) {
             continue;
         }
-        let model = served.get(&key.model_key()).filter(|m| s.values.len() >= m.weights.shape().window);
-        jobs.push(Job { key: key.clone(), window_end: closed, values: s.values, model });
+        let model = served
+            .get(&key.model_key())
+            .filter(|m| s.values.len() >= m.weights.shape().window);
+        jobs.push(Job {
+            key: key.clone(),
+            window_end: closed,
+            values: s.values,
+            model,
+        });
     }
     for key in &forget {
         tracked.remove(key);
@@ -372,7 +464,10 @@ fn collect(
     }
     if !forget.is_empty() {
         metrics.forgot(forget.len());
-        tracing::info!(workloads = forget.len(), "Forgot workloads with no samples for forget_after.");
+        tracing::info!(
+            workloads = forget.len(),
+            "Forgot workloads with no samples for forget_after."
+        );
     }
     (jobs, stale, tracked.len())
 }
@@ -392,7 +487,8 @@ async fn forecast_and_publish(
     }
     let (horizon, quantile, chunk) = (config.horizon, config.quantile, config.chunk);
     let step_seconds = config.step.as_secs() as u32;
-    let made = tokio::task::spawn_blocking(move || predict(jobs, horizon, quantile, chunk, step_seconds)).await;
+    let made =
+        tokio::task::spawn_blocking(move || predict(jobs, horizon, quantile, chunk, step_seconds)).await;
     let made = match made {
         Ok(made) => made,
         Err(error) => {
@@ -411,7 +507,9 @@ async fn forecast_and_publish(
         let lstm = job.model.is_some();
         let outgoing = prediction.and_then(|p| {
             let forecast = to_message(&job, p, quantile, config.step.as_secs_f64());
-            let subject = prefix.forecast(&job.key.namespace, &job.key.workload).map_err(|e| e.to_string())?;
+            let subject = prefix
+                .forecast(&job.key.namespace, &job.key.workload)
+                .map_err(|e| e.to_string())?;
             Outgoing::new(subject, &forecast).map_err(|e| e.to_string())
         });
         match outgoing {
@@ -431,7 +529,11 @@ async fn forecast_and_publish(
             }
             Err(error) => {
                 metrics.failed();
-                tracing::warn!(workload = job.key.model_key(), error, "A forecast could not be made.");
+                tracing::warn!(
+                    workload = job.key.model_key(),
+                    error,
+                    "A forecast could not be made."
+                );
             }
         }
     }
@@ -447,9 +549,18 @@ const LAST_TICK: Duration = Duration::from_secs(3);
 /// Most forecasts of a tick awaiting JetStream's ack at once.
 const MAX_IN_FLIGHT: usize = 1024;
 
-type Pending = (WorkloadKey, DateTime<Utc>, bool, async_nats::jetstream::context::PublishAckFuture);
+type Pending = (
+    WorkloadKey,
+    DateTime<Utc>,
+    bool,
+    async_nats::jetstream::context::PublishAckFuture,
+);
 
-async fn settle_ack((key, end, lstm, ack): Pending, metrics: &Metrics, done: &mut Vec<(WorkloadKey, DateTime<Utc>)>) {
+async fn settle_ack(
+    (key, end, lstm, ack): Pending,
+    metrics: &Metrics,
+    done: &mut Vec<(WorkloadKey, DateTime<Utc>)>,
+) {
     match ack.await {
         Ok(_) => {
             metrics.forecast(lstm);
@@ -470,7 +581,10 @@ fn predict(jobs: Vec<Job>, horizon: usize, quantile: f64, chunk: usize, step_sec
     let mut out = Vec::with_capacity(lstm.len() + baseline.len());
     let mut fallback = Vec::new();
     if !lstm.is_empty() {
-        let weights: Vec<&LstmWeights> = lstm.iter().filter_map(|j| j.model.as_ref().map(|m| &m.weights)).collect();
+        let weights: Vec<&LstmWeights> = lstm
+            .iter()
+            .filter_map(|j| j.model.as_ref().map(|m| &m.weights))
+            .collect();
         let windows: Vec<&[f64]> = lstm.iter().map(|j| j.values.as_slice()).collect();
         match predict_batch(&weights, &windows, chunk) {
             Ok(predictions) => {
@@ -488,7 +602,8 @@ fn predict(jobs: Vec<Job>, horizon: usize, quantile: f64, chunk: usize, step_sec
     for mut job in baseline.into_iter().chain(fallback) {
         job.model = None;
         let history = std::mem::take(&mut job.values);
-        let p = pas_models::naive::baseline(history, step_seconds, horizon, quantile).map_err(|e| e.to_string());
+        let p =
+            pas_models::naive::baseline(history, step_seconds, horizon, quantile).map_err(|e| e.to_string());
         out.push((job, p, quantile));
     }
     out
@@ -496,8 +611,16 @@ fn predict(jobs: Vec<Job>, horizon: usize, quantile: f64, chunk: usize, step_sec
 
 fn to_message(job: &Job, p: Prediction, quantile: f64, step_seconds: f64) -> Forecast {
     let model = match &job.model {
-        Some(m) => ModelRef { key: m.key.clone(), kind: m.kind.clone(), version: m.version },
-        None => ModelRef { key: job.key.model_key(), kind: pas_models::ModelKind::Naive.name().to_owned(), version: 0 },
+        Some(m) => ModelRef {
+            key: m.key.clone(),
+            kind: m.kind.clone(),
+            version: m.version,
+        },
+        None => ModelRef {
+            key: job.key.model_key(),
+            kind: pas_models::ModelKind::Naive.name().to_owned(),
+            version: 0,
+        },
     };
     let Prediction { values, upper } = p.clamped();
     Forecast {

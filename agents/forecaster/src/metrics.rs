@@ -59,18 +59,62 @@ impl Default for Metrics {
 
 impl Metrics {
     pub(crate) fn register(&self, r: &mut Registry) {
-        r.register("pas_forecaster_samples", "Samples folded into a workload window.", self.samples.clone());
-        r.register("pas_forecaster_ignored_samples", "Samples not used, by reason.", self.ignored.clone());
-        r.register("pas_forecaster_forecasts", "Forecasts published, by model (lstm or baseline).", self.forecasts.clone());
-        r.register("pas_forecaster_forecast_failures", "Forecasts that could not be made or published.", self.failures.clone());
-        r.register("pas_forecaster_workloads", "Workloads with data, all partitions.", self.workloads.clone());
-        r.register("pas_forecaster_stale_workloads", "Owned workloads not forecast because no sample came lately.", self.stale.clone());
-        r.register("pas_forecaster_forgotten_workloads", "Workloads forgotten after no sample for forget_after.", self.forgotten.clone());
-        r.register("pas_forecaster_partitions", "Partitions this replica holds.", self.partitions.clone());
-        r.register("pas_forecaster_replicas", "Live forecaster replicas seen.", self.replicas.clone());
+        r.register(
+            "pas_forecaster_samples",
+            "Samples folded into a workload window.",
+            self.samples.clone(),
+        );
+        r.register(
+            "pas_forecaster_ignored_samples",
+            "Samples not used, by reason.",
+            self.ignored.clone(),
+        );
+        r.register(
+            "pas_forecaster_forecasts",
+            "Forecasts published, by model (lstm or baseline).",
+            self.forecasts.clone(),
+        );
+        r.register(
+            "pas_forecaster_forecast_failures",
+            "Forecasts that could not be made or published.",
+            self.failures.clone(),
+        );
+        r.register(
+            "pas_forecaster_workloads",
+            "Workloads with data, all partitions.",
+            self.workloads.clone(),
+        );
+        r.register(
+            "pas_forecaster_stale_workloads",
+            "Owned workloads not forecast because no sample came lately.",
+            self.stale.clone(),
+        );
+        r.register(
+            "pas_forecaster_forgotten_workloads",
+            "Workloads forgotten after no sample for forget_after.",
+            self.forgotten.clone(),
+        );
+        r.register(
+            "pas_forecaster_partitions",
+            "Partitions this replica holds.",
+            self.partitions.clone(),
+        );
+        r.register(
+            "pas_forecaster_replicas",
+            "Live forecaster replicas seen.",
+            self.replicas.clone(),
+        );
         r.register("pas_forecaster_models", "Model keys served.", self.models.clone());
-        r.register("pas_forecaster_model_loads", "Model versions loaded and swapped in.", self.loads.clone());
-        r.register("pas_forecaster_model_refusals", "Model versions refused, by reason.", self.refusals.clone());
+        r.register(
+            "pas_forecaster_model_loads",
+            "Model versions loaded and swapped in.",
+            self.loads.clone(),
+        );
+        r.register(
+            "pas_forecaster_model_refusals",
+            "Model versions refused, by reason.",
+            self.refusals.clone(),
+        );
         r.register("pas_forecaster_ticks", "Ticks run.", self.ticks.clone());
         r.register(
             "pas_forecaster_tick_seconds",
@@ -88,7 +132,11 @@ impl Metrics {
     }
 
     pub(crate) fn forecast(&self, lstm: bool) {
-        self.forecasts.get_or_create(&Model { model: if lstm { "lstm" } else { "baseline" } }).inc();
+        self.forecasts
+            .get_or_create(&Model {
+                model: if lstm { "lstm" } else { "baseline" },
+            })
+            .inc();
     }
 
     pub(crate) fn failed(&self) {
@@ -103,7 +151,15 @@ impl Metrics {
         self.refusals.get_or_create(&Reason { reason }).inc();
     }
 
-    pub(crate) fn tick(&self, seconds: f64, workloads: usize, stale: usize, partitions: usize, replicas: usize, models: usize) {
+    pub(crate) fn tick(
+        &self,
+        seconds: f64,
+        workloads: usize,
+        stale: usize,
+        partitions: usize,
+        replicas: usize,
+        models: usize,
+    ) {
         self.ticks.inc();
         self.tick_seconds.observe(seconds);
         self.workloads.set(workloads as i64);
@@ -124,7 +180,11 @@ impl Metrics {
 
     /// Forecasts published by the LSTM (`true`) or the baseline.
     pub fn forecasts(&self, lstm: bool) -> u64 {
-        self.forecasts.get_or_create(&Model { model: if lstm { "lstm" } else { "baseline" } }).get()
+        self.forecasts
+            .get_or_create(&Model {
+                model: if lstm { "lstm" } else { "baseline" },
+            })
+            .get()
     }
 
     /// Model versions refused for `reason` (`digest`, `load`, `step`, …).

@@ -19,9 +19,9 @@ use async_nats::jetstream::stream::Stream;
 use futures::StreamExt;
 use pas_models::batch::LstmWeights;
 use pas_models::lstm::{Lstm, LstmConfig};
-use pas_schemas::ModelManifest;
-use pas_runtime::health::Heartbeat;
 use pas_nats::model_store::{self as store, Layout};
+use pas_runtime::health::Heartbeat;
+use pas_schemas::ModelManifest;
 use tokio_util::sync::CancellationToken;
 
 use crate::Error;
@@ -60,7 +60,11 @@ impl Models {
 
     /// The served version of a key, if any.
     pub fn version(&self, key: &str) -> Option<u64> {
-        self.map.read().unwrap_or_else(|p| p.into_inner()).get(key).map(|s| s.version)
+        self.map
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .map(|s| s.version)
     }
 
     /// How many keys have a model.
@@ -82,7 +86,10 @@ struct Refusal {
 }
 
 fn refuse(reason: &'static str, detail: impl Into<String>) -> Refusal {
-    Refusal { reason, detail: detail.into() }
+    Refusal {
+        reason,
+        detail: detail.into(),
+    }
 }
 
 /// Keeps [`Models`] in step with the bucket (its object store and its stream).
@@ -110,7 +117,17 @@ impl Loader {
         (models, metrics): (Arc<Models>, Metrics),
         heartbeat: Heartbeat,
     ) -> Loader {
-        Loader { bucket, chunks, layout, step_seconds, history, models, refused: HashSet::new(), metrics, heartbeat }
+        Loader {
+            bucket,
+            chunks,
+            layout,
+            step_seconds,
+            history,
+            models,
+            refused: HashSet::new(),
+            metrics,
+            heartbeat,
+        }
     }
 
     /// Loads everything, logging and reporting a failure instead of
@@ -127,7 +144,9 @@ impl Loader {
 
     /// Loads the newest loadable accepted version of every key.
     pub async fn load_all(&mut self) -> Result<(), Error> {
-        let all = store::load(&self.bucket, &self.chunks, &self.layout).await.map_err(|e| Error::js("read the model manifests", e))?;
+        let all = store::load(&self.bucket, &self.chunks, &self.layout)
+            .await
+            .map_err(|e| Error::js("read the model manifests", e))?;
         for (_, versions) in all {
             for manifest in versions.into_values().rev() {
                 if !manifest.accepted {
@@ -158,7 +177,11 @@ impl Loader {
     }
 
     async fn watch(mut self, shutdown: CancellationToken, rescan: Duration) -> Result<(), Error> {
-        let mut watch = self.bucket.watch().await.map_err(|e| Error::js("watch the model bucket", e))?;
+        let mut watch = self
+            .bucket
+            .watch()
+            .await
+            .map_err(|e| Error::js("watch the model bucket", e))?;
         self.rescan().await;
         let mut rescans = tokio::time::interval(rescan);
         rescans.tick().await;
@@ -221,7 +244,13 @@ impl Loader {
     }
 
     fn refused(&mut self, key: &str, version: u64, refusal: Refusal) {
-        tracing::warn!(key, version, reason = refusal.reason, detail = refusal.detail, "Refused a model version; the previous one keeps serving.");
+        tracing::warn!(
+            key,
+            version,
+            reason = refusal.reason,
+            detail = refusal.detail,
+            "Refused a model version; the previous one keeps serving."
+        );
         self.metrics.model_refused(refusal.reason);
         self.refused.insert((key.to_owned(), version));
     }
@@ -230,24 +259,38 @@ impl Loader {
     /// the version's fault, tried again at the next rescan.
     async fn load(&self, manifest: &ModelManifest) -> Result<Option<Served>, Refusal> {
         if manifest.architecture != pas_models::ModelKind::Lstm.name() {
-            return Err(refuse("architecture", format!("the forecaster serves `lstm`, not `{}`", manifest.architecture)));
+            return Err(refuse(
+                "architecture",
+                format!("the forecaster serves `lstm`, not `{}`", manifest.architecture),
+            ));
         }
         if manifest.step_seconds != self.step_seconds as f64 {
             return Err(refuse(
                 "step",
-                format!("trained on a step of {} s, the forecaster's is {} s", manifest.step_seconds, self.step_seconds),
+                format!(
+                    "trained on a step of {} s, the forecaster's is {} s",
+                    manifest.step_seconds, self.step_seconds
+                ),
             ));
         }
         if manifest.window as usize > self.history {
-            return Err(refuse("window", format!("needs {} steps, history keeps {}", manifest.window, self.history)));
+            return Err(refuse(
+                "window",
+                format!("needs {} steps, history keeps {}", manifest.window, self.history),
+            ));
         }
         let params = serde_json::Value::Object(manifest.hyper_parameters.clone().into_iter().collect());
-        let config: LstmConfig =
-            serde_json::from_value(params).map_err(|e| refuse("manifest", format!("hyper-parameters: {e}")))?;
+        let config: LstmConfig = serde_json::from_value(params)
+            .map_err(|e| refuse("manifest", format!("hyper-parameters: {e}")))?;
         if config.window != manifest.window as usize || config.horizon != manifest.horizon as usize {
-            return Err(refuse("manifest", "window or horizon differ from the hyper-parameters"));
+            return Err(refuse(
+                "manifest",
+                "window or horizon differ from the hyper-parameters",
+            ));
         }
-        let name = self.layout.object(&manifest.key, manifest.version, "weights.safetensors");
+        let name = self
+            .layout
+            .object(&manifest.key, manifest.version, "weights.safetensors");
         let bytes = match store::read(&self.bucket, &self.chunks, &name).await {
             Ok(bytes) => bytes,
             Err(error) => {
@@ -257,7 +300,13 @@ impl Loader {
         };
         let digest = pas_models::digest(&bytes);
         if digest != manifest.digest {
-            return Err(refuse("digest", format!("the weights hash to {digest}, the manifest says {}", manifest.digest)));
+            return Err(refuse(
+                "digest",
+                format!(
+                    "the weights hash to {digest}, the manifest says {}",
+                    manifest.digest
+                ),
+            ));
         }
         let normalisation = manifest.normalisation.clone();
         let quantile = config.quantile;

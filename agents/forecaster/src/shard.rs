@@ -42,7 +42,11 @@ use crate::Error;
 /// `partitions`. Stable across processes, versions and platforms.
 pub fn partition(namespace: &str, workload: &str, partitions: u32) -> u32 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in namespace.bytes().chain(std::iter::once(b'/')).chain(workload.bytes()) {
+    for b in namespace
+        .bytes()
+        .chain(std::iter::once(b'/'))
+        .chain(workload.bytes())
+    {
         hash ^= u64::from(b);
         hash = hash.wrapping_mul(0x0100_0000_01b3);
     }
@@ -76,7 +80,15 @@ pub struct Shard {
 impl Shard {
     /// `scope` keeps live and replay runs apart (`live`, `run-<run>`).
     pub fn new(kv: Store, scope: String, replica: String, partitions: u32, lease: Duration) -> Shard {
-        Shard { kv, scope, replica, partitions, lease, held: BTreeMap::new(), members: 1 }
+        Shard {
+            kv,
+            scope,
+            replica,
+            partitions,
+            lease,
+            held: BTreeMap::new(),
+            members: 1,
+        }
     }
 
     fn partition_key(&self, p: u32) -> String {
@@ -88,7 +100,10 @@ impl Shard {
     }
 
     fn record(&self, expires_ms: i64) -> Bytes {
-        let lease = Lease { owner: self.replica.clone(), expires_ms };
+        let lease = Lease {
+            owner: self.replica.clone(),
+            expires_ms,
+        };
         serde_json::to_vec(&lease).unwrap_or_default().into()
     }
 
@@ -99,7 +114,11 @@ impl Shard {
     /// Partitions whose lease this replica holds and which have not expired.
     pub fn owned(&self) -> Vec<u32> {
         let now = Utc::now().timestamp_millis();
-        self.held.iter().filter(|(_, (_, expires))| *expires > now).map(|(p, _)| *p).collect()
+        self.held
+            .iter()
+            .filter(|(_, (_, expires))| *expires > now)
+            .map(|(p, _)| *p)
+            .collect()
     }
 
     /// Live replicas at the last [`Shard::coordinate`], this one included.
@@ -115,13 +134,20 @@ impl Shard {
     /// up to its fair share.
     pub async fn coordinate(&mut self) -> Result<(), Error> {
         let member_key = format!("{}{}", self.member_prefix(), self.replica);
-        self.kv.put(&member_key, self.record(self.expiry())).await.map_err(|e| Error::js("announce the replica", e))?;
+        self.kv
+            .put(&member_key, self.record(self.expiry()))
+            .await
+            .map_err(|e| Error::js("announce the replica", e))?;
         self.members = self.count_members().await?.max(1);
         // Renew: a failed compare-and-set means the lease was lost.
         let held: Vec<(u32, u64)> = self.held.iter().map(|(p, (rev, _))| (*p, *rev)).collect();
         for (p, revision) in held {
             let expires = self.expiry();
-            match self.kv.update(self.partition_key(p), self.record(expires), revision).await {
+            match self
+                .kv
+                .update(self.partition_key(p), self.record(expires), revision)
+                .await
+            {
                 Ok(rev) => {
                     self.held.insert(p, (rev, expires));
                 }
@@ -149,14 +175,23 @@ impl Shard {
                 continue;
             }
             let key = self.partition_key(p);
-            let entry = self.kv.entry(key.clone()).await.map_err(|e| Error::js("read a partition lease", e))?;
+            let entry = self
+                .kv
+                .entry(key.clone())
+                .await
+                .map_err(|e| Error::js("read a partition lease", e))?;
             let expires = self.expiry();
             let claimed = match entry {
                 None => self.kv.create(&key, self.record(expires)).await.ok(),
                 Some(e) => {
                     let free = e.operation != Operation::Put
-                        || serde_json::from_slice::<Lease>(&e.value).map_or(true, |l| l.expires_ms + SKEW < now);
-                    if free { self.kv.update(&key, self.record(expires), e.revision).await.ok() } else { None }
+                        || serde_json::from_slice::<Lease>(&e.value)
+                            .map_or(true, |l| l.expires_ms + SKEW < now);
+                    if free {
+                        self.kv.update(&key, self.record(expires), e.revision).await.ok()
+                    } else {
+                        None
+                    }
                 }
             };
             if let Some(rev) = claimed {
@@ -198,7 +233,13 @@ impl Shard {
     /// numbered), for the replicas that have too few.
     pub async fn release_extras(&mut self) {
         let extra = self.held.len().saturating_sub(self.share());
-        let doomed: Vec<(u32, u64)> = self.held.iter().rev().take(extra).map(|(p, (rev, _))| (*p, *rev)).collect();
+        let doomed: Vec<(u32, u64)> = self
+            .held
+            .iter()
+            .rev()
+            .take(extra)
+            .map(|(p, (rev, _))| (*p, *rev))
+            .collect();
         self.release(doomed).await;
     }
 
@@ -248,7 +289,10 @@ mod tests {
         // Fixed values: a change of hash would move every workload at upgrade.
         assert_eq!(partition("shop", "web", 32), 4);
         assert_eq!(partition("shop", "web", 1000), 708);
-        assert_ne!(partition("shop", "web", 1 << 30), partition("web", "shop", 1 << 30));
+        assert_ne!(
+            partition("shop", "web", 1 << 30),
+            partition("web", "shop", 1 << 30)
+        );
         assert_eq!(partition("a", "b", 1), 0);
         let mut counts = [0usize; 8];
         for i in 0..8000 {

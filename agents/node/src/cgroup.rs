@@ -21,7 +21,10 @@ pub struct PodCpuReader {
 impl PodCpuReader {
     /// Reads the hierarchy mounted at `root` (normally `/sys/fs/cgroup`).
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        PodCpuReader { root: root.into(), last: HashMap::new() }
+        PodCpuReader {
+            root: root.into(),
+            last: HashMap::new(),
+        }
     }
 
     /// Every pod cgroup under the root, as (pod UID, directory).
@@ -33,7 +36,11 @@ impl PodCpuReader {
                 match pod_uid(&entry) {
                     Some(uid) => found.push((uid, entry)),
                     // A QoS class directory: its children are pods.
-                    None => found.extend(read_dirs(&entry).into_iter().filter_map(|d| pod_uid(&d).map(|u| (u, d)))),
+                    None => found.extend(
+                        read_dirs(&entry)
+                            .into_iter()
+                            .filter_map(|d| pod_uid(&d).map(|u| (u, d))),
+                    ),
                 }
             }
         }
@@ -106,7 +113,11 @@ mod tests {
 
     fn write_usage(dir: &Path, usec: u64) {
         std::fs::create_dir_all(dir).unwrap();
-        std::fs::write(dir.join("cpu.stat"), format!("usage_usec {usec}\nuser_usec 1\nsystem_usec 2\n")).unwrap();
+        std::fs::write(
+            dir.join("cpu.stat"),
+            format!("usage_usec {usec}\nuser_usec 1\nsystem_usec 2\n"),
+        )
+        .unwrap();
     }
 
     #[test]
@@ -115,15 +126,23 @@ mod tests {
         let sd = root.path().join("kubepods.slice");
         write_usage(&sd.join(format!("kubepods-pod{}.slice", A.replace('-', "_"))), 0);
         write_usage(
-            &sd.join("kubepods-burstable.slice").join(format!("kubepods-burstable-pod{}.slice", B.replace('-', "_"))),
+            &sd.join("kubepods-burstable.slice")
+                .join(format!("kubepods-burstable-pod{}.slice", B.replace('-', "_"))),
             0,
         );
-        write_usage(&root.path().join("kubepods/besteffort").join(format!("pod{C}")), 0);
+        write_usage(
+            &root.path().join("kubepods/besteffort").join(format!("pod{C}")),
+            0,
+        );
         // Not pods: a container scope and a system slice.
         write_usage(&sd.join("kubepods-besteffort.slice/cri-containerd-abc.scope"), 0);
         write_usage(&root.path().join("system.slice/kubelet.service"), 0);
 
-        let mut uids: Vec<_> = PodCpuReader::new(root.path()).pod_cgroups().into_iter().map(|(u, _)| u).collect();
+        let mut uids: Vec<_> = PodCpuReader::new(root.path())
+            .pod_cgroups()
+            .into_iter()
+            .map(|(u, _)| u)
+            .collect();
         uids.sort();
         assert_eq!(uids, [A, B, C]);
     }
@@ -135,7 +154,10 @@ mod tests {
         write_usage(&dir, 1_000_000);
         let mut reader = PodCpuReader::new(root.path());
         let t0 = Instant::now();
-        assert!(reader.sample(t0).is_empty(), "the first reading has nothing to compare with");
+        assert!(
+            reader.sample(t0).is_empty(),
+            "the first reading has nothing to compare with"
+        );
         // 2.5 s of CPU in 5 s of wall time: half a core busy.
         write_usage(&dir, 3_500_000);
         let got = reader.sample(t0 + Duration::from_secs(5));

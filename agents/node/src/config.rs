@@ -71,9 +71,10 @@ impl Config {
             return name;
         }
         if let Ok(name) = std::env::var("NODE_NAME")
-            && !name.is_empty() {
-                return name;
-            }
+            && !name.is_empty()
+        {
+            return name;
+        }
         std::fs::read_to_string("/proc/sys/kernel/hostname")
             .ok()
             .map(|h| h.trim().to_owned())

@@ -66,11 +66,31 @@ pub struct Metrics {
 impl Metrics {
     fn register(&self, registry: &mut Registry) {
         registry.register("pas_agent_samples", "CPU samples taken.", self.samples.clone());
-        registry.register("pas_agent_published", "Samples acknowledged by JetStream.", self.published.clone());
-        registry.register("pas_agent_dropped", "Samples dropped because the outbox was full.", self.dropped.clone());
-        registry.register("pas_agent_publish_errors", "Failed publish attempts (retried).", self.publish_errors.clone());
-        registry.register("pas_agent_buffered_samples", "Samples waiting for an acknowledgement.", self.buffered.clone());
-        registry.register("pas_agent_pods", "StatefulSet pods sampled in the last interval.", self.pods.clone());
+        registry.register(
+            "pas_agent_published",
+            "Samples acknowledged by JetStream.",
+            self.published.clone(),
+        );
+        registry.register(
+            "pas_agent_dropped",
+            "Samples dropped because the outbox was full.",
+            self.dropped.clone(),
+        );
+        registry.register(
+            "pas_agent_publish_errors",
+            "Failed publish attempts (retried).",
+            self.publish_errors.clone(),
+        );
+        registry.register(
+            "pas_agent_buffered_samples",
+            "Samples waiting for an acknowledgement.",
+            self.buffered.clone(),
+        );
+        registry.register(
+            "pas_agent_pods",
+            "StatefulSet pods sampled in the last interval.",
+            self.pods.clone(),
+        );
     }
 }
 
@@ -106,7 +126,15 @@ impl Agent {
         let metrics = Metrics::default();
         let mut registry = Registry::default();
         metrics.register(&mut registry);
-        Ok(Agent { config, node, prefix, metrics, registry, health: Arc::new(Health::default()), pod_map: None })
+        Ok(Agent {
+            config,
+            node,
+            prefix,
+            metrics,
+            registry,
+            health: Arc::new(Health::default()),
+            pod_map: None,
+        })
     }
 
     /// The agent's counters (shared with the running agent).
@@ -129,8 +157,22 @@ impl Agent {
     /// Runs until `shutdown`, then drains the outbox (for at most five
     /// seconds) and the NATS connection.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
-        let Agent { config, node, prefix, metrics, registry, health, pod_map } = self;
-        let addr = health::serve(config.listen, health.clone(), Arc::new(registry), shutdown.clone()).await?;
+        let Agent {
+            config,
+            node,
+            prefix,
+            metrics,
+            registry,
+            health,
+            pod_map,
+        } = self;
+        let addr = health::serve(
+            config.listen,
+            health.clone(),
+            Arc::new(registry),
+            shutdown.clone(),
+        )
+        .await?;
         tracing::info!(%addr, node, "Serving /healthz, /readyz and /metrics.");
 
         let pods = match pod_map {
@@ -198,7 +240,10 @@ impl Agent {
                     }
                 }
                 None if !pod_usage.is_empty() && !warned_unmapped => {
-                    tracing::info!(pods = pod_usage.len(), "Pod cgroups found but Kubernetes is off: publishing node samples only.");
+                    tracing::info!(
+                        pods = pod_usage.len(),
+                        "Pod cgroups found but Kubernetes is off: publishing node samples only."
+                    );
                     warned_unmapped = true;
                 }
                 None => {}
@@ -215,7 +260,9 @@ impl Agent {
                         metrics.samples.inc();
                         metrics.dropped.inc_by(ob.push(out));
                     }
-                    Err(error) => tracing::warn!(%error, pod = ?sample.pod, "Sample skipped: it cannot be published."),
+                    Err(error) => {
+                        tracing::warn!(%error, pod = ?sample.pod, "Sample skipped: it cannot be published.")
+                    }
                 }
             }
             metrics.buffered.set(ob.len() as i64);
@@ -249,7 +296,11 @@ impl Agent {
 }
 
 /// Starts the pod watch unless Kubernetes is off; `None` means node-only.
-async fn start_pod_watch(config: &Config, node: &str, shutdown: CancellationToken) -> Result<Option<PodMap>, Error> {
+async fn start_pod_watch(
+    config: &Config,
+    node: &str,
+    shutdown: CancellationToken,
+) -> Result<Option<PodMap>, Error> {
     if config.kubernetes == KubeMode::Off {
         return Ok(None);
     }
@@ -339,7 +390,10 @@ fn ack(outbox: &Mutex<Outbox>, metrics: &Metrics, last: u64, batch: &[(u64, Outg
 
 /// Publishes a batch and awaits the acks in order. Returns the position of
 /// the last message of the unbroken acknowledged run, and the first error.
-async fn publish_batch(conn: &Connection, batch: &[(u64, Outgoing)]) -> (Option<u64>, Option<pas_nats::Error>) {
+async fn publish_batch(
+    conn: &Connection,
+    batch: &[(u64, Outgoing)],
+) -> (Option<u64>, Option<pas_nats::Error>) {
     let mut pending = Vec::with_capacity(batch.len());
     let mut error = None;
     for (seq, msg) in batch {

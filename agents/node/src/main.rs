@@ -97,12 +97,18 @@ impl Cli {
         set("node_name", self.node_name.clone().map(Into::into));
         set("interval", self.interval.clone().map(Into::into));
         set("run", self.run.clone().map(Into::into));
-        set("cgroup_root", self.cgroup_root.as_ref().map(|p| p.display().to_string().into()));
+        set(
+            "cgroup_root",
+            self.cgroup_root.as_ref().map(|p| p.display().to_string().into()),
+        );
         set("kubernetes", self.kubernetes.clone().map(Into::into));
         set("buffer_capacity", self.buffer_capacity.map(Into::into));
         set("listen", self.listen.map(|a| a.to_string().into()));
         set("nats.user", self.nats_user.clone().map(Into::into));
-        set("nats.creds_file", self.nats_creds.as_ref().map(|p| p.display().to_string().into()));
+        set(
+            "nats.creds_file",
+            self.nats_creds.as_ref().map(|p| p.display().to_string().into()),
+        );
         if !self.nats_urls.is_empty() {
             set("nats.urls", Some(self.nats_urls.clone().into()));
         }
@@ -123,7 +129,9 @@ fn main() -> anyhow::Result<()> {
     }
     pas_runtime::telemetry::init(config.log_json, "info");
     // One thread is plenty for sampling and publishing, and keeps memory low.
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async {
         tracing::info!(config = %layered::describe(&config), "Starting pas-agent.");
         let shutdown = pas_runtime::shutdown::on_signal();
@@ -139,7 +147,11 @@ mod tests {
     fn keys(prefix: &str, value: &serde_json::Value, out: &mut Vec<String>) {
         if let Some(object) = value.as_object() {
             for (k, v) in object {
-                let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
                 if v.is_object() {
                     keys(&key, v, out);
                 } else {
@@ -156,7 +168,9 @@ mod tests {
         assert!(all.len() > 15, "{all:?}");
         for key in all {
             let env = format!("PAS_{}", key.to_uppercase().replace('.', "__"));
-            let line = CONFIG_KEYS.lines().find(|l| l.split_whitespace().next() == Some(key.as_str()));
+            let line = CONFIG_KEYS
+                .lines()
+                .find(|l| l.split_whitespace().next() == Some(key.as_str()));
             let line = line.unwrap_or_else(|| panic!("--help does not list {key}"));
             assert!(line.contains(&env), "--help gives {key} without {env}");
         }
@@ -165,7 +179,15 @@ mod tests {
     #[test]
     fn flags_parse_into_overrides() {
         let cli = Cli::try_parse_from([
-            "pas-agent", "--interval", "2s", "--nats-url", "nats://a:1", "--nats-url", "nats://b:2", "--kubernetes", "off",
+            "pas-agent",
+            "--interval",
+            "2s",
+            "--nats-url",
+            "nats://a:1",
+            "--nats-url",
+            "nats://b:2",
+            "--kubernetes",
+            "off",
         ])
         .unwrap();
         let config: Config = layered::load(None, Vec::new(), cli.overrides()).unwrap();

@@ -17,7 +17,11 @@ pub struct Outbox {
 impl Outbox {
     /// An empty outbox holding at most `capacity` messages (at least one).
     pub fn new(capacity: usize) -> Self {
-        Outbox { capacity: capacity.max(1), next_seq: 0, queue: VecDeque::new() }
+        Outbox {
+            capacity: capacity.max(1),
+            next_seq: 0,
+            queue: VecDeque::new(),
+        }
     }
 
     /// Appends a message; returns how many old ones were dropped for it.
@@ -61,7 +65,11 @@ mod tests {
     use super::*;
 
     fn msg(i: u32) -> Outgoing {
-        Outgoing { subject: "pas.cpu.node.n".into(), msg_id: i.to_string(), payload: i.to_string().into() }
+        Outgoing {
+            subject: "pas.cpu.node.n".into(),
+            msg_id: i.to_string(),
+            payload: i.to_string().into(),
+        }
     }
 
     #[test]
@@ -71,13 +79,22 @@ mod tests {
             assert_eq!(ob.push(msg(i)), 0);
         }
         let batch = ob.peek(2);
-        assert_eq!(batch.iter().map(|(_, m)| m.msg_id.as_str()).collect::<Vec<_>>(), ["0", "1"]);
+        assert_eq!(
+            batch.iter().map(|(_, m)| m.msg_id.as_str()).collect::<Vec<_>>(),
+            ["0", "1"]
+        );
         // Two more arrive while the batch is in flight: 0 and 1 are dropped.
         assert_eq!(ob.push(msg(3)), 1);
         assert_eq!(ob.push(msg(4)), 1);
         // The batch's ack must not remove the newer messages.
         ob.ack_through(batch[1].0);
-        assert_eq!(ob.peek(10).iter().map(|(_, m)| m.msg_id.as_str()).collect::<Vec<_>>(), ["2", "3", "4"]);
+        assert_eq!(
+            ob.peek(10)
+                .iter()
+                .map(|(_, m)| m.msg_id.as_str())
+                .collect::<Vec<_>>(),
+            ["2", "3", "4"]
+        );
         ob.ack_through(ob.peek(1)[0].0);
         assert_eq!(ob.len(), 2);
     }

@@ -186,7 +186,10 @@ mod tests {
         let (req, send) = handle.next_request().await.expect("a watch request");
         let query = req.uri().query().unwrap_or_default().to_owned();
         assert_eq!(req.uri().path(), "/api/v1/pods");
-        assert!(query.contains("watch=true") && query.contains("resourceVersion=101"), "{query}");
+        assert!(
+            query.contains("watch=true") && query.contains("resourceVersion=101"),
+            "{query}"
+        );
         assert!(query.contains("fieldSelector=spec.nodeName%3Dnode-a"), "{query}");
         let events = [
             serde_json::json!({"type": "DELETED", "object": pod("web-0", "uid-0", "250m")}),
@@ -201,14 +204,25 @@ mod tests {
         loop {
             let names: Vec<_> = {
                 let m = map.read().unwrap();
-                let mut v: Vec<_> = m.values().map(|p| (p.name.clone(), p.cpu_request_millicores)).collect();
+                let mut v: Vec<_> = m
+                    .values()
+                    .map(|p| (p.name.clone(), p.cpu_request_millicores))
+                    .collect();
                 v.sort_by(|a, b| a.0.cmp(&b.0));
                 v
             };
-            if names == [("web-1".to_string(), Some(500.0)), ("web-2".to_string(), Some(1000.0))] {
+            if names
+                == [
+                    ("web-1".to_string(), Some(500.0)),
+                    ("web-2".to_string(), Some(1000.0)),
+                ]
+            {
                 break;
             }
-            assert!(std::time::Instant::now() < deadline, "pod map never became web-1, web-2: {names:?}");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "pod map never became web-1, web-2: {names:?}"
+            );
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
         stop.cancel();

@@ -47,9 +47,7 @@ impl Influx {
 
     /// Writes `points` in one request.
     pub async fn write(&self, points: Vec<DataPoint>) -> Result<(), WriteError> {
-        let write = self
-            .client
-            .write(&self.bucket, futures::stream::iter(points));
+        let write = self.client.write(&self.bucket, futures::stream::iter(points));
         match tokio::time::timeout(self.timeout, write).await {
             Err(_) => Err(WriteError::Unavailable(format!(
                 "no answer within {:?}",
@@ -107,9 +105,7 @@ where
         match write(range.clone()).await {
             Ok(()) => {}
             Err(Attempt::Stopped) => return Err(Attempt::Stopped),
-            Err(Attempt::Rejected(reason)) if range.len() == 1 => {
-                verdicts[range.start] = Some(reason)
-            }
+            Err(Attempt::Rejected(reason)) if range.len() == 1 => verdicts[range.start] = Some(reason),
             Err(Attempt::Rejected(_)) => {
                 let mid = range.start + range.len() / 2;
                 todo.push(mid..range.end);
@@ -193,10 +189,7 @@ mod tests {
             text: "partial write: field type conflict".into(),
         };
         for code in [400, 413, 422] {
-            assert!(
-                matches!(classify(http(code)), WriteError::Rejected(_)),
-                "{code}"
-            );
+            assert!(matches!(classify(http(code)), WriteError::Rejected(_)), "{code}");
         }
         for code in [401, 403, 404, 429, 500, 503] {
             assert!(

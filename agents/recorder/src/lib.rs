@@ -84,7 +84,11 @@ impl Recorder {
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
         let Recorder { config, metrics } = self;
         let prefix = Prefix::for_run(config.run.as_deref()).map_err(Error::Config)?;
-        let pas_nats::StageBus { conn, dead_letters, health } = pas_nats::start_stage(
+        let pas_nats::StageBus {
+            conn,
+            dead_letters,
+            health,
+        } = pas_nats::start_stage(
             &config.nats,
             "pas-recorder",
             Stage::Recorder,
@@ -110,15 +114,20 @@ impl Recorder {
             // Waits for what `pas bus init` provisions rather than exiting.
             let what = format!("stream {} and the recorder's consumer", kind.stream());
             let opened = pas_nats::wait_for(&what, &shutdown, || async {
-                let stream = js.get_stream(kind.stream()).await.map_err(|e| pas_nats::Error::JetStream {
-                    action: format!("open stream {}", kind.stream()),
-                    source: Box::new(e),
-                })?;
+                let stream = js
+                    .get_stream(kind.stream())
+                    .await
+                    .map_err(|e| pas_nats::Error::JetStream {
+                        action: format!("open stream {}", kind.stream()),
+                        source: Box::new(e),
+                    })?;
                 let consumer = pas_nats::durable(&stream, &definition).await?;
                 Ok((stream, consumer))
             })
             .await?;
-            let Some((stream, consumer)) = opened else { return Ok(()) };
+            let Some((stream, consumer)) = opened else {
+                return Ok(());
+            };
             let pipe = Pipe {
                 kind,
                 consumer,
@@ -134,7 +143,10 @@ impl Recorder {
                 forgot: Instant::now(),
                 // A pass takes up to a flush interval and a write, retried
                 // up to retry_max apart: three slow passes are a stall.
-                beat: health.heartbeat(kind.heartbeat(), 3 * (config.flush_interval + config.write_timeout) + config.retry_max),
+                beat: health.heartbeat(
+                    kind.heartbeat(),
+                    3 * (config.flush_interval + config.write_timeout) + config.retry_max,
+                ),
             };
             tasks.push(tokio::spawn(pipe.run()));
         }
@@ -154,7 +166,12 @@ impl Recorder {
             }
         }
         health.set_ready(false);
-        let _ = pas_nats::within(Duration::from_secs(2), "drain the connection", conn.client.drain()).await;
+        let _ = pas_nats::within(
+            Duration::from_secs(2),
+            "drain the connection",
+            conn.client.drain(),
+        )
+        .await;
         result
     }
 }
@@ -329,16 +346,18 @@ impl Pipe {
                 .map(|i| (i.stream_sequence, i.published.unix_timestamp_nanos()))
                 .unwrap_or_default();
             let decoded = match self.kind {
-                Kind::Samples => admission.decode::<CpuSample>(&msg.payload, stored, replay).map(|sample| {
-                    // The step's point as of this sample: a batch may span
-                    // more steps than are kept, so it is taken now.
-                    if let Some(key) = self.workloads.fold(&sample)
-                        && let Some(point) = self.workloads.point(&key, &self.run)
-                    {
-                        touched.insert(key, (units.len(), point));
-                    }
-                    vec![points::sample_point(&sample, &self.run)]
-                }),
+                Kind::Samples => admission
+                    .decode::<CpuSample>(&msg.payload, stored, replay)
+                    .map(|sample| {
+                        // The step's point as of this sample: a batch may span
+                        // more steps than are kept, so it is taken now.
+                        if let Some(key) = self.workloads.fold(&sample)
+                            && let Some(point) = self.workloads.point(&key, &self.run)
+                        {
+                            touched.insert(key, (units.len(), point));
+                        }
+                        vec![points::sample_point(&sample, &self.run)]
+                    }),
                 Kind::Forecasts => admission
                     .decode::<Forecast>(&msg.payload, stored, replay)
                     .map(|f| points::forecast_points(&f, &self.run)),
@@ -376,9 +395,7 @@ impl Pipe {
             }
         }
 
-        let good: Vec<usize> = (0..units.len())
-            .filter(|&i| units[i].problem.is_none())
-            .collect();
+        let good: Vec<usize> = (0..units.len()).filter(|&i| units[i].problem.is_none()).collect();
         let verdicts = {
             let (influx, metrics, config, shutdown) =
                 (&*self.influx, &self.metrics, &*self.config, &self.shutdown);

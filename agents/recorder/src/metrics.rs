@@ -80,22 +80,16 @@ impl Metrics {
 
     /// Points of `measurement` written.
     pub fn points_total(&self, measurement: &'static str) -> u64 {
-        self.points
-            .get_or_create(&Measurement { measurement })
-            .get()
+        self.points.get_or_create(&Measurement { measurement }).get()
     }
 
     pub(crate) fn write_error(&self, error_type: &'static str) {
-        self.write_errors
-            .get_or_create(&ErrorLabels { error_type })
-            .inc();
+        self.write_errors.get_or_create(&ErrorLabels { error_type }).inc();
     }
 
     /// Failed writes of `error_type` (`unavailable`, `rejected`).
     pub fn write_errors_total(&self, error_type: &'static str) -> u64 {
-        self.write_errors
-            .get_or_create(&ErrorLabels { error_type })
-            .get()
+        self.write_errors.get_or_create(&ErrorLabels { error_type }).get()
     }
 
     pub(crate) fn set_influx_up(&self, up: bool) {

@@ -125,10 +125,7 @@ impl Point {
 
     /// The value of tag `key`.
     pub fn tag_value(&self, key: &str) -> Option<&str> {
-        self.tags
-            .iter()
-            .find(|(k, _)| *k == key)
-            .map(|(_, v)| v.as_str())
+        self.tags.iter().find(|(k, _)| *k == key).map(|(_, v)| v.as_str())
     }
 
     /// The value of field `key`.
@@ -148,10 +145,7 @@ impl Point {
             )
         })?;
         if self.fields.is_empty() {
-            return Err(format!(
-                "{}: a point needs at least one field",
-                self.measurement
-            ));
+            return Err(format!("{}: a point needs at least one field", self.measurement));
         }
         for (key, value) in &self.fields {
             if let Field::F64(v) = value
@@ -206,10 +200,7 @@ pub fn sample_point(sample: &CpuSample, run: &str) -> Point {
                 .tag("workload", workload.as_str())
                 .tag("pod", pod.as_str())
                 .tag("node", sample.node.as_str())
-                .float(
-                    "value",
-                    requested.map(|r| 100.0 * sample.cpu_used_millicores / r),
-                )
+                .float("value", requested.map(|r| 100.0 * sample.cpu_used_millicores / r))
                 .field("used_millicores", Field::F64(sample.cpu_used_millicores))
                 .float("requested_millicores", sample.cpu_requested_millicores)
         }
@@ -219,10 +210,7 @@ pub fn sample_point(sample: &CpuSample, run: &str) -> Point {
                 .tag("level", "node")
                 .tag("run", run)
                 .tag("node", sample.node.as_str())
-                .float(
-                    "value",
-                    capacity.map(|c| 100.0 * sample.cpu_used_millicores / c),
-                )
+                .float("value", capacity.map(|c| 100.0 * sample.cpu_used_millicores / c))
                 .field("used_millicores", Field::F64(sample.cpu_used_millicores))
                 .float("capacity_millicores", sample.cpu_capacity_millicores)
         }
@@ -256,10 +244,7 @@ pub fn forecast_points(forecast: &Forecast, run: &str) -> Vec<Point> {
                 .tag("model_kind", forecast.model.kind.as_str())
                 .tag("model_version", forecast.model.version.to_string())
                 .field("value", Field::F64(*value))
-                .float(
-                    "upper",
-                    forecast.upper.as_ref().and_then(|u| u.get(k).copied()),
-                )
+                .float("upper", forecast.upper.as_ref().and_then(|u| u.get(k).copied()))
         })
         .collect()
 }
@@ -283,22 +268,13 @@ pub fn decision_point(decision: &ScaleDecision, run: &str) -> Point {
         .tag("policy", decision.policy.as_str())
         .tag("rule", decision.rule.as_str())
         .tag("outcome", outcome_name(decision.outcome))
-        .field(
-            "replicas_before",
-            Field::I64(i64::from(decision.replicas_before)),
-        )
-        .field(
-            "replicas_after",
-            Field::I64(i64::from(decision.replicas_after)),
-        )
+        .field("replicas_before", Field::I64(i64::from(decision.replicas_before)))
+        .field("replicas_after", Field::I64(i64::from(decision.replicas_after)))
         .field("applied", Field::Bool(decision.outcome == Outcome::Applied))
         .field("reason", Field::Str(decision.reason.clone()))
         .float("utilization_percent", decision.utilization_percent)
         .float("predicted_peak_percent", decision.predicted_peak_percent)
-        .float(
-            "target_utilization_percent",
-            decision.target_utilization_percent,
-        );
+        .float("target_utilization_percent", decision.target_utilization_percent);
     match &decision.forecast {
         Some(f) => point.field(
             "model",
@@ -340,8 +316,7 @@ impl Workloads {
     /// step's workload point it changes; `None` for node samples, pods that
     /// request no CPU, and steps already forgotten.
     pub fn fold(&mut self, sample: &CpuSample) -> Option<StepKey> {
-        let (Some(namespace), Some(workload), Some(pod)) =
-            (&sample.namespace, &sample.workload, &sample.pod)
+        let (Some(namespace), Some(workload), Some(pod)) = (&sample.namespace, &sample.workload, &sample.pod)
         else {
             return None;
         };
@@ -356,11 +331,7 @@ impl Workloads {
         if step <= newest - self.keep_steps {
             return None;
         }
-        let samples = steps
-            .entry(step)
-            .or_default()
-            .entry(pod.clone())
-            .or_default();
+        let samples = steps.entry(step).or_default().entry(pod.clone()).or_default();
         let at = sample.timestamp.timestamp_millis();
         if !samples.iter().any(|(t, _, _)| *t == at) {
             samples.push((at, sample.cpu_used_millicores, requested));
@@ -401,10 +372,7 @@ impl Workloads {
                 .tag("namespace", namespace.as_str())
                 .tag("workload", workload.as_str())
                 .field("value", Field::F64(value))
-                .field(
-                    "used_millicores",
-                    Field::F64(means.iter().map(|m| m.0).sum()),
-                )
+                .field("used_millicores", Field::F64(means.iter().map(|m| m.0).sum()))
                 .field(
                     "requested_millicores",
                     Field::F64(means.iter().map(|m| m.1).sum()),
@@ -460,11 +428,7 @@ mod tests {
             .find(|(m, _, _)| *m == p.measurement)
             .expect("a declared measurement");
         for (k, _) in &p.tags {
-            assert!(
-                tags.contains(k),
-                "{}: tag {k} is not in SCHEMA",
-                p.measurement
-            );
+            assert!(tags.contains(k), "{}: tag {k} is not in SCHEMA", p.measurement);
         }
         for (k, _) in &p.fields {
             assert!(
@@ -479,10 +443,7 @@ mod tests {
         declared(p);
         use influxdb2::models::WriteDataPoint;
         let mut out = Vec::new();
-        p.to_data_point()
-            .unwrap()
-            .write_data_point_to(&mut out)
-            .unwrap();
+        p.to_data_point().unwrap().write_data_point_to(&mut out).unwrap();
         String::from_utf8(out).unwrap()
     }
 

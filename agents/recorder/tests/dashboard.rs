@@ -61,9 +61,7 @@ fn compared(flux: &str, key: &str) -> BTreeSet<String> {
 fn columns(flux: &str) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     for (i, _) in flux.match_indices("r.") {
-        if i > 0
-            && (flux.as_bytes()[i - 1].is_ascii_alphanumeric() || flux.as_bytes()[i - 1] == b'_')
-        {
+        if i > 0 && (flux.as_bytes()[i - 1].is_ascii_alphanumeric() || flux.as_bytes()[i - 1] == b'_') {
             continue;
         }
         let ident: String = flux[i + 2..]
@@ -94,10 +92,7 @@ fn the_dashboard_is_grafana_dashboard_json() {
     let mut ids = BTreeSet::new();
     let mut cells: BTreeMap<(u64, u64), String> = BTreeMap::new();
     for p in panels {
-        let title = p["title"]
-            .as_str()
-            .expect("every panel has a title")
-            .to_owned();
+        let title = p["title"].as_str().expect("every panel has a title").to_owned();
         assert!(
             ids.insert(p["id"].as_u64().expect("numeric panel id")),
             "{title}: duplicate id"
@@ -125,10 +120,7 @@ fn the_dashboard_is_grafana_dashboard_json() {
         }
         let targets = p["targets"].as_array().expect("targets");
         assert!(!targets.is_empty(), "{title}: no query");
-        let refs: BTreeSet<&str> = targets
-            .iter()
-            .map(|t| t["refId"].as_str().unwrap())
-            .collect();
+        let refs: BTreeSet<&str> = targets.iter().map(|t| t["refId"].as_str().unwrap()).collect();
         assert_eq!(refs.len(), targets.len(), "{title}: refIds repeat");
         for t in targets {
             assert_eq!(t["datasource"]["uid"], "${datasource}", "{title}");
@@ -213,10 +205,7 @@ fn every_query_asks_for_what_the_recorder_writes() {
             fields.extend(f.iter().map(|s| s.to_string()));
         }
         for f in compared(&flux, "_field") {
-            assert!(
-                fields.contains(&f),
-                "{at}: {measurements:?} have no field {f}"
-            );
+            assert!(fields.contains(&f), "{at}: {measurements:?} have no field {f}");
         }
         for c in columns(&flux) {
             assert!(
@@ -262,9 +251,7 @@ fn the_panels_show_what_operators_watch() {
             && q.contains("r.level == \"workload\"")
     });
     has("replicas over time", &|q| q.contains("\"replicas_after\""));
-    has("the model version in use", &|q| {
-        q.contains("r.model_version")
-    });
+    has("the model version in use", &|q| q.contains("r.model_version"));
     has("forecast error over time", &|q| {
         q.contains("math.abs") && q.contains("join(")
     });
@@ -292,21 +279,14 @@ fn the_panels_show_what_operators_watch() {
 
 #[test]
 fn provisioning_points_at_the_dashboard_and_a_flux_data_source() {
-    let ds =
-        std::fs::read_to_string(repo().join("helm/pas/files/grafana/provisioning/datasources/pas.yaml")).unwrap();
-    for needle in [
-        "type: influxdb",
-        "version: Flux",
-        "defaultBucket:",
-        "token:",
-    ] {
-        assert!(
-            ds.contains(needle),
-            "datasource provisioning lacks {needle}"
-        );
+    let ds = std::fs::read_to_string(repo().join("helm/pas/files/grafana/provisioning/datasources/pas.yaml"))
+        .unwrap();
+    for needle in ["type: influxdb", "version: Flux", "defaultBucket:", "token:"] {
+        assert!(ds.contains(needle), "datasource provisioning lacks {needle}");
     }
     let dash =
-        std::fs::read_to_string(repo().join("helm/pas/files/grafana/provisioning/dashboards/pas.yaml")).unwrap();
+        std::fs::read_to_string(repo().join("helm/pas/files/grafana/provisioning/dashboards/pas.yaml"))
+            .unwrap();
     assert!(
         dash.contains("type: file") && dash.contains("path: /var/lib/grafana/dashboards/pas"),
         "{dash}"

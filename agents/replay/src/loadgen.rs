@@ -57,8 +57,8 @@ pub fn run(
     report: &mut dyn FnMut(f64, f64),
 ) -> Result<(), Error> {
     let text = std::fs::read_to_string(path).map_err(Error::io(path))?;
-    let points = pas_schemas::trace::parse(&text)
-        .map_err(|e| Error::Input(format!("{}: {e}", path.display())))?;
+    let points =
+        pas_schemas::trace::parse(&text).map_err(|e| Error::Input(format!("{}: {e}", path.display())))?;
     let positive = config.speed > 0.0 && config.speed.is_finite();
     if config.cores == 0 || !positive || config.scale.is_nan() || config.scale < 0.0 {
         return Err(Error::Input(
@@ -94,9 +94,7 @@ pub fn run(
                     let busy = slice.mul_f64(d);
                     let mut x = 0u64;
                     while start.elapsed() < busy {
-                        x = std::hint::black_box(
-                            x.wrapping_mul(6364136223846793005).wrapping_add(1),
-                        );
+                        x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
                     }
                     std::thread::sleep(slice.saturating_sub(start.elapsed()));
                 }
@@ -156,12 +154,7 @@ mod tests {
         .unwrap();
         let cpu = || {
             let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
-            let f: Vec<&str> = stat
-                .rsplit(')')
-                .next()
-                .unwrap()
-                .split_whitespace()
-                .collect();
+            let f: Vec<&str> = stat.rsplit(')').next().unwrap().split_whitespace().collect();
             (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / 100.0
         };
         let before = cpu();

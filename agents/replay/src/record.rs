@@ -87,8 +87,7 @@ struct Recorder {
 
 impl Recorder {
     fn add(&mut self, config: &Config, sample: CpuSample, step_ms: i64) {
-        let (Some(ns), Some(wl), Some(pod)) = (&sample.namespace, &sample.workload, &sample.pod)
-        else {
+        let (Some(ns), Some(wl), Some(pod)) = (&sample.namespace, &sample.workload, &sample.pod) else {
             self.skipped += 1;
             return;
         };
@@ -234,9 +233,7 @@ pub async fn record(
         }
         From::Live { count, duration } => {
             let prefix = match &config.run {
-                Some(run) => {
-                    Prefix::replay(run).map_err(|e| Error::Input(format!("run `{run}`: {e}")))?
-                }
+                Some(run) => Prefix::replay(run).map_err(|e| Error::Input(format!("run `{run}`: {e}")))?,
                 None => Prefix::live(),
             };
             let subject = prefix.all_pod_cpu();
@@ -312,15 +309,9 @@ mod tests {
         let steps = &rec.workloads[&("shop".to_string(), "web".to_string())];
         let rows = Recorder::rows(steps, None);
         // (500 + 300) / 2000 = 40 %; then 90 %.
-        assert_eq!(
-            rows.iter().map(|r| r.1).collect::<Vec<_>>(),
-            vec![40.0, 90.0]
-        );
+        assert_eq!(rows.iter().map(|r| r.1).collect::<Vec<_>>(), vec![40.0, 90.0]);
         // As demand of 4 pods' worth: 800 / 4000 = 20 %; 900 / 4000 = 22.5 %.
         let rows = Recorder::rows(steps, Some(4));
-        assert_eq!(
-            rows.iter().map(|r| r.1).collect::<Vec<_>>(),
-            vec![20.0, 22.5]
-        );
+        assert_eq!(rows.iter().map(|r| r.1).collect::<Vec<_>>(), vec![20.0, 22.5]);
     }
 }

@@ -195,14 +195,9 @@ fn read_items(config: &Config) -> Result<Vec<(DateTime<Utc>, Item)>, Error> {
         Source::Jsonl(path) => {
             let text = std::fs::read_to_string(path).map_err(Error::io(path))?;
             let mut items = Vec::new();
-            for (n, line) in text
-                .lines()
-                .enumerate()
-                .filter(|(_, l)| !l.trim().is_empty())
-            {
-                let sample: CpuSample = pas_schemas::decode(line.as_bytes()).map_err(|e| {
-                    Error::Input(format!("{}: line {}: {e}", path.display(), n + 1))
-                })?;
+            for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+                let sample: CpuSample = pas_schemas::decode(line.as_bytes())
+                    .map_err(|e| Error::Input(format!("{}: line {}: {e}", path.display(), n + 1)))?;
                 items.push((sample.timestamp, Item::Sample(Box::new(sample))));
             }
             items.sort_by_key(|(t, _)| *t);
@@ -228,10 +223,9 @@ pub async fn read_range(
         .get_stream(STREAM_SAMPLES)
         .await
         .map_err(|e| Error::js("open PAS_SAMPLES", e))?;
-    let start_time = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(
-        since.timestamp_nanos_opt().unwrap_or(0),
-    ))
-    .map_err(|e| Error::Input(format!("--since: {e}")))?;
+    let start_time =
+        time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(since.timestamp_nanos_opt().unwrap_or(0)))
+            .map_err(|e| Error::Input(format!("--since: {e}")))?;
     let mut read = 0;
     pas_nats::read_samples(
         &stream,
@@ -332,19 +326,15 @@ pub async fn replay(
     shutdown: CancellationToken,
     progress: &mut (dyn FnMut(Progress) + Send),
 ) -> Result<Summary, Error> {
-    let prefix = Prefix::replay(&config.run)
-        .map_err(|e| Error::Input(format!("run `{}`: {e}", config.run)))?;
+    let prefix =
+        Prefix::replay(&config.run).map_err(|e| Error::Input(format!("run `{}`: {e}", config.run)))?;
     if config.pods == 0 || config.pod_cpu.is_nan() || config.pod_cpu <= 0.0 {
-        return Err(Error::Input(
-            "pods must be at least 1 and pod CPU above 0".into(),
-        ));
+        return Err(Error::Input("pods must be at least 1 and pod CPU above 0".into()));
     }
     if let Speed::Factor(f) = config.speed
         && !(f.is_finite() && f > 0.0)
     {
-        return Err(Error::Input(format!(
-            "speed must be a factor above 0, not {f}"
-        )));
+        return Err(Error::Input(format!("speed must be a factor above 0, not {f}")));
     }
     if !(0.0..=1.0).contains(&config.backfill) {
         return Err(Error::Input(format!(
@@ -352,28 +342,20 @@ pub async fn replay(
             config.backfill
         )));
     }
-    if config.simulate.is_some()
-        && (config.speed == Speed::Max || config.timestamps == Timestamps::Original)
+    if config.simulate.is_some() && (config.speed == Speed::Max || config.timestamps == Timestamps::Original)
     {
         return Err(Error::Input("a simulated StatefulSet needs a paced replay with shifted timestamps, so the scaler acts in time".into()));
     }
-    for (what, name) in [
-        ("namespace", &config.namespace),
-        ("workload", &config.workload),
-    ] {
-        pas_schemas::subjects::token(name)
-            .map_err(|e| Error::Input(format!("{what} `{name}`: {e}")))?;
+    for (what, name) in [("namespace", &config.namespace), ("workload", &config.workload)] {
+        pas_schemas::subjects::token(name).map_err(|e| Error::Input(format!("{what} `{name}`: {e}")))?;
     }
     // Without the stream every publish would wait for an ack that never comes.
-    conn.jetstream
-        .get_stream(STREAM_SAMPLES)
-        .await
-        .map_err(|e| {
-            Error::js(
-                format!("find the stream {STREAM_SAMPLES} (run `pas bus init`)"),
-                e,
-            )
-        })?;
+    conn.jetstream.get_stream(STREAM_SAMPLES).await.map_err(|e| {
+        Error::js(
+            format!("find the stream {STREAM_SAMPLES} (run `pas bus init`)"),
+            e,
+        )
+    })?;
     let mut items = read_items(config)?;
     if let Source::Stream { since, until } = config.source {
         read_range(conn, since, until, |s| {
@@ -398,18 +380,17 @@ pub async fn replay(
     let last_trace = items[items.len() - 1].0;
     let started_wall = Utc::now();
     let started = Instant::now();
-    let scaled = |d: TimeDelta| {
-        TimeDelta::milliseconds((d.num_milliseconds() as f64 / compress).round() as i64)
-    };
+    let scaled =
+        |d: TimeDelta| TimeDelta::milliseconds((d.num_milliseconds() as f64 / compress).round() as i64);
     let stamp = |t: DateTime<Utc>| match (config.timestamps, config.speed) {
         (Timestamps::Original, _) => t,
         (Timestamps::Shifted, Speed::Factor(_)) => started_wall + scaled(t - anchor_trace),
         (Timestamps::Shifted, Speed::Max) => started_wall - scaled(last_trace - t),
     };
     let due = |i: usize, t: DateTime<Utc>| match config.speed {
-        Speed::Factor(f) if i >= paced_from => Some(
-            started + Duration::from_secs_f64(((t - anchor_trace).as_seconds_f64() / f).max(0.0)),
-        ),
+        Speed::Factor(f) if i >= paced_from => {
+            Some(started + Duration::from_secs_f64(((t - anchor_trace).as_seconds_f64() / f).max(0.0)))
+        }
         _ => None,
     };
 
@@ -536,10 +517,7 @@ pub async fn replay(
         f.abort();
     }
     if stopped {
-        return Err(Error::Input(format!(
-            "stopped after {} samples",
-            publisher.acked
-        )));
+        return Err(Error::Input(format!("stopped after {} samples", publisher.acked)));
     }
     Ok(Summary {
         prefix: format!("replay.{}.", config.run),

@@ -48,7 +48,10 @@ where
         Layers::builder()
             .add_source(File::from_str(&text, format))
             .build()
-            .map_err(|source| Error::ConfigFile { path: path.to_owned(), source: Box::new(source) })?;
+            .map_err(|source| Error::ConfigFile {
+                path: path.to_owned(),
+                source: Box::new(source),
+            })?;
         builder = builder.add_source(File::from_str(&text, format));
     }
 
@@ -75,7 +78,9 @@ where
     builder = builder.add_source(environment);
 
     for (key, value) in overrides {
-        builder = builder.set_override(key, value).map_err(|e| Error::Config(Box::new(e)))?;
+        builder = builder
+            .set_override(key, value)
+            .map_err(|e| Error::Config(Box::new(e)))?;
     }
     builder
         .build()
@@ -94,9 +99,16 @@ pub fn describe<T: Serialize>(config: &T) -> String {
 /// `-` and `_` written as `_`, or `<stage>-<random hex>` when none is set.
 pub fn replica_id(configured: Option<&str>, stage: &str) -> String {
     match configured {
-        Some(name) if !name.is_empty() => {
-            name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect()
-        }
+        Some(name) if !name.is_empty() => name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect(),
         _ => format!("{stage}-{:08x}", fastrand::u32(..)),
     }
 }
@@ -119,7 +131,10 @@ mod tests {
 
     impl Default for Nats {
         fn default() -> Self {
-            Nats { urls: vec!["nats://127.0.0.1:4222".into()], password: None }
+            Nats {
+                urls: vec!["nats://127.0.0.1:4222".into()],
+                password: None,
+            }
         }
     }
 
@@ -134,7 +149,11 @@ mod tests {
 
     impl Default for Cfg {
         fn default() -> Self {
-            Cfg { interval: Duration::from_secs(5), buffer_capacity: 10, nats: Nats::default() }
+            Cfg {
+                interval: Duration::from_secs(5),
+                buffer_capacity: 10,
+                nats: Nats::default(),
+            }
         }
     }
 
@@ -150,20 +169,30 @@ mod tests {
 
         pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
             let s = String::deserialize(d)?;
-            let ms = s.trim_end_matches("ms").parse().map_err(serde::de::Error::custom)?;
+            let ms = s
+                .trim_end_matches("ms")
+                .parse()
+                .map_err(serde::de::Error::custom)?;
             Ok(Duration::from_millis(ms))
         }
     }
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
     fn layers_apply_in_order() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("agent.toml");
-        std::fs::write(&file, "buffer_capacity = 20\ninterval = \"2000ms\"\n[nats]\nurls = [\"nats://file:4222\"]\n").unwrap();
+        std::fs::write(
+            &file,
+            "buffer_capacity = 20\ninterval = \"2000ms\"\n[nats]\nurls = [\"nats://file:4222\"]\n",
+        )
+        .unwrap();
 
         let only_defaults: Cfg = load(None, env(&[]), vec![]).unwrap();
         assert_eq!(only_defaults, Cfg::default());

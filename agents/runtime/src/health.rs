@@ -72,8 +72,16 @@ impl Health {
     /// `stall_after`; it counts as having beaten now.
     pub fn heartbeat(self: &Arc<Self>, name: &'static str, stall_after: Duration) -> Heartbeat {
         let mut loops = self.loops.lock().unwrap_or_else(|p| p.into_inner());
-        loops.push(Loop { name, stall_after, last: Instant::now(), failure: None });
-        Heartbeat { health: self.clone(), index: loops.len() - 1 }
+        loops.push(Loop {
+            name,
+            stall_after,
+            last: Instant::now(),
+            failure: None,
+        });
+        Heartbeat {
+            health: self.clone(),
+            index: loops.len() - 1,
+        }
     }
 
     /// What keeps the stage from being ready: stalled or failed loops.
@@ -86,7 +94,8 @@ impl Health {
                     return Some(format!("{} failed: {failure}", l.name));
                 }
                 let idle = l.last.elapsed();
-                (idle > l.stall_after).then(|| format!("{} has not advanced for {} s", l.name, idle.as_secs()))
+                (idle > l.stall_after)
+                    .then(|| format!("{} has not advanced for {} s", l.name, idle.as_secs()))
             })
             .collect()
     }
@@ -116,7 +125,9 @@ pub async fn serve(
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| Error::Listen { addr, source })?;
-    let bound = listener.local_addr().map_err(|source| Error::Listen { addr, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| Error::Listen { addr, source })?;
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -141,7 +152,10 @@ async fn readyz(State(s): State<Shared>) -> impl IntoResponse {
     if problems.is_empty() {
         (StatusCode::OK, "ready\n".to_owned())
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {}\n", problems.join("; ")))
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {}\n", problems.join("; ")),
+        )
     }
 }
 
@@ -150,7 +164,10 @@ async fn metrics(State(s): State<Shared>) -> impl IntoResponse {
     match prometheus_client::encoding::text::encode(&mut body, &s.registry) {
         Ok(()) => (
             StatusCode::OK,
-            [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
             body,
         ),
         Err(_) => (
@@ -186,9 +203,14 @@ mod tests {
         counter.inc_by(3);
         let health = Arc::new(Health::default());
         let stop = CancellationToken::new();
-        let addr = serve("127.0.0.1:0".parse().unwrap(), health.clone(), Arc::new(registry), stop.clone())
-            .await
-            .unwrap();
+        let addr = serve(
+            "127.0.0.1:0".parse().unwrap(),
+            health.clone(),
+            Arc::new(registry),
+            stop.clone(),
+        )
+        .await
+        .unwrap();
 
         assert!(get(addr, "/healthz").await.starts_with("HTTP/1.1 200"));
         assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 503"));
@@ -203,11 +225,17 @@ mod tests {
         assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 200"));
         loader.fail("the bucket is gone");
         let r = get(addr, "/readyz").await;
-        assert!(r.starts_with("HTTP/1.1 503") && r.contains("model loader failed: the bucket is gone"), "{r}");
+        assert!(
+            r.starts_with("HTTP/1.1 503") && r.contains("model loader failed: the bucket is gone"),
+            "{r}"
+        );
         loader.beat();
         tokio::time::sleep(Duration::from_millis(300)).await;
         let r = get(addr, "/readyz").await;
-        assert!(r.starts_with("HTTP/1.1 503") && r.contains("tick has not advanced"), "{r}");
+        assert!(
+            r.starts_with("HTTP/1.1 503") && r.contains("tick has not advanced"),
+            "{r}"
+        );
         tick.beat();
         assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 200"));
         stop.cancel();

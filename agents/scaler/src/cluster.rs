@@ -170,7 +170,12 @@ struct SimulatedState {
 }
 
 impl SimulatedState {
-    fn set(&self, replicas: u32, annotations: BTreeMap<String, String>, cpu_request: Option<f64>) -> SimulatedSet {
+    fn set(
+        &self,
+        replicas: u32,
+        annotations: BTreeMap<String, String>,
+        cpu_request: Option<f64>,
+    ) -> SimulatedSet {
         let model = PodModel {
             startup: self.startup,
             capacity_millicores: cpu_request.unwrap_or(1000.0),
@@ -268,11 +273,7 @@ impl Simulated {
 }
 
 impl Cluster for Simulated {
-    async fn workload(
-        &self,
-        namespace: &str,
-        name: &str,
-    ) -> Result<Option<Workload>, ClusterError> {
+    async fn workload(&self, namespace: &str, name: &str) -> Result<Option<Workload>, ClusterError> {
         let mut state = self.lock();
         let key = (namespace.to_string(), name.to_string());
         if !state.sets.contains_key(&key)

@@ -127,9 +127,7 @@ impl Config {
         if self.lease < Duration::from_secs(3) {
             return Err("lease must be at least 3s (it is renewed every third of it)".into());
         }
-        self.defaults
-            .check()
-            .map_err(|e| format!("defaults: {e}"))?;
+        self.defaults.check().map_err(|e| format!("defaults: {e}"))?;
         self.behavior.check()
     }
 }

@@ -23,10 +23,7 @@ pub enum Error {
 }
 
 impl Error {
-    pub(crate) fn js(
-        what: &'static str,
-        source: impl std::error::Error + Send + Sync + 'static,
-    ) -> Error {
+    pub(crate) fn js(what: &'static str, source: impl std::error::Error + Send + Sync + 'static) -> Error {
         Error::JetStream {
             what,
             source: Box::new(source),

@@ -78,12 +78,7 @@ impl Kube {
 
     /// Starts watching StatefulSets and HPAs until `shutdown`. `instance`
     /// names this scaler in Events.
-    pub fn start(
-        client: Client,
-        instance: String,
-        retry: Retry,
-        shutdown: CancellationToken,
-    ) -> Kube {
+    pub fn start(client: Client, instance: String, retry: Retry, shutdown: CancellationToken) -> Kube {
         let (statefulsets, writer) = reflector::store::<StatefulSet>();
         tokio::spawn(reflect(Api::all(client.clone()), writer, shutdown.clone()));
         let (hpas, writer) = reflector::store::<HorizontalPodAutoscaler>();
@@ -119,17 +114,10 @@ impl Kube {
 
 async fn reflect<K>(api: Api<K>, writer: reflector::store::Writer<K>, shutdown: CancellationToken)
 where
-    K: kube::Resource
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
 {
-    let stream =
-        reflector::reflector(writer, watcher(api, watcher::Config::default())).default_backoff();
+    let stream = reflector::reflector(writer, watcher(api, watcher::Config::default())).default_backoff();
     futures::pin_mut!(stream);
     loop {
         let next = tokio::select! {
@@ -195,15 +183,8 @@ fn to_workload(sts: &StatefulSet, hpa: Option<String>) -> Workload {
 }
 
 impl Cluster for Kube {
-    async fn workload(
-        &self,
-        namespace: &str,
-        name: &str,
-    ) -> Result<Option<Workload>, ClusterError> {
-        let Some(sts) = self
-            .statefulsets
-            .get(&ObjectRef::new(name).within(namespace))
-        else {
+    async fn workload(&self, namespace: &str, name: &str) -> Result<Option<Workload>, ClusterError> {
+        let Some(sts) = self.statefulsets.get(&ObjectRef::new(name).within(namespace)) else {
             return Ok(None);
         };
         let hpa = self
@@ -244,8 +225,7 @@ impl Cluster for Kube {
                         if now != workload.replicas {
                             return Err(ClusterError::Changed(now));
                         }
-                        *version.lock().unwrap_or_else(|p| p.into_inner()) =
-                            scale.metadata.resource_version;
+                        *version.lock().unwrap_or_else(|p| p.into_inner()) = scale.metadata.resource_version;
                         Err(ClusterError::Conflict(message))
                     }
                     other => Err(other),
@@ -286,10 +266,7 @@ impl Cluster for Kube {
             action: "Scale".into(),
             secondary: None,
         };
-        self.recorder
-            .publish(&event, &reference)
-            .await
-            .map_err(classify)
+        self.recorder.publish(&event, &reference).await.map_err(classify)
     }
 }
 
@@ -383,10 +360,7 @@ mod tests {
     /// Asserts the request is the scale patch and returns its body.
     async fn expect_patch(
         handle: &mut Mock,
-    ) -> (
-        serde_json::Value,
-        tower_test::mock::SendResponse<Response<Body>>,
-    ) {
+    ) -> (serde_json::Value, tower_test::mock::SendResponse<Response<Body>>) {
         let (req, send) = handle.next_request().await.expect("a patch request");
         assert_eq!(req.method(), Method::PATCH);
         assert_eq!(
@@ -396,10 +370,7 @@ mod tests {
         let query = req.uri().query().unwrap_or_default().to_string();
         let params: Vec<&str> = query.split('&').filter(|kv| !kv.is_empty()).collect();
         assert_eq!(params, ["fieldManager=pas-scaler"], "{query}");
-        assert_eq!(
-            req.headers()["content-type"],
-            "application/merge-patch+json"
-        );
+        assert_eq!(req.headers()["content-type"], "application/merge-patch+json");
         (body_json(req).await, send)
     }
 
@@ -534,10 +505,7 @@ mod tests {
         });
         let (req, send) = handle.next_request().await.expect("an event request");
         assert_eq!(req.method(), Method::POST);
-        assert_eq!(
-            req.uri().path(),
-            "/apis/events.k8s.io/v1/namespaces/shop/events"
-        );
+        assert_eq!(req.uri().path(), "/apis/events.k8s.io/v1/namespaces/shop/events");
         let body = body_json(req).await;
         assert_eq!(body["reason"], "SuccessfulRescale");
         assert_eq!(body["type"], "Normal");
@@ -549,9 +517,7 @@ mod tests {
             body["regarding"],
             serde_json::json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "web", "namespace": "shop", "uid": "uid-web"})
         );
-        send.send_response(Response::new(Body::from(
-            serde_json::to_vec(&body).unwrap(),
-        )));
+        send.send_response(Response::new(Body::from(serde_json::to_vec(&body).unwrap())));
         assert_eq!(task.await.unwrap(), Ok(()));
     }
 
@@ -591,9 +557,7 @@ mod tests {
                         "spec": {"maxReplicas": 5, "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "db"}}}]})
             };
             seen.push(path);
-            send.send_response(Response::new(Body::from(
-                serde_json::to_vec(&list).unwrap(),
-            )));
+            send.send_response(Response::new(Body::from(serde_json::to_vec(&list).unwrap())));
         }
         seen.sort();
         assert_eq!(

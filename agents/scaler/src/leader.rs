@@ -66,11 +66,7 @@ impl Leader {
     pub async fn campaign(&mut self) -> bool {
         let expires = Utc::now().timestamp_millis() + self.lease.as_millis() as i64;
         if let Some((revision, _)) = self.held {
-            match self
-                .kv
-                .update(&self.key, self.record(expires), revision)
-                .await
-            {
+            match self.kv.update(&self.key, self.record(expires), revision).await {
                 Ok(revision) => {
                     self.held = Some((revision, expires));
                     return true;
@@ -86,9 +82,8 @@ impl Leader {
             Ok(Some(entry)) => {
                 let now = Utc::now().timestamp_millis();
                 let free = entry.operation != Operation::Put
-                    || serde_json::from_slice::<Record>(&entry.value).map_or(true, |r| {
-                        r.holder == self.me || r.expires_ms + SKEW_MS < now
-                    });
+                    || serde_json::from_slice::<Record>(&entry.value)
+                        .map_or(true, |r| r.holder == self.me || r.expires_ms + SKEW_MS < now);
                 if free {
                     self.kv
                         .update(&self.key, self.record(expires), entry.revision)

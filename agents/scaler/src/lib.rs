@@ -118,9 +118,7 @@ pub async fn run(mut config: Config, shutdown: CancellationToken) -> Result<(), 
         },
     };
     let Some(client) = client else {
-        return Scaler::new(config.clone(), simulated())?
-            .run(shutdown)
-            .await;
+        return Scaler::new(config.clone(), simulated())?.run(shutdown).await;
     };
     let retry = Retry {
         max_delay: config.kube_retry_max,
@@ -175,7 +173,11 @@ impl<C: Cluster> Scaler<C> {
             metrics,
             cluster,
         } = self;
-        let pas_nats::StageBus { conn, dead_letters, health } = pas_nats::start_stage(
+        let pas_nats::StageBus {
+            conn,
+            dead_letters,
+            health,
+        } = pas_nats::start_stage(
             &config.nats,
             &format!("pas-scaler-{replica}"),
             Stage::Scaler,
@@ -189,10 +191,12 @@ impl<C: Cluster> Scaler<C> {
         let dead_letters = Arc::new(dead_letters);
         // Waits for what `pas bus init` provisions rather than exiting.
         let opened = pas_nats::wait_for("the pas-scaler bucket", &shutdown, || async {
-            js.get_key_value(BUCKET_SCALER).await.map_err(|e| pas_nats::Error::JetStream {
-                action: "open the pas-scaler bucket".into(),
-                source: Box::new(e),
-            })
+            js.get_key_value(BUCKET_SCALER)
+                .await
+                .map_err(|e| pas_nats::Error::JetStream {
+                    action: "open the pas-scaler bucket".into(),
+                    source: Box::new(e),
+                })
         })
         .await?;
         let Some(kv) = opened else { return Ok(()) };
@@ -309,7 +313,12 @@ impl<C: Cluster> Scaler<C> {
         resign.cancel();
         let _ = pas_nats::within(Duration::from_secs(2), "release the lease", campaigning).await;
         metrics.set_leader(false);
-        let _ = pas_nats::within(Duration::from_secs(2), "drain the connection", conn.client.drain()).await;
+        let _ = pas_nats::within(
+            Duration::from_secs(2),
+            "drain the connection",
+            conn.client.drain(),
+        )
+        .await;
         Ok(())
     }
 }
@@ -384,7 +393,10 @@ impl Active {
                         }
                         Some(Ok(msg)) => {
                             let info = msg.info().ok();
-                            let stored = info.as_ref().map(|i| i.published.unix_timestamp_nanos()).unwrap_or_default();
+                            let stored = info
+                                .as_ref()
+                                .map(|i| i.published.unix_timestamp_nanos())
+                                .unwrap_or_default();
                             match admission.decode::<CpuSample>(&msg.payload, stored, replay) {
                                 Ok(sample) => record_sample(&pods, sample),
                                 // The forecaster dead-letters bad samples; here they are only counted.
@@ -415,8 +427,7 @@ impl Active {
             .get_stream(STREAM_FORECASTS)
             .await
             .map_err(|e| Error::js("open stream PAS_FORECASTS (run `pas bus init`)", e))?;
-        let consumer_config =
-            pas_nats::definitions::consumer(Stage::Scaler, STREAM_FORECASTS, prefix)?;
+        let consumer_config = pas_nats::definitions::consumer(Stage::Scaler, STREAM_FORECASTS, prefix)?;
         let consumer = pas_nats::durable(&stream, &consumer_config).await?;
         let (tx, rx) = mpsc::channel(64);
         let forecast_task = {
@@ -480,9 +491,7 @@ struct PodSample {
 type Pods = HashMap<Key, BTreeMap<String, PodSample>>;
 
 fn record_sample(pods: &Mutex<Pods>, sample: CpuSample) {
-    let (Some(namespace), Some(workload), Some(pod)) =
-        (sample.namespace, sample.workload, sample.pod)
-    else {
+    let (Some(namespace), Some(workload), Some(pod)) = (sample.namespace, sample.workload, sample.pod) else {
         return;
     };
     let mut pods = pods.lock().unwrap_or_else(|p| p.into_inner());
@@ -546,8 +555,7 @@ impl<C: Cluster> Engine<C> {
         }
         let now = Utc::now();
         let stale = forecast_view(&forecast).is_stale(now, self.config.forecast_max_age);
-        self.forecasts
-            .insert(key.clone(), (forecast, Instant::now()));
+        self.forecasts.insert(key.clone(), (forecast, Instant::now()));
         if stale {
             // A backlog after a pause: the tick decides on samples instead.
             self.metrics.ignored("stale_forecast");
@@ -580,11 +588,7 @@ impl<C: Cluster> Engine<C> {
             if !self.leading() {
                 break;
             }
-            if self
-                .evaluated
-                .get(&key)
-                .is_none_or(|at| at.elapsed() >= due)
-            {
+            if self.evaluated.get(&key).is_none_or(|at| at.elapsed() >= due) {
                 self.evaluate(&key, now).await;
             }
         }
@@ -608,8 +612,7 @@ impl<C: Cluster> Engine<C> {
                 return;
             }
         };
-        let (settings, problems) =
-            settings::from_annotations(&self.config.defaults, &workload.annotations);
+        let (settings, problems) = settings::from_annotations(&self.config.defaults, &workload.annotations);
         if self.problems.get(key) != Some(&problems) {
             if !problems.is_empty() {
                 self.metrics.invalid_settings();
@@ -639,9 +642,8 @@ impl<C: Cluster> Engine<C> {
         };
         if let Some(hpa) = &workload.hpa {
             decision.rule = "hpa-conflict".into();
-            decision.reason = format!(
-                "HorizontalPodAutoscaler {hpa} targets this StatefulSet; PAS leaves it alone."
-            );
+            decision.reason =
+                format!("HorizontalPodAutoscaler {hpa} targets this StatefulSet; PAS leaves it alone.");
             decision.outcome = Outcome::Refused;
             if self.refused.get(key) != Some(hpa) {
                 self.refused.insert(key.clone(), hpa.clone());
@@ -770,7 +772,11 @@ impl<C: Cluster> Engine<C> {
     /// `<scope>.state.<namespace>.<workload>`, each name one token (a dot
     /// written as `_`), so no name can add or empty a token of the key.
     fn state_key(&self, key: &Key) -> String {
-        let token = |name: &str| pas_schemas::subjects::token(name).map(|t| t.into_owned()).unwrap_or_else(|_| "_".into());
+        let token = |name: &str| {
+            pas_schemas::subjects::token(name)
+                .map(|t| t.into_owned())
+                .unwrap_or_else(|_| "_".into())
+        };
         format!("{}.state.{}.{}", self.scope, token(&key.0), token(&key.1))
     }
 

@@ -91,9 +91,7 @@ impl Metrics {
     }
 
     pub(crate) fn kube_error(&self, error_type: &'static str) {
-        self.kube_errors
-            .get_or_create(&ErrorLabels { error_type })
-            .inc();
+        self.kube_errors.get_or_create(&ErrorLabels { error_type }).inc();
     }
 
     /// Kubernetes errors so far of this type.

@@ -160,20 +160,13 @@ impl Default for Behavior {
 
 impl Behavior {
     pub(crate) fn check(&self) -> Result<(), String> {
-        for (name, rules) in [
-            ("scale_up", &self.scale_up),
-            ("scale_down", &self.scale_down),
-        ] {
+        for (name, rules) in [("scale_up", &self.scale_up), ("scale_down", &self.scale_down)] {
             if rules.select_policy != Select::Disabled && rules.policies.is_empty() {
                 return Err(format!(
                     "behavior.{name} needs at least one policy unless select_policy is Disabled"
                 ));
             }
-            if rules
-                .policies
-                .iter()
-                .any(|p| p.value == 0 || p.period.is_zero())
-            {
+            if rules.policies.iter().any(|p| p.value == 0 || p.period.is_zero()) {
                 return Err(format!(
                     "behavior.{name}: every policy needs a value and a period above 0"
                 ));
@@ -334,7 +327,12 @@ impl ForecastView<'_> {
             if start + step <= now || start >= until {
                 continue;
             }
-            let high = self.upper.filter(|_| upper).and_then(|u| u.get(i)).copied().unwrap_or(*value);
+            let high = self
+                .upper
+                .filter(|_| upper)
+                .and_then(|u| u.get(i))
+                .copied()
+                .unwrap_or(*value);
             let v = value.max(high);
             if v.is_finite() {
                 peak = Some(peak.map_or(v, |p| p.max(v)));
@@ -661,12 +659,7 @@ struct Measured {
 }
 
 /// `GetResourceReplicas` of the HPA's replica calculator for CPU utilisation.
-fn hpa_replicas(
-    current: u32,
-    pods: &[PodUsage],
-    target: f64,
-    tolerance: f64,
-) -> Result<Measured, String> {
+fn hpa_replicas(current: u32, pods: &[PodUsage], target: f64, tolerance: f64) -> Result<Measured, String> {
     if pods.is_empty() {
         return Err("No pods to measure".into());
     }
@@ -753,13 +746,7 @@ fn hpa_replicas(
 /// `stabilizeRecommendationWithBehaviors`: records `raw` and returns it
 /// bounded by the lowest recommendation of the scale-up window and the
 /// highest of the scale-down window.
-fn stabilise(
-    now: DateTime<Utc>,
-    raw: u32,
-    current: u32,
-    b: &Behavior,
-    history: &mut History,
-) -> u32 {
+fn stabilise(now: DateTime<Utc>, raw: u32, current: u32, b: &Behavior, history: &mut History) -> u32 {
     let window = |d: Duration| now - TimeDelta::from_std(d).unwrap_or(TimeDelta::MAX);
     // A workload seen for the first time starts its scale-down window at the
     // current replicas, as the HPA does.
@@ -847,9 +834,7 @@ fn limit_rate(
                     let start = current_i + removed - added;
                     match p.kind {
                         RateKind::Pods => start - i64::from(p.value),
-                        RateKind::Percent => {
-                            (start as f64 * (1.0 - f64::from(p.value) / 100.0)) as i64
-                        }
+                        RateKind::Percent => (start as f64 * (1.0 - f64::from(p.value) / 100.0)) as i64,
                     }
                 });
                 if select == Select::Max {
@@ -1066,11 +1051,7 @@ mod tests {
                 policy: Policy::Predictive,
                 target: 50.0,
                 observed: observed(2, 50.0),
-                forecast: Some((
-                    -5,
-                    vec![50.0; 10],
-                    Some([vec![60.0; 9], vec![150.0]].concat()),
-                )),
+                forecast: Some((-5, vec![50.0; 10], Some([vec![60.0; 9], vec![150.0]].concat()))),
                 want: 6,
                 rule: "predictive",
             },
@@ -1284,13 +1265,7 @@ mod tests {
             &s,
             &tuning,
             4,
-            &[
-                (0, 100.0),
-                (10, 12.5),
-                (200, 12.5),
-                (309, 12.5),
-                (311, 50.0),
-            ],
+            &[(0, 100.0), (10, 12.5), (200, 12.5), (309, 12.5), (311, 50.0)],
             &mut history,
         );
         assert_eq!(got[0], (8, "hpa"));
@@ -1313,10 +1288,7 @@ mod tests {
             &[(0, 12.5), (299, 12.5), (301, 12.5)],
             &mut History::default(),
         );
-        assert_eq!(
-            got,
-            vec![(8, "stabilisation"), (8, "stabilisation"), (2, "hpa")]
-        );
+        assert_eq!(got, vec![(8, "stabilisation"), (8, "stabilisation"), (2, "hpa")]);
     }
 
     #[test]
@@ -1372,8 +1344,7 @@ mod tests {
         let s = settings(Policy::Hpa, 50.0);
         let mut history = History::default();
         run(&s, &tuning, 4, &[(0, 100.0)], &mut history);
-        let mut restored: History =
-            serde_json::from_slice(&serde_json::to_vec(&history).unwrap()).unwrap();
+        let mut restored: History = serde_json::from_slice(&serde_json::to_vec(&history).unwrap()).unwrap();
         assert_eq!(restored, history);
         assert_eq!(
             run(&s, &tuning, 8, &[(100, 12.5)], &mut restored),
@@ -1402,7 +1373,10 @@ mod tests {
         assert_eq!(f.peak(t(200), Duration::from_secs(10), true), None);
         // The upper quantile counts only when planning on it.
         let upper = [15.0, 25.0, 45.0, 40.0];
-        let f = ForecastView { upper: Some(&upper), ..f };
+        let f = ForecastView {
+            upper: Some(&upper),
+            ..f
+        };
         assert_eq!(f.peak(now, Duration::from_secs(10), true), Some((45.0, 2)));
         assert_eq!(f.peak(now, Duration::from_secs(10), false), Some((30.0, 2)));
         assert!(!f.is_stale(now, Duration::from_secs(30)));

@@ -156,9 +156,7 @@ mod tests {
         );
         assert_eq!(problems.len(), 5, "{problems:?}");
         assert!(
-            problems
-                .iter()
-                .any(|p| p.starts_with("pas.io/policy=\"magic\"")),
+            problems.iter().any(|p| p.starts_with("pas.io/policy=\"magic\"")),
             "{problems:?}"
         );
         assert!(

@@ -27,7 +27,11 @@ pub struct PodModel {
 
 impl Default for PodModel {
     fn default() -> Self {
-        PodModel { startup: Duration::from_secs(60), capacity_millicores: 1000.0, request_millicores: 1000.0 }
+        PodModel {
+            startup: Duration::from_secs(60),
+            capacity_millicores: 1000.0,
+            request_millicores: 1000.0,
+        }
     }
 }
 
@@ -53,7 +57,10 @@ impl SimulatedStatefulSet {
     /// created `startup` earlier).
     pub fn new(model: PodModel, replicas: u32, now: DateTime<Utc>) -> SimulatedStatefulSet {
         let ready_since = now - delta(model.startup);
-        SimulatedStatefulSet { model, created: vec![ready_since; replicas as usize] }
+        SimulatedStatefulSet {
+            model,
+            created: vec![ready_since; replicas as usize],
+        }
     }
 
     /// The pod model.
@@ -87,16 +94,32 @@ impl SimulatedStatefulSet {
         let startup = delta(self.model.startup);
         let ready = self.ready(now);
         let demand = demand_millicores.max(0.0);
-        let per_pod = if ready == 0 { 0.0 } else { (demand / f64::from(ready)).min(self.model.capacity_millicores) };
-        let used_millicores: Vec<f64> =
-            self.created.iter().map(|&c| if c + startup <= now { per_pod } else { 0.0 }).collect();
+        let per_pod = if ready == 0 {
+            0.0
+        } else {
+            (demand / f64::from(ready)).min(self.model.capacity_millicores)
+        };
+        let used_millicores: Vec<f64> = self
+            .created
+            .iter()
+            .map(|&c| if c + startup <= now { per_pod } else { 0.0 })
+            .collect();
         let unmet_millicores = (demand - per_pod * f64::from(ready)).max(0.0);
-        Served { used_millicores, unmet_millicores }
+        Served {
+            used_millicores,
+            unmet_millicores,
+        }
     }
 
     /// The samples the node agents would publish at `now` for this
     /// StatefulSet's pods (`<name>-<ordinal>`), each on its own node.
-    pub fn samples(&self, namespace: &str, name: &str, demand_millicores: f64, now: DateTime<Utc>) -> Vec<CpuSample> {
+    pub fn samples(
+        &self,
+        namespace: &str,
+        name: &str,
+        demand_millicores: f64,
+        now: DateTime<Utc>,
+    ) -> Vec<CpuSample> {
         let served = self.serve(demand_millicores, now);
         served
             .used_millicores
@@ -130,7 +153,11 @@ mod tests {
     }
 
     fn model() -> PodModel {
-        PodModel { startup: Duration::from_secs(60), capacity_millicores: 1000.0, request_millicores: 500.0 }
+        PodModel {
+            startup: Duration::from_secs(60),
+            capacity_millicores: 1000.0,
+            request_millicores: 500.0,
+        }
     }
 
     #[test]
@@ -140,7 +167,11 @@ mod tests {
         sts.scale(5, at(10));
         assert_eq!(sts.replicas(), 5);
         assert_eq!(sts.ready(at(10)), 2);
-        assert_eq!(sts.ready(at(69)), 2, "59 s after creation the new pods are still starting");
+        assert_eq!(
+            sts.ready(at(69)),
+            2,
+            "59 s after creation the new pods are still starting"
+        );
         assert_eq!(sts.ready(at(70)), 5, "60 s after creation they are ready");
         // A scale-up while pods start adds pods with their own clocks.
         sts.scale(6, at(40));

@@ -43,9 +43,10 @@ impl StateWriter {
             let (pending, wake, stop) = (pending.clone(), wake.clone(), stop.clone());
             async move {
                 loop {
-                    let batch: Vec<(String, Bytes)> = std::mem::take(&mut *pending.lock().unwrap_or_else(|p| p.into_inner()))
-                        .into_iter()
-                        .collect();
+                    let batch: Vec<(String, Bytes)> =
+                        std::mem::take(&mut *pending.lock().unwrap_or_else(|p| p.into_inner()))
+                            .into_iter()
+                            .collect();
                     if batch.is_empty() {
                         tokio::select! {
                             _ = wake.notified() => continue,
@@ -55,7 +56,8 @@ impl StateWriter {
                     futures::stream::iter(batch)
                         .for_each_concurrent(CONCURRENCY, |(key, value)| {
                             let kv = kv.clone();
-                            let leading = chrono::Utc::now().timestamp_millis() < until.load(Ordering::Relaxed);
+                            let leading =
+                                chrono::Utc::now().timestamp_millis() < until.load(Ordering::Relaxed);
                             async move {
                                 if !leading {
                                     tracing::debug!(key, "Not leading: dropped a queued state write.");
@@ -63,7 +65,9 @@ impl StateWriter {
                                 }
                                 match tokio::time::timeout(NATS_CALL, kv.put(&key, value)).await {
                                     Ok(Ok(_)) => {}
-                                    Ok(Err(error)) => tracing::warn!(key, %error, "Saving the scaler state failed."),
+                                    Ok(Err(error)) => {
+                                        tracing::warn!(key, %error, "Saving the scaler state failed.")
+                                    }
                                     Err(_) => tracing::warn!(key, "Saving the scaler state timed out."),
                                 }
                             }
@@ -72,12 +76,20 @@ impl StateWriter {
                 }
             }
         });
-        StateWriter { pending, wake, task, stop }
+        StateWriter {
+            pending,
+            wake,
+            task,
+            stop,
+        }
     }
 
     /// Queues `value` as the state under `key`.
     pub fn put(&self, key: String, value: Bytes) {
-        self.pending.lock().unwrap_or_else(|p| p.into_inner()).insert(key, value);
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, value);
         self.wake.notify_one();
     }
 

@@ -85,7 +85,10 @@ impl Config {
     pub(crate) fn check(&self) -> Result<(), String> {
         let step = self.step.as_secs();
         if step == 0 || self.step.subsec_nanos() != 0 {
-            return Err(format!("step must be a whole number of seconds, not {:?}", self.step));
+            return Err(format!(
+                "step must be a whole number of seconds, not {:?}",
+                self.step
+            ));
         }
         let needed = self.model.window + self.model.horizon;
         let test = (self.min_history as f64 * self.test_fraction) as usize;

@@ -33,9 +33,9 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::object_store::ObjectStore;
 use chrono::Utc;
 use pas_models::eval::{self, EvalConfig};
+use pas_models::holt_winters::HoltWinters;
 use pas_models::lstm::Lstm;
 use pas_models::naive::{Naive, SeasonalNaive};
-use pas_models::holt_winters::HoltWinters;
 use pas_models::{Forecaster, ModelKind};
 use pas_nats::HandlerError;
 use pas_schemas::subjects::{Prefix, STREAM_SAMPLES, Stage};
@@ -78,11 +78,31 @@ pub struct Metrics {
 
 impl Metrics {
     fn register(&self, registry: &mut Registry) {
-        registry.register("pas_trainer_samples", "Samples folded into a workload series.", self.samples.clone());
-        registry.register("pas_trainer_ignored_samples", "Samples not used, by reason.", self.ignored.clone());
-        registry.register("pas_trainer_workloads", "Workloads with data.", self.workloads.clone());
-        registry.register("pas_trainer_versions", "Model versions stored, by outcome.", self.versions.clone());
-        registry.register("pas_trainer_training_failures", "Training runs that stored nothing.", self.failures.clone());
+        registry.register(
+            "pas_trainer_samples",
+            "Samples folded into a workload series.",
+            self.samples.clone(),
+        );
+        registry.register(
+            "pas_trainer_ignored_samples",
+            "Samples not used, by reason.",
+            self.ignored.clone(),
+        );
+        registry.register(
+            "pas_trainer_workloads",
+            "Workloads with data.",
+            self.workloads.clone(),
+        );
+        registry.register(
+            "pas_trainer_versions",
+            "Model versions stored, by outcome.",
+            self.versions.clone(),
+        );
+        registry.register(
+            "pas_trainer_training_failures",
+            "Training runs that stored nothing.",
+            self.failures.clone(),
+        );
     }
 
     /// Samples folded so far.
@@ -113,7 +133,11 @@ impl Trainer {
     pub fn new(config: Config) -> Result<Trainer, Error> {
         config.check().map_err(Error::Config)?;
         let prefix = Prefix::for_run(config.run.as_deref()).map_err(Error::Config)?;
-        Ok(Trainer { config, prefix, metrics: Metrics::default() })
+        Ok(Trainer {
+            config,
+            prefix,
+            metrics: Metrics::default(),
+        })
     }
 
     /// A handle on the metrics (for tests and embedding).
@@ -123,34 +147,64 @@ impl Trainer {
 
     /// Runs until `shutdown`: consumes samples, trains, stores models.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
-        let Trainer { config, prefix, metrics } = self;
+        let Trainer {
+            config,
+            prefix,
+            metrics,
+        } = self;
         pas_models::runtime::configure(config.threads, config.model.seed as i64)
             .map_err(|e| Error::Config(e.to_string()))?;
-        let pas_nats::StageBus { conn, dead_letters, health } =
-            pas_nats::start_stage(&config.nats, "pas-trainer", Stage::Trainer, &prefix, config.listen, |r| metrics.register(r), &shutdown)
-                .await?;
+        let pas_nats::StageBus {
+            conn,
+            dead_letters,
+            health,
+        } = pas_nats::start_stage(
+            &config.nats,
+            "pas-trainer",
+            Stage::Trainer,
+            &prefix,
+            config.listen,
+            |r| metrics.register(r),
+            &shutdown,
+        )
+        .await?;
         let js = conn.jetstream.clone();
 
         // Waits for what `pas bus init` provisions rather than exiting.
         let consumer_config = pas_nats::definitions::consumer(Stage::Trainer, STREAM_SAMPLES, &prefix)?;
-        let opened = pas_nats::wait_for("the pas-models bucket, PAS_SAMPLES and the trainer's consumer", &shutdown, || async {
-            let bucket = js
-                .get_object_store(pas_schemas::subjects::BUCKET_MODELS)
-                .await
-                .map_err(|e| pas_nats::Error::JetStream { action: "open the pas-models bucket".into(), source: Box::new(e) })?;
-            let chunks = js
-                .get_stream(pas_nats::definitions::object_stream())
-                .await
-                .map_err(|e| pas_nats::Error::JetStream { action: "open the pas-models stream".into(), source: Box::new(e) })?;
-            let stream = js
-                .get_stream(STREAM_SAMPLES)
-                .await
-                .map_err(|e| pas_nats::Error::JetStream { action: "open stream PAS_SAMPLES".into(), source: Box::new(e) })?;
-            let consumer = pas_nats::durable(&stream, &consumer_config).await?;
-            Ok((bucket, chunks, stream, consumer))
-        })
+        let opened = pas_nats::wait_for(
+            "the pas-models bucket, PAS_SAMPLES and the trainer's consumer",
+            &shutdown,
+            || async {
+                let bucket = js
+                    .get_object_store(pas_schemas::subjects::BUCKET_MODELS)
+                    .await
+                    .map_err(|e| pas_nats::Error::JetStream {
+                        action: "open the pas-models bucket".into(),
+                        source: Box::new(e),
+                    })?;
+                let chunks = js
+                    .get_stream(pas_nats::definitions::object_stream())
+                    .await
+                    .map_err(|e| pas_nats::Error::JetStream {
+                        action: "open the pas-models stream".into(),
+                        source: Box::new(e),
+                    })?;
+                let stream = js
+                    .get_stream(STREAM_SAMPLES)
+                    .await
+                    .map_err(|e| pas_nats::Error::JetStream {
+                        action: "open stream PAS_SAMPLES".into(),
+                        source: Box::new(e),
+                    })?;
+                let consumer = pas_nats::durable(&stream, &consumer_config).await?;
+                Ok((bucket, chunks, stream, consumer))
+            },
+        )
         .await?;
-        let Some((bucket, chunks, stream, consumer)) = opened else { return Ok(()) };
+        let Some((bucket, chunks, stream, consumer)) = opened else {
+            return Ok(());
+        };
         let layout = Layout::new(&prefix);
         let mut models = store::load(&bucket, &chunks, &layout).await?;
         tracing::info!(keys = models.len(), "Read stored model versions.");
@@ -161,9 +215,14 @@ impl Trainer {
         let lookback = config.step * config.max_history as u32 + Duration::from_secs(3600);
         let since = time::OffsetDateTime::now_utc() - lookback;
         let door = Some((&config.admission, prefix.run().is_some()));
-        let rebuilt = pas_nats::read_samples(&stream, &consumer_config.filter_subject, since, None, door, |sample, sequence| {
-            fold(&state, &metrics, &sample, sequence)
-        })
+        let rebuilt = pas_nats::read_samples(
+            &stream,
+            &consumer_config.filter_subject,
+            since,
+            None,
+            door,
+            |sample, sequence| fold(&state, &metrics, &sample, sequence),
+        )
         .await?;
         tracing::info!(samples = rebuilt, "Rebuilt workload series from the stream.");
         health.set_ready(true);
@@ -174,10 +233,16 @@ impl Trainer {
             let stop = shutdown.clone();
             let admission = config.admission;
             tokio::spawn(async move {
-                pas_nats::consume::<CpuSample, _, _>(&consumer, &dead_letters, &admission, stop, |sample, delivery| {
-                    fold(&state, &metrics, &sample, delivery.stream_sequence);
-                    async { Ok::<(), HandlerError>(()) }
-                })
+                pas_nats::consume::<CpuSample, _, _>(
+                    &consumer,
+                    &dead_letters,
+                    &admission,
+                    stop,
+                    |sample, delivery| {
+                        fold(&state, &metrics, &sample, delivery.stream_sequence);
+                        async { Ok::<(), HandlerError>(()) }
+                    },
+                )
                 .await
             })
         };
@@ -186,7 +251,10 @@ impl Trainer {
         let mut ticks = tokio::time::interval(config.check_interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Readiness fails when the training loop stops advancing; each job beats.
-        let beat = health.heartbeat("training loop", (3 * config.check_interval).max(Duration::from_secs(600)));
+        let beat = health.heartbeat(
+            "training loop",
+            (3 * config.check_interval).max(Duration::from_secs(600)),
+        );
         loop {
             beat.beat();
             tokio::select! {
@@ -199,7 +267,10 @@ impl Trainer {
                 if forgot > 0 {
                     attempts.retain(|key, _| state.steps(key) > 0);
                     metrics.workloads.set(state.len() as i64);
-                    tracing::info!(workloads = forgot, "Forgot workloads with no samples for forget_after.");
+                    tracing::info!(
+                        workloads = forgot,
+                        "Forgot workloads with no samples for forget_after."
+                    );
                 }
             }
             let due = due(&config, &state, &models, &attempts);
@@ -211,9 +282,21 @@ impl Trainer {
                 attempts.insert(key.clone(), range.to);
                 let versions = models.entry(key.model_key()).or_default();
                 let version = versions.keys().next_back().copied().unwrap_or(0) + 1;
-                tracing::info!(workload = key.model_key(), version, steps = series.len(), "Training a version.");
+                tracing::info!(
+                    workload = key.model_key(),
+                    version,
+                    steps = series.len(),
+                    "Training a version."
+                );
                 let stop = Arc::new(AtomicBool::new(false));
-                let job = Job { key: key.clone(), version, series, range, config: config.clone(), stop: stop.clone() };
+                let job = Job {
+                    key: key.clone(),
+                    version,
+                    series,
+                    range,
+                    config: config.clone(),
+                    stop: stop.clone(),
+                };
                 let started = Instant::now();
                 // Training takes seconds to minutes: SIGTERM does not wait for
                 // it (the version is trained again after a restart).
@@ -232,15 +315,26 @@ impl Trainer {
                     Ok(Ok((manifest, weights))) => {
                         let label = outcome_label(&manifest);
                         let stored = store_version(
-                            &bucket, &layout, &conn.client, &prefix, &key, versions, manifest, &weights, config.keep_versions,
+                            &bucket,
+                            &layout,
+                            &conn.client,
+                            &prefix,
+                            &key,
+                            versions,
+                            manifest,
+                            &weights,
+                            config.keep_versions,
                         )
                         .await;
                         match stored {
                             Ok(()) => {
                                 metrics.versions.get_or_create(&Outcome { outcome: label }).inc();
                                 tracing::info!(
-                                    workload = key.model_key(), version, outcome = label,
-                                    seconds = started.elapsed().as_secs_f64(), "Stored a model version."
+                                    workload = key.model_key(),
+                                    version,
+                                    outcome = label,
+                                    seconds = started.elapsed().as_secs_f64(),
+                                    "Stored a model version."
                                 );
                             }
                             Err(error) => {
@@ -270,7 +364,12 @@ impl Trainer {
             Some(Ok(Err(error))) => tracing::warn!(%error, "Consuming stopped with an error."),
             Some(Err(error)) => tracing::warn!(%error, "Consumer task failed."),
         }
-        let _ = pas_nats::within(Duration::from_secs(2), "drain the connection", conn.client.drain()).await;
+        let _ = pas_nats::within(
+            Duration::from_secs(2),
+            "drain the connection",
+            conn.client.drain(),
+        )
+        .await;
         Ok(())
     }
 }
@@ -293,7 +392,10 @@ fn fold(state: &Mutex<Workloads>, metrics: &Metrics, sample: &CpuSample, sequenc
             metrics.workloads.set(state.len() as i64);
         }
         Fold::Duplicate => {
-            metrics.ignored.get_or_create(&Reason { reason: "duplicate" }).inc();
+            metrics
+                .ignored
+                .get_or_create(&Reason { reason: "duplicate" })
+                .inc();
         }
         Fold::Ignored(reason) => {
             metrics.ignored.get_or_create(&Reason { reason }).inc();
@@ -315,8 +417,12 @@ fn due(
         if state.steps(&key) < config.min_history {
             continue;
         }
-        let Some(newest) = state.newest(&key) else { continue };
-        let trained_to = models.get(&key.model_key()).and_then(|v| v.values().map(|m| m.training.to).max());
+        let Some(newest) = state.newest(&key) else {
+            continue;
+        };
+        let trained_to = models
+            .get(&key.model_key())
+            .and_then(|v| v.values().map(|m| m.training.to).max());
         let attempted = attempts.get(&key).copied();
         let last = trained_to.max(attempted);
         if last.is_some_and(|t| newest - t < retrain) {
@@ -340,7 +446,15 @@ pub fn train_version(
     range: TrainingRange,
     config: &Config,
 ) -> Result<(ModelManifest, Vec<u8>), pas_models::Error> {
-    Job { key, version, series, range, config: config.clone(), stop: Arc::default() }.train()
+    Job {
+        key,
+        version,
+        series,
+        range,
+        config: config.clone(),
+        stop: Arc::default(),
+    }
+    .train()
 }
 
 /// One training run, off the async runtime.
@@ -367,9 +481,22 @@ impl Job {
         let mut naive = Naive::new(horizon, quantile);
         let mut seasonal = SeasonalNaive::new(horizon, None, quantile);
         let mut holt = HoltWinters::new(horizon, None, quantile);
-        let eval_config = EvalConfig { horizon, test_fraction: c.test_fraction, stride: 1, max_fill: c.max_fill, step_seconds: None };
+        let eval_config = EvalConfig {
+            horizon,
+            test_fraction: c.test_fraction,
+            stride: 1,
+            max_fill: c.max_fill,
+            step_seconds: None,
+        };
         let mut models: [&mut dyn Forecaster; 4] = [&mut naive, &mut seasonal, &mut holt, &mut lstm];
-        let report = eval::backtest(&self.key.model_key(), &self.series, gaps, &mut models, &eval_config, &mut |_| {})?;
+        let report = eval::backtest(
+            &self.key.model_key(),
+            &self.series,
+            gaps,
+            &mut models,
+            &eval_config,
+            &mut |_| {},
+        )?;
         let mut validation = std::collections::BTreeMap::new();
         for m in report.models.iter().filter(|m| m.error.is_none()) {
             validation.insert(m.model.clone(), m.mase);
@@ -391,7 +518,9 @@ impl Job {
             _ => false,
         };
         if let Some(error) = ours.and_then(|m| m.error.as_ref()).filter(|_| !diverged) {
-            return Err(pas_models::Error::Input(format!("the LSTM could not be trained: {error}")));
+            return Err(pas_models::Error::Input(format!(
+                "the LSTM could not be trained: {error}"
+            )));
         }
         let weights = lstm.to_safetensors()?;
         let manifest = ModelManifest {
