@@ -7,29 +7,37 @@
 
 SHELL := /bin/bash
 PAS_CACHE ?= $(HOME)/.cache/pas
-LIBTORCH ?= $(PAS_CACHE)/libtorch-2.11.0-cpu
+# The libtorch setup installs (or yours, `make LIBTORCH=DIR`) is linked at
+# .libtorch; cargo builds against the link, by hand (.cargo/config.toml) as here.
+LIBTORCH_SOURCE := $(LIBTORCH)
+export LIBTORCH := $(CURDIR)/.libtorch
 LIBTORCH_CXX11_ABI ?= 1
 NATS_SERVER ?= $(PAS_CACHE)/bin/nats-server
-export PAS_CACHE LIBTORCH LIBTORCH_CXX11_ABI NATS_SERVER
+export PAS_CACHE LIBTORCH_CXX11_ABI NATS_SERVER
 export LD_LIBRARY_PATH := $(LIBTORCH)/lib$(if $(LD_LIBRARY_PATH),:$(LD_LIBRARY_PATH))
 PY := $(PAS_CACHE)/venv/bin/python
 
-.PHONY: all setup env test test-rust test-python check-agent chart demo schemas fuzz footprint bench-models bench-epoch results clean-cache
+.PHONY: all setup env lint test test-rust test-python check-agent chart demo schemas fuzz footprint bench-models bench-epoch results clean-cache
 
 all: test
 
 setup:
-	@scripts/setup.sh all
+	@LIBTORCH="$(LIBTORCH_SOURCE)" scripts/setup.sh all
 
-# For cargo run by hand: eval "$$(make -s env)"
+# For `cargo test` by hand (libtorch's lib/ for the test binaries, the nats-server): eval "$$(make -s env)"
 env:
 	@echo 'export LIBTORCH="$(LIBTORCH)" LIBTORCH_CXX11_ABI=$(LIBTORCH_CXX11_ABI) NATS_SERVER="$(NATS_SERVER)" LD_LIBRARY_PATH="$(LD_LIBRARY_PATH)"'
 
-test: setup
+test: setup lint
 	cargo build --workspace --bins
 	cargo test --workspace --no-fail-fast
 	$(MAKE) --no-print-directory check-agent
 	$(PY) -m pytest -q integration-tests/python
+
+# Formatting (rustfmt.toml) and every clippy warning as an error; part of make test.
+lint:
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets -- -D warnings
 
 test-rust: setup
 	cargo test --workspace --no-fail-fast
@@ -76,7 +84,7 @@ results: setup
 	cargo build --release -p pas-cli
 	target/release/pas experiment --trace $(TRACES)/*.csv --threads 1 --report target/results/linear
 	target/release/pas experiment --trace $(TRACES)/*.csv --threads 1 --shape step --report target/results/step
-	for s in linear step; do mkdir -p docs/results/$$s; cp target/results/$$s/results.json target/results/$$s/summary.svg target/results/$$s/nab-ec2_cpu_utilization_77c1ca.svg docs/results/$$s/; \
+	for s in linear step; do mkdir -p docs/results/$$s; cp target/results/$$s/results.json target/results/$$s/summary.svg target/results/$$s/nab-ec2_cpu_utilization_77c1ca*.svg docs/results/$$s/; \
 	  sed -E '/^!\[[^]]+\]\([^)]+\.svg\)/{/summary|77c1ca/!d}' target/results/$$s/report.md > docs/results/$$s/report.md; done
 
 # docs/benchmarks.md: seconds per epoch, tch against PyTorch (installs torch into $(PAS_CACHE)/bench-venv).

@@ -10,7 +10,9 @@
 #   2. `pas trainer` trains an LSTM on the history and stores it in pas-models.
 #   3. `pas forecaster` loads it and forecasts every 5 s.
 #   4. `pas scaler` (policy hybrid) decides and scales the simulated
-#      StatefulSet; its decisions are printed as they come.
+#      StatefulSet. Each step is printed as it completes: the utilisation
+#      measured, what the model forecast for it 15 s before, the decision
+#      (scripts/demo/watch.py).
 #   5. `pas recorder` writes samples, forecasts and decisions through
 #      InfluxDB 2's write API to a local VictoriaMetrics (or to
 #      DEMO_INFLUX_URL); the points it wrote are counted at the end.
@@ -21,6 +23,7 @@
 #                                    as kubectl finds it; the StatefulSet
 #                                    needs the annotation pas.io/enabled=true)
 #   DEMO_REPORT=dir                  where the report goes (default target/demo-report)
+#   DEMO_LOGS=dir                    where the stages' logs are kept (default target/demo-logs)
 #   DEMO_INFLUX_URL=url              record to that InfluxDB 2 instead (with
 #                                    PAS_INFLUX__ORG, PAS_INFLUX__BUCKET and
 #                                    PAS_INFLUX__TOKEN), e.g. for the Grafana
@@ -46,6 +49,9 @@ cargo build -q -p pas-cli
 pas=target/debug/pas
 
 run=$(mktemp -d "${TMPDIR:-/tmp}/pas-demo.XXXXXX")
+# The stores go with the run; the logs stay for reading afterwards.
+logs=${DEMO_LOGS:-target/demo-logs}
+rm -rf "$logs" && mkdir -p "$logs"
 pids=()
 cleanup() {
   # Stages first, while nats-server is still up for their hand-over; the
@@ -66,12 +72,12 @@ trap cleanup EXIT INT TERM
 
 echo "==> nats-server with JetStream (store in $run)"
 mkdir -p "$run/ports"
-"$NATS_SERVER" -js -sd "$run/js" -a 127.0.0.1 -p -1 --ports_file_dir "$run/ports" 2>"$run/nats.log" &
+"$NATS_SERVER" -js -sd "$run/js" -a 127.0.0.1 -p -1 --ports_file_dir "$run/ports" 2>"$logs/nats.log" &
 pids+=($!)
 for _ in $(seq 100); do ls "$run"/ports/*.ports >/dev/null 2>&1 && break; sleep 0.05; done
 url=$(sed -E 's/.*"nats":\["([^"]+)".*/\1/' "$run"/ports/*.ports)
 export PAS_NATS__URLS="$url"
-"$pas" --nats-url "$url" bus init >/dev/null
+"$pas" bus init --nats-url "$url" >/dev/null
 echo "    $url; streams and buckets provisioned"
 
 head -n $((1 + history_rows + live_rows)) "$trace" >"$run/trace.csv"
@@ -81,65 +87,54 @@ free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1
 influx=${DEMO_INFLUX_URL:-}
 if [[ -z "$influx" ]]; then
   vm_port=$(free_port)
-  "$VICTORIA_METRICS" -httpListenAddr "127.0.0.1:$vm_port" -storageDataPath "$run/vm" 2>"$run/vm.log" &
+  "$VICTORIA_METRICS" -httpListenAddr "127.0.0.1:$vm_port" -storageDataPath "$run/vm" 2>"$logs/vm.log" &
   pids+=($!)
   influx="http://127.0.0.1:$vm_port"
   for _ in $(seq 100); do curl -fs "$influx/health" >/dev/null 2>&1 && break; sleep 0.1; done
   echo "==> VictoriaMetrics at $influx takes InfluxDB 2 writes (set DEMO_INFLUX_URL for a real InfluxDB 2)"
 fi
 recorder_metrics=127.0.0.1:$(free_port)
-"$pas" recorder --run demo --influx-url "$influx" --listen "$recorder_metrics" 2>"$run/recorder.log" &
+"$pas" recorder --run demo --influx-url "$influx" --listen "$recorder_metrics" 2>"$logs/recorder.log" &
 pids+=($!)
 
-echo "==> trainer, forecaster and scaler on run 'demo' ($cluster StatefulSet $namespace/$workload); logs in $run"
-"$pas" -c scripts/demo/trainer.toml trainer --run demo 2>"$run/trainer.log" &
+echo "==> trainer, forecaster and scaler on run 'demo' ($cluster StatefulSet $namespace/$workload); logs in $logs/"
+"$pas" trainer -c scripts/demo/trainer.toml --run demo 2>"$logs/trainer.log" &
 pids+=($!)
-"$pas" -c scripts/demo/forecaster.toml forecaster --run demo 2>"$run/forecaster.log" &
+"$pas" forecaster -c scripts/demo/forecaster.toml --run demo 2>"$logs/forecaster.log" &
 pids+=($!)
-"$pas" -c scripts/demo/scaler.toml scaler --run demo --cluster "$cluster" 2>"$run/scaler.log" &
+"$pas" scaler -c scripts/demo/scaler.toml --run demo --cluster "$cluster" 2>"$logs/scaler.log" &
 pids+=($!)
 
-echo "==> decisions as they come (replay.demo.pas.scale.>):"
+echo "==> the served model's forecast against what then happened, and the scaler's decisions:"
 # Process substitution: killing the tail ends the formatter too.
-"$pas" --nats-url "$url" bus tail 'replay.demo.pas.scale.>' 2>/dev/null > >(python3 -u -c '
-import json, sys
-last = None
-for line in sys.stdin:
-    d = json.loads(line.split(" ", 1)[1])
-    key = (d["replicas_before"], d["replicas_after"], d["rule"], d["outcome"])
-    # One line per change, and per change of rule while holding.
-    if d["replicas_before"] == d["replicas_after"] and key == last:
-        continue
-    last = key
-    util = d.get("utilization_percent")
-    peak = d.get("predicted_peak_percent")
-    print("    %s %s/%s %2d -> %2d %-8s %-14s util %5s peak %5s" % (
-        d["timestamp"][11:19], d["namespace"], d["workload"], d["replicas_before"], d["replicas_after"],
-        d["outcome"], d["rule"], "-" if util is None else "%.0f%%" % util, "-" if peak is None else "%.0f%%" % peak))
-') &
-pids+=($!)
+"$pas" bus tail --nats-url "$url" 'replay.demo.pas.>' 2>/dev/null > >(python3 -u scripts/demo/watch.py 3) &
+watch=$!
+pids+=("$watch")
 
 echo "==> replaying $trace: $history_rows rows of history at once, then $live_rows rows at 60x (about $((live_rows * 5)) s)"
 "$pas" replay --trace "$run/trace.csv" --run demo --namespace "$namespace" --workload "$workload" \
-  --pods 4 --speed 60 --backfill "$backfill" --simulate 10s >"$run/replay.out" 2>"$run/replay.log" &
+  --pods 4 --speed 60 --backfill "$backfill" --simulate 10s >"$logs/replay.out" 2>"$logs/replay.log" &
 replay=$!
 pids+=("$replay")
 while kill -0 "$replay" 2>/dev/null; do
   sleep 10
-  tr '\r' '\n' <"$run/replay.log" | grep -a '\[' | tail -n 1 | sed 's/^/    replay /' || true
+  tr '\r' '\n' <"$logs/replay.log" | grep -a '\[' | tail -n 1 | sed 's/^/    replay /' || true
 done
-wait "$replay" || { cat "$run/replay.log"; exit 1; }
-sed 's/^/    /' "$run/replay.out"
-sleep 1
+wait "$replay" || { cat "$logs/replay.log"; exit 1; }
+sleep 2
+# The watcher's last line: the forecast's mean error over the steps shown.
+kill "$watch" 2>/dev/null || true
+sleep 0.5
+sed 's/^/    /' "$logs/replay.out"
 
 echo "==> what the stages did"
 plain() { sed -E 's/\x1b\[[0-9;]*m//g; s/^/    /'; }
-grep -a "Stored a model version" "$run/trainer.log" | plain || true
-grep -a "Serving a new model version" "$run/forecaster.log" | plain || true
+grep -a "Stored a model version" "$logs/trainer.log" | plain || true
+grep -a "Serving a new model version" "$logs/forecaster.log" | plain || true
 echo "    recorder: points written to $influx (run=demo), by measurement:"
 curl -fs "http://$recorder_metrics/metrics" | grep -E '^pas_recorder_(points|messages)_total' | sed 's/^/      /' || true
-"$pas" --nats-url "$url" bus status | sed 's/^/    /' || true
+"$pas" bus status --nats-url "$url" | sed 's/^/    /' || true
 
 echo "==> pas experiment: every policy and the oracle on the whole trace, in virtual time"
-"$pas" experiment --trace "$trace" --report "$report" --threads 2 2>"$run/experiment.log"
-echo "==> done in $(( $(date +%s) - started )) s; the report with its plots: $report/report.md"
+"$pas" experiment --trace "$trace" --report "$report" --threads 2 2>"$logs/experiment.log"
+echo "==> done in $(( $(date +%s) - started )) s; the report with its plots: $report/report.md; every stage's log: $logs/"

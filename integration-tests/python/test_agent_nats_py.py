@@ -46,7 +46,7 @@ async def collect(url, subject, count, timeout):
 
 
 def test_every_agent_message_validates_against_the_committed_schema(nats_server, agent_bin, pas_bin, schema_dir):
-    subprocess.run([str(pas_bin), "--nats-url", nats_server.url, "bus", "init"], check=True,
+    subprocess.run([str(pas_bin), "bus", "init", "--nats-url", nats_server.url], check=True,
                    capture_output=True)
     schema = json.loads((schema_dir / "cpu-sample.schema.json").read_text())
     validator = jsonschema.Draft202012Validator(schema, format_checker=jsonschema.FormatChecker())
@@ -86,7 +86,7 @@ def test_schema_rejects_what_the_agent_must_never_send(schema_dir):
 
 
 def test_agent_serves_health_and_metrics_and_stops_on_sigterm(nats_server, agent_bin, pas_bin):
-    subprocess.run([str(pas_bin), "--nats-url", nats_server.url, "bus", "init"], check=True,
+    subprocess.run([str(pas_bin), "bus", "init", "--nats-url", nats_server.url], check=True,
                    capture_output=True)
     # Pick a free port for the health server.
     import socket

@@ -62,11 +62,11 @@ async def replay_and_collect(url, wanted, timeout):
 
 
 def test_replayed_trace_yields_forecasts_that_validate_against_the_committed_schema(nats_server, pas_bin, schema_dir):
-    subprocess.run([str(pas_bin), "--nats-url", nats_server.url, "bus", "init"], check=True, capture_output=True)
+    subprocess.run([str(pas_bin), "bus", "init", "--nats-url", nats_server.url], check=True, capture_output=True)
     schema = json.loads((schema_dir / "forecast.schema.json").read_text())
     validator = jsonschema.Draft202012Validator(schema, format_checker=jsonschema.FormatChecker())
     forecaster = subprocess.Popen(
-        [str(pas_bin), "--nats-url", nats_server.url, "forecaster", "--run", RUN, "--step", "300s",
+        [str(pas_bin), "forecaster", "--nats-url", nats_server.url, "--run", RUN, "--step", "300s",
          "--tick", "1s", "--replica", "py-1", "--listen", "127.0.0.1:0"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )

@@ -57,7 +57,8 @@ fn an_experiment_writes_its_report_and_the_oracle_is_never_worse() {
 
     let dir = tempfile::tempdir().unwrap();
     let written = pas_experiment::write_report(&report, dir.path()).unwrap();
-    assert_eq!(written.len(), 6);
+    // Per trace: its busiest day, the whole span, the forecast; and the summary.
+    assert_eq!(written.len(), 10);
     let png = std::fs::read(dir.path().join(format!("{}.png", t.trace))).unwrap();
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
     assert!(
@@ -70,11 +71,19 @@ fn an_experiment_writes_its_report_and_the_oracle_is_never_worse() {
         svg.contains("<svg") && svg.contains("demand"),
         "the SVG has its legend text"
     );
+    let forecast = std::fs::read_to_string(dir.path().join(format!("{}.forecast.svg", t.trace))).unwrap();
+    assert!(
+        forecast.contains("what happened") && forecast.contains("forecast made"),
+        "the forecast plot has its legend"
+    );
+    assert!(!t.forecast.at.is_empty() && t.forecast.forecast.len() == t.forecast.actual.len());
     let md = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
     assert!(
         md.contains("| hybrid |")
             && md.contains("| oracle |")
-            && md.contains(&format!("![{0}]({0}.svg)", t.trace))
+            && md.contains(&format!("![{0}, busiest day]({0}.svg)", t.trace))
+            && md.contains(&format!("![{0}, forecast]({0}.forecast.svg)", t.trace))
+            && md.contains(&format!("({0}.full.svg)", t.trace))
     );
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("results.json")).unwrap()).unwrap();

@@ -345,4 +345,23 @@ async fn a_range_of_pas_samples_records_and_replays() {
         60,
         "the live samples are untouched"
     );
+    // A range recorded with --run reads that run's subjects, not the live ones
+    // (the copy is re-timed to now, so the range is the copy's).
+    let (first, last) = (summary.first.unwrap(), summary.last.unwrap());
+    let rec = record::Config {
+        run: Some("again".into()),
+        namespace: None,
+        workload: None,
+        from: record::From::Stream {
+            since: first,
+            until: last,
+        },
+        step: Duration::from_secs(5),
+        pods: None,
+        out: dir.path().join("again.jsonl"),
+    };
+    let summary = record::record(&conn, &rec, CancellationToken::new(), || {}, &mut |_| {})
+        .await
+        .unwrap();
+    assert_eq!(summary.samples, 30, "the run's samples, none of the live ones");
 }

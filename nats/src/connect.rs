@@ -130,6 +130,10 @@ pub async fn connect(config: &NatsConfig, name: &str, wait_for_server: bool) -> 
             "nats.inbox_prefix {inbox:?} is not a subject without wildcards"
         )));
     }
+    let urls = config.urls.join(",");
+    // A server that stays away is said once a minute, with what to do.
+    let said_unreachable = std::sync::Arc::new(std::sync::Mutex::new(None::<std::time::Instant>));
+    let event_urls = urls.clone();
     let mut options = ConnectOptions::new()
         .name(name)
         .custom_inbox_prefix(inbox)
@@ -137,15 +141,30 @@ pub async fn connect(config: &NatsConfig, name: &str, wait_for_server: bool) -> 
         .reconnect_delay_callback(move |attempt| reconnect_delay(attempt, max_delay))
         .event_callback(move |event| {
             let tx = events_tx.clone();
+            let said = said_unreachable.clone();
+            let urls = event_urls.clone();
             async move {
                 match event {
                     Event::Connected => {
                         tracing::info!("Connected to NATS.");
+                        *said.lock().unwrap_or_else(|p| p.into_inner()) = None;
                         let _ = tx.send(true);
                     }
                     Event::Disconnected => {
                         tracing::warn!("Disconnected from NATS; reconnecting.");
                         let _ = tx.send(false);
+                    }
+                    Event::ClientError(error) => {
+                        let mut said = said.lock().unwrap_or_else(|p| p.into_inner());
+                        if said.is_none_or(|at| at.elapsed() >= Duration::from_secs(60)) {
+                            *said = Some(std::time::Instant::now());
+                            tracing::warn!(
+                                urls,
+                                %error,
+                                "Cannot reach NATS; trying again. Is a server running there? Start one with \
+                                 `nats-server -js`, or point at yours with --nats-url (PAS_NATS__URLS)."
+                            );
+                        }
                     }
                     other => tracing::debug!(event = %other, "NATS client event."),
                 }
@@ -203,7 +222,6 @@ pub async fn connect(config: &NatsConfig, name: &str, wait_for_server: bool) -> 
         _ => tracing::warn!("nats.tls.cert_file and key_file go together; ignoring the one given."),
     }
 
-    let urls = config.urls.join(",");
     // Each URL on its own: the client does not split a comma-separated
     // string, so a list of servers (a cluster) must go as a list.
     let client = options

@@ -85,17 +85,17 @@ pub fn consumer_stage(durable: &str) -> Result<Stage, Error> {
 
 /// Stream name of the key-value bucket `pas-scaler`.
 pub fn kv_stream() -> String {
-    format!("KV_{BUCKET_SCALER}")
+    pas_schemas::subjects::kv_stream(BUCKET_SCALER)
 }
 
 /// Stream name of the key-value bucket `pas-forecaster`.
 pub fn forecaster_kv_stream() -> String {
-    format!("KV_{BUCKET_FORECASTER}")
+    pas_schemas::subjects::kv_stream(BUCKET_FORECASTER)
 }
 
 /// Stream name of the object store `pas-models`.
 pub fn object_stream() -> String {
-    format!("OBJ_{BUCKET_MODELS}")
+    pas_schemas::subjects::object_stream(BUCKET_MODELS)
 }
 
 /// A stream definition: the parsed config and the file's own JSON (the

@@ -20,7 +20,7 @@ pub enum Error {
         source: std::io::Error,
     },
     /// No server answered, or the handshake or authentication failed.
-    #[error("cannot connect to NATS at {urls}: {source}")]
+    #[error("cannot connect to NATS at {urls}: {source}. {}", connect_hint(source))]
     Connect {
         /// The URLs tried.
         urls: String,
@@ -75,11 +75,38 @@ pub enum Error {
     Health(#[from] pas_runtime::Error),
 }
 
+/// What to do about a failed connection.
+fn connect_hint(e: &async_nats::ConnectError) -> &'static str {
+    use async_nats::ConnectErrorKind as K;
+    match e.kind() {
+        K::Authentication | K::AuthorizationViolation => {
+            "Check the user and password (--nats-user, PAS_NATS__PASSWORD) or the credentials file (--nats-creds)"
+        }
+        K::Tls => "Check the TLS settings (nats.tls_*) against the server's certificate",
+        _ => {
+            "Is a server running there? Start one with `nats-server -js` (or `make demo`, which starts its own), \
+             or point at yours with --nats-url (PAS_NATS__URLS)"
+        }
+    }
+}
+
 impl Error {
-    pub(crate) fn js(
-        action: impl Into<String>,
-        source: impl std::error::Error + Send + Sync + 'static,
-    ) -> Self {
+    /// Whether the error says something is missing (a stream, a bucket, a
+    /// consumer: `pas bus init` creates them) rather than that NATS did not
+    /// answer.
+    pub fn is_missing(&self) -> bool {
+        let mut next: Option<&(dyn std::error::Error + 'static)> = Some(self);
+        while let Some(e) = next {
+            if e.to_string().to_ascii_lowercase().contains("not found") {
+                return true;
+            }
+            next = e.source();
+        }
+        false
+    }
+
+    /// A failed JetStream call: what was being done, and the cause.
+    pub fn js(action: impl Into<String>, source: impl std::error::Error + Send + Sync + 'static) -> Self {
         Error::JetStream {
             action: action.into(),
             source: Box::new(source),
@@ -90,5 +117,21 @@ impl Error {
     /// than needing a change of configuration or input.
     pub fn is_retryable(&self) -> bool {
         matches!(self, Error::Connect { .. } | Error::JetStream { .. })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_is_told_from_no_answer() {
+        let missing = Error::js(
+            "open stream PAS_SAMPLES",
+            std::io::Error::other("stream not found"),
+        );
+        let down = Error::js("open stream PAS_SAMPLES", std::io::Error::other("timed out"));
+        assert!(missing.is_missing());
+        assert!(!down.is_missing());
     }
 }

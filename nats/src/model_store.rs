@@ -28,22 +28,19 @@ impl Layout {
     /// The layout for live models or a replay run's.
     pub fn new(prefix: &Prefix) -> Layout {
         Layout {
-            root: prefix
-                .run()
-                .map(|run| format!("replay/{run}/"))
-                .unwrap_or_default(),
+            root: prefix.model_root(),
         }
     }
 
     /// Object name of one file of one version.
     pub fn object(&self, key: &str, version: u64, file: &str) -> String {
-        format!("{}{key}/v{version}/{file}", self.root)
+        pas_schemas::subjects::model_object(&self.root, key, version, file)
     }
 
     /// The key and version of a manifest object, if `name` is one of ours.
     pub fn manifest_of<'a>(&self, name: &'a str) -> Option<(&'a str, u64)> {
         let rest = name.strip_prefix(self.root.as_str())?;
-        if self.root.is_empty() && rest.starts_with("replay/") {
+        if self.root.is_empty() && rest.starts_with(pas_schemas::subjects::MODELS_OF_RUNS) {
             return None;
         }
         let rest = rest.strip_suffix("/manifest.json")?;
@@ -112,7 +109,7 @@ pub async fn read(store: &ObjectStore, chunks: &Stream, name: &str) -> Result<Ve
         .info(name)
         .await
         .map_err(|e| Error::js("read a model object", e))?;
-    let subject = format!("$O.{}.C.{}", info.bucket, info.nuid);
+    let subject = pas_schemas::subjects::object_chunks(&info.bucket, &info.nuid);
     let mut bytes = Vec::with_capacity(info.size);
     let mut next = 1;
     for _ in 0..info.chunks {

@@ -45,12 +45,19 @@ where
             }
             Err(error) if error.is_retryable() => {
                 if logged.is_none_or(|at| at.elapsed() >= LOG_EVERY) {
-                    tracing::warn!(
-                        what,
-                        error = %error,
-                        "Waiting for it: run `pas bus init` as the admin user (the chart's bus-init job does), \
-                         or check that NATS is up."
-                    );
+                    if error.is_missing() {
+                        tracing::warn!(
+                            what,
+                            error = %error,
+                            "Waiting for it: run `pas bus init` as the admin user (the chart's bus-init job does)."
+                        );
+                    } else {
+                        tracing::warn!(
+                            what,
+                            error = %error,
+                            "Waiting for NATS to answer: it is down or unreachable; the stage goes on when it is back."
+                        );
+                    }
                     logged = Some(Instant::now());
                 }
                 attempt += 1;

@@ -283,11 +283,125 @@ impl Prefix {
     pub fn dlq(&self, stage: Stage) -> String {
         self.join(format_args!("dlq.{}", stage.as_str()))
     }
+
+    /// Where this prefix's models live in the `pas-models` object store:
+    /// `""` for the live ones, `replay/<run>/` for a run's.
+    pub fn model_root(&self) -> String {
+        self.run
+            .as_ref()
+            .map(|run| format!("{MODELS_OF_RUNS}{run}/"))
+            .unwrap_or_default()
+    }
+
+    /// The keys of this prefix's run (or the live ones) in the key-value buckets.
+    pub fn keys(&self) -> Keys {
+        Keys {
+            scope: self
+                .run
+                .as_ref()
+                .map(|r| format!("run-{r}"))
+                .unwrap_or_else(|| "live".into()),
+        }
+    }
+}
+
+/// Keys in the key-value buckets, each under a scope (`live`, or
+/// `run-<run>` for a replay run) so that runs never share a lease, a
+/// partition or a workload's state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keys {
+    scope: String,
+}
+
+impl Keys {
+    /// `live` or `run-<run>`.
+    pub fn scope(&self) -> &str {
+        &self.scope
+    }
+
+    /// `<scope>.leader` in `pas-scaler`: the acting scaler's lease.
+    pub fn leader(&self) -> String {
+        format!("{}.leader", self.scope)
+    }
+
+    /// `<scope>.state.<namespace>.<workload>` in `pas-scaler`: a workload's
+    /// scaling history. Each name is one [`token`] (a dot written `_`; a
+    /// name that cannot be one is `_`), so no name can add or empty a token.
+    pub fn state(&self, namespace: &str, workload: &str) -> String {
+        let one = |name: &str| token(name).map(Cow::into_owned).unwrap_or_else(|_| "_".into());
+        format!("{}.state.{}.{}", self.scope, one(namespace), one(workload))
+    }
+
+    /// `<scope>.partition.<p>` in `pas-forecaster`: a partition's lease.
+    pub fn partition(&self, p: u32) -> String {
+        format!("{}.partition.{p}", self.scope)
+    }
+
+    /// `<scope>.member.`: the start of every forecaster replica's key.
+    pub fn members(&self) -> String {
+        format!("{}.member.", self.scope)
+    }
+
+    /// `<scope>.member.<replica>` in `pas-forecaster`: a replica's presence.
+    pub fn member(&self, replica: &str) -> String {
+        format!("{}{replica}", self.members())
+    }
+}
+
+/// Where replay runs' models live in `pas-models` (`replay/<run>/…`); no
+/// live model key starts with it.
+pub const MODELS_OF_RUNS: &str = "replay/";
+
+/// `<root><key>/v<version>/<file>`: one file of one model version in
+/// `pas-models` (`root` from [`Prefix::model_root`]).
+pub fn model_object(root: &str, key: &str, version: u64, file: &str) -> String {
+    format!("{root}{key}/v{version}/{file}")
+}
+
+/// `$O.<bucket>.C.<nuid>`: the subject of an object's chunks in its
+/// bucket's stream.
+pub fn object_chunks(bucket: &str, nuid: &str) -> String {
+    format!("$O.{bucket}.C.{nuid}")
+}
+
+/// `KV_<bucket>`: the stream behind a key-value bucket.
+pub fn kv_stream(bucket: &str) -> String {
+    format!("KV_{bucket}")
+}
+
+/// `OBJ_<bucket>`: the stream behind an object store.
+pub fn object_stream(bucket: &str) -> String {
+    format!("OBJ_{bucket}")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_and_object_names() {
+        let live = Prefix::live();
+        let run = Prefix::replay("exp1").unwrap();
+        assert_eq!(live.keys().leader(), "live.leader");
+        assert_eq!(run.keys().leader(), "run-exp1.leader");
+        assert_eq!(live.keys().state("shop", "web"), "live.state.shop.web");
+        // A name cannot add or empty a token: a dot is written `_`, and a
+        // name that cannot be a token at all is `_`.
+        assert_eq!(live.keys().state("..", "a.b"), "live.state.__.a_b");
+        assert_eq!(live.keys().state("", "a*"), "live.state._._");
+        assert_eq!(run.keys().partition(7), "run-exp1.partition.7");
+        assert_eq!(live.keys().member("forecaster-0"), "live.member.forecaster-0");
+        assert!(live.keys().member("x").starts_with(&live.keys().members()));
+        assert_eq!(live.model_root(), "");
+        assert_eq!(run.model_root(), "replay/exp1/");
+        assert_eq!(
+            model_object(&run.model_root(), "shop/web", 3, "manifest.json"),
+            "replay/exp1/shop/web/v3/manifest.json"
+        );
+        assert_eq!(object_chunks(BUCKET_MODELS, "abc"), "$O.pas-models.C.abc");
+        assert_eq!(kv_stream(BUCKET_SCALER), "KV_pas-scaler");
+        assert_eq!(object_stream(BUCKET_MODELS), "OBJ_pas-models");
+    }
 
     #[test]
     fn live_and_replay_subjects() {

@@ -1,6 +1,9 @@
-//! `pas`: the PAS command line. `pas bus init` provisions the streams and
-//! buckets; `pas bus status` shows them. The pipeline's stages and the
-//! experiment tools join it as they are built.
+//! `pas`: the PAS command line. Start reading at [`Command`]: `pas bus`
+//! provisions and shows the streams and buckets; `pas trainer`,
+//! `forecaster`, `scaler` and `recorder` run the stages; `pas replay`,
+//! `record` and `loadgen` move recorded load; `pas experiment` and
+//! `pas models` work offline (they have no NATS flags). `main` prints an
+//! error once, on one line, and exits 1.
 
 mod experiment;
 mod models;
@@ -18,6 +21,14 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Parser)]
 #[command(name = "pas", version)]
 struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Where NATS is: the flags of every command that talks to the bus (the
+/// offline ones, `experiment`, `models` and `loadgen`, have none).
+#[derive(Debug, Clone, clap::Args)]
+struct BusArgs {
     /// Configuration file (TOML, or JSON by extension): the stage's settings
     /// for `pas trainer`, `pas forecaster`, `pas scaler` and `pas recorder`; for the other commands only its
     /// [nats] table is read.
@@ -32,14 +43,31 @@ struct Cli {
     /// NATS credentials file (.creds).
     #[arg(long, global = true)]
     nats_creds: Option<PathBuf>,
-    #[command(subcommand)]
-    command: Command,
+}
+
+impl BusArgs {
+    /// The flags as configuration overrides.
+    fn overrides(&self) -> Vec<(&'static str, config::Value)> {
+        let mut overrides: Vec<(&str, config::Value)> = Vec::new();
+        if !self.nats_urls.is_empty() {
+            overrides.push(("nats.urls", self.nats_urls.clone().into()));
+        }
+        if let Some(user) = &self.nats_user {
+            overrides.push(("nats.user", user.clone().into()));
+        }
+        if let Some(creds) = &self.nats_creds {
+            overrides.push(("nats.creds_file", creds.display().to_string().into()));
+        }
+        overrides
+    }
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
     /// The NATS side: streams, buckets.
     Bus {
+        #[command(flatten)]
+        bus: BusArgs,
         #[command(subcommand)]
         command: BusCommand,
     },
@@ -80,10 +108,20 @@ enum Command {
     /// JSON lines of samples, or a time range of PAS_SAMPLES; at real time,
     /// a speed factor or as fast as acks allow; with --simulate, through a
     /// simulated StatefulSet that follows the scaler's decisions.
-    Replay(replay::ReplayArgs),
+    Replay {
+        #[command(flatten)]
+        bus: BusArgs,
+        #[command(flatten)]
+        args: replay::ReplayArgs,
+    },
     /// Write pod samples from the bus (live, or a range of PAS_SAMPLES) to
     /// a trace file (.csv) or as JSON lines (.jsonl), to replay later.
-    Record(replay::RecordArgs),
+    Record {
+        #[command(flatten)]
+        bus: BusArgs,
+        #[command(flatten)]
+        args: replay::RecordArgs,
+    },
     /// Burn CPU following a trace's profile (per-core duty cycle): the
     /// container of the example target StatefulSet.
     Loadgen(replay::LoadgenArgs),
@@ -136,6 +174,8 @@ enum BusCommand {
 /// The flags every stage takes.
 #[derive(Debug, clap::Args)]
 struct StageArgs {
+    #[command(flatten)]
+    bus: BusArgs,
     /// Read samples (and store or serve models) under replay.<RUN>. instead
     /// of the live subjects.
     #[arg(long)]
@@ -232,19 +272,8 @@ struct CliConfig {
     nats: NatsConfig,
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let mut overrides: Vec<(&str, config::Value)> = Vec::new();
-    if !cli.nats_urls.is_empty() {
-        overrides.push(("nats.urls", cli.nats_urls.clone().into()));
-    }
-    if let Some(user) = &cli.nats_user {
-        overrides.push(("nats.user", user.clone().into()));
-    }
-    if let Some(creds) = &cli.nats_creds {
-        overrides.push(("nats.creds_file", creds.display().to_string().into()));
-    }
-    let file = cli.config.as_deref();
     // The stages set up their own logging from their configuration.
     if !matches!(
         cli.command,
@@ -252,37 +281,42 @@ fn main() -> anyhow::Result<()> {
     ) {
         pas_runtime::telemetry::init(false, "warn");
     }
-    match cli.command {
-        Command::Trainer(args) => trainer(&args, overrides, file),
-        Command::Forecaster(args) => forecaster(&args, overrides, file),
-        Command::Scaler(args) => scaler(&args, overrides, file),
-        Command::Recorder(args) => recorder(&args, overrides, file),
+    pas_runtime::exit_code(run(cli.command))
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Trainer(args) => trainer(&args),
+        Command::Forecaster(args) => forecaster(&args),
+        Command::Scaler(args) => scaler(&args),
+        Command::Recorder(args) => recorder(&args),
         Command::Models { command } => models::run(command),
         Command::Experiment(args) => experiment::run(args),
         Command::Loadgen(args) => replay::run_loadgen(args),
-        Command::Bus { command } => {
-            let (runtime, nats) = nats_runtime(file, overrides)?;
+        Command::Bus { bus: flags, command } => {
+            let (runtime, nats) = nats_runtime(&flags)?;
             runtime.block_on(bus(command, &nats))
         }
-        Command::Replay(args) => {
-            let (runtime, nats) = nats_runtime(file, overrides)?;
-            runtime.block_on(replay::run_replay(args, &nats))
+        Command::Replay { bus, args } => {
+            // Inputs first: a missing file is reported before NATS is.
+            let config = replay::replay_config(&args)?;
+            let (runtime, nats) = nats_runtime(&bus)?;
+            runtime.block_on(replay::run_replay(&args, config, &nats))
         }
-        Command::Record(args) => {
-            let (runtime, nats) = nats_runtime(file, overrides)?;
-            runtime.block_on(replay::run_record(args, &nats))
+        Command::Record { bus, args } => {
+            let config = replay::record_config(args)?;
+            let (runtime, nats) = nats_runtime(&bus)?;
+            runtime.block_on(replay::run_record(config, &nats))
         }
     }
 }
 
 /// The NATS settings of a command that only talks to the bus (a stage's file
 /// has other tables too: only [nats] is read from it), and a runtime to run it.
-fn nats_runtime(
-    file: Option<&std::path::Path>,
-    overrides: Vec<(&str, config::Value)>,
-) -> anyhow::Result<(tokio::runtime::Runtime, NatsConfig)> {
+fn nats_runtime(flags: &BusArgs) -> anyhow::Result<(tokio::runtime::Runtime, NatsConfig)> {
     let config: CliConfig =
-        pas_runtime::config::load(file, std::env::vars(), overrides).context("loading the configuration")?;
+        pas_runtime::config::load(flags.config.as_deref(), std::env::vars(), flags.overrides())
+            .context("loading the configuration")?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -364,22 +398,15 @@ async fn bus(command: BusCommand, nats: &NatsConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn trainer(
-    args: &TrainerArgs,
-    mut overrides: Vec<(&str, config::Value)>,
-    file: Option<&std::path::Path>,
-) -> anyhow::Result<()> {
+fn trainer(args: &TrainerArgs) -> anyhow::Result<()> {
+    let mut overrides = args.stage.bus.overrides();
     push_strings(&mut overrides, [("retrain_after", &args.retrain_after)]);
     if let Some(n) = args.min_history {
         overrides.push(("min_history", n.into()));
     }
-    let Some(config) = stage_config(
-        "trainer",
-        &args.stage,
-        file,
-        overrides,
-        |c: &pas_trainer::Config| c.log_json,
-    )?
+    let Some(config) = stage_config("trainer", &args.stage, overrides, |c: &pas_trainer::Config| {
+        c.log_json
+    })?
     else {
         return Ok(());
     };
@@ -387,11 +414,8 @@ fn trainer(
     run_stage(|shutdown| trainer.run(shutdown))
 }
 
-fn forecaster(
-    args: &ForecasterArgs,
-    mut overrides: Vec<(&str, config::Value)>,
-    file: Option<&std::path::Path>,
-) -> anyhow::Result<()> {
+fn forecaster(args: &ForecasterArgs) -> anyhow::Result<()> {
+    let mut overrides = args.stage.bus.overrides();
     push_strings(&mut overrides, [("tick", &args.tick), ("replica", &args.replica)]);
     if let Some(n) = args.history {
         overrides.push(("history", n.into()));
@@ -402,7 +426,6 @@ fn forecaster(
     let Some(config) = stage_config(
         "forecaster",
         &args.stage,
-        file,
         overrides,
         |c: &pas_forecaster::Config| c.log_json,
     )?
@@ -413,11 +436,8 @@ fn forecaster(
     run_stage(|shutdown| forecaster.run(shutdown))
 }
 
-fn scaler(
-    args: &ScalerArgs,
-    mut overrides: Vec<(&str, config::Value)>,
-    file: Option<&std::path::Path>,
-) -> anyhow::Result<()> {
+fn scaler(args: &ScalerArgs) -> anyhow::Result<()> {
+    let mut overrides = args.stage.bus.overrides();
     push_strings(
         &mut overrides,
         [
@@ -433,24 +453,17 @@ fn scaler(
     if args.dry_run {
         overrides.push(("defaults.dry_run", true.into()));
     }
-    let Some(config) = stage_config(
-        "scaler",
-        &args.stage,
-        file,
-        overrides,
-        |c: &pas_scaler::Config| c.log_json,
-    )?
+    let Some(config) = stage_config("scaler", &args.stage, overrides, |c: &pas_scaler::Config| {
+        c.log_json
+    })?
     else {
         return Ok(());
     };
     run_stage(|shutdown| pas_scaler::run(config, shutdown))
 }
 
-fn recorder(
-    args: &RecorderArgs,
-    mut overrides: Vec<(&str, config::Value)>,
-    file: Option<&std::path::Path>,
-) -> anyhow::Result<()> {
+fn recorder(args: &RecorderArgs) -> anyhow::Result<()> {
+    let mut overrides = args.stage.bus.overrides();
     push_strings(
         &mut overrides,
         [
@@ -459,13 +472,9 @@ fn recorder(
             ("influx.bucket", &args.influx_bucket),
         ],
     );
-    let Some(config) = stage_config(
-        "recorder",
-        &args.stage,
-        file,
-        overrides,
-        |c: &pas_recorder::Config| c.log_json,
-    )?
+    let Some(config) = stage_config("recorder", &args.stage, overrides, |c: &pas_recorder::Config| {
+        c.log_json
+    })?
     else {
         return Ok(());
     };
@@ -489,7 +498,6 @@ fn push_strings<'a, const N: usize>(
 fn stage_config<'a, C: serde::de::DeserializeOwned + Serialize + Default>(
     stage: &str,
     args: &'a StageArgs,
-    file: Option<&std::path::Path>,
     mut overrides: Vec<(&'a str, config::Value)>,
     log_json: impl Fn(&C) -> bool,
 ) -> anyhow::Result<Option<C>> {
@@ -500,7 +508,7 @@ fn stage_config<'a, C: serde::de::DeserializeOwned + Serialize + Default>(
     if args.log_json {
         overrides.push(("log_json", true.into()));
     }
-    let config: C = pas_runtime::config::load(file, std::env::vars(), overrides)
+    let config: C = pas_runtime::config::load(args.bus.config.as_deref(), std::env::vars(), overrides)
         .with_context(|| format!("loading the {stage} configuration"))?;
     let described = pas_runtime::config::describe(&config);
     if args.print_config {

@@ -264,6 +264,14 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
     if let Some(epochs) = args.epochs {
         config.max_epochs = epochs;
     }
+    // Before training, not after: an existing model is never overwritten,
+    // and a training run is never lost for a directory that cannot be made.
+    if args.out.exists() {
+        anyhow::bail!(
+            "--out {} already exists; give a new directory (or remove it)",
+            args.out.display()
+        );
+    }
     let trace = Trace::read(&args.trace)?;
     let step = args.common.step.unwrap_or_else(|| trace.median_step_seconds());
     let (series, gaps) = trace.to_series(step, args.common.max_fill)?;
@@ -277,16 +285,22 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
     }
     let mut model = Lstm::new(config.clone())?;
     let quiet = args.common.quiet;
-    let report = model.fit(&series, &mut |e| {
+    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    let fitted = model.fit(&series, &mut |e| {
         if !quiet {
             epoch_line(e)
         }
-    })?;
-    if report.diverged {
-        anyhow::bail!("training diverged (the loss became NaN or infinite); nothing written");
-    }
+    });
+    let report = match fitted {
+        Ok(report) if !report.diverged => report,
+        failed => {
+            // Nothing to keep: leave no empty directory behind.
+            let _ = std::fs::remove_dir(&args.out);
+            failed?;
+            anyhow::bail!("training diverged (the loss became NaN or infinite); nothing written");
+        }
+    };
     let weights = model.to_safetensors()?;
-    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
     std::fs::write(args.out.join("weights.safetensors"), &weights)?;
     let manifest = pas_schemas::ModelManifest {
         schema_version: pas_schemas::SCHEMA_VERSION,

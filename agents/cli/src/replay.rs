@@ -123,7 +123,9 @@ fn bar(done: usize, total: usize) -> String {
     format!("[{}{}]", "#".repeat(filled), " ".repeat(width - filled))
 }
 
-pub async fn run_replay(args: ReplayArgs, nats: &NatsConfig) -> anyhow::Result<()> {
+/// The replay `args` ask for, checked (the trace readable too) before
+/// anything connects.
+pub fn replay_config(args: &ReplayArgs) -> anyhow::Result<replay::Config> {
     let source = match (&args.trace, args.since, args.until) {
         (Some(p), _, _) if p.extension().is_some_and(|e| e == "jsonl") => replay::Source::Jsonl(p.clone()),
         (Some(p), _, _) => replay::Source::Trace(p.clone()),
@@ -137,7 +139,10 @@ pub async fn run_replay(args: ReplayArgs, nats: &NatsConfig) -> anyhow::Result<(
         workload: args.workload.clone(),
         pods: args.pods,
         pod_cpu: args.pod_cpu,
-        speed: args.speed.parse()?,
+        speed: args
+            .speed
+            .parse()
+            .map_err(|e| anyhow::anyhow!("--speed {}: {e}", args.speed))?,
         timestamps: if args.original_timestamps {
             replay::Timestamps::Original
         } else {
@@ -151,6 +156,11 @@ pub async fn run_replay(args: ReplayArgs, nats: &NatsConfig) -> anyhow::Result<(
             .transpose()?,
         in_flight: 512,
     };
+    config.check()?;
+    Ok(config)
+}
+
+pub async fn run_replay(args: &ReplayArgs, config: replay::Config, nats: &NatsConfig) -> anyhow::Result<()> {
     let conn = pas_nats::connect(nats, "pas-replay", false).await?;
     let shutdown = pas_runtime::shutdown::on_signal();
     let mut err = std::io::stderr();
@@ -199,7 +209,9 @@ pub async fn run_replay(args: ReplayArgs, nats: &NatsConfig) -> anyhow::Result<(
     Ok(())
 }
 
-pub async fn run_record(args: RecordArgs, nats: &NatsConfig) -> anyhow::Result<()> {
+/// The recording `args` ask for, checked (the file can be written where
+/// asked) before anything connects or records.
+pub fn record_config(args: RecordArgs) -> anyhow::Result<record::Config> {
     let from = match (args.since, args.until) {
         (Some(since), Some(until)) => record::From::Stream { since, until },
         _ => record::From::Live {
@@ -220,6 +232,11 @@ pub async fn run_record(args: RecordArgs, nats: &NatsConfig) -> anyhow::Result<(
         pods: args.pods,
         out: args.out,
     };
+    config.check()?;
+    Ok(config)
+}
+
+pub async fn run_record(config: record::Config, nats: &NatsConfig) -> anyhow::Result<()> {
     let conn = pas_nats::connect(nats, "pas-record", false).await?;
     let shutdown = pas_runtime::shutdown::on_signal();
     let mut err = std::io::stderr();
@@ -253,11 +270,12 @@ pub fn run_loadgen(args: LoadgenArgs) -> anyhow::Result<()> {
     };
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
-    // SIGTERM or Ctrl-C: stop burning.
+    // SIGTERM or Ctrl-C: stop burning. The signal handler needs a runtime,
+    // so it is set up inside this thread's.
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
         if let Ok(rt) = rt {
-            rt.block_on(pas_runtime::shutdown::on_signal().cancelled_owned());
+            rt.block_on(async { pas_runtime::shutdown::on_signal().cancelled().await });
         }
         flag.store(true, std::sync::atomic::Ordering::Relaxed);
     });

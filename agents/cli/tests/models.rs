@@ -69,7 +69,9 @@ fn eval_prints_a_table_and_writes_json() {
 
 #[test]
 fn train_writes_weights_whose_digest_the_manifest_names() {
-    let dir = tempfile::tempdir().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    // A new directory: train refuses an existing one before training.
+    let dir = tmp.path().join("model");
     let trace = trace();
     let out = pas(&[
         "models",
@@ -77,7 +79,7 @@ fn train_writes_weights_whose_digest_the_manifest_names() {
         "--trace",
         trace.to_str().unwrap(),
         "--out",
-        dir.path().to_str().unwrap(),
+        dir.to_str().unwrap(),
         "--epochs",
         "2",
         "--threads",
@@ -89,9 +91,9 @@ fn train_writes_weights_whose_digest_the_manifest_names() {
         progress.contains("epoch   1/2") && progress.contains("epoch   2/2"),
         "loss per epoch: {progress}"
     );
-    let weights = std::fs::read(dir.path().join("weights.safetensors")).unwrap();
+    let weights = std::fs::read(dir.join("weights.safetensors")).unwrap();
     let manifest: pas_schemas::ModelManifest =
-        pas_schemas::decode(&std::fs::read(dir.path().join("manifest.json")).unwrap()).unwrap();
+        pas_schemas::decode(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(manifest.digest, pas_models::digest(&weights));
     assert_eq!(manifest.architecture, "lstm");
     assert_eq!(manifest.horizon, 10);

@@ -248,6 +248,26 @@ pub struct TraceResult {
     /// Down-sampled time series for the plots.
     #[serde(skip)]
     pub timeline: Timeline,
+    /// The served model's forecasts against what then happened, for a plot.
+    #[serde(skip)]
+    pub forecast: ForecastTrack,
+}
+
+/// Each scored step's demand, and what the served model (the accepted LSTM,
+/// else the naive baseline) forecast for it `steps_ahead` steps before: the
+/// lead time the `predictive` rule plans over (start-up plus one tick).
+#[derive(Debug, Clone, Default)]
+pub struct ForecastTrack {
+    /// Steps between the forecast and the step it is for.
+    pub steps_ahead: usize,
+    /// The step.
+    pub at: Vec<DateTime<Utc>>,
+    /// Demand in the step, cores (NaN where the trace has a gap).
+    pub actual: Vec<f64>,
+    /// The point forecast for it, cores.
+    pub forecast: Vec<f64>,
+    /// The upper quantile for it, cores (NaN where the model gives none).
+    pub upper: Vec<f64>,
 }
 
 /// What the plots show, one point per bucket of ticks.
@@ -436,6 +456,29 @@ pub fn run_trace(
         })
         .collect();
     let accuracy = accuracy(&series.values, &train.values, &origins, &made, horizon, &trained);
+    let lead = config.settings.startup + config.tuning.tick;
+    let steps_ahead = (lead.as_secs_f64() / f64::from(step))
+        .ceil()
+        .clamp(1.0, horizon as f64) as usize;
+    let cores = f64::from(config.reference_pods) * config.pod.capacity_millicores / 100_000.0;
+    let mut track = ForecastTrack {
+        steps_ahead,
+        ..ForecastTrack::default()
+    };
+    for (&i, m) in origins.iter().zip(&made) {
+        let Some(&actual) = series.values.get(i + steps_ahead) else {
+            continue;
+        };
+        track.at.push(series.time_at(i + steps_ahead));
+        track.actual.push(actual * cores);
+        track.forecast.push(m.prediction.values[steps_ahead - 1] * cores);
+        track.upper.push(
+            m.prediction
+                .upper
+                .as_ref()
+                .map_or(f64::NAN, |u| u[steps_ahead - 1] * cores),
+        );
+    }
 
     // 4. and 5. Every policy, then the oracle, over the scored part.
     let demand = Demand::from_trace(
@@ -507,6 +550,7 @@ pub fn run_trace(
         accuracy,
         scores,
         timeline,
+        forecast: track,
     })
 }
 

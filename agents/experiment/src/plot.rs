@@ -5,8 +5,11 @@ use std::path::Path;
 use std::sync::Once;
 
 use plotters::coord::Shift;
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 use plotters::style::FontStyle;
+
+use chrono::{DateTime, TimeDelta, Utc};
 
 use crate::report::Report;
 use crate::{Error, TraceResult};
@@ -32,7 +35,96 @@ fn colour(policy: &str) -> RGBColor {
     }
 }
 
+/// A dash pattern per policy (dash, gap in pixels; solid for none), so
+/// policies whose lines overlap stay apart.
+fn dashes(policy: &str) -> Option<(u32, u32)> {
+    match policy {
+        "hpa" => None,
+        "threshold" => Some((10, 4)),
+        "predictive" => Some((6, 3)),
+        "hybrid" => Some((3, 3)),
+        _ => Some((14, 6)),
+    }
+}
+
+/// Draws one policy's line in its colour and dash pattern.
+fn policy_line<'a, DB: DrawingBackend + 'a, Y>(
+    chart: &mut ChartContext<'a, DB, Cartesian2d<RangedCoordf64, Y>>,
+    name: &str,
+    points: Vec<(f64, Y::ValueType)>,
+    label: String,
+) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>>
+where
+    Y: Ranged + 'static,
+    Y::ValueType: Copy + 'static,
+{
+    let c = colour(name);
+    let style = c.stroke_width(if dashes(name).is_none() { 2 } else { 1 });
+    let legend = move |(x, y): (i32, i32)| PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2));
+    match dashes(name) {
+        None => chart
+            .draw_series(LineSeries::new(points, style))?
+            .label(label)
+            .legend(legend),
+        Some((dash, gap)) => chart
+            .draw_series(DashedLineSeries::new(points, dash, gap, style))?
+            .label(label)
+            .legend(legend),
+    };
+    Ok(())
+}
+
+/// The busiest `width` of `at` (the most demand in it): the index range to
+/// show; the whole span when it is not much longer than `width`.
+pub fn busiest(at: &[DateTime<Utc>], values: &[f64], width: TimeDelta) -> std::ops::Range<usize> {
+    let (Some(first), Some(last)) = (at.first(), at.last()) else {
+        return 0..0;
+    };
+    if *last - *first <= width + width / 2 {
+        return 0..at.len();
+    }
+    let value = |i: usize| values.get(i).copied().filter(|v| v.is_finite()).unwrap_or(0.0);
+    let (mut best, mut best_sum, mut sum, mut end) = (0..0, f64::NEG_INFINITY, 0.0, 0);
+    for start in 0..at.len() {
+        while end < at.len() && at[end] - at[start] < width {
+            sum += value(end);
+            end += 1;
+        }
+        if sum > best_sum {
+            (best, best_sum) = (start..end, sum);
+        }
+        sum -= value(start);
+    }
+    best
+}
+
 type Drawn = Result<(), String>;
+
+/// Hours on x, a value from 0 on y.
+type HoursChart<'a, DB> = ChartContext<'a, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// A chart of hours against a value from 0, with its mesh drawn.
+fn hours_chart<'a, DB: DrawingBackend>(
+    area: &'a DrawingArea<DB, Shift>,
+    (caption, size): (String, u32),
+    (x_max, y_max): (f64, f64),
+    x_desc: &str,
+    y_desc: &str,
+) -> Result<HoursChart<'a, DB>, DrawingAreaErrorKind<DB::ErrorType>> {
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, ("sans-serif", size))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.0..x_max, 0.0..y_max)?;
+    chart
+        .configure_mesh()
+        .x_desc(x_desc)
+        .y_desc(y_desc)
+        .label_style(("sans-serif", 14))
+        .draw()?;
+    Ok(chart)
+}
 
 fn legend<'a, DB: DrawingBackend + 'a, CT: plotters::coord::CoordTranslate>(
     chart: &mut ChartContext<'a, DB, CT>,
@@ -64,75 +156,86 @@ fn render(
     })
 }
 
-/// Demand against each policy's ready capacity, and replicas, over the scored part.
-pub fn timeline(t: &TraceResult, path: &Path) -> Result<(), Error> {
+/// Which part of a trace a plot shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Span {
+    /// The busiest day (the whole span when it is not much longer).
+    BusiestDay,
+    /// All of the scored part.
+    Full,
+}
+
+/// Demand against each policy's ready capacity, and replicas, over the
+/// scored part or its busiest day.
+pub fn timeline(t: &TraceResult, span: Span, path: &Path) -> Result<(), Error> {
     render(
         path,
         (1400, 900),
-        |a| draw_timeline(t, a),
-        |a| draw_timeline(t, a),
+        |a| draw_timeline(t, span, a),
+        |a| draw_timeline(t, span, a),
     )
 }
 
-fn draw_timeline<DB: DrawingBackend>(t: &TraceResult, root: DrawingArea<DB, Shift>) -> Drawn {
+fn draw_timeline<DB: DrawingBackend>(t: &TraceResult, span: Span, root: DrawingArea<DB, Shift>) -> Drawn {
     let e = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
     root.fill(&WHITE).map_err(e)?;
     let tl = &t.timeline;
-    let start = tl.at.first().copied().unwrap_or(t.scored_from);
-    let hours: Vec<f64> = tl
-        .at
+    let range = match span {
+        Span::Full => 0..tl.at.len(),
+        Span::BusiestDay => busiest(&tl.at, &tl.demand, TimeDelta::days(1)),
+    };
+    let whole = range.len() == tl.at.len();
+    let start = tl.at.get(range.start).copied().unwrap_or(t.scored_from);
+    let hours: Vec<f64> = tl.at[range.clone()]
         .iter()
         .map(|a| (*a - start).as_seconds_f64() / 3600.0)
         .collect();
     let x_max = hours.last().copied().unwrap_or(1.0).max(1e-3);
-    let y_max = tl
-        .demand
+    let demand = &tl.demand[range.clone()];
+    let y_max = demand
         .iter()
         .copied()
-        .chain(tl.policies.iter().flat_map(|p| p.1.iter().copied()))
+        .chain(
+            tl.policies
+                .iter()
+                .flat_map(|p| p.1[range.clone()].iter().copied()),
+        )
         .filter(|v| v.is_finite())
         .fold(1.0, f64::max)
         * 1.1;
     let r_max = tl
         .policies
         .iter()
-        .flat_map(|p| p.2.iter().copied())
+        .flat_map(|p| p.2[range.clone()].iter().copied())
         .max()
         .unwrap_or(1)
         + 1;
     let (top, bottom) = root.split_vertically(520);
-
-    let mut chart = ChartBuilder::on(&top)
-        .caption(
-            format!("{}: demand against ready capacity", t.trace),
-            ("sans-serif", 24),
+    let x_desc = if whole {
+        "hours into the scored part".to_string()
+    } else {
+        format!(
+            "hours from {} (the busiest day of the scored part)",
+            start.format("%Y-%m-%d %H:%M")
         )
-        .margin(12)
-        .x_label_area_size(36)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0.0..x_max, 0.0..y_max)
-        .map_err(e)?;
-    chart
-        .configure_mesh()
-        .x_desc("hours into the scored part")
-        .y_desc("CPU, cores")
-        .label_style(("sans-serif", 14))
-        .draw()
-        .map_err(e)?;
+    };
+    let title = match (span, whole) {
+        (Span::Full, _) | (_, true) => format!("{}: demand against ready capacity", t.trace),
+        _ => format!("{}: demand against ready capacity, busiest day", t.trace),
+    };
+
+    let mut chart = hours_chart(&top, (title, 24), (x_max, y_max), &x_desc, "CPU, cores").map_err(e)?;
     for (name, capacity, _) in &tl.policies {
-        let c = colour(name);
-        chart
-            .draw_series(LineSeries::new(
-                hours.iter().copied().zip(capacity.iter().copied()),
-                c.stroke_width(1),
-            ))
-            .map_err(e)?
-            .label(format!("{name} ready capacity"))
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2)));
+        let points = hours
+            .iter()
+            .copied()
+            .zip(capacity[range.clone()].iter().copied())
+            .collect();
+        policy_line(&mut chart, name, points, format!("{name} ready capacity")).map_err(e)?;
     }
     chart
         .draw_series(LineSeries::new(
-            hours.iter().copied().zip(tl.demand.iter().copied()),
+            hours.iter().copied().zip(demand.iter().copied()),
             BLACK.stroke_width(2),
         ))
         .map_err(e)?
@@ -149,22 +252,86 @@ fn draw_timeline<DB: DrawingBackend>(t: &TraceResult, root: DrawingArea<DB, Shif
         .map_err(e)?;
     chart
         .configure_mesh()
-        .x_desc("hours into the scored part")
+        .x_desc(x_desc.as_str())
         .y_desc("replicas")
         .label_style(("sans-serif", 14))
         .draw()
         .map_err(e)?;
     for (name, _, replicas) in &tl.policies {
-        let c = colour(name);
-        chart
-            .draw_series(LineSeries::new(
-                hours.iter().copied().zip(replicas.iter().copied()),
-                c.stroke_width(1),
-            ))
-            .map_err(e)?
-            .label(name.as_str())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2)));
+        let points = hours
+            .iter()
+            .copied()
+            .zip(replicas[range.clone()].iter().copied())
+            .collect();
+        policy_line(&mut chart, name, points, name.clone()).map_err(e)?;
     }
+    legend(&mut chart).map_err(e)?;
+    root.present().map_err(e)
+}
+
+/// The served model's forecast of each step against what then happened,
+/// over the busiest day of the scored part.
+pub fn forecast(t: &TraceResult, path: &Path) -> Result<(), Error> {
+    render(
+        path,
+        (1400, 600),
+        |a| draw_forecast(t, a),
+        |a| draw_forecast(t, a),
+    )
+}
+
+fn draw_forecast<DB: DrawingBackend>(t: &TraceResult, root: DrawingArea<DB, Shift>) -> Drawn {
+    let e = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
+    root.fill(&WHITE).map_err(e)?;
+    let f = &t.forecast;
+    let range = busiest(&f.at, &f.actual, TimeDelta::days(1));
+    let start = f.at.get(range.start).copied().unwrap_or(t.scored_from);
+    let hours: Vec<f64> = f.at[range.clone()]
+        .iter()
+        .map(|a| (*a - start).as_seconds_f64() / 3600.0)
+        .collect();
+    let x_max = hours.last().copied().unwrap_or(1.0).max(1e-3);
+    let y_max = [&f.actual, &f.forecast, &f.upper]
+        .iter()
+        .flat_map(|v| v[range.clone()].iter().copied())
+        .filter(|v| v.is_finite())
+        .fold(0.1, f64::max)
+        * 1.1;
+    let ahead = f.steps_ahead * t.step_seconds as usize;
+    let caption = format!(
+        "{}: the {} model's forecast {ahead} s ahead against what happened",
+        t.trace, t.accuracy.model
+    );
+    let x_desc = format!("hours from {}", start.format("%Y-%m-%d %H:%M"));
+    let mut chart =
+        hours_chart(&root, (caption, 22), (x_max, y_max), &x_desc, "CPU demand, cores").map_err(e)?;
+    let series = |v: &[f64]| -> Vec<(f64, f64)> {
+        hours
+            .iter()
+            .copied()
+            .zip(v[range.clone()].iter().copied())
+            .filter(|p| p.1.is_finite())
+            .collect()
+    };
+    let blue = colour("predictive");
+    let upper = series(&f.upper);
+    if !upper.is_empty() {
+        chart
+            .draw_series(DashedLineSeries::new(upper, 5, 4, blue.mix(0.6).stroke_width(1)))
+            .map_err(e)?
+            .label("upper quantile")
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], blue.mix(0.6).stroke_width(1)));
+    }
+    chart
+        .draw_series(LineSeries::new(series(&f.forecast), blue.stroke_width(2)))
+        .map_err(e)?
+        .label(format!("forecast made {ahead} s before"))
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], blue.stroke_width(2)));
+    chart
+        .draw_series(LineSeries::new(series(&f.actual), BLACK.stroke_width(2)))
+        .map_err(e)?
+        .label("what happened")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], BLACK.stroke_width(2)));
     legend(&mut chart).map_err(e)?;
     root.present().map_err(e)
 }
@@ -220,4 +387,23 @@ fn draw_summary<DB: DrawingBackend>(r: &Report, root: DrawingArea<DB, Shift>) ->
         chart.draw_series(std::iter::once(mark)).map_err(e)?;
     }
     root.present().map_err(e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_busiest_day_is_the_window_with_the_most_demand() {
+        let start = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+        // Three days hourly; day two carries the load.
+        let at: Vec<_> = (0..72).map(|h| start + TimeDelta::hours(h)).collect();
+        let demand: Vec<f64> = (0..72)
+            .map(|h| if (24..48).contains(&h) { 5.0 } else { 1.0 })
+            .collect();
+        assert_eq!(busiest(&at, &demand, TimeDelta::days(1)), 24..48);
+        // A span not much longer than a day is shown whole.
+        assert_eq!(busiest(&at[..30], &demand[..30], TimeDelta::days(1)), 0..30);
+        assert_eq!(busiest(&[], &[], TimeDelta::days(1)), 0..0);
+    }
 }

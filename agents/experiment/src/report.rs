@@ -161,8 +161,10 @@ fn percent(ratio: Option<f64>) -> String {
     ratio.map_or_else(|| "–".into(), |r| format!("{:.0} %", r * 100.0))
 }
 
-/// Writes `report.md`, `results.json`, and per trace `<trace>.png` and
-/// `<trace>.svg`, plus `summary.png` and `summary.svg`, into `dir`.
+/// Writes `report.md`, `results.json`, and per trace (PNG and SVG each)
+/// `<trace>` (its busiest day), `<trace>.full` (the whole scored part) and
+/// `<trace>.forecast` (the served model's forecast against what happened),
+/// plus `summary.png` and `summary.svg`, into `dir`.
 /// Returns the files written.
 pub fn write_report(report: &Report, dir: &Path) -> Result<Vec<PathBuf>, Error> {
     let io = |path: &Path| {
@@ -174,7 +176,13 @@ pub fn write_report(report: &Report, dir: &Path) -> Result<Vec<PathBuf>, Error> 
     for t in &report.traces {
         for ext in ["png", "svg"] {
             let path = dir.join(format!("{}.{ext}", t.trace));
-            crate::plot::timeline(t, &path)?;
+            crate::plot::timeline(t, crate::plot::Span::BusiestDay, &path)?;
+            written.push(path);
+            let path = dir.join(format!("{}.full.{ext}", t.trace));
+            crate::plot::timeline(t, crate::plot::Span::Full, &path)?;
+            written.push(path);
+            let path = dir.join(format!("{}.forecast.{ext}", t.trace));
+            crate::plot::forecast(t, &path)?;
             written.push(path);
         }
     }
@@ -319,7 +327,15 @@ fn markdown(r: &Report) -> String {
                 p.forecast_decisions,
             );
         }
-        let _ = writeln!(s, "\n![{0}]({0}.svg)\n", t.trace);
+        let _ = writeln!(
+            s,
+            "\n![{0}, busiest day]({0}.svg)\n\nThe whole scored part: [{0}.full.svg]({0}.full.svg). \
+             What the served model ({1}) forecast for each step {2} s before (the lead time: start-up \
+             plus one tick), against what happened:\n\n![{0}, forecast]({0}.forecast.svg)\n",
+            t.trace,
+            t.accuracy.model,
+            t.forecast.steps_ahead * t.step_seconds as usize
+        );
     }
     s
 }

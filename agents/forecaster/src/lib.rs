@@ -241,11 +241,13 @@ impl Forecaster {
             })
         };
 
-        let scope = prefix
-            .run()
-            .map(|r| format!("run-{r}"))
-            .unwrap_or_else(|| "live".into());
-        let mut shard = Shard::new(kv, scope, replica.clone(), config.partitions, config.lease);
+        let mut shard = Shard::new(
+            kv,
+            prefix.keys(),
+            replica.clone(),
+            config.partitions,
+            config.lease,
+        );
         if let Err(error) = shard.coordinate().await {
             tracing::warn!(%error, "Claiming partitions failed; will try again.");
         }

@@ -34,6 +34,7 @@ use async_nats::jetstream::kv::{Operation, Store};
 use bytes::Bytes;
 use chrono::Utc;
 use futures::TryStreamExt;
+use pas_schemas::subjects::Keys;
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
@@ -68,7 +69,7 @@ const SKEW: i64 = 1000;
 /// This replica's view of the partition leases.
 pub struct Shard {
     kv: Store,
-    scope: String,
+    keys: Keys,
     replica: String,
     partitions: u32,
     lease: Duration,
@@ -78,11 +79,12 @@ pub struct Shard {
 }
 
 impl Shard {
-    /// `scope` keeps live and replay runs apart (`live`, `run-<run>`).
-    pub fn new(kv: Store, scope: String, replica: String, partitions: u32, lease: Duration) -> Shard {
+    /// `keys` ([`Prefix::keys`](pas_schemas::subjects::Prefix::keys)) keep
+    /// live and replay runs apart.
+    pub fn new(kv: Store, keys: Keys, replica: String, partitions: u32, lease: Duration) -> Shard {
         Shard {
             kv,
-            scope,
+            keys,
             replica,
             partitions,
             lease,
@@ -92,11 +94,7 @@ impl Shard {
     }
 
     fn partition_key(&self, p: u32) -> String {
-        format!("{}.partition.{p}", self.scope)
-    }
-
-    fn member_prefix(&self) -> String {
-        format!("{}.member.", self.scope)
+        self.keys.partition(p)
     }
 
     fn record(&self, expires_ms: i64) -> Bytes {
@@ -133,7 +131,7 @@ impl Shard {
     /// Announces this replica, renews its leases, and claims free partitions
     /// up to its fair share.
     pub async fn coordinate(&mut self) -> Result<(), Error> {
-        let member_key = format!("{}{}", self.member_prefix(), self.replica);
+        let member_key = self.keys.member(&self.replica);
         self.kv
             .put(&member_key, self.record(self.expiry()))
             .await
@@ -163,7 +161,7 @@ impl Shard {
         }
         // Claim, starting at a place that depends on the replica, so replicas
         // starting together do not all race for partition 0.
-        let start = partition(&self.scope, &self.replica, self.partitions);
+        let start = partition(self.keys.scope(), &self.replica, self.partitions);
         let now = Utc::now().timestamp_millis();
         let mut newly = Vec::new();
         for k in 0..self.partitions {
@@ -206,7 +204,7 @@ impl Shard {
     }
 
     async fn count_members(&self) -> Result<usize, Error> {
-        let prefix = self.member_prefix();
+        let prefix = self.keys.members();
         let keys: Vec<String> = self
             .kv
             .keys()
@@ -248,7 +246,7 @@ impl Shard {
     pub async fn leave(&mut self) {
         let all: Vec<(u32, u64)> = self.held.iter().map(|(p, (rev, _))| (*p, *rev)).collect();
         self.release(all).await;
-        let member_key = format!("{}{}", self.member_prefix(), self.replica);
+        let member_key = self.keys.member(&self.replica);
         let _ = self.kv.put(&member_key, self.record(0)).await;
     }
 

@@ -33,22 +33,11 @@ pub enum Error {
     /// NATS failed.
     #[error(transparent)]
     Nats(#[from] pas_nats::Error),
-    /// A JetStream call failed.
-    #[error("{action}: {message}")]
-    JetStream {
-        /// What was being done.
-        action: String,
-        /// Why it failed.
-        message: String,
-    },
 }
 
 impl Error {
-    pub(crate) fn js(action: impl Into<String>, e: impl std::fmt::Display) -> Error {
-        Error::JetStream {
-            action: action.into(),
-            message: e.to_string(),
-        }
+    pub(crate) fn js(action: impl Into<String>, e: impl std::error::Error + Send + Sync + 'static) -> Error {
+        Error::Nats(pas_nats::Error::js(action, e))
     }
 
     pub(crate) fn io(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> Error + '_ {

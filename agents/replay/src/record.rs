@@ -35,7 +35,8 @@ pub enum From {
         /// Stop after this long.
         duration: Option<Duration>,
     },
-    /// What PAS_SAMPLES holds on the live subjects between two times.
+    /// What PAS_SAMPLES holds between two times (on the live subjects, or
+    /// the run's with [`Config::run`]).
     Stream {
         /// Start.
         since: DateTime<Utc>,
@@ -61,6 +62,52 @@ pub struct Config {
     pub pods: Option<u32>,
     /// The file (`.csv` or `.jsonl`).
     pub out: PathBuf,
+}
+
+impl Config {
+    /// Checks what can be checked before recording: the file's kind, the
+    /// step, and that the file can be written where asked (so a recording
+    /// is never lost at the end for a missing directory).
+    pub fn check(&self) -> Result<(), Error> {
+        let ext = self.out.extension().and_then(|e| e.to_str()).unwrap_or_default();
+        if ext != "csv" && ext != "jsonl" {
+            return Err(Error::Input(format!(
+                "{}: the file must end in .csv or .jsonl",
+                self.out.display()
+            )));
+        }
+        if self.step.as_millis() == 0 || self.pods == Some(0) {
+            return Err(Error::Input(
+                "the step must be above 0 and pods at least 1".into(),
+            ));
+        }
+        if let Some(run) = &self.run {
+            Prefix::replay(run).map_err(|e| Error::Input(format!("run `{run}`: {e}")))?;
+        }
+        let dir = match self.out.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        if !dir.is_dir() {
+            return Err(Error::Input(format!(
+                "{}: the directory {} does not exist; create it first",
+                self.out.display(),
+                dir.display()
+            )));
+        }
+        // The file is written beside, then renamed: try that name now.
+        let probe = self.out.with_extension("partial");
+        std::fs::File::create(&probe).map_err(Error::io(&probe))?;
+        let _ = std::fs::remove_file(&probe);
+        Ok(())
+    }
+
+    fn prefix(&self) -> Prefix {
+        match &self.run {
+            Some(run) => Prefix::replay(run).unwrap_or_else(|_| Prefix::live()),
+            None => Prefix::live(),
+        }
+    }
 }
 
 /// What a recording wrote.
@@ -204,39 +251,20 @@ pub async fn record(
     ready: impl FnOnce(),
     progress: &mut (dyn FnMut(u64) + Send),
 ) -> Result<Summary, Error> {
-    let ext = config
-        .out
-        .extension()
-        .and_then(|e| e.to_str())
-        .unwrap_or_default();
-    if ext != "csv" && ext != "jsonl" {
-        return Err(Error::Input(format!(
-            "{}: the file must end in .csv or .jsonl",
-            config.out.display()
-        )));
-    }
-    if config.step.as_millis() == 0 || config.pods == Some(0) {
-        return Err(Error::Input(
-            "the step must be above 0 and pods at least 1".into(),
-        ));
-    }
+    config.check()?;
     let step_ms = i64::try_from(config.step.as_millis()).unwrap_or(i64::MAX);
     let mut rec = Recorder::default();
     match &config.from {
         From::Stream { since, until } => {
             ready();
-            crate::replay::read_range(conn, *since, *until, |s| {
+            crate::replay::read_range(conn, &config.prefix(), *since, *until, |s| {
                 rec.add(config, s, step_ms);
             })
             .await?;
             progress(rec.samples);
         }
         From::Live { count, duration } => {
-            let prefix = match &config.run {
-                Some(run) => Prefix::replay(run).map_err(|e| Error::Input(format!("run `{run}`: {e}")))?,
-                None => Prefix::live(),
-            };
-            let subject = prefix.all_pod_cpu();
+            let subject = config.prefix().all_pod_cpu();
             let mut sub = crate::subscribe(conn, subject).await?;
             ready();
             let deadline = duration.map(|d| tokio::time::Instant::now() + d);

@@ -214,6 +214,7 @@ fn read_items(config: &Config) -> Result<Vec<(DateTime<Utc>, Item)>, Error> {
 /// old samples late.
 pub async fn read_range(
     conn: &Connection,
+    prefix: &Prefix,
     since: DateTime<Utc>,
     until: DateTime<Utc>,
     mut each: impl FnMut(CpuSample),
@@ -229,7 +230,7 @@ pub async fn read_range(
     let mut read = 0;
     pas_nats::read_samples(
         &stream,
-        &Prefix::live().all_pod_cpu(),
+        &prefix.all_pod_cpu(),
         start_time,
         None,
         // A range is copied as stored; whoever reads the copy checks it.
@@ -319,6 +320,43 @@ impl Publisher<'_> {
     }
 }
 
+impl Config {
+    /// Checks the settings and that the source file can be read, before
+    /// anything is published (and before connecting: the CLI calls it
+    /// first, so a missing file is reported as such). The run's prefix.
+    pub fn check(&self) -> Result<Prefix, Error> {
+        let config = self;
+        let prefix =
+            Prefix::replay(&config.run).map_err(|e| Error::Input(format!("run `{}`: {e}", config.run)))?;
+        if config.pods == 0 || config.pod_cpu.is_nan() || config.pod_cpu <= 0.0 {
+            return Err(Error::Input("pods must be at least 1 and pod CPU above 0".into()));
+        }
+        if let Speed::Factor(f) = config.speed
+            && !(f.is_finite() && f > 0.0)
+        {
+            return Err(Error::Input(format!("speed must be a factor above 0, not {f}")));
+        }
+        if !(0.0..=1.0).contains(&config.backfill) {
+            return Err(Error::Input(format!(
+                "backfill must be a share between 0 and 1, not {}",
+                config.backfill
+            )));
+        }
+        if config.simulate.is_some()
+            && (config.speed == Speed::Max || config.timestamps == Timestamps::Original)
+        {
+            return Err(Error::Input("a simulated StatefulSet needs a paced replay with shifted timestamps, so the scaler acts in time".into()));
+        }
+        for (what, name) in [("namespace", &config.namespace), ("workload", &config.workload)] {
+            pas_schemas::subjects::token(name).map_err(|e| Error::Input(format!("{what} `{name}`: {e}")))?;
+        }
+        if let Source::Trace(path) | Source::Jsonl(path) = &config.source {
+            std::fs::File::open(path).map_err(Error::io(path))?;
+        }
+        Ok(prefix)
+    }
+}
+
 /// Replays `config.source`, reporting progress, until done or `shutdown`.
 pub async fn replay(
     conn: &Connection,
@@ -326,29 +364,7 @@ pub async fn replay(
     shutdown: CancellationToken,
     progress: &mut (dyn FnMut(Progress) + Send),
 ) -> Result<Summary, Error> {
-    let prefix =
-        Prefix::replay(&config.run).map_err(|e| Error::Input(format!("run `{}`: {e}", config.run)))?;
-    if config.pods == 0 || config.pod_cpu.is_nan() || config.pod_cpu <= 0.0 {
-        return Err(Error::Input("pods must be at least 1 and pod CPU above 0".into()));
-    }
-    if let Speed::Factor(f) = config.speed
-        && !(f.is_finite() && f > 0.0)
-    {
-        return Err(Error::Input(format!("speed must be a factor above 0, not {f}")));
-    }
-    if !(0.0..=1.0).contains(&config.backfill) {
-        return Err(Error::Input(format!(
-            "backfill must be a share between 0 and 1, not {}",
-            config.backfill
-        )));
-    }
-    if config.simulate.is_some() && (config.speed == Speed::Max || config.timestamps == Timestamps::Original)
-    {
-        return Err(Error::Input("a simulated StatefulSet needs a paced replay with shifted timestamps, so the scaler acts in time".into()));
-    }
-    for (what, name) in [("namespace", &config.namespace), ("workload", &config.workload)] {
-        pas_schemas::subjects::token(name).map_err(|e| Error::Input(format!("{what} `{name}`: {e}")))?;
-    }
+    let prefix = config.check()?;
     // Without the stream every publish would wait for an ack that never comes.
     conn.jetstream.get_stream(STREAM_SAMPLES).await.map_err(|e| {
         Error::js(
@@ -358,7 +374,7 @@ pub async fn replay(
     })?;
     let mut items = read_items(config)?;
     if let Source::Stream { since, until } = config.source {
-        read_range(conn, since, until, |s| {
+        read_range(conn, &Prefix::live(), since, until, |s| {
             items.push((s.timestamp, Item::Sample(Box::new(s))))
         })
         .await?;

@@ -28,3 +28,54 @@ pub enum Error {
         source: std::io::Error,
     },
 }
+
+/// An error and its causes on one line, each said once: a cause whose text
+/// the line already holds (a wrapper that prints its source) is left out.
+pub fn report(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = error.to_string();
+    let mut next = error.source();
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if !text.is_empty() && !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        next = cause.source();
+    }
+    line
+}
+
+/// What `main` returns: on an error, prints `error: <report>` to stderr
+/// (no backtrace: the message says what went wrong and what to do) and
+/// exits with status 1.
+pub fn exit_code<E: AsRef<dyn std::error::Error + Send + Sync + 'static>>(
+    result: Result<(), E>,
+) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", report(e.as_ref()));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot open {0}: {1}")]
+    struct Outer(&'static str, #[source] std::io::Error);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("starting the stage")]
+    struct Top(#[source] Outer);
+
+    #[test]
+    fn each_cause_is_said_once() {
+        let e = Top(Outer("a.csv", std::io::Error::other("no such file")));
+        // The io error is already in Outer's text; Top's is not.
+        assert_eq!(report(&e), "starting the stage: cannot open a.csv: no such file");
+    }
+}

@@ -6,6 +6,7 @@
 //! - [`shutdown::on_signal`]: the first SIGTERM or SIGINT cancels a
 //!   [`tokio_util::sync::CancellationToken`] (drain); the second exits at once.
 //! - [`health::serve`]: `/healthz`, `/readyz` and `/metrics` (Prometheus text).
+//! - [`exit_code`]: what `main` returns; an error said once, with no backtrace.
 //! - [`Secret`]: a string that never shows in logs or `Debug` output.
 
 pub mod config;
@@ -14,7 +15,7 @@ pub mod shutdown;
 pub mod telemetry;
 
 mod error;
-pub use error::Error;
+pub use error::{Error, exit_code, report};
 
 use std::fmt;
 

@@ -36,11 +36,12 @@ pub struct Leader {
 }
 
 impl Leader {
-    /// `scope` keeps live and replay runs apart.
-    pub fn new(kv: Store, scope: &str, me: String, lease: Duration) -> Leader {
+    /// `key` is the run's [`pas_schemas::subjects::Keys::leader`], so live
+    /// and replay runs never share a lease.
+    pub fn new(kv: Store, key: String, me: String, lease: Duration) -> Leader {
         Leader {
             kv,
-            key: format!("{scope}.leader"),
+            key,
             me,
             lease,
             held: None,

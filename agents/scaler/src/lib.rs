@@ -53,7 +53,7 @@ use async_nats::jetstream::kv::Store;
 use chrono::{DateTime, TimeDelta, Utc};
 use futures::StreamExt;
 use pas_nats::{DeadLetters, HandlerError, Outgoing};
-use pas_schemas::subjects::{BUCKET_SCALER, Prefix, STREAM_FORECASTS, STREAM_SAMPLES, Stage};
+use pas_schemas::subjects::{BUCKET_SCALER, Keys, Prefix, STREAM_FORECASTS, STREAM_SAMPLES, Stage};
 use pas_schemas::{CpuSample, Forecast, ForecastRef, Outcome, SCHEMA_VERSION, ScaleDecision};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -66,20 +66,7 @@ use crate::policy::{ForecastView, History, Observed, PodUsage, Tuning};
 use crate::state::StateWriter;
 
 /// Every rule a decision can name.
-pub const RULES: [&str; 12] = [
-    "hpa",
-    "hpa-fallback",
-    "predictive",
-    "threshold",
-    "stabilisation",
-    "rate-limit",
-    "min-replicas",
-    "max-replicas",
-    "no-metrics",
-    "paused",
-    "scaled-to-zero",
-    "hpa-conflict",
-];
+pub use crate::policy::Rule;
 
 /// How long a new leader waits for the samples already in the stream.
 const CATCH_UP: Duration = Duration::from_secs(10);
@@ -200,13 +187,10 @@ impl<C: Cluster> Scaler<C> {
         })
         .await?;
         let Some(kv) = opened else { return Ok(()) };
-        let scope = prefix
-            .run()
-            .map(|r| format!("run-{r}"))
-            .unwrap_or_else(|| "live".into());
+        let keys = prefix.keys();
         // The lease is renewed on its own task, so a long evaluation never
         // delays it; the engine acts only while `until` is ahead.
-        let mut leader = Leader::new(kv.clone(), &scope, replica.clone(), config.lease);
+        let mut leader = Leader::new(kv.clone(), keys.leader(), replica.clone(), config.lease);
         let until = Arc::new(AtomicI64::new(0));
         let (lead_tx, mut lead_rx) = watch::channel(false);
         let resign = CancellationToken::new();
@@ -235,7 +219,7 @@ impl<C: Cluster> Scaler<C> {
             state: StateWriter::start(kv.clone(), until.clone()),
             kv,
             prefix: prefix.clone(),
-            scope,
+            keys,
             tuning: config.tuning(),
             config: config.clone(),
             metrics: metrics.clone(),
@@ -521,7 +505,7 @@ struct Engine<C> {
     /// State writes, beside the decision loop.
     state: StateWriter,
     prefix: Prefix,
-    scope: String,
+    keys: Keys,
     config: Config,
     tuning: Tuning,
     metrics: Metrics,
@@ -641,7 +625,7 @@ impl<C: Cluster> Engine<C> {
             warnings: problems,
         };
         if let Some(hpa) = &workload.hpa {
-            decision.rule = "hpa-conflict".into();
+            decision.rule = Rule::HpaConflict.as_str().into();
             decision.reason =
                 format!("HorizontalPodAutoscaler {hpa} targets this StatefulSet; PAS leaves it alone.");
             decision.outcome = Outcome::Refused;
@@ -656,7 +640,7 @@ impl<C: Cluster> Engine<C> {
                 )
                 .await;
             }
-            self.publish(decision, "hpa-conflict").await;
+            self.publish(decision, Rule::HpaConflict).await;
             return;
         }
         self.refused.remove(key);
@@ -670,7 +654,7 @@ impl<C: Cluster> Engine<C> {
         };
         let d = policy::decide(now, &settings, &self.tuning, &observed, view, &mut history);
         decision.replicas_after = d.replicas;
-        decision.rule = d.rule.into();
+        decision.rule = d.rule.as_str().into();
         decision.reason = d.reason.clone();
         decision.utilization_percent = d.utilization;
         decision.predicted_peak_percent = d.predicted_peak;
@@ -769,15 +753,9 @@ impl<C: Cluster> Engine<C> {
         }
     }
 
-    /// `<scope>.state.<namespace>.<workload>`, each name one token (a dot
-    /// written as `_`), so no name can add or empty a token of the key.
+    /// The workload's key in pas-scaler ([`Keys::state`]).
     fn state_key(&self, key: &Key) -> String {
-        let token = |name: &str| {
-            pas_schemas::subjects::token(name)
-                .map(|t| t.into_owned())
-                .unwrap_or_else(|_| "_".into())
-        };
-        format!("{}.state.{}.{}", self.scope, token(&key.0), token(&key.1))
+        self.keys.state(&key.0, &key.1)
     }
 
     /// The workload's history, taken out of memory or read as the last
@@ -820,7 +798,7 @@ impl<C: Cluster> Engine<C> {
         }
     }
 
-    async fn publish(&self, decision: ScaleDecision, rule: &'static str) {
+    async fn publish(&self, decision: ScaleDecision, rule: Rule) {
         let outcome = match decision.outcome {
             Outcome::Applied => "applied",
             Outcome::DryRun => "dry_run",

@@ -71,20 +71,26 @@ impl Metrics {
         );
     }
 
-    pub(crate) fn decision(&self, outcome: &'static str, rule: &'static str) {
+    pub(crate) fn decision(&self, outcome: &'static str, rule: crate::Rule) {
         self.decisions
-            .get_or_create(&DecisionLabels { outcome, rule })
+            .get_or_create(&DecisionLabels {
+                outcome,
+                rule: rule.as_str(),
+            })
             .inc();
     }
 
     /// Decisions so far with this outcome (`applied`, `dry_run`, `refused`,
     /// `unchanged`), over all rules.
     pub fn decisions(&self, outcome: &'static str) -> u64 {
-        crate::RULES
+        crate::Rule::ALL
             .iter()
             .map(|rule| {
                 self.decisions
-                    .get(&DecisionLabels { outcome, rule })
+                    .get(&DecisionLabels {
+                        outcome,
+                        rule: rule.as_str(),
+                    })
                     .map_or(0, |c| c.get())
             })
             .sum()

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 /// Which rule recommends the replicas.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "lowercase", try_from = "String")]
 pub enum Policy {
     /// The HPA rule on the latest samples.
     Hpa,
@@ -34,6 +34,9 @@ pub enum Policy {
 }
 
 impl Policy {
+    /// Every policy.
+    pub const ALL: [Policy; 4] = [Policy::Hpa, Policy::Threshold, Policy::Predictive, Policy::Hybrid];
+
     /// Its name in settings and decisions.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -55,15 +58,99 @@ impl FromStr for Policy {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.trim() {
-            "hpa" => Ok(Policy::Hpa),
-            "threshold" => Ok(Policy::Threshold),
-            "predictive" => Ok(Policy::Predictive),
-            "hybrid" => Ok(Policy::Hybrid),
-            other => Err(format!(
-                "unknown policy {other:?} (hpa, threshold, predictive or hybrid)"
-            )),
+        let name = s.trim();
+        Policy::ALL
+            .into_iter()
+            .find(|p| p.as_str() == name)
+            .ok_or_else(|| {
+                let all: Vec<&str> = Policy::ALL.iter().map(|p| p.as_str()).collect();
+                format!("unknown policy {name:?}: the policies are {}", all.join(", "))
+            })
+    }
+}
+
+impl TryFrom<String> for Policy {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+/// The rule that decided a decision: its `rule` field, a metrics label, and
+/// the list in docs/scaler.md (a test keeps that list equal to [`Rule::ALL`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Rule {
+    /// The HPA rule on the latest samples.
+    Hpa,
+    /// The HPA rule because the forecast is missing or stale.
+    HpaFallback,
+    /// The HPA rule on the peak forecast over the lead time.
+    Predictive,
+    /// The older system's rule: one more replica past the threshold.
+    Threshold,
+    /// The stabilisation window held the replicas.
+    Stabilisation,
+    /// A scale-up or scale-down policy limited the change.
+    RateLimit,
+    /// The minimum replicas.
+    MinReplicas,
+    /// The maximum replicas.
+    MaxReplicas,
+    /// No usable measurement: nothing changes.
+    NoMetrics,
+    /// Scaling is paused for the workload.
+    Paused,
+    /// The workload is scaled to zero: left alone.
+    ScaledToZero,
+    /// An HPA targets the workload: PAS refuses to fight it.
+    HpaConflict,
+}
+
+impl Rule {
+    /// Every rule, in the order docs/scaler.md lists them.
+    pub const ALL: [Rule; 12] = [
+        Rule::Hpa,
+        Rule::HpaFallback,
+        Rule::Predictive,
+        Rule::Threshold,
+        Rule::Stabilisation,
+        Rule::RateLimit,
+        Rule::MinReplicas,
+        Rule::MaxReplicas,
+        Rule::NoMetrics,
+        Rule::Paused,
+        Rule::ScaledToZero,
+        Rule::HpaConflict,
+    ];
+
+    /// Its name in decisions, metrics and docs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rule::Hpa => "hpa",
+            Rule::HpaFallback => "hpa-fallback",
+            Rule::Predictive => "predictive",
+            Rule::Threshold => "threshold",
+            Rule::Stabilisation => "stabilisation",
+            Rule::RateLimit => "rate-limit",
+            Rule::MinReplicas => "min-replicas",
+            Rule::MaxReplicas => "max-replicas",
+            Rule::NoMetrics => "no-metrics",
+            Rule::Paused => "paused",
+            Rule::ScaledToZero => "scaled-to-zero",
+            Rule::HpaConflict => "hpa-conflict",
         }
+    }
+
+    /// Whether the rule acted on a forecast.
+    pub fn uses_forecast(self) -> bool {
+        matches!(self, Rule::Predictive | Rule::Threshold)
+    }
+}
+
+impl fmt::Display for Rule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -413,10 +500,8 @@ impl History {
 pub struct Decision {
     /// Replicas to have.
     pub replicas: u32,
-    /// The rule that decided: `hpa`, `hpa-fallback`, `predictive`,
-    /// `threshold`, `stabilisation`, `rate-limit`, `min-replicas`,
-    /// `max-replicas`, `no-metrics`, `paused` or `scaled-to-zero`.
-    pub rule: &'static str,
+    /// The rule that decided.
+    pub rule: Rule,
     /// Why, in one sentence.
     pub reason: String,
     /// Measured utilisation of the ready pods, percent.
@@ -430,7 +515,7 @@ pub struct Decision {
 /// What a policy recommends before stabilisation and rate limits.
 struct Raw {
     replicas: u32,
-    rule: &'static str,
+    rule: Rule,
     reason: String,
 }
 
@@ -446,7 +531,7 @@ pub fn decide(
     history: &mut History,
 ) -> Decision {
     let current = observed.replicas;
-    let hold = |rule: &'static str, reason: String| Decision {
+    let hold = |rule: Rule, reason: String| Decision {
         replicas: current,
         rule,
         reason,
@@ -455,11 +540,11 @@ pub fn decide(
         used_forecast: false,
     };
     if settings.paused {
-        return hold("paused", "Scaling is paused for this workload.".into());
+        return hold(Rule::Paused, "Scaling is paused for this workload.".into());
     }
     if current == 0 {
         return hold(
-            "scaled-to-zero",
+            Rule::ScaledToZero,
             "The StatefulSet has 0 replicas; scaling is off until it has one.".into(),
         );
     }
@@ -467,7 +552,7 @@ pub fn decide(
     // metrics, stabilisation or rate limits.
     if current > settings.max_replicas {
         return hold(
-            "max-replicas",
+            Rule::MaxReplicas,
             format!(
                 "{current} replicas is above the maximum of {}.",
                 settings.max_replicas
@@ -477,7 +562,7 @@ pub fn decide(
     }
     if current < settings.min_replicas {
         return hold(
-            "min-replicas",
+            Rule::MinReplicas,
             format!(
                 "{current} replicas is below the minimum of {}.",
                 settings.min_replicas
@@ -493,9 +578,9 @@ pub fn decide(
     let lead = settings.startup + tuning.tick;
     let peak = fresh.and_then(|f| f.peak(now, lead, tuning.plan_on_upper));
 
-    let hpa = |rule: &'static str| -> Result<Raw, String> {
+    let hpa = |rule: Rule| -> Result<Raw, String> {
         let m = measured.as_ref().map_err(|e| e.clone())?;
-        let why = if rule == "hpa-fallback" {
+        let why = if rule == Rule::HpaFallback {
             let age = if forecast.is_some() {
                 "the forecast is stale"
             } else {
@@ -524,7 +609,7 @@ pub fn decide(
         };
         Raw {
             replicas,
-            rule: "predictive",
+            rule: Rule::Predictive,
             reason: format!(
                 "Predicted peak {peak:.0}% over the next {}s ({steps} steps) against a target of {target:.0}% recommends {replicas}.",
                 lead.as_secs()
@@ -533,8 +618,8 @@ pub fn decide(
     };
 
     let raw: Result<Raw, String> = match (settings.policy, peak) {
-        (Policy::Hpa, _) => hpa("hpa"),
-        (_, None) => hpa("hpa-fallback"),
+        (Policy::Hpa, _) => hpa(Rule::Hpa),
+        (_, None) => hpa(Rule::HpaFallback),
         (Policy::Predictive, Some(p)) => Ok(predictive(p)),
         (Policy::Threshold, Some(_)) => {
             let values = fresh.map(|f| f.values).unwrap_or_default();
@@ -542,7 +627,7 @@ pub fn decide(
             Ok(if over > tuning.threshold {
                 Raw {
                     replicas: current + 1,
-                    rule: "threshold",
+                    rule: Rule::Threshold,
                     reason: format!(
                         "A predicted value of {over:.0}% passes {:.0}%: one more replica.",
                         tuning.threshold
@@ -551,7 +636,7 @@ pub fn decide(
             } else {
                 Raw {
                     replicas: current,
-                    rule: "threshold",
+                    rule: Rule::Threshold,
                     reason: format!(
                         "No predicted value passes {:.0}% (highest {over:.0}%).",
                         tuning.threshold
@@ -561,14 +646,14 @@ pub fn decide(
         }
         (Policy::Hybrid, Some(p)) => {
             let pred = predictive(p);
-            Ok(match hpa("hpa") {
+            Ok(match hpa(Rule::Hpa) {
                 Ok(reactive) if reactive.replicas >= pred.replicas => reactive,
                 Ok(_) => pred,
                 // No metrics: the forecast may add replicas, never remove them.
                 Err(_) if pred.replicas >= current => pred,
                 Err(e) => Raw {
                     replicas: current,
-                    rule: "no-metrics",
+                    rule: Rule::NoMetrics,
                     reason: format!(
                         "{e}; a forecast alone never scales in ({} recommended).",
                         pred.replicas
@@ -581,21 +666,21 @@ pub fn decide(
         Ok(raw) => raw,
         Err(e) => {
             // Like the HPA without metrics: change nothing, remember nothing.
-            let mut d = hold("no-metrics", format!("{e}; keeping {current} replicas."));
+            let mut d = hold(Rule::NoMetrics, format!("{e}; keeping {current} replicas."));
             d.predicted_peak = peak.map(|p| p.0);
             return d;
         }
     };
-    let used_forecast = matches!(raw.rule, "predictive" | "threshold");
+    let used_forecast = raw.rule.uses_forecast();
 
     let b = &tuning.behavior;
     let stabilised = stabilise(now, raw.replicas, current, b, history);
     let (limited, limit_rule) = limit_rate(now, stabilised, current, settings, b, history);
     let (rule, reason) = if limited != stabilised {
         let why = match limit_rule {
-            "rate-limit" if limited > current => "the scale-up policies allow",
-            "rate-limit" => "the scale-down policies allow",
-            "max-replicas" => "the maximum is",
+            Rule::RateLimit if limited > current => "the scale-up policies allow",
+            Rule::RateLimit => "the scale-down policies allow",
+            Rule::MaxReplicas => "the maximum is",
             _ => "the minimum is",
         };
         (
@@ -609,7 +694,7 @@ pub fn decide(
             &b.scale_up
         };
         (
-            "stabilisation",
+            Rule::Stabilisation,
             format!(
                 "{} Stabilised at {stabilised}: the {} recommendation of the last {}s.",
                 raw.reason,
@@ -792,7 +877,7 @@ fn limit_rate(
     settings: &Settings,
     b: &Behavior,
     history: &History,
-) -> (u32, &'static str) {
+) -> (u32, Rule) {
     let current_i = i64::from(current);
     if desired > current {
         let limit = match b.scale_up.select_policy {
@@ -818,9 +903,9 @@ fn limit_rate(
         }
         .max(current_i);
         let (maximum, rule) = if i64::from(settings.max_replicas) > limit {
-            (limit, "rate-limit")
+            (limit, Rule::RateLimit)
         } else {
-            (i64::from(settings.max_replicas), "max-replicas")
+            (i64::from(settings.max_replicas), Rule::MaxReplicas)
         };
         if i64::from(desired) > maximum {
             return (maximum as u32, rule);
@@ -847,20 +932,42 @@ fn limit_rate(
         }
         .min(current_i);
         let (minimum, rule) = if i64::from(settings.min_replicas) < limit {
-            (limit, "rate-limit")
+            (limit, Rule::RateLimit)
         } else {
-            (i64::from(settings.min_replicas), "min-replicas")
+            (i64::from(settings.min_replicas), Rule::MinReplicas)
         };
         if i64::from(desired) < minimum {
             return (minimum as u32, rule);
         }
     }
-    (desired, "")
+    // Unchanged: the caller names the rule only when the replicas differ.
+    (desired, Rule::RateLimit)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// docs/scaler.md lists every rule, in [`Rule::ALL`]'s order, and no other.
+    #[test]
+    fn the_documented_rules_are_the_rules() {
+        let docs =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/scaler.md")).unwrap();
+        let table = docs
+            .split("<!-- rules -->")
+            .nth(1)
+            .unwrap()
+            .split("<!-- /rules -->")
+            .next()
+            .unwrap();
+        let documented: Vec<&str> = table
+            .lines()
+            .filter_map(|l| l.strip_prefix("| `"))
+            .filter_map(|l| l.split('`').next())
+            .collect();
+        let code: Vec<&str> = Rule::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(documented, code);
+    }
 
     fn t(secs: i64) -> DateTime<Utc> {
         DateTime::from_timestamp(1_800_000_000 + secs, 0).unwrap()
@@ -923,7 +1030,7 @@ mod tests {
         observed: Observed,
         forecast: Option<(i64, Vec<f64>, Option<Vec<f64>>)>,
         want: u32,
-        rule: &'static str,
+        rule: Rule,
     }
 
     /// The replica calculator and the policies, one evaluation each, with
@@ -952,7 +1059,7 @@ mod tests {
                 observed: observed(3, 100.0),
                 forecast: None,
                 want: 6,
-                rule: "hpa",
+                rule: Rule::Hpa,
             },
             // ... and 50m against 100m halves them.
             Case {
@@ -962,7 +1069,7 @@ mod tests {
                 observed: observed(4, 25.0),
                 forecast: None,
                 want: 2,
-                rule: "hpa",
+                rule: Rule::Hpa,
             },
             Case {
                 name: "within tolerance above",
@@ -971,7 +1078,7 @@ mod tests {
                 observed: observed(4, 54.9),
                 forecast: None,
                 want: 4,
-                rule: "hpa",
+                rule: Rule::Hpa,
             },
             Case {
                 name: "within tolerance below",
@@ -980,7 +1087,7 @@ mod tests {
                 observed: observed(4, 45.1),
                 forecast: None,
                 want: 4,
-                rule: "hpa",
+                rule: Rule::Hpa,
             },
             Case {
                 name: "just outside tolerance",
@@ -989,7 +1096,7 @@ mod tests {
                 observed: observed(4, 56.0),
                 forecast: None,
                 want: 5,
-                rule: "hpa",
+                rule: Rule::Hpa,
             },
             // A ready pod without a sample counts as fully busy on a scale-down:
             // 3 pods at 20% want 2, but (600 + 1000) / 4000 = 40% → ceil(0.8 × 4) = 4.
@@ -1005,7 +1112,7 @@ mod tests {
                 ]),
                 forecast: None,
                 want: 4,
-                rule: "hpa",
+                rule: Rule::Hpa,
             },
             // ... and as idle on a scale-up: 2 pods at 100% of a 50% target want 4,
             // (2000 + 0) / 3000 = 67% → ceil(1.33 × 3) = 4.
@@ -1016,7 +1123,7 @@ mod tests {
                 observed: mixed(&[(true, Some(1000.0)), (true, Some(1000.0)), (true, None)]),
                 forecast: None,
                 want: 4,
-                rule: "hpa",
+                rule: Rule::Hpa,
             },
             // Not-ready pods count as idle on a scale-up: 2 ready at 60% of a 50%
             // target want 3 of 4, but with 2 idle the ratio turns below 1: no change.
@@ -1032,7 +1139,7 @@ mod tests {
                 ]),
                 forecast: None,
                 want: 4,
-                rule: "hpa",
+                rule: Rule::Hpa,
             },
             Case {
                 name: "no samples at all",
@@ -1041,7 +1148,7 @@ mod tests {
                 observed: mixed(&[(true, None), (true, None)]),
                 forecast: None,
                 want: 2,
-                rule: "no-metrics",
+                rule: Rule::NoMetrics,
             },
             // Predictive: the peak of the upper quantile over the lead time
             // (60 s start-up + 5 s tick = steps overlapping the next 65 s).
@@ -1053,7 +1160,7 @@ mod tests {
                 observed: observed(2, 50.0),
                 forecast: Some((-5, vec![50.0; 10], Some([vec![60.0; 9], vec![150.0]].concat()))),
                 want: 6,
-                rule: "predictive",
+                rule: Rule::Predictive,
             },
             Case {
                 name: "predictive ignores steps beyond the lead time",
@@ -1062,7 +1169,7 @@ mod tests {
                 observed: observed(2, 50.0),
                 forecast: Some((-5, [vec![50.0; 14], vec![400.0]].concat(), None)),
                 want: 2,
-                rule: "predictive",
+                rule: Rule::Predictive,
             },
             Case {
                 name: "predictive scales in on the forecast",
@@ -1071,7 +1178,7 @@ mod tests {
                 observed: observed(4, 50.0),
                 forecast: Some((-5, vec![20.0; 10], None)),
                 want: 2,
-                rule: "predictive",
+                rule: Rule::Predictive,
             },
             Case {
                 name: "stale forecast falls back to hpa",
@@ -1080,7 +1187,7 @@ mod tests {
                 observed: observed(4, 50.0),
                 forecast: Some((-60, vec![20.0; 30], None)),
                 want: 4,
-                rule: "hpa-fallback",
+                rule: Rule::HpaFallback,
             },
             Case {
                 name: "no forecast falls back to hpa",
@@ -1089,7 +1196,7 @@ mod tests {
                 observed: observed(2, 100.0),
                 forecast: None,
                 want: 4,
-                rule: "hpa-fallback",
+                rule: Rule::HpaFallback,
             },
             Case {
                 name: "hybrid never scales in on a forecast alone",
@@ -1098,7 +1205,7 @@ mod tests {
                 observed: observed(4, 50.0),
                 forecast: Some((-5, vec![20.0; 10], None)),
                 want: 4,
-                rule: "hpa",
+                rule: Rule::Hpa,
             },
             Case {
                 name: "hybrid scales in when both agree, to the larger",
@@ -1107,7 +1214,7 @@ mod tests {
                 observed: observed(8, 12.5),
                 forecast: Some((-5, vec![25.0; 20], None)),
                 want: 4,
-                rule: "predictive",
+                rule: Rule::Predictive,
             },
             Case {
                 name: "hybrid scales out ahead of the load",
@@ -1116,7 +1223,7 @@ mod tests {
                 observed: observed(2, 40.0),
                 forecast: Some((-5, vec![100.0; 20], None)),
                 want: 4,
-                rule: "predictive",
+                rule: Rule::Predictive,
             },
             Case {
                 name: "threshold adds one above 85",
@@ -1125,7 +1232,7 @@ mod tests {
                 observed: observed(3, 10.0),
                 forecast: Some((-5, [vec![10.0; 9], vec![86.0]].concat(), None)),
                 want: 4,
-                rule: "threshold",
+                rule: Rule::Threshold,
             },
             Case {
                 name: "threshold never removes",
@@ -1134,7 +1241,7 @@ mod tests {
                 observed: observed(3, 10.0),
                 forecast: Some((-5, vec![10.0; 10], None)),
                 want: 3,
-                rule: "threshold",
+                rule: Rule::Threshold,
             },
         ];
         let now = t(1000);
@@ -1181,7 +1288,7 @@ mod tests {
         start: u32,
         steps: &[(i64, f64)],
         history: &mut History,
-    ) -> Vec<(u32, &'static str)> {
+    ) -> Vec<(u32, Rule)> {
         let mut current = start;
         steps
             .iter()
@@ -1215,13 +1322,13 @@ mod tests {
             &[(0, 1000.0), (5, 200.0), (15, 200.0), (30, 100.0)],
             &mut History::default(),
         );
-        assert_eq!(got[0], (5, "rate-limit"));
+        assert_eq!(got[0], (5, Rule::RateLimit));
         // Still inside the period that began at 1: no more.
-        assert_eq!(got[1], (5, "rate-limit"));
+        assert_eq!(got[1], (5, Rule::RateLimit));
         // Next period: 5 at 200% wants 20; max(10, 9) = 10.
-        assert_eq!(got[2], (10, "rate-limit"));
+        assert_eq!(got[2], (10, Rule::RateLimit));
         // 10 at 100% wants 20: max(20, 14) = 20.
-        assert_eq!(got[3], (20, "hpa"));
+        assert_eq!(got[3], (20, Rule::Hpa));
     }
 
     /// HPA docs, "Scaling Policies": a scale-down policy of 10% per minute
@@ -1249,7 +1356,11 @@ mod tests {
         );
         assert_eq!(
             got,
-            vec![(72, "rate-limit"), (72, "rate-limit"), (64, "rate-limit")]
+            vec![
+                (72, Rule::RateLimit),
+                (72, Rule::RateLimit),
+                (64, Rule::RateLimit)
+            ]
         );
     }
 
@@ -1268,13 +1379,13 @@ mod tests {
             &[(0, 100.0), (10, 12.5), (200, 12.5), (309, 12.5), (311, 50.0)],
             &mut history,
         );
-        assert_eq!(got[0], (8, "hpa"));
-        assert_eq!(got[1], (8, "stabilisation"));
-        assert_eq!(got[2], (8, "stabilisation"));
+        assert_eq!(got[0], (8, Rule::Hpa));
+        assert_eq!(got[1], (8, Rule::Stabilisation));
+        assert_eq!(got[2], (8, Rule::Stabilisation));
         // At 309 the 8 of time 0 has left the window; only recommendations
         // of 2 remain.
-        assert_eq!(got[3], (2, "hpa"));
-        assert_eq!(got[4], (2, "hpa"));
+        assert_eq!(got[3], (2, Rule::Hpa));
+        assert_eq!(got[4], (2, Rule::Hpa));
     }
 
     #[test]
@@ -1288,7 +1399,10 @@ mod tests {
             &[(0, 12.5), (299, 12.5), (301, 12.5)],
             &mut History::default(),
         );
-        assert_eq!(got, vec![(8, "stabilisation"), (8, "stabilisation"), (2, "hpa")]);
+        assert_eq!(
+            got,
+            vec![(8, Rule::Stabilisation), (8, Rule::Stabilisation), (2, Rule::Hpa)]
+        );
     }
 
     #[test]
@@ -1299,20 +1413,20 @@ mod tests {
         s.max_replicas = 6;
         assert_eq!(
             run(&s, &tuning, 4, &[(0, 500.0)], &mut History::default()),
-            vec![(6, "max-replicas")]
+            vec![(6, Rule::MaxReplicas)]
         );
         assert_eq!(
             run(&s, &tuning, 4, &[(0, 1.0)], &mut History::default()),
-            vec![(3, "min-replicas")]
+            vec![(3, Rule::MinReplicas)]
         );
         // Outside the bounds already: moved straight in, whatever the load.
         assert_eq!(
             run(&s, &tuning, 9, &[(0, 500.0)], &mut History::default()),
-            vec![(6, "max-replicas")]
+            vec![(6, Rule::MaxReplicas)]
         );
         assert_eq!(
             run(&s, &tuning, 1, &[(0, 1.0)], &mut History::default()),
-            vec![(3, "min-replicas")]
+            vec![(3, Rule::MinReplicas)]
         );
     }
 
@@ -1323,17 +1437,17 @@ mod tests {
         let s = settings(Policy::Hpa, 50.0);
         assert_eq!(
             run(&s, &tuning, 4, &[(0, 1.0)], &mut History::default()),
-            vec![(4, "rate-limit")]
+            vec![(4, Rule::RateLimit)]
         );
         let mut paused = s.clone();
         paused.paused = true;
         assert_eq!(
             run(&paused, &tuning, 4, &[(0, 500.0)], &mut History::default()),
-            vec![(4, "paused")]
+            vec![(4, Rule::Paused)]
         );
         assert_eq!(
             run(&s, &tuning, 0, &[(0, 500.0)], &mut History::default()),
-            vec![(0, "scaled-to-zero")]
+            vec![(0, Rule::ScaledToZero)]
         );
     }
 
@@ -1348,13 +1462,13 @@ mod tests {
         assert_eq!(restored, history);
         assert_eq!(
             run(&s, &tuning, 8, &[(100, 12.5)], &mut restored),
-            vec![(8, "stabilisation")]
+            vec![(8, Rule::Stabilisation)]
         );
         // A history lost in a restart would have started a new window at 8
         // and scaled in at 400 instead of at 300.
         assert_eq!(
             run(&s, &tuning, 8, &[(301, 12.5)], &mut restored),
-            vec![(2, "hpa")]
+            vec![(2, Rule::Hpa)]
         );
     }
 
