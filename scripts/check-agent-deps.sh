@@ -15,7 +15,8 @@ done
 bin=target/debug/pas-agent
 [ -x target/release/pas-agent ] && [ target/release/pas-agent -nt "$bin" ] && bin=target/release/pas-agent
 if [ -x "$bin" ]; then
-  if ldd "$bin" | grep -Ei 'torch|c10|gomp|cudart'; then
+  # Library names only: a load address (0x…7c10…) must not match.
+  if ldd "$bin" | awk '{print $1}' | grep -Ei '^lib(torch|c10|gomp|cudart)'; then
     echo "check-agent: $bin links libtorch libraries" >&2
     fail=1
   fi

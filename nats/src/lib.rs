@@ -41,5 +41,7 @@ pub use dlq::DeadLetters;
 pub use error::Error;
 pub use publish::{Outgoing, publish};
 pub use read::{ordered_name, read_samples};
-pub use stage::{StageBus, start_stage, within};
+pub use stage::{
+    Bound, Consuming, StageBus, bind, bind_now, open_stream, spawn_consume, start_stage, within,
+};
 pub use wait::{durable, wait_for};

@@ -121,7 +121,7 @@ impl Forecaster {
             prefix,
             replica,
             metrics,
-            mut manual,
+            manual,
         } = self;
         pas_models::runtime::configure(config.threads, 0).map_err(|e| Error::Config(e.to_string()))?;
         let client = format!("pas-forecaster-{replica}");
@@ -142,35 +142,7 @@ impl Forecaster {
         let js = conn.jetstream.clone();
 
         // Waits for what `pas bus init` provisions rather than exiting.
-        let opened = pas_nats::wait_for(
-            "the pas-models and pas-forecaster buckets and PAS_SAMPLES",
-            &shutdown,
-            || async {
-                let open =
-                    |what: &str, e: Box<dyn std::error::Error + Send + Sync>| pas_nats::Error::JetStream {
-                        action: format!("open {what}"),
-                        source: e,
-                    };
-                let bucket = js
-                    .get_object_store(BUCKET_MODELS)
-                    .await
-                    .map_err(|e| open("the pas-models bucket", e.into()))?;
-                let chunks = js
-                    .get_stream(pas_nats::definitions::object_stream())
-                    .await
-                    .map_err(|e| open("the pas-models stream", e.into()))?;
-                let stream = js
-                    .get_stream(STREAM_SAMPLES)
-                    .await
-                    .map_err(|e| open("stream PAS_SAMPLES", e.into()))?;
-                let kv = js
-                    .get_key_value(BUCKET_FORECASTER)
-                    .await
-                    .map_err(|e| open("the pas-forecaster bucket", e.into()))?;
-                Ok((bucket, chunks, stream, kv))
-            },
-        )
-        .await?;
+        let opened = open_stores(&js, &shutdown).await?;
         let Some((bucket, chunks, stream, kv)) = opened else {
             return Ok(());
         };
@@ -189,57 +161,22 @@ impl Forecaster {
         );
         let loading = tokio::spawn(loader.run(shutdown.clone(), rescan));
 
-        // Samples: every pod sample from a window back, through a
-        // short-lived ordered consumer of this replica's own (each replica
-        // needs them all; no durable consumer another user could reach).
         let open_steps = config.lateness.as_secs().div_ceil(step) as usize;
-        let lookback = config.step * (config.history + open_steps) as u32;
-        let consumer_config = pull::OrderedConfig {
-            name: Some(format!(
-                "forecaster-{}",
-                pas_schemas::subjects::token(&replica).unwrap_or_default()
-            )),
-            filter_subject: prefix.all_pod_cpu(),
-            deliver_policy: DeliverPolicy::ByStartTime {
-                start_time: time::OffsetDateTime::now_utc() - lookback,
-            },
-            // Short pulls with a 2 s heartbeat: a consumer lost with its
-            // server (an ordered consumer is not replicated) is noticed and
-            // recreated in seconds, not after two missed 15 s heartbeats.
-            max_expires: Duration::from_secs(4),
-            ..pull::OrderedConfig::default()
-        };
         let inputs = Arc::new(Mutex::new(Inputs {
             series: Workloads::new(step as u32, config.history, open_steps),
             tracked: HashMap::new(),
         }));
-        let partitions = config.partitions;
-        let fold = {
-            let inputs = inputs.clone();
-            let metrics = metrics.clone();
-            move |sample: &CpuSample, sequence: u64| fold(&inputs, &metrics, partitions, sample, sequence)
-        };
         // Samples keep flowing until the last tick is done.
         let stop_consuming = CancellationToken::new();
-        let consuming = {
-            let stop = stop_consuming.clone();
-            let fold = fold.clone();
-            let admission = config.admission;
-            tokio::spawn(async move {
-                pas_nats::consume_ordered::<CpuSample, _, _>(
-                    &stream,
-                    consumer_config,
-                    &dead_letters,
-                    &admission,
-                    stop,
-                    |sample, delivery| {
-                        fold(&sample, delivery.stream_sequence);
-                        async { Ok::<(), HandlerError>(()) }
-                    },
-                )
-                .await
-            })
-        };
+        let consuming = follow_samples(
+            stream,
+            &config,
+            &prefix,
+            &replica,
+            (inputs.clone(), metrics.clone()),
+            dead_letters,
+            stop_consuming.clone(),
+        );
 
         let mut shard = Shard::new(
             kv,
@@ -252,9 +189,132 @@ impl Forecaster {
             tracing::warn!(%error, "Claiming partitions failed; will try again.");
         }
         health.set_ready(true);
+        let ticks = Ticks {
+            js,
+            prefix,
+            config,
+            metrics,
+            inputs,
+            served,
+        };
+        ticks.run(&mut shard, manual, &health, &shutdown).await;
+        health.set_ready(false);
+        // Each step of the way out is bounded, so SIGTERM exits in time even
+        // with NATS down (the leases then expire on their own).
+        let _ = pas_nats::within(Duration::from_secs(2), "release partitions", shard.leave()).await;
+        stop_consuming.cancel();
+        loading.abort();
+        consuming.stop().await;
+        conn.drain().await;
+        Ok(())
+    }
+}
 
-        let tick = config.tick();
-        let mut next_tick = next_boundary(tick, config.tick_delay);
+/// What the forecaster reads and writes besides the samples' consumer.
+type Stores = (
+    async_nats::jetstream::object_store::ObjectStore,
+    async_nats::jetstream::stream::Stream,
+    async_nats::jetstream::stream::Stream,
+    async_nats::jetstream::kv::Store,
+);
+
+/// The model store (and its stream), PAS_SAMPLES and the pas-forecaster
+/// bucket, once `pas bus init` has made them; `None` on shutdown.
+async fn open_stores(
+    js: &async_nats::jetstream::Context,
+    shutdown: &CancellationToken,
+) -> Result<Option<Stores>, Error> {
+    Ok(pas_nats::wait_for(
+        "the pas-models and pas-forecaster buckets and PAS_SAMPLES",
+        shutdown,
+        || async {
+            let bucket = js
+                .get_object_store(BUCKET_MODELS)
+                .await
+                .map_err(|e| pas_nats::Error::js("open the pas-models bucket", e))?;
+            let chunks = pas_nats::open_stream(js, &pas_nats::definitions::object_stream()).await?;
+            let stream = pas_nats::open_stream(js, STREAM_SAMPLES).await?;
+            let kv = js
+                .get_key_value(BUCKET_FORECASTER)
+                .await
+                .map_err(|e| pas_nats::Error::js("open the pas-forecaster bucket", e))?;
+            Ok((bucket, chunks, stream, kv))
+        },
+    )
+    .await?)
+}
+
+/// Every pod sample from a window back into `inputs`, through a
+/// short-lived ordered consumer of this replica's own (each replica needs
+/// them all; no durable consumer another user could reach), until `stop`.
+fn follow_samples(
+    stream: async_nats::jetstream::stream::Stream,
+    config: &Config,
+    prefix: &Prefix,
+    replica: &str,
+    (inputs, metrics): (Arc<Mutex<Inputs>>, Metrics),
+    dead_letters: pas_nats::DeadLetters,
+    stop: CancellationToken,
+) -> pas_nats::Consuming {
+    let step = config.step.as_secs();
+    let open_steps = config.lateness.as_secs().div_ceil(step) as usize;
+    let lookback = config.step * (config.history + open_steps) as u32;
+    let consumer_config = pull::OrderedConfig {
+        name: Some(format!(
+            "forecaster-{}",
+            pas_schemas::subjects::token(replica).unwrap_or_default()
+        )),
+        filter_subject: prefix.all_pod_cpu(),
+        deliver_policy: DeliverPolicy::ByStartTime {
+            start_time: time::OffsetDateTime::now_utc() - lookback,
+        },
+        // Short pulls with a 2 s heartbeat: a consumer lost with its
+        // server (an ordered consumer is not replicated) is noticed and
+        // recreated in seconds, not after two missed 15 s heartbeats.
+        max_expires: Duration::from_secs(4),
+        ..pull::OrderedConfig::default()
+    };
+    let partitions = config.partitions;
+    let admission = config.admission;
+    pas_nats::Consuming::spawn("samples", async move {
+        pas_nats::consume_ordered::<CpuSample, _, _>(
+            &stream,
+            consumer_config,
+            &dead_letters,
+            &admission,
+            stop,
+            |sample, delivery| {
+                fold(&inputs, &metrics, partitions, &sample, delivery.stream_sequence);
+                async { Ok::<(), HandlerError>(()) }
+            },
+        )
+        .await
+    })
+}
+
+/// What each tick forecasts with.
+struct Ticks {
+    js: async_nats::jetstream::Context,
+    prefix: Prefix,
+    config: Config,
+    metrics: Metrics,
+    inputs: Arc<Mutex<Inputs>>,
+    served: Arc<Models>,
+}
+
+impl Ticks {
+    /// Forecasts every tick (or each manual one) until `shutdown`, renewing
+    /// the partition leases half a tick before each; on shutdown, one more
+    /// tick, so the replicas that take the partitions over miss none.
+    async fn run(
+        &self,
+        shard: &mut Shard,
+        mut manual: Option<mpsc::Receiver<()>>,
+        health: &Arc<pas_runtime::health::Health>,
+        shutdown: &CancellationToken,
+    ) {
+        let tick = self.config.tick();
+        let mut next_tick = next_boundary(tick, self.config.tick_delay);
         let mut next_coordination = next_tick - tick / 2;
         if next_coordination < Instant::now() {
             next_coordination += tick;
@@ -274,8 +334,6 @@ impl Forecaster {
             };
             let clock_tick = tokio::time::sleep_until(next_tick.into());
             tokio::select! {
-                // On shutdown, run one more tick and then hand the partitions
-                // over, so the replicas that take them miss no tick.
                 _ = shutdown.cancelled(), if !leaving => {
                     leaving = true;
                     tracing::info!("Shutting down after the next tick.");
@@ -297,43 +355,10 @@ impl Forecaster {
                     }
                 }
                 _ = clock_tick, if on_clock => {
-                    next_tick = next_boundary(tick, config.tick_delay);
+                    next_tick = next_boundary(tick, self.config.tick_delay);
                 }
             }
-            let started = Instant::now();
-            let owned = shard.owned();
-            let (jobs, stale, tracked) = collect(&inputs, &config, &owned, &served, &metrics);
-            // The last tick, on shutdown, gets a bounded time: with NATS down
-            // its acks would each wait for their timeout.
-            let published = if leaving {
-                tokio::time::timeout(
-                    LAST_TICK,
-                    forecast_and_publish(&js, &prefix, &config, jobs, &metrics),
-                )
-                .await
-                .unwrap_or_else(|_| {
-                    tracing::warn!("The last tick did not finish in time; its forecasts may be missing.");
-                    Vec::new()
-                })
-            } else {
-                forecast_and_publish(&js, &prefix, &config, jobs, &metrics).await
-            };
-            {
-                let mut inputs = inputs.lock().unwrap_or_else(|p| p.into_inner());
-                for (key, end) in published {
-                    if let Some(t) = inputs.tracked.get_mut(&key) {
-                        t.last_end = Some(end);
-                    }
-                }
-            }
-            metrics.tick(
-                started.elapsed().as_secs_f64(),
-                tracked,
-                stale,
-                owned.len(),
-                shard.members(),
-                served.len(),
-            );
+            self.tick(shard, leaving).await;
             if let Some(beat) = &beat {
                 beat.beat();
             }
@@ -342,24 +367,43 @@ impl Forecaster {
             }
             shard.release_extras().await;
         }
-        health.set_ready(false);
-        // Each step of the way out is bounded, so SIGTERM exits in time even
-        // with NATS down (the leases then expire on their own).
-        let _ = pas_nats::within(Duration::from_secs(2), "release partitions", shard.leave()).await;
-        stop_consuming.cancel();
-        loading.abort();
-        match pas_nats::within(Duration::from_secs(2), "stop consuming", consuming).await {
-            Some(Ok(Ok(()))) | None => {}
-            Some(Ok(Err(error))) => tracing::warn!(%error, "Consuming stopped with an error."),
-            Some(Err(error)) => tracing::warn!(%error, "The consumer task failed."),
+    }
+
+    /// One tick: forecasts the owned workloads with fresh inputs, publishes.
+    async fn tick(&self, shard: &Shard, last: bool) {
+        let (config, metrics) = (&self.config, &self.metrics);
+        let started = Instant::now();
+        let owned = shard.owned();
+        let (jobs, stale, tracked) = collect(&self.inputs, config, &owned, &self.served, metrics);
+        let publishing = forecast_and_publish(&self.js, &self.prefix, config, jobs, metrics);
+        // The last tick, on shutdown, gets a bounded time: with NATS down
+        // its acks would each wait for their timeout.
+        let published = if last {
+            tokio::time::timeout(LAST_TICK, publishing)
+                .await
+                .unwrap_or_else(|_| {
+                    tracing::warn!("The last tick did not finish in time; its forecasts may be missing.");
+                    Vec::new()
+                })
+        } else {
+            publishing.await
+        };
+        {
+            let mut inputs = self.inputs.lock().unwrap_or_else(|p| p.into_inner());
+            for (key, end) in published {
+                if let Some(t) = inputs.tracked.get_mut(&key) {
+                    t.last_end = Some(end);
+                }
+            }
         }
-        let _ = pas_nats::within(
-            Duration::from_secs(2),
-            "drain the connection",
-            conn.client.drain(),
-        )
-        .await;
-        Ok(())
+        metrics.tick(
+            started.elapsed().as_secs_f64(),
+            tracked,
+            stale,
+            owned.len(),
+            shard.members(),
+            self.served.len(),
+        );
     }
 }
 

@@ -221,24 +221,7 @@ impl Agent {
             });
             let pod_usage = pod_reader.sample(Instant::now());
             match &pods {
-                Some(map) => {
-                    let map = map.read().unwrap_or_else(|p| p.into_inner());
-                    for (uid, millicores) in &pod_usage {
-                        let Some(info) = map.get(uid) else { continue };
-                        let Some(workload) = &info.workload else { continue };
-                        batch.push(CpuSample {
-                            schema_version: SCHEMA_VERSION,
-                            timestamp: now,
-                            node: node.clone(),
-                            namespace: Some(info.namespace.clone()),
-                            workload: Some(workload.clone()),
-                            pod: Some(info.name.clone()),
-                            cpu_used_millicores: *millicores,
-                            cpu_requested_millicores: info.cpu_request_millicores,
-                            cpu_capacity_millicores: None,
-                        });
-                    }
-                }
+                Some(map) => batch.extend(pod_samples(map, &pod_usage, &node, now)),
                 None if !pod_usage.is_empty() && !warned_unmapped => {
                     tracing::info!(
                         pods = pod_usage.len(),
@@ -249,43 +232,16 @@ impl Agent {
                 None => {}
             }
             metrics.pods.set(batch.len() as i64 - 1);
-            let mut ob = outbox.lock().unwrap_or_else(|p| p.into_inner());
-            for sample in &batch {
-                let outgoing = prefix
-                    .sample(sample)
-                    .map_err(pas_nats::Error::Subject)
-                    .and_then(|s| Outgoing::new(s, sample));
-                match outgoing {
-                    Ok(out) => {
-                        metrics.samples.inc();
-                        metrics.dropped.inc_by(ob.push(out));
-                    }
-                    Err(error) => {
-                        tracing::warn!(%error, pod = ?sample.pod, "Sample skipped: it cannot be published.")
-                    }
-                }
-            }
-            metrics.buffered.set(ob.len() as i64);
-            drop(ob);
+            enqueue(&outbox, &prefix, &metrics, &batch);
             wake.notify_one();
         }
 
         health.set_ready(false);
-        tracing::info!("Draining: publishing what is buffered.");
-        let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
-            loop {
-                if outbox.lock().unwrap_or_else(|p| p.into_inner()).is_empty() {
-                    break;
-                }
-                wake.notify_one();
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-        .await;
+        let drained = drain_outbox(&outbox, &wake).await;
         stop_publishing.cancel();
         let _ = publisher.await;
-        let left = outbox.lock().unwrap_or_else(|p| p.into_inner()).len();
-        if drained.is_err() {
+        if !drained {
+            let left = outbox.lock().unwrap_or_else(|p| p.into_inner()).len();
             tracing::warn!(left, "Stopped with samples not yet acknowledged.");
         }
         if let Err(error) = conn.client.drain().await {
@@ -293,6 +249,72 @@ impl Agent {
         }
         Ok(())
     }
+}
+
+/// Publishes what is buffered, for at most [`DRAIN_TIMEOUT`]; whether the
+/// outbox emptied.
+async fn drain_outbox(outbox: &Mutex<Outbox>, wake: &Notify) -> bool {
+    tracing::info!("Draining: publishing what is buffered.");
+    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        loop {
+            if outbox.lock().unwrap_or_else(|p| p.into_inner()).is_empty() {
+                break;
+            }
+            wake.notify_one();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    drained.is_ok()
+}
+
+/// The samples of the pods of workloads among `usage` (millicores by pod UID).
+fn pod_samples(
+    map: &PodMap,
+    usage: &[(String, f64)],
+    node: &str,
+    now: chrono::DateTime<Utc>,
+) -> Vec<CpuSample> {
+    let map = map.read().unwrap_or_else(|p| p.into_inner());
+    usage
+        .iter()
+        .filter_map(|(uid, millicores)| {
+            let info = map.get(uid)?;
+            let workload = info.workload.as_ref()?;
+            Some(CpuSample {
+                schema_version: SCHEMA_VERSION,
+                timestamp: now,
+                node: node.to_owned(),
+                namespace: Some(info.namespace.clone()),
+                workload: Some(workload.clone()),
+                pod: Some(info.name.clone()),
+                cpu_used_millicores: *millicores,
+                cpu_requested_millicores: info.cpu_request_millicores,
+                cpu_capacity_millicores: None,
+            })
+        })
+        .collect()
+}
+
+/// Puts a tick's samples in the outbox (dropping the oldest when full).
+fn enqueue(outbox: &Mutex<Outbox>, prefix: &Prefix, metrics: &Metrics, batch: &[CpuSample]) {
+    let mut ob = outbox.lock().unwrap_or_else(|p| p.into_inner());
+    for sample in batch {
+        let outgoing = prefix
+            .sample(sample)
+            .map_err(pas_nats::Error::Subject)
+            .and_then(|s| Outgoing::new(s, sample));
+        match outgoing {
+            Ok(out) => {
+                metrics.samples.inc();
+                metrics.dropped.inc_by(ob.push(out));
+            }
+            Err(error) => {
+                tracing::warn!(%error, pod = ?sample.pod, "Sample skipped: it cannot be published.")
+            }
+        }
+    }
+    metrics.buffered.set(ob.len() as i64);
 }
 
 /// Starts the pod watch unless Kubernetes is off; `None` means node-only.

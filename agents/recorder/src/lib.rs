@@ -110,28 +110,15 @@ impl Recorder {
         let config = Arc::new(config);
         let mut tasks = Vec::new();
         for kind in [Kind::Samples, Kind::Forecasts, Kind::Decisions] {
-            let definition = pas_nats::definitions::consumer(Stage::Recorder, kind.stream(), &prefix)?;
             // Waits for what `pas bus init` provisions rather than exiting.
-            let what = format!("stream {} and the recorder's consumer", kind.stream());
-            let opened = pas_nats::wait_for(&what, &shutdown, || async {
-                let stream = js
-                    .get_stream(kind.stream())
-                    .await
-                    .map_err(|e| pas_nats::Error::JetStream {
-                        action: format!("open stream {}", kind.stream()),
-                        source: Box::new(e),
-                    })?;
-                let consumer = pas_nats::durable(&stream, &definition).await?;
-                Ok((stream, consumer))
-            })
-            .await?;
-            let Some((stream, consumer)) = opened else {
+            let Some(bound) = pas_nats::bind(&js, Stage::Recorder, kind.stream(), &prefix, &shutdown).await?
+            else {
                 return Ok(());
             };
             let pipe = Pipe {
                 kind,
-                consumer,
-                stream,
+                consumer: bound.consumer,
+                stream: bound.stream,
                 samples_filter: prefix.all_pod_cpu(),
                 run: config.run.clone().unwrap_or_else(|| "live".into()),
                 influx: influx.clone(),
@@ -166,12 +153,7 @@ impl Recorder {
             }
         }
         health.set_ready(false);
-        let _ = pas_nats::within(
-            Duration::from_secs(2),
-            "drain the connection",
-            conn.client.drain(),
-        )
-        .await;
+        conn.drain().await;
         result
     }
 }
@@ -337,6 +319,16 @@ impl Pipe {
 
     /// Writes a batch and acks it; `Err` only when shutting down.
     async fn record(&mut self, messages: Vec<jetstream::Message>) -> Result<(), Attempt> {
+        let (mut units, data) = self.decode(messages);
+        self.write(&mut units, &data).await?;
+        self.settle(&units).await;
+        Ok(())
+    }
+
+    /// Each message's points (and the point of each step of a workload it
+    /// changed), or why it cannot be written; and the points as InfluxDB
+    /// takes them.
+    fn decode(&mut self, messages: Vec<jetstream::Message>) -> (Vec<Unit>, Vec<Vec<DataPoint>>) {
         let mut units = Vec::with_capacity(messages.len());
         let mut touched: HashMap<StepKey, (usize, Point)> = HashMap::new();
         let (admission, replay) = (self.config.admission, self.dead_letters.is_replay());
@@ -394,12 +386,17 @@ impl Pipe {
                 }
             }
         }
+        (units, data)
+    }
 
+    /// Writes the points of the units that have no problem, splitting the
+    /// batch where InfluxDB rejects a point; a rejected unit gets its reason.
+    async fn write(&self, units: &mut [Unit], data: &[Vec<DataPoint>]) -> Result<(), Attempt> {
         let good: Vec<usize> = (0..units.len()).filter(|&i| units[i].problem.is_none()).collect();
         let verdicts = {
             let (influx, metrics, config, shutdown) =
                 (&*self.influx, &self.metrics, &*self.config, &self.shutdown);
-            let (units, data, good) = (&units, &data, &good);
+            let (units, good) = (&*units, &good);
             influx::place(good.len(), |range| {
                 let points: Vec<DataPoint> = good[range]
                     .iter()
@@ -414,10 +411,15 @@ impl Pipe {
                 units[i].problem = Some(("rejected", Box::new(WriteError::Rejected(reason))));
             }
         }
+        Ok(())
+    }
 
+    /// Dead-letters the units with a problem and acks every unit (never one
+    /// whose dead letter failed: it is redelivered).
+    async fn settle(&self, units: &[Unit]) {
         let stream = self.kind.stream();
         let (mut written, mut dead) = (0, 0);
-        for unit in &units {
+        for unit in units {
             if let Some((error_type, error)) = &unit.problem {
                 let id = format!("{stream}:{}", unit.sequence);
                 if let Err(dlq_error) = self
@@ -452,7 +454,6 @@ impl Pipe {
         }
         self.metrics.messages(stream, "written", written);
         self.metrics.messages(stream, "dead_lettered", dead);
-        Ok(())
     }
 }
 

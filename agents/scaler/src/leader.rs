@@ -8,12 +8,17 @@
 //! margin, so an old leader stops before a new one can start. A scaler that
 //! restarts under the same name takes its lease back at once.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream::kv::{Operation, Store};
 use bytes::Bytes;
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Record {
@@ -24,6 +29,59 @@ struct Record {
 
 /// Clock skew allowed between scalers.
 const SKEW_MS: i64 = 1000;
+
+/// The lease, renewed on its own task every third of it, so a long
+/// evaluation never delays it.
+pub(crate) struct Campaign {
+    /// Unix ms until which this scaler holds the lease (0: not held); the
+    /// engine acts only while it is ahead.
+    pub(crate) until: Arc<AtomicI64>,
+    /// Whether the lease is held, as it changes.
+    pub(crate) held: watch::Receiver<bool>,
+    resign: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl Campaign {
+    /// Campaigns for `leader`'s lease until [`Campaign::end`].
+    pub(crate) fn start(mut leader: Leader, lease: Duration) -> Campaign {
+        let until = Arc::new(AtomicI64::new(0));
+        let (held_tx, held) = watch::channel(false);
+        let resign = CancellationToken::new();
+        let task = tokio::spawn({
+            let until = until.clone();
+            let resign = resign.clone();
+            let mut renew = tokio::time::interval(lease / 3);
+            async move {
+                loop {
+                    tokio::select! {
+                        _ = resign.cancelled() => break,
+                        _ = renew.tick() => {
+                            let won = leader.campaign().await;
+                            until.store(leader.valid_until_ms(), Ordering::Relaxed);
+                            held_tx.send_if_modified(|l| std::mem::replace(l, won) != won);
+                        }
+                    }
+                }
+                until.store(0, Ordering::Relaxed);
+                leader.resign().await;
+            }
+        });
+        Campaign {
+            until,
+            held,
+            resign,
+            task,
+        }
+    }
+
+    /// Stops campaigning and releases the lease, waiting at most `bound`
+    /// (with NATS down the lease expires on its own).
+    pub(crate) async fn end(self, bound: Duration) {
+        self.resign.cancel();
+        let _ = pas_nats::within(bound, "release the lease", self.task).await;
+    }
+}
 
 /// This scaler's side of the lease.
 pub struct Leader {

@@ -531,57 +531,119 @@ pub fn decide(
     history: &mut History,
 ) -> Decision {
     let current = observed.replicas;
-    let hold = |rule: Rule, reason: String| Decision {
+    if let Some(held) = held(settings, current) {
+        return held;
+    }
+    let target = settings.target_utilization;
+    let fresh = forecast.filter(|f| !f.is_stale(now, tuning.forecast_max_age));
+    let lead = settings.startup + tuning.tick;
+    let basis = Basis {
+        current,
+        target,
+        measured: hpa_replicas(current, &observed.pods, target, tuning.tolerance),
+        forecast_given: forecast.is_some(),
+        fresh,
+        peak: fresh.and_then(|f| f.peak(now, lead, tuning.plan_on_upper)),
+        lead,
+    };
+    let utilization = basis.measured.as_ref().ok().map(|m| m.utilization);
+    let peak = basis.peak.map(|p| p.0);
+    match recommend(&basis, settings, tuning) {
+        Ok(raw) => guard(now, raw, current, settings, tuning, history, (utilization, peak)),
+        Err(e) => {
+            // Like the HPA without metrics: change nothing, remember nothing.
+            let mut d = hold(
+                current,
+                Rule::NoMetrics,
+                format!("{e}; keeping {current} replicas."),
+            );
+            d.predicted_peak = peak;
+            d
+        }
+    }
+}
+
+/// A decision to keep `current` replicas.
+fn hold(current: u32, rule: Rule, reason: String) -> Decision {
+    Decision {
         replicas: current,
         rule,
         reason,
         utilization: None,
         predicted_peak: None,
         used_forecast: false,
-    };
+    }
+}
+
+/// The decision when no policy applies: paused, scaled to zero, or outside
+/// the bounds.
+fn held(settings: &Settings, current: u32) -> Option<Decision> {
     if settings.paused {
-        return hold(Rule::Paused, "Scaling is paused for this workload.".into());
+        return Some(hold(
+            current,
+            Rule::Paused,
+            "Scaling is paused for this workload.".into(),
+        ));
     }
     if current == 0 {
-        return hold(
+        return Some(hold(
+            current,
             Rule::ScaledToZero,
             "The StatefulSet has 0 replicas; scaling is off until it has one.".into(),
-        );
+        ));
     }
     // The HPA moves a target outside its bounds straight back in, without
     // metrics, stabilisation or rate limits.
     if current > settings.max_replicas {
-        return hold(
-            Rule::MaxReplicas,
-            format!(
-                "{current} replicas is above the maximum of {}.",
-                settings.max_replicas
-            ),
-        )
-        .with_replicas(settings.max_replicas);
+        return Some(
+            hold(
+                current,
+                Rule::MaxReplicas,
+                format!(
+                    "{current} replicas is above the maximum of {}.",
+                    settings.max_replicas
+                ),
+            )
+            .with_replicas(settings.max_replicas),
+        );
     }
     if current < settings.min_replicas {
-        return hold(
-            Rule::MinReplicas,
-            format!(
-                "{current} replicas is below the minimum of {}.",
-                settings.min_replicas
-            ),
-        )
-        .with_replicas(settings.min_replicas);
+        return Some(
+            hold(
+                current,
+                Rule::MinReplicas,
+                format!(
+                    "{current} replicas is below the minimum of {}.",
+                    settings.min_replicas
+                ),
+            )
+            .with_replicas(settings.min_replicas),
+        );
     }
+    None
+}
 
-    let target = settings.target_utilization;
-    let measured = hpa_replicas(current, &observed.pods, target, tuning.tolerance);
-    let utilization = measured.as_ref().ok().map(|m| m.utilization);
-    let fresh = forecast.filter(|f| !f.is_stale(now, tuning.forecast_max_age));
-    let lead = settings.startup + tuning.tick;
-    let peak = fresh.and_then(|f| f.peak(now, lead, tuning.plan_on_upper));
+/// What a policy's recommendation is made from.
+struct Basis<'a> {
+    current: u32,
+    target: f64,
+    /// The HPA's replica calculator on the samples.
+    measured: Result<Measured, String>,
+    /// Whether a forecast was given at all (fresh or stale).
+    forecast_given: bool,
+    fresh: Option<ForecastView<'a>>,
+    /// The peak of the fresh forecast over the lead time, and its steps.
+    peak: Option<(f64, usize)>,
+    lead: std::time::Duration,
+}
 
+/// The policy's recommendation, before stabilisation and rate limits; an
+/// error when there is no measurement to decide on.
+fn recommend(b: &Basis<'_>, settings: &Settings, tuning: &Tuning) -> Result<Raw, String> {
     let hpa = |rule: Rule| -> Result<Raw, String> {
-        let m = measured.as_ref().map_err(|e| e.clone())?;
+        let m = b.measured.as_ref().map_err(|e| e.clone())?;
         let why = if rule == Rule::HpaFallback {
-            let age = if forecast.is_some() {
+            let age = if b.forecast_given {
                 "the forecast is stale"
             } else {
                 "no forecast"
@@ -594,16 +656,16 @@ pub fn decide(
             replicas: m.replicas,
             rule,
             reason: format!(
-                "{why}CPU utilisation {:.0}% of requests against a target of {target:.0}% recommends {}.",
-                m.utilization, m.replicas
+                "{why}CPU utilisation {:.0}% of requests against a target of {:.0}% recommends {}.",
+                m.utilization, b.target, m.replicas
             ),
         })
     };
     let predictive = |(peak, steps): (f64, usize)| -> Raw {
-        let base = measured.as_ref().map_or(current, |m| m.ready_pods.max(1));
-        let ratio = peak / target;
+        let base = b.measured.as_ref().map_or(b.current, |m| m.ready_pods.max(1));
+        let ratio = peak / b.target;
         let replicas = if (1.0 - ratio).abs() <= tuning.tolerance {
-            current
+            b.current
         } else {
             ceil_u32(ratio * f64::from(base))
         };
@@ -611,22 +673,23 @@ pub fn decide(
             replicas,
             rule: Rule::Predictive,
             reason: format!(
-                "Predicted peak {peak:.0}% over the next {}s ({steps} steps) against a target of {target:.0}% recommends {replicas}.",
-                lead.as_secs()
+                "Predicted peak {peak:.0}% over the next {}s ({steps} steps) against a target of {:.0}% recommends {replicas}.",
+                b.lead.as_secs(),
+                b.target
             ),
         }
     };
 
-    let raw: Result<Raw, String> = match (settings.policy, peak) {
+    match (settings.policy, b.peak) {
         (Policy::Hpa, _) => hpa(Rule::Hpa),
         (_, None) => hpa(Rule::HpaFallback),
         (Policy::Predictive, Some(p)) => Ok(predictive(p)),
         (Policy::Threshold, Some(_)) => {
-            let values = fresh.map(|f| f.values).unwrap_or_default();
+            let values = b.fresh.map(|f| f.values).unwrap_or_default();
             let over = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
             Ok(if over > tuning.threshold {
                 Raw {
-                    replicas: current + 1,
+                    replicas: b.current + 1,
                     rule: Rule::Threshold,
                     reason: format!(
                         "A predicted value of {over:.0}% passes {:.0}%: one more replica.",
@@ -635,7 +698,7 @@ pub fn decide(
                 }
             } else {
                 Raw {
-                    replicas: current,
+                    replicas: b.current,
                     rule: Rule::Threshold,
                     reason: format!(
                         "No predicted value passes {:.0}% (highest {over:.0}%).",
@@ -650,9 +713,9 @@ pub fn decide(
                 Ok(reactive) if reactive.replicas >= pred.replicas => reactive,
                 Ok(_) => pred,
                 // No metrics: the forecast may add replicas, never remove them.
-                Err(_) if pred.replicas >= current => pred,
+                Err(_) if pred.replicas >= b.current => pred,
                 Err(e) => Raw {
-                    replicas: current,
+                    replicas: b.current,
                     rule: Rule::NoMetrics,
                     reason: format!(
                         "{e}; a forecast alone never scales in ({} recommended).",
@@ -661,16 +724,19 @@ pub fn decide(
                 },
             })
         }
-    };
-    let raw = match raw {
-        Ok(raw) => raw,
-        Err(e) => {
-            // Like the HPA without metrics: change nothing, remember nothing.
-            let mut d = hold(Rule::NoMetrics, format!("{e}; keeping {current} replicas."));
-            d.predicted_peak = peak.map(|p| p.0);
-            return d;
-        }
-    };
+    }
+}
+
+/// Stabilisation and rate limits on a recommendation: the decision.
+fn guard(
+    now: DateTime<Utc>,
+    raw: Raw,
+    current: u32,
+    settings: &Settings,
+    tuning: &Tuning,
+    history: &mut History,
+    (utilization, predicted_peak): (Option<f64>, Option<f64>),
+) -> Decision {
     let used_forecast = raw.rule.uses_forecast();
 
     let b = &tuning.behavior;
@@ -714,7 +780,7 @@ pub fn decide(
         rule,
         reason,
         utilization,
-        predicted_peak: peak.map(|p| p.0),
+        predicted_peak,
         used_forecast,
     }
 }

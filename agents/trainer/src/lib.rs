@@ -169,208 +169,233 @@ impl Trainer {
         )
         .await?;
         let js = conn.jetstream.clone();
-
         // Waits for what `pas bus init` provisions rather than exiting.
-        let consumer_config = pas_nats::definitions::consumer(Stage::Trainer, STREAM_SAMPLES, &prefix)?;
-        let opened = pas_nats::wait_for(
-            "the pas-models bucket, PAS_SAMPLES and the trainer's consumer",
-            &shutdown,
-            || async {
-                let bucket = js
-                    .get_object_store(pas_schemas::subjects::BUCKET_MODELS)
-                    .await
-                    .map_err(|e| pas_nats::Error::JetStream {
-                        action: "open the pas-models bucket".into(),
-                        source: Box::new(e),
-                    })?;
-                let chunks = js
-                    .get_stream(pas_nats::definitions::object_stream())
-                    .await
-                    .map_err(|e| pas_nats::Error::JetStream {
-                        action: "open the pas-models stream".into(),
-                        source: Box::new(e),
-                    })?;
-                let stream = js
-                    .get_stream(STREAM_SAMPLES)
-                    .await
-                    .map_err(|e| pas_nats::Error::JetStream {
-                        action: "open stream PAS_SAMPLES".into(),
-                        source: Box::new(e),
-                    })?;
-                let consumer = pas_nats::durable(&stream, &consumer_config).await?;
-                Ok((bucket, chunks, stream, consumer))
-            },
-        )
+        let opened = pas_nats::wait_for("the pas-models bucket", &shutdown, || async {
+            let bucket = js
+                .get_object_store(pas_schemas::subjects::BUCKET_MODELS)
+                .await
+                .map_err(|e| pas_nats::Error::js("open the pas-models bucket", e))?;
+            let chunks = pas_nats::open_stream(&js, &pas_nats::definitions::object_stream()).await?;
+            Ok((bucket, chunks))
+        })
         .await?;
-        let Some((bucket, chunks, stream, consumer)) = opened else {
+        let Some((bucket, chunks)) = opened else {
+            return Ok(());
+        };
+        let Some(samples) = pas_nats::bind(&js, Stage::Trainer, STREAM_SAMPLES, &prefix, &shutdown).await?
+        else {
             return Ok(());
         };
         let layout = Layout::new(&prefix);
-        let mut models = store::load(&bucket, &chunks, &layout).await?;
+        let models = store::load(&bucket, &chunks, &layout).await?;
         tracing::info!(keys = models.len(), "Read stored model versions.");
-
-        let step = config.step.as_secs() as u32;
-        let open_steps = config.lateness.as_secs().div_ceil(u64::from(step)) as usize;
-        let state = Arc::new(Mutex::new(Workloads::new(step, config.max_history, open_steps)));
-        let lookback = config.step * config.max_history as u32 + Duration::from_secs(3600);
-        let since = time::OffsetDateTime::now_utc() - lookback;
-        let door = Some((&config.admission, prefix.run().is_some()));
-        let rebuilt = pas_nats::read_samples(
-            &stream,
-            &consumer_config.filter_subject,
-            since,
-            None,
-            door,
-            |sample, sequence| fold(&state, &metrics, &sample, sequence),
-        )
-        .await?;
-        tracing::info!(samples = rebuilt, "Rebuilt workload series from the stream.");
+        let state = rebuild(&config, &prefix, &metrics, &samples).await?;
         health.set_ready(true);
 
         let consuming = {
-            let state = state.clone();
-            let metrics = metrics.clone();
-            let stop = shutdown.clone();
-            let admission = config.admission;
-            tokio::spawn(async move {
-                pas_nats::consume::<CpuSample, _, _>(
-                    &consumer,
-                    &dead_letters,
-                    &admission,
-                    stop,
-                    |sample, delivery| {
-                        fold(&state, &metrics, &sample, delivery.stream_sequence);
-                        async { Ok::<(), HandlerError>(()) }
-                    },
-                )
-                .await
-            })
+            let (state, metrics) = (state.clone(), metrics.clone());
+            pas_nats::spawn_consume(
+                "samples",
+                samples.consumer,
+                Arc::new(dead_letters),
+                config.admission,
+                shutdown.clone(),
+                move |sample: CpuSample, delivery| {
+                    fold(&state, &metrics, &sample, delivery.stream_sequence);
+                    async { Ok::<(), HandlerError>(()) }
+                },
+            )
         };
-
-        let mut attempts: HashMap<WorkloadKey, chrono::DateTime<Utc>> = HashMap::new();
-        let mut ticks = tokio::time::interval(config.check_interval);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Readiness fails when the training loop stops advancing; each job beats.
         let beat = health.heartbeat(
             "training loop",
             (3 * config.check_interval).max(Duration::from_secs(600)),
         );
+        let mut training = Training {
+            config,
+            prefix,
+            metrics,
+            bucket,
+            layout,
+            client: conn.client.clone(),
+            models,
+            state,
+            attempts: HashMap::new(),
+        };
+        training.run(&beat, &shutdown).await;
+        health.set_ready(false);
+        // Each step of the way out is bounded, so SIGTERM exits in time even
+        // with NATS down.
+        consuming.stop().await;
+        conn.drain().await;
+        Ok(())
+    }
+}
+
+/// Each workload's series, rebuilt from the samples the stream holds
+/// (through the same door as live samples).
+async fn rebuild(
+    config: &Config,
+    prefix: &Prefix,
+    metrics: &Metrics,
+    samples: &pas_nats::Bound,
+) -> Result<Arc<Mutex<Workloads>>, Error> {
+    let step = config.step.as_secs() as u32;
+    let open_steps = config.lateness.as_secs().div_ceil(u64::from(step)) as usize;
+    let state = Arc::new(Mutex::new(Workloads::new(step, config.max_history, open_steps)));
+    let lookback = config.step * config.max_history as u32 + Duration::from_secs(3600);
+    let since = time::OffsetDateTime::now_utc() - lookback;
+    let door = Some((&config.admission, prefix.run().is_some()));
+    let rebuilt = pas_nats::read_samples(
+        &samples.stream,
+        &samples.filter,
+        since,
+        None,
+        door,
+        |sample, sequence| fold(&state, metrics, &sample, sequence),
+    )
+    .await?;
+    tracing::info!(samples = rebuilt, "Rebuilt workload series from the stream.");
+    Ok(state)
+}
+
+/// The training loop's state: what is stored, what is folded, what was tried.
+struct Training {
+    config: Config,
+    prefix: Prefix,
+    metrics: Metrics,
+    bucket: ObjectStore,
+    layout: Layout,
+    client: async_nats::Client,
+    models: HashMap<String, Versions>,
+    state: Arc<Mutex<Workloads>>,
+    attempts: HashMap<WorkloadKey, chrono::DateTime<Utc>>,
+}
+
+impl Training {
+    /// Every `check_interval` until `shutdown`: forgets silent workloads and
+    /// trains those due, one at a time.
+    async fn run(&mut self, beat: &pas_runtime::health::Heartbeat, shutdown: &CancellationToken) {
+        let mut ticks = tokio::time::interval(self.config.check_interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             beat.beat();
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = ticks.tick() => {}
             }
-            {
-                let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
-                let forgot = state.forget_silent(config.forget_after);
-                if forgot > 0 {
-                    attempts.retain(|key, _| state.steps(key) > 0);
-                    metrics.workloads.set(state.len() as i64);
-                    tracing::info!(
-                        workloads = forgot,
-                        "Forgot workloads with no samples for forget_after."
-                    );
-                }
-            }
-            let due = due(&config, &state, &models, &attempts);
-            for (key, series, range) in due {
+            self.forget();
+            for (key, series, range) in due(&self.config, &self.state, &self.models, &self.attempts) {
                 if shutdown.is_cancelled() {
                     break;
                 }
                 beat.beat();
-                attempts.insert(key.clone(), range.to);
-                let versions = models.entry(key.model_key()).or_default();
-                let version = versions.keys().next_back().copied().unwrap_or(0) + 1;
-                tracing::info!(
-                    workload = key.model_key(),
-                    version,
-                    steps = series.len(),
-                    "Training a version."
-                );
-                let stop = Arc::new(AtomicBool::new(false));
-                let job = Job {
-                    key: key.clone(),
-                    version,
-                    series,
-                    range,
-                    config: config.clone(),
-                    stop: stop.clone(),
-                };
-                let started = Instant::now();
-                // Training takes seconds to minutes: SIGTERM does not wait for
-                // it (the version is trained again after a restart).
-                let mut training = tokio::task::spawn_blocking(move || job.train());
-                let outcome = tokio::select! {
-                    outcome = &mut training => outcome,
-                    _ = shutdown.cancelled() => {
-                        // The fit ends at its next batch.
-                        stop.store(true, Ordering::Relaxed);
-                        let _ = pas_nats::within(Duration::from_secs(3), "stop training", training).await;
-                        tracing::info!(workload = key.model_key(), version, "Stopping: left this version's training unfinished.");
-                        break;
-                    }
-                };
-                match outcome {
-                    Ok(Ok((manifest, weights))) => {
-                        let label = outcome_label(&manifest);
-                        let stored = store_version(
-                            &bucket,
-                            &layout,
-                            &conn.client,
-                            &prefix,
-                            &key,
-                            versions,
-                            manifest,
-                            &weights,
-                            config.keep_versions,
-                        )
-                        .await;
-                        match stored {
-                            Ok(()) => {
-                                metrics.versions.get_or_create(&Outcome { outcome: label }).inc();
-                                tracing::info!(
-                                    workload = key.model_key(),
-                                    version,
-                                    outcome = label,
-                                    seconds = started.elapsed().as_secs_f64(),
-                                    "Stored a model version."
-                                );
-                            }
-                            Err(error) => {
-                                // Train again at the next check: the version was not recorded.
-                                attempts.remove(&key);
-                                metrics.failures.inc();
-                                tracing::warn!(workload = key.model_key(), version, %error, "Storing a model version failed.");
-                            }
-                        }
-                    }
-                    Ok(Err(error)) => {
-                        metrics.failures.inc();
-                        tracing::warn!(workload = key.model_key(), %error, "Training failed; will try again with more data.");
-                    }
-                    Err(error) => {
-                        metrics.failures.inc();
-                        tracing::error!(workload = key.model_key(), %error, "Training panicked.");
-                    }
+                if self.train(key, series, range, shutdown).await.is_break() {
+                    return;
                 }
             }
         }
-        health.set_ready(false);
-        // Each step of the way out is bounded, so SIGTERM exits in time even
-        // with NATS down.
-        match pas_nats::within(Duration::from_secs(2), "stop consuming", consuming).await {
-            Some(Ok(Ok(()))) | None => {}
-            Some(Ok(Err(error))) => tracing::warn!(%error, "Consuming stopped with an error."),
-            Some(Err(error)) => tracing::warn!(%error, "Consumer task failed."),
+    }
+
+    /// Forgets workloads with no samples for `forget_after`.
+    fn forget(&mut self) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let forgot = state.forget_silent(self.config.forget_after);
+        if forgot > 0 {
+            self.attempts.retain(|key, _| state.steps(key) > 0);
+            self.metrics.workloads.set(state.len() as i64);
+            tracing::info!(
+                workloads = forgot,
+                "Forgot workloads with no samples for forget_after."
+            );
         }
-        let _ = pas_nats::within(
-            Duration::from_secs(2),
-            "drain the connection",
-            conn.client.drain(),
-        )
-        .await;
-        Ok(())
+    }
+
+    /// Trains and stores one version of `key`'s model. `Break` when
+    /// `shutdown` came first (the fit ends at its next batch; the version is
+    /// trained again after a restart).
+    async fn train(
+        &mut self,
+        key: WorkloadKey,
+        series: pas_models::Series,
+        range: TrainingRange,
+        shutdown: &CancellationToken,
+    ) -> std::ops::ControlFlow<()> {
+        self.attempts.insert(key.clone(), range.to);
+        let versions = self.models.entry(key.model_key()).or_default();
+        let version = versions.keys().next_back().copied().unwrap_or(0) + 1;
+        tracing::info!(
+            workload = key.model_key(),
+            version,
+            steps = series.len(),
+            "Training a version."
+        );
+        let stop = Arc::new(AtomicBool::new(false));
+        let job = Job {
+            key: key.clone(),
+            version,
+            series,
+            range,
+            config: self.config.clone(),
+            stop: stop.clone(),
+        };
+        let started = Instant::now();
+        // Training takes seconds to minutes: SIGTERM does not wait for it.
+        let mut training = tokio::task::spawn_blocking(move || job.train());
+        let outcome = tokio::select! {
+            outcome = &mut training => outcome,
+            _ = shutdown.cancelled() => {
+                stop.store(true, Ordering::Relaxed);
+                let _ = pas_nats::within(Duration::from_secs(3), "stop training", training).await;
+                tracing::info!(workload = key.model_key(), version, "Stopping: left this version's training unfinished.");
+                return std::ops::ControlFlow::Break(());
+            }
+        };
+        let metrics = &self.metrics;
+        match outcome {
+            Ok(Ok((manifest, weights))) => {
+                let label = outcome_label(&manifest);
+                let stored = store_version(
+                    &self.bucket,
+                    &self.layout,
+                    &self.client,
+                    &self.prefix,
+                    &key,
+                    versions,
+                    manifest,
+                    &weights,
+                    self.config.keep_versions,
+                )
+                .await;
+                match stored {
+                    Ok(()) => {
+                        metrics.versions.get_or_create(&Outcome { outcome: label }).inc();
+                        tracing::info!(
+                            workload = key.model_key(),
+                            version,
+                            outcome = label,
+                            seconds = started.elapsed().as_secs_f64(),
+                            "Stored a model version."
+                        );
+                    }
+                    Err(error) => {
+                        // Train again at the next check: the version was not recorded.
+                        self.attempts.remove(&key);
+                        metrics.failures.inc();
+                        tracing::warn!(workload = key.model_key(), version, %error, "Storing a model version failed.");
+                    }
+                }
+            }
+            Ok(Err(error)) => {
+                metrics.failures.inc();
+                tracing::warn!(workload = key.model_key(), %error, "Training failed; will try again with more data.");
+            }
+            Err(error) => {
+                metrics.failures.inc();
+                tracing::error!(workload = key.model_key(), %error, "Training panicked.");
+            }
+        }
+        std::ops::ControlFlow::Continue(())
     }
 }
 

@@ -1,0 +1,462 @@
+//! The decision engine of the leading scaler: each workload's forecast,
+//! samples and history in, an [`Evaluation`] out (the decision, applied
+//! through the [`Cluster`], and the history to keep). It holds no NATS
+//! handle, so it is tested without a server; [`crate::outputs`] publishes
+//! what it returns and keeps the histories in KV `pas-scaler`.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, TimeDelta, Utc};
+use pas_schemas::{Forecast, ForecastRef, Outcome, SCHEMA_VERSION, ScaleDecision};
+
+use crate::cluster::{Cluster, ClusterError, EventKind, Workload};
+use crate::policy::{ForecastView, History, Observed, PodUsage, Rule, Settings, Tuning};
+use crate::samples::{Key, PodSample, Pods};
+use crate::{Config, Metrics, policy, settings};
+
+/// Samples older than this are dropped; workloads silent for
+/// [`FORGET_AFTER`] are forgotten.
+const KEEP_SAMPLES: TimeDelta = TimeDelta::minutes(5);
+const FORGET_AFTER: Duration = Duration::from_secs(900);
+
+/// What one evaluation produced, for the stage to publish and keep.
+#[derive(Debug, Clone)]
+pub(crate) struct Evaluation {
+    /// The decision, for `pas.scale.<namespace>.<workload>`.
+    pub(crate) decision: ScaleDecision,
+    /// The rule that made it.
+    pub(crate) rule: Rule,
+    /// The workload's history after it, for KV `pas-scaler` (none when
+    /// nothing was decided on it: a refusal for an HPA).
+    pub(crate) history: Option<(Key, History)>,
+}
+
+/// The leader's state and what it decides with.
+pub(crate) struct Engine<C> {
+    pub(crate) cluster: C,
+    config: Config,
+    tuning: Tuning,
+    metrics: Metrics,
+    /// Unix ms until which this scaler holds the lease.
+    until: Arc<AtomicI64>,
+    pub(crate) pods: Arc<Mutex<Pods>>,
+    forecasts: HashMap<Key, (Forecast, Instant)>,
+    /// Histories in memory; one missing is read as the last leader left it.
+    pub(crate) histories: HashMap<Key, History>,
+    evaluated: HashMap<Key, Instant>,
+    problems: HashMap<Key, Vec<String>>,
+    /// Workloads refused for an HPA, so the Event is recorded once.
+    refused: HashMap<Key, String>,
+}
+
+/// A workload that is managed and not refused: what the policy decides on.
+struct Managed {
+    workload: Workload,
+    settings: Settings,
+    decision: ScaleDecision,
+}
+
+impl<C: Cluster> Engine<C> {
+    /// An engine that acts on `cluster` while the lease is held until `until`.
+    pub(crate) fn new(cluster: C, until: Arc<AtomicI64>, config: &Config, metrics: &Metrics) -> Engine<C> {
+        Engine {
+            cluster,
+            tuning: config.tuning(),
+            config: config.clone(),
+            metrics: metrics.clone(),
+            until,
+            pods: Arc::default(),
+            forecasts: HashMap::new(),
+            histories: HashMap::new(),
+            evaluated: HashMap::new(),
+            problems: HashMap::new(),
+            refused: HashMap::new(),
+        }
+    }
+
+    /// Whether this scaler may act now.
+    pub(crate) fn leading(&self) -> bool {
+        Utc::now().timestamp_millis() < self.until.load(Ordering::Relaxed)
+    }
+
+    /// Takes a forecast in; its workload when it is to be evaluated now (a
+    /// fresh forecast, not older than the one held).
+    pub(crate) fn on_forecast(&mut self, forecast: Forecast, now: DateTime<Utc>) -> Option<Key> {
+        self.metrics.forecast();
+        let key = (forecast.namespace.clone(), forecast.workload.clone());
+        if self
+            .forecasts
+            .get(&key)
+            .is_some_and(|(f, _)| f.window_end > forecast.window_end)
+        {
+            self.metrics.ignored("older_forecast");
+            return None;
+        }
+        let stale = forecast_view(&forecast).is_stale(now, self.config.forecast_max_age);
+        self.forecasts.insert(key.clone(), (forecast, Instant::now()));
+        if stale {
+            // A backlog after a pause: the tick decides on samples instead.
+            self.metrics.ignored("stale_forecast");
+            return None;
+        }
+        Some(key)
+    }
+
+    /// Forgets the silent workloads; the others not evaluated for a tick.
+    pub(crate) fn due(&mut self, now: DateTime<Utc>) -> Vec<Key> {
+        let mut keys: HashSet<Key> = {
+            let mut pods = self.pods.lock().unwrap_or_else(|p| p.into_inner());
+            for samples in pods.values_mut() {
+                samples.retain(|_, s| now - s.at < KEEP_SAMPLES);
+            }
+            pods.retain(|_, samples| !samples.is_empty());
+            pods.keys().cloned().collect()
+        };
+        self.forecasts
+            .retain(|_, (_, received)| received.elapsed() < FORGET_AFTER);
+        keys.extend(self.forecasts.keys().cloned());
+        self.evaluated.retain(|k, _| keys.contains(k));
+        self.histories.retain(|k, _| keys.contains(k));
+        self.problems.retain(|k, _| keys.contains(k));
+        self.refused.retain(|k, _| keys.contains(k));
+        self.metrics.set_workloads(keys.len());
+        let due = self.config.tick.mul_f64(0.9);
+        keys.into_iter()
+            .filter(|key| self.evaluated.get(key).is_none_or(|at| at.elapsed() >= due))
+            .collect()
+    }
+
+    /// Evaluates one workload at `now`: the policy's decision, applied
+    /// unless dry-run. `load` reads the workload's history as the last
+    /// leader left it when this engine holds none; `None` from it (the read
+    /// did not answer) leaves the workload for the next tick.
+    pub(crate) async fn evaluate(
+        &mut self,
+        key: &Key,
+        now: DateTime<Utc>,
+        load: impl AsyncFnOnce(&Key) -> Option<History>,
+    ) -> Option<Evaluation> {
+        if !self.leading() {
+            return None;
+        }
+        self.evaluated.insert(key.clone(), Instant::now());
+        let Managed {
+            workload,
+            settings,
+            mut decision,
+        } = match self.managed(key, now).await? {
+            Ok(managed) => managed,
+            Err(refusal) => return Some(refusal),
+        };
+        let observed = self.observe(&workload, now);
+        let forecast = self.forecasts.get(key).map(|(f, _)| f.clone());
+        let view = forecast.as_ref().map(forecast_view);
+        let mut history = match self.histories.remove(key) {
+            Some(history) => history,
+            // Tried again next tick; the other workloads go on.
+            None => load(key).await?,
+        };
+        let d = policy::decide(now, &settings, &self.tuning, &observed, view, &mut history);
+        decision.replicas_after = d.replicas;
+        decision.rule = d.rule.as_str().into();
+        decision.reason = d.reason.clone();
+        decision.utilization_percent = d.utilization;
+        decision.predicted_peak_percent = d.predicted_peak;
+        if d.used_forecast {
+            decision.forecast = forecast.map(|f| ForecastRef {
+                model: f.model,
+                window_end: f.window_end,
+            });
+        }
+        decision.outcome = if d.replicas == workload.replicas {
+            Outcome::Unchanged
+        } else if settings.dry_run {
+            Outcome::DryRun
+        } else {
+            self.apply(&workload, d.replicas, now, &mut history, &mut decision.reason)
+                .await
+        };
+        self.histories.insert(key.clone(), history.clone());
+        match decision.outcome {
+            Outcome::Applied => {
+                let note = format!("New size: {}; {}", d.replicas, d.reason);
+                self.event(&workload, EventKind::Normal, "SuccessfulRescale", note)
+                    .await;
+            }
+            Outcome::Refused => {
+                let note = format!("Could not scale to {}: {}", d.replicas, decision.reason);
+                self.event(&workload, EventKind::Warning, "FailedRescale", note)
+                    .await;
+            }
+            _ => {}
+        }
+        Some(Evaluation {
+            decision,
+            rule: d.rule,
+            history: Some((key.clone(), history)),
+        })
+    }
+
+    /// The workload, its settings and a decision to fill in when PAS manages
+    /// it; `Err` with the refusal when an HPA targets it; `None` when there
+    /// is nothing to decide (no StatefulSet, not enabled, the read failed).
+    async fn managed(&mut self, key: &Key, now: DateTime<Utc>) -> Option<Result<Managed, Evaluation>> {
+        let (namespace, name) = key;
+        let workload = match self.cluster.workload(namespace, name).await {
+            Ok(Some(w)) => w,
+            Ok(None) => {
+                self.metrics.ignored("no_statefulset");
+                return None;
+            }
+            Err(error) => {
+                tracing::warn!(%namespace, workload = %name, %error, "Reading the StatefulSet failed.");
+                self.metrics.kube_error(error.kind());
+                return None;
+            }
+        };
+        let (settings, problems) = settings::from_annotations(&self.config.defaults, &workload.annotations);
+        if self.problems.get(key) != Some(&problems) {
+            if !problems.is_empty() {
+                self.metrics.invalid_settings();
+                tracing::warn!(%namespace, workload = %name, ?problems, "Some pas.io/ annotations are invalid; their defaults apply.");
+            }
+            self.problems.insert(key.clone(), problems.clone());
+        }
+        if !settings.enabled {
+            return None;
+        }
+        let mut decision = ScaleDecision {
+            schema_version: SCHEMA_VERSION,
+            timestamp: now,
+            namespace: namespace.clone(),
+            workload: name.clone(),
+            replicas_before: workload.replicas,
+            replicas_after: workload.replicas,
+            policy: settings.policy.to_string(),
+            rule: String::new(),
+            reason: String::new(),
+            outcome: Outcome::Unchanged,
+            forecast: None,
+            utilization_percent: None,
+            predicted_peak_percent: None,
+            target_utilization_percent: Some(settings.target_utilization),
+            warnings: problems,
+        };
+        let Some(hpa) = workload.hpa.clone() else {
+            self.refused.remove(key);
+            return Some(Ok(Managed {
+                workload,
+                settings,
+                decision,
+            }));
+        };
+        decision.rule = Rule::HpaConflict.as_str().into();
+        decision.reason =
+            format!("HorizontalPodAutoscaler {hpa} targets this StatefulSet; PAS leaves it alone.");
+        decision.outcome = Outcome::Refused;
+        if self.refused.get(key) != Some(&hpa) {
+            tracing::warn!(%namespace, workload = %name, %hpa, "An HPA targets this StatefulSet; not managing it.");
+            self.refused.insert(key.clone(), hpa);
+            self.event(
+                &workload,
+                EventKind::Warning,
+                "ManagedByHPA",
+                decision.reason.clone(),
+            )
+            .await;
+        }
+        Some(Err(Evaluation {
+            decision,
+            rule: Rule::HpaConflict,
+            history: None,
+        }))
+    }
+
+    /// Scales `workload` to `replicas`: `Applied` (and the change recorded
+    /// in `history`), or `Refused` with the error added to `reason`.
+    async fn apply(
+        &self,
+        workload: &Workload,
+        replicas: u32,
+        now: DateTime<Utc>,
+        history: &mut History,
+        reason: &mut String,
+    ) -> Outcome {
+        match self.cluster.scale(workload, replicas).await {
+            Ok(()) => {
+                history.record_scale(now, workload.replicas, replicas, &self.tuning.behavior);
+                Outcome::Applied
+            }
+            Err(error) => {
+                self.metrics.kube_error(error.kind());
+                *reason = format!("{reason} Not applied: {error}.");
+                let (namespace, name) = (&workload.namespace, &workload.name);
+                match &error {
+                    ClusterError::Forbidden(_) => {
+                        tracing::error!(%namespace, workload = %name, %error, "The scaler may not scale this StatefulSet.");
+                    }
+                    _ => tracing::warn!(%namespace, workload = %name, %error, "Scaling failed."),
+                }
+                Outcome::Refused
+            }
+        }
+    }
+
+    /// The pods the StatefulSet should have, with their latest samples.
+    fn observe(&self, workload: &Workload, now: DateTime<Utc>) -> Observed {
+        let max_age = TimeDelta::from_std(self.config.sample_max_age).unwrap_or(TimeDelta::MAX);
+        let pods = self.pods.lock().unwrap_or_else(|p| p.into_inner());
+        let samples = pods.get(&(workload.namespace.clone(), workload.name.clone()));
+        let fresh: Vec<(&String, &PodSample)> = samples
+            .map(|m| m.iter().filter(|(_, s)| now - s.at <= max_age).collect())
+            .unwrap_or_default();
+        // Pod `<name>-<ordinal>` fills its slot; samples of pods named
+        // otherwise (a replayed trace) fill the free slots in order.
+        let n = workload.replicas as usize;
+        let mut slots: Vec<Option<&PodSample>> = vec![None; n];
+        let mut others = Vec::new();
+        for (pod, sample) in fresh {
+            let ordinal = pod
+                .strip_prefix(&workload.name)
+                .and_then(|rest| rest.strip_prefix('-'))
+                .and_then(|o| o.parse::<usize>().ok());
+            match ordinal {
+                Some(o) if o < n && slots[o].is_none() => slots[o] = Some(sample),
+                Some(_) => {} // a pod being removed
+                None => others.push(sample),
+            }
+        }
+        let mut others = others.into_iter();
+        for slot in slots.iter_mut().filter(|s| s.is_none()) {
+            *slot = others.next();
+        }
+        Observed {
+            replicas: workload.replicas,
+            pods: slots
+                .into_iter()
+                .enumerate()
+                .map(|(ordinal, sample)| PodUsage {
+                    // StatefulSet pods start in order, so the highest
+                    // ordinals are the ones not ready yet.
+                    ready: (ordinal as u32) < workload.ready_replicas,
+                    used_millicores: sample.map(|s| s.used),
+                    requested_millicores: sample
+                        .and_then(|s| s.requested)
+                        .or(workload.cpu_request_millicores),
+                })
+                .collect(),
+        }
+    }
+
+    async fn event(&self, workload: &Workload, kind: EventKind, reason: &str, note: String) {
+        if let Err(error) = self.cluster.event(workload, kind, reason, note).await {
+            self.metrics.kube_error(error.kind());
+            tracing::warn!(namespace = %workload.namespace, workload = %workload.name, %error, "Recording an Event failed.");
+        }
+    }
+}
+
+fn forecast_view(f: &Forecast) -> ForecastView<'_> {
+    ForecastView {
+        window_end: f.window_end,
+        step_seconds: f.step_seconds,
+        values: &f.values,
+        upper: f.upper.as_deref(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::cluster::Simulated;
+
+    /// An engine holding the lease, over a simulated cluster with
+    /// StatefulSet shop/web: `replicas` pods of 1000m, managed at a 50 %
+    /// target, each pod using `used` millicores.
+    fn engine(replicas: u32, used: f64) -> (Engine<Simulated>, Simulated, Key) {
+        let cluster = Simulated::new();
+        let annotations = BTreeMap::from([
+            ("pas.io/enabled".to_string(), "true".to_string()),
+            ("pas.io/target-utilization".to_string(), "50".to_string()),
+        ]);
+        cluster.insert("shop", "web", replicas, annotations, Some(1000.0));
+        let until = Arc::new(AtomicI64::new(i64::MAX));
+        let engine = Engine::new(cluster.clone(), until, &Config::default(), &Metrics::default());
+        let now = Utc::now();
+        for pod in 0..replicas {
+            crate::samples::record_sample(
+                &engine.pods,
+                pas_schemas::CpuSample {
+                    schema_version: SCHEMA_VERSION,
+                    timestamp: now,
+                    node: "n".into(),
+                    namespace: Some("shop".into()),
+                    workload: Some("web".into()),
+                    pod: Some(format!("web-{pod}")),
+                    cpu_used_millicores: used,
+                    cpu_requested_millicores: Some(1000.0),
+                    cpu_capacity_millicores: None,
+                },
+            );
+        }
+        (engine, cluster, ("shop".into(), "web".into()))
+    }
+
+    #[tokio::test]
+    async fn a_busy_workload_is_scaled_and_its_decision_and_history_returned() {
+        let (mut engine, cluster, key) = engine(2, 1000.0);
+        let e = engine
+            .evaluate(&key, Utc::now(), async |_: &Key| Some(History::default()))
+            .await
+            .expect("a decision");
+        // 100 % against a 50 % target: twice the pods; no forecast, so the HPA rule.
+        assert_eq!((e.decision.replicas_after, e.rule), (4, Rule::HpaFallback));
+        assert_eq!(e.decision.outcome, Outcome::Applied);
+        assert_eq!(cluster.replicas("shop", "web"), Some(4));
+        let (kept, _) = e.history.expect("the history to keep");
+        assert_eq!(kept, key);
+    }
+
+    #[tokio::test]
+    async fn a_workload_an_hpa_targets_is_refused_and_no_history_is_kept() {
+        let (mut engine, cluster, key) = engine(2, 1000.0);
+        cluster.set_hpa("shop", "web", "web-hpa");
+        let e = engine
+            .evaluate(&key, Utc::now(), async |_: &Key| Some(History::default()))
+            .await
+            .expect("a refusal");
+        assert_eq!(
+            (e.rule, e.decision.outcome),
+            (Rule::HpaConflict, Outcome::Refused)
+        );
+        assert!(e.history.is_none());
+        assert_eq!(cluster.replicas("shop", "web"), Some(2));
+    }
+
+    #[tokio::test]
+    async fn an_unanswered_history_read_leaves_the_workload_for_the_next_tick() {
+        let (mut engine, cluster, key) = engine(2, 1000.0);
+        assert!(
+            engine
+                .evaluate(&key, Utc::now(), async |_: &Key| None)
+                .await
+                .is_none()
+        );
+        assert_eq!(
+            cluster.replicas("shop", "web"),
+            Some(2),
+            "nothing decided without the history"
+        );
+        // Not leading: nothing at all.
+        engine.until.store(0, Ordering::Relaxed);
+        let loaded = engine
+            .evaluate(&key, Utc::now(), async |_: &Key| Some(History::default()))
+            .await;
+        assert!(loaded.is_none());
+    }
+}

@@ -1,0 +1,130 @@
+//! The scaler's NATS side of a decision: the workload's history read from
+//! and written to KV `pas-scaler` (the writes beside the decision loop,
+//! [`StateWriter`]), the decision published to
+//! `pas.scale.<namespace>.<workload>`. Every call is bounded by
+//! [`state::NATS_CALL`], so a slow NATS holds up no other workload.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicI64;
+
+use async_nats::jetstream::kv::Store;
+use pas_nats::Outgoing;
+use pas_schemas::subjects::{Keys, Prefix};
+use pas_schemas::{Outcome, ScaleDecision};
+
+use crate::Metrics;
+use crate::engine::Evaluation;
+use crate::policy::{History, Rule};
+use crate::samples::Key;
+use crate::state::{self, StateWriter};
+
+/// Where decisions and histories go.
+pub(crate) struct Outputs {
+    js: async_nats::jetstream::Context,
+    kv: Store,
+    /// State writes, beside the decision loop.
+    pub(crate) state: StateWriter,
+    prefix: Prefix,
+    keys: Keys,
+    metrics: Metrics,
+}
+
+impl Outputs {
+    /// Writes to `kv` while the lease is held until `until` (unix ms).
+    pub(crate) fn new(
+        js: async_nats::jetstream::Context,
+        kv: Store,
+        until: Arc<AtomicI64>,
+        prefix: &Prefix,
+        metrics: &Metrics,
+    ) -> Outputs {
+        Outputs {
+            js,
+            state: StateWriter::start(kv.clone(), until),
+            kv,
+            prefix: prefix.clone(),
+            keys: prefix.keys(),
+            metrics: metrics.clone(),
+        }
+    }
+
+    /// Keeps the history and publishes the decision of an evaluation.
+    pub(crate) async fn emit(&self, evaluation: Evaluation) {
+        if let Some((key, history)) = &evaluation.history {
+            self.save_history(key, history);
+        }
+        self.publish(evaluation.decision, evaluation.rule).await;
+    }
+
+    /// The workload's key in pas-scaler ([`Keys::state`]).
+    fn state_key(&self, key: &Key) -> String {
+        self.keys.state(&key.0, &key.1)
+    }
+
+    /// The workload's history as the last leader left it; `None` when the read did not answer within
+    /// [`state::NATS_CALL`] (the workload waits for the next tick, the others
+    /// do not wait for it).
+    pub(crate) async fn history(&self, key: &Key) -> Option<History> {
+        let read = tokio::time::timeout(state::NATS_CALL, self.kv.get(self.state_key(key))).await;
+        Some(match read {
+            Ok(Ok(Some(bytes))) => serde_json::from_slice(&bytes).unwrap_or_else(|error| {
+                tracing::warn!(namespace = %key.0, workload = %key.1, %error, "Stored scaler state unreadable; starting afresh.");
+                History::default()
+            }),
+            Ok(Ok(None)) => History::default(),
+            Ok(Err(error)) => {
+                tracing::warn!(namespace = %key.0, workload = %key.1, %error, "Reading the scaler state failed; starting afresh.");
+                History::default()
+            }
+            Err(_) => {
+                self.metrics.ignored("state_read_timeout");
+                tracing::warn!(namespace = %key.0, workload = %key.1, "Reading the scaler state timed out; trying again next tick.");
+                return None;
+            }
+        })
+    }
+
+    /// Queues the workload's history for the bucket; written beside the loop.
+    fn save_history(&self, key: &Key, history: &History) {
+        let bytes = serde_json::to_vec(history).unwrap_or_default();
+        self.state.put(self.state_key(key), bytes.into());
+    }
+
+    async fn publish(&self, decision: ScaleDecision, rule: Rule) {
+        let outcome = match decision.outcome {
+            Outcome::Applied => "applied",
+            Outcome::DryRun => "dry_run",
+            Outcome::Refused => "refused",
+            Outcome::Unchanged => "unchanged",
+        };
+        self.metrics.decision(outcome, rule);
+        let subject = match self.prefix.scale(&decision.namespace, &decision.workload) {
+            Ok(s) => s,
+            Err(error) => {
+                tracing::warn!(namespace = %decision.namespace, workload = %decision.workload, error, "No subject for this workload.");
+                return;
+            }
+        };
+        // Sent in order from the loop; the acks are awaited beside it, so a
+        // slow NATS does not hold up the other workloads' decisions.
+        let (namespace, workload) = (decision.namespace.clone(), decision.workload.clone());
+        let sent = async {
+            let msg = Outgoing::new(subject, &decision).map_err(|e| e.to_string())?;
+            match tokio::time::timeout(state::NATS_CALL, pas_nats::publish(&self.js, &msg)).await {
+                Ok(ack) => ack.map_err(|e| e.to_string()),
+                Err(_) => Err("the client's send buffer stayed full".to_owned()),
+            }
+        }
+        .await;
+        match sent {
+            Ok(ack) => {
+                tokio::spawn(async move {
+                    if let Err(error) = ack.await {
+                        tracing::warn!(%namespace, %workload, %error, "Publishing a decision failed.");
+                    }
+                });
+            }
+            Err(error) => tracing::warn!(%namespace, %workload, %error, "Publishing a decision failed."),
+        }
+    }
+}
