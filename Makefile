@@ -35,7 +35,7 @@ test: setup lint
 	$(PY) -m pytest -q integration-tests/python
 
 # Formatting (rustfmt.toml) and every clippy warning as an error; part of make test.
-lint:
+lint: setup
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
 

@@ -51,7 +51,7 @@ pas=target/debug/pas
 run=$(mktemp -d "${TMPDIR:-/tmp}/pas-demo.XXXXXX")
 # The stores go with the run; the logs stay for reading afterwards.
 logs=${DEMO_LOGS:-target/demo-logs}
-rm -rf "$logs" && mkdir -p "$logs"
+mkdir -p "$logs" && rm -f "$logs"/*.log "$logs"/replay.out
 pids=()
 cleanup() {
   # Stages first, while nats-server is still up for their hand-over; the

@@ -102,6 +102,12 @@ link_libtorch() {
 }
 
 libtorch() {
+  # LIBTORCH naming the link itself (after `eval "$(make -s env)"`): keep
+  # whatever it points at, a libtorch of your own included.
+  if [ -n "${LIBTORCH:-}" ] && [ -d "$REPO/.libtorch/lib" ] \
+    && [ "$(cd "$LIBTORCH" 2>/dev/null && pwd -P)" = "$(cd "$REPO/.libtorch" && pwd -P)" ]; then
+    return
+  fi
   if [ -n "${LIBTORCH:-}" ] && [ "${LIBTORCH}" != "$PAS_CACHE/libtorch-${TORCH_VERSION}-cpu" ] \
     && [ "$(cd "$LIBTORCH" 2>/dev/null && pwd -P)" != "$(cd "$REPO/.libtorch" 2>/dev/null && pwd -P)" ]; then
     [ -d "$LIBTORCH/lib" ] || die "LIBTORCH=$LIBTORCH has no lib/ directory."

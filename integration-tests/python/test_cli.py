@@ -44,7 +44,7 @@ def invocations(pas_bin, agent_bin, url, tmp):
         ("recorder",): ["recorder", *nats, *listen, "--run", "start", "--influx-url", "http://127.0.0.1:9"],
         ("experiment",): ["experiment", "--trace", str(TRACE), "--report", str(tmp / "report")],
         ("replay",): ["replay", *nats, "--run", "start", "--trace", str(TRACE), "--speed", "1000"],
-        ("record",): ["record", *nats, "--out", str(tmp / "rec.csv"), "--duration", "1s"],
+        ("record",): ["record", *nats, "--run", "start", "--out", str(tmp / "rec.csv"), "--duration", "3s"],
         ("loadgen",): ["loadgen", "--trace", str(TRACE), "--speed", "1000"],
         ("models", "eval"): ["models", "eval", "--trace", str(TRACE)],
         ("models", "train"): ["models", "train", "--trace", str(TRACE), "--out", str(tmp / "model")],
@@ -64,9 +64,13 @@ def test_every_command_starts_without_a_panic(pas_bin, agent_bin, nats_server, t
         [str(agent_bin), "--nats-url", nats_server.url, "--kubernetes", "off", "--interval", "250ms",
          "--listen", "127.0.0.1:0"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
     time.sleep(4)
-    for proc in runs.values():
+    # Each either finished its job (status 0) or was still at it: a command
+    # that failed at once (a flag the table got wrong) would test nothing.
+    stopped = set()
+    for name, proc in runs.items():
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
+            stopped.add(name)
     for name, proc in runs.items():
         try:
             out, _ = proc.communicate(timeout=20)
@@ -75,6 +79,7 @@ def test_every_command_starts_without_a_panic(pas_bin, agent_bin, nats_server, t
             out, _ = proc.communicate()
         text = out.decode(errors="replace")
         assert "panicked" not in text and proc.returncode != 101, f"{name} panicked:\n{text}"
+        assert name in stopped or proc.returncode == 0, f"{name} ended with {proc.returncode}:\n{text}"
         assert "Stack backtrace" not in text, f"{name}:\n{text}"
         # Not a terminal: no colour codes in the logs.
         assert not ANSI.search(text), f"{name} wrote colour codes:\n{text[:500]}"
@@ -83,6 +88,19 @@ def test_every_command_starts_without_a_panic(pas_bin, agent_bin, nats_server, t
 def run(pas_bin, *args, cwd=None):
     env = {**os.environ, "RUST_BACKTRACE": "1"}
     return subprocess.run([str(pas_bin), *args], capture_output=True, text=True, timeout=30, env=env, cwd=cwd)
+
+
+def test_a_built_pas_runs_without_a_library_path(pas_bin):
+    # The binary carries a run path to the libtorch it was built against.
+    env = {k: v for k, v in os.environ.items() if k != "LD_LIBRARY_PATH"}
+    r = subprocess.run([str(pas_bin), "--help"], capture_output=True, text=True, env=env, timeout=30)
+    assert r.returncode == 0 and "Usage" in r.stdout, r.stderr
+
+
+def test_a_missing_stream_says_to_run_bus_init(pas_bin, nats_server):
+    # A server without `pas bus init`.
+    r = run(pas_bin, "replay", "--nats-url", nats_server.url, "--run", "x", "--trace", str(TRACE))
+    assert r.returncode == 1 and "PAS_SAMPLES" in r.stderr and "run `pas bus init`" in r.stderr, r.stderr
 
 
 def test_no_server_says_which_url_and_what_to_do_once(pas_bin):

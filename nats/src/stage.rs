@@ -95,10 +95,17 @@ pub struct Bound {
 }
 
 /// Opens the stream `name`.
+/// The error says to run `pas bus init` only when the stream is missing.
 pub async fn open_stream(js: &Context, name: &str) -> Result<Stream, Error> {
-    js.get_stream(name)
-        .await
-        .map_err(|e| Error::js(format!("open stream {name}"), e))
+    js.get_stream(name).await.map_err(|e| {
+        let missing = e.to_string().to_ascii_lowercase().contains("not found");
+        let hint = if missing {
+            " (it is missing: run `pas bus init`)"
+        } else {
+            ""
+        };
+        Error::js(format!("open stream {name}{hint}"), e)
+    })
 }
 
 /// The sequence every consuming stage starts with: opens `stream`, looks up

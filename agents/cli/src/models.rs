@@ -285,7 +285,10 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
     }
     let mut model = Lstm::new(config.clone())?;
     let quiet = args.common.quiet;
+    // Can it be made? Made and removed now, made again once trained: a run
+    // stopped mid-training leaves no empty directory that a rerun refuses.
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    let _ = std::fs::remove_dir(&args.out);
     let fitted = model.fit(&series, &mut |e| {
         if !quiet {
             epoch_line(e)
@@ -294,13 +297,12 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
     let report = match fitted {
         Ok(report) if !report.diverged => report,
         failed => {
-            // Nothing to keep: leave no empty directory behind.
-            let _ = std::fs::remove_dir(&args.out);
             failed?;
             anyhow::bail!("training diverged (the loss became NaN or infinite); nothing written");
         }
     };
     let weights = model.to_safetensors()?;
+    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
     std::fs::write(args.out.join("weights.safetensors"), &weights)?;
     let manifest = pas_schemas::ModelManifest {
         schema_version: pas_schemas::SCHEMA_VERSION,

@@ -80,7 +80,7 @@ pub struct RecordArgs {
     #[arg(long)]
     duration: Option<String>,
     /// Read PAS_SAMPLES from this time (RFC 3339) instead of listening ...
-    #[arg(long, requires = "until")]
+    #[arg(long, requires = "until", conflicts_with_all = ["count", "duration"])]
     since: Option<DateTime<Utc>>,
     /// ... to this time.
     #[arg(long, requires = "since")]

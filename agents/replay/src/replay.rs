@@ -366,12 +366,7 @@ pub async fn replay(
 ) -> Result<Summary, Error> {
     let prefix = config.check()?;
     // Without the stream every publish would wait for an ack that never comes.
-    conn.jetstream.get_stream(STREAM_SAMPLES).await.map_err(|e| {
-        Error::js(
-            format!("find the stream {STREAM_SAMPLES} (run `pas bus init`)"),
-            e,
-        )
-    })?;
+    pas_nats::open_stream(&conn.jetstream, STREAM_SAMPLES).await?;
     let mut items = read_items(config)?;
     if let Source::Stream { since, until } = config.source {
         read_range(conn, &Prefix::live(), since, until, |s| {

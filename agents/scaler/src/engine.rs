@@ -32,6 +32,17 @@ pub(crate) struct Evaluation {
     /// The workload's history after it, for KV `pas-scaler` (none when
     /// nothing was decided on it: a refusal for an HPA).
     pub(crate) history: Option<(Key, History)>,
+    /// A Kubernetes Event to record on the workload.
+    pub(crate) event: Option<Event>,
+}
+
+/// A Kubernetes Event about a decision.
+#[derive(Debug, Clone)]
+pub(crate) struct Event {
+    pub(crate) workload: Workload,
+    pub(crate) kind: EventKind,
+    pub(crate) reason: &'static str,
+    pub(crate) note: String,
 }
 
 /// The leader's state and what it decides with.
@@ -105,7 +116,8 @@ impl<C: Cluster> Engine<C> {
         Some(key)
     }
 
-    /// Forgets the silent workloads; the others not evaluated for a tick.
+    /// Forgets the silent workloads; the others, to evaluate if
+    /// [`Engine::is_due`].
     pub(crate) fn due(&mut self, now: DateTime<Utc>) -> Vec<Key> {
         let mut keys: HashSet<Key> = {
             let mut pods = self.pods.lock().unwrap_or_else(|p| p.into_inner());
@@ -123,10 +135,14 @@ impl<C: Cluster> Engine<C> {
         self.problems.retain(|k, _| keys.contains(k));
         self.refused.retain(|k, _| keys.contains(k));
         self.metrics.set_workloads(keys.len());
+        keys.into_iter().collect()
+    }
+
+    /// Whether `key` was not evaluated for (nine tenths of) a tick; asked
+    /// just before evaluating, so a slow sweep still picks up what fell due.
+    pub(crate) fn is_due(&self, key: &Key) -> bool {
         let due = self.config.tick.mul_f64(0.9);
-        keys.into_iter()
-            .filter(|key| self.evaluated.get(key).is_none_or(|at| at.elapsed() >= due))
-            .collect()
+        self.evaluated.get(key).is_none_or(|at| at.elapsed() >= due)
     }
 
     /// Evaluates one workload at `now`: the policy's decision, applied
@@ -180,23 +196,26 @@ impl<C: Cluster> Engine<C> {
                 .await
         };
         self.histories.insert(key.clone(), history.clone());
-        match decision.outcome {
-            Outcome::Applied => {
-                let note = format!("New size: {}; {}", d.replicas, d.reason);
-                self.event(&workload, EventKind::Normal, "SuccessfulRescale", note)
-                    .await;
-            }
-            Outcome::Refused => {
-                let note = format!("Could not scale to {}: {}", d.replicas, decision.reason);
-                self.event(&workload, EventKind::Warning, "FailedRescale", note)
-                    .await;
-            }
-            _ => {}
-        }
+        let event = match decision.outcome {
+            Outcome::Applied => Some(Event {
+                kind: EventKind::Normal,
+                reason: "SuccessfulRescale",
+                note: format!("New size: {}; {}", d.replicas, d.reason),
+                workload,
+            }),
+            Outcome::Refused => Some(Event {
+                kind: EventKind::Warning,
+                reason: "FailedRescale",
+                note: format!("Could not scale to {}: {}", d.replicas, decision.reason),
+                workload,
+            }),
+            _ => None,
+        };
         Some(Evaluation {
             decision,
             rule: d.rule,
             history: Some((key.clone(), history)),
+            event,
         })
     }
 
@@ -257,21 +276,22 @@ impl<C: Cluster> Engine<C> {
         decision.reason =
             format!("HorizontalPodAutoscaler {hpa} targets this StatefulSet; PAS leaves it alone.");
         decision.outcome = Outcome::Refused;
+        let mut event = None;
         if self.refused.get(key) != Some(&hpa) {
             tracing::warn!(%namespace, workload = %name, %hpa, "An HPA targets this StatefulSet; not managing it.");
             self.refused.insert(key.clone(), hpa);
-            self.event(
-                &workload,
-                EventKind::Warning,
-                "ManagedByHPA",
-                decision.reason.clone(),
-            )
-            .await;
+            event = Some(Event {
+                kind: EventKind::Warning,
+                reason: "ManagedByHPA",
+                note: decision.reason.clone(),
+                workload,
+            });
         }
         Some(Err(Evaluation {
             decision,
             rule: Rule::HpaConflict,
             history: None,
+            event,
         }))
     }
 
@@ -351,8 +371,16 @@ impl<C: Cluster> Engine<C> {
         }
     }
 
-    async fn event(&self, workload: &Workload, kind: EventKind, reason: &str, note: String) {
-        if let Err(error) = self.cluster.event(workload, kind, reason, note).await {
+    /// Records an Event on the workload (after its history was queued, so
+    /// a slow Event call never delays keeping it).
+    pub(crate) async fn record(&self, event: Event) {
+        let Event {
+            workload,
+            kind,
+            reason,
+            note,
+        } = event;
+        if let Err(error) = self.cluster.event(&workload, kind, reason, note).await {
             self.metrics.kube_error(error.kind());
             tracing::warn!(namespace = %workload.namespace, workload = %workload.name, %error, "Recording an Event failed.");
         }
@@ -420,6 +448,8 @@ mod tests {
         assert_eq!(cluster.replicas("shop", "web"), Some(4));
         let (kept, _) = e.history.expect("the history to keep");
         assert_eq!(kept, key);
+        // The Event is left to the caller, after the history is queued.
+        assert_eq!(e.event.map(|ev| ev.reason), Some("SuccessfulRescale"));
     }
 
     #[tokio::test]
@@ -436,6 +466,13 @@ mod tests {
         );
         assert!(e.history.is_none());
         assert_eq!(cluster.replicas("shop", "web"), Some(2));
+        assert_eq!(e.event.map(|ev| ev.reason), Some("ManagedByHPA"));
+        // Said once: the next refusal records no Event.
+        let again = engine
+            .evaluate(&key, Utc::now(), async |_: &Key| Some(History::default()))
+            .await
+            .expect("a refusal");
+        assert!(again.event.is_none());
     }
 
     #[tokio::test]

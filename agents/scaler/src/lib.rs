@@ -261,7 +261,9 @@ impl Lead<'_> {
                         if !engine.leading() {
                             break;
                         }
-                        self.evaluate(&mut engine, &key, now).await;
+                        if engine.is_due(&key) {
+                            self.evaluate(&mut engine, &key, now).await;
+                        }
                     }
                     continue;
                 }
@@ -274,12 +276,17 @@ impl Lead<'_> {
         active
     }
 
-    /// Evaluates one workload; publishes the decision and keeps the history.
+    /// Evaluates one workload: keeps its history, records its Event,
+    /// publishes the decision, in that order (as before the engine was split).
     async fn evaluate<C: Cluster>(&self, engine: &mut Engine<C>, key: &Key, now: DateTime<Utc>) {
         let outputs = &self.outputs;
         let load = async |key: &Key| outputs.history(key).await;
         if let Some(evaluation) = engine.evaluate(key, now, load).await {
-            outputs.emit(evaluation).await;
+            outputs.keep(&evaluation);
+            if let Some(event) = evaluation.event {
+                engine.record(event).await;
+            }
+            outputs.publish(evaluation.decision, evaluation.rule).await;
         }
     }
 

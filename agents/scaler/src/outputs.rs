@@ -48,12 +48,11 @@ impl Outputs {
         }
     }
 
-    /// Keeps the history and publishes the decision of an evaluation.
-    pub(crate) async fn emit(&self, evaluation: Evaluation) {
+    /// Queues an evaluation's history for the bucket (written beside the loop).
+    pub(crate) fn keep(&self, evaluation: &Evaluation) {
         if let Some((key, history)) = &evaluation.history {
             self.save_history(key, history);
         }
-        self.publish(evaluation.decision, evaluation.rule).await;
     }
 
     /// The workload's key in pas-scaler ([`Keys::state`]).
@@ -90,7 +89,7 @@ impl Outputs {
         self.state.put(self.state_key(key), bytes.into());
     }
 
-    async fn publish(&self, decision: ScaleDecision, rule: Rule) {
+    pub(crate) async fn publish(&self, decision: ScaleDecision, rule: Rule) {
         let outcome = match decision.outcome {
             Outcome::Applied => "applied",
             Outcome::DryRun => "dry_run",

@@ -1014,6 +1014,28 @@ fn limit_rate(
 mod tests {
     use super::*;
 
+    /// [`Rule::ALL`] holds every variant once, in order: the match has no
+    /// wildcard, so a new variant does not compile until it is placed here.
+    #[test]
+    fn all_rules_are_listed() {
+        let place = |r: Rule| match r {
+            Rule::Hpa => 0,
+            Rule::HpaFallback => 1,
+            Rule::Predictive => 2,
+            Rule::Threshold => 3,
+            Rule::Stabilisation => 4,
+            Rule::RateLimit => 5,
+            Rule::MinReplicas => 6,
+            Rule::MaxReplicas => 7,
+            Rule::NoMetrics => 8,
+            Rule::Paused => 9,
+            Rule::ScaledToZero => 10,
+            Rule::HpaConflict => 11,
+        };
+        let places: Vec<usize> = Rule::ALL.iter().map(|r| place(*r)).collect();
+        assert_eq!(places, (0..12).collect::<Vec<_>>());
+    }
+
     /// docs/scaler.md lists every rule, in [`Rule::ALL`]'s order, and no other.
     #[test]
     fn the_documented_rules_are_the_rules() {

@@ -74,10 +74,7 @@ pub(crate) async fn follow(
         ..
     } = lead;
     // Pod samples: an ordered consumer from a sample age back.
-    let samples = js
-        .get_stream(STREAM_SAMPLES)
-        .await
-        .map_err(|e| Error::js("open stream PAS_SAMPLES (run `pas bus init`)", e))?;
+    let samples = pas_nats::open_stream(js, STREAM_SAMPLES).await?;
     let start_time = time::OffsetDateTime::now_utc() - config.sample_max_age;
     let ordered = samples
         .create_consumer(pull::OrderedConfig {
