@@ -75,6 +75,19 @@ pub enum Error {
     Health(#[from] pas_runtime::Error),
 }
 
+/// Whether `error` or one of its causes says something was not found (a
+/// stream, a bucket, a consumer: what `pas bus init` creates).
+pub(crate) fn says_missing(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if e.to_string().to_ascii_lowercase().contains("not found") {
+            return true;
+        }
+        next = e.source();
+    }
+    false
+}
+
 /// What to do about a failed connection.
 fn connect_hint(e: &async_nats::ConnectError) -> &'static str {
     use async_nats::ConnectErrorKind as K;
@@ -95,14 +108,7 @@ impl Error {
     /// consumer: `pas bus init` creates them) rather than that NATS did not
     /// answer.
     pub fn is_missing(&self) -> bool {
-        let mut next: Option<&(dyn std::error::Error + 'static)> = Some(self);
-        while let Some(e) = next {
-            if e.to_string().to_ascii_lowercase().contains("not found") {
-                return true;
-            }
-            next = e.source();
-        }
-        false
+        says_missing(self)
     }
 
     /// A failed JetStream call: what was being done, and the cause.

@@ -98,8 +98,7 @@ pub struct Bound {
 /// The error says to run `pas bus init` only when the stream is missing.
 pub async fn open_stream(js: &Context, name: &str) -> Result<Stream, Error> {
     js.get_stream(name).await.map_err(|e| {
-        let missing = e.to_string().to_ascii_lowercase().contains("not found");
-        let hint = if missing {
+        let hint = if crate::error::says_missing(&e) {
             " (it is missing: run `pas bus init`)"
         } else {
             ""

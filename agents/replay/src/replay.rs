@@ -325,32 +325,29 @@ impl Config {
     /// anything is published (and before connecting: the CLI calls it
     /// first, so a missing file is reported as such). The run's prefix.
     pub fn check(&self) -> Result<Prefix, Error> {
-        let config = self;
         let prefix =
-            Prefix::replay(&config.run).map_err(|e| Error::Input(format!("run `{}`: {e}", config.run)))?;
-        if config.pods == 0 || config.pod_cpu.is_nan() || config.pod_cpu <= 0.0 {
+            Prefix::replay(&self.run).map_err(|e| Error::Input(format!("run `{}`: {e}", self.run)))?;
+        if self.pods == 0 || self.pod_cpu.is_nan() || self.pod_cpu <= 0.0 {
             return Err(Error::Input("pods must be at least 1 and pod CPU above 0".into()));
         }
-        if let Speed::Factor(f) = config.speed
+        if let Speed::Factor(f) = self.speed
             && !(f.is_finite() && f > 0.0)
         {
             return Err(Error::Input(format!("speed must be a factor above 0, not {f}")));
         }
-        if !(0.0..=1.0).contains(&config.backfill) {
+        if !(0.0..=1.0).contains(&self.backfill) {
             return Err(Error::Input(format!(
                 "backfill must be a share between 0 and 1, not {}",
-                config.backfill
+                self.backfill
             )));
         }
-        if config.simulate.is_some()
-            && (config.speed == Speed::Max || config.timestamps == Timestamps::Original)
-        {
+        if self.simulate.is_some() && (self.speed == Speed::Max || self.timestamps == Timestamps::Original) {
             return Err(Error::Input("a simulated StatefulSet needs a paced replay with shifted timestamps, so the scaler acts in time".into()));
         }
-        for (what, name) in [("namespace", &config.namespace), ("workload", &config.workload)] {
+        for (what, name) in [("namespace", &self.namespace), ("workload", &self.workload)] {
             pas_schemas::subjects::token(name).map_err(|e| Error::Input(format!("{what} `{name}`: {e}")))?;
         }
-        if let Source::Trace(path) | Source::Jsonl(path) = &config.source {
+        if let Source::Trace(path) | Source::Jsonl(path) = &self.source {
             std::fs::File::open(path).map_err(Error::io(path))?;
         }
         Ok(prefix)

@@ -118,7 +118,7 @@ impl<C: Cluster> Engine<C> {
 
     /// Forgets the silent workloads; the others, to evaluate if
     /// [`Engine::is_due`].
-    pub(crate) fn due(&mut self, now: DateTime<Utc>) -> Vec<Key> {
+    pub(crate) fn workloads(&mut self, now: DateTime<Utc>) -> Vec<Key> {
         let mut keys: HashSet<Key> = {
             let mut pods = self.pods.lock().unwrap_or_else(|p| p.into_inner());
             for samples in pods.values_mut() {

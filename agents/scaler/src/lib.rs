@@ -257,7 +257,7 @@ impl Lead<'_> {
                 }
                 _ = sweep.tick(), if active.is_some() => {
                     let now = Utc::now();
-                    for key in engine.due(now) {
+                    for key in engine.workloads(now) {
                         if !engine.leading() {
                             break;
                         }
