@@ -94,7 +94,7 @@ if [[ -z "$influx" ]]; then
   echo "==> VictoriaMetrics at $influx takes InfluxDB 2 writes (set DEMO_INFLUX_URL for a real InfluxDB 2)"
 fi
 recorder_metrics=127.0.0.1:$(free_port)
-"$pas" recorder --run demo --influx-url "$influx" --listen "$recorder_metrics" 2>"$logs/recorder.log" &
+"$pas" recorder --run demo --step 5s --influx-url "$influx" --listen "$recorder_metrics" 2>"$logs/recorder.log" &
 pids+=($!)
 
 echo "==> trainer, forecaster and scaler on run 'demo' ($cluster StatefulSet $namespace/$workload); logs in $logs/"

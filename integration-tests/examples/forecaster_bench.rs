@@ -38,6 +38,7 @@ fn sample(at: DateTime<Utc>, workload: usize, round: i64) -> CpuSample {
         cpu_used_millicores: 200.0 + ((workload as i64 * 7 + round * 13) % 300) as f64,
         cpu_requested_millicores: Some(1000.0),
         cpu_capacity_millicores: None,
+        cpu_throttled_ratio: None,
     }
 }
 
@@ -137,6 +138,8 @@ async fn bench(n: usize) -> anyhow::Result<()> {
     let config = Config {
         run: Some(RUN.into()),
         step: Duration::from_secs(STEP as u64),
+        // 5 s steps for a 5 s tick; the baseline's 10 steps cover a 50 s lead.
+        lead: Duration::from_secs(50),
         replica: Some("bench".into()),
         listen: "127.0.0.1:0".parse()?,
         nats: NatsConfig {

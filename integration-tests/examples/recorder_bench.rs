@@ -58,6 +58,7 @@ async fn main() -> anyhow::Result<()> {
                     cpu_used_millicores: 100.0 + (w % 300) as f64,
                     cpu_requested_millicores: Some(500.0),
                     cpu_capacity_millicores: None,
+                    cpu_throttled_ratio: None,
                 };
                 let out = pas_nats::Outgoing::new(prefix.sample(&s).map_err(anyhow::Error::msg)?, &s)?;
                 acks.push(pas_nats::publish(&js, &out).await?);
@@ -74,8 +75,9 @@ async fn main() -> anyhow::Result<()> {
                 },
                 window_end: at,
                 step_seconds: STEP as f64,
-                values: vec![50.0; 10],
-                upper: Some(vec![60.0; 10]),
+                pod_request_millicores: 500.0,
+                values: vec![1500.0; 10],
+                upper: Some(vec![1800.0; 10]),
                 quantile: Some(0.9),
             };
             let out = pas_nats::Outgoing::new(

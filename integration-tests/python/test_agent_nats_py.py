@@ -63,7 +63,7 @@ def test_every_agent_message_validates_against_the_committed_schema(nats_server,
         body = json.loads(msg.data)
         errors = sorted(validator.iter_errors(body), key=str)
         assert not errors, f"{body} fails the schema: {errors}"
-        assert body["schema_version"] == 1
+        assert body["schema_version"] == 2
         assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z", body["timestamp"]), body["timestamp"]
         assert 0 <= body["cpu_used_millicores"] <= body["cpu_capacity_millicores"]
         assert msg.headers and msg.headers.get("Nats-Msg-Id"), "published with a de-duplication id"
@@ -73,14 +73,15 @@ def test_schema_rejects_what_the_agent_must_never_send(schema_dir):
     """The schema is not vacuous: it refuses the mistakes validation guards against."""
     schema = json.loads((schema_dir / "cpu-sample.schema.json").read_text())
     validator = jsonschema.Draft202012Validator(schema)
-    good = {"schema_version": 1, "timestamp": "2026-11-23T17:00:00Z", "node": "n",
+    good = {"schema_version": 2, "timestamp": "2026-11-23T17:00:00Z", "node": "n",
             "cpu_used_millicores": 1.0}
     assert validator.is_valid(good)
     for bad in (
         dict(good, cpu_used_millicores=-1),
-        dict(good, schema_version=2),
+        dict(good, schema_version=1),
         {k: v for k, v in good.items() if k != "node"},
         dict(good, cpu_used_millicores="lots"),
+        dict(good, cpu_throttled_ratio=1.5),
     ):
         assert not validator.is_valid(bad), bad
 

@@ -50,7 +50,7 @@ async def replay_and_collect(url, wanted, timeout):
     await nc.flush()
     for at, cpu in rows(300):
         for name, token in WORKLOADS.items():
-            sample = {"schema_version": 1, "timestamp": at, "node": "node-1", "namespace": "shop",
+            sample = {"schema_version": 2, "timestamp": at, "node": "node-1", "namespace": "shop",
                       "workload": name, "pod": f"{name}-0", "cpu_used_millicores": cpu * 10,
                       "cpu_requested_millicores": 1000.0}
             await js.publish(f"replay.{RUN}.pas.cpu.pod.shop.{token}.{token}-0", json.dumps(sample).encode())
@@ -101,10 +101,10 @@ def test_schema_rejects_a_forecast_the_forecaster_must_never_send(schema_dir):
     """The schema is not vacuous: it refuses what validation guards against."""
     schema = json.loads((schema_dir / "forecast.schema.json").read_text())
     validator = jsonschema.Draft202012Validator(schema)
-    good = {"schema_version": 1, "timestamp": "2026-11-23T17:00:00Z", "namespace": "shop", "workload": "web",
+    good = {"schema_version": 2, "timestamp": "2026-11-23T17:00:00Z", "namespace": "shop", "workload": "web",
             "model": {"key": "shop/web", "kind": "lstm", "version": 3}, "window_end": "2026-11-23T16:59:55Z",
-            "step_seconds": 5.0, "values": [50.0, 51.0]}
+            "step_seconds": 5.0, "pod_request_millicores": 500.0, "values": [1500.0, 1530.0]}
     assert validator.is_valid(good)
-    for bad in (dict(good, step_seconds=-5), dict(good, schema_version=2), {k: v for k, v in good.items() if k != "model"},
-                dict(good, quantile=1.5)):
+    for bad in (dict(good, step_seconds=-5), dict(good, schema_version=1), {k: v for k, v in good.items() if k != "model"},
+                {k: v for k, v in good.items() if k != "pod_request_millicores"}, dict(good, quantile=1.5)):
         assert not validator.is_valid(bad), bad

@@ -208,6 +208,7 @@ fn sample(cpu: f64) -> serde_json::Value {
         cpu_used_millicores: cpu,
         cpu_requested_millicores: Some(500.0),
         cpu_capacity_millicores: None,
+        cpu_throttled_ratio: None,
     })
     .unwrap()
 }

@@ -140,6 +140,7 @@ fn sample(at: chrono::DateTime<Utc>) -> CpuSample {
         cpu_used_millicores: 400.0 + (at.timestamp() % 7) as f64 * 20.0,
         cpu_requested_millicores: Some(1000.0),
         cpu_capacity_millicores: None,
+        cpu_throttled_ratio: None,
     }
 }
 
@@ -220,6 +221,8 @@ async fn losing_the_leader_of_pas_samples_loses_no_sample_and_forecasts_and_deci
     let stop = CancellationToken::new();
     let forecaster = pas_forecaster::Forecaster::new(pas_forecaster::Config {
         step: Duration::from_secs(1),
+        // Seconds-long steps: a lead time to match (the baseline's 10 steps reach past it).
+        lead: Duration::from_secs(5),
         tick_delay: Duration::from_millis(300),
         history: 40,
         lateness: Duration::from_secs(3),

@@ -35,6 +35,8 @@ fn config(server: &NatsServer, run: &str, replica: &str) -> Config {
     Config {
         run: Some(run.into()),
         step: Duration::from_secs(1),
+        // Seconds-long steps: a lead time to match (the baseline's 10 steps reach past it).
+        lead: Duration::from_secs(5),
         tick_delay: Duration::from_millis(300),
         history: 40,
         lateness: Duration::from_secs(3),
@@ -51,7 +53,9 @@ fn config(server: &NatsServer, run: &str, replica: &str) -> Config {
     }
 }
 
-fn sample(at: DateTime<Utc>, workload: &str, percent: f64) -> CpuSample {
+/// One pod's sample; it is the workload's only pod, so `demand` (millicores)
+/// is the workload's demand, what the forecaster forecasts.
+fn sample(at: DateTime<Utc>, workload: &str, demand: f64) -> CpuSample {
     CpuSample {
         schema_version: SCHEMA_VERSION,
         timestamp: at,
@@ -59,9 +63,10 @@ fn sample(at: DateTime<Utc>, workload: &str, percent: f64) -> CpuSample {
         namespace: Some("shop".into()),
         workload: Some(workload.into()),
         pod: Some(format!("{workload}-0")),
-        cpu_used_millicores: percent * 5.0,
+        cpu_used_millicores: demand,
         cpu_requested_millicores: Some(500.0),
         cpu_capacity_millicores: None,
+        cpu_throttled_ratio: None,
     }
 }
 
@@ -121,7 +126,8 @@ fn feed(
     })
 }
 
-/// The trace the samples follow, in percent: second `t` of workload `k` is
+/// The demand the samples follow, millicores (a trace's values read as
+/// millicores): second `t` of workload `k` is
 /// `values[(t + k) % len]`.
 fn trace_values() -> Vec<f64> {
     let trace = Trace::read(&repo_root().join("testdata/traces/nab-ec2_cpu_utilization_53ea38.csv")).unwrap();

@@ -43,6 +43,8 @@ fn config(nats: NatsConfig, vm: &VictoriaMetrics) -> Config {
         retry_min: Duration::from_millis(100),
         retry_max: Duration::from_secs(2),
         write_timeout: Duration::from_secs(2),
+        // The tests' samples come on a 5 s grid.
+        step: Duration::from_secs(5),
         listen: "127.0.0.1:0".parse().unwrap(),
         nats,
         ..Config::default()
@@ -76,6 +78,7 @@ fn pod_sample(at: DateTime<Utc>, pod: &str, used: f64) -> CpuSample {
         cpu_used_millicores: used,
         cpu_requested_millicores: Some(500.0),
         cpu_capacity_millicores: None,
+        cpu_throttled_ratio: None,
     }
 }
 
@@ -240,7 +243,7 @@ fn decision(at: DateTime<Utc>, outcome: Outcome) -> ScaleDecision {
             window_end: at - TimeDelta::seconds(5),
         }),
         utilization_percent: Some(70.0),
-        predicted_peak_percent: Some(90.0),
+        predicted_peak_millicores: Some(900.0),
         target_utilization_percent: Some(50.0),
         warnings: vec![],
     }
@@ -267,6 +270,7 @@ async fn every_message_becomes_its_points() {
         pod: None,
         cpu_requested_millicores: None,
         cpu_capacity_millicores: Some(4000.0),
+        cpu_throttled_ratio: None,
         ..pod_sample(t0, "x", 1000.0)
     };
     send_sample(&js, &node).await;
@@ -283,8 +287,9 @@ async fn every_message_becomes_its_points() {
         },
         window_end: t0,
         step_seconds: 5.0,
-        values: vec![55.0, 60.0, 65.0],
-        upper: Some(vec![70.0, 75.0, 80.0]),
+        pod_request_millicores: 500.0,
+        values: vec![550.0, 600.0, 650.0],
+        upper: Some(vec![700.0, 750.0, 800.0]),
         quantile: Some(0.9),
     };
     publish(&js, Prefix::live().forecast("shop", "web").unwrap(), &forecast).await;
@@ -337,6 +342,17 @@ async fn every_message_becomes_its_points() {
     )
     .await;
     wait_for_step(&vm, "cpu_usage_current_pods", &workload, ms(t0), 2.0, &[1.0]).await;
+    // Demand, in the forecasts' unit: web-0's mean 200m plus web-1's 300m
+    // (0.1 core with web-0's first sample alone, 0.4 with web-1's).
+    wait_for_step(
+        &vm,
+        "cpu_usage_current_demand_cores",
+        &workload,
+        ms(t0),
+        0.5,
+        &[0.1, 0.4],
+    )
+    .await;
     wait_for(
         &vm,
         "cpu_usage_current_value",
@@ -344,7 +360,8 @@ async fn every_message_becomes_its_points() {
         &[(ms(t0), 25.0)],
     )
     .await;
-    for (k, (value, upper)) in [(55.0, 70.0), (60.0, 75.0), (65.0, 80.0)].into_iter().enumerate() {
+    // Predicted demand in cores, as the actual demand above.
+    for (k, (value, upper)) in [(0.55, 0.7), (0.6, 0.75), (0.65, 0.8)].into_iter().enumerate() {
         let horizon = (k + 1).to_string();
         let labels = [
             ("horizon", horizon.as_str()),
@@ -366,7 +383,7 @@ async fn every_message_becomes_its_points() {
     wait_for(&vm, "scale_decision_replicas_before", &tags, &[(at, 2.0)]).await;
     wait_for(&vm, "scale_decision_replicas_after", &tags, &[(at, 4.0)]).await;
     wait_for(&vm, "scale_decision_applied", &tags, &[(at, 1.0)]).await;
-    wait_for(&vm, "scale_decision_predicted_peak_percent", &tags, &[(at, 90.0)]).await;
+    wait_for(&vm, "scale_decision_predicted_peak_cores", &tags, &[(at, 0.9)]).await;
 
     all_acked(&js).await;
     assert_eq!(metrics.messages_total(STREAM_SAMPLES, "written"), 4);
@@ -485,7 +502,8 @@ async fn a_point_influxdb_rejects_goes_to_the_dead_letters() {
         },
         window_end: t0,
         step_seconds: 1e10,
-        values: vec![55.0, 60.0],
+        pod_request_millicores: 500.0,
+        values: vec![550.0, 600.0],
         upper: None,
         quantile: None,
     };

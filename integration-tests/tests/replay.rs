@@ -232,7 +232,7 @@ async fn a_simulated_statefulset_follows_applied_decisions() {
         outcome: Outcome::Applied,
         forecast: None,
         utilization_percent: None,
-        predicted_peak_percent: None,
+        predicted_peak_millicores: None,
         target_utilization_percent: None,
         warnings: Vec::new(),
     };
@@ -295,6 +295,7 @@ async fn a_range_of_pas_samples_records_and_replays() {
                 cpu_used_millicores: 100.0 * (step % 5) as f64 + 10.0 * pod as f64,
                 cpu_requested_millicores: Some(1000.0),
                 cpu_capacity_millicores: None,
+                cpu_throttled_ratio: None,
             };
             let msg = pas_nats::Outgoing::new(Prefix::live().sample(&sample).unwrap(), &sample).unwrap();
             pas_nats::publish(&conn.jetstream, &msg)

@@ -89,11 +89,13 @@ async fn sample(js: &jetstream::Context, workload: &str, ordinal: u32, percent: 
         cpu_used_millicores: percent * 10.0,
         cpu_requested_millicores: Some(1000.0),
         cpu_capacity_millicores: None,
+        cpu_throttled_ratio: None,
     };
     publish(js, Prefix::live().sample(&s).unwrap(), &s).await;
 }
 
-/// A forecast of `values` (percent) whose input window ended a step ago.
+/// A forecast of `values` (demand, millicores; pods request 1000m) whose
+/// input window ended a step ago.
 fn forecast(workload: &str, version: u64, values: Vec<f64>) -> Forecast {
     let now = Utc::now();
     Forecast {
@@ -108,6 +110,7 @@ fn forecast(workload: &str, version: u64, values: Vec<f64>) -> Forecast {
         },
         window_end: DateTime::from_timestamp(now.timestamp() - 5, 0).unwrap(),
         step_seconds: 5.0,
+        pod_request_millicores: 1000.0,
         values,
         upper: None,
         quantile: None,
@@ -202,8 +205,8 @@ async fn forecasts_in_decisions_out() {
     // The scaler has the samples (its sample and forecast consumers are
     // separate) once it decides on them.
     next_decision_where(&mut sub, "web", |d| d.utilization_percent == Some(50.0)).await;
-    // A peak of 150 % ahead: 3 × the target, so 2 replicas become 6.
-    let web = forecast("web", 7, vec![60.0, 150.0, 90.0]);
+    // A peak demand of 3000m ahead: at 50 % of 1000m per pod, 6 replicas.
+    let web = forecast("web", 7, vec![1200.0, 3000.0, 1800.0]);
     send_forecast(&js, &web).await;
     let (subject, d) = next_decision_where(&mut sub, "web", on_forecast).await;
     assert_eq!(subject, "pas.scale.shop.web");
@@ -213,7 +216,7 @@ async fn forecasts_in_decisions_out() {
         "{d:?}"
     );
     assert_eq!((d.policy.as_str(), d.rule.as_str()), ("hybrid", "predictive"));
-    assert_eq!(d.predicted_peak_percent, Some(150.0));
+    assert_eq!(d.predicted_peak_millicores, Some(3000.0));
     assert_eq!(d.utilization_percent, Some(50.0));
     let used = d.forecast.expect("the forecast used");
     assert_eq!((used.model, used.window_end), (web.model.clone(), web.window_end));
@@ -224,7 +227,7 @@ async fn forecasts_in_decisions_out() {
     }));
 
     // Dry-run: decided and published, not changed.
-    send_forecast(&js, &forecast("db", 3, vec![100.0])).await;
+    send_forecast(&js, &forecast("db", 3, vec![3000.0])).await;
     let (_, d) = next_decision_where(&mut sub, "db", on_forecast).await;
     assert_eq!(
         (d.replicas_before, d.replicas_after, d.outcome),
@@ -234,7 +237,7 @@ async fn forecasts_in_decisions_out() {
     assert_eq!(sim.replicas("shop", "db"), Some(3));
 
     // An HPA targets cache: refused, once as an Event.
-    send_forecast(&js, &forecast("cache", 1, vec![150.0])).await;
+    send_forecast(&js, &forecast("cache", 1, vec![3000.0])).await;
     let (_, d) = next_decision(&mut sub, "cache").await;
     assert_eq!(
         (d.rule.as_str(), d.outcome, d.replicas_after),
@@ -245,7 +248,7 @@ async fn forecasts_in_decisions_out() {
     assert_eq!(sim.replicas("shop", "cache"), Some(2));
 
     // Bad annotations: reported on the decision and counted; defaults apply (max 10).
-    send_forecast(&js, &forecast("odd", 1, vec![1000.0])).await;
+    send_forecast(&js, &forecast("odd", 1, vec![20_000.0])).await;
     let (_, d) = next_decision_where(&mut sub, "odd", on_forecast).await;
     assert!(
         d.warnings
@@ -258,7 +261,7 @@ async fn forecasts_in_decisions_out() {
     assert!(metrics.invalid_settings_count() >= 1);
 
     // Not enabled: no decisions at all, however high the forecast.
-    send_forecast(&js, &forecast("off", 1, vec![1000.0])).await;
+    send_forecast(&js, &forecast("off", 1, vec![20_000.0])).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mut ws = Vec::new();
     while let Some(Some(msg)) = futures::FutureExt::now_or_never(sub.next()) {
@@ -303,7 +306,7 @@ async fn two_scalers_one_acts() {
     for round in 0..4 {
         sample(&js, "web", 0, 50.0).await;
         sample(&js, "web", 1, 50.0).await;
-        send_forecast(&js, &forecast("web", round, vec![50.0])).await;
+        send_forecast(&js, &forecast("web", round, vec![1000.0])).await;
         let (_, d) = next_decision(&mut sub, "web").await;
         assert_eq!(d.outcome, Outcome::Unchanged, "{d:?}");
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -325,7 +328,7 @@ async fn two_scalers_one_acts() {
     .await;
     sample(&js, "web", 0, 50.0).await;
     sample(&js, "web", 1, 50.0).await;
-    send_forecast(&js, &forecast("web", 9, vec![150.0])).await;
+    send_forecast(&js, &forecast("web", 9, vec![3000.0])).await;
     let d = loop {
         let (_, d) = next_decision(&mut sub, "web").await;
         if d.outcome == Outcome::Applied {
@@ -481,7 +484,7 @@ async fn shutdown_with_nats_down_exits_within_ten_seconds() {
     })
     .await;
     sample(&js, "web", 0, 50.0).await;
-    send_forecast(&js, &forecast("web", 1, vec![50.0; 6])).await;
+    send_forecast(&js, &forecast("web", 1, vec![1000.0; 6])).await;
     next_decision(&mut sub, "web").await;
 
     server.kill();
@@ -573,10 +576,9 @@ async fn impossible_forecast_values_are_dead_lettered_and_the_scaler_goes_on() {
     sample(&js, "web", 1, 50.0).await;
 
     let subject = Prefix::live().forecast("shop", "web").unwrap();
-    for values in [vec![1e308; 6], vec![-1e6; 6]] {
-        // Written as raw JSON: the typed encoder would refuse them first.
-        let mut f = serde_json::to_value(forecast("web", 1, vec![50.0; 6])).unwrap();
-        f["values"] = serde_json::json!(values);
+    // Written as raw JSON (the typed encoder would refuse them first); the
+    // reason each is dead-lettered for.
+    let mut refused = async |f: serde_json::Value| -> String {
         js.publish(subject.clone(), f.to_string().into())
             .await
             .unwrap()
@@ -586,16 +588,18 @@ async fn impossible_forecast_values_are_dead_lettered_and_the_scaler_goes_on() {
             .await
             .expect("a dead letter")
             .unwrap();
-        let reason = letter
+        letter
             .headers
             .as_ref()
             .and_then(|h| h.get(pas_schemas::subjects::HEADER_ERROR))
-            .map(|v| v.to_string());
-        assert!(
-            reason.is_some_and(|r| r.contains("values")),
-            "{:?}",
-            letter.headers
-        );
+            .map(|v| v.to_string())
+            .unwrap_or_default()
+    };
+    for values in [vec![1e308; 6], vec![-1e6; 6]] {
+        let mut f = serde_json::to_value(forecast("web", 1, vec![1000.0; 6])).unwrap();
+        f["values"] = serde_json::json!(values);
+        let reason = refused(f).await;
+        assert!(reason.contains("values"), "{reason}");
     }
     assert_eq!(
         sim.replicas("shop", "web"),
@@ -603,9 +607,17 @@ async fn impossible_forecast_values_are_dead_lettered_and_the_scaler_goes_on() {
         "nothing scaled for an impossible forecast"
     );
 
-    // A sound forecast after them is decided on: a peak of 150 % ahead, so
-    // 2 replicas become 6.
-    send_forecast(&js, &forecast("web", 2, vec![60.0, 150.0, 90.0])).await;
+    // A forecast of the previous schema version (utilisation, no request)
+    // is refused for its version, never read as demand.
+    let mut old = serde_json::to_value(forecast("web", 1, vec![95.0; 6])).unwrap();
+    old["schema_version"] = serde_json::json!(1);
+    old.as_object_mut().unwrap().remove("pod_request_millicores");
+    let reason = refused(old).await;
+    assert!(reason.contains("schema version 1 is not supported"), "{reason}");
+
+    // A sound forecast after them is decided on: a peak demand of 3000m
+    // ahead, so 2 replicas become 6.
+    send_forecast(&js, &forecast("web", 2, vec![1200.0, 3000.0, 1800.0])).await;
     let (_, d) = next_decision_where(&mut sub, "web", on_forecast).await;
     assert_eq!(d.forecast.map(|f| f.model.version), Some(2), "{:?}", d.reason);
     assert_eq!((d.replicas_before, d.replicas_after), (2, 6));

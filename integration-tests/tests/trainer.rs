@@ -65,6 +65,7 @@ async fn replay(js: &jetstream::Context, rows: &[(chrono::DateTime<chrono::Utc>,
             cpu_used_millicores: cpu * 10.0,
             cpu_requested_millicores: Some(1000.0),
             cpu_capacity_millicores: None,
+            cpu_throttled_ratio: None,
         };
         let out = pas_nats::Outgoing::new(prefix.sample(&sample).unwrap(), &sample).unwrap();
         last = pas_nats::publish(js, &out).await.unwrap().await.unwrap().sequence;
@@ -352,6 +353,7 @@ async fn a_burst_of_workload_names_is_forgotten_after_the_silence() {
                 cpu_used_millicores: 100.0,
                 cpu_requested_millicores: Some(1000.0),
                 cpu_capacity_millicores: None,
+                cpu_throttled_ratio: None,
             };
             let out = pas_nats::Outgoing::new(prefix.sample(&sample).unwrap(), &sample).unwrap();
             acks.push(pas_nats::publish(&js, &out).await.unwrap());

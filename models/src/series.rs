@@ -37,6 +37,8 @@ pub struct GapReport {
     pub long_gaps: usize,
 }
 
+/// The demand series of a workload ([`pas_workloads::Steps`]); its
+/// requests and saturation marks are left behind.
 impl From<pas_workloads::Steps> for Series {
     fn from(s: pas_workloads::Steps) -> Series {
         Series {
@@ -48,6 +50,16 @@ impl From<pas_workloads::Steps> for Series {
 }
 
 impl Series {
+    /// Marks the steps where `mask` is true as missing (a lower bound that
+    /// training must not learn as the value).
+    pub fn mask(&mut self, mask: &[bool]) {
+        for (v, m) in self.values.iter_mut().zip(mask) {
+            if *m {
+                *v = f64::NAN;
+            }
+        }
+    }
+
     /// Puts timestamped points on a grid of `step_seconds`, aligned to whole
     /// multiples of the step since the Unix epoch. Points falling into the same
     /// step are averaged; steps with no point are `NaN`. Points must be sorted.

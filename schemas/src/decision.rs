@@ -30,8 +30,8 @@ pub struct ForecastRef {
 /// A replica change the scaler decided on for one StatefulSet.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ScaleDecision {
-    /// Schema version of this message; this build writes 1.
-    #[schemars(range(min = 1, max = 1))]
+    /// Schema version of this message; this build writes 2.
+    #[schemars(range(min = 2, max = 2))]
     pub schema_version: u32,
     /// When the decision was made (RFC 3339, UTC).
     pub timestamp: DateTime<Utc>,
@@ -57,9 +57,9 @@ pub struct ScaleDecision {
     /// Measured CPU utilisation of the ready pods (percent of requests), if known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub utilization_percent: Option<f64>,
-    /// Peak forecast utilisation over the lead time (percent), if a fresh forecast was at hand.
+    /// Peak forecast demand over the lead time (millicores, all pods), if a fresh forecast was at hand.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub predicted_peak_percent: Option<f64>,
+    pub predicted_peak_millicores: Option<f64>,
     /// The target utilisation in force (percent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_utilization_percent: Option<f64>,

@@ -5,7 +5,10 @@ use chrono::{DateTime, Utc};
 #[non_exhaustive]
 pub enum ValidationError {
     /// The message was written by a schema version this build does not know.
-    #[error("schema version {found} is not supported (this build reads version {supported})")]
+    #[error(
+        "schema version {found} is not supported (this build reads version {supported}; {history}); upgrade every PAS stage to the same release",
+        history = crate::SCHEMA_HISTORY
+    )]
     UnknownSchemaVersion {
         /// Version in the message.
         found: u32,

@@ -18,11 +18,14 @@ pub struct ModelRef {
     pub version: u64,
 }
 
-/// Predicted CPU utilisation of one workload for the next steps.
+/// Predicted CPU **demand** of one workload for the next steps: the sum of
+/// its pods' use, in millicores, which does not change when the replica count
+/// does. The scaler turns it into replicas with the per-pod request:
+/// ceil(peak demand / (target utilisation × request)).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Forecast {
-    /// Schema version of this message; this build writes 1.
-    #[schemars(range(min = 1, max = 1))]
+    /// Schema version of this message; this build writes 2.
+    #[schemars(range(min = 2, max = 2))]
     pub schema_version: u32,
     /// When the forecast was made (RFC 3339, UTC).
     pub timestamp: DateTime<Utc>,
@@ -38,9 +41,13 @@ pub struct Forecast {
     /// Length of one step, in seconds.
     #[schemars(range(min = 0))]
     pub step_seconds: f64,
-    /// Predicted utilisation (percent of requested CPU) per future step.
+    /// The CPU request of one pod the forecast assumed (the mean over the
+    /// pods of the window's last step), in millicores.
+    #[schemars(range(min = 0))]
+    pub pod_request_millicores: f64,
+    /// Predicted demand per future step, millicores (the sum over the pods).
     pub values: Vec<f64>,
-    /// Upper quantile per step, where the model gives one.
+    /// Upper quantile of the demand per step, millicores, where the model gives one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upper: Option<Vec<f64>>,
     /// Which quantile `upper` is (for example 0.9).
@@ -81,6 +88,17 @@ impl Message for Forecast {
             });
         }
         check_bounded("step_seconds", self.step_seconds, MAX_STEP_SECONDS)?;
+        check_bounded(
+            "pod_request_millicores",
+            self.pod_request_millicores,
+            crate::MAX_CPU_MILLICORES,
+        )?;
+        if self.pod_request_millicores <= 0.0 {
+            return Err(ValidationError::Inconsistent {
+                field: "pod_request_millicores",
+                reason: "must be greater than zero".into(),
+            });
+        }
         if self.step_seconds <= 0.0 {
             return Err(ValidationError::Inconsistent {
                 field: "step_seconds",

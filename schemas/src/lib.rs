@@ -28,13 +28,23 @@ pub use error::{DecodeError, ValidationError};
 pub use forecast::{Forecast, ModelRef};
 pub use manifest::{MAX_MANIFEST_ENTRIES, ModelManifest, Normalisation, TrainingRange};
 pub use quantity::cpu_millicores;
-pub use sample::{CpuSample, workload_utilisation};
+pub use sample::{CpuSample, SATURATED_THROTTLED_SHARE};
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use serde::{Serialize, de::DeserializeOwned};
 
 /// The schema version every message of this build writes and accepts.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
+
+/// What each schema version changed, newest first (for error messages and
+/// the docs).
+///
+/// - 2: forecasts carry **demand** (millicores, the sum of the pods' use)
+///   and the per-pod CPU request they assumed, not utilisation; samples
+///   carry the throttled share of their interval; decisions give the
+///   predicted peak in millicores.
+/// - 1: the first version.
+pub const SCHEMA_HISTORY: &str = "2: forecasts of demand in millicores; 1: forecasts of utilisation";
 
 /// How far ahead of the local clock a timestamp may be before it is refused
 /// by [`Message::validate`] (a sanity bound; stages admit samples only within
@@ -89,8 +99,26 @@ pub trait Message: Serialize + DeserializeOwned + schemars::JsonSchema {
     }
 }
 
-/// Parses and validates a message from a JSON payload.
+/// Parses and validates a message from a JSON payload. The schema version
+/// is read first, so a message of another version is refused for its
+/// version (and not for a field that version lacks, or worse, read with
+/// another meaning: a version-1 forecast's utilisation as demand).
 pub fn decode<M: Message>(payload: &[u8]) -> Result<M, DecodeError> {
+    #[derive(serde::Deserialize)]
+    struct Version {
+        schema_version: Option<serde_json::Value>,
+    }
+    if let Ok(Version {
+        schema_version: Some(v),
+    }) = serde_json::from_slice::<Version>(payload)
+        && let Some(found) = v.as_u64()
+        && found != u64::from(SCHEMA_VERSION)
+    {
+        return Err(DecodeError::Invalid(ValidationError::UnknownSchemaVersion {
+            found: u32::try_from(found).unwrap_or(u32::MAX),
+            supported: SCHEMA_VERSION,
+        }));
+    }
     let msg: M = serde_json::from_slice(payload).map_err(DecodeError::Json)?;
     msg.validate().map_err(DecodeError::Invalid)?;
     Ok(msg)

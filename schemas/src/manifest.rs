@@ -50,8 +50,8 @@ pub struct TrainingRange {
 /// Metadata of one stored model version in the `pas-models` bucket.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ModelManifest {
-    /// Schema version of this message; this build writes 1.
-    #[schemars(range(min = 1, max = 1))]
+    /// Schema version of this message; this build writes 2.
+    #[schemars(range(min = 2, max = 2))]
     pub schema_version: u32,
     /// When the version was stored (RFC 3339, UTC).
     pub timestamp: DateTime<Utc>,

@@ -8,13 +8,15 @@ use crate::{MAX_CPU_MILLICORES, Message, ValidationError, check_bounded, check_n
 /// StatefulSet.
 ///
 /// A node sample has no `namespace`, `workload` or `pod` and gives the node's
-/// capacity; a pod sample gives all three and the pod's CPU request. Workload
-/// utilisation is the sum of use over the sum of requests of its pods, in
-/// percent, as the HPA defines it.
+/// capacity; a pod sample gives all three, the pod's CPU request and how much
+/// of the interval it was CPU-throttled. A workload's **demand** is the sum
+/// of its pods' use in millicores (what models forecast); its utilisation is
+/// the sum of use over the sum of requests, in percent, as the HPA defines it
+/// (what the HPA rule observes).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct CpuSample {
-    /// Schema version of this message; this build writes 1.
-    #[schemars(range(min = 1, max = 1))]
+    /// Schema version of this message; this build writes 2.
+    #[schemars(range(min = 2, max = 2))]
     pub schema_version: u32,
     /// End of the measurement interval (RFC 3339, UTC).
     pub timestamp: DateTime<Utc>,
@@ -41,27 +43,25 @@ pub struct CpuSample {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
     pub cpu_capacity_millicores: Option<f64>,
+    /// Share of the interval the pod was CPU-throttled, 0 to 1 (cgroup v2
+    /// `cpu.stat` `throttled_usec` over the interval; pod samples only, where
+    /// known). At [`SATURATED_THROTTLED_SHARE`] or more the pod wanted more
+    /// CPU than it got, so its use is a lower bound of its demand.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1))]
+    pub cpu_throttled_ratio: Option<f64>,
 }
+
+/// A pod throttled for at least this share of an interval is saturated: it
+/// wanted more CPU than its limit let it use, and its use understates its
+/// demand. 5 %: a pod that never reaches its limit is throttled in no
+/// period, and one that sits at it is throttled in most.
+pub const SATURATED_THROTTLED_SHARE: f64 = 0.05;
 
 impl CpuSample {
     /// Whether this is a pod sample (names namespace, workload and pod).
     pub fn is_pod(&self) -> bool {
         self.pod.is_some()
-    }
-}
-
-/// A workload's CPU utilisation as the HPA defines it, in percent: the sum of
-/// its pods' use over the sum of their requests. Each item is one pod's mean
-/// use and mean request over the interval, in millicores. `NaN` when nothing
-/// is requested. The trainer, the forecaster and the recorder all use this.
-pub fn workload_utilisation(pods: impl IntoIterator<Item = (f64, f64)>) -> f64 {
-    let (used, requested) = pods
-        .into_iter()
-        .fold((0.0, 0.0), |(u, r), (pu, pr)| (u + pu, r + pr));
-    if requested > 0.0 {
-        100.0 * used / requested
-    } else {
-        f64::NAN
     }
 }
 
@@ -96,6 +96,9 @@ impl Message for CpuSample {
         }
         if let Some(v) = self.cpu_capacity_millicores {
             check_bounded("cpu_capacity_millicores", v, MAX_CPU_MILLICORES)?;
+        }
+        if let Some(v) = self.cpu_throttled_ratio {
+            check_bounded("cpu_throttled_ratio", v, 1.0)?;
         }
         match (&self.namespace, &self.workload, &self.pod) {
             (None, None, None) => Ok(()),

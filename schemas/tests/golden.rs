@@ -90,10 +90,20 @@ fn validation_refuses_bad_values() {
     assert!(matches!(s.validate(), Err(ValidationError::NotFinite { .. })));
 
     let mut s = sample();
-    s.schema_version = 2;
+    s.schema_version = 3;
     assert!(matches!(
         s.validate(),
-        Err(ValidationError::UnknownSchemaVersion { found: 2, .. })
+        Err(ValidationError::UnknownSchemaVersion { found: 3, .. })
+    ));
+
+    let mut s = sample();
+    s.cpu_throttled_ratio = Some(1.5);
+    assert!(matches!(
+        s.validate(),
+        Err(ValidationError::TooLarge {
+            field: "cpu_throttled_ratio",
+            ..
+        })
     ));
 
     let mut s = sample();
@@ -133,6 +143,37 @@ fn decode_tells_malformed_from_invalid() {
         f.validate(),
         Err(ValidationError::Inconsistent { field: "upper", .. })
     ));
+}
+
+/// A version-1 forecast (utilisation in percent, no per-pod request) is
+/// refused for its version, with what changed, not for the field it lacks,
+/// and never read as demand.
+#[test]
+fn a_version_1_forecast_is_refused_for_its_version() {
+    let v1 = r#"{"schema_version": 1, "timestamp": "2026-11-23T17:00:06Z", "namespace": "shop",
+        "workload": "web", "model": {"key": "shop/web", "kind": "lstm", "version": 7},
+        "window_end": "2026-11-23T17:00:05Z", "step_seconds": 5.0, "values": [61.5, 63.0]}"#;
+    let e = decode::<Forecast>(v1.as_bytes()).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            DecodeError::Invalid(ValidationError::UnknownSchemaVersion {
+                found: 1,
+                supported: 2
+            })
+        ),
+        "{e}"
+    );
+    assert_eq!(e.kind(), "invalid");
+    let text = e.to_string();
+    assert!(
+        text.contains("version 1 is not supported") && text.contains("demand"),
+        "{text}"
+    );
+    // The same message at version 2 lacks its request: a field error.
+    let v2 = v1.replace("\"schema_version\": 1", "\"schema_version\": 2");
+    let e = decode::<Forecast>(v2.as_bytes()).unwrap_err();
+    assert!(e.to_string().contains("pod_request_millicores"), "{e}");
 }
 
 #[test]

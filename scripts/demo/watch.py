@@ -1,8 +1,8 @@
 """make demo: the forecast beside what then happened, one row per step.
 
 Reads `pas bus tail 'replay.demo.pas.>'` lines (`subject payload`) on stdin:
-pod samples give each step's measured utilisation (sum of use over sum of
-requests, what the forecaster forecasts); forecasts give what was expected
+pod samples give each step's measured demand (the sum of the pods' use, in
+cores: what the forecaster forecasts); forecasts give what was expected
 for that step LEAD steps earlier; decisions give the replicas and the rule.
 A row is printed once the step's samples are all in."""
 
@@ -32,18 +32,18 @@ def key(t):
 
 def row(s):
     pods = steps.get(s, {})
-    requested = sum(r for _, r in pods.values())
-    actual = 100 * sum(u for u, _ in pods.values()) / requested if requested else None
+    actual = sum(u for u, _ in pods.values()) / 1000 if pods else None
     f = expected.get(s)
     d = decisions.get(s)
     if f is None and d is None:
         return
     if f is not None and actual is not None:
         errors.append(abs(f[0] - actual))
-    cell = lambda v: "     -" if v is None else "%5.1f%%" % v
+    cell = lambda v: "     -" if v is None else "%6.2f" % v
     decision = ""
     if d is not None:
-        peak = d.get("predicted_peak_percent")
+        peak = d.get("predicted_peak_millicores")
+        peak = None if peak is None else peak / 1000
         decision = "%2d -> %2d  %-8s %-13s peak %s" % (
             d["replicas_before"], d["replicas_after"], d["outcome"], d["rule"], cell(peak).strip())
     print("    %s  %s  %s  %s    %s" % (
@@ -51,11 +51,11 @@ def row(s):
         cell(None if f is None else f[1]), decision), flush=True)
 
 
-print("    A row per 5 s step (5 minutes of the trace): the utilisation measured in it, what the served model")
+print("    A row per step: the demand measured in it (cores: the pods' use together), what the served model")
 print("    forecast for it %d steps before (the lead time: a pod's 10 s start-up plus one tick), with its upper" % LEAD)
-print("    quantile, and the scaler's decision in that step. peak = the highest utilisation the forecast expects")
-print("    over the lead time, what the predictive rule plans for.")
-print("    step        actual  forecast  upper     replicas outcome  rule          peak", flush=True)
+print("    quantile, and the scaler's decision in that step. peak = the highest demand the forecast expects")
+print("    over the lead time: the predictive rule plans ceil(peak / (target x request)) replicas.")
+print("    step        actual  forecast   upper     replicas outcome  rule          peak", flush=True)
 for line in sys.stdin:
     subject, _, payload = line.partition(" ")
     try:
@@ -67,7 +67,7 @@ for line in sys.stdin:
         if len(m["values"]) >= LEAD:
             target = key(when(m["window_end"])) + LEAD * step
             upper = m.get("upper") or m["values"]
-            expected[target] = (m["values"][LEAD - 1], upper[LEAD - 1])
+            expected[target] = (m["values"][LEAD - 1] / 1000, upper[LEAD - 1] / 1000)
     elif ".scale." in subject and step is not None:
         decisions[key(when(m["timestamp"]))] = m
     elif ".cpu.pod." in subject and step is not None and m.get("cpu_requested_millicores"):
@@ -78,5 +78,5 @@ for line in sys.stdin:
             printed.add(done)
             row(done)
 if errors:
-    print("    mean absolute error of the forecast %d steps ahead: %.1f points of utilisation over %d steps"
+    print("    mean absolute error of the forecast %d steps ahead: %.2f cores over %d steps"
           % (LEAD, sum(errors) / len(errors), len(errors)), flush=True)

@@ -1,7 +1,16 @@
-//! Per-workload utilisation series built from pod samples, shared by the
-//! trainer and the forecaster (stages meet on the bus; this is the folding
-//! both do to what they read from it). No libtorch: a series comes out as
-//! plain [`Steps`], which `pas-models` turns into its `Series`.
+//! Per-workload demand series built from pod samples: the one folding of
+//! samples into workload steps, shared by the trainer, the forecaster, the
+//! recorder and `pas experiment` (stages meet on the bus; this is what each
+//! does to what it reads from it). No libtorch: a series comes out as plain
+//! [`Steps`], which `pas-models` turns into its `Series`.
+//!
+//! A workload's step ([`Step`], [`summarise`]) is, over the pods that
+//! reported in it: its **demand**, the sum of each pod's mean CPU use in
+//! millicores (what models learn and forecast: it does not change when the
+//! replica count does); the pods' mean CPU request (what the scaler divides
+//! by); how many pods reported; and whether any pod was saturated (CPU-
+//! throttled for [`pas_schemas::SATURATED_THROTTLED_SHARE`] of the interval
+//! or more), which makes the demand a lower bound.
 //!
 //! Start at [`Workloads::fold`]. Nothing a sample says sizes an allocation:
 //! a gap as long as the history keeps nothing from before it, an open step
@@ -12,18 +21,119 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeDelta, Utc};
-use pas_schemas::{CpuSample, TrainingRange};
+use pas_schemas::{CpuSample, SATURATED_THROTTLED_SHARE, TrainingRange};
 
-/// A workload's series: one value per step from `start` (`NaN` where a step
-/// had no sample).
+/// A workload's series: one entry per step from `start` (`NaN`, no pods,
+/// where a step had no sample).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Steps {
     /// Start of the first step.
     pub start: DateTime<Utc>,
     /// Step length, in seconds.
     pub step_seconds: u32,
-    /// One value per step.
+    /// Demand per step, millicores: the sum of the pods' mean use.
     pub values: Vec<f64>,
+    /// Mean CPU request of one pod per step, millicores.
+    pub requests: Vec<f64>,
+    /// Whether a step's demand is a lower bound (a pod was saturated).
+    pub saturated: Vec<bool>,
+}
+
+impl Steps {
+    /// The per-pod request of the newest step at or before `index` that has
+    /// one.
+    pub fn request_at(&self, index: usize) -> Option<f64> {
+        self.requests
+            .get(..=index.min(self.requests.len().saturating_sub(1)))?
+            .iter()
+            .rev()
+            .copied()
+            .find(|r| r.is_finite() && *r > 0.0)
+    }
+}
+
+/// One workload's step, from its pods' samples.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Step {
+    /// Sum over the pods of their mean CPU use, millicores.
+    pub demand: f64,
+    /// Sum over the pods of their mean CPU request, millicores.
+    pub requested: f64,
+    /// Pods that reported.
+    pub pods: u32,
+    /// The highest mean throttled share of a pod, 0 to 1.
+    pub throttled: f64,
+}
+
+impl Step {
+    /// A step with no sample.
+    pub const MISSING: Step = Step {
+        demand: f64::NAN,
+        requested: f64::NAN,
+        pods: 0,
+        throttled: 0.0,
+    };
+
+    /// Utilisation as the HPA defines it: use over requests, percent.
+    pub fn utilisation(&self) -> f64 {
+        if self.requested > 0.0 {
+            100.0 * self.demand / self.requested
+        } else {
+            f64::NAN
+        }
+    }
+
+    /// The mean CPU request of one pod, millicores.
+    pub fn request_per_pod(&self) -> f64 {
+        if self.pods > 0 {
+            self.requested / f64::from(self.pods)
+        } else {
+            f64::NAN
+        }
+    }
+
+    /// Whether a pod was saturated, so the demand is a lower bound.
+    pub fn saturated(&self) -> bool {
+        self.throttled >= SATURATED_THROTTLED_SHARE
+    }
+}
+
+/// One pod's sample in a step.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PodSample<'a> {
+    /// The pod.
+    pub pod: &'a str,
+    /// CPU used, millicores.
+    pub used: f64,
+    /// CPU requested, millicores.
+    pub requested: f64,
+    /// Throttled share of the interval, 0 when not known.
+    pub throttled: f64,
+}
+
+/// A workload's step from its pods' samples: per pod the mean of its
+/// samples, then summed (use, request) or the highest (throttling).
+pub fn summarise<'a>(samples: impl IntoIterator<Item = PodSample<'a>>) -> Step {
+    let mut pods: HashMap<&str, (f64, f64, f64, f64)> = HashMap::new();
+    for s in samples {
+        let p = pods.entry(s.pod).or_default();
+        *p = (p.0 + s.used, p.1 + s.requested, p.2 + s.throttled, p.3 + 1.0);
+    }
+    if pods.is_empty() {
+        return Step::MISSING;
+    }
+    let mut step = Step {
+        demand: 0.0,
+        requested: 0.0,
+        pods: pods.len() as u32,
+        throttled: 0.0,
+    };
+    for (used, requested, throttled, n) in pods.values() {
+        step.demand += used / n;
+        step.requested += requested / n;
+        step.throttled = step.throttled.max(throttled / n);
+    }
+    step
 }
 
 /// A workload: namespace and StatefulSet.
@@ -53,14 +163,14 @@ pub enum Fold {
     Ignored(&'static str),
 }
 
-/// One pod's sample in a step: CPU used and requested, and its stream sequence.
-type PodSamples = HashMap<(String, i64), (f64, f64, u64)>;
+/// One pod's sample in a step, by pod and time: CPU used, requested,
+/// throttled share, and its stream sequence.
+type PodSamples = HashMap<(String, i64), (f64, f64, f64, u64)>;
 
-/// A settled step: its utilisation (`NaN` when no sample came) and the
-/// stream sequences of its samples.
+/// A settled step and the stream sequences of its samples.
 #[derive(Debug, Clone, Copy)]
 struct Settled {
-    value: f64,
+    step: Step,
     sequences: Option<(u64, u64)>,
 }
 
@@ -139,7 +249,7 @@ impl Workload {
                 Some(next) if !self.settled.is_empty() && step - next < max_history => {
                     for _ in next..step {
                         self.settled.push_back(Settled {
-                            value: f64::NAN,
+                            step: Step::MISSING,
                             sequences: None,
                         });
                     }
@@ -159,18 +269,25 @@ impl Workload {
     }
 }
 
-/// Utilisation of one step: the sum over pods of their mean use over the sum
-/// of their mean requests, in percent.
+/// One step from its samples ([`summarise`]), with their stream sequences.
 fn settle(samples: &PodSamples) -> Settled {
-    let mut pods: HashMap<&str, (f64, f64, f64)> = HashMap::new();
-    let mut sequences: Option<(u64, u64)> = None;
-    for ((pod, _), &(used, requested, seq)) in samples {
-        let p = pods.entry(pod.as_str()).or_default();
-        *p = (p.0 + used, p.1 + requested, p.2 + 1.0);
-        sequences = Some(sequences.map_or((seq, seq), |(a, b)| (a.min(seq), b.max(seq))));
-    }
-    let value = pas_schemas::workload_utilisation(pods.values().map(|(u, r, n)| (u / n, r / n)));
-    Settled { value, sequences }
+    let sequences = samples
+        .values()
+        .map(|s| s.3)
+        .fold(None, |acc: Option<(u64, u64)>, seq| {
+            Some(acc.map_or((seq, seq), |(a, b)| (a.min(seq), b.max(seq))))
+        });
+    let step = summarise(
+        samples
+            .iter()
+            .map(|((pod, _), &(used, requested, throttled, _))| PodSample {
+                pod,
+                used,
+                requested,
+                throttled,
+            }),
+    );
+    Settled { step, sequences }
 }
 
 /// The series of every workload seen, each limited to its newest
@@ -223,7 +340,15 @@ impl Workloads {
         if samples.len() >= MAX_SAMPLES_PER_STEP {
             return Fold::Ignored("too_many_samples");
         }
-        samples.insert(id, (sample.cpu_used_millicores, requested, sequence));
+        samples.insert(
+            id,
+            (
+                sample.cpu_used_millicores,
+                requested,
+                sample.cpu_throttled_ratio.unwrap_or(0.0),
+                sequence,
+            ),
+        );
         w.touched = Instant::now();
         w.settle(self.open_steps, self.max_history);
         Fold::Folded
@@ -277,14 +402,33 @@ impl Workloads {
         DateTime::from_timestamp(self.map.get(key)?.newest_step()? * self.step, 0)
     }
 
-    /// A workload's utilisation series, in percent: per step, the sum over pods
-    /// of their mean CPU use over the sum of their mean CPU requests (the HPA's
-    /// definition); steps with no sample are missing. With it, the stream
+    /// One step of a workload, settled or still open; `None` when it is
+    /// not held (before the history, or after the newest step).
+    pub fn step(&self, key: &WorkloadKey, at: DateTime<Utc>) -> Option<Step> {
+        let w = self.map.get(key)?;
+        let step = at.timestamp().div_euclid(self.step);
+        if let Some(samples) = w.open.get(&step) {
+            return Some(settle(samples).step);
+        }
+        let i = usize::try_from(step - w.first).ok()?;
+        w.settled.get(i).map(|s| s.step)
+    }
+
+    /// A workload's demand series ([`Steps`]): per step, the sum over pods
+    /// of their mean CPU use, their mean request and whether one was
+    /// saturated; steps with no sample are missing. With it, the stream
     /// sequences and times it covers.
     pub fn series(&self, key: &WorkloadKey) -> Option<(Steps, TrainingRange)> {
         let w = self.map.get(key)?;
         let (first, last) = (w.first_step()?, w.newest_step()?);
-        let mut values = vec![f64::NAN; (last - first + 1) as usize];
+        let len = (last - first + 1) as usize;
+        let mut series = Steps {
+            start: DateTime::from_timestamp(first * self.step, 0)?,
+            step_seconds: self.step as u32,
+            values: vec![f64::NAN; len],
+            requests: vec![f64::NAN; len],
+            saturated: vec![false; len],
+        };
         let (mut min_seq, mut max_seq) = (u64::MAX, 0);
         let open = w.open.iter().map(|(&step, samples)| (step, settle(samples)));
         let settled = w
@@ -293,23 +437,20 @@ impl Workloads {
             .enumerate()
             .map(|(i, s)| (w.first + i as i64, *s));
         for (step, s) in settled.chain(open) {
-            values[(step - first) as usize] = s.value;
+            let i = (step - first) as usize;
+            series.values[i] = s.step.demand;
+            series.requests[i] = s.step.request_per_pod();
+            series.saturated[i] = s.step.saturated();
             if let Some((a, b)) = s.sequences {
                 min_seq = min_seq.min(a);
                 max_seq = max_seq.max(b);
             }
         }
-        let start = DateTime::from_timestamp(first * self.step, 0)?;
-        let series = Steps {
-            start,
-            step_seconds: self.step as u32,
-            values,
-        };
         let range = TrainingRange {
             first_sequence: min_seq,
             last_sequence: max_seq,
-            from: start,
-            to: start + TimeDelta::seconds((last - first) * self.step),
+            from: series.start,
+            to: series.start + TimeDelta::seconds((last - first) * self.step),
         };
         Some((series, range))
     }
@@ -332,13 +473,22 @@ mod tests {
             cpu_used_millicores: used,
             cpu_requested_millicores: requested,
             cpu_capacity_millicores: None,
+            cpu_throttled_ratio: None,
+        }
+    }
+
+    fn key() -> WorkloadKey {
+        WorkloadKey {
+            namespace: "shop".into(),
+            workload: "web".into(),
         }
     }
 
     #[test]
-    fn utilisation_is_sum_of_use_over_sum_of_requests_with_gaps_kept() {
+    fn demand_is_the_sum_of_use_with_gaps_kept() {
         let mut w = Workloads::new(5, 100, 10);
-        // Step 0: two pods, 100 + 300 used of 500 + 500 requested -> 40 %.
+        // Step 0: two pods, 100 + 300 used of 500 + 500 requested: demand
+        // 400m, 40 % utilisation, 500m per pod.
         assert_eq!(w.fold(&sample(0, "web-0", 100.0, Some(500.0)), 1), Fold::Folded);
         assert_eq!(w.fold(&sample(1, "web-1", 300.0, Some(500.0)), 2), Fold::Folded);
         // A redelivery changes nothing.
@@ -346,22 +496,23 @@ mod tests {
             w.fold(&sample(1, "web-1", 300.0, Some(500.0)), 2),
             Fold::Duplicate
         );
-        // Step 1 missing; step 2: one pod, two samples averaged -> 250 / 500.
+        // Step 1 missing; step 2: one pod, two samples averaged -> 250m.
         w.fold(&sample(10, "web-0", 200.0, Some(500.0)), 3);
         w.fold(&sample(12, "web-0", 300.0, Some(500.0)), 4);
         assert_eq!(
             w.fold(&sample(13, "web-0", 1.0, None), 5),
             Fold::Ignored("no_cpu_request")
         );
-        let key = WorkloadKey {
-            namespace: "shop".into(),
-            workload: "web".into(),
-        };
+        let key = key();
         let (s, range) = w.series(&key).unwrap();
         assert_eq!(s.values.len(), 3);
-        assert_eq!(s.values[0], 40.0);
-        assert!(s.values[1].is_nan());
-        assert_eq!(s.values[2], 50.0);
+        assert_eq!(s.values[0], 400.0);
+        assert_eq!(s.requests[0], 500.0);
+        assert!(s.values[1].is_nan() && s.requests[1].is_nan());
+        assert_eq!(s.values[2], 250.0);
+        assert_eq!(s.request_at(1), Some(500.0), "the newest step with a request");
+        let step = w.step(&key, DateTime::from_timestamp(0, 0).unwrap()).unwrap();
+        assert_eq!((step.pods, step.utilisation()), (2, 40.0));
         assert_eq!((range.first_sequence, range.last_sequence), (1, 4));
         assert_eq!(range.to, DateTime::from_timestamp(10, 0).unwrap());
     }
@@ -371,10 +522,7 @@ mod tests {
         // One sample dated 1970, then samples of today: the trainer and the
         // forecaster were OOM-killed filling one step per 5 s since the epoch.
         let mut w = Workloads::new(5, 100, 3);
-        let key = WorkloadKey {
-            namespace: "shop".into(),
-            workload: "web".into(),
-        };
+        let key = key();
         assert_eq!(w.fold(&sample(0, "web-0", 1.0, Some(2.0)), 1), Fold::Folded);
         let now = 1_790_000_000;
         for i in 0..20 {
@@ -387,7 +535,7 @@ mod tests {
             DateTime::from_timestamp(now, 0).unwrap(),
             "nothing kept from before the jump"
         );
-        assert!(s.values.iter().all(|v| *v == 50.0));
+        assert!(s.values.iter().all(|v| *v == 1.0));
     }
 
     #[test]
@@ -416,10 +564,7 @@ mod tests {
                 w.fold(&sample(i * 5, "web-0", 1.0, Some(2.0)), i as u64 + 1);
             }
         }
-        let key = WorkloadKey {
-            namespace: "shop".into(),
-            workload: "web".into(),
-        };
+        let key = key();
         assert_eq!(w.steps(&key), 10);
         let (s, range) = w.series(&key).unwrap();
         assert_eq!(
@@ -429,7 +574,7 @@ mod tests {
         );
         assert_eq!(range.first_sequence, 21);
         assert!(s.values[5].is_nan(), "step 25 settled as missing");
-        assert!(s.values.iter().enumerate().all(|(i, v)| i == 5 || *v == 50.0));
+        assert!(s.values.iter().enumerate().all(|(i, v)| i == 5 || *v == 1.0));
         // Step 25 has settled: too late now. Step 28 is still open.
         assert_eq!(
             w.fold(&sample(125, "web-0", 1.0, Some(2.0)), 99),
@@ -437,7 +582,50 @@ mod tests {
         );
         assert_eq!(w.fold(&sample(140, "web-1", 3.0, Some(2.0)), 100), Fold::Folded);
         let (s, range) = w.series(&key).unwrap();
-        assert_eq!(s.values[8], 100.0 * 4.0 / 4.0);
+        assert_eq!(s.values[8], 1.0 + 3.0);
         assert_eq!(range.last_sequence, 100);
+    }
+
+    /// Demand does not move when the replicas do: 2000m over 4 pods, then
+    /// over 8 (utilisation halves, demand stays).
+    #[test]
+    fn doubling_the_pods_under_flat_load_leaves_demand_alone() {
+        let mut w = Workloads::new(5, 100, 1);
+        let mut seq = 0;
+        for (t, pods) in [(0, 4), (5, 4), (10, 8), (15, 8), (20, 8)] {
+            for p in 0..pods {
+                seq += 1;
+                let used = 2000.0 / f64::from(pods);
+                w.fold(&sample(t, &format!("web-{p}"), used, Some(1000.0)), seq);
+            }
+        }
+        let (s, _) = w.series(&key()).unwrap();
+        assert!(
+            s.values.iter().all(|v| (v - 2000.0).abs() < 1e-9),
+            "{:?}",
+            s.values
+        );
+        assert!(s.requests.iter().all(|r| *r == 1000.0));
+        let at = |t| w.step(&key(), DateTime::from_timestamp(t, 0).unwrap()).unwrap();
+        assert_eq!((at(0).utilisation(), at(20).utilisation()), (50.0, 25.0));
+    }
+
+    /// A step with a pod throttled for 5 % of its interval or more is
+    /// marked saturated (its demand a lower bound); less is not.
+    #[test]
+    fn a_throttled_pod_marks_its_step_saturated() {
+        let mut w = Workloads::new(5, 100, 1);
+        let throttled = |t, pod: &str, ratio| CpuSample {
+            cpu_throttled_ratio: Some(ratio),
+            ..sample(t, pod, 1000.0, Some(1000.0))
+        };
+        w.fold(&throttled(0, "web-0", 0.01), 1);
+        w.fold(&throttled(1, "web-1", 0.0), 2);
+        w.fold(&throttled(5, "web-0", 0.0), 3);
+        w.fold(&throttled(6, "web-1", 0.3), 4);
+        w.fold(&throttled(10, "web-0", 0.0), 5);
+        let (s, _) = w.series(&key()).unwrap();
+        assert_eq!(s.saturated, vec![false, true, false]);
+        assert_eq!(s.values, vec![2000.0, 2000.0, 1000.0]);
     }
 }

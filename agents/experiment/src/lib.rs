@@ -8,18 +8,22 @@
 //!    `cpu / 100 × reference_pods × capacity`, linear between points (the
 //!    rule `pas replay` states too).
 //! 2. **Training.** The trainer's own training job
-//!    ([`pas_trainer::train_version`]) trains on the first `train_fraction`
-//!    of the trace, on the trace's step. Its wall time is reported apart.
-//! 3. **Forecasts.** As the forecaster does: the accepted LSTM through the
-//!    batched inference path, or the naive baseline when the version was not
-//!    accepted; one forecast each time a step closes with its last step
-//!    observed. The model sees demand (the trace's percentage, which is the
-//!    utilisation the reference replicas would show); the scaler is given it
-//!    as utilisation of the pods that are ready.
+//!    ([`pas_trainer::train_version`]) trains on the demand of the first
+//!    `train_fraction` of the trace, on the trace's step. Its wall time is
+//!    reported apart.
+//! 3. **Forecasts.** The forecaster's own tick: [`pas_forecaster::window`]
+//!    (the newest `history` steps up to the closed one, short holes filled,
+//!    the model that serves it) and [`pas_forecaster::forecast`] (the
+//!    accepted LSTM through batched inference, or the naive baseline),
+//!    giving the same forecast messages the stage publishes: demand in
+//!    millicores with the per-pod request. One forecast each time a step
+//!    closes with its last step observed.
 //! 4. **Scaling.** Every `tick`, each policy's [`pas_scaler::policy::decide`]
-//!    drives its own [`SimulatedStatefulSet`], whose pods are ready after a
-//!    start-up delay and serve at most their capacity; demand is spread over
-//!    the ready pods, so what the scaler observes follows its own decisions.
+//!    (the scaler's own evaluation) drives its own [`SimulatedStatefulSet`],
+//!    whose pods are ready after a start-up delay and serve at most their
+//!    capacity (throttled beyond it); demand is spread over the ready pods,
+//!    so what the scaler observes follows its own decisions. The forecast
+//!    is handed over as the scaler reads it from the message.
 //! 5. **Oracle.** With perfect foresight: at every tick exactly the replicas
 //!    the target utilisation needs, each pod started `startup` ahead. It is
 //!    the cost a perfect predictive policy would pay at the same target; it
@@ -34,13 +38,12 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeDelta, Utc};
-use pas_models::batch::{LstmWeights, predict_batch};
-use pas_models::lstm::Lstm;
-use pas_models::{Prediction, Series, Trace};
-use pas_scaler::policy::{self, ForecastView, History, Observed, PodUsage, Policy, Settings, Tuning};
+use pas_forecaster::models::{Models, Served};
+use pas_models::{Series, Trace};
+use pas_scaler::policy::{self, ForecastView, History, Policy, Settings, Tuning};
 use pas_scaler::sim::{PodModel, SimulatedStatefulSet};
-use pas_schemas::TrainingRange;
-use pas_workloads::WorkloadKey;
+use pas_schemas::{Forecast, TrainingRange};
+use pas_workloads::{Steps, WorkloadKey};
 use serde::Serialize;
 
 pub use report::{Report, Summary, summary_table, write_report};
@@ -91,8 +94,9 @@ pub struct Config {
     pub train_fraction: f64,
     /// The trainer's settings (its `step` is set to each trace's step).
     pub trainer: pas_trainer::Config,
-    /// Steps of history the naive fallback sees (the forecaster's `history`).
-    pub forecaster_history: usize,
+    /// The forecaster's settings: its `history`, `max_fill`, baseline
+    /// `horizon` and `quantile`, and `chunk` (its `step` is each trace's).
+    pub forecaster: pas_forecaster::Config,
     /// How demand moves between a trace's points.
     pub shape: Shape,
     /// How often the `hpa` policy evaluates: the Kubernetes HPA's sync
@@ -119,7 +123,7 @@ impl Default for Config {
             tuning: Tuning::default(),
             train_fraction: 0.7,
             trainer: pas_trainer::Config::default(),
-            forecaster_history: 96,
+            forecaster: pas_forecaster::Config::default(),
             shape: Shape::Linear,
             hpa_sync: Duration::from_secs(15),
         }
@@ -342,12 +346,11 @@ impl Demand {
     }
 }
 
-/// A forecast of demand in percent of the reference pods, effective from
-/// when its last step closed.
+/// A forecast message as the forecaster publishes it, effective from when
+/// its last step closed.
 struct Made {
     effective: DateTime<Utc>,
-    window_end: DateTime<Utc>,
-    prediction: Prediction,
+    forecast: Forecast,
 }
 
 /// Runs every trace and collects the results.
@@ -373,7 +376,12 @@ pub fn run_trace(
 ) -> Result<TraceResult, Error> {
     config.check()?;
     let step = trace.median_step_seconds();
-    let series = Series::resample(&trace.points, step)?;
+    // Demand in millicores, the quantity the pipeline forecasts.
+    let to_demand = f64::from(config.reference_pods) * config.pod.capacity_millicores / 100.0;
+    let mut series = Series::resample(&trace.points, step)?;
+    for v in &mut series.values {
+        *v = v.max(0.0) * to_demand;
+    }
     let n = series.len();
     let horizon = config.trainer.model.horizon;
     let split = ((n as f64) * config.train_fraction).round() as usize;
@@ -383,6 +391,16 @@ pub fn run_trace(
             trace.name,
             config.train_fraction * 100.0
         )));
+    }
+
+    // The forecasts must reach past the lead time the scaler plans over.
+    let lead = config.settings.startup + config.tuning.tick;
+    for (what, horizon) in [
+        ("the model's horizon", horizon),
+        ("the baseline's horizon", config.forecaster.horizon),
+    ] {
+        pas_runtime::config::check_horizon(what, horizon, Duration::from_secs(u64::from(step)), lead)
+            .map_err(|e| Error::Input(format!("{}: {e}", trace.name)))?;
     }
 
     // 2. Training, with the trainer's own job.
@@ -405,62 +423,47 @@ pub fn run_trace(
         workload: trace.name.clone(),
     };
     // A version that cannot be trained leaves the forecaster on its naive
-    // fallback, as in the pipeline; the report says why.
-    let trained =
-        pas_trainer::train_version(key, 1, train.clone(), range, &trainer).map_err(|e| e.to_string());
+    // fallback, as in the pipeline; the report says why. A trace has no
+    // throttling: no step is a lower bound.
+    let trained = pas_trainer::train_version(key.clone(), 1, train.clone(), &[], range, &trainer)
+        .map_err(|e| e.to_string());
     let training_seconds = started.elapsed().as_secs_f64();
 
-    // 3. Forecasts at every step of the scored part whose last step is observed.
+    // 3. Forecasts at every step of the scored part, by the forecaster's own tick.
     let sim_started = Instant::now();
-    let observed: Vec<bool> = series.values.iter().map(|v| !v.is_nan()).collect();
-    let mut filled = series.clone();
-    filled.fill_gaps(trainer.max_fill);
-    let origins: Vec<usize> = (split..n).filter(|&i| observed[i]).collect();
-    let lstm = match &trained {
-        Ok((manifest, weights)) if manifest.accepted => {
-            let model = Lstm::from_safetensors(trainer.model.clone(), &manifest.normalisation, weights)?;
-            Some(LstmWeights::from_lstm(&model)?)
-        }
-        _ => None,
-    };
-    let window = trainer.model.window.max(config.forecaster_history);
-    let predictions: Vec<Prediction> = match &lstm {
-        Some(weights) => {
-            let windows: Vec<&[f64]> = origins
-                .iter()
-                .map(|&i| &filled.values[(i + 1).saturating_sub(window)..=i])
-                .collect();
-            let models = vec![weights; windows.len()];
-            predict_batch(&models, &windows, 64)?
-        }
-        None => origins
-            .iter()
-            .map(|&i| {
-                pas_models::naive::baseline(
-                    filled.values[(i + 1).saturating_sub(config.forecaster_history)..=i].to_vec(),
-                    step,
-                    horizon,
-                    trainer.model.quantile,
-                )
-            })
-            .collect::<Result<_, _>>()?,
-    };
-    let step_delta = TimeDelta::seconds(i64::from(step));
-    let made: Vec<Made> = origins
+    let mut forecaster = config.forecaster.clone();
+    forecaster.step = Duration::from_secs(u64::from(step));
+    let models = Models::default();
+    if let Ok((manifest, weights)) = &trained
+        && manifest.accepted
+    {
+        let lstm = Served::check(manifest, u64::from(step), forecaster.history)
+            .and_then(|c| Served::build(manifest, c, weights))
+            .map_err(|e| {
+                Error::Input(format!(
+                    "{}: the trained version cannot be served: {e}",
+                    trace.name
+                ))
+            })?;
+        models.insert(lstm);
+    }
+    let made = forecasts(
+        &key,
+        &series,
+        split,
+        &forecaster,
+        &models,
+        config.pod.request_millicores,
+    );
+    let origins: Vec<usize> = made
         .iter()
-        .zip(predictions)
-        .map(|(&i, p)| Made {
-            effective: series.time_at(i) + step_delta,
-            window_end: series.time_at(i),
-            prediction: p.clamped(),
-        })
+        .map(|m| ((m.forecast.window_end - series.start).num_seconds() / i64::from(step)) as usize)
         .collect();
+    let horizon = made.first().map_or(horizon, |m| m.forecast.values.len());
     let accuracy = accuracy(&series.values, &train.values, &origins, &made, horizon, &trained);
-    let lead = config.settings.startup + config.tuning.tick;
     let steps_ahead = (lead.as_secs_f64() / f64::from(step))
         .ceil()
         .clamp(1.0, horizon as f64) as usize;
-    let cores = f64::from(config.reference_pods) * config.pod.capacity_millicores / 100_000.0;
     let mut track = ForecastTrack {
         steps_ahead,
         ..ForecastTrack::default()
@@ -469,15 +472,13 @@ pub fn run_trace(
         let Some(&actual) = series.values.get(i + steps_ahead) else {
             continue;
         };
+        let f = &m.forecast;
         track.at.push(series.time_at(i + steps_ahead));
-        track.actual.push(actual * cores);
-        track.forecast.push(m.prediction.values[steps_ahead - 1] * cores);
-        track.upper.push(
-            m.prediction
-                .upper
-                .as_ref()
-                .map_or(f64::NAN, |u| u[steps_ahead - 1] * cores),
-        );
+        track.actual.push(actual / 1000.0);
+        track.forecast.push(f.values[steps_ahead - 1] / 1000.0);
+        track
+            .upper
+            .push(f.upper.as_ref().map_or(f64::NAN, |u| u[steps_ahead - 1] / 1000.0));
     }
 
     // 4. and 5. Every policy, then the oracle, over the scored part.
@@ -507,16 +508,8 @@ pub fn run_trace(
     for &p in &config.policies {
         let mut settings = config.settings.clone();
         settings.policy = p;
-        let (score, capacity, replicas) = simulate(
-            p.as_str(),
-            &ticks,
-            &load,
-            &made,
-            f64::from(step),
-            config,
-            &settings,
-            &tuning,
-        );
+        let (score, capacity, replicas) =
+            simulate(p.as_str(), &ticks, &load, &made, config, &settings, &tuning);
         timeline.policies.push((
             score.policy.clone(),
             bucket_min(&capacity, bucket),
@@ -554,6 +547,44 @@ pub fn run_trace(
     })
 }
 
+/// The forecaster's tick at every step of the scored part (from `split`):
+/// each origin's window of the newest `history` steps, as the stage holds
+/// them, through [`pas_forecaster::window`] and [`pas_forecaster::forecast`].
+fn forecasts(
+    key: &WorkloadKey,
+    series: &Series,
+    split: usize,
+    forecaster: &pas_forecaster::Config,
+    models: &Models,
+    request: f64,
+) -> Vec<Made> {
+    let step = series.step_seconds;
+    let history = forecaster.history.max(1);
+    let windows: Vec<pas_forecaster::Window> = (split..series.len())
+        .filter_map(|i| {
+            let from = (i + 1).saturating_sub(history);
+            let values = series.values[from..=i].to_vec();
+            let steps = Steps {
+                start: series.time_at(from),
+                step_seconds: step,
+                requests: vec![request; values.len()],
+                saturated: vec![false; values.len()],
+                values,
+            };
+            pas_forecaster::window(key, steps, series.time_at(i), forecaster.max_fill, models)
+        })
+        .collect();
+    let step_delta = TimeDelta::seconds(i64::from(step));
+    pas_forecaster::forecast(windows, &forecaster.tick_settings(), series.time_at(split))
+        .into_iter()
+        .filter_map(|(_, f)| f.ok())
+        .map(|forecast| Made {
+            effective: forecast.window_end + step_delta,
+            forecast,
+        })
+        .collect()
+}
+
 fn accuracy(
     values: &[f64],
     train: &[f64],
@@ -574,10 +605,13 @@ fn accuracy(
             if actual.is_nan() {
                 continue;
             }
-            err += (m.prediction.values[h] - actual).abs();
+            let Some(&predicted) = m.forecast.values.get(h) else {
+                break;
+            };
+            err += (predicted - actual).abs();
             naive_err += (values[i] - actual).abs();
             n += 1;
-            if let Some(u) = &m.prediction.upper {
+            if let Some(u) = &m.forecast.upper {
                 with_upper += 1;
                 covered += usize::from(actual <= u[h]);
             }
@@ -714,7 +748,6 @@ fn simulate(
     ticks: &[DateTime<Utc>],
     load: &[f64],
     made: &[Made],
-    step_seconds: f64,
     config: &Config,
     settings: &Settings,
     tuning: &Tuning,
@@ -728,7 +761,6 @@ fn simulate(
     let mut sts = SimulatedStatefulSet::new(config.pod, needed(first_load, config), first);
     let mut history = History::default();
     let mut next = 0usize;
-    let reference = f64::from(config.reference_pods);
     // The HPA acts once a sync period; PAS every tick.
     let every = if settings.policy == Policy::Hpa {
         (config.hpa_sync.as_secs_f64() / tuning.tick.as_secs_f64())
@@ -737,7 +769,6 @@ fn simulate(
     } else {
         1
     };
-    let (mut values, mut upper) = (Vec::new(), Vec::new());
     for (i, (&now, &d)) in ticks.iter().zip(load).enumerate() {
         let served = sts.serve(d, now);
         meter.tick(sts.replicas(), served.unmet_millicores);
@@ -750,40 +781,9 @@ fn simulate(
         while next < made.len() && made[next].effective <= now {
             next += 1;
         }
-        let ready = sts.ready(now);
-        // Demand in percent of the reference pods, as utilisation of the ready ones.
-        let to_util = reference / f64::from(ready.max(1));
-        let latest = next.checked_sub(1).map(|i| &made[i]);
-        let view = latest.map(|m| {
-            values.clear();
-            values.extend(m.prediction.values.iter().map(|v| v * to_util));
-            upper.clear();
-            if let Some(u) = m.prediction.upper.as_ref() {
-                upper.extend(u.iter().map(|v| v * to_util));
-            }
-            m.window_end
-        });
-        let forecast = view.map(|window_end| ForecastView {
-            window_end,
-            step_seconds,
-            values: &values,
-            upper: (!upper.is_empty()).then_some(upper.as_slice()),
-        });
-        let pods: Vec<PodUsage> = served
-            .used_millicores
-            .iter()
-            .enumerate()
-            .map(|(ordinal, &used)| PodUsage {
-                // Newer pods have higher ordinals, so the ready ones come first.
-                ready: (ordinal as u32) < ready,
-                used_millicores: Some(used),
-                requested_millicores: Some(config.pod.request_millicores),
-            })
-            .collect();
-        let observed = Observed {
-            replicas: sts.replicas(),
-            pods,
-        };
+        // The newest forecast, as the scaler reads it from its message.
+        let forecast = next.checked_sub(1).map(|i| ForecastView::from(&made[i].forecast));
+        let observed = sts.observed(&served, now);
         let before = sts.replicas();
         let decision = policy::decide(now, settings, tuning, &observed, forecast, &mut history);
         meter.score.forecast_decisions += u32::from(decision.used_forecast);

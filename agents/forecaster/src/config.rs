@@ -13,9 +13,13 @@ pub struct Config {
     /// Read samples under `replay.<run>.` instead of the live `pas.` subjects,
     /// serve that run's models, and forecast under the same prefix.
     pub run: Option<String>,
-    /// Step of the utilisation series; a model trained on another step is refused.
+    /// Step of the demand series; a model trained on another step is refused.
     #[serde(with = "humantime_serde")]
     pub step: Duration,
+    /// The scaler's lead time (its pod start-up plus one tick): the
+    /// baseline's `horizon` × `step` must reach past it.
+    #[serde(with = "humantime_serde")]
+    pub lead: Duration,
     /// How often to forecast; the step when not set. Ticks fall on whole
     /// multiples of it (UTC), so replicas tick together.
     #[serde(with = "humantime_serde")]
@@ -68,7 +72,8 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             run: None,
-            step: Duration::from_secs(5),
+            step: Duration::from_secs(15),
+            lead: pas_runtime::config::DEFAULT_LEAD,
             tick: None,
             tick_delay: Duration::from_millis(500),
             history: 96,
@@ -80,7 +85,7 @@ impl Default for Config {
             quantile: 0.9,
             partitions: 32,
             replica: None,
-            lease: Duration::from_secs(15),
+            lease: Duration::from_secs(45),
             chunk: 64,
             threads: 1,
             listen: SocketAddr::from(([0, 0, 0, 0], 9466)),
@@ -120,6 +125,7 @@ impl Config {
         if self.history < 2 || self.horizon == 0 {
             return Err("history must be at least 2 steps and horizon at least 1".into());
         }
+        pas_runtime::config::check_horizon("the baseline's horizon", self.horizon, self.step, self.lead)?;
         if self.stale_after > self.forget_after {
             return Err("stale_after must not be longer than forget_after".into());
         }

@@ -5,9 +5,10 @@
 //!   a short-lived ordered consumer of its own, starting
 //!   [`Config::history`] steps back (so its windows are whole before its
 //!   first tick, also after a restart), and folds each into its workload's
-//!   utilisation series, the newest [`Config::history`] steps
-//!   ([`pas_workloads`]: sum of use over sum of requests per step, the same
-//!   numbers the trainer trains on). No durable consumer: nothing another
+//!   demand series, the newest [`Config::history`] steps
+//!   ([`pas_workloads`]: the sum of the pods' CPU use per step in
+//!   millicores, and their mean request; the same numbers the trainer trains
+//!   on). No durable consumer: nothing another
 //!   NATS user could pull from or change. Samples that fail validation go
 //!   to `pas.dlq.forecaster`.
 //! - **Ticks.** On every multiple of [`Config::tick`] (plus
@@ -23,6 +24,11 @@
 //!   its forecasts say `naive`, version 0.
 //! - **Inference** is batched: all LSTM forecasts of a tick run as one input
 //!   tensor through [`pas_models::batch::predict_batch`], on a blocking thread.
+//! - **One pure core.** A tick is [`window`] per workload (the series up to
+//!   its closed step, short holes filled, the model that serves it) and then
+//!   [`forecast`] (windows and models in, forecast messages out: no clock,
+//!   no I/O). `pas experiment` calls exactly these two, so its numbers are
+//!   the pipeline's.
 
 pub mod models;
 pub mod shard;
@@ -47,7 +53,7 @@ use pas_nats::model_store::Layout;
 use pas_nats::{HandlerError, Outgoing};
 use pas_schemas::subjects::{BUCKET_FORECASTER, BUCKET_MODELS, Prefix, STREAM_SAMPLES, Stage};
 use pas_schemas::{CpuSample, Forecast, ModelRef, SCHEMA_VERSION};
-use pas_workloads::{Fold, WorkloadKey, Workloads};
+use pas_workloads::{Fold, Steps, WorkloadKey, Workloads};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -68,12 +74,81 @@ struct Inputs {
     tracked: HashMap<WorkloadKey, Tracked>,
 }
 
-/// One workload to forecast this tick.
-struct Job {
-    key: WorkloadKey,
-    window_end: DateTime<Utc>,
-    values: Vec<f64>,
-    model: Option<Arc<Served>>,
+/// One workload's input to a tick ([`window`]).
+#[derive(Debug, Clone)]
+pub struct Window {
+    /// The workload.
+    pub key: WorkloadKey,
+    /// Start of the window's last step, which has closed.
+    pub window_end: DateTime<Utc>,
+    /// Demand per step up to `window_end`, millicores, short holes filled.
+    pub values: Vec<f64>,
+    /// The per-pod CPU request of the newest step that has one, millicores.
+    pub request: f64,
+    /// The model that serves the workload (its own or the global one, when
+    /// its window fits); the naive baseline when `None`.
+    pub model: Option<Arc<Served>>,
+}
+
+/// How a tick forecasts.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TickSettings {
+    /// Steps the naive baseline predicts (a model predicts its own horizon).
+    pub horizon: usize,
+    /// Upper quantile of the naive baseline.
+    pub quantile: f64,
+    /// Models per batched inference pass.
+    pub chunk: usize,
+    /// The series' step, seconds.
+    pub step_seconds: u32,
+}
+
+impl Config {
+    /// What a tick forecasts with.
+    pub fn tick_settings(&self) -> TickSettings {
+        TickSettings {
+            horizon: self.horizon,
+            quantile: self.quantile,
+            chunk: self.chunk,
+            step_seconds: self.step.as_secs() as u32,
+        }
+    }
+}
+
+/// A workload's window for a forecast from its step `closed`: its demand
+/// series up to and including that step, holes of at most `max_fill` steps
+/// interpolated, with the per-pod request of its newest step that has one
+/// and the model `models` serves it (when its window fits). `None` when the
+/// closed step has no value or no request is known.
+pub fn window(
+    key: &WorkloadKey,
+    steps: Steps,
+    closed: DateTime<Utc>,
+    max_fill: usize,
+    models: &Models,
+) -> Option<Window> {
+    let step = i64::from(steps.step_seconds.max(1));
+    let n = usize::try_from((closed - steps.start).num_seconds().div_euclid(step) + 1).ok()?;
+    let request = steps.request_at(n.checked_sub(1)?)?;
+    let mut s = pas_models::Series::from(steps);
+    if n > s.values.len() {
+        return None;
+    }
+    s.values.truncate(n);
+    s.fill_gaps(max_fill);
+    if s.values.last().is_none_or(|v| v.is_nan()) {
+        return None;
+    }
+    let model = models
+        .get(&key.model_key())
+        .filter(|m| s.values.len() >= m.weights.shape().window);
+    Some(Window {
+        key: key.clone(),
+        window_end: closed,
+        values: s.values,
+        request,
+        model,
+    })
 }
 
 /// A configured forecaster.
@@ -449,7 +524,7 @@ fn collect(
     owned: &[u32],
     served: &Models,
     metrics: &Metrics,
-) -> (Vec<Job>, usize, usize) {
+) -> (Vec<Window>, usize, usize) {
     let now = Utc::now();
     let step = TimeDelta::seconds(config.step.as_secs() as i64);
     let mut inputs = inputs.lock().unwrap_or_else(|p| p.into_inner());
@@ -485,24 +560,9 @@ fn collect(
         let Some((steps, _)) = series.series(key) else {
             continue;
         };
-        let mut s = pas_models::Series::from(steps);
-        let Ok(steps) = usize::try_from((closed - s.start).num_seconds() / step.num_seconds() + 1) else {
-            continue;
-        };
-        s.values.truncate(steps);
-        s.fill_gaps(config.max_fill);
-        if s.values.last().is_none_or(|v| v.is_nan()) {
-            continue;
+        if let Some(w) = window(key, steps, closed, config.max_fill, served) {
+            jobs.push(w);
         }
-        let model = served
-            .get(&key.model_key())
-            .filter(|m| s.values.len() >= m.weights.shape().window);
-        jobs.push(Job {
-            key: key.clone(),
-            window_end: closed,
-            values: s.values,
-            model,
-        });
     }
     for key in &forget {
         tracked.remove(key);
@@ -525,16 +585,14 @@ async fn forecast_and_publish(
     js: &async_nats::jetstream::Context,
     prefix: &Prefix,
     config: &Config,
-    jobs: Vec<Job>,
+    jobs: Vec<Window>,
     metrics: &Metrics,
 ) -> Vec<(WorkloadKey, DateTime<Utc>)> {
     if jobs.is_empty() {
         return Vec::new();
     }
-    let (horizon, quantile, chunk) = (config.horizon, config.quantile, config.chunk);
-    let step_seconds = config.step.as_secs() as u32;
-    let made =
-        tokio::task::spawn_blocking(move || predict(jobs, horizon, quantile, chunk, step_seconds)).await;
+    let settings = config.tick_settings();
+    let made = tokio::task::spawn_blocking(move || forecast(jobs, &settings, Utc::now())).await;
     let made = match made {
         Ok(made) => made,
         Err(error) => {
@@ -549,24 +607,26 @@ async fn forecast_and_publish(
     // any deadlocked the tick.
     let mut pending = std::collections::VecDeque::with_capacity(MAX_IN_FLIGHT);
     let mut done = Vec::with_capacity(made.len());
-    for (job, prediction, quantile) in made {
-        let lstm = job.model.is_some();
-        let outgoing = prediction.and_then(|p| {
-            let forecast = to_message(&job, p, quantile, config.step.as_secs_f64());
+    for (key, forecast) in made {
+        let lstm = forecast
+            .as_ref()
+            .is_ok_and(|f| f.model.kind != pas_models::ModelKind::Naive.name());
+        let outgoing = forecast.and_then(|forecast| {
             let subject = prefix
-                .forecast(&job.key.namespace, &job.key.workload)
+                .forecast(&key.namespace, &key.workload)
                 .map_err(|e| e.to_string())?;
-            Outgoing::new(subject, &forecast).map_err(|e| e.to_string())
+            let outgoing = Outgoing::new(subject, &forecast).map_err(|e| e.to_string())?;
+            Ok((outgoing, forecast.window_end))
         });
         match outgoing {
-            Ok(outgoing) => {
+            Ok((outgoing, window_end)) => {
                 if pending.len() >= MAX_IN_FLIGHT
                     && let Some(oldest) = pending.pop_front()
                 {
                     settle_ack(oldest, metrics, &mut done).await;
                 }
                 match pas_nats::publish(js, &outgoing).await {
-                    Ok(ack) => pending.push_back((job.key, job.window_end, lstm, ack)),
+                    Ok(ack) => pending.push_back((key, window_end, lstm, ack)),
                     Err(error) => {
                         metrics.failed();
                         tracing::warn!(%error, "Publishing a forecast failed.");
@@ -575,11 +635,7 @@ async fn forecast_and_publish(
             }
             Err(error) => {
                 metrics.failed();
-                tracing::warn!(
-                    workload = job.key.model_key(),
-                    error,
-                    "A forecast could not be made."
-                );
+                tracing::warn!(workload = key.model_key(), error, "A forecast could not be made.");
             }
         }
     }
@@ -619,51 +675,80 @@ async fn settle_ack(
     }
 }
 
-type Made = (Job, Result<Prediction, String>, f64);
-
-/// Runs the models: every LSTM job in one batch, the naive baseline for the rest.
-fn predict(jobs: Vec<Job>, horizon: usize, quantile: f64, chunk: usize, step_seconds: u32) -> Vec<Made> {
-    let (lstm, baseline): (Vec<Job>, Vec<Job>) = jobs.into_iter().partition(|j| j.model.is_some());
-    let mut out = Vec::with_capacity(lstm.len() + baseline.len());
-    let mut fallback = Vec::new();
-    if !lstm.is_empty() {
-        let weights: Vec<&LstmWeights> = lstm
+/// One tick's forecasts, in the order of `windows`: every window a model
+/// serves through one batched inference ([`predict_batch`]), the naive
+/// baseline (last value, with an upper bound from its recent errors) for the
+/// rest and for all of them when the batch fails; values clamped at zero;
+/// each forecast stamped `now`. Pure: no clock and no I/O, so `pas
+/// experiment` runs exactly this.
+pub fn forecast(
+    windows: Vec<Window>,
+    settings: &TickSettings,
+    now: DateTime<Utc>,
+) -> Vec<(WorkloadKey, Result<Forecast, String>)> {
+    let mut predictions: Vec<Option<(Result<Prediction, String>, f64)>> = vec![None; windows.len()];
+    let served: Vec<usize> = (0..windows.len())
+        .filter(|&i| windows[i].model.is_some())
+        .collect();
+    let mut baseline: Vec<bool> = windows.iter().map(|w| w.model.is_none()).collect();
+    if !served.is_empty() {
+        let weights: Vec<&LstmWeights> = served
             .iter()
-            .filter_map(|j| j.model.as_ref().map(|m| &m.weights))
+            .filter_map(|&i| windows[i].model.as_ref().map(|m| &m.weights))
             .collect();
-        let windows: Vec<&[f64]> = lstm.iter().map(|j| j.values.as_slice()).collect();
-        match predict_batch(&weights, &windows, chunk) {
-            Ok(predictions) => {
-                for (job, p) in lstm.into_iter().zip(predictions) {
-                    let q = job.model.as_ref().map_or(quantile, |m| m.quantile);
-                    out.push((job, Ok(p), q));
+        let inputs: Vec<&[f64]> = served.iter().map(|&i| windows[i].values.as_slice()).collect();
+        match predict_batch(&weights, &inputs, settings.chunk) {
+            Ok(made) => {
+                for (&i, p) in served.iter().zip(made) {
+                    let q = windows[i]
+                        .model
+                        .as_ref()
+                        .map_or(settings.quantile, |m| m.quantile);
+                    predictions[i] = Some((Ok(p), q));
                 }
             }
             Err(error) => {
                 tracing::warn!(%error, "Batched inference failed; serving this tick's workloads with the baseline.");
-                fallback = lstm;
+                for &i in &served {
+                    baseline[i] = true;
+                }
             }
         }
     }
-    for mut job in baseline.into_iter().chain(fallback) {
-        job.model = None;
-        let history = std::mem::take(&mut job.values);
-        let p =
-            pas_models::naive::baseline(history, step_seconds, horizon, quantile).map_err(|e| e.to_string());
-        out.push((job, p, quantile));
-    }
-    out
+    windows
+        .into_iter()
+        .zip(predictions)
+        .zip(baseline)
+        .map(|((mut w, p), naive)| {
+            let (p, quantile) = if naive {
+                w.model = None;
+                let history = std::mem::take(&mut w.values);
+                let p = pas_models::naive::baseline(
+                    history,
+                    settings.step_seconds,
+                    settings.horizon,
+                    settings.quantile,
+                )
+                .map_err(|e| e.to_string());
+                (p, settings.quantile)
+            } else {
+                p.unwrap_or_else(|| (Err("no prediction".into()), settings.quantile))
+            };
+            let forecast = p.map(|p| to_message(&w, p, quantile, f64::from(settings.step_seconds), now));
+            (w.key, forecast)
+        })
+        .collect()
 }
 
-fn to_message(job: &Job, p: Prediction, quantile: f64, step_seconds: f64) -> Forecast {
-    let model = match &job.model {
+fn to_message(w: &Window, p: Prediction, quantile: f64, step_seconds: f64, now: DateTime<Utc>) -> Forecast {
+    let model = match &w.model {
         Some(m) => ModelRef {
             key: m.key.clone(),
             kind: m.kind.clone(),
             version: m.version,
         },
         None => ModelRef {
-            key: job.key.model_key(),
+            key: w.key.model_key(),
             kind: pas_models::ModelKind::Naive.name().to_owned(),
             version: 0,
         },
@@ -671,12 +756,13 @@ fn to_message(job: &Job, p: Prediction, quantile: f64, step_seconds: f64) -> For
     let Prediction { values, upper } = p.clamped();
     Forecast {
         schema_version: SCHEMA_VERSION,
-        timestamp: Utc::now(),
-        namespace: job.key.namespace.clone(),
-        workload: job.key.workload.clone(),
+        timestamp: now,
+        namespace: w.key.namespace.clone(),
+        workload: w.key.workload.clone(),
         model,
-        window_end: job.window_end,
+        window_end: w.window_end,
         step_seconds,
+        pod_request_millicores: w.request,
         quantile: upper.as_ref().map(|_| quantile),
         values,
         upper,

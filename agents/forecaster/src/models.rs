@@ -72,6 +72,11 @@ impl Models {
         self.map.read().unwrap_or_else(|p| p.into_inner()).len()
     }
 
+    /// Serves `served` under its key (replacing what was served).
+    pub fn insert(&self, served: Served) {
+        self.swap(served);
+    }
+
     fn swap(&self, served: Served) {
         let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
         map.insert(served.key.clone(), Arc::new(served));
@@ -80,9 +85,83 @@ impl Models {
 
 /// Why a version was refused: a fixed label for the metric, and the detail.
 #[derive(Debug)]
-struct Refusal {
-    reason: &'static str,
-    detail: String,
+pub struct Refusal {
+    /// A fixed label (`step`, `window`, `digest`, ...).
+    pub reason: &'static str,
+    /// What was wrong.
+    pub detail: String,
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.reason, self.detail)
+    }
+}
+
+impl Served {
+    /// Checks a manifest against what the forecaster serves (an LSTM
+    /// trained on `step_seconds`, a window within `history` steps, its
+    /// hyper-parameters consistent); the network's configuration.
+    pub fn check(manifest: &ModelManifest, step_seconds: u64, history: usize) -> Result<LstmConfig, Refusal> {
+        if manifest.architecture != pas_models::ModelKind::Lstm.name() {
+            return Err(refuse(
+                "architecture",
+                format!("the forecaster serves `lstm`, not `{}`", manifest.architecture),
+            ));
+        }
+        if manifest.step_seconds != step_seconds as f64 {
+            return Err(refuse(
+                "step",
+                format!(
+                    "trained on a step of {} s, the forecaster's is {step_seconds} s",
+                    manifest.step_seconds
+                ),
+            ));
+        }
+        if manifest.window as usize > history {
+            return Err(refuse(
+                "window",
+                format!("needs {} steps, history keeps {history}", manifest.window),
+            ));
+        }
+        let params = serde_json::Value::Object(manifest.hyper_parameters.clone().into_iter().collect());
+        let config: LstmConfig = serde_json::from_value(params)
+            .map_err(|e| refuse("manifest", format!("hyper-parameters: {e}")))?;
+        if config.window != manifest.window as usize || config.horizon != manifest.horizon as usize {
+            return Err(refuse(
+                "manifest",
+                "window or horizon differ from the hyper-parameters",
+            ));
+        }
+        Ok(config)
+    }
+
+    /// Builds a checked version from its weights (blocking: it runs
+    /// libtorch), after checking their digest. The stage's loader and `pas
+    /// experiment` both serve models through this.
+    pub fn build(manifest: &ModelManifest, config: LstmConfig, bytes: &[u8]) -> Result<Served, Refusal> {
+        let digest = pas_models::digest(bytes);
+        if digest != manifest.digest {
+            return Err(refuse(
+                "digest",
+                format!(
+                    "the weights hash to {digest}, the manifest says {}",
+                    manifest.digest
+                ),
+            ));
+        }
+        let quantile = config.quantile;
+        let weights = Lstm::from_safetensors(config, &manifest.normalisation, bytes)
+            .and_then(|model| LstmWeights::from_lstm(&model))
+            .map_err(|e| refuse("load", e.to_string()))?;
+        Ok(Served {
+            key: manifest.key.clone(),
+            version: manifest.version,
+            kind: manifest.architecture.clone(),
+            quantile,
+            weights,
+        })
+    }
 }
 
 fn refuse(reason: &'static str, detail: impl Into<String>) -> Refusal {
@@ -258,36 +337,7 @@ impl Loader {
     /// Ok(None) when the weights could not be read for now (NATS down): not
     /// the version's fault, tried again at the next rescan.
     async fn load(&self, manifest: &ModelManifest) -> Result<Option<Served>, Refusal> {
-        if manifest.architecture != pas_models::ModelKind::Lstm.name() {
-            return Err(refuse(
-                "architecture",
-                format!("the forecaster serves `lstm`, not `{}`", manifest.architecture),
-            ));
-        }
-        if manifest.step_seconds != self.step_seconds as f64 {
-            return Err(refuse(
-                "step",
-                format!(
-                    "trained on a step of {} s, the forecaster's is {} s",
-                    manifest.step_seconds, self.step_seconds
-                ),
-            ));
-        }
-        if manifest.window as usize > self.history {
-            return Err(refuse(
-                "window",
-                format!("needs {} steps, history keeps {}", manifest.window, self.history),
-            ));
-        }
-        let params = serde_json::Value::Object(manifest.hyper_parameters.clone().into_iter().collect());
-        let config: LstmConfig = serde_json::from_value(params)
-            .map_err(|e| refuse("manifest", format!("hyper-parameters: {e}")))?;
-        if config.window != manifest.window as usize || config.horizon != manifest.horizon as usize {
-            return Err(refuse(
-                "manifest",
-                "window or horizon differ from the hyper-parameters",
-            ));
-        }
+        let config = Served::check(manifest, self.step_seconds, self.history)?;
         let name = self
             .layout
             .object(&manifest.key, manifest.version, "weights.safetensors");
@@ -298,31 +348,10 @@ impl Loader {
                 return Ok(None);
             }
         };
-        let digest = pas_models::digest(&bytes);
-        if digest != manifest.digest {
-            return Err(refuse(
-                "digest",
-                format!(
-                    "the weights hash to {digest}, the manifest says {}",
-                    manifest.digest
-                ),
-            ));
-        }
-        let normalisation = manifest.normalisation.clone();
-        let quantile = config.quantile;
-        let weights = tokio::task::spawn_blocking(move || -> Result<LstmWeights, pas_models::Error> {
-            let model = Lstm::from_safetensors(config, &normalisation, &bytes)?;
-            LstmWeights::from_lstm(&model)
-        })
-        .await
-        .map_err(|e| refuse("load", e.to_string()))?
-        .map_err(|e| refuse("load", e.to_string()))?;
-        Ok(Some(Served {
-            key: manifest.key.clone(),
-            version: manifest.version,
-            kind: manifest.architecture.clone(),
-            quantile,
-            weights,
-        }))
+        let manifest = manifest.clone();
+        tokio::task::spawn_blocking(move || Served::build(&manifest, config, &bytes))
+            .await
+            .map_err(|e| refuse("load", e.to_string()))?
+            .map(Some)
     }
 }

@@ -4,8 +4,11 @@
 //! `kubepods.slice` (systemd driver: `kubepods-burstable-pod<uid>.slice`, with
 //! `_` for `-` in the UID) or `kubepods` (cgroupfs driver: `pod<uid>`), one
 //! level deeper for the burstable and best-effort QoS classes. Each holds
-//! `cpu.stat` with `usage_usec`, the CPU time used by the pod so far; two
-//! readings give the pod's CPU use in between.
+//! `cpu.stat` with `usage_usec`, the CPU time used by the pod so far, and,
+//! where the pod has a CPU limit, `throttled_usec`, the time its CFS quota
+//! held it back; two readings give the pod's CPU use in between and the
+//! share of the interval it was throttled (a pod that sits at its limit
+//! wanted more than it used: its use is a lower bound of its demand).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -15,7 +18,27 @@ use std::time::Instant;
 #[derive(Debug)]
 pub struct PodCpuReader {
     root: PathBuf,
-    last: HashMap<String, (u64, Instant)>,
+    last: HashMap<String, (Counters, Instant)>,
+}
+
+/// A pod cgroup's `cpu.stat` counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Counters {
+    usage_usec: u64,
+    /// Absent without a CPU limit (no quota, never throttled).
+    throttled_usec: Option<u64>,
+}
+
+/// One pod's CPU over the interval between two readings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PodCpu {
+    /// The pod's UID.
+    pub uid: String,
+    /// CPU used, millicores.
+    pub millicores: f64,
+    /// Share of the interval the pod was throttled, 0 to 1, where its
+    /// cgroup counts it.
+    pub throttled: Option<f64>,
 }
 
 impl PodCpuReader {
@@ -47,22 +70,30 @@ impl PodCpuReader {
         found
     }
 
-    /// CPU use of every pod since the previous call, in millicores, as
-    /// (pod UID, millicores). A pod seen for the first time has no previous
-    /// reading and is left out until the next call.
-    pub fn sample(&mut self, now: Instant) -> Vec<(String, f64)> {
+    /// CPU use of every pod since the previous call, in millicores, and
+    /// the share of the interval it was throttled. A pod seen for the first
+    /// time has no previous reading and is left out until the next call.
+    pub fn sample(&mut self, now: Instant) -> Vec<PodCpu> {
         let mut out = Vec::new();
         let mut seen = HashMap::new();
         for (uid, dir) in self.pod_cgroups() {
-            let Some(usage) = usage_usec(&dir) else { continue };
+            let Some(counters) = counters(&dir) else { continue };
             if let Some((before, at)) = self.last.get(&uid) {
                 let elapsed = now.saturating_duration_since(*at).as_micros() as f64;
                 // A counter that went back means a new cgroup with the same UID.
-                if elapsed > 0.0 && usage >= *before {
-                    out.push((uid.clone(), (usage - before) as f64 / elapsed * 1000.0));
+                if elapsed > 0.0 && counters.usage_usec >= before.usage_usec {
+                    let throttled = match (counters.throttled_usec, before.throttled_usec) {
+                        (Some(t), Some(b)) if t >= b => Some(((t - b) as f64 / elapsed).clamp(0.0, 1.0)),
+                        _ => None,
+                    };
+                    out.push(PodCpu {
+                        uid: uid.clone(),
+                        millicores: (counters.usage_usec - before.usage_usec) as f64 / elapsed * 1000.0,
+                        throttled,
+                    });
                 }
             }
-            seen.insert(uid, (usage, now));
+            seen.insert(uid, (counters, now));
         }
         self.last = seen;
         out
@@ -94,11 +125,17 @@ fn pod_uid(dir: &Path) -> Option<String> {
     (uid.len() == 36 && uid.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')).then_some(uid)
 }
 
-fn usage_usec(dir: &Path) -> Option<u64> {
+fn counters(dir: &Path) -> Option<Counters> {
     let text = std::fs::read_to_string(dir.join("cpu.stat")).ok()?;
-    text.lines()
-        .find_map(|line| line.strip_prefix("usage_usec "))
-        .and_then(|v| v.trim().parse().ok())
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    Some(Counters {
+        usage_usec: field("usage_usec")?,
+        throttled_usec: field("throttled_usec"),
+    })
 }
 
 #[cfg(test)]
@@ -162,13 +199,45 @@ mod tests {
         write_usage(&dir, 3_500_000);
         let got = reader.sample(t0 + Duration::from_secs(5));
         assert_eq!(got.len(), 1);
-        assert_eq!(got[0].0, A);
-        assert!((got[0].1 - 500.0).abs() < 1e-9, "{got:?}");
+        assert_eq!(got[0].uid, A);
+        assert!((got[0].millicores - 500.0).abs() < 1e-9, "{got:?}");
+        assert_eq!(got[0].throttled, None, "no limit, no throttling counter");
         // A pod that went away is forgotten; a restarted counter gives no sample.
         write_usage(&dir, 10);
         assert!(reader.sample(t0 + Duration::from_secs(10)).is_empty());
         std::fs::remove_dir_all(&dir).unwrap();
         assert!(reader.sample(t0 + Duration::from_secs(15)).is_empty());
         assert!(reader.last.is_empty());
+    }
+
+    /// A pod with a CPU limit: `throttled_usec` over the interval is the
+    /// share it was held back, as cgroup v2 counts it.
+    #[test]
+    fn throttled_time_becomes_a_share_of_the_interval() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("kubepods/burstable").join(format!("pod{A}"));
+        let write = |usage: u64, throttled: u64| {
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(
+                dir.join("cpu.stat"),
+                format!(
+                    "usage_usec {usage}\nuser_usec 1\nsystem_usec 2\nnr_periods 50\nnr_throttled 20\nthrottled_usec {throttled}\n"
+                ),
+            )
+            .unwrap();
+        };
+        write(1_000_000, 200_000);
+        let mut reader = PodCpuReader::new(root.path());
+        let t0 = Instant::now();
+        reader.sample(t0);
+        // 5 s at its one-core limit, held back for 1.5 s of them.
+        write(6_000_000, 1_700_000);
+        let got = reader.sample(t0 + Duration::from_secs(5));
+        assert!((got[0].millicores - 1000.0).abs() < 1e-9);
+        assert!((got[0].throttled.unwrap() - 0.3).abs() < 1e-9, "{got:?}");
+        // Never more than the whole interval.
+        write(7_000_000, 90_000_000);
+        let got = reader.sample(t0 + Duration::from_secs(10));
+        assert_eq!(got[0].throttled, Some(1.0));
     }
 }

@@ -218,6 +218,7 @@ impl Agent {
                 cpu_used_millicores: used,
                 cpu_requested_millicores: None,
                 cpu_capacity_millicores: Some(capacity),
+                cpu_throttled_ratio: None,
             });
             let pod_usage = pod_reader.sample(Instant::now());
             match &pods {
@@ -268,18 +269,18 @@ async fn drain_outbox(outbox: &Mutex<Outbox>, wake: &Notify) -> bool {
     drained.is_ok()
 }
 
-/// The samples of the pods of workloads among `usage` (millicores by pod UID).
+/// The samples of the pods of workloads among `usage`.
 fn pod_samples(
     map: &PodMap,
-    usage: &[(String, f64)],
+    usage: &[cgroup::PodCpu],
     node: &str,
     now: chrono::DateTime<Utc>,
 ) -> Vec<CpuSample> {
     let map = map.read().unwrap_or_else(|p| p.into_inner());
     usage
         .iter()
-        .filter_map(|(uid, millicores)| {
-            let info = map.get(uid)?;
+        .filter_map(|cpu| {
+            let info = map.get(&cpu.uid)?;
             let workload = info.workload.as_ref()?;
             Some(CpuSample {
                 schema_version: SCHEMA_VERSION,
@@ -288,9 +289,10 @@ fn pod_samples(
                 namespace: Some(info.namespace.clone()),
                 workload: Some(workload.clone()),
                 pod: Some(info.name.clone()),
-                cpu_used_millicores: *millicores,
+                cpu_used_millicores: cpu.millicores,
                 cpu_requested_millicores: info.cpu_request_millicores,
                 cpu_capacity_millicores: None,
+                cpu_throttled_ratio: cpu.throttled,
             })
         })
         .collect()

@@ -42,8 +42,8 @@ pub struct Config {
     pub run: Option<String>,
     /// InfluxDB.
     pub influx: InfluxConfig,
-    /// Step of the workload utilisation points; the forecaster's step, so
-    /// that actual and predicted values of a step share a timestamp.
+    /// Step of the workload points; the forecaster's step, so that actual
+    /// and predicted demand of a step share a timestamp.
     #[serde(with = "humantime_serde")]
     pub step: Duration,
     /// Steps behind a workload's newest that its workload point is still
@@ -78,7 +78,7 @@ impl Default for Config {
         Config {
             run: None,
             influx: InfluxConfig::default(),
-            step: Duration::from_secs(5),
+            step: Duration::from_secs(15),
             keep_steps: 12,
             batch_size: 1000,
             flush_interval: Duration::from_secs(1),

@@ -2,20 +2,20 @@
 //!
 //! | measurement | tags | fields | time |
 //! |---|---|---|---|
-//! | `cpu_usage_current` | `level=pod`, `run`, `namespace`, `workload`, `pod`, `node` | `value` (utilisation %, when the pod requests CPU), `used_millicores`, `requested_millicores` | the sample's |
-//! | `cpu_usage_current` | `level=workload`, `run`, `namespace`, `workload` | `value` (utilisation %), `used_millicores`, `requested_millicores`, `pods` | start of the step |
+//! | `cpu_usage_current` | `level=pod`, `run`, `namespace`, `workload`, `pod`, `node` | `value` (utilisation %, when the pod requests CPU), `used_millicores`, `requested_millicores`, `throttled` (share of the interval, where known) | the sample's |
+//! | `cpu_usage_current` | `level=workload`, `run`, `namespace`, `workload` | `demand_cores` (the sum of the pods' use), `requested_cores`, `value` (utilisation %), `used_millicores`, `requested_millicores`, `pods`, `throttled` (the most throttled pod's share) | start of the step |
 //! | `cpu_usage_current` | `level=node`, `run`, `node` | `used_millicores`, `capacity_millicores`, `value` (% of capacity) | the sample's |
-//! | `cpu_usage_predicted` | `run`, `namespace`, `workload`, `horizon`, `model_kind`, `model_version` | `value` (%), `upper` (%, when the model gives it) | the step predicted for |
-//! | `scale_decision` | `run`, `namespace`, `workload`, `policy`, `rule`, `outcome` | `replicas_before`, `replicas_after`, `applied`, `reason`, `utilization_percent`, `predicted_peak_percent`, `target_utilization_percent`, `model` | the decision's |
+//! | `cpu_usage_predicted` | `run`, `namespace`, `workload`, `horizon`, `model_kind`, `model_version` | `value` (demand, cores), `upper` (cores, when the model gives it), `pod_request_cores` | the step predicted for |
+//! | `scale_decision` | `run`, `namespace`, `workload`, `policy`, `rule`, `outcome` | `replicas_before`, `replicas_after`, `applied`, `reason`, `utilization_percent`, `predicted_peak_cores`, `target_utilization_percent`, `model` | the decision's |
 //!
-//! A workload's point for a step is its utilisation as the HPA defines it
-//! ([`pas_schemas::workload_utilisation`]) over the pod samples of that step,
-//! on the same step grid the forecaster predicts on, so actual and predicted
-//! values of a step share a timestamp. It is written again, whole, whenever
-//! a sample of its step arrives.
+//! A workload's point for a step comes from the pipeline's one folding of
+//! samples into steps ([`pas_workloads`], which the trainer and the
+//! forecaster use too): its demand, the sum of its pods' mean use, on the
+//! same step grid the forecaster predicts on, so actual and predicted demand
+//! of a step share a timestamp and a unit (cores). It is written again,
+//! whole, whenever a sample of its step arrives.
 
-use std::collections::{BTreeMap, HashMap};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use pas_schemas::{CpuSample, Forecast, Outcome, ScaleDecision};
@@ -36,10 +36,13 @@ pub const SCHEMA: [(&str, &[&str], &[&str]); 3] = [
         &["level", "run", "namespace", "workload", "pod", "node"],
         &[
             "value",
+            "demand_cores",
+            "requested_cores",
             "used_millicores",
             "requested_millicores",
             "capacity_millicores",
             "pods",
+            "throttled",
         ],
     ),
     (
@@ -52,7 +55,7 @@ pub const SCHEMA: [(&str, &[&str], &[&str]); 3] = [
             "model_kind",
             "model_version",
         ],
-        &["value", "upper"],
+        &["value", "upper", "pod_request_cores"],
     ),
     (
         DECISION,
@@ -63,7 +66,7 @@ pub const SCHEMA: [(&str, &[&str], &[&str]); 3] = [
             "applied",
             "reason",
             "utilization_percent",
-            "predicted_peak_percent",
+            "predicted_peak_cores",
             "target_utilization_percent",
             "model",
         ],
@@ -203,6 +206,7 @@ pub fn sample_point(sample: &CpuSample, run: &str) -> Point {
                 .float("value", requested.map(|r| 100.0 * sample.cpu_used_millicores / r))
                 .field("used_millicores", Field::F64(sample.cpu_used_millicores))
                 .float("requested_millicores", sample.cpu_requested_millicores)
+                .float("throttled", sample.cpu_throttled_ratio)
         }
         _ => {
             let capacity = sample.cpu_capacity_millicores.filter(|c| *c > 0.0);
@@ -218,7 +222,7 @@ pub fn sample_point(sample: &CpuSample, run: &str) -> Point {
 }
 
 /// One point per predicted step: `values[k]` is for `window_end + (k + 1)`
-/// steps, tagged with `horizon = k + 1`.
+/// steps, tagged with `horizon = k + 1`; demand in cores.
 pub fn forecast_points(forecast: &Forecast, run: &str) -> Vec<Point> {
     let step_nanos = forecast.step_seconds * 1e9;
     forecast
@@ -243,8 +247,15 @@ pub fn forecast_points(forecast: &Forecast, run: &str) -> Vec<Point> {
                 .tag("horizon", (k + 1).to_string())
                 .tag("model_kind", forecast.model.kind.as_str())
                 .tag("model_version", forecast.model.version.to_string())
-                .field("value", Field::F64(*value))
-                .float("upper", forecast.upper.as_ref().and_then(|u| u.get(k).copied()))
+                .field("value", Field::F64(value / 1000.0))
+                .float(
+                    "upper",
+                    forecast.upper.as_ref().and_then(|u| u.get(k)).map(|u| u / 1000.0),
+                )
+                .field(
+                    "pod_request_cores",
+                    Field::F64(forecast.pod_request_millicores / 1000.0),
+                )
         })
         .collect()
 }
@@ -273,7 +284,10 @@ pub fn decision_point(decision: &ScaleDecision, run: &str) -> Point {
         .field("applied", Field::Bool(decision.outcome == Outcome::Applied))
         .field("reason", Field::Str(decision.reason.clone()))
         .float("utilization_percent", decision.utilization_percent)
-        .float("predicted_peak_percent", decision.predicted_peak_percent)
+        .float(
+            "predicted_peak_cores",
+            decision.predicted_peak_millicores.map(|m| m / 1000.0),
+        )
         .float("target_utilization_percent", decision.target_utilization_percent);
     match &decision.forecast {
         Some(f) => point.field(
@@ -284,116 +298,80 @@ pub fn decision_point(decision: &ScaleDecision, run: &str) -> Point {
     }
 }
 
-/// Per step index, per pod: (time in ms, used, requested).
-type Steps = BTreeMap<i64, HashMap<String, Vec<(i64, f64, f64)>>>;
-
 /// A workload and the start of one of its steps (Unix seconds).
 pub type StepKey = (String, String, i64);
 
-/// The pod samples of each workload's newest steps, to write each step's
+/// Each workload's newest steps, folded by [`pas_workloads::Workloads`]
+/// (the trainer's and the forecaster's folding), to write each step's
 /// workload point. A step older than `keep_steps` behind its workload's
-/// newest is forgotten; a sample for it gets its pod point only.
+/// newest has settled; a sample for it gets its pod point only.
 #[derive(Debug)]
 pub struct Workloads {
     step: i64,
-    keep_steps: i64,
-    /// Per workload: when it last had a sample, and per step index, per
-    /// pod: (time in ms, used, requested).
-    map: HashMap<(String, String), (Instant, Steps)>,
+    folded: pas_workloads::Workloads,
 }
 
 impl Workloads {
     /// Empty, for steps of `step_seconds`.
     pub fn new(step_seconds: u32, keep_steps: usize) -> Workloads {
+        let keep = keep_steps.max(1);
         Workloads {
             step: i64::from(step_seconds.max(1)),
-            keep_steps: keep_steps.max(1) as i64,
-            map: HashMap::new(),
+            folded: pas_workloads::Workloads::new(step_seconds.max(1), keep, keep),
         }
     }
 
     /// Folds a sample in (a redelivered one changes nothing) and says which
     /// step's workload point it changes; `None` for node samples, pods that
-    /// request no CPU, and steps already forgotten.
+    /// request no CPU, and steps already settled.
     pub fn fold(&mut self, sample: &CpuSample) -> Option<StepKey> {
-        let (Some(namespace), Some(workload), Some(pod)) = (&sample.namespace, &sample.workload, &sample.pod)
-        else {
-            return None;
-        };
-        let requested = sample.cpu_requested_millicores.filter(|r| *r > 0.0)?;
-        let step = sample.timestamp.timestamp().div_euclid(self.step);
-        let (touched, steps) = self
-            .map
-            .entry((namespace.clone(), workload.clone()))
-            .or_insert_with(|| (Instant::now(), BTreeMap::new()));
-        *touched = Instant::now();
-        let newest = steps.last_key_value().map_or(step, |(k, _)| (*k).max(step));
-        if step <= newest - self.keep_steps {
-            return None;
+        match self.folded.fold(sample, 0) {
+            pas_workloads::Fold::Folded | pas_workloads::Fold::Duplicate => {}
+            pas_workloads::Fold::Ignored(_) => return None,
         }
-        let samples = steps.entry(step).or_default().entry(pod.clone()).or_default();
-        let at = sample.timestamp.timestamp_millis();
-        if !samples.iter().any(|(t, _, _)| *t == at) {
-            samples.push((at, sample.cpu_used_millicores, requested));
-        }
-        while steps
-            .first_key_value()
-            .is_some_and(|(k, _)| *k <= newest - self.keep_steps)
-        {
-            steps.pop_first();
-        }
-        Some((namespace.clone(), workload.clone(), step * self.step))
+        let (namespace, workload) = (sample.namespace.clone()?, sample.workload.clone()?);
+        let start = sample.timestamp.timestamp().div_euclid(self.step) * self.step;
+        Some((namespace, workload, start))
     }
 
     /// The workload point of a step, from every sample of it folded so far.
     pub fn point(&self, key: &StepKey, run: &str) -> Option<Point> {
         let (namespace, workload, start) = key;
-        let pods = self
-            .map
-            .get(&(namespace.clone(), workload.clone()))?
-            .1
-            .get(&start.div_euclid(self.step))?;
-        let means: Vec<(f64, f64)> = pods
-            .values()
-            .map(|s| {
-                let n = s.len() as f64;
-                (
-                    s.iter().map(|x| x.1).sum::<f64>() / n,
-                    s.iter().map(|x| x.2).sum::<f64>() / n,
-                )
-            })
-            .collect();
-        let value = pas_schemas::workload_utilisation(means.iter().copied());
         let time = DateTime::from_timestamp(*start, 0)?;
+        let workload_key = pas_workloads::WorkloadKey {
+            namespace: namespace.clone(),
+            workload: workload.clone(),
+        };
+        let step = self.folded.step(&workload_key, time).filter(|s| s.pods > 0)?;
         Some(
             Point::new(CURRENT, time)
                 .tag("level", "workload")
                 .tag("run", run)
                 .tag("namespace", namespace.as_str())
                 .tag("workload", workload.as_str())
-                .field("value", Field::F64(value))
-                .field("used_millicores", Field::F64(means.iter().map(|m| m.0).sum()))
-                .field(
-                    "requested_millicores",
-                    Field::F64(means.iter().map(|m| m.1).sum()),
-                )
-                .field("pods", Field::I64(means.len() as i64)),
+                .field("demand_cores", Field::F64(step.demand / 1000.0))
+                .field("requested_cores", Field::F64(step.requested / 1000.0))
+                .field("value", Field::F64(step.utilisation()))
+                .field("used_millicores", Field::F64(step.demand))
+                .field("requested_millicores", Field::F64(step.requested))
+                .field("pods", Field::I64(i64::from(step.pods)))
+                .field("throttled", Field::F64(step.throttled)),
         )
     }
 
     /// Workloads held.
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.folded.len()
     }
 
     /// Whether none is held.
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.folded.is_empty()
     }
 
     /// Forgets workloads without a sample for `idle`.
     pub fn forget_idle(&mut self, idle: Duration) {
-        self.map.retain(|_, (touched, _)| touched.elapsed() < idle);
+        self.folded.forget_silent(idle);
     }
 }
 
@@ -418,6 +396,7 @@ mod tests {
             cpu_used_millicores: used,
             cpu_requested_millicores: requested,
             cpu_capacity_millicores: None,
+            cpu_throttled_ratio: None,
         }
     }
 
@@ -475,7 +454,7 @@ mod tests {
     }
 
     #[test]
-    fn a_workload_step_is_the_hpa_utilisation_of_its_pods_and_ignores_redelivery() {
+    fn a_workload_step_is_the_demand_of_its_pods_and_ignores_redelivery() {
         let mut w = Workloads::new(5, 3);
         // Step [100, 105): web-0 100 then 300 of 500 (mean 200), web-1 300 of 500.
         let key = w.fold(&pod(100, "web-0", 100.0, Some(500.0))).unwrap();
@@ -488,6 +467,8 @@ mod tests {
         declared(&p);
         assert_eq!(p.time, at(100));
         assert_eq!(p.field_value("value"), Some(&Field::F64(50.0)));
+        assert_eq!(p.field_value("demand_cores"), Some(&Field::F64(0.5)));
+        assert_eq!(p.field_value("requested_cores"), Some(&Field::F64(1.0)));
         assert_eq!(p.field_value("pods"), Some(&Field::I64(2)));
         assert_eq!(p.tag_value("level"), Some("workload"));
         assert_eq!(p.tag_value("pod"), None);
@@ -514,8 +495,9 @@ mod tests {
             },
             window_end: at(1_700_000_040),
             step_seconds,
-            values: vec![40.0, 45.0, 50.0],
-            upper: Some(vec![50.0, 55.0, 60.0]),
+            pod_request_millicores: 500.0,
+            values: vec![400.0, 450.0, 500.0],
+            upper: Some(vec![500.0, 550.0, 600.0]),
             quantile: Some(0.9),
         }
     }
@@ -532,7 +514,7 @@ mod tests {
         assert_eq!(
             line(&points[1]),
             "cpu_usage_predicted,horizon=2,model_kind=lstm,model_version=3,namespace=shop,run=live,workload=web \
-             upper=55,value=45 1700000050000000000\n"
+             pod_request_cores=0.5,upper=0.55,value=0.45 1700000050000000000\n"
         );
         // A step so long the points fall past 2262: InfluxDB would reject them.
         let far = forecast_points(&forecast(1e10), "live");
@@ -562,7 +544,7 @@ mod tests {
                 window_end: at(1_700_000_040),
             }),
             utilization_percent: Some(70.0),
-            predicted_peak_percent: Some(90.0),
+            predicted_peak_millicores: Some(2500.0),
             target_utilization_percent: Some(50.0),
             warnings: vec![],
         };
@@ -570,7 +552,7 @@ mod tests {
         assert_eq!(
             line(&p),
             "scale_decision,namespace=shop,outcome=applied,policy=hybrid,rule=predictive,run=live,workload=web \
-             applied=t,model=\"lstm v3\",predicted_peak_percent=90,reason=\"peak 90% \\\"soon\\\"\",\
+             applied=t,model=\"lstm v3\",predicted_peak_cores=2.5,reason=\"peak 90% \\\"soon\\\"\",\
              replicas_after=4i,replicas_before=2i,target_utilization_percent=50,utilization_percent=70 \
              1700000060000000000\n"
         );

@@ -245,15 +245,18 @@ fn the_panels_show_what_operators_watch() {
             "no panel shows {what}"
         );
     };
-    has("actual and predicted utilisation together", &|q| {
+    // Forecasts are of demand in cores: the actual they are drawn and
+    // compared against is the workload's demand, never its utilisation.
+    has("actual and predicted demand together", &|q| {
         q.contains("\"cpu_usage_current\"")
             && q.contains("\"cpu_usage_predicted\"")
             && q.contains("r.level == \"workload\"")
+            && q.contains("r._field == \"demand_cores\"")
     });
     has("replicas over time", &|q| q.contains("\"replicas_after\""));
     has("the model version in use", &|q| q.contains("r.model_version"));
     has("forecast error over time", &|q| {
-        q.contains("math.abs") && q.contains("join(")
+        q.contains("math.abs") && q.contains("join(") && q.contains("r._field == \"demand_cores\"")
     });
     let annotations = d["annotations"]["list"].as_array().unwrap();
     assert!(

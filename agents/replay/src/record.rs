@@ -4,14 +4,16 @@
 //! `replay.<run>.pas.cpu.pod.>`) until a count, a duration or a stop, or
 //! from a time range of PAS_SAMPLES. A `.jsonl` file gets every sample as it
 //! arrived. A `.csv` file gets the trace format of `shared/data/traces`: per
-//! workload and step (`step`, 5 s by default), the utilisation as the HPA
+//! workload and step (`step`, 5 s by default), folded as the pipeline folds
+//! samples ([`pas_workloads::summarise`]), the utilisation as the HPA
 //! defines it, the sum over pods of their mean use over the sum of their
-//! mean requests, in percent; or, with `pods`, the demand as a percentage of
-//! that many pods' worth (`pas replay`'s rule, so a recording made while the
-//! replicas changed replays as the load it was). With several workloads,
-//! each gets its own file, `<name>.<namespace>.<workload>.csv`.
+//! mean requests, in percent; or, with `pods`, the demand (the sum of the
+//! pods' mean use) as a percentage of that many pods' worth (`pas replay`'s
+//! rule, so a recording made while the replicas changed replays as the load
+//! it was: use it for traces the models should learn). With several
+//! workloads, each gets its own file, `<name>.<namespace>.<workload>.csv`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -121,8 +123,8 @@ pub struct Summary {
     pub files: Vec<(PathBuf, usize)>,
 }
 
-/// Pod samples per workload and step: per pod, (sum used, sum requested, n).
-type Steps = BTreeMap<i64, HashMap<String, (f64, f64, u32)>>;
+/// Pod samples per workload and step (ms): (pod, used, requested, throttled).
+type Steps = BTreeMap<i64, Vec<(String, f64, f64, f64)>>;
 
 #[derive(Default)]
 struct Recorder {
@@ -146,18 +148,17 @@ impl Recorder {
         }
         self.samples += 1;
         let step = sample.timestamp.timestamp_millis().div_euclid(step_ms) * step_ms;
-        let pods = self
-            .workloads
+        self.workloads
             .entry((ns.clone(), wl.clone()))
             .or_default()
             .entry(step)
-            .or_default();
-        let p = pods.entry(pod.clone()).or_default();
-        *p = (
-            p.0 + sample.cpu_used_millicores,
-            p.1 + sample.cpu_requested_millicores.unwrap_or(0.0),
-            p.2 + 1,
-        );
+            .or_default()
+            .push((
+                pod.clone(),
+                sample.cpu_used_millicores,
+                sample.cpu_requested_millicores.unwrap_or(0.0),
+                sample.cpu_throttled_ratio.unwrap_or(0.0),
+            ));
         if is_jsonl(&config.out) {
             self.raw.push(sample);
         }
@@ -166,20 +167,23 @@ impl Recorder {
     fn rows(steps: &Steps, pods: Option<u32>) -> Vec<(DateTime<Utc>, f64)> {
         steps
             .iter()
-            .filter_map(|(ms, by_pod)| {
-                let n = by_pod.len() as f64;
-                let used: f64 = by_pod.values().map(|(u, _, k)| u / f64::from(*k)).sum();
-                let requested: f64 = by_pod.values().map(|(_, r, k)| r / f64::from(*k)).sum();
-                let denominator = match pods {
-                    Some(p) => f64::from(p) * requested / n,
-                    None => requested,
+            .filter_map(|(ms, samples)| {
+                let step =
+                    pas_workloads::summarise(samples.iter().map(|(pod, used, requested, throttled)| {
+                        pas_workloads::PodSample {
+                            pod,
+                            used: *used,
+                            requested: *requested,
+                            throttled: *throttled,
+                        }
+                    }));
+                let value = match pods {
+                    Some(p) => 100.0 * step.demand / (f64::from(p) * step.request_per_pod()),
+                    None => step.utilisation(),
                 };
-                (denominator > 0.0).then(|| {
-                    (
-                        DateTime::from_timestamp_millis(*ms).unwrap_or_default(),
-                        100.0 * used / denominator,
-                    )
-                })
+                value
+                    .is_finite()
+                    .then(|| (DateTime::from_timestamp_millis(*ms).unwrap_or_default(), value))
             })
             .collect()
     }
@@ -307,6 +311,7 @@ mod tests {
             cpu_used_millicores: used,
             cpu_requested_millicores: Some(requested),
             cpu_capacity_millicores: None,
+            cpu_throttled_ratio: None,
         }
     }
 

@@ -8,6 +8,7 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
+use std::time::Duration;
 
 use config::{Config as Layers, Environment, File, FileFormat, Map, Value};
 use serde::{Serialize, de::DeserializeOwned};
@@ -111,6 +112,30 @@ pub fn replica_id(configured: Option<&str>, stage: &str) -> String {
             .collect(),
         _ => format!("{stage}-{:08x}", fastrand::u32(..)),
     }
+}
+
+/// The scaler's default lead time: a pod's default start-up (60 s) plus
+/// one tick (5 s). The trainer's and the forecaster's `lead` default to it.
+pub const DEFAULT_LEAD: Duration = Duration::from_secs(65);
+
+/// Refuses a forecast horizon that does not reach past the lead time: the
+/// scaler plans on the peak over its lead (a pod's start-up plus one tick),
+/// so `horizon` steps of `step` must cover at least that.
+pub fn check_horizon(what: &str, horizon: usize, step: Duration, lead: Duration) -> Result<(), String> {
+    let covered = step.saturating_mul(u32::try_from(horizon).unwrap_or(u32::MAX));
+    if covered >= lead {
+        return Ok(());
+    }
+    let needed = lead.as_secs_f64() / step.as_secs_f64().max(1e-9);
+    Err(format!(
+        "{what} of {horizon} steps × {}s = {}s does not reach past the lead time of {}s (the scaler's \
+         pod start-up plus one tick): raise it to at least {} steps, lengthen the step, or set lead \
+         to the scaler's start-up plus tick",
+        step.as_secs_f64(),
+        covered.as_secs_f64(),
+        lead.as_secs_f64(),
+        needed.ceil()
+    ))
 }
 
 #[cfg(test)]
@@ -229,5 +254,18 @@ mod tests {
 
         let e = load::<Cfg>(None, env(&[("PAS_BUFFER_CAPACITY", "lots")]), vec![]).unwrap_err();
         assert!(matches!(e, Error::Config(_)), "{e}");
+    }
+
+    #[test]
+    fn a_horizon_short_of_the_lead_is_refused_naming_both() {
+        let five = Duration::from_secs(5);
+        let e = check_horizon("horizon", 10, five, Duration::from_secs(65)).unwrap_err();
+        assert!(
+            e.contains("10 steps × 5s = 50s") && e.contains("lead time of 65s"),
+            "{e}"
+        );
+        assert!(e.contains("at least 13 steps"), "{e}");
+        assert!(check_horizon("horizon", 13, five, Duration::from_secs(65)).is_ok());
+        assert!(check_horizon("horizon", 10, Duration::from_secs(15), DEFAULT_LEAD).is_ok());
     }
 }

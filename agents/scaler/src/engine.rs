@@ -106,7 +106,7 @@ impl<C: Cluster> Engine<C> {
             self.metrics.ignored("older_forecast");
             return None;
         }
-        let stale = forecast_view(&forecast).is_stale(now, self.config.forecast_max_age);
+        let stale = ForecastView::from(&forecast).is_stale(now, self.config.forecast_max_age);
         self.forecasts.insert(key.clone(), (forecast, Instant::now()));
         if stale {
             // A backlog after a pause: the tick decides on samples instead.
@@ -169,7 +169,7 @@ impl<C: Cluster> Engine<C> {
         };
         let observed = self.observe(&workload, now);
         let forecast = self.forecasts.get(key).map(|(f, _)| f.clone());
-        let view = forecast.as_ref().map(forecast_view);
+        let view = forecast.as_ref().map(ForecastView::from);
         let mut history = match self.histories.remove(key) {
             Some(history) => history,
             // Tried again next tick; the other workloads go on.
@@ -180,7 +180,7 @@ impl<C: Cluster> Engine<C> {
         decision.rule = d.rule.as_str().into();
         decision.reason = d.reason.clone();
         decision.utilization_percent = d.utilization;
-        decision.predicted_peak_percent = d.predicted_peak;
+        decision.predicted_peak_millicores = d.predicted_peak;
         if d.used_forecast {
             decision.forecast = forecast.map(|f| ForecastRef {
                 model: f.model,
@@ -260,7 +260,7 @@ impl<C: Cluster> Engine<C> {
             outcome: Outcome::Unchanged,
             forecast: None,
             utilization_percent: None,
-            predicted_peak_percent: None,
+            predicted_peak_millicores: None,
             target_utilization_percent: Some(settings.target_utilization),
             warnings: problems,
         };
@@ -366,6 +366,7 @@ impl<C: Cluster> Engine<C> {
                     requested_millicores: sample
                         .and_then(|s| s.requested)
                         .or(workload.cpu_request_millicores),
+                    throttled: sample.and_then(|s| s.throttled),
                 })
                 .collect(),
         }
@@ -384,15 +385,6 @@ impl<C: Cluster> Engine<C> {
             self.metrics.kube_error(error.kind());
             tracing::warn!(namespace = %workload.namespace, workload = %workload.name, %error, "Recording an Event failed.");
         }
-    }
-}
-
-fn forecast_view(f: &Forecast) -> ForecastView<'_> {
-    ForecastView {
-        window_end: f.window_end,
-        step_seconds: f.step_seconds,
-        values: &f.values,
-        upper: f.upper.as_deref(),
     }
 }
 
@@ -429,6 +421,7 @@ mod tests {
                     cpu_used_millicores: used,
                     cpu_requested_millicores: Some(1000.0),
                     cpu_capacity_millicores: None,
+                    cpu_throttled_ratio: None,
                 },
             );
         }

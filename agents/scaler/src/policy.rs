@@ -10,6 +10,14 @@
 //! scale-down window, the lowest of the scale-up window), then
 //! `convertDesiredReplicasWithBehaviorRate` (scaling policies per period and
 //! min/max). The other policies replace only the first step.
+//!
+//! The `predictive` rule plans from **demand**, the workload's total CPU in
+//! millicores: replicas = ceil(peak forecast demand over the lead time /
+//! (target utilisation × one pod's CPU request)), which does not depend on
+//! the current replicas (Crane and AWS predictive scaling do the same). A
+//! pod that is CPU-throttled hides how much it wanted, so when a ready pod
+//! is saturated the observed demand is a lower bound and the rule never
+//! recommends fewer replicas than the HPA rule (which scales out at 100 %).
 
 use std::fmt;
 use std::str::FromStr;
@@ -27,7 +35,7 @@ pub enum Policy {
     /// The older system's rule: one more replica when any predicted value
     /// passes the threshold (85 %); never fewer.
     Threshold,
-    /// The HPA rule on the peak forecast over the lead time.
+    /// Replicas for the peak forecast demand over the lead time.
     Predictive,
     /// The larger of `predictive` and `hpa`: never scales in on a forecast alone.
     Hybrid,
@@ -85,7 +93,7 @@ pub enum Rule {
     Hpa,
     /// The HPA rule because the forecast is missing or stale.
     HpaFallback,
-    /// The HPA rule on the peak forecast over the lead time.
+    /// Replicas for the peak forecast demand over the lead time.
     Predictive,
     /// The older system's rule: one more replica past the threshold.
     Threshold,
@@ -364,6 +372,20 @@ pub struct PodUsage {
     pub used_millicores: Option<f64>,
     /// The pod's CPU request in millicores.
     pub requested_millicores: Option<f64>,
+    /// Share of the sample's interval the pod was CPU-throttled, 0 to 1,
+    /// where known.
+    pub throttled: Option<f64>,
+}
+
+impl PodUsage {
+    /// Whether the pod is ready and was throttled enough that its use
+    /// understates its demand.
+    pub fn saturated(&self) -> bool {
+        self.ready
+            && self
+                .throttled
+                .is_some_and(|t| t >= pas_schemas::SATURATED_THROTTLED_SHARE)
+    }
 }
 
 /// The StatefulSet now.
@@ -375,7 +397,7 @@ pub struct Observed {
     pub pods: Vec<PodUsage>,
 }
 
-/// A forecast of the workload's utilisation.
+/// A forecast of the workload's demand.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ForecastView<'a> {
     /// Start of the last input step; value `i` is for the step starting
@@ -383,10 +405,26 @@ pub struct ForecastView<'a> {
     pub window_end: DateTime<Utc>,
     /// Step length in seconds.
     pub step_seconds: f64,
-    /// Predicted utilisation per step, percent.
+    /// Predicted demand per step, millicores (all pods together).
     pub values: &'a [f64],
     /// Upper quantile per step, if the model gives one.
     pub upper: Option<&'a [f64]>,
+    /// The per-pod CPU request the forecast assumed, millicores: used when
+    /// no pod's request is observed.
+    pub request_millicores: f64,
+}
+
+/// A forecast message as the policy reads it.
+impl<'a> From<&'a pas_schemas::Forecast> for ForecastView<'a> {
+    fn from(f: &'a pas_schemas::Forecast) -> ForecastView<'a> {
+        ForecastView {
+            window_end: f.window_end,
+            step_seconds: f.step_seconds,
+            values: &f.values,
+            upper: f.upper.as_deref(),
+            request_millicores: f.pod_request_millicores,
+        }
+    }
 }
 
 impl ForecastView<'_> {
@@ -506,7 +544,7 @@ pub struct Decision {
     pub reason: String,
     /// Measured utilisation of the ready pods, percent.
     pub utilization: Option<f64>,
-    /// Peak forecast utilisation over the lead time, percent.
+    /// Peak forecast demand over the lead time, millicores.
     pub predicted_peak: Option<f64>,
     /// Whether the forecast was used.
     pub used_forecast: bool,
@@ -537,6 +575,17 @@ pub fn decide(
     let target = settings.target_utilization;
     let fresh = forecast.filter(|f| !f.is_stale(now, tuning.forecast_max_age));
     let lead = settings.startup + tuning.tick;
+    // One pod's request: the observed pods' mean, else the forecast's.
+    let requests: Vec<f64> = observed
+        .pods
+        .iter()
+        .filter_map(|p| p.requested_millicores.filter(|r| *r > 0.0))
+        .collect();
+    let request = if requests.is_empty() {
+        fresh.map(|f| f.request_millicores).filter(|r| *r > 0.0)
+    } else {
+        Some(requests.iter().sum::<f64>() / requests.len() as f64)
+    };
     let basis = Basis {
         current,
         target,
@@ -545,6 +594,8 @@ pub fn decide(
         fresh,
         peak: fresh.and_then(|f| f.peak(now, lead, tuning.plan_on_upper)),
         lead,
+        request,
+        saturated: observed.pods.iter().any(PodUsage::saturated),
     };
     let utilization = basis.measured.as_ref().ok().map(|m| m.utilization);
     let peak = basis.peak.map(|p| p.0);
@@ -632,9 +683,13 @@ struct Basis<'a> {
     /// Whether a forecast was given at all (fresh or stale).
     forecast_given: bool,
     fresh: Option<ForecastView<'a>>,
-    /// The peak of the fresh forecast over the lead time, and its steps.
+    /// The peak demand of the fresh forecast over the lead time, and its steps.
     peak: Option<(f64, usize)>,
     lead: std::time::Duration,
+    /// One pod's CPU request, millicores.
+    request: Option<f64>,
+    /// Whether a ready pod is saturated (its demand only a lower bound).
+    saturated: bool,
 }
 
 /// The policy's recommendation, before stabilisation and rate limits; an
@@ -661,32 +716,50 @@ fn recommend(b: &Basis<'_>, settings: &Settings, tuning: &Tuning) -> Result<Raw,
             ),
         })
     };
-    let predictive = |(peak, steps): (f64, usize)| -> Raw {
-        let base = b.measured.as_ref().map_or(b.current, |m| m.ready_pods.max(1));
-        let ratio = peak / b.target;
-        let replicas = if (1.0 - ratio).abs() <= tuning.tolerance {
+    let predictive = |(peak, steps): (f64, usize)| -> Result<Raw, String> {
+        let request = b.request.ok_or("No pod's CPU request is known")?;
+        // ceil(peak / (target × request)): independent of the replicas now.
+        let exact = peak / (b.target / 100.0 * request);
+        let replicas = if (exact / f64::from(b.current.max(1)) - 1.0).abs() <= tuning.tolerance {
             b.current
         } else {
-            ceil_u32(ratio * f64::from(base))
+            ceil_u32(exact - 1e-9)
         };
-        Raw {
+        let mut raw = Raw {
             replicas,
             rule: Rule::Predictive,
             reason: format!(
-                "Predicted peak {peak:.0}% over the next {}s ({steps} steps) against a target of {:.0}% recommends {replicas}.",
+                "Predicted peak demand {peak:.0}m over the next {}s ({steps} steps) at {:.0}% of {request:.0}m per pod recommends {replicas}.",
                 b.lead.as_secs(),
                 b.target
             ),
+        };
+        // A saturated pod's use is a lower bound: at least what the HPA
+        // rule, which scales out at 100 %, asks for.
+        if b.saturated
+            && let Ok(m) = &b.measured
+            && m.replicas > raw.replicas
+        {
+            raw.replicas = m.replicas;
+            raw.reason = format!(
+                "{} A pod is CPU-throttled, so demand is at least what it shows: utilisation {:.0}% recommends {}.",
+                raw.reason, m.utilization, m.replicas
+            );
         }
+        Ok(raw)
     };
 
     match (settings.policy, b.peak) {
         (Policy::Hpa, _) => hpa(Rule::Hpa),
         (_, None) => hpa(Rule::HpaFallback),
-        (Policy::Predictive, Some(p)) => Ok(predictive(p)),
+        (Policy::Predictive, Some(p)) => predictive(p),
         (Policy::Threshold, Some(_)) => {
+            // The older system's rule, on the utilisation the predicted
+            // demand would put on the replicas there are.
+            let request = b.request.ok_or("No pod's CPU request is known")?;
             let values = b.fresh.map(|f| f.values).unwrap_or_default();
-            let over = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let peak = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let over = 100.0 * peak / (request * f64::from(b.current.max(1)));
             Ok(if over > tuning.threshold {
                 Raw {
                     replicas: b.current + 1,
@@ -708,7 +781,7 @@ fn recommend(b: &Basis<'_>, settings: &Settings, tuning: &Tuning) -> Result<Raw,
             })
         }
         (Policy::Hybrid, Some(p)) => {
-            let pred = predictive(p);
+            let pred = predictive(p)?;
             Ok(match hpa(Rule::Hpa) {
                 Ok(reactive) if reactive.replicas >= pred.replicas => reactive,
                 Ok(_) => pred,
@@ -1067,6 +1140,7 @@ mod tests {
                 ready: true,
                 used_millicores: Some(utilization * 10.0),
                 requested_millicores: Some(1000.0),
+                throttled: None,
             })
             .collect()
     }
@@ -1123,7 +1197,9 @@ mod tests {
 
     /// The replica calculator and the policies, one evaluation each, with
     /// stabilisation and rate limits out of the way. Forecasts are given as
-    /// (window end relative to now in seconds, values, upper).
+    /// (window end relative to now in seconds, values, upper), each value the
+    /// utilisation the demand would put on the current replicas (turned into
+    /// demand below: × replicas × 1000m / 100).
     #[test]
     fn one_evaluation() {
         let mixed = |ready: &[(bool, Option<f64>)]| Observed {
@@ -1134,6 +1210,7 @@ mod tests {
                     ready: *r,
                     used_millicores: *used,
                     requested_millicores: Some(1000.0),
+                    throttled: None,
                 })
                 .collect(),
         };
@@ -1336,15 +1413,21 @@ mod tests {
         for case in cases {
             let values;
             let upper;
+            let demand = |v: &Vec<f64>| -> Vec<f64> {
+                v.iter()
+                    .map(|u| u * f64::from(case.observed.replicas) * 10.0)
+                    .collect()
+            };
             let view = match &case.forecast {
                 Some((end, v, u)) => {
-                    values = v.clone();
-                    upper = u.clone();
+                    values = demand(v);
+                    upper = u.as_ref().map(demand);
                     Some(ForecastView {
                         window_end: now + TimeDelta::seconds(*end),
                         step_seconds: 5.0,
                         values: &values,
                         upper: upper.as_deref(),
+                        request_millicores: 1000.0,
                     })
                 }
                 None => None,
@@ -1569,6 +1652,7 @@ mod tests {
             step_seconds: 5.0,
             values: &values,
             upper: None,
+            request_millicores: 1000.0,
         };
         // Value 0 covers 95..100 (past), value 1 100..105, value 2 105..110.
         assert_eq!(f.peak(now, Duration::from_secs(10), true), Some((30.0, 2)));
@@ -1583,5 +1667,101 @@ mod tests {
         assert_eq!(f.peak(now, Duration::from_secs(10), false), Some((30.0, 2)));
         assert!(!f.is_stale(now, Duration::from_secs(30)));
         assert!(f.is_stale(t(126), Duration::from_secs(30)));
+    }
+
+    /// One evaluation at `now` on a fresh forecast of `values` (1000m pods),
+    /// with stabilisation and rate limits out of the way.
+    fn decide_on(policy: Policy, target: f64, o: &Observed, values: &[f64]) -> Decision {
+        let now = t(1000);
+        let view = ForecastView {
+            window_end: now - TimeDelta::seconds(5),
+            step_seconds: 5.0,
+            values,
+            upper: None,
+            request_millicores: 1000.0,
+        };
+        decide(
+            now,
+            &settings(policy, target),
+            &unlimited(),
+            o,
+            Some(view),
+            &mut History::default(),
+        )
+    }
+
+    /// The predictive rule plans from demand: the same forecast recommends
+    /// the same replicas whatever the replicas are now (2000m at 50 % of
+    /// 1000m is 4 pods from 2, 4 or 8), where a rule on utilisation would
+    /// have halved its forecast after a doubling and followed itself.
+    #[test]
+    fn predictive_is_independent_of_the_current_replicas() {
+        let values = vec![2000.0; 20];
+        for current in [2, 4, 8] {
+            // The pods share the demand, so their utilisation follows the replicas.
+            let o = observed(current, 200.0 / f64::from(current));
+            let d = decide_on(Policy::Predictive, 50.0, &o, &values);
+            assert_eq!(
+                (d.replicas, d.rule),
+                (4, Rule::Predictive),
+                "from {current}: {}",
+                d.reason
+            );
+            assert_eq!(d.predicted_peak, Some(2000.0));
+        }
+        // The request divides: pods of 500m need twice as many.
+        let o = Observed {
+            replicas: 4,
+            pods: pods(4, 100.0)
+                .into_iter()
+                .map(|p| PodUsage {
+                    requested_millicores: Some(500.0),
+                    ..p
+                })
+                .collect(),
+        };
+        assert_eq!(decide_on(Policy::Predictive, 50.0, &o, &values).replicas, 8);
+        // With no pod observed, the forecast's request is used.
+        let none = Observed {
+            replicas: 3,
+            pods: Vec::new(),
+        };
+        let d = decide_on(Policy::Hybrid, 50.0, &none, &values);
+        assert_eq!((d.replicas, d.rule), (4, Rule::Predictive), "{}", d.reason);
+    }
+
+    /// A throttled pod's use is a lower bound of its demand: the predictive
+    /// rule then asks for at least what the HPA rule does (it scales out at
+    /// 100 %), however low the forecast; an unthrottled pod changes nothing.
+    #[test]
+    fn a_saturated_workload_scales_out_at_least_as_the_hpa_does() {
+        // 4 pods at their 1000m limit.
+        let at_limit = |throttled: f64| Observed {
+            replicas: 4,
+            pods: pods(4, 100.0)
+                .into_iter()
+                .map(|p| PodUsage {
+                    throttled: Some(throttled),
+                    ..p
+                })
+                .collect(),
+        };
+        // Forecast to stay at the 4000m they show: 4000m at 70 % of 1000m
+        // is 6 pods (5.71), throttled or not.
+        let calm = decide_on(Policy::Predictive, 70.0, &at_limit(0.0), &[4000.0; 20]);
+        assert_eq!(calm.replicas, 6, "{}", calm.reason);
+        // Forecast to fall to 1600m: 3 pods, unless the pods are throttled,
+        // when 100 % against 70 % asks for ceil(4 × 1.43) = 6.
+        let low = [1600.0; 20];
+        let throttled = decide_on(Policy::Predictive, 70.0, &at_limit(0.3), &low);
+        assert_eq!(
+            (throttled.replicas, throttled.rule),
+            (6, Rule::Predictive),
+            "{}",
+            throttled.reason
+        );
+        assert!(throttled.reason.contains("throttled"), "{}", throttled.reason);
+        let unthrottled = decide_on(Policy::Predictive, 70.0, &at_limit(0.01), &low);
+        assert_eq!(unthrottled.replicas, 3, "1600m at 70 %: {}", unthrottled.reason);
     }
 }

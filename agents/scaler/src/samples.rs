@@ -30,6 +30,8 @@ pub(crate) struct PodSample {
     pub(crate) at: DateTime<Utc>,
     pub(crate) used: f64,
     pub(crate) requested: Option<f64>,
+    /// Throttled share of the interval, where known.
+    pub(crate) throttled: Option<f64>,
 }
 
 /// Latest samples by workload and pod.
@@ -48,12 +50,14 @@ pub(crate) fn record_sample(pods: &Mutex<Pods>, sample: CpuSample) {
             at: DateTime::<Utc>::MIN_UTC,
             used: 0.0,
             requested: None,
+            throttled: None,
         });
     if sample.timestamp >= entry.at {
         *entry = PodSample {
             at: sample.timestamp,
             used: sample.cpu_used_millicores,
             requested: sample.cpu_requested_millicores,
+            throttled: sample.cpu_throttled_ratio,
         };
     }
 }

@@ -7,7 +7,10 @@
 //! millicores (its CPU limit). Demand is spread evenly over the ready pods;
 //! what they cannot serve is unmet (the SLO is violated while it is). A pod
 //! that is not ready serves nothing, so samples reflect the current replicas:
-//! the loop from decision to utilisation is closed.
+//! the loop from decision to utilisation is closed. A pod asked for more
+//! than its limit is throttled, as the kernel's CFS quota would: it reports
+//! the throttled share of the interval, 1 − served / wanted, so its use is
+//! marked a lower bound of its demand.
 
 use std::time::Duration;
 
@@ -40,6 +43,9 @@ impl Default for PodModel {
 pub struct Served {
     /// CPU each pod used, by ordinal (0 for pods not ready).
     pub used_millicores: Vec<f64>,
+    /// Share of the interval each pod was throttled, by ordinal: 1 − served
+    /// / wanted where it wanted more than its limit, else 0.
+    pub throttled: Vec<f64>,
     /// Demand no ready pod could serve, millicores.
     pub unmet_millicores: f64,
 }
@@ -94,20 +100,56 @@ impl SimulatedStatefulSet {
         let startup = delta(self.model.startup);
         let ready = self.ready(now);
         let demand = demand_millicores.max(0.0);
-        let per_pod = if ready == 0 {
+        let wanted = if ready == 0 {
             0.0
         } else {
-            (demand / f64::from(ready)).min(self.model.capacity_millicores)
+            demand / f64::from(ready)
         };
-        let used_millicores: Vec<f64> = self
+        let per_pod = wanted.min(self.model.capacity_millicores);
+        let share = if wanted > per_pod {
+            1.0 - per_pod / wanted
+        } else {
+            0.0
+        };
+        let (used_millicores, throttled) = self
             .created
             .iter()
-            .map(|&c| if c + startup <= now { per_pod } else { 0.0 })
-            .collect();
+            .map(|&c| {
+                if c + startup <= now {
+                    (per_pod, share)
+                } else {
+                    (0.0, 0.0)
+                }
+            })
+            .unzip();
         let unmet_millicores = (demand - per_pod * f64::from(ready)).max(0.0);
         Served {
             used_millicores,
+            throttled,
             unmet_millicores,
+        }
+    }
+
+    /// What the scaler observes of the pods when they serve `served` at
+    /// `now` (as its samples give it): readiness by ordinal (StatefulSet
+    /// pods start in order, so the ready ones come first), use, request and
+    /// throttling.
+    pub fn observed(&self, served: &Served, now: DateTime<Utc>) -> crate::policy::Observed {
+        let ready = self.ready(now);
+        crate::policy::Observed {
+            replicas: self.replicas(),
+            pods: served
+                .used_millicores
+                .iter()
+                .zip(&served.throttled)
+                .enumerate()
+                .map(|(ordinal, (&used, &throttled))| crate::policy::PodUsage {
+                    ready: (ordinal as u32) < ready,
+                    used_millicores: Some(used),
+                    requested_millicores: Some(self.model.request_millicores),
+                    throttled: Some(throttled),
+                })
+                .collect(),
         }
     }
 
@@ -124,8 +166,9 @@ impl SimulatedStatefulSet {
         served
             .used_millicores
             .iter()
+            .zip(&served.throttled)
             .enumerate()
-            .map(|(ordinal, &used)| CpuSample {
+            .map(|(ordinal, (&used, &throttled))| CpuSample {
                 schema_version: SCHEMA_VERSION,
                 timestamp: now,
                 node: format!("sim-node-{ordinal}"),
@@ -135,6 +178,7 @@ impl SimulatedStatefulSet {
                 cpu_used_millicores: used,
                 cpu_requested_millicores: Some(self.model.request_millicores),
                 cpu_capacity_millicores: None,
+                cpu_throttled_ratio: Some(throttled),
             })
             .collect()
     }
@@ -193,6 +237,9 @@ mod tests {
         let s = sts.serve(3500.0, at(0));
         assert_eq!(s.used_millicores, vec![1000.0, 1000.0]);
         assert_eq!(s.unmet_millicores, 1500.0);
+        // Each wanted 1750m and got 1000m: throttled 3/7 of the time.
+        assert!(s.throttled.iter().all(|t| (t - 750.0 / 1750.0).abs() < 1e-12));
+        assert_eq!(sts.serve(1500.0, at(0)).throttled, vec![0.0, 0.0]);
         // Starting pods serve nothing: the load stays on the ready ones.
         sts.scale(4, at(0));
         let s = sts.serve(3500.0, at(30));
@@ -214,8 +261,12 @@ mod tests {
             assert_eq!(s.cpu_used_millicores, 200.0);
             assert_eq!(s.cpu_requested_millicores, Some(500.0));
             assert_eq!(s.timestamp, at(5));
+            assert_eq!(s.cpu_throttled_ratio, Some(0.0));
             pas_schemas::Message::validate(s).unwrap();
         }
+        // Past the limit, the samples say so: the demand is a lower bound.
+        let saturated = sts.samples("shop", "web", 6000.0, at(5));
+        assert!(saturated.iter().all(|s| s.cpu_throttled_ratio == Some(0.5)));
         // Utilisation as the HPA computes it: 600 / (3 × 500) = 40 %.
         let used: f64 = samples.iter().map(|s| s.cpu_used_millicores).sum();
         assert!((100.0 * used / 1500.0 - 40.0).abs() < 1e-9);

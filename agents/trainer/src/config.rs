@@ -14,9 +14,13 @@ pub struct Config {
     /// Read samples under `replay.<run>.` instead of the live `pas.` subjects
     /// (and store and announce models for that run).
     pub run: Option<String>,
-    /// Step of the utilisation series a workload's samples are put on.
+    /// Step of the demand series a workload's samples are put on.
     #[serde(with = "humantime_serde")]
     pub step: Duration,
+    /// The scaler's lead time (its pod start-up plus one tick): the model's
+    /// horizon × `step` must reach past it, or training is refused at start.
+    #[serde(with = "humantime_serde")]
+    pub lead: Duration,
     /// Steps of history a workload needs before its first model.
     pub min_history: usize,
     /// Most steps of history kept per workload (the newest).
@@ -61,7 +65,8 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             run: None,
-            step: Duration::from_secs(5),
+            step: Duration::from_secs(15),
+            lead: pas_runtime::config::DEFAULT_LEAD,
             min_history: 720,
             max_history: 17_280,
             lateness: Duration::from_secs(600),
@@ -98,6 +103,7 @@ impl Config {
                 self.min_history, self.model.window, self.model.horizon, self.test_fraction
             ));
         }
+        pas_runtime::config::check_horizon("the model's horizon", self.model.horizon, self.step, self.lead)?;
         if self.max_history < self.min_history {
             return Err("max_history must be at least min_history".into());
         }

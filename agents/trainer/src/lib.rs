@@ -2,8 +2,12 @@
 //! models.
 //!
 //! A durable pull consumer on PAS_SAMPLES folds every pod sample into its
-//! workload's utilisation series ([`pas_workloads::Workloads`]: sum of use over sum
-//! of requests per step, missing steps kept missing) and acks it only then.
+//! workload's demand series ([`pas_workloads::Workloads`]: the sum of its
+//! pods' CPU use per step, in millicores, missing steps kept missing) and
+//! acks it only then. Demand, not utilisation: it does not move when the
+//! replicas do, so a model learns the load and not the scaler's actions.
+//! A step with a saturated pod (throttled, so its use is a lower bound) is
+//! left out of the loss and the backtest's score ([`train_version`]).
 //! Every [`Config::check_interval`] the trainer looks for workloads with
 //! [`Config::min_history`] steps and no model yet, or with
 //! [`Config::retrain_after`] of data beyond their newest model. For each it
@@ -285,12 +289,12 @@ impl Training {
                 _ = ticks.tick() => {}
             }
             self.forget();
-            for (key, series, range) in due(&self.config, &self.state, &self.models, &self.attempts) {
+            for job in due(&self.config, &self.state, &self.models, &self.attempts) {
                 if shutdown.is_cancelled() {
                     break;
                 }
                 beat.beat();
-                if self.train(key, series, range, shutdown).await.is_break() {
+                if self.train(job, shutdown).await.is_break() {
                     return;
                 }
             }
@@ -316,9 +320,7 @@ impl Training {
     /// trained again after a restart).
     async fn train(
         &mut self,
-        key: WorkloadKey,
-        series: pas_models::Series,
-        range: TrainingRange,
+        (key, series, lower_bounds, range): Due,
         shutdown: &CancellationToken,
     ) -> std::ops::ControlFlow<()> {
         self.attempts.insert(key.clone(), range.to);
@@ -335,6 +337,7 @@ impl Training {
             key: key.clone(),
             version,
             series,
+            lower_bounds,
             range,
             config: self.config.clone(),
             stop: stop.clone(),
@@ -428,13 +431,17 @@ fn fold(state: &Mutex<Workloads>, metrics: &Metrics, sample: &CpuSample, sequenc
     }
 }
 
+/// A workload due for training: its demand series, which of its steps are
+/// lower bounds (saturated), and the range it covers.
+type Due = (WorkloadKey, pas_models::Series, Vec<bool>, TrainingRange);
+
 /// Workloads due for training, with their series, oldest attempt first.
 fn due(
     config: &Config,
     state: &Mutex<Workloads>,
     models: &HashMap<String, Versions>,
     attempts: &HashMap<WorkloadKey, chrono::DateTime<Utc>>,
-) -> Vec<(WorkloadKey, pas_models::Series, TrainingRange)> {
+) -> Vec<Due> {
     let state = state.lock().unwrap_or_else(|p| p.into_inner());
     let retrain = chrono::TimeDelta::from_std(config.retrain_after).unwrap_or(chrono::TimeDelta::MAX);
     let mut out = Vec::new();
@@ -454,7 +461,8 @@ fn due(
             continue;
         }
         if let Some((steps, range)) = state.series(&key) {
-            out.push((key, steps.into(), range));
+            let saturated = steps.saturated.clone();
+            out.push((key, steps.into(), saturated, range));
         }
     }
     out
@@ -462,12 +470,16 @@ fn due(
 
 /// Trains one version of a workload's model exactly as the stage does:
 /// the LSTM on the head of `series`, a backtest against the baselines on
-/// its tail, accepted only when it beats the naive baseline. `pas
+/// its tail, accepted only when it beats the naive baseline. Steps marked
+/// in `lower_bounds` (a saturated pod: the demand was at least this) are
+/// treated as missing after gap filling, so they are never a target of the
+/// loss nor scored, and short runs of them are not interpolated over. `pas
 /// experiment` calls this to train on the first part of a trace.
 pub fn train_version(
     key: WorkloadKey,
     version: u64,
     series: pas_models::Series,
+    lower_bounds: &[bool],
     range: TrainingRange,
     config: &Config,
 ) -> Result<(ModelManifest, Vec<u8>), pas_models::Error> {
@@ -475,6 +487,7 @@ pub fn train_version(
         key,
         version,
         series,
+        lower_bounds: lower_bounds.to_vec(),
         range,
         config: config.clone(),
         stop: Arc::default(),
@@ -487,6 +500,8 @@ struct Job {
     key: WorkloadKey,
     version: u64,
     series: pas_models::Series,
+    /// Steps whose demand is only a lower bound.
+    lower_bounds: Vec<bool>,
     range: TrainingRange,
     config: Config,
     /// Set when the trainer stops: the fit ends at its next batch.
@@ -499,6 +514,7 @@ impl Job {
     fn train(mut self) -> Result<(ModelManifest, Vec<u8>), pas_models::Error> {
         let c = &self.config;
         let gaps = self.series.fill_gaps(c.max_fill);
+        self.series.mask(&self.lower_bounds);
         let horizon = c.model.horizon;
         let quantile = c.model.quantile;
         let mut lstm = Lstm::new(c.model.clone())?;
