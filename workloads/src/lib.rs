@@ -181,7 +181,7 @@ pub const MAX_SAMPLES_PER_STEP: usize = 20_000;
 
 /// One workload's data: settled steps as numbers, the newest steps (still
 /// open to late samples) as samples.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Workload {
     /// Step index of `settled[0]`.
     first: i64,
@@ -294,7 +294,7 @@ fn settle(samples: &PodSamples) -> Settled {
 /// `max_history` steps. A step stays open to late samples (a node's agent
 /// flushing after an outage) for `open_steps` steps behind the newest; then
 /// it settles into one number, and a sample for it is ignored as late.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Workloads {
     step: i64,
     max_history: usize,

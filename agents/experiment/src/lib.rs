@@ -43,7 +43,7 @@ use pas_models::{Series, Trace};
 use pas_scaler::policy::{self, ForecastView, History, Policy, Settings, Tuning};
 use pas_scaler::sim::{PodModel, SimulatedStatefulSet};
 use pas_schemas::{Forecast, TrainingRange};
-use pas_workloads::{Steps, WorkloadKey};
+use pas_workloads::{Steps, WorkloadKey, Workloads};
 use serde::Serialize;
 
 pub use report::{Report, Summary, summary_table, write_report};
@@ -102,6 +102,9 @@ pub struct Config {
     /// How often the `hpa` policy evaluates: the Kubernetes HPA's sync
     /// period (15 s), where PAS's policies evaluate every tick.
     pub hpa_sync: Duration,
+    /// Replicas every policy starts the scored part with; by default what
+    /// the oracle starts with (ready for the demand then).
+    pub start_replicas: Option<u32>,
 }
 
 impl Default for Config {
@@ -126,6 +129,7 @@ impl Default for Config {
             forecaster: pas_forecaster::Config::default(),
             shape: Shape::Linear,
             hpa_sync: Duration::from_secs(15),
+            start_replicas: None,
         }
     }
 }
@@ -255,6 +259,28 @@ pub struct TraceResult {
     /// The served model's forecasts against what then happened, for a plot.
     #[serde(skip)]
     pub forecast: ForecastTrack,
+    /// Each policy's run, tick by tick (the oracle's without forecasts).
+    #[serde(skip)]
+    pub runs: Vec<Run>,
+    /// The version the trainer's job made (its manifest and weights),
+    /// accepted or not, if one could be trained.
+    #[serde(skip)]
+    pub model: Option<(pas_schemas::ModelManifest, Vec<u8>)>,
+}
+
+/// One policy's run over the scored part, tick by tick: what a comparison
+/// with the live pipeline needs.
+#[derive(Debug, Clone, Default)]
+pub struct Run {
+    /// The policy.
+    pub policy: String,
+    /// The ticks.
+    pub at: Vec<DateTime<Utc>>,
+    /// Replicas (`spec.replicas`) at each tick, after its decision.
+    pub replicas: Vec<u32>,
+    /// The forecasts the policy's scaler was given, as the forecaster made
+    /// them from what its pods reported.
+    pub forecasts: Vec<Forecast>,
 }
 
 /// Each scored step's demand, and what the served model (the accepted LSTM,
@@ -346,13 +372,6 @@ impl Demand {
     }
 }
 
-/// A forecast message as the forecaster publishes it, effective from when
-/// its last step closed.
-struct Made {
-    effective: DateTime<Utc>,
-    forecast: Forecast,
-}
-
 /// Runs every trace and collects the results.
 pub fn run(
     paths: &[&Path],
@@ -376,12 +395,19 @@ pub fn run_trace(
 ) -> Result<TraceResult, Error> {
     config.check()?;
     let step = trace.median_step_seconds();
-    // Demand in millicores, the quantity the pipeline forecasts.
-    let to_demand = f64::from(config.reference_pods) * config.pod.capacity_millicores / 100.0;
-    let mut series = Series::resample(&trace.points, step)?;
-    for v in &mut series.values {
-        *v = v.max(0.0) * to_demand;
-    }
+    // 1. Demand in millicores, the quantity the pipeline forecasts; per
+    // step, its mean over the ticks in the step, as the pods would report it.
+    let demand = Demand::from_trace(
+        trace,
+        config.reference_pods,
+        config.pod.capacity_millicores,
+        config.shape,
+    );
+    let series = step_means(
+        &Series::resample(&trace.points, step)?,
+        &demand,
+        config.tuning.tick,
+    );
     let n = series.len();
     let horizon = config.trainer.model.horizon;
     let split = ((n as f64) * config.train_fraction).round() as usize;
@@ -457,9 +483,9 @@ pub fn run_trace(
     );
     let origins: Vec<usize> = made
         .iter()
-        .map(|m| ((m.forecast.window_end - series.start).num_seconds() / i64::from(step)) as usize)
+        .map(|m| ((m.window_end - series.start).num_seconds() / i64::from(step)) as usize)
         .collect();
-    let horizon = made.first().map_or(horizon, |m| m.forecast.values.len());
+    let horizon = made.first().map_or(horizon, |m| m.values.len());
     let accuracy = accuracy(&series.values, &train.values, &origins, &made, horizon, &trained);
     let steps_ahead = (lead.as_secs_f64() / f64::from(step))
         .ceil()
@@ -472,7 +498,7 @@ pub fn run_trace(
         let Some(&actual) = series.values.get(i + steps_ahead) else {
             continue;
         };
-        let f = &m.forecast;
+        let f = m;
         track.at.push(series.time_at(i + steps_ahead));
         track.actual.push(actual / 1000.0);
         track.forecast.push(f.values[steps_ahead - 1] / 1000.0);
@@ -482,12 +508,6 @@ pub fn run_trace(
     }
 
     // 4. and 5. Every policy, then the oracle, over the scored part.
-    let demand = Demand::from_trace(
-        trace,
-        config.reference_pods,
-        config.pod.capacity_millicores,
-        config.shape,
-    );
     let from = series.time_at(split);
     let to = trace.points.last().map_or(from, |p| p.0);
     let mut tuning = config.tuning.clone();
@@ -504,18 +524,38 @@ pub fn run_trace(
             .demand
             .push(chunk.iter().map(|d| d / 1000.0).fold(0.0, f64::max));
     }
+    // The pods' history before the scored part, as the forecaster holds it.
+    let start_replicas = config
+        .start_replicas
+        .unwrap_or_else(|| needed(load.first().copied().unwrap_or(0.0), config));
+    let seed = seed(&key, &series, split, &forecaster, config.pod, start_replicas);
+    let forecasting = Forecasting {
+        key: &key,
+        seed: &seed,
+        forecaster: &forecaster,
+        models: &models,
+    };
     let mut scores = Vec::new();
+    let mut runs = Vec::new();
     for &p in &config.policies {
         let mut settings = config.settings.clone();
         settings.policy = p;
-        let (score, capacity, replicas) =
-            simulate(p.as_str(), &ticks, &load, &made, config, &settings, &tuning);
+        let (score, capacity, run) = simulate(
+            p.as_str(),
+            (&ticks, &load),
+            start_replicas,
+            (p != Policy::Hpa).then_some(&forecasting),
+            config,
+            &settings,
+            &tuning,
+        );
         timeline.policies.push((
             score.policy.clone(),
             bucket_min(&capacity, bucket),
-            bucket_max(&replicas, bucket),
+            bucket_max(&run.replicas, bucket),
         ));
         scores.push(score);
+        runs.push(run);
     }
     let (score, capacity, replicas) = oracle(&load, config, &tuning);
     timeline.policies.push((
@@ -524,6 +564,12 @@ pub fn run_trace(
         bucket_max(&replicas, bucket),
     ));
     scores.push(score);
+    runs.push(Run {
+        policy: "oracle".into(),
+        at: ticks.clone(),
+        replicas,
+        forecasts: Vec::new(),
+    });
     let simulation_seconds = sim_started.elapsed().as_secs_f64();
     progress(Progress::Scored {
         trace: &trace.name,
@@ -544,7 +590,73 @@ pub fn run_trace(
         scores,
         timeline,
         forecast: track,
+        runs,
+        model: trained.ok(),
     })
+}
+
+/// Each step's mean demand over the ticks in it, millicores, as the pods
+/// would report it if they served it all (missing where the trace is).
+fn step_means(points: &Series, demand: &Demand, tick: Duration) -> Series {
+    let step = TimeDelta::seconds(i64::from(points.step_seconds));
+    let tick = TimeDelta::from_std(tick)
+        .unwrap_or(step)
+        .min(step)
+        .max(TimeDelta::milliseconds(1));
+    let mut out = points.clone();
+    for (i, v) in out.values.iter_mut().enumerate() {
+        if v.is_nan() {
+            continue;
+        }
+        let (start, mut t, mut sum, mut n) = (points.time_at(i), points.time_at(i), 0.0, 0u32);
+        while t < start + step {
+            sum += demand.at(t);
+            n += 1;
+            t += tick;
+        }
+        *v = sum / f64::from(n.max(1));
+    }
+    out
+}
+
+/// The forecaster's state at the start of the scored part: the newest
+/// `history` steps before it, each as one round of samples from `replicas`
+/// ready pods serving that step's demand (what `pas replay` publishes for a
+/// trace row).
+fn seed(
+    key: &WorkloadKey,
+    series: &Series,
+    split: usize,
+    forecaster: &pas_forecaster::Config,
+    pod: PodModel,
+    replicas: u32,
+) -> Workloads {
+    let step = series.step_seconds;
+    let open_steps = forecaster.lateness.as_secs().div_ceil(u64::from(step)).max(1) as usize;
+    let mut folded = Workloads::new(step, forecaster.history, open_steps);
+    let first = split.saturating_sub(forecaster.history);
+    let sts = SimulatedStatefulSet::new(pod, replicas, series.time_at(first));
+    let mut sequence = 0;
+    for i in first..split {
+        let demand = series.values[i];
+        if demand.is_nan() {
+            continue;
+        }
+        for sample in sts.samples(&key.namespace, &key.workload, demand, series.time_at(i)) {
+            sequence += 1;
+            folded.fold(&sample, sequence);
+        }
+    }
+    folded
+}
+
+/// What a policy's forecasts are made from: the forecaster's own tick on
+/// the samples its simulated pods report, from the seeded history on.
+struct Forecasting<'a> {
+    key: &'a WorkloadKey,
+    seed: &'a Workloads,
+    forecaster: &'a pas_forecaster::Config,
+    models: &'a Models,
 }
 
 /// The forecaster's tick at every step of the scored part (from `split`):
@@ -557,7 +669,7 @@ fn forecasts(
     forecaster: &pas_forecaster::Config,
     models: &Models,
     request: f64,
-) -> Vec<Made> {
+) -> Vec<Forecast> {
     let step = series.step_seconds;
     let history = forecaster.history.max(1);
     let windows: Vec<pas_forecaster::Window> = (split..series.len())
@@ -574,14 +686,9 @@ fn forecasts(
             pas_forecaster::window(key, steps, series.time_at(i), forecaster.max_fill, models)
         })
         .collect();
-    let step_delta = TimeDelta::seconds(i64::from(step));
     pas_forecaster::forecast(windows, &forecaster.tick_settings(), series.time_at(split))
         .into_iter()
         .filter_map(|(_, f)| f.ok())
-        .map(|forecast| Made {
-            effective: forecast.window_end + step_delta,
-            forecast,
-        })
         .collect()
 }
 
@@ -589,7 +696,7 @@ fn accuracy(
     values: &[f64],
     train: &[f64],
     origins: &[usize],
-    made: &[Made],
+    made: &[Forecast],
     horizon: usize,
     trained: &Result<(pas_schemas::ModelManifest, Vec<u8>), String>,
 ) -> Accuracy {
@@ -605,13 +712,13 @@ fn accuracy(
             if actual.is_nan() {
                 continue;
             }
-            let Some(&predicted) = m.forecast.values.get(h) else {
+            let Some(&predicted) = m.values.get(h) else {
                 break;
             };
             err += (predicted - actual).abs();
             naive_err += (values[i] - actual).abs();
             n += 1;
-            if let Some(u) = &m.forecast.upper {
+            if let Some(u) = &m.upper {
                 with_upper += 1;
                 covered += usize::from(actual <= u[h]);
             }
@@ -741,26 +848,34 @@ fn needed(demand_millicores: f64, config: &Config) -> u32 {
 }
 
 /// One policy on its own simulated StatefulSet; `load` is the demand at
-/// each tick, forecasts come every `step_seconds`.
-#[allow(clippy::too_many_arguments)]
+/// each tick. With `forecasting`, its pods' samples are folded and, each
+/// time a step closes, forecast by the forecaster's own tick, as the live
+/// loop does: a forecast is made from what the pods reported (a lower bound
+/// while they were throttled), so it follows the policy's own decisions.
 fn simulate(
     name: &str,
-    ticks: &[DateTime<Utc>],
-    load: &[f64],
-    made: &[Made],
+    (ticks, load): (&[DateTime<Utc>], &[f64]),
+    start_replicas: u32,
+    forecasting: Option<&Forecasting<'_>>,
     config: &Config,
     settings: &Settings,
     tuning: &Tuning,
-) -> (Score, Vec<f64>, Vec<u32>) {
+) -> (Score, Vec<f64>, Run) {
     let mut meter = Meter::new(name, tuning.tick);
-    let (mut capacity, mut replicas) = (Vec::with_capacity(ticks.len()), Vec::with_capacity(ticks.len()));
-    let (Some(&first), Some(&first_load)) = (ticks.first(), load.first()) else {
-        return (meter.finish(), capacity, replicas);
+    let mut capacity = Vec::with_capacity(ticks.len());
+    let mut run = Run {
+        policy: name.to_owned(),
+        at: ticks.to_vec(),
+        replicas: Vec::with_capacity(ticks.len()),
+        forecasts: Vec::new(),
     };
-    // Every policy starts where the oracle would: ready for the demand now.
-    let mut sts = SimulatedStatefulSet::new(config.pod, needed(first_load, config), first);
+    let Some(&first) = ticks.first() else {
+        return (meter.finish(), capacity, run);
+    };
+    let mut sts = SimulatedStatefulSet::new(config.pod, start_replicas, first);
     let mut history = History::default();
-    let mut next = 0usize;
+    let mut folded = forecasting.map(|f| f.seed.clone());
+    let mut sequence = 0;
     // The HPA acts once a sync period; PAS every tick.
     let every = if settings.policy == Policy::Hpa {
         (config.hpa_sync.as_secs_f64() / tuning.tick.as_secs_f64())
@@ -773,27 +888,45 @@ fn simulate(
         let served = sts.serve(d, now);
         meter.tick(sts.replicas(), served.unmet_millicores);
         capacity.push(sts.capacity(now) / 1000.0);
-        replicas.push(sts.replicas());
-        if i % every != 0 {
-            continue;
+        if let (Some(f), Some(folded)) = (forecasting, folded.as_mut()) {
+            for sample in sts.samples(&f.key.namespace, &f.key.workload, d, now) {
+                sequence += 1;
+                folded.fold(&sample, sequence);
+            }
+            if let Some(forecast) = tick_forecast(f, folded, now) {
+                run.forecasts.push(forecast);
+            }
         }
-
-        while next < made.len() && made[next].effective <= now {
-            next += 1;
+        if i % every == 0 {
+            // The newest forecast, as the scaler reads it from its message.
+            let forecast = run.forecasts.last().map(ForecastView::from);
+            let observed = sts.observed(&served, now);
+            let before = sts.replicas();
+            let decision = policy::decide(now, settings, tuning, &observed, forecast, &mut history);
+            meter.score.forecast_decisions += u32::from(decision.used_forecast);
+            if decision.replicas != before {
+                sts.scale(decision.replicas, now);
+                history.record_scale(now, before, decision.replicas, &tuning.behavior);
+                meter.score.scaling_actions += 1;
+            }
         }
-        // The newest forecast, as the scaler reads it from its message.
-        let forecast = next.checked_sub(1).map(|i| ForecastView::from(&made[i].forecast));
-        let observed = sts.observed(&served, now);
-        let before = sts.replicas();
-        let decision = policy::decide(now, settings, tuning, &observed, forecast, &mut history);
-        meter.score.forecast_decisions += u32::from(decision.used_forecast);
-        if decision.replicas != before {
-            sts.scale(decision.replicas, now);
-            history.record_scale(now, before, decision.replicas, &tuning.behavior);
-            meter.score.scaling_actions += 1;
-        }
+        run.replicas.push(sts.replicas());
     }
-    (meter.finish(), capacity, replicas)
+    (meter.finish(), capacity, run)
+}
+
+/// The forecaster's tick at `now` when a step has just closed: the forecast
+/// from the window ending on the closed step.
+fn tick_forecast(f: &Forecasting<'_>, folded: &Workloads, now: DateTime<Utc>) -> Option<Forecast> {
+    let step = i64::try_from(f.forecaster.step.as_secs()).ok()?.max(1);
+    if now.timestamp_subsec_nanos() != 0 || now.timestamp().rem_euclid(step) != 0 {
+        return None;
+    }
+    let (steps, _) = folded.series(f.key)?;
+    let closed = now - TimeDelta::seconds(step);
+    let window = pas_forecaster::window(f.key, steps, closed, f.forecaster.max_fill, f.models)?;
+    let (_, made) = pas_forecaster::forecast(vec![window], &f.forecaster.tick_settings(), now).pop()?;
+    made.ok()
 }
 
 /// Perfect foresight at the target utilisation, pods started `startup`
