@@ -138,8 +138,8 @@ async fn bench(n: usize) -> anyhow::Result<()> {
     let config = Config {
         run: Some(RUN.into()),
         step: Duration::from_secs(STEP as u64),
-        // 5 s steps for a 5 s tick; the baseline's 10 steps cover a 50 s lead.
-        lead: Duration::from_secs(50),
+        // 5 s steps for a 5 s tick; the 9 steps after the baseline's first cover a 40 s lead.
+        lead: Duration::from_secs(40),
         replica: Some("bench".into()),
         listen: "127.0.0.1:0".parse()?,
         nats: NatsConfig {

@@ -106,5 +106,6 @@ def test_schema_rejects_a_forecast_the_forecaster_must_never_send(schema_dir):
             "step_seconds": 5.0, "pod_request_millicores": 500.0, "values": [1500.0, 1530.0]}
     assert validator.is_valid(good)
     for bad in (dict(good, step_seconds=-5), dict(good, schema_version=1), {k: v for k, v in good.items() if k != "model"},
-                {k: v for k, v in good.items() if k != "pod_request_millicores"}, dict(good, quantile=1.5)):
+                {k: v for k, v in good.items() if k != "pod_request_millicores"},
+                dict(good, pod_request_millicores=0), dict(good, quantile=1.5)):
         assert not validator.is_valid(bad), bad

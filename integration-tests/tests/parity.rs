@@ -13,7 +13,8 @@
 //! tick; the live loop a fraction of a step later (the forecaster ticks
 //! 500 ms after a step closes, the scaler decides when the forecast arrives).
 //! The settings keep every boundary away from that fraction, so nothing
-//! depends on it while a decision lands within half a step:
+//! depends on it while a decision lands within a second of the step's
+//! start (the forecast's fifth step joins the lead past that):
 //!
 //! - steps of 2 s; a pod's start-up of 5 s (2.5 steps), so a pod created at
 //!   the tick or 0.5–1 s later is ready at the same step;
@@ -24,8 +25,8 @@
 //! - the rate limits' periods and the scale-down window (9 s each, short so
 //!   the replicas move often in 60 steps) are whole steps plus half a step.
 //!
-//! The tolerance is then none: the same forecast values (to 1e-9, the same
-//! arithmetic) for every window both made, and the same replicas at every
+//! The tolerance is then none: the same forecast values and upper bounds
+//! (to 1e-9, the same arithmetic) for every window both made, and the same replicas at every
 //! step the live scaler decided in. Coverage is checked too: the live loop
 //! must have forecast and decided nearly every scored step.
 
@@ -164,6 +165,9 @@ async fn the_live_loop_makes_the_experiments_forecasts_and_decisions() {
     };
     let prefix = Prefix::replay(RUN).unwrap();
     let (manifest, weights) = result.model.clone().expect("a trained version");
+    // The slice is chosen so the LSTM is served (its backtest beats naive),
+    // not the baseline: model choice and batched inference are compared too.
+    assert!(manifest.accepted, "{:?}", manifest.validation);
     let bucket = admin.jetstream.get_object_store(BUCKET_MODELS).await.unwrap();
     model_store::save(&bucket, &Layout::new(&prefix), &manifest, &weights)
         .await
@@ -283,7 +287,19 @@ async fn the_live_loop_makes_the_experiments_forecasts_and_decisions() {
                 f.values
             );
         }
-        assert_eq!(live.upper.is_some(), f.upper.is_some());
+        assert_eq!(
+            (live.upper.is_some(), live.quantile),
+            (f.upper.is_some(), f.quantile)
+        );
+        for (a, b) in live.upper.iter().flatten().zip(f.upper.iter().flatten()) {
+            assert!(
+                (a - b).abs() <= 1e-9 * (1.0 + b.abs()),
+                "window {}: live upper {:?}, experiment {:?}",
+                f.window_end,
+                live.upper,
+                f.upper
+            );
+        }
     }
     assert!(
         compared + 2 >= run.forecasts.len(),

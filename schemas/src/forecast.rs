@@ -42,8 +42,8 @@ pub struct Forecast {
     #[schemars(range(min = 0))]
     pub step_seconds: f64,
     /// The CPU request of one pod the forecast assumed (the mean over the
-    /// pods of the window's last step), in millicores.
-    #[schemars(range(min = 0))]
+    /// pods of the window's last step), in millicores; above zero.
+    #[schemars(extend("exclusiveMinimum" = 0))]
     pub pod_request_millicores: f64,
     /// Predicted demand per future step, millicores (the sum over the pods).
     pub values: Vec<f64>,

@@ -43,19 +43,20 @@ pub struct CpuSample {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
     pub cpu_capacity_millicores: Option<f64>,
-    /// Share of the interval the pod was CPU-throttled, 0 to 1 (cgroup v2
-    /// `cpu.stat` `throttled_usec` over the interval; pod samples only, where
-    /// known). At [`SATURATED_THROTTLED_SHARE`] or more the pod wanted more
+    /// Share of the interval the pod was CPU-throttled, 0 to 1: of its CFS
+    /// quota periods in the interval, those in which the quota ran out
+    /// (cgroup v2 `cpu.stat` `nr_throttled` over `nr_periods`; pod samples
+    /// only, where known). At [`SATURATED_THROTTLED_SHARE`] or more the pod wanted more
     /// CPU than it got, so its use is a lower bound of its demand.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 1))]
     pub cpu_throttled_ratio: Option<f64>,
 }
 
-/// A pod throttled for at least this share of an interval is saturated: it
-/// wanted more CPU than its limit let it use, and its use understates its
-/// demand. 5 %: a pod that never reaches its limit is throttled in no
-/// period, and one that sits at it is throttled in most.
+/// A pod throttled in at least this share of an interval's periods is
+/// saturated: it wanted more CPU than its limit let it use, and its use
+/// understates its demand. 5 %: a pod that never reaches its limit is
+/// throttled in no period, and one that sits at it is throttled in most.
 pub const SATURATED_THROTTLED_SHARE: f64 = 0.05;
 
 impl CpuSample {

@@ -419,6 +419,15 @@ pub fn run_trace(
         )));
     }
 
+    // Forecasts are made when a step closes, which must fall on a tick.
+    let tick_ms = config.tuning.tick.as_millis();
+    if tick_ms == 0 || (u128::from(step) * 1000) % tick_ms != 0 {
+        return Err(Error::Input(format!(
+            "{}: the tick ({:?}) must divide the trace's step ({step}s): a forecast is made on the tick a step closes",
+            trace.name, config.tuning.tick
+        )));
+    }
+
     // The forecasts must reach past the lead time the scaler plans over.
     let lead = config.settings.startup + config.tuning.tick;
     for (what, horizon) in [
@@ -463,7 +472,7 @@ pub fn run_trace(
     if let Ok((manifest, weights)) = &trained
         && manifest.accepted
     {
-        let lstm = Served::check(manifest, u64::from(step), forecaster.history)
+        let lstm = Served::check(manifest, u64::from(step), (forecaster.history, lead))
             .and_then(|c| Served::build(manifest, c, weights))
             .map_err(|e| {
                 Error::Input(format!(

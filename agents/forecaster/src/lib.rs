@@ -230,7 +230,7 @@ impl Forecaster {
             (bucket, chunks),
             Layout::new(&prefix),
             step,
-            config.history,
+            (config.history, config.lead),
             (served.clone(), metrics.clone()),
             health.heartbeat("model loader", 2 * rescan + Duration::from_secs(60)),
         );

@@ -100,9 +100,14 @@ impl std::fmt::Display for Refusal {
 
 impl Served {
     /// Checks a manifest against what the forecaster serves (an LSTM
-    /// trained on `step_seconds`, a window within `history` steps, its
-    /// hyper-parameters consistent); the network's configuration.
-    pub fn check(manifest: &ModelManifest, step_seconds: u64, history: usize) -> Result<LstmConfig, Refusal> {
+    /// trained on `step_seconds`, a window within `history` steps, a
+    /// horizon that reaches past `lead`, its hyper-parameters consistent);
+    /// the network's configuration.
+    pub fn check(
+        manifest: &ModelManifest,
+        step_seconds: u64,
+        (history, lead): (usize, std::time::Duration),
+    ) -> Result<LstmConfig, Refusal> {
         if manifest.architecture != pas_models::ModelKind::Lstm.name() {
             return Err(refuse(
                 "architecture",
@@ -124,6 +129,13 @@ impl Served {
                 format!("needs {} steps, history keeps {history}", manifest.window),
             ));
         }
+        pas_runtime::config::check_horizon(
+            "its horizon",
+            manifest.horizon as usize,
+            Duration::from_secs(step_seconds),
+            lead,
+        )
+        .map_err(|e| refuse("horizon", e))?;
         let params = serde_json::Value::Object(manifest.hyper_parameters.clone().into_iter().collect());
         let config: LstmConfig = serde_json::from_value(params)
             .map_err(|e| refuse("manifest", format!("hyper-parameters: {e}")))?;
@@ -178,6 +190,7 @@ pub struct Loader {
     layout: Layout,
     step_seconds: u64,
     history: usize,
+    lead: Duration,
     models: Arc<Models>,
     refused: HashSet<(String, u64)>,
     metrics: Metrics,
@@ -192,7 +205,7 @@ impl Loader {
         (bucket, chunks): (ObjectStore, Stream),
         layout: Layout,
         step_seconds: u64,
-        history: usize,
+        (history, lead): (usize, Duration),
         (models, metrics): (Arc<Models>, Metrics),
         heartbeat: Heartbeat,
     ) -> Loader {
@@ -202,6 +215,7 @@ impl Loader {
             layout,
             step_seconds,
             history,
+            lead,
             models,
             refused: HashSet::new(),
             metrics,
@@ -337,7 +351,7 @@ impl Loader {
     /// Ok(None) when the weights could not be read for now (NATS down): not
     /// the version's fault, tried again at the next rescan.
     async fn load(&self, manifest: &ModelManifest) -> Result<Option<Served>, Refusal> {
-        let config = Served::check(manifest, self.step_seconds, self.history)?;
+        let config = Served::check(manifest, self.step_seconds, (self.history, self.lead))?;
         let name = self
             .layout
             .object(&manifest.key, manifest.version, "weights.safetensors");

@@ -5,10 +5,13 @@
 //! `_` for `-` in the UID) or `kubepods` (cgroupfs driver: `pod<uid>`), one
 //! level deeper for the burstable and best-effort QoS classes. Each holds
 //! `cpu.stat` with `usage_usec`, the CPU time used by the pod so far, and,
-//! where the pod has a CPU limit, `throttled_usec`, the time its CFS quota
-//! held it back; two readings give the pod's CPU use in between and the
-//! share of the interval it was throttled (a pod that sits at its limit
-//! wanted more than it used: its use is a lower bound of its demand).
+//! where the pod has a CPU limit, `nr_periods` and `nr_throttled`, the CFS
+//! quota periods that ran and those in which the quota ran out; two readings
+//! give the pod's CPU use in between and the share of its periods it was
+//! throttled in (a pod that sits at its limit wanted more than it used: its
+//! use is a lower bound of its demand). Not `throttled_usec`: the kernel sums
+//! it over CPUs, so a pod on several CPUs can count more throttled time than
+//! the interval had.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -25,8 +28,9 @@ pub struct PodCpuReader {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Counters {
     usage_usec: u64,
-    /// Absent without a CPU limit (no quota, never throttled).
-    throttled_usec: Option<u64>,
+    /// CFS periods and throttled periods; absent where the kernel has no
+    /// CPU controller for the cgroup, and no period runs without a limit.
+    periods: Option<(u64, u64)>,
 }
 
 /// One pod's CPU over the interval between two readings.
@@ -36,8 +40,8 @@ pub struct PodCpu {
     pub uid: String,
     /// CPU used, millicores.
     pub millicores: f64,
-    /// Share of the interval the pod was throttled, 0 to 1, where its
-    /// cgroup counts it.
+    /// Share of the interval's CFS periods in which the pod was throttled,
+    /// 0 to 1; `None` where no period ran (no CPU limit) or none is counted.
     pub throttled: Option<f64>,
 }
 
@@ -82,8 +86,10 @@ impl PodCpuReader {
                 let elapsed = now.saturating_duration_since(*at).as_micros() as f64;
                 // A counter that went back means a new cgroup with the same UID.
                 if elapsed > 0.0 && counters.usage_usec >= before.usage_usec {
-                    let throttled = match (counters.throttled_usec, before.throttled_usec) {
-                        (Some(t), Some(b)) if t >= b => Some(((t - b) as f64 / elapsed).clamp(0.0, 1.0)),
+                    let throttled = match (counters.periods, before.periods) {
+                        (Some((p, t)), Some((pb, tb))) if p > pb && t >= tb => {
+                            Some(((t - tb) as f64 / (p - pb) as f64).clamp(0.0, 1.0))
+                        }
                         _ => None,
                     };
                     out.push(PodCpu {
@@ -134,7 +140,7 @@ fn counters(dir: &Path) -> Option<Counters> {
     };
     Some(Counters {
         usage_usec: field("usage_usec")?,
-        throttled_usec: field("throttled_usec"),
+        periods: field("nr_periods").zip(field("nr_throttled")),
     })
 }
 
@@ -210,34 +216,37 @@ mod tests {
         assert!(reader.last.is_empty());
     }
 
-    /// A pod with a CPU limit: `throttled_usec` over the interval is the
-    /// share it was held back, as cgroup v2 counts it.
+    /// A pod with a CPU limit: the share of its CFS periods in which the
+    /// quota ran out, as cgroup v2 counts them (`nr_throttled` over
+    /// `nr_periods`), however many CPUs it ran on.
     #[test]
-    fn throttled_time_becomes_a_share_of_the_interval() {
+    fn throttled_periods_become_a_share() {
         let root = tempfile::tempdir().unwrap();
         let dir = root.path().join("kubepods/burstable").join(format!("pod{A}"));
-        let write = |usage: u64, throttled: u64| {
+        let write = |usage: u64, periods: u64, throttled: u64| {
             std::fs::create_dir_all(&dir).unwrap();
             std::fs::write(
                 dir.join("cpu.stat"),
                 format!(
-                    "usage_usec {usage}\nuser_usec 1\nsystem_usec 2\nnr_periods 50\nnr_throttled 20\nthrottled_usec {throttled}\n"
+                    "usage_usec {usage}\nuser_usec 1\nsystem_usec 2\nnr_periods {periods}\nnr_throttled {throttled}\nthrottled_usec {}\n",
+                    throttled * 300_000
                 ),
             )
             .unwrap();
         };
-        write(1_000_000, 200_000);
+        write(1_000_000, 100, 10);
         let mut reader = PodCpuReader::new(root.path());
         let t0 = Instant::now();
         reader.sample(t0);
-        // 5 s at its one-core limit, held back for 1.5 s of them.
-        write(6_000_000, 1_700_000);
+        // 5 s at its limit: 50 periods of 100 ms, throttled in 15 of them
+        // (on several CPUs throttled_usec adds up to more than the 5 s).
+        write(6_000_000, 150, 25);
         let got = reader.sample(t0 + Duration::from_secs(5));
         assert!((got[0].millicores - 1000.0).abs() < 1e-9);
         assert!((got[0].throttled.unwrap() - 0.3).abs() < 1e-9, "{got:?}");
-        // Never more than the whole interval.
-        write(7_000_000, 90_000_000);
+        // No period ran (no limit, or idle): no share.
+        write(7_000_000, 150, 25);
         let got = reader.sample(t0 + Duration::from_secs(10));
-        assert_eq!(got[0].throttled, Some(1.0));
+        assert_eq!(got[0].throttled, None);
     }
 }

@@ -123,8 +123,9 @@ pub struct Summary {
     pub files: Vec<(PathBuf, usize)>,
 }
 
-/// Pod samples per workload and step (ms): (pod, used, requested, throttled).
-type Steps = BTreeMap<i64, Vec<(String, f64, f64, f64)>>;
+/// Pod samples per workload and step (ms): (pod, time in ms, used,
+/// requested, throttled).
+type Steps = BTreeMap<i64, Vec<(String, i64, f64, f64, f64)>>;
 
 #[derive(Default)]
 struct Recorder {
@@ -147,18 +148,28 @@ impl Recorder {
             return;
         }
         self.samples += 1;
-        let step = sample.timestamp.timestamp_millis().div_euclid(step_ms) * step_ms;
-        self.workloads
-            .entry((ns.clone(), wl.clone()))
-            .or_default()
-            .entry(step)
-            .or_default()
-            .push((
-                pod.clone(),
-                sample.cpu_used_millicores,
-                sample.cpu_requested_millicores.unwrap_or(0.0),
-                sample.cpu_throttled_ratio.unwrap_or(0.0),
-            ));
+        // As the pipeline folds them: a pod that requests no CPU has no
+        // utilisation and is left out of the step, and a sample seen twice
+        // (same pod and time) counts once.
+        if let Some(requested) = sample.cpu_requested_millicores.filter(|r| *r > 0.0) {
+            let at = sample.timestamp.timestamp_millis();
+            let step = at.div_euclid(step_ms) * step_ms;
+            let samples = self
+                .workloads
+                .entry((ns.clone(), wl.clone()))
+                .or_default()
+                .entry(step)
+                .or_default();
+            if !samples.iter().any(|(p, t, ..)| p == pod && *t == at) {
+                samples.push((
+                    pod.clone(),
+                    at,
+                    sample.cpu_used_millicores,
+                    requested,
+                    sample.cpu_throttled_ratio.unwrap_or(0.0),
+                ));
+            }
+        }
         if is_jsonl(&config.out) {
             self.raw.push(sample);
         }
@@ -169,7 +180,7 @@ impl Recorder {
             .iter()
             .filter_map(|(ms, samples)| {
                 let step =
-                    pas_workloads::summarise(samples.iter().map(|(pod, used, requested, throttled)| {
+                    pas_workloads::summarise(samples.iter().map(|(pod, _, used, requested, throttled)| {
                         pas_workloads::PodSample {
                             pod,
                             used: *used,
@@ -335,6 +346,12 @@ mod tests {
             sample("web-0", 0, 400.0, 1000.0),
             sample("web-0", 3, 600.0, 1000.0),
             sample("web-1", 1, 300.0, 1000.0),
+            // Seen twice, and a pod with no request: neither changes the step.
+            sample("web-1", 1, 300.0, 1000.0),
+            CpuSample {
+                cpu_requested_millicores: None,
+                ..sample("web-2", 2, 5000.0, 1000.0)
+            },
             sample("web-0", 6, 900.0, 1000.0),
         ] {
             rec.add(&config, s, 5000);

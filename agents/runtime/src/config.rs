@@ -118,23 +118,26 @@ pub fn replica_id(configured: Option<&str>, stage: &str) -> String {
 /// one tick (5 s). The trainer's and the forecaster's `lead` default to it.
 pub const DEFAULT_LEAD: Duration = Duration::from_secs(65);
 
-/// Refuses a forecast horizon that does not reach past the lead time: the
-/// scaler plans on the peak over its lead (a pod's start-up plus one tick),
-/// so `horizon` steps of `step` must cover at least that.
+/// Refuses a forecast horizon that does not reach past the lead time. The
+/// scaler plans on the peak over its lead (a pod's start-up plus one tick)
+/// from when it decides, and a forecast serves until the next one, a step
+/// later: by then its first step is over. So the steps after the first,
+/// (`horizon` − 1) × `step`, must reach past the lead.
 pub fn check_horizon(what: &str, horizon: usize, step: Duration, lead: Duration) -> Result<(), String> {
-    let covered = step.saturating_mul(u32::try_from(horizon).unwrap_or(u32::MAX));
-    if covered >= lead {
+    let after_first = step.saturating_mul(u32::try_from(horizon.saturating_sub(1)).unwrap_or(u32::MAX));
+    if after_first > lead {
         return Ok(());
     }
-    let needed = lead.as_secs_f64() / step.as_secs_f64().max(1e-9);
+    let needed = (lead.as_secs_f64() / step.as_secs_f64().max(1e-9)).floor() as u64 + 2;
     Err(format!(
-        "{what} of {horizon} steps × {}s = {}s does not reach past the lead time of {}s (the scaler's \
-         pod start-up plus one tick): raise it to at least {} steps, lengthen the step, or set lead \
-         to the scaler's start-up plus tick",
+        "{what} of {horizon} steps × {}s does not reach past the lead time of {}s (the scaler's \
+         pod start-up plus one tick): a forecast serves until the next one, a step later, so the \
+         {} steps after its first ({}s) must; raise it to at least {needed} steps, lengthen the \
+         step, or set lead to the scaler's start-up plus tick",
         step.as_secs_f64(),
-        covered.as_secs_f64(),
         lead.as_secs_f64(),
-        needed.ceil()
+        horizon.saturating_sub(1),
+        after_first.as_secs_f64(),
     ))
 }
 
@@ -261,11 +264,13 @@ mod tests {
         let five = Duration::from_secs(5);
         let e = check_horizon("horizon", 10, five, Duration::from_secs(65)).unwrap_err();
         assert!(
-            e.contains("10 steps × 5s = 50s") && e.contains("lead time of 65s"),
+            e.contains("10 steps × 5s") && e.contains("lead time of 65s"),
             "{e}"
         );
-        assert!(e.contains("at least 13 steps"), "{e}");
-        assert!(check_horizon("horizon", 13, five, Duration::from_secs(65)).is_ok());
+        assert!(e.contains("at least 15 steps"), "{e}");
+        // 14 steps: the 13 after the first cover exactly 65 s, not past it.
+        assert!(check_horizon("horizon", 14, five, Duration::from_secs(65)).is_err());
+        assert!(check_horizon("horizon", 15, five, Duration::from_secs(65)).is_ok());
         assert!(check_horizon("horizon", 10, Duration::from_secs(15), DEFAULT_LEAD).is_ok());
     }
 }
