@@ -40,7 +40,7 @@ use pas_models::Trace;
 use pas_nats::NatsConfig;
 use pas_nats::model_store::{self, Layout};
 use pas_scaler::cluster::Simulated;
-use pas_scaler::policy::{Behavior, Policy, RateKind, RatePolicy, Rules, Select, Settings, Tuning};
+use pas_scaler::policy::{Behavior, Policy, Settings, Tuning};
 use pas_scaler::sim::PodModel;
 use pas_schemas::subjects::{BUCKET_MODELS, Prefix};
 use pas_schemas::{Forecast, ScaleDecision};
@@ -55,35 +55,16 @@ const TRAIN_FRACTION: f64 = 0.85;
 /// Replicas at the start, and the pods the trace's 100 % is worth.
 const PODS: u32 = 8;
 
+/// The HPA's default behaviour with its periods and scale-down window at
+/// 9 s (4.5 steps).
 fn behavior() -> Behavior {
-    let period = Duration::from_secs(9);
-    Behavior {
-        scale_up: Rules {
-            stabilization_window: Duration::ZERO,
-            select_policy: Select::Max,
-            policies: vec![
-                RatePolicy {
-                    kind: RateKind::Percent,
-                    value: 100,
-                    period,
-                },
-                RatePolicy {
-                    kind: RateKind::Pods,
-                    value: 4,
-                    period,
-                },
-            ],
-        },
-        scale_down: Rules {
-            stabilization_window: Duration::from_secs(9),
-            select_policy: Select::Max,
-            policies: vec![RatePolicy {
-                kind: RateKind::Percent,
-                value: 100,
-                period,
-            }],
-        },
+    let nine = Duration::from_secs(9);
+    let mut b = Behavior::default();
+    b.scale_down.stabilization_window = nine;
+    for p in b.scale_up.policies.iter_mut().chain(&mut b.scale_down.policies) {
+        p.period = nine;
     }
+    b
 }
 
 fn settings(startup: Duration) -> Settings {
@@ -277,28 +258,13 @@ async fn the_live_loop_makes_the_experiments_forecasts_and_decisions() {
         compared += 1;
         assert_eq!(live.model, f.model, "window {}", f.window_end);
         assert_eq!(live.pod_request_millicores, f.pod_request_millicores);
-        assert_eq!(live.values.len(), f.values.len());
-        for (a, b) in live.values.iter().zip(&f.values) {
-            assert!(
-                (a - b).abs() <= 1e-9 * (1.0 + b.abs()),
-                "window {}: live {:?}, experiment {:?}",
-                f.window_end,
-                live.values,
-                f.values
-            );
-        }
+        assert_close(f.window_end, "values", &live.values, &f.values);
         assert_eq!(
             (live.upper.is_some(), live.quantile),
             (f.upper.is_some(), f.quantile)
         );
-        for (a, b) in live.upper.iter().flatten().zip(f.upper.iter().flatten()) {
-            assert!(
-                (a - b).abs() <= 1e-9 * (1.0 + b.abs()),
-                "window {}: live upper {:?}, experiment {:?}",
-                f.window_end,
-                live.upper,
-                f.upper
-            );
+        if let (Some(live_upper), Some(upper)) = (&live.upper, &f.upper) {
+            assert_close(f.window_end, "upper", live_upper, upper);
         }
     }
     assert!(
@@ -334,4 +300,15 @@ async fn the_live_loop_makes_the_experiments_forecasts_and_decisions() {
         "parity: {compared} forecasts ({} model) and {decided} decisions equal, {moved} replica changes",
         manifest.architecture
     );
+}
+
+/// The same numbers to 1e-9 (the same arithmetic on both sides).
+fn assert_close(window: DateTime<Utc>, what: &str, live: &[f64], experiment: &[f64]) {
+    assert_eq!(live.len(), experiment.len(), "window {window}: {what}");
+    for (a, b) in live.iter().zip(experiment) {
+        assert!(
+            (a - b).abs() <= 1e-9 * (1.0 + b.abs()),
+            "window {window}: live {what} {live:?}, experiment {experiment:?}"
+        );
+    }
 }

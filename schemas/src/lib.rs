@@ -99,29 +99,38 @@ pub trait Message: Serialize + DeserializeOwned + schemars::JsonSchema {
     }
 }
 
-/// Parses and validates a message from a JSON payload. The schema version
-/// is read first, so a message of another version is refused for its
-/// version (and not for a field that version lacks, or worse, read with
-/// another meaning: a version-1 forecast's utilisation as demand).
+/// Parses and validates a message from a JSON payload. A message of another
+/// schema version is refused for its version: validation checks it before
+/// any field, and one that does not parse is read again for it, so it is
+/// not refused for a field that version lacks (nor, where it parses, read
+/// with another meaning: a version-1 forecast's utilisation as demand).
 pub fn decode<M: Message>(payload: &[u8]) -> Result<M, DecodeError> {
+    let msg: M = match serde_json::from_slice(payload) {
+        Ok(msg) => msg,
+        // Only a message that does not parse is read again, for its version
+        // (a message that parses has it checked by `validate`).
+        Err(error) => return Err(other_version(payload).unwrap_or(DecodeError::Json(error))),
+    };
+    msg.validate().map_err(DecodeError::Invalid)?;
+    Ok(msg)
+}
+
+/// The error for a payload of another schema version, if it is one.
+fn other_version(payload: &[u8]) -> Option<DecodeError> {
     #[derive(serde::Deserialize)]
     struct Version {
         schema_version: Option<serde_json::Value>,
     }
-    if let Ok(Version {
-        schema_version: Some(v),
-    }) = serde_json::from_slice::<Version>(payload)
-        && let Some(found) = v.as_u64()
-        && found != u64::from(SCHEMA_VERSION)
-    {
-        return Err(DecodeError::Invalid(ValidationError::UnknownSchemaVersion {
+    let found = serde_json::from_slice::<Version>(payload)
+        .ok()?
+        .schema_version?
+        .as_u64()?;
+    (found != u64::from(SCHEMA_VERSION)).then(|| {
+        DecodeError::Invalid(ValidationError::UnknownSchemaVersion {
             found: u32::try_from(found).unwrap_or(u32::MAX),
             supported: SCHEMA_VERSION,
-        }));
-    }
-    let msg: M = serde_json::from_slice(payload).map_err(DecodeError::Json)?;
-    msg.validate().map_err(DecodeError::Invalid)?;
-    Ok(msg)
+        })
+    })
 }
 
 /// Serialises a message after validating it, so nothing invalid is published.
