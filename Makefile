@@ -78,14 +78,21 @@ bench-models: setup
 	cargo build --release -p pas-cli
 	target/release/pas models eval --trace $(TRACES)/*.csv --threads 1 --quiet --json docs/bench/eval-shared-traces.json
 
-# docs/results.md: every policy and the oracle on every shared trace, with
-# demand linear between a trace's points and held (a step); about 4 min.
+# docs/results.md: every policy and the oracle on every shared trace at
+# targets 50-90 %, in four scenarios: demand linear between a trace's points
+# or held (a step), pods starting in about 60 s or 180 s; about 30 min.
+SCENARIOS := linear-60s step-60s linear-180s step-180s
 results: setup
 	cargo build --release -p pas-cli
-	target/release/pas experiment --trace $(TRACES)/*.csv --threads 1 --report target/results/linear
-	target/release/pas experiment --trace $(TRACES)/*.csv --threads 1 --shape step --report target/results/step
-	for s in linear step; do mkdir -p docs/results/$$s; cp target/results/$$s/results.json target/results/$$s/summary.svg target/results/$$s/nab-ec2_cpu_utilization_77c1ca*.svg docs/results/$$s/; \
-	  sed -E '/^!\[[^]]+\]\([^)]+\.svg\)/{/summary|77c1ca/!d}' target/results/$$s/report.md > docs/results/$$s/report.md; done
+	rm -rf docs/results/*/
+	for s in $(SCENARIOS); do \
+	  target/release/pas experiment --trace $(TRACES)/*.csv --threads 1 --targets 50,60,70,80,90 \
+	    --shape $${s%-*} --startup $${s#*-} --report target/results/$$s || exit 1; \
+	  mkdir -p docs/results/$$s; \
+	  cp target/results/$$s/results.json target/results/$$s/summary.svg target/results/$$s/pareto.svg \
+	    target/results/$$s/nab-ec2_cpu_utilization_77c1ca*.svg docs/results/$$s/; \
+	  sed -E '/^!\[[^]]+\]\([^)]+\.svg\)/{/summary|pareto|77c1ca/!d}' target/results/$$s/report.md > docs/results/$$s/report.md; \
+	done
 
 # docs/benchmarks.md: seconds per epoch, tch against PyTorch (installs torch into $(PAS_CACHE)/bench-venv).
 bench-epoch: setup

@@ -126,6 +126,7 @@ async fn bench(n: usize) -> anyhow::Result<()> {
             validation: [("lstm".to_owned(), 0.5), ("naive".to_owned(), 1.0)].into(),
             digest: pas_models::digest(&weights),
             accepted: true,
+            calibration: None,
         };
         store::save(&bucket, &layout, &manifest, &weights).await?;
     }

@@ -79,6 +79,7 @@ async fn main() -> anyhow::Result<()> {
                 values: vec![1500.0; 10],
                 upper: Some(vec![1800.0; 10]),
                 quantile: Some(0.9),
+                quantiles: None,
             };
             let out = pas_nats::Outgoing::new(
                 prefix.forecast("bench", &workload).map_err(anyhow::Error::msg)?,

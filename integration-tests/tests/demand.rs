@@ -127,6 +127,7 @@ fn decide(policy: Policy, target: f64, now: i64, observed: &Observed, f: &Foreca
 fn doubling_the_replicas_under_flat_load_moves_neither_forecast_nor_recommendation() {
     let pod = PodModel {
         startup: Duration::from_secs(30),
+        startup_spread: 0.0,
         capacity_millicores: 1000.0,
         request_millicores: 1000.0,
     };
@@ -177,6 +178,7 @@ fn a_saturated_workload_is_a_lower_bound_that_scales_out() {
     // Pods request 500m and may use 1000m (their limit).
     let pod = PodModel {
         startup: Duration::from_secs(30),
+        startup_spread: 0.0,
         capacity_millicores: 1000.0,
         request_millicores: 500.0,
     };
@@ -255,5 +257,206 @@ fn training_leaves_lower_bounds_out_of_the_loss_and_the_score() {
     assert!(
         fewer < all,
         "{fewer} origins scored with the tail marked, {all} without"
+    );
+}
+
+/// The trainer calibrates its version on the held-out part of its data, the
+/// forecaster turns the point forecast into those quantiles, and the
+/// scaler plans on the one the workload's risk asks for: a lower risk, more
+/// replicas. The naive baseline carries quantiles from its own errors too.
+#[test]
+fn calibrated_quantiles_flow_from_the_trainer_to_the_scalers_plan() {
+    let n = 600;
+    // A daily-like wave with noise the model cannot know.
+    let mut x = 7u64;
+    let values: Vec<f64> = (0..n)
+        .map(|i| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let noise = (x >> 11) as f64 / (1u64 << 53) as f64 * 400.0 - 200.0;
+            3000.0 + 1000.0 * (i as f64 * std::f64::consts::TAU / 48.0).sin() + noise
+        })
+        .collect();
+    let step = 300;
+    // Recent enough for the messages' clock checks.
+    let t0 = (Utc::now().timestamp() / 300 - n as i64) * 300;
+    let at = |s: i64| DateTime::from_timestamp(t0 + s, 0).unwrap();
+    let series = pas_models::Series {
+        start: at(0),
+        step_seconds: step,
+        values: values.clone(),
+    };
+    let mut config = pas_trainer::Config {
+        step: Duration::from_secs(u64::from(step)),
+        ..pas_trainer::Config::default()
+    };
+    config.model.max_epochs = 3;
+    config.model.hidden = 8;
+    let range = TrainingRange {
+        first_sequence: 1,
+        last_sequence: n as u64,
+        from: at(0),
+        to: at(i64::from(step) * (n as i64 - 1)),
+    };
+    let (mut manifest, weights) =
+        pas_trainer::train_version(key(), 1, series.clone(), &[], range, &config).unwrap();
+    let calibration = manifest.calibration.clone().expect("the version is calibrated");
+    assert_eq!(calibration.levels, pas_schemas::QUANTILE_LEVELS);
+    assert!(calibration.origins > 100, "{calibration:?}");
+    pas_schemas::Message::validate(&manifest).unwrap();
+    let (lo, hi) = (&calibration.offsets[1], &calibration.offsets[4]);
+    assert!(
+        lo.iter().zip(hi).all(|(a, b)| a <= b),
+        "a higher level, a higher offset"
+    );
+    // Served whether or not it beat naive in this short fit.
+    manifest.accepted = true;
+    let lead = Duration::from_secs(65);
+    let models = Models::default();
+    let lstm_config =
+        pas_forecaster::models::Served::check(&manifest, u64::from(step), (config.model.window, lead))
+            .unwrap();
+    models.insert(pas_forecaster::models::Served::build(&manifest, lstm_config, &weights).unwrap());
+    let settings_tick = pas_forecaster::TickSettings {
+        horizon: 12,
+        quantile: 0.9,
+        chunk: 64,
+        step_seconds: step,
+    };
+    let window = |model: bool| {
+        let window = config.model.window;
+        let from = n - window;
+        let steps = pas_workloads::Steps {
+            start: at(i64::from(step) * from as i64),
+            step_seconds: step,
+            values: values[from..].to_vec(),
+            requests: vec![1000.0; window],
+            saturated: vec![false; window],
+        };
+        let empty = Models::default();
+        let end = at(i64::from(step) * (n as i64 - 1));
+        pas_forecaster::window(&key(), steps, end, 0, if model { &models } else { &empty }).unwrap()
+    };
+    let now = at(i64::from(step) * n as i64);
+    let (_, made) = pas_forecaster::forecast(vec![window(true)], &settings_tick, now)
+        .pop()
+        .unwrap();
+    let f = made.unwrap();
+    assert_eq!(f.model.kind, "lstm");
+    let quantiles = f.quantiles.clone().expect("the forecast carries quantiles");
+    let want = pas_models::calibrated(&f.values, &calibration.levels, &calibration.offsets);
+    assert_eq!(quantiles, want);
+    assert_eq!(
+        f.upper.as_deref(),
+        Some(&quantiles[2].values[..]),
+        "upper is the calibrated 0.9"
+    );
+    pas_schemas::Message::validate(&f).unwrap();
+
+    // The scaler plans on the quantile the risk asks for.
+    let plan = |risk: f64| {
+        let s = Settings {
+            risk,
+            ..settings(Policy::Predictive, 70.0)
+        };
+        let observed = Observed {
+            replicas: 4,
+            pods: (0..4)
+                .map(|_| PodUsage {
+                    ready: true,
+                    used_millicores: Some(700.0),
+                    requested_millicores: Some(1000.0),
+                    throttled: Some(0.0),
+                })
+                .collect(),
+        };
+        let d = policy::decide(
+            now,
+            &s,
+            &free(),
+            &observed,
+            Some(ForecastView::from(&f)),
+            &mut History::default(),
+        );
+        (d.replicas, d.reason)
+    };
+    let (cautious, why) = plan(0.01);
+    let (bold, _) = plan(0.5);
+    assert!(
+        cautious > bold,
+        "risk 0.01 plans {cautious}, risk 0.5 plans {bold}"
+    );
+    assert!(why.contains("quantile 0.99"), "{why}");
+
+    // The baseline: quantiles from naive's errors on the window.
+    let (_, made) = pas_forecaster::forecast(vec![window(false)], &settings_tick, now)
+        .pop()
+        .unwrap();
+    let f = made.unwrap();
+    assert_eq!(f.model.kind, "naive");
+    let q = f.quantiles.expect("the baseline carries quantiles");
+    assert_eq!(q.len(), pas_schemas::QUANTILE_LEVELS.len());
+    assert!(q[4].values[0] > q[0].values[0], "{q:?}");
+}
+
+/// The scaler times each scale-out until the ready pods reach the new
+/// count, and once it has a few measurements plans over the workload's real
+/// start-up (their 90th percentile) instead of the configured one: here
+/// pods that take 120 to 180 s, configured as 60 s.
+#[test]
+fn the_lead_time_is_learned_from_slow_pods() {
+    let pod = PodModel {
+        startup: Duration::from_secs(150),
+        startup_spread: 0.2,
+        capacity_millicores: 1000.0,
+        request_millicores: 1000.0,
+    };
+    let s = Settings {
+        startup: Duration::from_secs(60),
+        ..settings(Policy::Hpa, 50.0)
+    };
+    let tuning = free();
+    let mut sts = SimulatedStatefulSet::new(pod, 1, at(0));
+    let mut history = History::default();
+    let mut leads = Vec::new();
+    // One more core every 10 minutes, for an hour.
+    for i in 0..720i64 {
+        let now = at(i * 5);
+        let demand = 400.0 + 1000.0 * (i / 120) as f64;
+        let served = sts.serve(demand, now);
+        let observed = sts.observed(&served, now);
+        let before = sts.replicas();
+        let d = policy::decide(now, &s, &tuning, &observed, None, &mut history);
+        leads.push(d.lead.as_secs_f64());
+        if d.replicas != before {
+            sts.scale(d.replicas, now);
+            history.record_scale(now, before, d.replicas, &tuning.behavior);
+        }
+    }
+    assert_eq!(
+        leads[0], 65.0,
+        "the configured start-up plus a tick until measured"
+    );
+    let measured = &history.startup.seconds;
+    assert!(measured.len() >= 3, "{measured:?}");
+    for m in measured {
+        assert!(
+            (120.0..=185.0).contains(m),
+            "a scale-out took {m} s: {measured:?}"
+        );
+    }
+    let last = *leads.last().unwrap();
+    assert!(
+        (125.0..=190.0).contains(&last),
+        "the lead is the measured start-up plus a tick: {last}"
+    );
+    // The estimate is the nearest-rank 90th percentile of the measurements.
+    let mut sorted = measured.clone();
+    sorted.sort_by(f64::total_cmp);
+    let rank = (sorted.len() as f64 * 0.9).ceil() as usize;
+    assert!(
+        (last - 5.0 - sorted[rank - 1]).abs() < 1e-6,
+        "{last} against {measured:?}"
     );
 }

@@ -231,6 +231,7 @@ fn manifest(model: &Lstm, version: u64, weights: &[u8]) -> ModelManifest {
         validation: [("lstm".to_owned(), 0.5), ("naive".to_owned(), 1.0)].into(),
         digest: pas_models::digest(weights),
         accepted: true,
+        calibration: None,
     }
 }
 

@@ -75,6 +75,9 @@ fn settings(startup: Duration) -> Settings {
         max_replicas: 20,
         target_utilization: 70.0,
         startup,
+        // The live scaler's clock would time message delays as start-up
+        // too; the experiment's is exact. Both plan over the configured one.
+        learn_startup: false,
         ..Settings::default()
     }
 }
@@ -104,6 +107,7 @@ fn experiment_config() -> pas_experiment::Config {
         reference_pods: PODS,
         pod: PodModel {
             startup,
+            startup_spread: 0.0,
             capacity_millicores: 1000.0,
             request_millicores: 1000.0,
         },

@@ -244,6 +244,7 @@ fn decision(at: DateTime<Utc>, outcome: Outcome) -> ScaleDecision {
         }),
         utilization_percent: Some(70.0),
         predicted_peak_millicores: Some(900.0),
+        lead_seconds: None,
         target_utilization_percent: Some(50.0),
         warnings: vec![],
     }
@@ -291,6 +292,7 @@ async fn every_message_becomes_its_points() {
         values: vec![550.0, 600.0, 650.0],
         upper: Some(vec![700.0, 750.0, 800.0]),
         quantile: Some(0.9),
+        quantiles: None,
     };
     publish(&js, Prefix::live().forecast("shop", "web").unwrap(), &forecast).await;
     let d = decision(t0 + TimeDelta::seconds(6), Outcome::Applied);
@@ -506,6 +508,7 @@ async fn a_point_influxdb_rejects_goes_to_the_dead_letters() {
         values: vec![550.0, 600.0],
         upper: None,
         quantile: None,
+        quantiles: None,
     };
     js.publish(
         Prefix::live().forecast("shop", "web").unwrap(),

@@ -233,6 +233,7 @@ async fn a_simulated_statefulset_follows_applied_decisions() {
         forecast: None,
         utilization_percent: None,
         predicted_peak_millicores: None,
+        lead_seconds: None,
         target_utilization_percent: None,
         warnings: Vec::new(),
     };

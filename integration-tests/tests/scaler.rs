@@ -114,6 +114,7 @@ fn forecast(workload: &str, version: u64, values: Vec<f64>) -> Forecast {
         values,
         upper: None,
         quantile: None,
+        quantiles: None,
     }
 }
 

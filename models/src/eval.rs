@@ -77,6 +77,11 @@ pub struct ModelScore {
     pub under_rate: f64,
     /// Share of actual values at or below the upper forecast, where there is one.
     pub coverage: Option<f64>,
+    /// Per level of [`pas_schemas::QUANTILE_LEVELS`] and horizon step, that
+    /// quantile of (actual − point forecast) over the origins: the
+    /// split-conformal calibration of the point forecast.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub residual_quantiles: Vec<Vec<f64>>,
     /// Seconds spent fitting.
     pub fit_seconds: f64,
     /// Seconds spent predicting every origin.
@@ -268,11 +273,13 @@ fn score(
 ) -> ModelScore {
     let mut sq = vec![0.0; h];
     let mut abs = vec![0.0; h];
+    let mut errors = vec![Vec::with_capacity(origins.len()); h];
     let (mut smape, mut under, mut covered, mut with_upper) = (0.0, 0usize, 0usize, 0usize);
     for (&t, p) in origins.iter().zip(predictions) {
         for k in 0..h {
             let (y, f) = (values[t + k], p.values[k]);
             let e = y - f;
+            errors[k].push(e);
             sq[k] += e * e;
             abs[k] += e.abs();
             let denominator = y.abs() + f.abs();
@@ -302,6 +309,15 @@ fn score(
         mae_per_step: abs.iter().map(|a| a / n).collect(),
         under_rate: under as f64 / total,
         coverage: (with_upper > 0).then(|| covered as f64 / with_upper as f64),
+        residual_quantiles: pas_schemas::QUANTILE_LEVELS
+            .iter()
+            .map(|&q| {
+                errors
+                    .iter()
+                    .map(|e| crate::naive::quantile_of(e.clone(), q))
+                    .collect()
+            })
+            .collect(),
         ..ModelScore::default()
     }
 }

@@ -5,7 +5,7 @@ use std::str::FromStr;
 
 use crate::holt_winters::HoltWinters;
 use crate::lstm::{Lstm, LstmConfig};
-use crate::naive::{Naive, SeasonalNaive};
+use crate::naive::{Naive, SeasonalNaive, SeasonalPeak};
 use crate::{Error, Series};
 
 /// What a model predicts for the next `horizon` steps.
@@ -97,6 +97,8 @@ pub enum ModelKind {
     Naive,
     /// The value one season ago.
     SeasonalNaive,
+    /// The highest value of the same window one week (or a day) ago.
+    SeasonalPeak,
     /// Additive Holt-Winters, damped trend.
     HoltWinters,
     /// The older system's encoder-decoder LSTM, as it was.
@@ -107,9 +109,10 @@ pub enum ModelKind {
 
 impl ModelKind {
     /// Every model, baselines first.
-    pub const ALL: [ModelKind; 5] = [
+    pub const ALL: [ModelKind; 6] = [
         ModelKind::Naive,
         ModelKind::SeasonalNaive,
+        ModelKind::SeasonalPeak,
         ModelKind::HoltWinters,
         ModelKind::LstmSeed,
         ModelKind::Lstm,
@@ -120,6 +123,7 @@ impl ModelKind {
         match self {
             ModelKind::Naive => "naive",
             ModelKind::SeasonalNaive => "seasonal-naive",
+            ModelKind::SeasonalPeak => "seasonal-peak",
             ModelKind::HoltWinters => "holt-winters",
             ModelKind::LstmSeed => "lstm-seed",
             ModelKind::Lstm => "lstm",
@@ -181,6 +185,11 @@ pub fn build(kind: ModelKind, options: &ModelOptions) -> Result<Box<dyn Forecast
     Ok(match kind {
         ModelKind::Naive => Box::new(Naive::new(options.horizon, options.quantile)),
         ModelKind::SeasonalNaive => Box::new(SeasonalNaive::new(
+            options.horizon,
+            options.period,
+            options.quantile,
+        )),
+        ModelKind::SeasonalPeak => Box::new(SeasonalPeak::new(
             options.horizon,
             options.period,
             options.quantile,

@@ -67,6 +67,19 @@ pub fn baseline(
     naive.predict(&series.values)
 }
 
+/// The baseline's calibration on its own recent `history`: per level of
+/// `levels` and step, the quantile of naive's errors there (what
+/// [`crate::calibrated`] adds to its point forecast); `None` when the
+/// history is too short to have made one forecast.
+pub fn baseline_calibration(history: &[f64], horizon: usize, levels: &[f64]) -> Option<Vec<Vec<f64>>> {
+    // A quantile of a handful of errors is not calibrated.
+    if history.len() < horizon + crate::MIN_CALIBRATION_ORIGINS {
+        return None;
+    }
+    // Naive costs nothing to run: every origin of the history.
+    residual_quantiles(&Naive::new(horizon, 0.5), history, levels, history.len()).ok()
+}
+
 /// Forecasts step `h` as the value one season before it (repeating the last
 /// season when the horizon is longer than the season).
 #[derive(Debug, Clone)]
@@ -162,6 +175,92 @@ impl Forecaster for SeasonalNaive {
             })
             .collect();
         Ok(with_margins(values, self.margins.as_deref()))
+    }
+}
+
+/// The rule some operators scale by today: plan for the busiest the
+/// coming window was one week earlier (a day earlier while there are less
+/// than two weeks of data). Every step of the forecast is the highest value
+/// of the `horizon` steps exactly one season before the forecast window.
+#[derive(Debug, Clone)]
+pub struct SeasonalPeak {
+    horizon: usize,
+    quantile: f64,
+    configured: Option<usize>,
+    period: Option<usize>,
+    margins: Option<Vec<f64>>,
+}
+
+impl SeasonalPeak {
+    /// A seasonal-peak model; `period` in steps, or `None` for a week (a day
+    /// with less than two weeks of training data).
+    pub fn new(horizon: usize, period: Option<usize>, quantile: f64) -> SeasonalPeak {
+        SeasonalPeak {
+            horizon,
+            quantile,
+            configured: period,
+            period,
+            margins: None,
+        }
+    }
+}
+
+impl Forecaster for SeasonalPeak {
+    fn kind(&self) -> ModelKind {
+        ModelKind::SeasonalPeak
+    }
+    fn window(&self) -> usize {
+        self.period.unwrap_or(1)
+    }
+    fn horizon(&self) -> usize {
+        self.horizon
+    }
+    fn quantile(&self) -> f64 {
+        self.quantile
+    }
+    fn fit(&mut self, train: &Series, _: &mut dyn FnMut(&Epoch)) -> Result<FitReport, Error> {
+        let period = match self.configured {
+            Some(0) => return Err(Error::Input("the season must be at least one step".into())),
+            Some(p) => p,
+            None => {
+                let day = train
+                    .steps_per_day()
+                    .ok_or_else(|| Error::Input("the step does not divide a day".into()))?;
+                if train.len() >= 14 * day {
+                    7 * day
+                } else if train.len() >= 2 * day {
+                    day
+                } else {
+                    return Err(Error::NotEnoughData(
+                        "less than two days of data: no day earlier to look at".into(),
+                    ));
+                }
+            }
+        };
+        self.period = Some(period);
+        self.margins = None;
+        self.margins = Some(residual_margins(self, &train.values, self.quantile)?);
+        Ok(FitReport {
+            parameters: vec![("period".into(), period as f64)],
+            ..FitReport::default()
+        })
+    }
+    fn predict(&self, history: &[f64]) -> Result<Prediction, Error> {
+        let period = self.period.ok_or(Error::NotFitted)?;
+        let tail = check_history(history, period)?;
+        // tail[h] is one season before forecast step h.
+        let window = &tail[..self.horizon.min(period)];
+        let peak = window
+            .iter()
+            .copied()
+            .filter(|v| !v.is_nan())
+            .fold(f64::NAN, f64::max);
+        let value = if peak.is_nan() {
+            *tail.last().expect("checked")
+        } else {
+            peak
+        };
+        Ok(with_margins(vec![value; self.horizon], self.margins.as_deref()))
     }
 }
 
@@ -291,6 +390,18 @@ pub(crate) fn residual_margins(
     values: &[f64],
     quantile: f64,
 ) -> Result<Vec<f64>, Error> {
+    let mut rows = residual_quantiles(model, values, &[quantile], 400)?;
+    Ok(rows.remove(0).into_iter().map(|m| m.max(0.0)).collect())
+}
+
+/// Per level and step, the level's quantile of the model's errors (actual
+/// − point) on up to `most` origins of `values`.
+pub(crate) fn residual_quantiles(
+    model: &dyn Forecaster,
+    values: &[f64],
+    levels: &[f64],
+    most: usize,
+) -> Result<Vec<Vec<f64>>, Error> {
     let (window, horizon) = (model.window(), model.horizon());
     let origins: Vec<usize> = (window..values.len().saturating_sub(horizon - 1))
         .filter(|&t| !values[t - 1].is_nan() && values[t..t + horizon].iter().all(|v| !v.is_nan()))
@@ -301,7 +412,7 @@ pub(crate) fn residual_margins(
             window + horizon
         )));
     }
-    let stride = origins.len().div_ceil(400);
+    let stride = origins.len().div_ceil(most.max(1));
     let mut errors = vec![Vec::new(); horizon];
     for &t in origins.iter().step_by(stride) {
         let p = model.predict(&values[t - window..t])?;
@@ -309,9 +420,9 @@ pub(crate) fn residual_margins(
             e.push(values[t + h] - p.values[h]);
         }
     }
-    Ok(errors
-        .into_iter()
-        .map(|e| quantile_of(e, quantile).max(0.0))
+    Ok(levels
+        .iter()
+        .map(|&q| errors.iter().map(|e| quantile_of(e.clone(), q)).collect())
         .collect())
 }
 
@@ -379,6 +490,47 @@ mod tests {
         assert!(upper.iter().all(|u| *u >= 5.0));
         assert!(m.predict(&[1.0, f64::NAN]).is_err());
         assert!(m.predict(&[]).is_err());
+    }
+
+    #[test]
+    fn seasonal_peak_plans_for_the_busiest_of_the_same_window_a_week_or_a_day_before() {
+        // Hourly steps: a day is 24 steps. Each day ramps 0..23; day 3 has
+        // a burst at hour 5.
+        let hourly = |days: usize| -> Series {
+            let mut values: Vec<f64> = (0..days * 24).map(|i| (i % 24) as f64).collect();
+            if let Some(v) = values.get_mut(3 * 24 + 5) {
+                *v = 100.0;
+            }
+            Series {
+                start: DateTime::UNIX_EPOCH,
+                step_seconds: 3600,
+                values,
+            }
+        };
+        let short = hourly(5);
+        let mut m = SeasonalPeak::new(4, None, 0.9);
+        let fit = m.fit(&short, &mut |_| {}).unwrap();
+        assert_eq!(
+            fit.parameters,
+            [("period".to_owned(), 24.0)],
+            "under two weeks: a day"
+        );
+        // From the end of day 4, hour 1: the next 4 steps are hours 2..5 of
+        // day 4; a day before, hours 2..5 of day 3 held the burst.
+        let history = &short.values[..4 * 24 + 2];
+        let p = m.predict(history).unwrap();
+        assert_eq!(p.values, [100.0; 4]);
+        assert!(p.upper.unwrap().iter().all(|u| *u >= 100.0));
+        // Without the burst a day before: the highest of hours 2..5.
+        let p = m.predict(&short.values[..2 * 24 + 2]).unwrap();
+        assert_eq!(p.values, [5.0; 4]);
+        // Two weeks of data or more: a week before.
+        let mut m = SeasonalPeak::new(4, None, 0.9);
+        let fit = m.fit(&hourly(15), &mut |_| {}).unwrap();
+        assert_eq!(fit.parameters, [("period".to_owned(), 168.0)]);
+        // Too little data: a clear error.
+        let mut m = SeasonalPeak::new(4, None, 0.9);
+        assert!(m.fit(&hourly(1), &mut |_| {}).is_err());
     }
 
     #[test]

@@ -63,6 +63,11 @@ pub struct ScaleDecision {
     /// The target utilisation in force (percent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_utilization_percent: Option<f64>,
+    /// The lead time planned over, seconds: the workload's start-up (as
+    /// measured from its recent scale-outs, else as configured) plus a tick.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub lead_seconds: Option<f64>,
     /// Settings that could not be used (bad `pas.io/` annotations), each with why.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
@@ -99,6 +104,9 @@ impl Message for ScaleDecision {
         }
         if let Some(f) = &self.forecast {
             check_timestamp("forecast.window_end", f.window_end)?;
+        }
+        if let Some(lead) = self.lead_seconds {
+            crate::check_bounded("lead_seconds", lead, crate::MAX_STEP_SECONDS)?;
         }
         Ok(())
     }

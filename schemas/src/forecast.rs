@@ -18,6 +18,17 @@ pub struct ModelRef {
     pub version: u64,
 }
 
+/// One quantile of the demand per future step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct QuantileForecast {
+    /// The level, between 0 and 1 (0.95: demand is at or below `values`
+    /// in 95 % of cases).
+    #[schemars(range(min = 0, max = 1))]
+    pub q: f64,
+    /// Millicores per step, as many as the point forecast's.
+    pub values: Vec<f64>,
+}
+
 /// Predicted CPU **demand** of one workload for the next steps: the sum of
 /// its pods' use, in millicores, which does not change when the replica count
 /// does. The scaler turns it into replicas with the per-pod request:
@@ -54,6 +65,11 @@ pub struct Forecast {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 1))]
     pub quantile: Option<f64>,
+    /// Calibrated quantiles of the demand per step, levels ascending (see
+    /// [`crate::QUANTILE_LEVELS`]): what the scaler plans on for a
+    /// workload's risk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantiles: Option<Vec<QuantileForecast>>,
 }
 
 impl Message for Forecast {
@@ -140,6 +156,38 @@ impl Message for Forecast {
                         field: "quantile",
                         reason: "an upper bound needs its quantile, between 0 and 1".into(),
                     });
+                }
+            }
+        }
+        if let Some(quantiles) = &self.quantiles {
+            if quantiles.len() > crate::MAX_QUANTILES {
+                return Err(ValidationError::Inconsistent {
+                    field: "quantiles",
+                    reason: format!("at most {} levels", crate::MAX_QUANTILES),
+                });
+            }
+            let mut below = 0.0;
+            for q in quantiles {
+                if !(q.q.is_finite() && q.q > below && q.q < 1.0) {
+                    return Err(ValidationError::Inconsistent {
+                        field: "quantiles",
+                        reason: "levels are between 0 and 1 and ascending".into(),
+                    });
+                }
+                below = q.q;
+                if q.values.len() != self.values.len() {
+                    return Err(ValidationError::Inconsistent {
+                        field: "quantiles",
+                        reason: format!(
+                            "level {} has {} steps, values has {}",
+                            q.q,
+                            q.values.len(),
+                            self.values.len()
+                        ),
+                    });
+                }
+                for v in &q.values {
+                    check_bounded("quantiles", *v, MAX_FORECAST_VALUE)?;
                 }
             }
         }

@@ -25,8 +25,8 @@ pub mod trace;
 
 pub use decision::{ForecastRef, Outcome, ScaleDecision};
 pub use error::{DecodeError, ValidationError};
-pub use forecast::{Forecast, ModelRef};
-pub use manifest::{MAX_MANIFEST_ENTRIES, ModelManifest, Normalisation, TrainingRange};
+pub use forecast::{Forecast, ModelRef, QuantileForecast};
+pub use manifest::{Calibration, MAX_MANIFEST_ENTRIES, ModelManifest, Normalisation, TrainingRange};
 pub use quantity::cpu_millicores;
 pub use sample::{CpuSample, SATURATED_THROTTLED_SHARE};
 
@@ -63,6 +63,13 @@ pub const MAX_FORECAST_VALUE: f64 = 1.0e7;
 /// The most steps a forecast may predict and a model may take as its window
 /// or give as its horizon.
 pub const MAX_STEPS: usize = 10_080;
+
+/// The quantile levels PAS calibrates and forecasts: the median, and the
+/// levels a workload's risk setting plans on (risk 0.05 → 0.95).
+pub const QUANTILE_LEVELS: [f64; 5] = [0.5, 0.8, 0.9, 0.95, 0.99];
+
+/// Most quantile levels a forecast or a calibration may carry.
+pub const MAX_QUANTILES: usize = 16;
 
 /// The longest step a forecast or a model may have: one day.
 pub const MAX_STEP_SECONDS: f64 = 86_400.0;

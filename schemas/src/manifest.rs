@@ -83,6 +83,25 @@ pub struct ModelManifest {
     pub digest: String,
     /// Whether the version beat the naive baseline and may be served.
     pub accepted: bool,
+    /// How far actual demand fell from the point forecast on the held-out
+    /// part of the training data: what turns the point forecast into
+    /// calibrated quantiles.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<Calibration>,
+}
+
+/// Split-conformal calibration: per quantile level and horizon step, the
+/// level's quantile of (actual − point forecast) over the backtest's
+/// held-out origins, in millicores. The level-q forecast of a step is the
+/// point forecast plus its offset.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Calibration {
+    /// Levels, ascending, between 0 and 1.
+    pub levels: Vec<f64>,
+    /// Per level, one offset per horizon step, millicores.
+    pub offsets: Vec<Vec<f64>>,
+    /// Held-out forecasts the offsets come from.
+    pub origins: u64,
 }
 
 impl Message for ModelManifest {
@@ -135,6 +154,30 @@ impl Message for ModelManifest {
         if self.training.from > self.training.to || self.training.first_sequence > self.training.last_sequence
         {
             return bad("training", "the range ends before it starts");
+        }
+        if let Some(c) = &self.calibration {
+            if c.levels.is_empty()
+                || c.levels.len() > crate::MAX_QUANTILES
+                || c.offsets.len() != c.levels.len()
+            {
+                return bad(
+                    "calibration",
+                    &format!("1 to {} levels, one row of offsets each", crate::MAX_QUANTILES),
+                );
+            }
+            let mut below = 0.0;
+            for (q, row) in c.levels.iter().zip(&c.offsets) {
+                if !(q.is_finite() && *q > below && *q < 1.0) {
+                    return bad("calibration", "levels are between 0 and 1 and ascending");
+                }
+                below = *q;
+                if row.len() != self.horizon as usize {
+                    return bad("calibration", "one offset per horizon step");
+                }
+                for o in row {
+                    check_finite("calibration.offsets", *o)?;
+                }
+            }
         }
         match self.normalisation {
             Normalisation::None => {}

@@ -126,3 +126,48 @@ fn admission_is_judged_against_the_servers_clock() {
     assert!(check_admission(epoch, stored, skew, None).is_ok());
     assert!(check_admission(stored + TimeDelta::minutes(1), stored, skew, None).is_err());
 }
+
+#[test]
+fn quantiles_and_calibrations_that_cannot_be_are_refused() {
+    let f: Forecast = fixture("forecast.json");
+    assert_eq!(f.validate(), Ok(()));
+    type Break = fn(&mut Forecast);
+    let cases: [(&str, Break); 4] = [
+        ("levels out of order", |f| {
+            f.quantiles.as_mut().unwrap().swap(0, 1)
+        }),
+        ("a level of 1", |f| f.quantiles.as_mut().unwrap()[2].q = 1.0),
+        ("a step short", |f| {
+            f.quantiles.as_mut().unwrap()[1].values.pop();
+        }),
+        ("an infinite value", |f| {
+            f.quantiles.as_mut().unwrap()[0].values[0] = f64::INFINITY
+        }),
+    ];
+    for (what, break_it) in cases {
+        let mut bad = f.clone();
+        break_it(&mut bad);
+        assert!(
+            matches!(
+                bad.validate(),
+                Err(ValidationError::Inconsistent {
+                    field: "quantiles",
+                    ..
+                } | ValidationError::NotFinite { .. })
+            ),
+            "{what}: {:?}",
+            bad.validate()
+        );
+    }
+    let m: ModelManifest = fixture("model-manifest.json");
+    assert_eq!(m.validate(), Ok(()));
+    let mut bad = m.clone();
+    bad.calibration.as_mut().unwrap().offsets[1].pop();
+    assert!(bad.validate().is_err(), "an offset short of the horizon");
+    let mut bad = m.clone();
+    bad.calibration.as_mut().unwrap().levels = vec![0.9, 0.5];
+    assert!(bad.validate().is_err(), "levels out of order");
+    let mut bad = m;
+    bad.calibration.as_mut().unwrap().offsets[0][3] = f64::NAN;
+    assert!(bad.validate().is_err(), "a NaN offset");
+}

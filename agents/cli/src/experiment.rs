@@ -27,15 +27,24 @@ pub struct ExperimentArgs {
     /// A trace's 100 % is this many pods' worth of CPU.
     #[arg(long, default_value_t = 4)]
     reference_pods: u32,
-    /// Pod start-up time, e.g. 60s.
+    /// Pod start-up time, e.g. 60s (the middle of the range with a spread).
     #[arg(long, default_value = "60s")]
     startup: String,
+    /// How much each simulated pod's start-up varies: startup × (1 ± this),
+    /// drawn per pod, repeatably. 0 makes every pod alike.
+    #[arg(long, default_value_t = 0.25)]
+    startup_spread: f64,
     /// CPU one pod serves and requests, millicores.
     #[arg(long, default_value_t = 1000.0)]
     pod_cpu: f64,
-    /// Target utilisation, percent of requests.
+    /// Target utilisation, percent of requests: the reference, where the
+    /// HPA's point that every policy is compared with is taken.
     #[arg(long, default_value_t = 70.0)]
     target: f64,
+    /// More targets to run every policy at, comma-separated (e.g.
+    /// 50,60,70,80,90): each policy's curve of cost against violation.
+    #[arg(long, value_delimiter = ',')]
+    targets: Vec<f64>,
     /// Fewest replicas.
     #[arg(long, default_value_t = 1)]
     min_replicas: u32,
@@ -52,10 +61,11 @@ pub struct ExperimentArgs {
     /// How often the hpa policy evaluates (the Kubernetes HPA's sync period).
     #[arg(long, default_value = "15s")]
     hpa_sync: String,
-    /// Plan on the forecast's upper quantile instead of its point values
-    /// (the scaler's plan_on_upper).
+    /// The chance of demand above the plan to accept: predictive plans on
+    /// the forecast's (1 − risk) quantile (the scaler's risk) [default: the
+    /// scaler's].
     #[arg(long)]
-    plan_on_upper: bool,
+    risk: Option<f64>,
     /// Share of each trace to train on; the rest is scored.
     #[arg(long, default_value_t = 0.7)]
     train_fraction: f64,
@@ -63,6 +73,8 @@ pub struct ExperimentArgs {
     #[arg(long)]
     max_epochs: Option<usize>,
     /// libtorch threads [default: the number of cores]. One thread makes training repeatable bit for bit.
+    /// The policies' runs at each target share every core either way (they are independent, so
+    /// their results do not depend on how many run at once).
     #[arg(long)]
     threads: Option<i32>,
 }
@@ -90,13 +102,17 @@ pub fn run(args: ExperimentArgs) -> anyhow::Result<()> {
     config.pod.request_millicores = args.pod_cpu;
     config.settings.startup = config.pod.startup;
     config.settings.target_utilization = args.target;
+    config.targets = args.targets.clone();
+    config.pod.startup_spread = args.startup_spread;
     config.settings.min_replicas = args.min_replicas;
     config.settings.max_replicas = args.max_replicas;
     config.tuning.tick = duration(&args.tick, "tick")?;
     config.train_fraction = args.train_fraction;
     config.shape = args.shape.parse()?;
     config.hpa_sync = duration(&args.hpa_sync, "hpa-sync")?;
-    config.tuning.plan_on_upper = args.plan_on_upper;
+    if let Some(risk) = args.risk {
+        config.settings.risk = risk;
+    }
     if let Some(e) = args.max_epochs {
         config.trainer.model.max_epochs = e;
     }
@@ -129,6 +145,9 @@ pub fn run(args: ExperimentArgs) -> anyhow::Result<()> {
     let report = pas_experiment::run(&paths, &config, &mut progress)?;
     let written = pas_experiment::write_report(&report, &args.report)?;
     println!("{}", pas_experiment::summary_table(&report));
+    if report.setup.targets.len() > 1 {
+        println!("{}", pas_experiment::curve_table(&report.curves));
+    }
     println!(
         "training {:.1}s, simulation {:.1}s; {} files in {}: report.md, results.json, {} plots",
         report.training_seconds,

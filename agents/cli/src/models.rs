@@ -331,6 +331,7 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
         .collect(),
         digest: pas_models::digest(&weights),
         accepted: true,
+        calibration: None,
     };
     write_json(&args.out.join("manifest.json"), &serde_json::to_value(&manifest)?)?;
     println!(

@@ -29,8 +29,11 @@
 //!    the cost a perfect predictive policy would pay at the same target; it
 //!    violates the SLO only where `max_replicas` is too few.
 //!
-//! The score covers the part of the trace after training.
+//! The score covers the part of the trace after training. With several
+//! `targets`, steps 4 and 5 run at each target utilisation, so each policy
+//! gives a curve of cost against violation ([`pareto`]).
 
+pub mod pareto;
 mod plot;
 mod report;
 
@@ -46,7 +49,8 @@ use pas_schemas::{Forecast, TrainingRange};
 use pas_workloads::{Steps, WorkloadKey, Workloads};
 use serde::Serialize;
 
-pub use report::{Report, Summary, summary_table, write_report};
+pub use pareto::{Comparison, Curve, CurvePoint, Curves};
+pub use report::{Report, Summary, curve_table, summary_table, write_report};
 
 /// Why an experiment could not run.
 #[derive(Debug, thiserror::Error)]
@@ -85,7 +89,13 @@ pub struct Config {
     /// The simulated pods: start-up delay, capacity, request.
     pub pod: PodModel,
     /// Replica bounds and target utilisation (the policy is set per run).
+    /// Its target is the reference: the HPA's point every policy is
+    /// compared with, and the runs the plots and `runs` show.
     pub settings: Settings,
+    /// Target utilisations every policy (and the oracle) also runs at, for
+    /// the curves of cost against violation; the reference target is always
+    /// run.
+    pub targets: Vec<f64>,
     /// Scaler tick and behaviour. `forecast_max_age` is raised to the
     /// trace's step plus a tick when it is shorter, since forecasts come once
     /// a step.
@@ -102,9 +112,13 @@ pub struct Config {
     /// How often the `hpa` policy evaluates: the Kubernetes HPA's sync
     /// period (15 s), where PAS's policies evaluate every tick.
     pub hpa_sync: Duration,
-    /// Replicas every policy starts the scored part with; by default what
-    /// the oracle starts with (ready for the demand then).
+    /// Replicas every policy starts the scored part with, at every target;
+    /// by default what the oracle starts with at the reference target
+    /// (ready for the demand then).
     pub start_replicas: Option<u32>,
+    /// Threads the runs of a trace share (each run is independent, so the
+    /// results do not depend on it).
+    pub workers: usize,
 }
 
 impl Default for Config {
@@ -119,10 +133,12 @@ impl Default for Config {
             reference_pods: 4,
             pod: PodModel {
                 startup: settings.startup,
+                startup_spread: 0.0,
                 capacity_millicores: 1000.0,
                 request_millicores: 1000.0,
             },
             settings,
+            targets: Vec::new(),
             tuning: Tuning::default(),
             train_fraction: 0.7,
             trainer: pas_trainer::Config::default(),
@@ -130,6 +146,7 @@ impl Default for Config {
             shape: Shape::Linear,
             hpa_sync: Duration::from_secs(15),
             start_replicas: None,
+            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
         }
     }
 }
@@ -155,7 +172,38 @@ impl Config {
         if self.settings.min_replicas == 0 || self.settings.min_replicas > self.settings.max_replicas {
             return bad("min replicas must be at least 1 and at most max replicas".into());
         }
+        if let Some(t) = self
+            .targets
+            .iter()
+            .chain([&self.settings.target_utilization])
+            .find(|t| !(**t > 0.0 && **t <= 100.0))
+        {
+            return bad(format!(
+                "a target utilisation must be above 0 and at most 100 %, not {t}"
+            ));
+        }
+        if !(self.settings.risk > 0.0 && self.settings.risk < 1.0) {
+            return bad(format!(
+                "the risk must be between 0 and 1 (exclusive), not {}",
+                self.settings.risk
+            ));
+        }
+        if !(0.0..1.0).contains(&self.pod.startup_spread) {
+            return bad(format!(
+                "the start-up spread must be at least 0 and below 1, not {}",
+                self.pod.startup_spread
+            ));
+        }
         Ok(())
+    }
+
+    /// The targets to run, ascending, the reference among them.
+    pub fn targets(&self) -> Vec<f64> {
+        let mut t = self.targets.clone();
+        t.push(self.settings.target_utilization);
+        t.sort_by(f64::total_cmp);
+        t.dedup();
+        t
     }
 }
 
@@ -185,6 +233,8 @@ pub enum Progress<'a> {
 pub struct Score {
     /// `hpa`, `threshold`, `predictive`, `hybrid` or `oracle`.
     pub policy: String,
+    /// The target utilisation it ran at, percent.
+    pub target_utilization: f64,
     /// Seconds with demand above the ready pods' capacity.
     pub violation_seconds: f64,
     /// Demand the ready pods could not serve, core-seconds.
@@ -206,6 +256,13 @@ pub struct Score {
     pub max_time_to_capacity_seconds: Option<f64>,
     /// Ticks whose decision used a forecast.
     pub forecast_decisions: u32,
+    /// CPU the pods used (demand served), core-seconds.
+    pub used_core_seconds: f64,
+    /// CPU the ready pods could have served, core-seconds.
+    pub ready_core_seconds: f64,
+    /// 1 − used / ready: the share of ready capacity left idle (Autopilot's
+    /// slack).
+    pub slack: Option<f64>,
 }
 
 /// The forecasts' accuracy over the scored part.
@@ -228,6 +285,10 @@ pub struct Accuracy {
     pub naive_mase: Option<f64>,
     /// Share of actual values at or below the upper forecast.
     pub upper_coverage: Option<f64>,
+    /// Per quantile level the forecasts carry (`"0.9"`), the share of
+    /// actual values at or below that quantile: calibrated when it is
+    /// close to the level.
+    pub quantile_coverage: std::collections::BTreeMap<String, f64>,
 }
 
 /// One trace's result.
@@ -251,8 +312,13 @@ pub struct TraceResult {
     pub simulation_seconds: f64,
     /// Forecast accuracy.
     pub accuracy: Accuracy,
-    /// Scores, the oracle last.
+    /// Scores at the reference target, the oracle last.
     pub scores: Vec<Score>,
+    /// Scores at every target, ascending, each target's oracle last.
+    pub sweep: Vec<Score>,
+    /// Each policy's cost against violation over the targets, and how it
+    /// compares with the HPA at the reference target.
+    pub curves: Curves,
     /// Down-sampled time series for the plots.
     #[serde(skip)]
     pub timeline: Timeline,
@@ -536,7 +602,7 @@ pub fn run_trace(
     // The pods' history before the scored part, as the forecaster holds it.
     let start_replicas = config
         .start_replicas
-        .unwrap_or_else(|| needed(load.first().copied().unwrap_or(0.0), config));
+        .unwrap_or_else(|| needed(load.first().copied().unwrap_or(0.0), config, &config.settings));
     let seed = seed(&key, &series, split, &forecaster, config.pod, start_replicas);
     let forecasting = Forecasting {
         key: &key,
@@ -544,41 +610,52 @@ pub fn run_trace(
         forecaster: &forecaster,
         models: &models,
     };
-    let mut scores = Vec::new();
-    let mut runs = Vec::new();
-    for &p in &config.policies {
+    // Every policy, then the oracle, at every target; the runs are
+    // independent, so they share the cores.
+    let reference = config.settings.target_utilization;
+    let jobs: Vec<(f64, Option<Policy>)> = config
+        .targets()
+        .into_iter()
+        .flat_map(|t| {
+            let policies = config.policies.iter().map(move |&p| (t, Some(p)));
+            policies.chain(std::iter::once((t, None)))
+        })
+        .collect();
+    let done = parallel(config.workers, &jobs, |&(target, p)| {
         let mut settings = config.settings.clone();
-        settings.policy = p;
-        let (score, capacity, run) = simulate(
-            p.as_str(),
-            (&ticks, &load),
-            start_replicas,
-            (p != Policy::Hpa).then_some(&forecasting),
-            config,
-            &settings,
-            &tuning,
-        );
-        timeline.policies.push((
-            score.policy.clone(),
-            bucket_min(&capacity, bucket),
-            bucket_max(&run.replicas, bucket),
-        ));
-        scores.push(score);
-        runs.push(run);
-    }
-    let (score, capacity, replicas) = oracle(&load, config, &tuning);
-    timeline.policies.push((
-        score.policy.clone(),
-        bucket_min(&capacity, bucket),
-        bucket_max(&replicas, bucket),
-    ));
-    scores.push(score);
-    runs.push(Run {
-        policy: "oracle".into(),
-        at: ticks.clone(),
-        replicas,
-        forecasts: Vec::new(),
+        settings.target_utilization = target;
+        match p {
+            Some(p) => {
+                settings.policy = p;
+                simulate(
+                    p.as_str(),
+                    (&ticks, &load),
+                    start_replicas,
+                    (p != Policy::Hpa).then_some(&forecasting),
+                    config,
+                    &settings,
+                    &tuning,
+                )
+            }
+            None => oracle((&ticks, &load), config, &settings, &tuning),
+        }
     });
+    let mut scores = Vec::new();
+    let mut sweep = Vec::new();
+    let mut runs = Vec::new();
+    for (score, capacity, run) in done {
+        if score.target_utilization == reference {
+            timeline.policies.push((
+                score.policy.clone(),
+                bucket_min(&capacity, bucket),
+                bucket_max(&run.replicas, bucket),
+            ));
+            scores.push(score.clone());
+            runs.push(run);
+        }
+        sweep.push(score);
+    }
+    let curves = Curves::new(&pareto::points(&sweep), reference);
     let simulation_seconds = sim_started.elapsed().as_secs_f64();
     progress(Progress::Scored {
         trace: &trace.name,
@@ -597,11 +674,39 @@ pub fn run_trace(
         simulation_seconds,
         accuracy,
         scores,
+        sweep,
+        curves,
         timeline,
         forecast: track,
         runs,
         model: trained.ok(),
     })
+}
+
+/// `f` on every job, on up to `workers` threads, results in the jobs' order.
+fn parallel<T: Sync, R: Send>(workers: usize, jobs: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let workers = workers.min(jobs.len()).max(1);
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let mut done: Vec<(usize, R)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut mine = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(job) = jobs.get(i) else { break mine };
+                        mine.push((i, f(job)));
+                    }
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    });
+    done.sort_by_key(|(i, _)| *i);
+    done.into_iter().map(|(_, r)| r).collect()
 }
 
 /// Each step's mean demand over the ticks in it, millicores, as the pods
@@ -713,6 +818,7 @@ fn accuracy(
     let accepted = manifest.is_some_and(|m| m.accepted);
     let scale = pas_models::eval::naive_scale(train);
     let (mut err, mut naive_err, mut n, mut covered, mut with_upper) = (0.0, 0.0, 0usize, 0usize, 0usize);
+    let mut by_level: std::collections::BTreeMap<String, Vec<(f64, f64)>> = Default::default();
     for (&i, m) in origins.iter().zip(made) {
         for h in 0..horizon {
             let Some(&actual) = values.get(i + 1 + h) else {
@@ -730,6 +836,11 @@ fn accuracy(
             if let Some(u) = &m.upper {
                 with_upper += 1;
                 covered += usize::from(actual <= u[h]);
+            }
+            for q in m.quantiles.iter().flatten() {
+                if let Some(&bound) = q.values.get(h) {
+                    by_level.entry(q.q.to_string()).or_default().push((actual, bound));
+                }
             }
         }
     }
@@ -749,6 +860,10 @@ fn accuracy(
         mase: mase(err),
         naive_mase: mase(naive_err),
         upper_coverage: (with_upper > 0).then(|| covered as f64 / with_upper as f64),
+        quantile_coverage: by_level
+            .into_iter()
+            .filter_map(|(q, pairs)| pas_models::coverage(pairs).map(|c| (q, c)))
+            .collect(),
     }
 }
 
@@ -786,11 +901,12 @@ struct Meter {
 }
 
 impl Meter {
-    fn new(policy: &str, tick: Duration) -> Meter {
+    fn new(policy: &str, target: f64, tick: Duration) -> Meter {
         Meter {
             tick: tick.as_secs_f64(),
             score: Score {
                 policy: policy.to_owned(),
+                target_utilization: target,
                 violation_seconds: 0.0,
                 unserved_core_seconds: 0.0,
                 replica_hours: 0.0,
@@ -801,6 +917,9 @@ impl Meter {
                 mean_time_to_capacity_seconds: None,
                 max_time_to_capacity_seconds: None,
                 forecast_decisions: 0,
+                used_core_seconds: 0.0,
+                ready_core_seconds: 0.0,
+                slack: None,
             },
             replica_ticks: 0.0,
             in_violation: None,
@@ -809,10 +928,14 @@ impl Meter {
         }
     }
 
-    /// One tick: the replicas that exist (and cost), and demand not served.
-    fn tick(&mut self, replicas: u32, unmet_millicores: f64) {
+    /// One tick: the replicas that exist (and cost), the demand, and what
+    /// the ready pods could serve.
+    fn tick(&mut self, replicas: u32, demand_millicores: f64, ready_millicores: f64) {
+        let unmet_millicores = (demand_millicores - ready_millicores).max(0.0);
         self.ticks += 1;
         self.replica_ticks += f64::from(replicas);
+        self.score.used_core_seconds += (demand_millicores - unmet_millicores) / 1000.0 * self.tick;
+        self.score.ready_core_seconds += ready_millicores / 1000.0 * self.tick;
         self.score.peak_replicas = self.score.peak_replicas.max(replicas);
         // Rounding noise of a spread is not a violation.
         if unmet_millicores > 1e-6 {
@@ -835,6 +958,8 @@ impl Meter {
             self.episodes.push(s);
         }
         self.score.replica_hours = self.replica_ticks * self.tick / 3600.0;
+        self.score.slack = (self.score.ready_core_seconds > 0.0)
+            .then(|| 1.0 - self.score.used_core_seconds / self.score.ready_core_seconds);
         self.score.mean_replicas = if self.ticks == 0 {
             0.0
         } else {
@@ -850,10 +975,10 @@ impl Meter {
 }
 
 /// Replicas the target utilisation needs for `demand`, within the bounds.
-fn needed(demand_millicores: f64, config: &Config) -> u32 {
-    let per_pod = config.pod.request_millicores * config.settings.target_utilization / 100.0;
+fn needed(demand_millicores: f64, config: &Config, settings: &Settings) -> u32 {
+    let per_pod = config.pod.request_millicores * settings.target_utilization / 100.0;
     let n = (demand_millicores / per_pod - 1e-9).ceil().max(0.0) as u32;
-    n.clamp(config.settings.min_replicas, config.settings.max_replicas)
+    n.clamp(settings.min_replicas, settings.max_replicas)
 }
 
 /// One policy on its own simulated StatefulSet; `load` is the demand at
@@ -870,7 +995,7 @@ fn simulate(
     settings: &Settings,
     tuning: &Tuning,
 ) -> (Score, Vec<f64>, Run) {
-    let mut meter = Meter::new(name, tuning.tick);
+    let mut meter = Meter::new(name, settings.target_utilization, tuning.tick);
     let mut capacity = Vec::with_capacity(ticks.len());
     let mut run = Run {
         policy: name.to_owned(),
@@ -895,7 +1020,7 @@ fn simulate(
     };
     for (i, (&now, &d)) in ticks.iter().zip(load).enumerate() {
         let served = sts.serve(d, now);
-        meter.tick(sts.replicas(), served.unmet_millicores);
+        meter.tick(sts.replicas(), d, sts.capacity(now));
         capacity.push(sts.capacity(now) / 1000.0);
         if let (Some(f), Some(folded)) = (forecasting, folded.as_mut()) {
             for sample in sts.samples(&f.key.namespace, &f.key.workload, d, now) {
@@ -939,12 +1064,25 @@ fn tick_forecast(f: &Forecasting<'_>, folded: &Workloads, now: DateTime<Utc>) ->
 }
 
 /// Perfect foresight at the target utilisation, pods started `startup`
-/// ahead; `load` is the demand at each tick.
-fn oracle(load: &[f64], config: &Config, tuning: &Tuning) -> (Score, Vec<f64>, Vec<u32>) {
-    let mut meter = Meter::new("oracle", tuning.tick);
-    let need: Vec<u32> = load.iter().map(|&d| needed(d, config)).collect();
-    let ahead = (config.pod.startup.as_secs_f64() / tuning.tick.as_secs_f64()).ceil() as usize;
-    let (mut capacity, mut replicas) = (Vec::with_capacity(load.len()), Vec::with_capacity(load.len()));
+/// ahead (each ready in time, however long it takes); `load` is the demand
+/// at each tick.
+fn oracle(
+    (ticks, load): (&[DateTime<Utc>], &[f64]),
+    config: &Config,
+    settings: &Settings,
+    tuning: &Tuning,
+) -> (Score, Vec<f64>, Run) {
+    let mut meter = Meter::new("oracle", settings.target_utilization, tuning.tick);
+    let need: Vec<u32> = load.iter().map(|&d| needed(d, config, settings)).collect();
+    let longest = config.pod.startup.mul_f64(1.0 + config.pod.startup_spread);
+    let ahead = (longest.as_secs_f64() / tuning.tick.as_secs_f64()).ceil() as usize;
+    let mut capacity = Vec::with_capacity(load.len());
+    let mut run = Run {
+        policy: "oracle".into(),
+        at: ticks.to_vec(),
+        replicas: Vec::with_capacity(load.len()),
+        forecasts: Vec::new(),
+    };
     let mut last = None;
     for (i, &d) in load.iter().enumerate() {
         // A pod needed within the start-up time already exists.
@@ -954,15 +1092,15 @@ fn oracle(load: &[f64], config: &Config, tuning: &Tuning) -> (Score, Vec<f64>, V
             .max()
             .unwrap_or(need[i]);
         let cap = f64::from(need[i]) * config.pod.capacity_millicores;
-        meter.tick(exists, (d - cap).max(0.0));
+        meter.tick(exists, d, cap);
         if last.is_some_and(|l| l != exists) {
             meter.score.scaling_actions += 1;
         }
         last = Some(exists);
         capacity.push(cap / 1000.0);
-        replicas.push(exists);
+        run.replicas.push(exists);
     }
-    (meter.finish(), capacity, replicas)
+    (meter.finish(), capacity, run)
 }
 
 #[cfg(test)]
@@ -992,9 +1130,16 @@ mod tests {
 
     #[test]
     fn the_meter_counts_violation_episodes_and_cost() {
-        let mut m = Meter::new("x", Duration::from_secs(5));
-        for (replicas, unmet) in [(2, 0.0), (2, 500.0), (3, 100.0), (3, 0.0), (3, 200.0)] {
-            m.tick(replicas, unmet);
+        let mut m = Meter::new("x", 70.0, Duration::from_secs(5));
+        // (replicas, demand, ready capacity)
+        for (replicas, demand, ready) in [
+            (2, 1000.0, 2000.0),
+            (2, 2500.0, 2000.0),
+            (3, 2100.0, 2000.0),
+            (3, 1500.0, 3000.0),
+            (3, 3200.0, 3000.0),
+        ] {
+            m.tick(replicas, demand, ready);
         }
         let s = m.finish();
         assert_eq!(s.violation_seconds, 15.0);
@@ -1004,6 +1149,10 @@ mod tests {
         assert_eq!(s.peak_replicas, 3);
         assert_eq!(s.mean_time_to_capacity_seconds, Some(7.5));
         assert_eq!(s.max_time_to_capacity_seconds, Some(10.0));
+        // Used 1 + 2 + 2 + 1.5 + 3 cores, ready 2 + 2 + 2 + 3 + 3, for 5 s each.
+        assert!((s.used_core_seconds - 9.5 * 5.0).abs() < 1e-9);
+        assert!((s.ready_core_seconds - 12.0 * 5.0).abs() < 1e-9);
+        assert!((s.slack.unwrap() - (1.0 - 9.5 / 12.0)).abs() < 1e-12);
     }
 
     #[test]
@@ -1017,7 +1166,8 @@ mod tests {
         let demand = Demand::from_trace(&trace, 4, 1000.0, Shape::Linear);
         let ticks = ticks(at(0), at(900), Duration::from_secs(5));
         let load: Vec<f64> = ticks.iter().map(|&t| demand.at(t)).collect();
-        let (score, capacity, replicas) = oracle(&load, &config, &Tuning::default());
+        let (score, capacity, run) = oracle((&ticks, &load), &config, &config.settings, &Tuning::default());
+        let replicas = run.replicas;
         assert_eq!(score.violation_seconds, 0.0);
         // 1000m at 70 % needs 2 pods; 5000m needs 8.
         assert_eq!(replicas[0], 2);

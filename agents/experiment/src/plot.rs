@@ -389,6 +389,105 @@ fn draw_summary<DB: DrawingBackend>(r: &Report, root: DrawingArea<DB, Shift>) ->
     root.present().map_err(e)
 }
 
+/// Each policy's curve of violation against cost over the targets, summed
+/// over the traces, with the HPA's reference point and the lines through it.
+pub fn pareto(r: &Report, path: &Path) -> Result<(), Error> {
+    render(path, (900, 640), |a| draw_pareto(r, a), |a| draw_pareto(r, a))
+}
+
+fn draw_pareto<DB: DrawingBackend>(r: &Report, root: DrawingArea<DB, Shift>) -> Drawn {
+    let e = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
+    root.fill(&WHITE).map_err(e)?;
+    let c = &r.curves;
+    let all = c.policies.iter().flat_map(|p| &p.points);
+    let (x_lo, x_hi, y_hi) = all.fold((f64::MAX, 0.0f64, 0.0f64), |(lo, hi, y), p| {
+        (
+            lo.min(p.replica_hours),
+            hi.max(p.replica_hours),
+            y.max(p.violation_hours),
+        )
+    });
+    if x_lo > x_hi {
+        return root.present().map_err(e);
+    }
+    let pad = (x_hi - x_lo).max(1.0) * 0.06;
+    let y_hi = y_hi.max(0.01) * 1.1;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            format!(
+                "{} trace(s): violation against cost over targets {} % (lower left is better)",
+                r.traces.len(),
+                r.setup
+                    .targets
+                    .iter()
+                    .map(|t| format!("{t:.0}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            ("sans-serif", 18),
+        )
+        .margin(16)
+        .x_label_area_size(40)
+        .y_label_area_size(64)
+        .build_cartesian_2d((x_lo - pad)..(x_hi + pad), 0.0..y_hi)
+        .map_err(e)?;
+    chart
+        .configure_mesh()
+        .x_desc("replica-hours (sum over traces)")
+        .y_desc("SLO violation, hours (sum over traces)")
+        .label_style(("sans-serif", 14))
+        .draw()
+        .map_err(e)?;
+    if let Some((cost, violation)) = c.hpa {
+        let grey = RGBColor(150, 150, 150);
+        for line in [
+            vec![(cost, 0.0), (cost, y_hi)],
+            vec![(x_lo - pad, violation), (x_hi + pad, violation)],
+        ] {
+            chart
+                .draw_series(DashedLineSeries::new(line, 4, 4, grey.stroke_width(1)))
+                .map_err(e)?;
+        }
+        chart
+            .draw_series(std::iter::once(Circle::new(
+                (cost, violation),
+                11,
+                colour("hpa").stroke_width(2),
+            )))
+            .map_err(e)?;
+    }
+    for p in &c.policies {
+        let points: Vec<(f64, f64)> = p
+            .points
+            .iter()
+            .map(|q| (q.replica_hours, q.violation_hours))
+            .collect();
+        policy_line(&mut chart, &p.policy, points.clone(), p.policy.clone()).map_err(e)?;
+        let col = colour(&p.policy);
+        chart
+            .draw_series(p.points.iter().map(|q| {
+                EmptyElement::at((q.replica_hours, q.violation_hours))
+                    + Circle::new((0, 0), 4, col.filled())
+                    + Text::new(
+                        format!("{:.0}", q.target),
+                        (5, 3),
+                        ("sans-serif", 11).into_font().color(&col),
+                    )
+            }))
+            .map_err(e)?;
+    }
+    // Upper right: dear and violating, where no good curve goes.
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 14))
+        .position(SeriesLabelPosition::UpperRight)
+        .draw()
+        .map_err(e)?;
+    root.present().map_err(e)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

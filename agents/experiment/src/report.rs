@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use crate::pareto::{self, Curves};
 use crate::{Config, Error, TraceResult};
 
 /// What the experiment ran with, as reported.
@@ -14,8 +15,12 @@ pub struct Setup {
     pub policies: Vec<String>,
     /// A trace's 100 % is this many pods' worth of CPU.
     pub reference_pods: u32,
-    /// Pod start-up, seconds.
+    /// Pod start-up, seconds (the middle of the range).
     pub startup_seconds: f64,
+    /// Each pod's start-up is `startup × (1 ± spread)`.
+    pub startup_spread: f64,
+    /// Targets every policy ran at, percent.
+    pub targets: Vec<f64>,
     /// Pod capacity (CPU limit), millicores.
     pub capacity_millicores: f64,
     /// Pod request, millicores.
@@ -34,8 +39,8 @@ pub struct Setup {
     pub shape: crate::Shape,
     /// The HPA's sync period, seconds.
     pub hpa_sync_seconds: f64,
-    /// Whether predictive plans on the upper quantile.
-    pub plan_on_upper: bool,
+    /// The risk `predictive` plans with: on the forecast's (1 − risk) quantile.
+    pub risk: f64,
 }
 
 /// One policy over all traces.
@@ -57,6 +62,8 @@ pub struct Summary {
     pub cost_vs_oracle: Option<f64>,
     /// Mean scaling actions per trace.
     pub mean_scaling_actions: f64,
+    /// 1 − used / ready core-seconds over every trace.
+    pub slack: Option<f64>,
 }
 
 /// Everything an experiment produced.
@@ -66,6 +73,9 @@ pub struct Report {
     pub setup: Setup,
     /// Per policy over every trace, the oracle last.
     pub summary: Vec<Summary>,
+    /// Each policy's cost against violation summed over the traces, by
+    /// target, and how it compares with the HPA at the reference target.
+    pub curves: Curves,
     /// Per trace.
     pub traces: Vec<TraceResult>,
     /// Total training wall time, seconds.
@@ -81,6 +91,8 @@ impl Report {
             policies: config.policies.iter().map(|p| p.as_str().to_owned()).collect(),
             reference_pods: config.reference_pods,
             startup_seconds: config.pod.startup.as_secs_f64(),
+            startup_spread: config.pod.startup_spread,
+            targets: config.targets(),
             capacity_millicores: config.pod.capacity_millicores,
             request_millicores: config.pod.request_millicores,
             target_utilization: config.settings.target_utilization,
@@ -90,16 +102,21 @@ impl Report {
             train_fraction: config.train_fraction,
             shape: config.shape,
             hpa_sync_seconds: config.hpa_sync.as_secs_f64(),
-            plan_on_upper: config.tuning.plan_on_upper,
+            risk: config.settings.risk,
         };
         let names: Vec<String> = traces
             .first()
             .map(|t| t.scores.iter().map(|s| s.policy.clone()).collect())
             .unwrap_or_default();
         let summary = names.iter().map(|name| summarise(name, &traces)).collect();
+        let curves = Curves::new(
+            &pareto::sum(traces.iter().flat_map(|t| pareto::points(&t.sweep))),
+            config.settings.target_utilization,
+        );
         Report {
             setup,
             summary,
+            curves,
             training_seconds: traces.iter().map(|t| t.training_seconds).sum(),
             simulation_seconds: traces.iter().map(|t| t.simulation_seconds).sum(),
             traces,
@@ -136,6 +153,8 @@ fn summarise(name: &str, traces: &[TraceResult]) -> Summary {
         .map(|s| s.violation_seconds)
         .sum();
     let my_violation: f64 = mine.iter().map(|(_, s)| s.violation_seconds).sum();
+    let used: f64 = mine.iter().map(|(_, s)| s.used_core_seconds).sum();
+    let ready: f64 = mine.iter().map(|(_, s)| s.ready_core_seconds).sum();
     Summary {
         policy: name.to_owned(),
         traces: mine.len(),
@@ -149,6 +168,7 @@ fn summarise(name: &str, traces: &[TraceResult]) -> Summary {
             .map(|(_, s)| f64::from(s.scaling_actions))
             .sum::<f64>()
             / n,
+        slack: (ready > 0.0).then(|| 1.0 - used / ready),
     }
 }
 
@@ -164,7 +184,8 @@ fn percent(ratio: Option<f64>) -> String {
 /// Writes `report.md`, `results.json`, and per trace (PNG and SVG each)
 /// `<trace>` (its busiest day), `<trace>.full` (the whole scored part) and
 /// `<trace>.forecast` (the served model's forecast against what happened),
-/// plus `summary.png` and `summary.svg`, into `dir`.
+/// plus `summary` and `pareto` (each policy's cost against violation over
+/// the targets), into `dir`.
 /// Returns the files written.
 pub fn write_report(report: &Report, dir: &Path) -> Result<Vec<PathBuf>, Error> {
     let io = |path: &Path| {
@@ -190,6 +211,9 @@ pub fn write_report(report: &Report, dir: &Path) -> Result<Vec<PathBuf>, Error> 
         let path = dir.join(format!("summary.{ext}"));
         crate::plot::summary(report, &path)?;
         written.push(path);
+        let path = dir.join(format!("pareto.{ext}"));
+        crate::plot::pareto(report, &path)?;
+        written.push(path);
     }
     let json =
         serde_json::to_string_pretty(report).map_err(|e| Error::Input(format!("results.json: {e}")))?;
@@ -207,21 +231,75 @@ pub fn summary_table(report: &Report) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "| policy | violation h (mean) | vs hpa | replica-h (mean) | cost vs hpa | cost vs oracle | actions (mean) |"
+        "| policy | violation h (mean) | vs hpa | replica-h (mean) | cost vs hpa | cost vs oracle | slack | actions (mean) |"
     );
-    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|");
     for p in &report.summary {
         let _ = writeln!(
             s,
-            "| {} | {:.2} | {} | {:.1} | {} | {} | {:.0} |",
+            "| {} | {:.2} | {} | {:.1} | {} | {} | {} | {:.0} |",
             p.policy,
             p.mean_violation_hours,
             percent(p.violation_vs_hpa),
             p.mean_replica_hours,
             percent(p.cost_vs_hpa),
             percent(p.cost_vs_oracle),
+            percent(p.slack),
             p.mean_scaling_actions,
         );
+    }
+    s
+}
+
+/// Each policy against the HPA at the same cost, along its curve, as the
+/// terminal and `report.md` show it.
+pub fn curve_table(curves: &Curves) -> String {
+    let mut s = String::new();
+    let Some((cost, violation)) = curves.hpa else {
+        return "No `hpa` run at the reference target to compare with.\n".into();
+    };
+    let _ = writeln!(
+        s,
+        "The HPA at {:.0} %: {cost:.1} replica-h, {violation:.2} h of violation.\n",
+        curves.reference_target
+    );
+    let _ = writeln!(
+        s,
+        "| policy | violation h at the HPA's replica-h | vs hpa | replica-h at the HPA's violation | vs hpa |"
+    );
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|");
+    for c in &curves.policies {
+        let a = &c.against_hpa;
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} |",
+            c.policy,
+            opt(a.violation_at_hpa_cost_hours, 2),
+            percent(a.violation_vs_hpa),
+            opt(a.cost_at_hpa_violation, 1),
+            percent(a.cost_vs_hpa),
+        );
+    }
+    s
+}
+
+/// Every policy's point at every target.
+fn points_table(curves: &Curves) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "| policy | target % | replica-h | violation h | slack |");
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|");
+    for c in &curves.policies {
+        for p in &c.points {
+            let _ = writeln!(
+                s,
+                "| {} | {:.0} | {:.1} | {:.2} | {} |",
+                c.policy,
+                p.target,
+                p.replica_hours,
+                p.violation_hours,
+                percent(p.slack())
+            );
+        }
     }
     s
 }
@@ -232,13 +310,18 @@ fn markdown(r: &Report) -> String {
     let _ = writeln!(s, "# Experiment report\n");
     let _ = writeln!(
         s,
-        "{} trace(s); policies {} and the oracle. A trace's 100 % is {} pods' worth of CPU; each pod serves at most {:.0}m, requests {:.0}m and is ready {:.0} s after it is created. Target utilisation {:.0} %, replicas {}–{}, scaler tick {:.0} s. Trained on the first {:.0} % of each trace, scored on the rest. Demand is {} between a trace's points. `hpa` evaluates every {:.0} s (the Kubernetes HPA's sync period), PAS's policies every tick; `predictive` plans on the {} forecast.\n",
+        "{} trace(s); policies {} and the oracle. A trace's 100 % is {} pods' worth of CPU; each pod serves at most {:.0}m, requests {:.0}m and is ready {:.0} s after it is created{}. Target utilisation {:.0} %, replicas {}–{}, scaler tick {:.0} s. Trained on the first {:.0} % of each trace, scored on the rest. Demand is {} between a trace's points. `hpa` evaluates every {:.0} s (the Kubernetes HPA's sync period), PAS's policies every tick; `predictive` plans on the forecast's {:.0}th percentile.\n",
         r.traces.len(),
         s0.policies.join(", "),
         s0.reference_pods,
         s0.capacity_millicores,
         s0.request_millicores,
         s0.startup_seconds,
+        if s0.startup_spread > 0.0 {
+            format!(" (each pod ± {:.0} %, drawn per pod)", s0.startup_spread * 100.0)
+        } else {
+            String::new()
+        },
         s0.target_utilization,
         s0.min_replicas,
         s0.max_replicas,
@@ -249,11 +332,7 @@ fn markdown(r: &Report) -> String {
             crate::Shape::Step => "held (a step)",
         },
         s0.hpa_sync_seconds,
-        if s0.plan_on_upper {
-            "upper-quantile"
-        } else {
-            "point"
-        },
+        (1.0 - s0.risk) * 100.0,
     );
     let _ = writeln!(
         s,
@@ -265,19 +344,69 @@ fn markdown(r: &Report) -> String {
         r.training_seconds, r.simulation_seconds
     );
     let _ = writeln!(s, "## All traces\n");
+    let _ = writeln!(s, "At the reference target, {:.0} %:\n", s0.target_utilization);
     s.push_str(&summary_table(r));
     let _ = writeln!(s, "\n![summary](summary.svg)\n");
+    let _ = writeln!(s, "## Cost against violation\n");
+    let _ = writeln!(
+        s,
+        "Every policy at targets {} %, summed over the traces. Each policy is read along its Pareto frontier, linear between the targets run (an estimate): its violation at the HPA's replica-hours, and the replica-hours it needs for the HPA's violation. A cost above its dearest target is given that target's violation, and a violation above its cheapest target's that target's cost (there, bounds in the HPA's favour); `–` where the curve does not reach. Slack: 1 − used / ready core-seconds.\n",
+        s0.targets
+            .iter()
+            .map(|t| format!("{t:.0}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    s.push_str(&curve_table(&r.curves));
+    let _ = writeln!(s, "\n![cost against violation](pareto.svg)\n");
+    s.push_str(&points_table(&r.curves));
+    let _ = writeln!(
+        s,
+        "\nPer trace, violation at the HPA's replica-hours, % of the HPA's:\n"
+    );
+    let names: Vec<&str> = r.curves.policies.iter().map(|c| c.policy.as_str()).collect();
+    let _ = writeln!(
+        s,
+        "| trace | hpa replica-h | hpa violation h | {} |",
+        names.join(" | ")
+    );
+    let _ = writeln!(s, "|---|---:|---:|{}", "---:|".repeat(names.len()));
+    for t in &r.traces {
+        let Some((cost, violation)) = t.curves.hpa else {
+            continue;
+        };
+        let cells: Vec<String> = names
+            .iter()
+            .map(|n| {
+                let a = t.curves.policy(n).map(|c| &c.against_hpa);
+                match a {
+                    Some(a) if violation > 0.0 => percent(a.violation_vs_hpa),
+                    Some(a) => a
+                        .violation_at_hpa_cost_hours
+                        .map_or_else(|| "–".into(), |v| format!("{v:.2} h")),
+                    None => "–".into(),
+                }
+            })
+            .collect();
+        let _ = writeln!(
+            s,
+            "| {} | {cost:.1} | {violation:.2} | {} |",
+            t.trace,
+            cells.join(" | ")
+        );
+    }
+    let _ = writeln!(s);
     let _ = writeln!(s, "## Forecasts\n");
     let _ = writeln!(
         s,
-        "| trace | model | trainer's MASE lstm / naive | forecasts | MASE | naive MASE | upper coverage |"
+        "| trace | model | trainer's MASE lstm / naive | forecasts | MASE | naive MASE | upper coverage | coverage of q 0.5 / 0.9 / 0.95 |"
     );
-    let _ = writeln!(s, "|---|---|---|---:|---:|---:|---:|");
+    let _ = writeln!(s, "|---|---|---|---:|---:|---:|---:|---:|");
     for t in &r.traces {
         let a = &t.accuracy;
         let _ = writeln!(
             s,
-            "| {} | {} | {} / {} | {} | {} | {} | {} |",
+            "| {} | {} | {} / {} | {} | {} | {} | {} | {} |",
             t.trace,
             match &a.training_error {
                 Some(e) => format!("{} (training failed: {e})", a.model),
@@ -289,8 +418,34 @@ fn markdown(r: &Report) -> String {
             opt(a.mase, 3),
             opt(a.naive_mase, 3),
             opt(a.upper_coverage.map(|c| c * 100.0), 0),
+            ["0.5", "0.9", "0.95"]
+                .map(|q| opt(a.quantile_coverage.get(q).map(|c| c * 100.0), 0))
+                .join(" / "),
         );
     }
+    let within: Vec<String> = ["0.5", "0.9", "0.95"]
+        .iter()
+        .map(|q| {
+            let level: f64 = q.parse().unwrap_or(0.0);
+            let near = r
+                .traces
+                .iter()
+                .filter(|t| {
+                    t.accuracy
+                        .quantile_coverage
+                        .get(*q)
+                        .is_some_and(|c| (c - level).abs() <= 0.05)
+                })
+                .count();
+            format!("{q} on {near}")
+        })
+        .collect();
+    let _ = writeln!(
+        s,
+        "\nCoverage is the share of actual step demand at or below the forecast's quantile over every step of every forecast (the forecasts of each policy's own run at the reference target are not used: these are the served model's forecasts from the trace's demand). Within 5 points of its level: {} of {} traces.",
+        within.join(", "),
+        r.traces.len()
+    );
     let _ = writeln!(s, "\n## Per trace\n");
     for t in &r.traces {
         let _ = writeln!(

@@ -52,7 +52,7 @@ use pas_models::batch::{LstmWeights, predict_batch};
 use pas_nats::model_store::Layout;
 use pas_nats::{HandlerError, Outgoing};
 use pas_schemas::subjects::{BUCKET_FORECASTER, BUCKET_MODELS, Prefix, STREAM_SAMPLES, Stage};
-use pas_schemas::{CpuSample, Forecast, ModelRef, SCHEMA_VERSION};
+use pas_schemas::{CpuSample, Forecast, ModelRef, QuantileForecast, SCHEMA_VERSION};
 use pas_workloads::{Fold, Steps, WorkloadKey, Workloads};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -686,7 +686,8 @@ pub fn forecast(
     settings: &TickSettings,
     now: DateTime<Utc>,
 ) -> Vec<(WorkloadKey, Result<Forecast, String>)> {
-    let mut predictions: Vec<Option<(Result<Prediction, String>, f64)>> = vec![None; windows.len()];
+    type Made = (Result<Prediction, String>, f64, Option<Vec<QuantileForecast>>);
+    let mut predictions: Vec<Option<Made>> = vec![None; windows.len()];
     let served: Vec<usize> = (0..windows.len())
         .filter(|&i| windows[i].model.is_some())
         .collect();
@@ -700,11 +701,12 @@ pub fn forecast(
         match predict_batch(&weights, &inputs, settings.chunk) {
             Ok(made) => {
                 for (&i, p) in served.iter().zip(made) {
-                    let q = windows[i]
-                        .model
-                        .as_ref()
-                        .map_or(settings.quantile, |m| m.quantile);
-                    predictions[i] = Some((Ok(p), q));
+                    let model = windows[i].model.as_ref();
+                    let q = model.map_or(settings.quantile, |m| m.quantile);
+                    let quantiles = model
+                        .and_then(|m| m.calibration.as_ref())
+                        .map(|(levels, offsets)| pas_models::calibrated(&p.values, levels, offsets));
+                    predictions[i] = Some((Ok(p), q, quantiles));
                 }
             }
             Err(error) => {
@@ -720,9 +722,12 @@ pub fn forecast(
         .zip(predictions)
         .zip(baseline)
         .map(|((mut w, p), naive)| {
-            let (p, quantile) = if naive {
+            let (p, quantile, quantiles) = if naive {
                 w.model = None;
                 let history = std::mem::take(&mut w.values);
+                let levels = pas_schemas::QUANTILE_LEVELS;
+                let calibration =
+                    pas_models::naive::baseline_calibration(&history, settings.horizon, &levels);
                 let p = pas_models::naive::baseline(
                     history,
                     settings.step_seconds,
@@ -730,17 +735,35 @@ pub fn forecast(
                     settings.quantile,
                 )
                 .map_err(|e| e.to_string());
-                (p, settings.quantile)
+                let quantiles = match (&p, calibration) {
+                    (Ok(p), Some(offsets)) => Some(pas_models::calibrated(&p.values, &levels, &offsets)),
+                    _ => None,
+                };
+                (p, settings.quantile, quantiles)
             } else {
-                p.unwrap_or_else(|| (Err("no prediction".into()), settings.quantile))
+                p.unwrap_or_else(|| (Err("no prediction".into()), settings.quantile, None))
             };
-            let forecast = p.map(|p| to_message(&w, p, quantile, f64::from(settings.step_seconds), now));
+            let forecast = p.map(|p| {
+                to_message(
+                    &w,
+                    p,
+                    (quantile, quantiles),
+                    f64::from(settings.step_seconds),
+                    now,
+                )
+            });
             (w.key, forecast)
         })
         .collect()
 }
 
-fn to_message(w: &Window, p: Prediction, quantile: f64, step_seconds: f64, now: DateTime<Utc>) -> Forecast {
+fn to_message(
+    w: &Window,
+    p: Prediction,
+    (quantile, quantiles): (f64, Option<Vec<QuantileForecast>>),
+    step_seconds: f64,
+    now: DateTime<Utc>,
+) -> Forecast {
     let model = match &w.model {
         Some(m) => ModelRef {
             key: m.key.clone(),
@@ -754,6 +777,12 @@ fn to_message(w: &Window, p: Prediction, quantile: f64, step_seconds: f64, now: 
         },
     };
     let Prediction { values, upper } = p.clamped();
+    // Calibrated, the upper forecast is the calibrated quantile of its level.
+    let upper = quantiles
+        .as_ref()
+        .and_then(|qs| qs.iter().find(|q| (q.q - quantile).abs() < 1e-9))
+        .map(|q| q.values.iter().zip(&values).map(|(u, v)| u.max(*v)).collect())
+        .or(upper);
     Forecast {
         schema_version: SCHEMA_VERSION,
         timestamp: now,
@@ -766,5 +795,6 @@ fn to_message(w: &Window, p: Prediction, quantile: f64, step_seconds: f64, now: 
         quantile: upper.as_ref().map(|_| quantile),
         values,
         upper,
+        quantiles,
     }
 }

@@ -40,6 +40,10 @@ pub struct Served {
     pub quantile: f64,
     /// The weights, ready for batched inference.
     pub weights: LstmWeights,
+    /// Its calibration: levels, and per level the offsets per step that
+    /// turn its point forecast into quantiles (none for versions trained
+    /// before calibration).
+    pub calibration: Option<(Vec<f64>, Vec<Vec<f64>>)>,
 }
 
 /// The served models by key. Cheap to read from the tick.
@@ -172,6 +176,10 @@ impl Served {
             kind: manifest.architecture.clone(),
             quantile,
             weights,
+            calibration: manifest
+                .calibration
+                .as_ref()
+                .map(|c| (c.levels.clone(), c.offsets.clone())),
         })
     }
 }

@@ -499,6 +499,7 @@ mod tests {
             values: vec![400.0, 450.0, 500.0],
             upper: Some(vec![500.0, 550.0, 600.0]),
             quantile: Some(0.9),
+            quantiles: None,
         }
     }
 
@@ -545,6 +546,7 @@ mod tests {
             }),
             utilization_percent: Some(70.0),
             predicted_peak_millicores: Some(2500.0),
+            lead_seconds: None,
             target_utilization_percent: Some(50.0),
             warnings: vec![],
         };

@@ -405,6 +405,7 @@ pub async fn replay(
     // The StatefulSet the demand runs through.
     let model = PodModel {
         startup: config.simulate.unwrap_or_default(),
+        startup_spread: 0.0,
         capacity_millicores: config.pod_cpu,
         request_millicores: config.pod_cpu,
     };

@@ -178,6 +178,7 @@ impl SimulatedState {
     ) -> SimulatedSet {
         let model = PodModel {
             startup: self.startup,
+            startup_spread: 0.0,
             capacity_millicores: cpu_request.unwrap_or(1000.0),
             request_millicores: cpu_request.unwrap_or(0.0),
         };

@@ -42,8 +42,6 @@ pub struct Config {
     pub tolerance: f64,
     /// The `threshold` policy's trigger, percent.
     pub threshold: f64,
-    /// Plan on the forecast's upper quantile instead of its point values.
-    pub plan_on_upper: bool,
     /// Settings of every workload unless its `pas.io/` annotations say otherwise.
     pub defaults: Settings,
     /// Stabilisation windows and rate limits (the HPA's `behavior`).
@@ -82,7 +80,6 @@ impl Default for Config {
             sample_max_age: Duration::from_secs(30),
             tolerance: tuning.tolerance,
             threshold: tuning.threshold,
-            plan_on_upper: tuning.plan_on_upper,
             defaults: Settings::default(),
             behavior: tuning.behavior,
             cluster: ClusterKind::Auto,
@@ -113,7 +110,6 @@ impl Config {
             tick: self.tick,
             forecast_max_age: self.forecast_max_age,
             behavior: self.behavior.clone(),
-            plan_on_upper: self.plan_on_upper,
         }
     }
 

@@ -181,6 +181,8 @@ impl<C: Cluster> Engine<C> {
         decision.reason = d.reason.clone();
         decision.utilization_percent = d.utilization;
         decision.predicted_peak_millicores = d.predicted_peak;
+        // A start-up of more than a day is not a lead time to report.
+        decision.lead_seconds = Some(d.lead.as_secs_f64().min(pas_schemas::MAX_STEP_SECONDS));
         if d.used_forecast {
             decision.forecast = forecast.map(|f| ForecastRef {
                 model: f.model,
@@ -262,6 +264,7 @@ impl<C: Cluster> Engine<C> {
             utilization_percent: None,
             predicted_peak_millicores: None,
             target_utilization_percent: Some(settings.target_utilization),
+            lead_seconds: None,
             warnings: problems,
         };
         let Some(hpa) = workload.hpa.clone() else {

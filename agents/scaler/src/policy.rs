@@ -289,6 +289,13 @@ pub struct Settings {
     /// How long a new pod takes to serve; the lead time is this plus one tick.
     #[serde(with = "humantime_serde")]
     pub startup: Duration,
+    /// Plan over the start-up measured from the workload's scale-outs once
+    /// there are enough ([`StartupHistory`]); off: always `startup`.
+    pub learn_startup: bool,
+    /// The chance of demand above the plan the workload accepts: `predictive`
+    /// plans on the (1 − risk) quantile of the forecast (0.05: its 95th
+    /// percentile; 0.5: its median).
+    pub risk: f64,
     /// Decide and publish, never change the StatefulSet.
     pub dry_run: bool,
     /// Decide nothing and change nothing.
@@ -304,6 +311,8 @@ impl Default for Settings {
             max_replicas: 10,
             target_utilization: 70.0,
             startup: Duration::from_secs(60),
+            learn_startup: true,
+            risk: DEFAULT_RISK,
             dry_run: false,
             paused: false,
         }
@@ -318,6 +327,12 @@ impl Settings {
                 self.min_replicas, self.max_replicas
             ));
         }
+        if !(self.risk > 0.0 && self.risk < 1.0) {
+            return Err(format!(
+                "risk must be between 0 and 1 (exclusive), not {}",
+                self.risk
+            ));
+        }
         if !(self.target_utilization > 0.0 && self.target_utilization.is_finite()) {
             return Err(format!(
                 "target_utilization must be above 0, not {}",
@@ -327,6 +342,12 @@ impl Settings {
         Ok(())
     }
 }
+
+/// The default risk: plan on the forecast's calibrated median. The target
+/// already leaves headroom, and on the shared traces the 90th percentile
+/// (risk 0.1) cost more for the violation it saved than a lower target
+/// would have (docs/results.md).
+pub const DEFAULT_RISK: f64 = 0.5;
 
 /// Settings that hold for every workload.
 #[derive(Debug, Clone, PartialEq)]
@@ -341,11 +362,6 @@ pub struct Tuning {
     pub forecast_max_age: Duration,
     /// Stabilisation and rate limits.
     pub behavior: Behavior,
-    /// Plan on the forecast's upper quantile instead of its point values.
-    /// Off by default: the target utilisation already leaves headroom, and
-    /// on the shared traces the upper quantile cost 8 % more replica-hours
-    /// for little less violation (docs/results.md).
-    pub plan_on_upper: bool,
 }
 
 impl Default for Tuning {
@@ -356,7 +372,6 @@ impl Default for Tuning {
             tick: Duration::from_secs(5),
             forecast_max_age: Duration::from_secs(30),
             behavior: Behavior::default(),
-            plan_on_upper: false,
         }
     }
 }
@@ -409,6 +424,10 @@ pub struct ForecastView<'a> {
     pub values: &'a [f64],
     /// Upper quantile per step, if the model gives one.
     pub upper: Option<&'a [f64]>,
+    /// Its level, where there is one.
+    pub quantile: Option<f64>,
+    /// Calibrated quantiles per step, levels ascending, where given.
+    pub quantiles: Option<&'a [pas_schemas::QuantileForecast]>,
     /// The per-pod CPU request the forecast assumed, millicores: used when
     /// no pod's request is observed.
     pub request_millicores: f64,
@@ -422,6 +441,8 @@ impl<'a> From<&'a pas_schemas::Forecast> for ForecastView<'a> {
             step_seconds: f.step_seconds,
             values: &f.values,
             upper: f.upper.as_deref(),
+            quantile: f.quantile,
+            quantiles: f.quantiles.as_deref(),
             request_millicores: f.pod_request_millicores,
         }
     }
@@ -439,32 +460,48 @@ impl ForecastView<'_> {
         now - closed > TimeDelta::from_std(max_age).unwrap_or(TimeDelta::MAX)
     }
 
-    /// The highest predicted value (with `upper`, of the upper quantile
-    /// where there is one) of the steps that overlap `[now, now + lead]`,
-    /// and how many there were.
-    pub fn peak(&self, now: DateTime<Utc>, lead: Duration, upper: bool) -> Option<(f64, usize)> {
+    /// The values to plan on for quantile `level` and the level they are:
+    /// the calibrated quantile of the lowest level at or above it (the
+    /// highest there is above them all); without calibrated quantiles, the
+    /// upper forecast for a level above the median and the point forecast
+    /// otherwise.
+    pub fn at_level(&self, level: f64) -> (&[f64], Option<f64>) {
+        if let Some(qs) = self.quantiles.filter(|q| !q.is_empty()) {
+            let q = qs
+                .iter()
+                .find(|q| q.q >= level - 1e-9)
+                .or(qs.last())
+                .filter(|q| q.values.len() == self.values.len());
+            if let Some(q) = q {
+                return (&q.values, Some(q.q));
+            }
+        }
+        match self.upper {
+            Some(u) if level > 0.5 + 1e-9 && u.len() == self.values.len() => (u, self.quantile),
+            _ => (self.values, None),
+        }
+    }
+
+    /// The highest value at quantile `level` ([`Self::at_level`]) of the
+    /// steps that overlap `[now, now + lead]`, how many there were, and the
+    /// level planned on (`None`: the point forecast).
+    pub fn peak(&self, now: DateTime<Utc>, lead: Duration, level: f64) -> Option<(f64, usize, Option<f64>)> {
         let step = self.step();
         let until = now + TimeDelta::from_std(lead).unwrap_or(TimeDelta::MAX);
+        let (values, planned) = self.at_level(level);
         let mut peak: Option<f64> = None;
         let mut steps = 0;
-        for (i, value) in self.values.iter().enumerate() {
+        for (i, &v) in values.iter().enumerate() {
             let start = self.window_end + step * (i as i32 + 1);
             if start + step <= now || start >= until {
                 continue;
             }
-            let high = self
-                .upper
-                .filter(|_| upper)
-                .and_then(|u| u.get(i))
-                .copied()
-                .unwrap_or(*value);
-            let v = value.max(high);
             if v.is_finite() {
                 peak = Some(peak.map_or(v, |p| p.max(v)));
                 steps += 1;
             }
         }
-        peak.map(|p| (p, steps))
+        peak.map(|p| (p, steps, planned))
     }
 }
 
@@ -494,11 +531,72 @@ pub struct History {
     pub recommendations: Vec<Recommendation>,
     /// Changes within the longest rate-limit period.
     pub scale_events: Vec<ScaleEvent>,
+    /// How long this workload's scale-outs took to become ready.
+    #[serde(default)]
+    pub startup: StartupHistory,
+}
+
+/// Scale-outs measured: from the change to the ready pods reaching the new
+/// count (`readyReplicas`), the workload's real start-up time.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StartupHistory {
+    /// The scale-out being timed: when, and to how many replicas.
+    pub pending: Option<(DateTime<Utc>, u32)>,
+    /// The newest measurements, seconds, oldest first.
+    pub seconds: Vec<f64>,
+}
+
+/// Measurements kept per workload.
+pub const STARTUP_KEPT: usize = 10;
+/// Measurements needed before they replace the configured start-up.
+pub const STARTUP_NEEDED: usize = 3;
+/// The quantile of the measurements planned on: most scale-outs are ready
+/// within the estimate.
+pub const STARTUP_QUANTILE: f64 = 0.9;
+
+impl StartupHistory {
+    /// Times the pending scale-out against the pods ready at `now`.
+    pub fn observe(&mut self, now: DateTime<Utc>, replicas: u32, ready: u32) {
+        let Some((since, to)) = self.pending else { return };
+        if replicas < to {
+            // Scaled in before it was ready: nothing to measure.
+            self.pending = None;
+        } else if ready >= to {
+            let took = (now - since).num_milliseconds() as f64 / 1000.0;
+            self.seconds.push(took.max(0.0));
+            let excess = self.seconds.len().saturating_sub(STARTUP_KEPT);
+            self.seconds.drain(..excess);
+            self.pending = None;
+        }
+    }
+
+    /// Starts timing a scale-out (a newer one replaces one still pending:
+    /// its time would include the wait for the first).
+    pub fn scaled(&mut self, now: DateTime<Utc>, from: u32, to: u32) {
+        if to > from {
+            self.pending = Some((now, to));
+        } else if self.pending.is_some_and(|(_, p)| to < p) {
+            self.pending = None;
+        }
+    }
+
+    /// The start-up to plan on: the 90th percentile (nearest rank) of the
+    /// measurements once there are enough, else `configured`.
+    pub fn estimate(&self, configured: Duration) -> Duration {
+        if self.seconds.len() < STARTUP_NEEDED {
+            return configured;
+        }
+        let mut sorted = self.seconds.clone();
+        sorted.sort_by(f64::total_cmp);
+        let i = ((sorted.len() as f64 * STARTUP_QUANTILE).ceil() as usize).clamp(1, sorted.len()) - 1;
+        Duration::from_secs_f64(sorted[i].clamp(0.0, 86_400.0))
+    }
 }
 
 impl History {
     /// Remembers a change that was made (applied to the StatefulSet).
     pub fn record_scale(&mut self, now: DateTime<Utc>, from: u32, to: u32, behavior: &Behavior) {
+        self.startup.scaled(now, from, to);
         if from != to {
             self.scale_events.push(ScaleEvent {
                 at: now,
@@ -546,6 +644,9 @@ pub struct Decision {
     pub utilization: Option<f64>,
     /// Peak forecast demand over the lead time, millicores.
     pub predicted_peak: Option<f64>,
+    /// The lead time planned over: the start-up (measured, else configured)
+    /// plus one tick.
+    pub lead: Duration,
     /// Whether the forecast was used.
     pub used_forecast: bool,
 }
@@ -569,12 +670,19 @@ pub fn decide(
     history: &mut History,
 ) -> Decision {
     let current = observed.replicas;
+    let ready = observed.pods.iter().filter(|p| p.ready).count() as u32;
+    history.startup.observe(now, current, ready);
+    let startup = if settings.learn_startup {
+        history.startup.estimate(settings.startup)
+    } else {
+        settings.startup
+    };
+    let lead = startup + tuning.tick;
     if let Some(held) = held(settings, current) {
-        return held;
+        return Decision { lead, ..held };
     }
     let target = settings.target_utilization;
     let fresh = forecast.filter(|f| !f.is_stale(now, tuning.forecast_max_age));
-    let lead = settings.startup + tuning.tick;
     // One pod's request: the observed pods' mean, else the forecast's.
     let requests: Vec<f64> = observed
         .pods
@@ -592,7 +700,7 @@ pub fn decide(
         measured: hpa_replicas(current, &observed.pods, target, tuning.tolerance),
         forecast_given: forecast.is_some(),
         fresh,
-        peak: fresh.and_then(|f| f.peak(now, lead, tuning.plan_on_upper)),
+        peak: fresh.and_then(|f| f.peak(now, lead, 1.0 - settings.risk)),
         lead,
         request,
         saturated: observed.pods.iter().any(PodUsage::saturated),
@@ -600,7 +708,10 @@ pub fn decide(
     let utilization = basis.measured.as_ref().ok().map(|m| m.utilization);
     let peak = basis.peak.map(|p| p.0);
     match recommend(&basis, settings, tuning) {
-        Ok(raw) => guard(now, raw, current, settings, tuning, history, (utilization, peak)),
+        Ok(raw) => Decision {
+            lead,
+            ..guard(now, raw, current, settings, tuning, history, (utilization, peak))
+        },
         Err(e) => {
             // Like the HPA without metrics: change nothing, remember nothing.
             let mut d = hold(
@@ -609,6 +720,7 @@ pub fn decide(
                 format!("{e}; keeping {current} replicas."),
             );
             d.predicted_peak = peak;
+            d.lead = lead;
             d
         }
     }
@@ -623,6 +735,7 @@ fn hold(current: u32, rule: Rule, reason: String) -> Decision {
         utilization: None,
         predicted_peak: None,
         used_forecast: false,
+        lead: Duration::ZERO,
     }
 }
 
@@ -683,8 +796,9 @@ struct Basis<'a> {
     /// Whether a forecast was given at all (fresh or stale).
     forecast_given: bool,
     fresh: Option<ForecastView<'a>>,
-    /// The peak demand of the fresh forecast over the lead time, and its steps.
-    peak: Option<(f64, usize)>,
+    /// The peak demand of the fresh forecast over the lead time, its steps,
+    /// and the quantile level it is (`None`: the point forecast).
+    peak: Option<(f64, usize, Option<f64>)>,
     lead: std::time::Duration,
     /// One pod's CPU request, millicores.
     request: Option<f64>,
@@ -716,7 +830,7 @@ fn recommend(b: &Basis<'_>, settings: &Settings, tuning: &Tuning) -> Result<Raw,
             ),
         })
     };
-    let predictive = |(peak, steps): (f64, usize)| -> Result<Raw, String> {
+    let predictive = |(peak, steps, level): (f64, usize, Option<f64>)| -> Result<Raw, String> {
         let request = b.request.ok_or("No pod's CPU request is known")?;
         // ceil(peak / (target × request)): independent of the replicas now.
         let exact = peak / (b.target / 100.0 * request);
@@ -729,7 +843,8 @@ fn recommend(b: &Basis<'_>, settings: &Settings, tuning: &Tuning) -> Result<Raw,
             replicas,
             rule: Rule::Predictive,
             reason: format!(
-                "Predicted peak demand {peak:.0}m over the next {}s ({steps} steps) at {:.0}% of {request:.0}m per pod recommends {replicas}.",
+                "Predicted peak demand{} {peak:.0}m over the next {}s ({steps} steps) at {:.0}% of {request:.0}m per pod recommends {replicas}.",
+                level.map_or_else(String::new, |q| format!(" (quantile {q})")),
                 b.lead.as_secs(),
                 b.target
             ),
@@ -855,6 +970,7 @@ fn guard(
         utilization,
         predicted_peak,
         used_forecast,
+        lead: Duration::ZERO,
     }
 }
 
@@ -1159,6 +1275,8 @@ mod tests {
             min_replicas: 1,
             max_replicas: 100,
             target_utilization: target,
+            // The table's forecast cases plan on the upper quantile.
+            risk: 0.1,
             ..Settings::default()
         }
     }
@@ -1179,8 +1297,6 @@ mod tests {
                 scale_up: free.clone(),
                 scale_down: free,
             },
-            // The table's forecast cases plan on the upper quantile.
-            plan_on_upper: true,
             ..Tuning::default()
         }
     }
@@ -1427,6 +1543,8 @@ mod tests {
                         step_seconds: 5.0,
                         values: &values,
                         upper: upper.as_deref(),
+                        quantile: Some(0.9),
+                        quantiles: None,
                         request_millicores: 1000.0,
                     })
                 }
@@ -1644,6 +1762,47 @@ mod tests {
     }
 
     #[test]
+    fn the_startup_estimate_is_a_high_percentile_of_recent_scale_outs() {
+        let configured = Duration::from_secs(60);
+        let mut h = StartupHistory::default();
+        assert_eq!(h.estimate(configured), configured);
+        // A scale-out ready 100 s later is measured once.
+        h.scaled(t(0), 2, 4);
+        h.observe(t(50), 4, 3);
+        h.observe(t(100), 4, 4);
+        h.observe(t(105), 4, 4);
+        assert_eq!(h.seconds, [100.0]);
+        // Scaled in before it was ready: not measured.
+        h.scaled(t(200), 4, 6);
+        h.scaled(t(210), 6, 3);
+        h.observe(t(300), 3, 3);
+        assert_eq!(h.seconds, [100.0]);
+        assert_eq!(h.estimate(configured), configured, "too few to trust");
+        for took in [90, 110, 300, 95, 105, 100, 120, 80, 100, 130] {
+            h.scaled(t(1000), 1, 2);
+            h.observe(t(1000 + took), 2, 2);
+        }
+        assert_eq!(h.seconds.len(), STARTUP_KEPT, "only the newest are kept");
+        assert_eq!(h.seconds[0], 90.0);
+        // Nearest-rank 90th percentile of the ten: the ninth smallest.
+        assert_eq!(h.estimate(configured), Duration::from_secs(130));
+        // It is what decide plans over, and says so.
+        let mut history = History {
+            startup: h,
+            ..History::default()
+        };
+        let d = decide(
+            t(5000),
+            &settings(Policy::Hpa, 50.0),
+            &unlimited(),
+            &observed(2, 50.0),
+            None,
+            &mut history,
+        );
+        assert_eq!(d.lead, Duration::from_secs(135));
+    }
+
+    #[test]
     fn peak_and_staleness() {
         let now = t(100);
         let values = [10.0, 20.0, 30.0, 40.0];
@@ -1652,19 +1811,45 @@ mod tests {
             step_seconds: 5.0,
             values: &values,
             upper: None,
+            quantile: None,
+            quantiles: None,
             request_millicores: 1000.0,
         };
         // Value 0 covers 95..100 (past), value 1 100..105, value 2 105..110.
-        assert_eq!(f.peak(now, Duration::from_secs(10), true), Some((30.0, 2)));
-        assert_eq!(f.peak(t(200), Duration::from_secs(10), true), None);
-        // The upper quantile counts only when planning on it.
+        assert_eq!(f.peak(now, Duration::from_secs(10), 0.9), Some((30.0, 2, None)));
+        assert_eq!(f.peak(t(200), Duration::from_secs(10), 0.9), None);
+        // The upper quantile counts only for a level above the median.
         let upper = [15.0, 25.0, 45.0, 40.0];
         let f = ForecastView {
             upper: Some(&upper),
+            quantile: Some(0.9),
             ..f
         };
-        assert_eq!(f.peak(now, Duration::from_secs(10), true), Some((45.0, 2)));
-        assert_eq!(f.peak(now, Duration::from_secs(10), false), Some((30.0, 2)));
+        assert_eq!(
+            f.peak(now, Duration::from_secs(10), 0.9),
+            Some((45.0, 2, Some(0.9)))
+        );
+        assert_eq!(f.peak(now, Duration::from_secs(10), 0.5), Some((30.0, 2, None)));
+        // Calibrated quantiles: the lowest level at or above the one asked
+        // for, the highest above them all.
+        let q = |q: f64, values: [f64; 4]| pas_schemas::QuantileForecast {
+            q,
+            values: values.to_vec(),
+        };
+        let quantiles = [
+            q(0.5, [9.0, 19.0, 29.0, 39.0]),
+            q(0.9, [20.0, 30.0, 50.0, 60.0]),
+            q(0.95, [25.0, 35.0, 60.0, 70.0]),
+        ];
+        let f = ForecastView {
+            quantiles: Some(&quantiles),
+            ..f
+        };
+        let lead = Duration::from_secs(10);
+        assert_eq!(f.peak(now, lead, 0.5), Some((29.0, 2, Some(0.5))));
+        assert_eq!(f.peak(now, lead, 0.8), Some((50.0, 2, Some(0.9))));
+        assert_eq!(f.peak(now, lead, 0.95), Some((60.0, 2, Some(0.95))));
+        assert_eq!(f.peak(now, lead, 0.99), Some((60.0, 2, Some(0.95))));
         assert!(!f.is_stale(now, Duration::from_secs(30)));
         assert!(f.is_stale(t(126), Duration::from_secs(30)));
     }
@@ -1678,6 +1863,8 @@ mod tests {
             step_seconds: 5.0,
             values,
             upper: None,
+            quantile: None,
+            quantiles: None,
             request_millicores: 1000.0,
         };
         decide(

@@ -8,6 +8,8 @@
 //! | `pas.io/max-replicas` | integer ≥ min | [`Settings::max_replicas`] |
 //! | `pas.io/target-utilization` | percent, > 0 (`70`) | [`Settings::target_utilization`] |
 //! | `pas.io/startup` | duration (`45s`, `2m`) | [`Settings::startup`] |
+//! | `pas.io/learn-startup` | `true` / `false` | [`Settings::learn_startup`] |
+//! | `pas.io/risk` | between 0 and 1, exclusive (`0.05`) | [`Settings::risk`] |
 //! | `pas.io/dry-run` | `true` / `false` | [`Settings::dry_run`] |
 //! | `pas.io/paused` | `true` / `false` | [`Settings::paused`] |
 //!
@@ -39,6 +41,7 @@ pub fn from_annotations(
             "enabled" => parse_bool(v).map(|b| s.enabled = b),
             "dry-run" => parse_bool(v).map(|b| s.dry_run = b),
             "paused" => parse_bool(v).map(|b| s.paused = b),
+            "learn-startup" => parse_bool(v).map(|b| s.learn_startup = b),
             "policy" => v.parse().map(|p| s.policy = p),
             "min-replicas" => parse_count(v).map(|n| s.min_replicas = n),
             "max-replicas" => parse_count(v).map(|n| s.max_replicas = n),
@@ -49,9 +52,21 @@ pub fn from_annotations(
                 }
                 _ => Err("expected a percentage above 0".into()),
             },
-            "startup" => humantime::parse_duration(v)
-                .map(|d| s.startup = d)
-                .map_err(|e| e.to_string()),
+            "startup" => match humantime::parse_duration(v) {
+                Ok(d) if d <= std::time::Duration::from_secs(3600) => {
+                    s.startup = d;
+                    Ok(())
+                }
+                Ok(_) => Err("a start-up of more than an hour is not a pod start-up".into()),
+                Err(e) => Err(e.to_string()),
+            },
+            "risk" => match v.parse::<f64>() {
+                Ok(r) if r > 0.0 && r < 1.0 => {
+                    s.risk = r;
+                    Ok(())
+                }
+                _ => Err("expected a chance between 0 and 1, such as 0.05".into()),
+            },
             _ => Err("unknown setting".into()),
         };
         if let Err(why) = result {
@@ -109,6 +124,8 @@ mod tests {
                 ("pas.io/max-replicas", "20"),
                 ("pas.io/target-utilization", "55%"),
                 ("pas.io/startup", "45s"),
+                ("pas.io/risk", "0.05"),
+                ("pas.io/learn-startup", "false"),
                 ("pas.io/dry-run", "yes"),
                 ("pas.io/paused", "false"),
                 ("app.kubernetes.io/name", "web"),
@@ -124,6 +141,8 @@ mod tests {
                 max_replicas: 20,
                 target_utilization: 55.0,
                 startup: Duration::from_secs(45),
+                learn_startup: false,
+                risk: 0.05,
                 dry_run: true,
                 paused: false,
             }
@@ -141,10 +160,12 @@ mod tests {
                 ("pas.io/target-utilization", "-5"),
                 ("pas.io/startup", "soon"),
                 ("pas.io/max-replicas", "0"),
+                ("pas.io/risk", "1"),
                 ("pas.io/colour", "blue"),
             ]),
         );
         assert!(s.enabled);
+        assert_eq!(s.risk, defaults.risk);
         assert_eq!(
             (s.policy, s.target_utilization, s.startup, s.max_replicas),
             (
@@ -154,7 +175,7 @@ mod tests {
                 defaults.max_replicas
             )
         );
-        assert_eq!(problems.len(), 5, "{problems:?}");
+        assert_eq!(problems.len(), 6, "{problems:?}");
         assert!(
             problems.iter().any(|p| p.starts_with("pas.io/policy=\"magic\"")),
             "{problems:?}"

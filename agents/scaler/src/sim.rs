@@ -11,6 +11,11 @@
 //! than its limit is throttled, as the kernel's CFS quota would: it reports
 //! the throttled share of the interval, 1 − served / wanted, so its use is
 //! marked a lower bound of its demand.
+//!
+//! Pods need not start alike: with a `startup_spread`, each pod's start-up
+//! is drawn from `startup × [1 − spread, 1 + spread]`, by a hash of its
+//! ordinal and creation time, so a run repeats exactly and a scale-out is
+//! ready only when its slowest pod is.
 
 use std::time::Duration;
 
@@ -20,8 +25,11 @@ use pas_schemas::{CpuSample, SCHEMA_VERSION};
 /// How a simulated StatefulSet's pods behave.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PodModel {
-    /// From creation to ready.
+    /// From creation to ready (the middle of the range with a spread).
     pub startup: Duration,
+    /// How much one pod's start-up varies: each is `startup × (1 + spread ×
+    /// u)` for a `u` in `[−1, 1]` drawn per pod. 0: every pod alike.
+    pub startup_spread: f64,
     /// Most CPU one ready pod serves, millicores (its CPU limit).
     pub capacity_millicores: f64,
     /// CPU request of one pod, millicores (the HPA's denominator).
@@ -32,9 +40,31 @@ impl Default for PodModel {
     fn default() -> Self {
         PodModel {
             startup: Duration::from_secs(60),
+            startup_spread: 0.0,
             capacity_millicores: 1000.0,
             request_millicores: 1000.0,
         }
+    }
+}
+
+impl PodModel {
+    /// The start-up of the pod with `ordinal` created at `created`.
+    pub fn startup_of(&self, ordinal: usize, created: DateTime<Utc>) -> Duration {
+        let spread = self.startup_spread.clamp(0.0, 1.0);
+        if spread == 0.0 {
+            return self.startup;
+        }
+        // splitmix64 of the creation instant and the ordinal: the same pod
+        // created at the same instant always takes as long.
+        let mut z = (created.timestamp_millis() as u64)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            .wrapping_add(ordinal as u64)
+            .wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        let u = (z >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0;
+        self.startup.mul_f64(1.0 + spread * u)
     }
 }
 
@@ -54,18 +84,16 @@ pub struct Served {
 #[derive(Debug, Clone, PartialEq)]
 pub struct SimulatedStatefulSet {
     model: PodModel,
-    /// Creation time of each pod, by ordinal.
-    created: Vec<DateTime<Utc>>,
+    /// When each pod is (or was) ready, by ordinal.
+    ready_at: Vec<DateTime<Utc>>,
 }
 
 impl SimulatedStatefulSet {
-    /// A StatefulSet whose `replicas` pods are ready at `now` (they were
-    /// created `startup` earlier).
+    /// A StatefulSet whose `replicas` pods are ready at `now`.
     pub fn new(model: PodModel, replicas: u32, now: DateTime<Utc>) -> SimulatedStatefulSet {
-        let ready_since = now - delta(model.startup);
         SimulatedStatefulSet {
             model,
-            created: vec![ready_since; replicas as usize],
+            ready_at: vec![now; replicas as usize],
         }
     }
 
@@ -76,13 +104,12 @@ impl SimulatedStatefulSet {
 
     /// `spec.replicas`.
     pub fn replicas(&self) -> u32 {
-        self.created.len() as u32
+        self.ready_at.len() as u32
     }
 
     /// Pods ready at `now`.
     pub fn ready(&self, now: DateTime<Utc>) -> u32 {
-        let startup = delta(self.model.startup);
-        self.created.iter().filter(|&&c| c + startup <= now).count() as u32
+        self.ready_at.iter().filter(|&&r| r <= now).count() as u32
     }
 
     /// CPU the ready pods can serve at `now`, millicores.
@@ -92,12 +119,16 @@ impl SimulatedStatefulSet {
 
     /// Sets the replicas at `now`: new pods start, surplus pods go at once.
     pub fn scale(&mut self, replicas: u32, now: DateTime<Utc>) {
-        self.created.resize(replicas as usize, now);
+        let replicas = replicas as usize;
+        self.ready_at.truncate(replicas);
+        for ordinal in self.ready_at.len()..replicas {
+            let ready = now + delta(self.model.startup_of(ordinal, now));
+            self.ready_at.push(ready);
+        }
     }
 
     /// Spreads `demand_millicores` over the pods ready at `now`.
     pub fn serve(&self, demand_millicores: f64, now: DateTime<Utc>) -> Served {
-        let startup = delta(self.model.startup);
         let ready = self.ready(now);
         let demand = demand_millicores.max(0.0);
         let wanted = if ready == 0 {
@@ -112,15 +143,9 @@ impl SimulatedStatefulSet {
             0.0
         };
         let (used_millicores, throttled) = self
-            .created
+            .ready_at
             .iter()
-            .map(|&c| {
-                if c + startup <= now {
-                    (per_pod, share)
-                } else {
-                    (0.0, 0.0)
-                }
-            })
+            .map(|&r| if r <= now { (per_pod, share) } else { (0.0, 0.0) })
             .unzip();
         let unmet_millicores = (demand - per_pod * f64::from(ready)).max(0.0);
         Served {
@@ -131,11 +156,9 @@ impl SimulatedStatefulSet {
     }
 
     /// What the scaler observes of the pods when they serve `served` at
-    /// `now` (as its samples give it): readiness by ordinal (StatefulSet
-    /// pods start in order, so the ready ones come first), use, request and
-    /// throttling.
+    /// `now` (as its samples give it): readiness, use, request and
+    /// throttling of each pod.
     pub fn observed(&self, served: &Served, now: DateTime<Utc>) -> crate::policy::Observed {
-        let ready = self.ready(now);
         crate::policy::Observed {
             replicas: self.replicas(),
             pods: served
@@ -144,7 +167,7 @@ impl SimulatedStatefulSet {
                 .zip(&served.throttled)
                 .enumerate()
                 .map(|(ordinal, (&used, &throttled))| crate::policy::PodUsage {
-                    ready: (ordinal as u32) < ready,
+                    ready: self.ready_at.get(ordinal).is_some_and(|&r| r <= now),
                     used_millicores: Some(used),
                     requested_millicores: Some(self.model.request_millicores),
                     throttled: Some(throttled),
@@ -199,6 +222,7 @@ mod tests {
     fn model() -> PodModel {
         PodModel {
             startup: Duration::from_secs(60),
+            startup_spread: 0.0,
             capacity_millicores: 1000.0,
             request_millicores: 500.0,
         }
@@ -270,5 +294,40 @@ mod tests {
         // Utilisation as the HPA computes it: 600 / (3 × 500) = 40 %.
         let used: f64 = samples.iter().map(|s| s.cpu_used_millicores).sum();
         assert!((100.0 * used / 1500.0 - 40.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn with_a_spread_each_pod_starts_in_its_own_time_and_runs_repeat() {
+        let spread = PodModel {
+            startup_spread: 0.5,
+            ..model()
+        };
+        let mut sts = SimulatedStatefulSet::new(spread, 1, at(0));
+        sts.scale(41, at(0));
+        let times: Vec<f64> = (1..41)
+            .map(|o| spread.startup_of(o, at(0)).as_secs_f64())
+            .collect();
+        assert!(times.iter().all(|t| (30.0..=90.0).contains(t)), "{times:?}");
+        let (lo, hi) = times
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(l, h), &t| (l.min(t), h.max(t)));
+        assert!(lo < 40.0 && hi > 80.0, "the range is used: {lo}..{hi}");
+        // Readiness follows each pod's own time, not the ordinal.
+        let at_60 = 1 + times.iter().filter(|&&t| t <= 60.0).count() as u32;
+        assert_eq!(sts.ready(at(60)), at_60);
+        assert!(at_60 > 1 && at_60 < 41);
+        assert_eq!(
+            sts.ready(at(90)),
+            41,
+            "the slowest pod is ready by 1.5 × start-up"
+        );
+        let observed = sts.observed(&sts.serve(1000.0, at(60)), at(60));
+        for (o, pod) in observed.pods.iter().enumerate().skip(1) {
+            assert_eq!(pod.ready, times[o - 1] <= 60.0, "pod {o}");
+        }
+        // The same pods created at the same time take as long again.
+        assert_eq!(spread.startup_of(7, at(0)), spread.startup_of(7, at(0)));
+        assert_ne!(spread.startup_of(7, at(0)), spread.startup_of(7, at(5)));
+        assert_eq!(model().startup_of(7, at(0)), Duration::from_secs(60));
     }
 }

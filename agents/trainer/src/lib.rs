@@ -564,6 +564,16 @@ impl Job {
             )));
         }
         let weights = lstm.to_safetensors()?;
+        // Split-conformal: the LSTM's errors on the held-out origins turn
+        // its point forecast into calibrated quantiles.
+        let calibration = ours
+            .filter(|m| m.error.is_none() && m.residual_quantiles.len() == pas_schemas::QUANTILE_LEVELS.len())
+            .filter(|_| report.origins >= pas_models::MIN_CALIBRATION_ORIGINS)
+            .map(|m| pas_schemas::Calibration {
+                levels: pas_schemas::QUANTILE_LEVELS.to_vec(),
+                offsets: m.residual_quantiles.clone(),
+                origins: report.origins as u64,
+            });
         let manifest = ModelManifest {
             schema_version: SCHEMA_VERSION,
             timestamp: Utc::now(),
@@ -579,6 +589,7 @@ impl Job {
             validation,
             digest: pas_models::digest(&weights),
             accepted: beats_naive && !diverged,
+            calibration,
         };
         Ok((manifest, weights))
     }
