@@ -80,7 +80,7 @@ bench-models: setup
 
 # docs/results.md: every policy and the oracle on every shared trace at
 # targets 50-90 %, in four scenarios: demand linear between a trace's points
-# or held (a step), pods starting in about 60 s or 180 s; about 30 min.
+# or held (a step), pods starting in about 60 s or 180 s; about 45 min.
 SCENARIOS := linear-60s step-60s linear-180s step-180s
 results: setup
 	cargo build --release -p pas-cli

@@ -309,15 +309,17 @@ fn score(
         mae_per_step: abs.iter().map(|a| a / n).collect(),
         under_rate: under as f64 / total,
         coverage: (with_upper > 0).then(|| covered as f64 / with_upper as f64),
-        residual_quantiles: pas_schemas::QUANTILE_LEVELS
-            .iter()
-            .map(|&q| {
-                errors
-                    .iter()
-                    .map(|e| crate::naive::quantile_of(e.clone(), q))
-                    .collect()
-            })
-            .collect(),
+        residual_quantiles: {
+            // Each step's errors sorted once, read at every level.
+            let levels = pas_schemas::QUANTILE_LEVELS;
+            let by_step: Vec<Vec<f64>> = errors
+                .into_iter()
+                .map(|e| crate::naive::quantiles_of(e, &levels))
+                .collect();
+            (0..levels.len())
+                .map(|l| by_step.iter().map(|q| q[l]).collect())
+                .collect()
+        },
         ..ModelScore::default()
     }
 }

@@ -420,9 +420,10 @@ pub(crate) fn residual_quantiles(
             e.push(values[t + h] - p.values[h]);
         }
     }
-    Ok(levels
-        .iter()
-        .map(|&q| errors.iter().map(|e| quantile_of(e.clone(), q)).collect())
+    // Each step's errors sorted once, read at every level.
+    let by_step: Vec<Vec<f64>> = errors.into_iter().map(|e| quantiles_of(e, levels)).collect();
+    Ok((0..levels.len())
+        .map(|l| by_step.iter().map(|q| q[l]).collect())
         .collect())
 }
 
@@ -449,15 +450,21 @@ pub(crate) fn in_sample_error(model: &dyn Forecaster, values: &[f64]) -> Result<
     Ok(sum / n as f64)
 }
 
-/// The `q` quantile of `values` (nearest rank).
-pub(crate) fn quantile_of(mut values: Vec<f64>, q: f64) -> f64 {
+/// The quantile of `values` at each of `levels` (nearest rank, `NaN`
+/// skipped, 0 when nothing is left), sorting once.
+pub(crate) fn quantiles_of(mut values: Vec<f64>, levels: &[f64]) -> Vec<f64> {
     values.retain(|v| !v.is_nan());
-    if values.is_empty() {
-        return 0.0;
-    }
     values.sort_by(f64::total_cmp);
-    let i = ((values.len() as f64 * q).ceil() as usize).clamp(1, values.len()) - 1;
-    values[i]
+    levels
+        .iter()
+        .map(|q| {
+            if values.is_empty() {
+                return 0.0;
+            }
+            let i = ((values.len() as f64 * q).ceil() as usize).clamp(1, values.len()) - 1;
+            values[i]
+        })
+        .collect()
 }
 
 pub(crate) fn with_margins(values: Vec<f64>, margins: Option<&[f64]>) -> Prediction {

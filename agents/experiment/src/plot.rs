@@ -128,13 +128,14 @@ fn hours_chart<'a, DB: DrawingBackend>(
 
 fn legend<'a, DB: DrawingBackend + 'a, CT: plotters::coord::CoordTranslate>(
     chart: &mut ChartContext<'a, DB, CT>,
+    position: SeriesLabelPosition,
 ) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
     chart
         .configure_series_labels()
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .label_font(("sans-serif", 14))
-        .position(SeriesLabelPosition::UpperLeft)
+        .position(position)
         .draw()
 }
 
@@ -241,7 +242,7 @@ fn draw_timeline<DB: DrawingBackend>(t: &TraceResult, span: Span, root: DrawingA
         .map_err(e)?
         .label("demand")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], BLACK.stroke_width(2)));
-    legend(&mut chart).map_err(e)?;
+    legend(&mut chart, SeriesLabelPosition::UpperLeft).map_err(e)?;
 
     let mut chart = ChartBuilder::on(&bottom)
         .caption("replicas (starting pods included)", ("sans-serif", 20))
@@ -265,7 +266,7 @@ fn draw_timeline<DB: DrawingBackend>(t: &TraceResult, span: Span, root: DrawingA
             .collect();
         policy_line(&mut chart, name, points, name.clone()).map_err(e)?;
     }
-    legend(&mut chart).map_err(e)?;
+    legend(&mut chart, SeriesLabelPosition::UpperLeft).map_err(e)?;
     root.present().map_err(e)
 }
 
@@ -332,7 +333,7 @@ fn draw_forecast<DB: DrawingBackend>(t: &TraceResult, root: DrawingArea<DB, Shif
         .map_err(e)?
         .label("what happened")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], BLACK.stroke_width(2)));
-    legend(&mut chart).map_err(e)?;
+    legend(&mut chart, SeriesLabelPosition::UpperLeft).map_err(e)?;
     root.present().map_err(e)
 }
 
@@ -477,14 +478,7 @@ fn draw_pareto<DB: DrawingBackend>(r: &Report, root: DrawingArea<DB, Shift>) -> 
             .map_err(e)?;
     }
     // Upper right: dear and violating, where no good curve goes.
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .label_font(("sans-serif", 14))
-        .position(SeriesLabelPosition::UpperRight)
-        .draw()
-        .map_err(e)?;
+    legend(&mut chart, SeriesLabelPosition::UpperRight).map_err(e)?;
     root.present().map_err(e)
 }
 
