@@ -980,3 +980,119 @@ async fn after_a_nats_restart_samples_flow_and_new_versions_are_served_at_once()
         .unwrap()
         .unwrap();
 }
+
+/// Every slot `kv` holds for `web` in the blocks around `now`, by slot
+/// start (seconds since the epoch).
+async fn stored_slots(kv: &jetstream::kv::Store, prefix: &Prefix, now: DateTime<Utc>) -> BTreeMap<i64, f64> {
+    use pas_workloads::history::{Block, SLOTS};
+    let index = now.timestamp().div_euclid(2 * SLOTS as i64);
+    let mut slots = BTreeMap::new();
+    for i in index - 1..=index {
+        let key = prefix.keys().history("shop", "web", i);
+        if let Some(bytes) = kv.get(&key).await.unwrap() {
+            let block = Block::decode(&bytes).unwrap();
+            for (s, v) in block.values.iter().enumerate() {
+                if !v.is_nan() {
+                    slots.insert(block.start() + 2 * s as i64, *v);
+                }
+            }
+        }
+    }
+    slots
+}
+
+/// Issue 18: the coarse history outlives the forecaster. A first
+/// forecaster records 2 s slots of a workload's demand into `pas-history`;
+/// a second one, started after the slots left its own look-back into
+/// PAS_SAMPLES (10 steps), reads them back, refuses a corrupt block beside
+/// them, and writes blocks that still hold them along with its new slots.
+/// Each slot is the mean of the demand the samples carried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_coarse_history_survives_a_restart_of_the_forecaster() {
+    const RUN: &str = "history";
+    let server = NatsServer::with_accounts();
+    let conn = connect_and_provision(&server).await;
+    let js = conn.jetstream.clone();
+    let kv = js
+        .get_key_value(pas_schemas::subjects::BUCKET_HISTORY)
+        .await
+        .unwrap();
+    let prefix = Prefix::replay(RUN).unwrap();
+    let values = trace_values();
+    let stop_feed = CancellationToken::new();
+    let feeding = feed(
+        js.clone(),
+        prefix.clone(),
+        vec!["web".into()],
+        3,
+        stop_feed.clone(),
+    );
+    let settings = || Config {
+        history: 10,
+        coarse_step: Duration::from_secs(2),
+        coarse_keep: Duration::from_secs(3600),
+        ..config(&server, RUN, "r1")
+    };
+
+    let (stop, metrics, task) = start(settings());
+    let first = eventually(Duration::from_secs(60), "ten slots stored", || async {
+        let slots = stored_slots(&kv, &prefix, Utc::now()).await;
+        (slots.len() >= 10).then_some(slots)
+    })
+    .await;
+    assert!(metrics.history_io(true).1 >= 1, "writes are counted");
+    // Each slot is the mean of its two one-second steps' demand (the
+    // first may have seen only its second step).
+    for (start, v) in first.iter().skip(1) {
+        let expected: f64 = (0..2)
+            .map(|d| values[(*start as usize + d) % values.len()])
+            .sum::<f64>()
+            / 2.0;
+        assert!(
+            (v - expected).abs() <= 1e-3 * expected.max(1.0) + 0.02,
+            "slot {start}: stored {v}, the samples' mean {expected}"
+        );
+    }
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    let before = stored_slots(&kv, &prefix, Utc::now()).await;
+
+    // Out of the restarted forecaster's look-back (10 steps and 3 s of
+    // lateness) only once 14 s have passed.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let restarted_at = Utc::now().timestamp();
+    let old: BTreeMap<i64, f64> = before
+        .into_iter()
+        .filter(|(start, _)| *start + 2 < restarted_at - 14)
+        .collect();
+    assert!(old.len() >= 3, "slots only the store still has: {old:?}");
+    // A corrupt block beside them: refused, and the rest still read.
+    let now_block = Utc::now().timestamp().div_euclid(2 * 288);
+    kv.put(
+        prefix.keys().history("shop", "web", now_block - 3),
+        "not a block".into(),
+    )
+    .await
+    .unwrap();
+
+    let (stop, metrics, task) = start(settings());
+    // The restarted forecaster records new slots, …
+    let after = eventually(Duration::from_secs(30), "slots after the restart", || async {
+        let slots = stored_slots(&kv, &prefix, Utc::now()).await;
+        slots.keys().any(|s| *s > restarted_at + 2).then_some(slots)
+    })
+    .await;
+    assert!(metrics.history_io(true).0 >= 1, "the stored history was read");
+    assert_eq!(metrics.history_refusals(), 1, "the corrupt block");
+    // … and its blocks still hold what only the store had.
+    for (start, v) in &old {
+        let kept = after
+            .get(start)
+            .unwrap_or_else(|| panic!("slot {start} lost in the restart"));
+        assert!((kept - v).abs() <= 0.02, "slot {start}: {v} became {kept}");
+    }
+    stop_feed.cancel();
+    feeding.await.unwrap();
+    stop.cancel();
+    task.await.unwrap().unwrap();
+}

@@ -10,12 +10,12 @@
 //! async-nats gives buckets it creates itself.
 
 use async_nats::jetstream::{consumer::pull, stream};
-use pas_schemas::subjects::{BUCKET_FORECASTER, BUCKET_MODELS, BUCKET_SCALER, Prefix, Stage};
+use pas_schemas::subjects::{BUCKET_FORECASTER, BUCKET_HISTORY, BUCKET_MODELS, BUCKET_SCALER, Prefix, Stage};
 
 use crate::Error;
 
 /// Every stream definition file, by file stem.
-pub const STREAM_FILES: [(&str, &str); 7] = [
+pub const STREAM_FILES: [(&str, &str); 8] = [
     (
         "PAS_SAMPLES",
         include_str!("../jetstream/streams/PAS_SAMPLES.json"),
@@ -36,6 +36,10 @@ pub const STREAM_FILES: [(&str, &str); 7] = [
     (
         "KV_pas-forecaster",
         include_str!("../jetstream/streams/KV_pas-forecaster.json"),
+    ),
+    (
+        "KV_pas-history",
+        include_str!("../jetstream/streams/KV_pas-history.json"),
     ),
     (
         "OBJ_pas-models",
@@ -93,6 +97,11 @@ pub fn forecaster_kv_stream() -> String {
     pas_schemas::subjects::kv_stream(BUCKET_FORECASTER)
 }
 
+/// Stream name of the key-value bucket `pas-history`.
+pub fn history_kv_stream() -> String {
+    pas_schemas::subjects::kv_stream(BUCKET_HISTORY)
+}
+
 /// Stream name of the object store `pas-models`.
 pub fn object_stream() -> String {
     pas_schemas::subjects::object_stream(BUCKET_MODELS)
@@ -108,7 +117,7 @@ pub struct StreamDefinition {
     pub raw: serde_json::Value,
 }
 
-/// Every stream PAS provisions: the four streams, then the three buckets.
+/// Every stream PAS provisions: the four streams, then the four buckets.
 pub fn streams() -> Result<Vec<StreamDefinition>, Error> {
     STREAM_FILES
         .iter()
@@ -161,6 +170,7 @@ mod tests {
         }
         assert!(names.contains(&kv_stream().as_str()));
         assert!(names.contains(&forecaster_kv_stream().as_str()));
+        assert!(names.contains(&history_kv_stream().as_str()));
         assert!(names.contains(&object_stream().as_str()));
         for (stem, _) in STREAM_FILES {
             assert!(names.contains(&stem), "file {stem} names another stream");

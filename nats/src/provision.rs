@@ -101,6 +101,9 @@ pub async fn init(js: &jetstream::Context, options: Options) -> Result<Vec<Provi
     js.get_key_value(pas_schemas::subjects::BUCKET_FORECASTER)
         .await
         .map_err(|e| Error::js("open key-value bucket pas-forecaster", e))?;
+    js.get_key_value(pas_schemas::subjects::BUCKET_HISTORY)
+        .await
+        .map_err(|e| Error::js("open key-value bucket pas-history", e))?;
     js.get_object_store(pas_schemas::subjects::BUCKET_MODELS)
         .await
         .map_err(|e| Error::js("open object store pas-models", e))?;

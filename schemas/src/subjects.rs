@@ -37,6 +37,9 @@ pub const BUCKET_MODELS: &str = "pas-models";
 pub const BUCKET_SCALER: &str = "pas-scaler";
 /// Key-value bucket holding forecaster replicas and their partition leases.
 pub const BUCKET_FORECASTER: &str = "pas-forecaster";
+/// Key-value bucket holding each workload's coarse demand history (weeks of
+/// it, for seasonal context), written by the forecasters.
+pub const BUCKET_HISTORY: &str = "pas-history";
 
 /// Header naming why a message was sent to the dead-letter subject.
 pub const HEADER_ERROR: &str = "Pas-Error";
@@ -328,8 +331,18 @@ impl Keys {
     /// scaling history. Each name is one [`token`] (a dot written `_`; a
     /// name that cannot be one is `_`), so no name can add or empty a token.
     pub fn state(&self, namespace: &str, workload: &str) -> String {
-        let one = |name: &str| token(name).map(Cow::into_owned).unwrap_or_else(|_| "_".into());
-        format!("{}.state.{}.{}", self.scope, one(namespace), one(workload))
+        format!("{}.state.{}", self.scope, workload_tokens(namespace, workload))
+    }
+
+    /// `<scope>.history.<namespace>.<workload>.<block>` in `pas-history`:
+    /// one block of a workload's coarse demand history (names as in
+    /// [`Keys::state`]).
+    pub fn history(&self, namespace: &str, workload: &str, block: i64) -> String {
+        format!(
+            "{}.history.{}.{block}",
+            self.scope,
+            workload_tokens(namespace, workload)
+        )
     }
 
     /// `<scope>.partition.<p>` in `pas-forecaster`: a partition's lease.
@@ -346,6 +359,13 @@ impl Keys {
     pub fn member(&self, replica: &str) -> String {
         format!("{}{replica}", self.members())
     }
+}
+
+/// `<namespace>.<workload>`, each one [`token`] (a name that cannot be one
+/// is `_`), so no name can add or empty a key's token.
+fn workload_tokens(namespace: &str, workload: &str) -> String {
+    let one = |name: &str| token(name).map(Cow::into_owned).unwrap_or_else(|_| "_".into());
+    format!("{}.{}", one(namespace), one(workload))
 }
 
 /// Where replay runs' models live in `pas-models` (`replay/<run>/…`); no
@@ -390,6 +410,11 @@ mod tests {
         assert_eq!(live.keys().state("..", "a.b"), "live.state.__.a_b");
         assert_eq!(live.keys().state("", "a*"), "live.state._._");
         assert_eq!(run.keys().partition(7), "run-exp1.partition.7");
+        assert_eq!(
+            live.keys().history("shop", "web", 20_000),
+            "live.history.shop.web.20000"
+        );
+        assert_eq!(live.keys().history("..", "a.b", 1), "live.history.__.a_b.1");
         assert_eq!(live.keys().member("forecaster-0"), "live.member.forecaster-0");
         assert!(live.keys().member("x").starts_with(&live.keys().members()));
         assert_eq!(live.model_root(), "");

@@ -17,6 +17,8 @@
 //! holds at most [`MAX_SAMPLES_PER_STEP`] samples, and silent workloads can
 //! be forgotten ([`Workloads::forget_silent`]).
 
+pub mod history;
+
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 

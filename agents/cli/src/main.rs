@@ -135,9 +135,10 @@ enum Command {
 #[derive(Debug, Subcommand)]
 enum BusCommand {
     /// Create or update the streams PAS_SAMPLES, PAS_FORECASTS, PAS_DECISIONS,
-    /// PAS_DLQ, the key-value buckets pas-scaler and pas-forecaster, the
-    /// object store pas-models and the stages' live consumers (only the admin
-    /// may). Safe to run again: it changes only what differs.
+    /// PAS_DLQ, the key-value buckets pas-scaler, pas-forecaster and
+    /// pas-history, the object store pas-models and the stages' live
+    /// consumers (only the admin may). Safe to run again: it changes only
+    /// what differs.
     Init {
         /// Print JSON instead of a table.
         #[arg(long)]

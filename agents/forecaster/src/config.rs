@@ -29,6 +29,14 @@ pub struct Config {
     pub tick_delay: Duration,
     /// Steps of history kept per workload; a model with a longer window is refused.
     pub history: usize,
+    /// Slot of each workload's long, coarse demand history (bucket
+    /// `pas-history`): a whole multiple of `step`.
+    #[serde(with = "humantime_serde")]
+    pub coarse_step: Duration,
+    /// How far back the coarse history reaches (whole blocks of 288 slots,
+    /// a day at 5 minutes, plus the current one).
+    #[serde(with = "humantime_serde")]
+    pub coarse_keep: Duration,
     /// How long a step stays open to late samples once newer ones arrived.
     #[serde(with = "humantime_serde")]
     pub lateness: Duration,
@@ -77,6 +85,8 @@ impl Default for Config {
             tick: None,
             tick_delay: Duration::from_millis(500),
             history: 96,
+            coarse_step: Duration::from_secs(pas_workloads::history::DEFAULT_STEP_SECONDS.into()),
+            coarse_keep: Duration::from_secs(14 * 86_400),
             lateness: Duration::from_secs(30),
             stale_after: Duration::from_secs(60),
             forget_after: Duration::from_secs(900),
@@ -124,6 +134,16 @@ impl Config {
         }
         if self.history < 2 || self.horizon == 0 {
             return Err("history must be at least 2 steps and horizon at least 1".into());
+        }
+        let (step, coarse) = (self.step.as_secs(), self.coarse_step.as_secs());
+        if coarse < step || coarse % step != 0 || self.coarse_step.subsec_nanos() != 0 {
+            return Err(format!(
+                "coarse_step ({:?}) must be a whole multiple of step ({:?})",
+                self.coarse_step, self.step
+            ));
+        }
+        if self.coarse_keep < self.coarse_step {
+            return Err("coarse_keep must be at least one coarse_step".into());
         }
         pas_runtime::config::check_horizon("the baseline's horizon", self.horizon, self.step, self.lead)?;
         if self.stale_after > self.forget_after {

@@ -18,6 +18,9 @@
 //!   ends on is closed once a later step has data or its time has passed.
 //!   A workload with no sample for [`Config::stale_after`] is not forecast;
 //!   after [`Config::forget_after`] it is forgotten.
+//! - **Coarse history** ([`history`]): each owned workload's demand at
+//!   [`Config::coarse_step`] for [`Config::coarse_keep`] (14 days), kept in
+//!   the key-value bucket `pas-history`, so it survives restarts.
 //! - **Models** ([`models`]): the newest accepted version from `pas-models`,
 //!   swapped in when it appears; a workload without one gets the naive
 //!   forecast (last value, with an upper bound from its recent errors), and
@@ -35,6 +38,7 @@ pub mod shard;
 
 mod config;
 mod error;
+mod history;
 mod metrics;
 
 pub use config::Config;
@@ -49,14 +53,18 @@ use async_nats::jetstream::consumer::{DeliverPolicy, pull};
 use chrono::{DateTime, TimeDelta, Utc};
 use pas_models::Prediction;
 use pas_models::batch::{LstmWeights, predict_batch};
+use pas_nats::kv_writer::KvWriter;
 use pas_nats::model_store::Layout;
 use pas_nats::{HandlerError, Outgoing};
-use pas_schemas::subjects::{BUCKET_FORECASTER, BUCKET_MODELS, Prefix, STREAM_SAMPLES, Stage};
+use pas_schemas::subjects::{
+    BUCKET_FORECASTER, BUCKET_HISTORY, BUCKET_MODELS, Keys, Prefix, STREAM_SAMPLES, Stage,
+};
 use pas_schemas::{CpuSample, Forecast, ModelRef, QuantileForecast, SCHEMA_VERSION};
 use pas_workloads::{Fold, Steps, WorkloadKey, Workloads};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::history::Histories;
 use crate::models::{Loader, Models, Served};
 use crate::shard::Shard;
 
@@ -72,6 +80,8 @@ struct Tracked {
 struct Inputs {
     series: Workloads,
     tracked: HashMap<WorkloadKey, Tracked>,
+    /// Coarse histories of the owned workloads.
+    histories: Histories,
 }
 
 /// One workload's input to a tick ([`window`]).
@@ -218,7 +228,7 @@ impl Forecaster {
 
         // Waits for what `pas bus init` provisions rather than exiting.
         let opened = open_stores(&js, &shutdown).await?;
-        let Some((bucket, chunks, stream, kv)) = opened else {
+        let Some((bucket, chunks, stream, kv, history_kv)) = opened else {
             return Ok(());
         };
 
@@ -240,6 +250,7 @@ impl Forecaster {
         let inputs = Arc::new(Mutex::new(Inputs {
             series: Workloads::new(step as u32, config.history, open_steps),
             tracked: HashMap::new(),
+            histories: Histories::new(config.coarse_step.as_secs() as u32, config.coarse_keep.as_secs()),
         }));
         // Samples keep flowing until the last tick is done.
         let stop_consuming = CancellationToken::new();
@@ -264,16 +275,29 @@ impl Forecaster {
             tracing::warn!(%error, "Claiming partitions failed; will try again.");
         }
         health.set_ready(true);
+        let written = metrics.clone();
         let ticks = Ticks {
             js,
+            keys: prefix.keys(),
             prefix,
             config,
             metrics,
             inputs,
             served,
+            history: (
+                history_kv.clone(),
+                KvWriter::start(
+                    history_kv,
+                    "history",
+                    || true,
+                    move |ok| written.history_write(ok),
+                ),
+            ),
         };
         ticks.run(&mut shard, manual, &health, &shutdown).await;
         health.set_ready(false);
+        // The history blocks the last tick changed.
+        ticks.history.1.close(Duration::from_secs(2)).await;
         // Each step of the way out is bounded, so SIGTERM exits in time even
         // with NATS down (the leases then expire on their own).
         let _ = pas_nats::within(Duration::from_secs(2), "release partitions", shard.leave()).await;
@@ -291,16 +315,18 @@ type Stores = (
     async_nats::jetstream::stream::Stream,
     async_nats::jetstream::stream::Stream,
     async_nats::jetstream::kv::Store,
+    async_nats::jetstream::kv::Store,
 );
 
 /// The model store (and its stream), PAS_SAMPLES and the pas-forecaster
-/// bucket, once `pas bus init` has made them; `None` on shutdown.
+/// and pas-history buckets, once `pas bus init` has made them; `None` on
+/// shutdown.
 async fn open_stores(
     js: &async_nats::jetstream::Context,
     shutdown: &CancellationToken,
 ) -> Result<Option<Stores>, Error> {
     Ok(pas_nats::wait_for(
-        "the pas-models and pas-forecaster buckets and PAS_SAMPLES",
+        "the pas-models, pas-forecaster and pas-history buckets and PAS_SAMPLES",
         shutdown,
         || async {
             let bucket = js
@@ -313,7 +339,11 @@ async fn open_stores(
                 .get_key_value(BUCKET_FORECASTER)
                 .await
                 .map_err(|e| pas_nats::Error::js("open the pas-forecaster bucket", e))?;
-            Ok((bucket, chunks, stream, kv))
+            let history = js
+                .get_key_value(BUCKET_HISTORY)
+                .await
+                .map_err(|e| pas_nats::Error::js("open the pas-history bucket", e))?;
+            Ok((bucket, chunks, stream, kv, history))
         },
     )
     .await?)
@@ -371,10 +401,13 @@ fn follow_samples(
 struct Ticks {
     js: async_nats::jetstream::Context,
     prefix: Prefix,
+    keys: Keys,
     config: Config,
     metrics: Metrics,
     inputs: Arc<Mutex<Inputs>>,
     served: Arc<Models>,
+    /// The pas-history bucket, and the writer of its blocks.
+    history: (async_nats::jetstream::kv::Store, KvWriter),
 }
 
 impl Ticks {
@@ -450,6 +483,7 @@ impl Ticks {
         let started = Instant::now();
         let owned = shard.owned();
         let (jobs, stale, tracked) = collect(&self.inputs, config, &owned, &self.served, metrics);
+        self.keep_history();
         let publishing = forecast_and_publish(&self.js, &self.prefix, config, jobs, metrics);
         // The last tick, on shutdown, gets a bounded time: with NATS down
         // its acks would each wait for their timeout.
@@ -479,6 +513,39 @@ impl Ticks {
             shard.members(),
             self.served.len(),
         );
+    }
+}
+
+impl Ticks {
+    /// Writes the history blocks changed by this tick's steps, and starts
+    /// reading the stored history of workloads new to this replica (merged
+    /// as each arrives, on a task of its own: a slow read holds up no tick).
+    fn keep_history(&self) {
+        let (due, changed) = {
+            let mut inputs = self.inputs.lock().unwrap_or_else(|p| p.into_inner());
+            let (workloads, bytes) = inputs.histories.size();
+            self.metrics.history(workloads, bytes);
+            (inputs.histories.due(Utc::now()), inputs.histories.changed())
+        };
+        let (kv, writer) = &self.history;
+        history::write(writer, &self.keys, changed);
+        if due.is_empty() {
+            return;
+        }
+        let (inputs, metrics) = (self.inputs.clone(), self.metrics.clone());
+        let merge = move |key: &WorkloadKey, blocks| {
+            let mut inputs = inputs.lock().unwrap_or_else(|p| p.into_inner());
+            for _ in 0..inputs.histories.loaded(key, blocks) {
+                metrics.history_refused();
+            }
+        };
+        tokio::spawn(history::load_all(
+            kv.clone(),
+            self.keys.clone(),
+            due,
+            self.metrics.clone(),
+            merge,
+        ));
     }
 }
 
@@ -528,7 +595,11 @@ fn collect(
     let now = Utc::now();
     let step = TimeDelta::seconds(config.step.as_secs() as i64);
     let mut inputs = inputs.lock().unwrap_or_else(|p| p.into_inner());
-    let Inputs { series, tracked } = &mut *inputs;
+    let Inputs {
+        series,
+        tracked,
+        histories,
+    } = &mut *inputs;
     let mut forget = Vec::new();
     let mut jobs = Vec::new();
     let mut stale = 0;
@@ -560,6 +631,7 @@ fn collect(
         let Some((steps, _)) = series.series(key) else {
             continue;
         };
+        histories.record(key, &steps, closed);
         if let Some(w) = window(key, steps, closed, config.max_fill, served) {
             jobs.push(w);
         }
@@ -568,6 +640,12 @@ fn collect(
         tracked.remove(key);
         series.remove(key);
     }
+    // Another replica keeps the others' histories.
+    histories.retain(|key| {
+        tracked
+            .get(key)
+            .is_some_and(|t| owned.binary_search(&t.partition).is_ok())
+    });
     if !forget.is_empty() {
         metrics.forgot(forget.len());
         tracing::info!(

@@ -33,6 +33,22 @@ pub struct Metrics {
     refusals: Family<Reason, Counter>,
     ticks: Counter,
     tick_seconds: Histogram,
+    history_workloads: Gauge,
+    history_bytes: Gauge,
+    history_loads: Family<Outcome, Counter>,
+    history_writes: Family<Outcome, Counter>,
+    history_refusals: Counter,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Outcome {
+    outcome: &'static str,
+}
+
+fn outcome(ok: bool) -> Outcome {
+    Outcome {
+        outcome: if ok { "ok" } else { "failed" },
+    }
 }
 
 impl Default for Metrics {
@@ -53,6 +69,11 @@ impl Default for Metrics {
             refusals: Family::default(),
             ticks: Counter::default(),
             tick_seconds: Histogram::new(buckets),
+            history_workloads: Gauge::default(),
+            history_bytes: Gauge::default(),
+            history_loads: Family::default(),
+            history_writes: Family::default(),
+            history_refusals: Counter::default(),
         }
     }
 }
@@ -121,6 +142,61 @@ impl Metrics {
             "From a tick's start to the last forecast acknowledged by JetStream.",
             self.tick_seconds.clone(),
         );
+        r.register(
+            "pas_forecaster_history_workloads",
+            "Owned workloads whose coarse history this replica keeps.",
+            self.history_workloads.clone(),
+        );
+        r.register(
+            "pas_forecaster_history_bytes",
+            "Bytes those histories take in the pas-history bucket.",
+            self.history_bytes.clone(),
+        );
+        r.register(
+            "pas_forecaster_history_loads",
+            "Reads of a workload's stored history, by outcome (ok, failed).",
+            self.history_loads.clone(),
+        );
+        r.register(
+            "pas_forecaster_history_writes",
+            "Writes of a history block, by outcome (ok, failed).",
+            self.history_writes.clone(),
+        );
+        r.register(
+            "pas_forecaster_history_refusals",
+            "Stored history blocks that did not decode, refused.",
+            self.history_refusals.clone(),
+        );
+    }
+
+    pub(crate) fn history(&self, workloads: usize, bytes: usize) {
+        self.history_workloads.set(workloads as i64);
+        self.history_bytes.set(bytes as i64);
+    }
+
+    pub(crate) fn history_load(&self, ok: bool) {
+        self.history_loads.get_or_create(&outcome(ok)).inc();
+    }
+
+    pub(crate) fn history_write(&self, ok: bool) {
+        self.history_writes.get_or_create(&outcome(ok)).inc();
+    }
+
+    pub(crate) fn history_refused(&self) {
+        self.history_refusals.inc();
+    }
+
+    /// Stored history reads (`true`: succeeded) and block writes so far.
+    pub fn history_io(&self, ok: bool) -> (u64, u64) {
+        (
+            self.history_loads.get_or_create(&outcome(ok)).get(),
+            self.history_writes.get_or_create(&outcome(ok)).get(),
+        )
+    }
+
+    /// Stored history blocks refused so far.
+    pub fn history_refusals(&self) -> u64 {
+        self.history_refusals.get()
     }
 
     pub(crate) fn folded(&self) {

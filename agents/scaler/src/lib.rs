@@ -47,7 +47,6 @@ mod error;
 mod metrics;
 mod outputs;
 mod samples;
-mod state;
 
 pub use config::{ClusterKind, Config};
 pub use error::Error;

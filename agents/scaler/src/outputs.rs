@@ -1,14 +1,15 @@
 //! The scaler's NATS side of a decision: the workload's history read from
 //! and written to KV `pas-scaler` (the writes beside the decision loop,
-//! [`StateWriter`]), the decision published to
+//! [`KvWriter`]), the decision published to
 //! `pas.scale.<namespace>.<workload>`. Every call is bounded by
-//! [`state::NATS_CALL`], so a slow NATS holds up no other workload.
+//! [`NATS_CALL`], so a slow NATS holds up no other workload.
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicI64;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use async_nats::jetstream::kv::Store;
 use pas_nats::Outgoing;
+use pas_nats::kv_writer::{KvWriter, NATS_CALL};
 use pas_schemas::subjects::{Keys, Prefix};
 use pas_schemas::{Outcome, ScaleDecision};
 
@@ -16,14 +17,13 @@ use crate::Metrics;
 use crate::engine::Evaluation;
 use crate::policy::{History, Rule};
 use crate::samples::Key;
-use crate::state::{self, StateWriter};
 
 /// Where decisions and histories go.
 pub(crate) struct Outputs {
     js: async_nats::jetstream::Context,
     kv: Store,
     /// State writes, beside the decision loop.
-    pub(crate) state: StateWriter,
+    pub(crate) state: KvWriter,
     prefix: Prefix,
     keys: Keys,
     metrics: Metrics,
@@ -40,7 +40,13 @@ impl Outputs {
     ) -> Outputs {
         Outputs {
             js,
-            state: StateWriter::start(kv.clone(), until),
+            // A former leader's queued writes must not overwrite the new leader's.
+            state: KvWriter::start(
+                kv.clone(),
+                "scaler state",
+                move || chrono::Utc::now().timestamp_millis() < until.load(Ordering::Relaxed),
+                |_| {},
+            ),
             kv,
             prefix: prefix.clone(),
             keys: prefix.keys(),
@@ -61,10 +67,10 @@ impl Outputs {
     }
 
     /// The workload's history as the last leader left it; `None` when the read did not answer within
-    /// [`state::NATS_CALL`] (the workload waits for the next tick, the others
+    /// [`NATS_CALL`] (the workload waits for the next tick, the others
     /// do not wait for it).
     pub(crate) async fn history(&self, key: &Key) -> Option<History> {
-        let read = tokio::time::timeout(state::NATS_CALL, self.kv.get(self.state_key(key))).await;
+        let read = tokio::time::timeout(NATS_CALL, self.kv.get(self.state_key(key))).await;
         Some(match read {
             Ok(Ok(Some(bytes))) => serde_json::from_slice(&bytes).unwrap_or_else(|error| {
                 tracing::warn!(namespace = %key.0, workload = %key.1, %error, "Stored scaler state unreadable; starting afresh.");
@@ -109,7 +115,7 @@ impl Outputs {
         let (namespace, workload) = (decision.namespace.clone(), decision.workload.clone());
         let sent = async {
             let msg = Outgoing::new(subject, &decision).map_err(|e| e.to_string())?;
-            match tokio::time::timeout(state::NATS_CALL, pas_nats::publish(&self.js, &msg)).await {
+            match tokio::time::timeout(NATS_CALL, pas_nats::publish(&self.js, &msg)).await {
                 Ok(ack) => ack.map_err(|e| e.to_string()),
                 Err(_) => Err("the client's send buffer stayed full".to_owned()),
             }

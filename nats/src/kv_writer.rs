@@ -1,9 +1,9 @@
-//! The scaler's per-workload state in KV `pas-scaler`, written beside the
-//! decision loop rather than in it: one slow or failing put (NATS slow, a
-//! bucket unavailable) never holds up the other workloads' decisions.
+//! Key-value writes made beside a stage's loop rather than in it: one slow
+//! or failing put (NATS slow, a bucket unavailable) never holds up the
+//! loop. The scaler writes its per-workload state (`pas-scaler`) through
+//! it, the forecaster the workloads' coarse history (`pas-history`).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,28 +14,35 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-/// Longest wait for one NATS call of the decision loop (a key-value read
-/// or write, sending a decision).
+/// Longest wait for one key-value write.
 pub const NATS_CALL: Duration = Duration::from_secs(2);
 /// Puts in flight at once.
 const CONCURRENCY: usize = 16;
 
-/// Queues state writes and writes them on its own task: the newest value
-/// of a key replaces one still queued, and a key is written again only
-/// after its previous write ended, so the bucket ends with the latest.
+/// Queues writes and makes them on its own task: the newest value of a key
+/// replaces one still queued, and a key is written again only after its
+/// previous write ended, so the bucket ends with the latest.
 #[derive(Debug)]
-pub struct StateWriter {
+pub struct KvWriter {
     pending: Arc<Mutex<HashMap<String, Bytes>>>,
     wake: Arc<Notify>,
     task: JoinHandle<()>,
     stop: CancellationToken,
+    what: &'static str,
 }
 
-impl StateWriter {
-    /// Starts writing to `kv` while this scaler holds the lease (`until`,
-    /// unix ms): a former leader's queued writes must not overwrite what the
-    /// new leader wrote.
-    pub fn start(kv: Store, until: Arc<AtomicI64>) -> Self {
+impl KvWriter {
+    /// Starts writing to `kv`, `what` naming the values in logs. A write is
+    /// made only while `gate()` holds (a scaler writes only while it leads:
+    /// a former leader's queued writes must not overwrite the new leader's);
+    /// `done` hears whether each write made it.
+    pub fn start(
+        kv: Store,
+        what: &'static str,
+        gate: impl Fn() -> bool + Send + Sync + 'static,
+        done: impl Fn(bool) + Send + Sync + 'static,
+    ) -> Self {
+        let (gate, done) = (Arc::new(gate), Arc::new(done));
         let pending: Arc<Mutex<HashMap<String, Bytes>>> = Arc::default();
         let wake = Arc::new(Notify::new());
         let stop = CancellationToken::new();
@@ -55,36 +62,40 @@ impl StateWriter {
                     }
                     futures::stream::iter(batch)
                         .for_each_concurrent(CONCURRENCY, |(key, value)| {
-                            let kv = kv.clone();
-                            let leading =
-                                chrono::Utc::now().timestamp_millis() < until.load(Ordering::Relaxed);
+                            let (kv, open, done) = (kv.clone(), gate(), done.clone());
                             async move {
-                                if !leading {
-                                    tracing::debug!(key, "Not leading: dropped a queued state write.");
+                                if !open {
+                                    tracing::debug!(key, what, "Dropped a queued write: the gate is shut.");
                                     return;
                                 }
-                                match tokio::time::timeout(NATS_CALL, kv.put(&key, value)).await {
-                                    Ok(Ok(_)) => {}
+                                let ok = match tokio::time::timeout(NATS_CALL, kv.put(&key, value)).await {
+                                    Ok(Ok(_)) => true,
                                     Ok(Err(error)) => {
-                                        tracing::warn!(key, %error, "Saving the scaler state failed.")
+                                        tracing::warn!(key, what, %error, "A key-value write failed.");
+                                        false
                                     }
-                                    Err(_) => tracing::warn!(key, "Saving the scaler state timed out."),
-                                }
+                                    Err(_) => {
+                                        tracing::warn!(key, what, "A key-value write timed out.");
+                                        false
+                                    }
+                                };
+                                done(ok);
                             }
                         })
                         .await;
                 }
             }
         });
-        StateWriter {
+        KvWriter {
             pending,
             wake,
             task,
             stop,
+            what,
         }
     }
 
-    /// Queues `value` as the state under `key`.
+    /// Queues `value` under `key`.
     pub fn put(&self, key: String, value: Bytes) {
         self.pending
             .lock()
@@ -107,7 +118,10 @@ impl StateWriter {
         self.stop.cancel();
         self.wake.notify_one();
         if tokio::time::timeout_at(deadline, self.task).await.is_err() {
-            tracing::warn!("Scaler state writes did not finish in time; going on.");
+            tracing::warn!(
+                what = self.what,
+                "Key-value writes did not finish in time; going on."
+            );
         }
     }
 }
