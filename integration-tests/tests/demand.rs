@@ -96,7 +96,7 @@ impl Loop {
     fn forecast(&self, now: i64) -> Forecast {
         let (steps, _) = self.folded.series(&key()).unwrap();
         let closed = at(now - STEP);
-        let window = pas_forecaster::window(&key(), steps, closed, 3, &Models::default()).unwrap();
+        let window = pas_forecaster::window(&key(), steps, closed, 3, &Models::default(), None).unwrap();
         let config = pas_forecaster::Config::default();
         let mut made = pas_forecaster::forecast(vec![window], &config.tick_settings(), at(now));
         made.pop().unwrap().1.unwrap()
@@ -227,6 +227,7 @@ fn training_leaves_lower_bounds_out_of_the_loss_and_the_score() {
         .map(|i| 2000.0 + 800.0 * (i as f64 * std::f64::consts::TAU / 48.0).sin())
         .collect();
     let series = pas_models::Series {
+        seasonal: None,
         start: at(0),
         step_seconds: 300,
         values,
@@ -283,6 +284,7 @@ fn calibrated_quantiles_flow_from_the_trainer_to_the_scalers_plan() {
     let t0 = (Utc::now().timestamp() / 300 - n as i64) * 300;
     let at = |s: i64| DateTime::from_timestamp(t0 + s, 0).unwrap();
     let series = pas_models::Series {
+        seasonal: None,
         start: at(0),
         step_seconds: step,
         values: values.clone(),
@@ -336,7 +338,7 @@ fn calibrated_quantiles_flow_from_the_trainer_to_the_scalers_plan() {
         };
         let empty = Models::default();
         let end = at(i64::from(step) * (n as i64 - 1));
-        pas_forecaster::window(&key(), steps, end, 0, if model { &models } else { &empty }).unwrap()
+        pas_forecaster::window(&key(), steps, end, 0, if model { &models } else { &empty }, None).unwrap()
     };
     let now = at(i64::from(step) * n as i64);
     let (_, made) = pas_forecaster::forecast(vec![window(true)], &settings_tick, now)

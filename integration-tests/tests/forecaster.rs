@@ -200,6 +200,7 @@ fn trained(seed: u64) -> Lstm {
     model
         .fit(
             &Series {
+                seasonal: None,
                 start: DateTime::UNIX_EPOCH,
                 step_seconds: 1,
                 values,
@@ -749,6 +750,7 @@ async fn hostile_model_store_entries_are_refused_and_the_stages_still_start() {
     pas_models::Forecaster::fit(
         &mut model,
         &Series {
+            seasonal: None,
             start: DateTime::UNIX_EPOCH,
             step_seconds: 1,
             values,
@@ -1029,7 +1031,7 @@ async fn the_coarse_history_survives_a_restart_of_the_forecaster() {
     );
     let settings = || Config {
         history: 10,
-        coarse_step: Duration::from_secs(2),
+        coarse_step: Some(Duration::from_secs(2)),
         coarse_keep: Duration::from_secs(3600),
         ..config(&server, RUN, "r1")
     };
@@ -1091,6 +1093,136 @@ async fn the_coarse_history_survives_a_restart_of_the_forecaster() {
             .unwrap_or_else(|| panic!("slot {start} lost in the restart"));
         assert!((kept - v).abs() <= 0.02, "slot {start}: {v} became {kept}");
     }
+    stop_feed.cancel();
+    feeding.await.unwrap();
+    stop.cancel();
+    task.await.unwrap().unwrap();
+}
+
+/// Issue 18: a seasonal model is served what the load did a day before,
+/// from the history stored in `pas-history` (here by the test, as an
+/// earlier forecaster would have): the published forecast is the model's
+/// own prediction with those lags, not the one without.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seasonal_model_is_served_the_stored_history_of_a_day_before() {
+    use pas_workloads::history::{Block, History};
+    const RUN: &str = "seasonal";
+    let server = NatsServer::with_accounts();
+    let conn = connect_and_provision(&server).await;
+    let js = conn.jetstream.clone();
+    let prefix = Prefix::replay(RUN).unwrap();
+    let seen = Seen::start(&conn.client, prefix.all_forecasts()).await;
+
+    // A small LSTM whose output layer learned to read the seasonal inputs:
+    // trained with a day-earlier history that runs 1.5 times the series.
+    let values = trace_values()[..1200].to_vec();
+    let first = DateTime::from_timestamp(86_400 * 30, 0).unwrap();
+    let earlier: Vec<f64> = values.iter().map(|v| v * 1.5).collect();
+    let mut train = Series {
+        seasonal: Some(Arc::new(History::of_series(
+            first - TimeDelta::days(1),
+            1,
+            &earlier,
+            300,
+        ))),
+        start: first,
+        step_seconds: 1,
+        values,
+    };
+    train.fill_gaps(3);
+    let mut model = Lstm::new(LstmConfig {
+        window: 12,
+        hidden: 8,
+        max_epochs: 3,
+        patience: 0,
+        ..LstmConfig::default()
+    })
+    .unwrap();
+    model.fit(&train, &mut |_| {}).unwrap();
+    let weights = model.to_safetensors().unwrap();
+    let bucket = js.get_object_store(BUCKET_MODELS).await.unwrap();
+    store::save(
+        &bucket,
+        &Layout::new(&prefix),
+        &manifest(&model, 1, &weights),
+        &weights,
+    )
+    .await
+    .unwrap();
+
+    // Yesterday's history of web around this time, stored block by block.
+    let now = Utc::now();
+    let from = DateTime::from_timestamp(now.timestamp() - 86_400 - 3_600, 0).unwrap();
+    let yesterday: Vec<f64> = (0..7_200)
+        .map(|i| 300.0 + 200.0 * (i as f64 / 900.0).sin())
+        .collect();
+    let mut stored = History::of_series(from, 1, &yesterday, 300);
+    let kv = js
+        .get_key_value(pas_schemas::subjects::BUCKET_HISTORY)
+        .await
+        .unwrap();
+    // What the forecaster will read: the blocks as encoded.
+    let mut read = History::new(300, 2 * 86_400);
+    for block in stored.take_changed() {
+        let bytes = block.encode();
+        read.merge(Block::decode(&bytes).unwrap()).unwrap();
+        kv.put(prefix.keys().history("shop", "web", block.index), bytes.into())
+            .await
+            .unwrap();
+    }
+
+    let stop_feed = CancellationToken::new();
+    let feeding = feed(
+        js.clone(),
+        prefix.clone(),
+        vec!["web".into()],
+        15,
+        stop_feed.clone(),
+    );
+    let (stop, metrics, task) = start(Config {
+        coarse_keep: Duration::from_secs(2 * 86_400),
+        ..config(&server, RUN, "r1")
+    });
+    let trace = trace_values();
+    let (got, with, without) = eventually(
+        Duration::from_secs(30),
+        "a forecast with the seasonal context",
+        || {
+            let (seen, model, read, trace) = (&seen, &model, &read, &trace);
+            async move {
+                let last = seen
+                    .of("web")
+                    .into_iter()
+                    .rev()
+                    .find(|f| f.model.kind == "lstm")?;
+                let end = last.window_end.timestamp();
+                let window: Vec<f64> = (end - 11..=end)
+                    .map(|t| trace[t as usize % trace.len()])
+                    .collect();
+                let lags = pas_models::seasonal::lags(read, last.window_end, 1, 10);
+                let with = model.predict_seasonal(&[&window], &[lags]).unwrap().remove(0);
+                let without = model.predict(&window).unwrap();
+                let close = |p: &pas_models::Prediction| {
+                    last.values
+                        .iter()
+                        .zip(&p.values)
+                        .all(|(g, w)| (g - w.max(0.0)).abs() < 1e-3 * (1.0 + w.abs()))
+                };
+                close(&with).then_some((last.values.clone(), with.values, without.values))
+            }
+        },
+    )
+    .await;
+    assert!(metrics.history_io(true).0 >= 1, "the stored history was read");
+    let apart = with
+        .iter()
+        .zip(&without)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    assert!(
+        apart > 1e-2,
+        "the model reads its seasonal inputs: {with:?} without them would be {without:?} (published {got:?})"
+    );
     stop_feed.cancel();
     feeding.await.unwrap();
     stop.cancel();

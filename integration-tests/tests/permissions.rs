@@ -130,6 +130,7 @@ async fn each_user_may_use_only_the_jetstream_api_its_job_needs() {
         ("forecaster", "$JS.API.STREAM.INFO.KV_pas-forecaster", json!({}), ALLOWED),
         ("forecaster", "$JS.API.STREAM.INFO.KV_pas-history", json!({}), ALLOWED),
         ("forecaster", "$JS.API.DIRECT.GET.KV_pas-history.$KV.pas-history.live.history.shop.web.1", json!({}), ALLOWED),
+        ("trainer", "$JS.API.DIRECT.GET.KV_pas-history.$KV.pas-history.live.history.shop.web.1", json!({}), ALLOWED),
         ("forecaster", "$JS.API.STREAM.INFO.OBJ_pas-models", json!({}), ALLOWED),
         ("scaler", "$JS.API.DIRECT.GET.KV_pas-scaler.$KV.pas-scaler.leader", json!({}), ALLOWED),
         ("scaler", "$JS.API.CONSUMER.MSG.NEXT.PAS_FORECASTS.pas-scaler-forecasts", json!({ "batch": 1, "no_wait": true }), ALLOWED),

@@ -167,6 +167,8 @@ async fn trains_an_accepted_model_once_and_keeps_it_when_a_run_diverges() {
     let announced: ModelManifest = pas_schemas::decode(&announced.payload).unwrap();
     assert_eq!(announced, v1);
     assert_eq!(metrics.versions("accepted"), 1);
+    // It read the workload's stored seasonal history first, as its own user.
+    assert!(metrics.history_reads("ok") >= 1 && metrics.history_reads("failed") == 0);
     assert!(metrics.samples() >= 2000);
     stop.cancel();
     task.await.unwrap().unwrap();

@@ -1,5 +1,6 @@
 //! Forecasts per second of batched LSTM inference on one thread, for the
-//! default `lstm` shape, each workload with its own copy of the weights.
+//! default `lstm` shape (with its seasonal inputs), each workload with its
+//! own copy of the weights.
 //!
 //! cargo run --release -p pas-models --example batch_throughput -- 1000 10000
 
@@ -35,13 +36,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let windows: Vec<Vec<f64>> = (0..n)
             .map(|k| (0..config.window).map(|i| 40.0 + ((k + i) % 17) as f64).collect())
             .collect();
+        // Every workload has its seasonal context, as after a day of history.
+        let lags: Vec<Vec<f64>> = (0..n)
+            .map(|k| {
+                (0..pas_models::seasonal::lags_len(config.horizon))
+                    .map(|i| 40.0 + ((k + i) % 13) as f64)
+                    .collect()
+            })
+            .collect();
         let m: Vec<&LstmWeights> = models.iter().collect();
         let w: Vec<&[f64]> = windows.iter().map(|w| w.as_slice()).collect();
         for chunk in [16, 32, 64, 128, n] {
             let started = Instant::now();
             let rounds = 3;
             for _ in 0..rounds {
-                predict_batch(&m, &w, chunk)?;
+                predict_batch(&m, &w, &lags, chunk)?;
             }
             let seconds = started.elapsed().as_secs_f64() / rounds as f64;
             println!(

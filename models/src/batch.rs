@@ -33,6 +33,8 @@ pub struct Shape {
     pub hidden: usize,
     /// Stacked LSTM layers.
     pub layers: usize,
+    /// Seasonal inputs of the output layer (0: none).
+    pub seasonal: usize,
 }
 
 /// One layer's weights, transposed for `x · W`: `[in, 4·hidden]`,
@@ -49,7 +51,8 @@ struct Layer {
 pub struct LstmWeights {
     shape: Shape,
     layers: Vec<Layer>,
-    /// `[hidden, 2·horizon]`: the change from the last value, then the margin.
+    /// `[hidden + seasonal, 2·horizon]`: the change from the last value,
+    /// then the margin.
     head: Vec<f32>,
     head_bias: Vec<f32>,
     /// `(a, b)`: values are scaled as `(x - a) / b`.
@@ -86,6 +89,7 @@ impl LstmWeights {
             horizon: c.horizon,
             hidden: c.hidden,
             layers: c.layers,
+            seasonal: c.seasonal_features(),
         };
         let weights: BTreeMap<String, Vec<f32>> = model.weights().into_iter().collect();
         let take = |name: &str, len: usize| -> Result<&Vec<f32>, Error> {
@@ -113,7 +117,8 @@ impl LstmWeights {
             });
         }
         let out = 2 * c.horizon;
-        let head = transpose(take("head.weight", out * h)?, out, h);
+        let head_in = h + shape.seasonal;
+        let head = transpose(take("head.weight", out * head_in)?, out, head_in);
         let head_bias = take("head.bias", out)?.clone();
         Ok(LstmWeights {
             shape,
@@ -143,10 +148,13 @@ impl LstmWeights {
 /// Forecasts `windows[i]` with `models[i]`, all in as few batched passes as
 /// the shapes allow, `chunk` models per pass. Each window must hold at least
 /// its model's `window` steps (the newest are used), the last one observed;
-/// holes are carried forward and marked, as in training.
+/// holes are carried forward and marked, as in training. `lags[i]` is
+/// window `i`'s seasonal context ([`crate::seasonal::lags`]) for models that
+/// read it; missing or empty where unknown.
 pub fn predict_batch(
     models: &[&LstmWeights],
     windows: &[&[f64]],
+    lags: &[Vec<f64>],
     chunk: usize,
 ) -> Result<Vec<Prediction>, Error> {
     if models.len() != windows.len() {
@@ -177,18 +185,31 @@ pub fn predict_batch(
             // The tick's input for this shape: one tensor, encoded as in training.
             let mut x = Vec::with_capacity(members.len() * shape.window * 2);
             let mut last = Vec::with_capacity(members.len());
+            let mut seasonal = Vec::with_capacity(members.len() * shape.seasonal);
             for &i in &members {
                 let tail = &windows[i][windows[i].len() - shape.window..];
-                last.push(encode_window(Architecture::Direct, models[i].scale, tail, &mut x) as f32);
+                let scale = models[i].scale;
+                last.push(encode_window(Architecture::Direct, scale, tail, &mut x) as f32);
+                if shape.seasonal > 0 {
+                    let lags = lags.get(i).map_or(&[][..], |l| l.as_slice());
+                    crate::seasonal::features(lags, scale, shape.horizon, &mut seasonal);
+                }
             }
-            let x = Tensor::from_slice(&x).view([members.len() as i64, shape.window as i64, 2]);
-            let last = Tensor::from_slice(&last).view([members.len() as i64, 1]);
+            let rows = members.len() as i64;
+            let x = Tensor::from_slice(&x).view([rows, shape.window as i64, 2]);
+            let last = Tensor::from_slice(&last).view([rows, 1]);
+            let seasonal = (shape.seasonal > 0)
+                .then(|| Tensor::from_slice(&seasonal).view([rows, 1, shape.seasonal as i64]));
             let chunk = chunk.max(1);
             for (k, part) in members.chunks(chunk).enumerate() {
                 let (start, len) = ((k * chunk) as i64, part.len() as i64);
                 let items: Vec<&LstmWeights> = part.iter().map(|&i| models[i]).collect();
-                let predictions =
-                    run_chunk(shape, &items, x.narrow(0, start, len), last.narrow(0, start, len))?;
+                let inputs = Inputs {
+                    x: x.narrow(0, start, len),
+                    last: last.narrow(0, start, len),
+                    seasonal: seasonal.as_ref().map(|s| s.narrow(0, start, len)),
+                };
+                let predictions = run_chunk(shape, &items, inputs)?;
                 for (&i, p) in part.iter().zip(predictions) {
                     out[i] = Some(p);
                 }
@@ -201,20 +222,28 @@ pub fn predict_batch(
         .ok_or_else(|| Error::Input("a window was left out of every batch".into()))
 }
 
-/// One batched pass over models of one shape: `x` is their encoded windows
-/// `[n, window, 2]`, `last` their scaled last values `[n, 1]`.
-fn run_chunk(
-    shape: Shape,
-    items: &[&LstmWeights],
+/// One chunk's inputs: the encoded windows `[n, window, 2]`, the scaled
+/// last values `[n, 1]` and the seasonal inputs `[n, 1, seasonal]`.
+struct Inputs {
     x: Tensor,
     last: Tensor,
-) -> Result<Vec<Prediction>, Error> {
+    seasonal: Option<Tensor>,
+}
+
+/// One batched pass over models of one shape.
+fn run_chunk(shape: Shape, items: &[&LstmWeights], inputs: Inputs) -> Result<Vec<Prediction>, Error> {
     let Shape {
         window,
         horizon,
         hidden,
         layers,
+        seasonal,
     } = shape;
+    let Inputs {
+        x,
+        last,
+        seasonal: extra,
+    } = inputs;
     let n = items.len() as i64;
     let (h, gates, w) = (hidden as i64, 4 * hidden as i64, window as i64);
     let stack = |part: &dyn Fn(&LstmWeights) -> &[f32], dims: [i64; 3]| -> Tensor {
@@ -254,7 +283,10 @@ fn run_chunk(
         state = hidden_state;
     }
     let out = 2 * horizon as i64;
-    let head = stack(&|m| &m.head, [n, h, out]);
+    if let Some(extra) = extra {
+        state = Tensor::cat(&[state, extra], 2);
+    }
+    let head = stack(&|m| &m.head, [n, h + seasonal as i64, out]);
     let head_bias = stack(&|m| &m.head_bias, [n, 1, out]);
     let heads = (state.bmm(&head) + head_bias).squeeze_dim(1);
     let point = heads.narrow(1, 0, horizon as i64) + last;
@@ -296,9 +328,14 @@ mod tests {
         let values: Vec<f64> = (0..400)
             .map(|i| 50.0 + 20.0 * (i as f64 / (7.0 + seed as f64)).sin())
             .collect();
+        // 5-minute steps, so the last third has a day before it: the
+        // output layer learns weights for the seasonal inputs too.
+        let start = chrono::DateTime::UNIX_EPOCH;
+        let history = pas_workloads::history::History::of_series(start, 300, &values, 300);
         let series = Series {
-            start: chrono::DateTime::UNIX_EPOCH,
-            step_seconds: 5,
+            seasonal: Some(std::sync::Arc::new(history)),
+            start,
+            step_seconds: 300,
             values,
         };
         model.fit(&series, &mut |_| {}).unwrap();
@@ -322,10 +359,24 @@ mod tests {
         let pick = [0, 2, 1, 0, 2, 2, 1];
         let batch_models: Vec<&LstmWeights> = pick.iter().map(|&p| &weights[p]).collect();
         let batch_windows: Vec<&[f64]> = windows.iter().map(|w| w.as_slice()).collect();
+        // Seasonal lags for all but one window (and a season unknown in one).
+        let mut lags: Vec<Vec<f64>> = (0..7)
+            .map(|k| {
+                (0..crate::seasonal::lags_len(4))
+                    .map(|j| 30.0 + (k * j) as f64)
+                    .collect()
+            })
+            .collect();
+        lags[3].clear();
+        lags[4][7] = f64::NAN;
+        assert!(models[0].seasonal() && weights[0].shape().seasonal > 0);
         for chunk in [1, 2, 16] {
-            let batched = predict_batch(&batch_models, &batch_windows, chunk).unwrap();
+            let batched = predict_batch(&batch_models, &batch_windows, &lags, chunk).unwrap();
             for (k, p) in batched.iter().enumerate() {
-                let alone = models[pick[k]].predict(&windows[k]).unwrap();
+                let alone = models[pick[k]]
+                    .predict_seasonal(&[&windows[k]], &[lags[k].clone()])
+                    .unwrap()
+                    .remove(0);
                 for (a, b) in p
                     .values
                     .iter()
@@ -341,6 +392,10 @@ mod tests {
         }
         assert_eq!(weights[0].shape(), weights[1].shape());
         assert_ne!(weights[0].shape(), weights[2].shape());
+        // The seasonal inputs change the forecast: the network reads them.
+        let without = predict_batch(&batch_models, &batch_windows, &[], 16).unwrap();
+        let with = predict_batch(&batch_models, &batch_windows, &lags, 16).unwrap();
+        assert_ne!(without[0].values, with[0].values);
     }
 
     #[test]
@@ -348,10 +403,10 @@ mod tests {
         crate::runtime::configure(1, 7).unwrap();
         let model = LstmWeights::from_lstm(&fitted(1, 1, 8)).unwrap();
         let short = vec![1.0; 5];
-        assert!(predict_batch(&[&model], &[&short], 8).is_err());
+        assert!(predict_batch(&[&model], &[&short], &[], 8).is_err());
         let mut open = vec![1.0; 20];
         open[19] = f64::NAN;
-        assert!(predict_batch(&[&model], &[&open], 8).is_err());
+        assert!(predict_batch(&[&model], &[&open], &[], 8).is_err());
         let unfitted = Lstm::new(LstmConfig::default()).unwrap();
         assert!(LstmWeights::from_lstm(&unfitted).is_err());
     }

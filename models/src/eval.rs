@@ -132,7 +132,16 @@ pub fn evaluate_trace(
     progress: &mut dyn FnMut(Progress<'_>),
 ) -> Result<SeriesReport, Error> {
     let step = config.step_seconds.unwrap_or_else(|| trace.median_step_seconds());
-    let (series, gaps) = trace.to_series(step, config.max_fill)?;
+    let (mut series, gaps) = trace.to_series(step, config.max_fill)?;
+    // The coarse history a forecaster would have kept of it: seasonal
+    // models read a day and a week back (never past a forecast's origin).
+    let coarse = pas_workloads::history::coarse_step_for(series.step_seconds);
+    series.seasonal = Some(std::sync::Arc::new(pas_workloads::history::History::of_series(
+        series.start,
+        series.step_seconds,
+        &series.values,
+        coarse,
+    )));
     let mut models = Vec::with_capacity(kinds.len());
     for &kind in kinds {
         models.push(build(
@@ -197,7 +206,7 @@ pub fn backtest(
             },
             Ok(fit) => {
                 let started = Instant::now();
-                match predict_all(&**model, &series.values, &origins, train_steps) {
+                match predict_all(&**model, series, &origins, train_steps) {
                     Ok(predictions) => {
                         let mut s = score(&series.values, &origins, &predictions, h, scale);
                         s.predict_seconds = started.elapsed().as_secs_f64();
@@ -231,12 +240,15 @@ pub fn backtest(
     })
 }
 
+/// Every origin's forecast, from the model's window and, where the model
+/// reads it and the series has a history, the seasonal context.
 fn predict_all(
     model: &dyn Forecaster,
-    values: &[f64],
+    series: &Series,
     origins: &[usize],
     train_steps: usize,
 ) -> Result<Vec<crate::Prediction>, Error> {
+    let values = &series.values;
     if model.window() > train_steps {
         return Err(Error::NotEnoughData(format!(
             "the model reads {} steps of history",
@@ -246,7 +258,21 @@ fn predict_all(
     let mut out = Vec::with_capacity(origins.len());
     for chunk in origins.chunks(512) {
         let histories: Vec<&[f64]> = chunk.iter().map(|&t| &values[t - model.window()..t]).collect();
-        out.extend(model.predict_many(&histories)?);
+        let lags: Vec<Vec<f64>> = match series.seasonal.as_deref().filter(|_| model.seasonal()) {
+            Some(history) => chunk
+                .iter()
+                .map(|&t| {
+                    crate::seasonal::lags(
+                        history,
+                        series.time_at(t - 1),
+                        series.step_seconds,
+                        model.horizon(),
+                    )
+                })
+                .collect(),
+            None => Vec::new(),
+        };
+        out.extend(model.predict_seasonal(&histories, &lags)?);
     }
     Ok(out)
 }
@@ -412,6 +438,7 @@ mod tests {
         let mut values: Vec<f64> = (0..100).map(|i| i as f64).collect();
         values[90] = f64::NAN;
         let series = Series {
+            seasonal: None,
             start: DateTime::from_timestamp(0, 0).unwrap(),
             step_seconds: 60,
             values,

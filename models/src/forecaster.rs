@@ -88,6 +88,16 @@ pub trait Forecaster: Send {
     fn predict_many(&self, histories: &[&[f64]]) -> Result<Vec<Prediction>, Error> {
         histories.iter().map(|h| self.predict(h)).collect()
     }
+    /// Whether the model reads the seasonal context ([`crate::seasonal`]).
+    fn seasonal(&self) -> bool {
+        false
+    }
+    /// [`Forecaster::predict_many`] with each history's seasonal lags
+    /// ([`crate::seasonal::lags`], for the model's horizon; missing or
+    /// empty where unknown). Models without seasonal inputs ignore them.
+    fn predict_seasonal(&self, histories: &[&[f64]], _lags: &[Vec<f64>]) -> Result<Vec<Prediction>, Error> {
+        self.predict_many(histories)
+    }
 }
 
 /// The models PAS knows, by the names the CLI and manifests use.

@@ -224,6 +224,7 @@ mod tests {
             .map(|i| 20.0 + 0.05 * i as f64 + 10.0 * ((i % 12) as f64 / 12.0 * std::f64::consts::TAU).sin())
             .collect();
         let train = Series {
+            seasonal: None,
             start: DateTime::from_timestamp(0, 0).unwrap(),
             step_seconds: 60,
             values: y[..360].to_vec(),

@@ -17,6 +17,7 @@ pub mod holt_winters;
 pub mod lstm;
 pub mod naive;
 pub mod runtime;
+pub mod seasonal;
 pub mod series;
 
 pub use error::Error;

@@ -102,6 +102,11 @@ pub struct LstmConfig {
     pub seed: u64,
     /// Most training examples per epoch (a random subset when there are more); 0 uses all.
     pub max_examples: usize,
+    /// The direct network's output layer also reads the seasonal context
+    /// ([`crate::seasonal`]): what the load did a day and a week before.
+    /// A manifest without it (an older model) has none.
+    #[serde(default)]
+    pub seasonal: bool,
 }
 
 impl Default for LstmConfig {
@@ -124,6 +129,7 @@ impl Default for LstmConfig {
             clip_norm: 1.0,
             seed: 42,
             max_examples: 8_000,
+            seasonal: true,
         }
     }
 }
@@ -149,6 +155,7 @@ impl LstmConfig {
             clip_norm: 0.0,
             seed: 42,
             max_examples: 0,
+            seasonal: false,
         }
     }
 
@@ -176,10 +183,22 @@ impl LstmConfig {
         let linear = |input: usize, output: usize| output * (input + 1);
         let h = self.hidden;
         match self.architecture {
-            Architecture::Direct => stack(2, h, self.layers) + linear(h, 2 * self.horizon),
+            Architecture::Direct => {
+                stack(2, h, self.layers) + linear(h + self.seasonal_features(), 2 * self.horizon)
+            }
             Architecture::EncoderDecoder => {
                 stack(1, h, self.layers) + lstm(h, h) + linear(h, self.dense) + linear(self.dense, 1)
             }
+        }
+    }
+
+    /// Seasonal inputs of the output layer: none, or
+    /// [`crate::seasonal::features`]' count.
+    pub fn seasonal_features(&self) -> usize {
+        if self.seasonal && self.architecture == Architecture::Direct {
+            crate::seasonal::SEASONS.len() * crate::seasonal::features_per_season(self.horizon)
+        } else {
+            0
         }
     }
 
@@ -258,11 +277,14 @@ impl std::fmt::Debug for Lstm {
 }
 
 /// Training examples as tensors: inputs `[n, window, features]`, targets
-/// `[n, horizon]` and the last observed input `[n, 1]`, all scaled.
+/// `[n, horizon]`, the last observed input `[n, 1]`, all scaled, and the
+/// seasonal inputs of the output layer `[n, seasonal features]` where the
+/// model reads them.
 struct Examples {
     x: Tensor,
     y: Tensor,
     last: Tensor,
+    seasonal: Option<Tensor>,
 }
 
 impl Examples {
@@ -274,6 +296,7 @@ impl Examples {
             x: self.x.index_select(0, idx),
             y: self.y.index_select(0, idx),
             last: self.last.index_select(0, idx),
+            seasonal: self.seasonal.as_ref().map(|s| s.index_select(0, idx)),
         }
     }
 }
@@ -305,7 +328,7 @@ impl Lstm {
                 lstm: nn::lstm(&root / "lstm", 2, hidden, rnn(config.layers)),
                 head: nn::linear(
                     &root / "head",
-                    hidden,
+                    hidden + config.seasonal_features() as i64,
                     2 * config.horizon as i64,
                     Default::default(),
                 ),
@@ -451,31 +474,53 @@ impl Lstm {
         }
     }
 
-    /// Builds examples at the given origins (index of the first target).
-    fn examples(&self, values: &[f64], origins: &[usize]) -> Examples {
+    /// Builds examples at the given origins (index of the first target),
+    /// with the seasonal context of `series`' history where it has one.
+    fn examples(&self, series: &Series, origins: &[usize]) -> Examples {
         let (w, h) = (self.config.window, self.config.horizon);
+        let values = &series.values;
         let mut x = Vec::with_capacity(origins.len() * w * self.features() as usize);
         let mut y = Vec::with_capacity(origins.len() * h);
         let mut last = Vec::with_capacity(origins.len());
+        let mut seasonal = Vec::new();
         for &t in origins {
             last.push(self.encode_window(&values[t - w..t], &mut x) as f32);
             y.extend(values[t..t + h].iter().map(|v| self.scale(*v) as f32));
+            if self.config.seasonal_features() > 0 {
+                let lags = series.seasonal.as_deref().map(|history| {
+                    crate::seasonal::lags(history, series.time_at(t - 1), series.step_seconds, h)
+                });
+                self.seasonal_inputs(lags.as_deref().unwrap_or(&[]), &mut seasonal);
+            }
         }
         let n = origins.len() as i64;
         Examples {
             x: Tensor::from_slice(&x).view([n, w as i64, self.features()]),
             y: Tensor::from_slice(&y).view([n, h as i64]),
             last: Tensor::from_slice(&last).view([n, 1]),
+            seasonal: (self.config.seasonal_features() > 0)
+                .then(|| Tensor::from_slice(&seasonal).view([n, self.config.seasonal_features() as i64])),
         }
     }
 
+    /// The output layer's seasonal inputs for one window
+    /// ([`crate::seasonal::features`]).
+    fn seasonal_inputs(&self, lags: &[f64], out: &mut Vec<f32>) {
+        let scale = self.scale.unwrap_or((0.0, 1.0));
+        crate::seasonal::features(lags, scale, self.config.horizon, out);
+    }
+
     /// Point and (for the direct model) upper forecasts, scaled.
-    fn forward(&self, x: &Tensor, last: &Tensor) -> (Tensor, Option<Tensor>) {
+    fn forward(&self, x: &Tensor, last: &Tensor, seasonal: Option<&Tensor>) -> (Tensor, Option<Tensor>) {
         let h = self.config.horizon as i64;
         match &self.net {
             Net::Direct { lstm, head } => {
                 let (out, _) = lstm.seq(x);
                 let state = out.select(1, -1);
+                let state = match seasonal {
+                    Some(s) => Tensor::cat(&[state, s.shallow_clone()], 1),
+                    None => state,
+                };
                 let heads = head.forward(&state);
                 let point = heads.narrow(1, 0, h) + last;
                 let upper = &point + heads.narrow(1, h, h).softplus();
@@ -497,7 +542,7 @@ impl Lstm {
     }
 
     fn loss(&self, batch: &Examples) -> Tensor {
-        let (point, upper) = self.forward(&batch.x, &batch.last);
+        let (point, upper) = self.forward(&batch.x, &batch.last, batch.seasonal.as_ref());
         match (self.config.loss, upper) {
             (Loss::AbsolutePinball, Some(upper)) => {
                 let q = self.config.quantile;
@@ -566,8 +611,8 @@ impl Lstm {
             .copied()
             .filter(|&t| t + c.horizon <= first_validation)
             .collect();
-        let train_set = self.examples(values, &train_origins);
-        let val_set = (n_val > 0).then(|| self.examples(values, &origins[n_train..]));
+        let train_set = self.examples(train, &train_origins);
+        let val_set = (n_val > 0).then(|| self.examples(train, &origins[n_train..]));
         Ok((train_set, val_set))
     }
 
@@ -750,20 +795,35 @@ impl Forecaster for Lstm {
     }
 
     fn predict_many(&self, histories: &[&[f64]]) -> Result<Vec<Prediction>, Error> {
+        self.predict_seasonal(histories, &[])
+    }
+
+    fn seasonal(&self) -> bool {
+        self.config.seasonal_features() > 0
+    }
+
+    fn predict_seasonal(&self, histories: &[&[f64]], lags: &[Vec<f64>]) -> Result<Vec<Prediction>, Error> {
         if self.scale.is_none() {
             return Err(Error::NotFitted);
         }
         let (w, h) = (self.config.window, self.config.horizon);
         let mut x = Vec::with_capacity(histories.len() * w * self.features() as usize);
         let mut last = Vec::with_capacity(histories.len());
-        for history in histories {
+        let mut seasonal = Vec::new();
+        for (i, history) in histories.iter().enumerate() {
             let tail = check_history(history, w)?;
             last.push(self.encode_window(tail, &mut x) as f32);
+            if self.seasonal() {
+                self.seasonal_inputs(lags.get(i).map_or(&[][..], |l| l.as_slice()), &mut seasonal);
+            }
         }
         let n = histories.len() as i64;
         let x = Tensor::from_slice(&x).view([n, w as i64, self.features()]);
         let last = Tensor::from_slice(&last).view([n, 1]);
-        let (point, upper) = tch::no_grad(|| self.forward(&x, &last));
+        let seasonal = self
+            .seasonal()
+            .then(|| Tensor::from_slice(&seasonal).view([n, self.config.seasonal_features() as i64]));
+        let (point, upper) = tch::no_grad(|| self.forward(&x, &last, seasonal.as_ref()));
         let to_rows = |t: Tensor| -> Result<Vec<Vec<f64>>, Error> {
             let flat = Vec::<f32>::try_from(t.to_kind(Kind::Float).flatten(0, -1))?;
             Ok(flat
@@ -798,6 +858,7 @@ mod tests {
             })
             .collect();
         Series {
+            seasonal: None,
             start: DateTime::from_timestamp(0, 0).unwrap(),
             step_seconds: 300,
             values,
@@ -813,6 +874,80 @@ mod tests {
             patience: 0,
             ..LstmConfig::default()
         }
+    }
+
+    /// Six days of 5-minute steps at about 100 millicores, except for an
+    /// hour a day at 400, at 10:00. The one-hour window cannot see the
+    /// burst coming; yesterday can.
+    fn bursts() -> Series {
+        let day = 288;
+        let values = (0..6 * day)
+            .map(|i| {
+                let base = if (120..132).contains(&(i % day)) {
+                    400.0
+                } else {
+                    100.0
+                };
+                base + ((i * 7919) % 11) as f64
+            })
+            .collect();
+        Series {
+            seasonal: None,
+            start: DateTime::from_timestamp(20_000 * 86_400, 0).unwrap(),
+            step_seconds: 300,
+            values,
+        }
+    }
+
+    #[test]
+    fn the_seasonal_context_forecasts_what_the_window_cannot_see() {
+        crate::runtime::configure(1, 7).unwrap();
+        let mut series = bursts();
+        let history = pas_workloads::history::History::of_series(series.start, 300, &series.values, 300);
+        series.seasonal = Some(Arc::new(history));
+        let config = LstmConfig {
+            window: 12,
+            horizon: 6,
+            hidden: 16,
+            max_epochs: 30,
+            ..LstmConfig::default()
+        };
+        let mut seasonal = Lstm::new(config.clone()).unwrap();
+        let mut plain = Lstm::new(LstmConfig {
+            seasonal: false,
+            ..config
+        })
+        .unwrap();
+        assert!(seasonal.seasonal() && !plain.seasonal());
+        let eval = crate::eval::EvalConfig {
+            horizon: 6,
+            test_fraction: 1.0 / 6.0,
+            stride: 1,
+            max_fill: 3,
+            step_seconds: None,
+        };
+        let mut models: [&mut dyn Forecaster; 2] = [&mut seasonal, &mut plain];
+        let report = crate::eval::backtest(
+            "bursts",
+            &series,
+            Default::default(),
+            &mut models,
+            &eval,
+            &mut |_| {},
+        )
+        .unwrap();
+        let (with, without) = (report.models[0].mase, report.models[1].mase);
+        assert!(
+            with < 0.5 * without,
+            "the last day's burst starts when the day before's did: MASE {with:.3} with the seasonal context, {without:.3} without"
+        );
+        // Without a history the seasonal inputs are zero: the forecast is
+        // the one it makes for an unknown season.
+        let window = &series.values[..1000];
+        let lags = crate::seasonal::lags(series.seasonal.as_deref().unwrap(), series.time_at(999), 300, 6);
+        let known = seasonal.predict_seasonal(&[window], &[lags]).unwrap();
+        let unknown = seasonal.predict(window).unwrap();
+        assert_ne!(known[0].values, unknown.values);
     }
 
     #[test]

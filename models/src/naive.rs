@@ -57,6 +57,7 @@ pub fn baseline(
     quantile: f64,
 ) -> Result<Prediction, Error> {
     let series = Series {
+        seasonal: None,
         start: chrono::DateTime::UNIX_EPOCH,
         step_seconds,
         values: history,
@@ -480,6 +481,7 @@ mod tests {
 
     fn series(values: Vec<f64>) -> Series {
         Series {
+            seasonal: None,
             start: DateTime::from_timestamp(0, 0).unwrap(),
             step_seconds: 300,
             values,
@@ -509,6 +511,7 @@ mod tests {
                 *v = 100.0;
             }
             Series {
+                seasonal: None,
                 start: DateTime::UNIX_EPOCH,
                 step_seconds: 3600,
                 values,

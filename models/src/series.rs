@@ -22,6 +22,9 @@ pub struct Series {
     pub step_seconds: u32,
     /// One value per step; `NaN` marks a missing step.
     pub values: Vec<f64>,
+    /// The workload's coarse history, where known: seasonal models read
+    /// what the load did a day and a week before ([`crate::seasonal`]).
+    pub seasonal: Option<std::sync::Arc<pas_workloads::history::History>>,
 }
 
 /// What resampling and gap filling did to a series, for reports.
@@ -42,6 +45,7 @@ pub struct GapReport {
 impl From<pas_workloads::Steps> for Series {
     fn from(s: pas_workloads::Steps) -> Series {
         Series {
+            seasonal: None,
             start: s.start,
             step_seconds: s.step_seconds,
             values: s.values,
@@ -98,6 +102,7 @@ impl Series {
             .collect();
         let start = DateTime::from_timestamp(origin, 0).expect("timestamp from a DateTime");
         Ok(Series {
+            seasonal: None,
             start,
             step_seconds,
             values,
@@ -156,6 +161,7 @@ impl Series {
     /// The steps `range`, as a series of their own.
     pub fn slice(&self, range: std::ops::Range<usize>) -> Series {
         Series {
+            seasonal: self.seasonal.clone(),
             start: self.time_at(range.start),
             step_seconds: self.step_seconds,
             values: self.values[range].to_vec(),
@@ -277,6 +283,7 @@ mod tests {
     fn only_short_inner_gaps_are_filled() {
         let nan = f64::NAN;
         let mut s = Series {
+            seasonal: None,
             start: at(0),
             step_seconds: 5,
             values: vec![nan, 1.0, nan, 3.0, nan, nan, nan, 7.0, nan],

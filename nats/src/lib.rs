@@ -17,12 +17,14 @@
 //!   consumer (state rebuilt at start, ranges read by `pas replay`).
 //! - [`wait_for`] and [`durable`]: a stage waits for the streams, buckets
 //!   and live consumers `pas bus init` provisions instead of exiting.
+//! - [`history`]: workloads' coarse demand history in `pas-history`.
 //! - [`kv_writer`]: key-value writes beside a stage's loop, the newest value
 //!   of a key replacing one still queued.
 //! - [`model_store`]: model versions in the `pas-models` object store, as
 //!   the trainer writes and the forecaster reads them.
 
 pub mod definitions;
+pub mod history;
 pub mod kv_writer;
 pub mod model_store;
 pub mod provision;

@@ -26,6 +26,16 @@ pub const SLOTS: usize = 288;
 /// The default coarse step: 5 minutes.
 pub const DEFAULT_STEP_SECONDS: u32 = 300;
 
+/// How far back a history reaches by default: 14 days.
+pub const DEFAULT_KEEP_SECONDS: u64 = 14 * 86_400;
+
+/// The coarse step for a series of `step_seconds`: the smallest whole
+/// multiple of it that is at least [`DEFAULT_STEP_SECONDS`].
+pub fn coarse_step_for(step_seconds: u32) -> u32 {
+    let step = step_seconds.max(1);
+    DEFAULT_STEP_SECONDS.div_ceil(step) * step
+}
+
 /// What a block starts with, so a stray entry is never read as history.
 const MAGIC: &[u8; 4] = b"PASH";
 /// The encoding's version.
@@ -137,7 +147,7 @@ impl Block {
 }
 
 /// The slot being averaged.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 struct Open {
     /// Slot since the Unix epoch.
     slot: i64,
@@ -152,7 +162,7 @@ struct Open {
 /// One workload's coarse history: the blocks of the last `keep` seconds
 /// and the slot being averaged. Blocks changed since [`History::take_changed`]
 /// are remembered, so only they are written.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct History {
     step_seconds: u32,
     keep_blocks: usize,
@@ -309,6 +319,46 @@ impl History {
         Some(block.values[slot.rem_euclid(SLOTS as i64) as usize]).filter(|v| !v.is_nan())
     }
 
+    /// Demand at `seconds` since the epoch, interpolated between the means
+    /// of the two slots whose middles surround it (the one that has a
+    /// value when the other is missing); `None` when neither has one.
+    pub fn interpolated(&self, seconds: f64) -> Option<f64> {
+        let x = seconds / f64::from(self.step_seconds) - 0.5;
+        let k = x.floor();
+        let frac = x - k;
+        let value = |slot: i64| -> Option<f64> {
+            let block = self.blocks.get(&slot.div_euclid(SLOTS as i64))?;
+            Some(block.values[slot.rem_euclid(SLOTS as i64) as usize]).filter(|v| !v.is_nan())
+        };
+        let k = k as i64;
+        match (value(k), value(k + 1)) {
+            (Some(a), Some(b)) => Some(a + (b - a) * frac),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The history of a whole series (steps of `step_seconds` from
+    /// `start`, `NaN` where missing) at the coarse step `coarse_seconds`,
+    /// keeping all of it and at least [`DEFAULT_KEEP_SECONDS`]: what `pas
+    /// experiment` and `pas models eval` build from a trace, and the trainer
+    /// from its series, as the forecaster does from its samples.
+    pub fn of_series(
+        start: DateTime<Utc>,
+        step_seconds: u32,
+        values: &[f64],
+        coarse_seconds: u32,
+    ) -> History {
+        let span = u64::from(step_seconds) * values.len() as u64;
+        let mut history = History::new(coarse_seconds, span.max(DEFAULT_KEEP_SECONDS));
+        let step = chrono::TimeDelta::seconds(i64::from(step_seconds));
+        for (i, v) in values.iter().enumerate() {
+            history.record(start + step * i as i32, *v);
+        }
+        // The last slot closes with a step past the end.
+        history.record(start + step * values.len() as i32, f64::NAN);
+        history
+    }
+
     /// Slots with a value.
     pub fn slots(&self) -> usize {
         self.blocks
@@ -414,6 +464,29 @@ mod tests {
         restarted.record(at(1_000_040), f64::NAN);
         restarted.record(at(1_000_050), 1.0);
         assert_eq!(restarted.at(at(1_000_040)), None);
+    }
+
+    #[test]
+    fn a_series_history_interpolates_between_slot_middles() {
+        // 60 s steps into 300 s slots: slot k is the mean of its 5 steps.
+        let values: Vec<f64> = (0..20).map(|i| if i < 5 { 10.0 } else { 20.0 }).collect();
+        let start = at(3_000_000 * 300);
+        let h = History::of_series(start, 60, &values, coarse_step_for(60));
+        let t0 = start.timestamp() as f64;
+        assert_eq!(h.step_seconds(), 300);
+        // The middle of slot 0, then halfway to slot 1's middle.
+        assert_eq!(h.interpolated(t0 + 150.0), Some(10.0));
+        assert_eq!(h.interpolated(t0 + 300.0), Some(15.0));
+        assert_eq!(h.interpolated(t0 + 450.0), Some(20.0));
+        // The last slot is closed too; past it, the nearest value; before
+        // the start, only the first slot's.
+        assert_eq!(h.interpolated(t0 + 1050.0), Some(20.0));
+        assert_eq!(h.interpolated(t0 + 1300.0), Some(20.0));
+        assert_eq!(h.interpolated(t0 - 100.0), Some(10.0));
+        assert_eq!(h.interpolated(t0 - 1000.0), None);
+        assert_eq!(coarse_step_for(15), 300);
+        assert_eq!(coarse_step_for(7), 301);
+        assert_eq!(coarse_step_for(600), 600);
     }
 
     #[test]

@@ -55,7 +55,7 @@ pub struct EvalArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "naive,seasonal-naive,holt-winters,lstm-seed,lstm"
+        default_value = "naive,seasonal-naive,seasonal-peak,holt-winters,lstm-seed,lstm"
     )]
     models: Vec<String>,
     /// Share of each trace (its newest part) to test on.

@@ -46,6 +46,7 @@ use pas_models::{Series, Trace};
 use pas_scaler::policy::{self, ForecastView, History, Policy, Settings, Tuning};
 use pas_scaler::sim::{PodModel, SimulatedStatefulSet};
 use pas_schemas::{Forecast, TrainingRange};
+use pas_workloads::history::{History as Coarse, coarse_step_for};
 use pas_workloads::{Steps, WorkloadKey, Workloads};
 use serde::Serialize;
 
@@ -469,11 +470,20 @@ pub fn run_trace(
         config.pod.capacity_millicores,
         config.shape,
     );
-    let series = step_means(
+    let mut series = step_means(
         &Series::resample(&trace.points, step)?,
         &demand,
         config.tuning.tick,
     );
+    // The coarse history the forecaster keeps, as if it had run over the
+    // whole trace: the trainer and every forecast read their seasonal
+    // context from it (always a day or more before the forecast's steps).
+    series.seasonal = Some(std::sync::Arc::new(Coarse::of_series(
+        series.start,
+        step,
+        &series.values,
+        coarse_step_for(step),
+    )));
     let n = series.len();
     let horizon = config.trainer.model.horizon;
     let split = ((n as f64) * config.train_fraction).round() as usize;
@@ -609,6 +619,7 @@ pub fn run_trace(
         seed: &seed,
         forecaster: &forecaster,
         models: &models,
+        history: series.seasonal.as_deref(),
     };
     // Every policy, then the oracle, at every target; the runs are
     // independent, so they share the cores.
@@ -771,6 +782,8 @@ struct Forecasting<'a> {
     seed: &'a Workloads,
     forecaster: &'a pas_forecaster::Config,
     models: &'a Models,
+    /// The workload's coarse history (the trace's demand).
+    history: Option<&'a Coarse>,
 }
 
 /// The forecaster's tick at every step of the scored part (from `split`):
@@ -797,7 +810,14 @@ fn forecasts(
                 saturated: vec![false; values.len()],
                 values,
             };
-            pas_forecaster::window(key, steps, series.time_at(i), forecaster.max_fill, models)
+            pas_forecaster::window(
+                key,
+                steps,
+                series.time_at(i),
+                forecaster.max_fill,
+                models,
+                series.seasonal.as_deref(),
+            )
         })
         .collect();
     pas_forecaster::forecast(windows, &forecaster.tick_settings(), series.time_at(split))
@@ -1058,7 +1078,7 @@ fn tick_forecast(f: &Forecasting<'_>, folded: &Workloads, now: DateTime<Utc>) ->
     }
     let (steps, _) = folded.series(f.key)?;
     let closed = now - TimeDelta::seconds(step);
-    let window = pas_forecaster::window(f.key, steps, closed, f.forecaster.max_fill, f.models)?;
+    let window = pas_forecaster::window(f.key, steps, closed, f.forecaster.max_fill, f.models, f.history)?;
     let (_, made) = pas_forecaster::forecast(vec![window], &f.forecaster.tick_settings(), now).pop()?;
     made.ok()
 }

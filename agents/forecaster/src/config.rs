@@ -30,9 +30,10 @@ pub struct Config {
     /// Steps of history kept per workload; a model with a longer window is refused.
     pub history: usize,
     /// Slot of each workload's long, coarse demand history (bucket
-    /// `pas-history`): a whole multiple of `step`.
+    /// `pas-history`): a whole multiple of `step`; when not set, the
+    /// smallest one of at least 5 minutes (what the trainer assumes).
     #[serde(with = "humantime_serde")]
-    pub coarse_step: Duration,
+    pub coarse_step: Option<Duration>,
     /// How far back the coarse history reaches (whole blocks of 288 slots,
     /// a day at 5 minutes, plus the current one).
     #[serde(with = "humantime_serde")]
@@ -85,8 +86,8 @@ impl Default for Config {
             tick: None,
             tick_delay: Duration::from_millis(500),
             history: 96,
-            coarse_step: Duration::from_secs(pas_workloads::history::DEFAULT_STEP_SECONDS.into()),
-            coarse_keep: Duration::from_secs(14 * 86_400),
+            coarse_step: None,
+            coarse_keep: Duration::from_secs(pas_workloads::history::DEFAULT_KEEP_SECONDS),
             lateness: Duration::from_secs(30),
             stale_after: Duration::from_secs(60),
             forget_after: Duration::from_secs(900),
@@ -114,6 +115,14 @@ impl Config {
         pas_runtime::config::replica_id(self.replica.as_deref(), "forecaster")
     }
 
+    /// The coarse history's step ([`Config::coarse_step`]).
+    pub fn coarse_step(&self) -> Duration {
+        self.coarse_step.unwrap_or_else(|| {
+            let step = u32::try_from(self.step.as_secs()).unwrap_or(u32::MAX);
+            Duration::from_secs(pas_workloads::history::coarse_step_for(step).into())
+        })
+    }
+
     /// The tick interval.
     pub fn tick(&self) -> Duration {
         self.tick.unwrap_or(self.step)
@@ -135,14 +144,15 @@ impl Config {
         if self.history < 2 || self.horizon == 0 {
             return Err("history must be at least 2 steps and horizon at least 1".into());
         }
-        let (step, coarse) = (self.step.as_secs(), self.coarse_step.as_secs());
-        if coarse < step || coarse % step != 0 || self.coarse_step.subsec_nanos() != 0 {
+        let (step, coarse) = (self.step.as_secs(), self.coarse_step().as_secs());
+        if coarse < step || coarse % step != 0 || self.coarse_step().subsec_nanos() != 0 {
             return Err(format!(
                 "coarse_step ({:?}) must be a whole multiple of step ({:?})",
-                self.coarse_step, self.step
+                self.coarse_step(),
+                self.step
             ));
         }
-        if self.coarse_keep < self.coarse_step {
+        if self.coarse_keep < self.coarse_step() {
             return Err("coarse_keep must be at least one coarse_step".into());
         }
         pas_runtime::config::check_horizon("the baseline's horizon", self.horizon, self.step, self.lead)?;

@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use async_nats::jetstream::kv::Store;
 use chrono::{DateTime, TimeDelta, Utc};
 use futures::StreamExt;
-use pas_nats::kv_writer::{KvWriter, NATS_CALL};
+use pas_nats::kv_writer::KvWriter;
 use pas_schemas::subjects::Keys;
 use pas_workloads::history::{Block, History};
 use pas_workloads::{Steps, WorkloadKey};
@@ -71,16 +71,28 @@ impl Histories {
             history: History::new(step_seconds, keep_seconds),
             load: Load::Due,
         });
-        let step = TimeDelta::seconds(i64::from(steps.step_seconds.max(1)));
-        for (i, value) in steps.values.iter().enumerate() {
+        let seconds = i64::from(steps.step_seconds.max(1));
+        // From the step after the newest recorded one.
+        let first = entry.history.recorded().map_or(0, |r| {
+            usize::try_from((r - steps.start).num_seconds().div_euclid(seconds) + 1).unwrap_or(0)
+        });
+        let step = TimeDelta::seconds(seconds);
+        for (i, value) in steps.values.iter().enumerate().skip(first) {
             let at = steps.start + step * i as i32;
             if at > closed {
                 break;
             }
-            if entry.history.recorded().is_none_or(|r| at > r) {
-                entry.history.record(at, *value);
-            }
+            entry.history.record(at, *value);
         }
+    }
+
+    /// `key`'s history, once its stored blocks are merged (before that, a
+    /// forecast would see a season's gap that is not there).
+    pub(crate) fn get(&self, key: &WorkloadKey) -> Option<&History> {
+        self.map
+            .get(key)
+            .filter(|e| e.load == Load::Done)
+            .map(|e| &e.history)
     }
 
     /// Keeps only the workloads `keep` says (the owned ones): another
@@ -145,47 +157,27 @@ impl Histories {
     }
 }
 
-/// Reads the stored `blocks` of `key`. A block that is not there is
-/// simply missing; one that does not decode is refused and counted; a read
-/// that fails (NATS down, slow) fails the whole load, to be asked again.
-pub(crate) async fn load(
+/// Reads the stored `blocks` of `key` ([`pas_nats::history::read`]),
+/// counting refused entries; `None` when the read failed (asked again).
+async fn load(
     kv: &Store,
     keys: &Keys,
     key: &WorkloadKey,
     blocks: &[i64],
     metrics: &Metrics,
 ) -> Option<Vec<Block>> {
-    let mut out = Vec::new();
-    for &index in blocks {
-        let name = keys.history(&key.namespace, &key.workload, index);
-        match tokio::time::timeout(NATS_CALL, kv.get(&name)).await {
-            Ok(Ok(Some(bytes))) => match Block::decode(&bytes) {
-                Ok(block) if block.index == index => out.push(block),
-                Ok(block) => {
-                    tracing::warn!(
-                        key = name,
-                        stored = block.index,
-                        "A history block under another block's key; ignored."
-                    );
-                    metrics.history_refused();
-                }
-                Err(error) => {
-                    tracing::warn!(key = name, error, "An unreadable history block; ignored.");
-                    metrics.history_refused();
-                }
-            },
-            Ok(Ok(None)) => {}
-            Ok(Err(error)) => {
-                tracing::warn!(key = name, %error, "Reading the history failed; will try again.");
-                return None;
+    match pas_nats::history::read(kv, keys, &key.namespace, &key.workload, blocks).await {
+        Ok(read) => {
+            for _ in 0..read.refused {
+                metrics.history_refused();
             }
-            Err(_) => {
-                tracing::warn!(key = name, "Reading the history timed out; will try again.");
-                return None;
-            }
+            Some(read.blocks)
+        }
+        Err(error) => {
+            tracing::warn!(workload = key.model_key(), %error, "Reading the history failed; will try again.");
+            None
         }
     }
-    Some(out)
 }
 
 /// Reads the stored history of every workload `due`, merging each into

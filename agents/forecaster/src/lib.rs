@@ -19,7 +19,8 @@
 //!   A workload with no sample for [`Config::stale_after`] is not forecast;
 //!   after [`Config::forget_after`] it is forgotten.
 //! - **Coarse history** ([`history`]): each owned workload's demand at
-//!   [`Config::coarse_step`] for [`Config::coarse_keep`] (14 days), kept in
+//!   [`Config::coarse_step`] (5 minutes) for [`Config::coarse_keep`] (14
+//!   days), kept in
 //!   the key-value bucket `pas-history`, so it survives restarts.
 //! - **Models** ([`models`]): the newest accepted version from `pas-models`,
 //!   swapped in when it appears; a workload without one gets the naive
@@ -60,6 +61,7 @@ use pas_schemas::subjects::{
     BUCKET_FORECASTER, BUCKET_HISTORY, BUCKET_MODELS, Keys, Prefix, STREAM_SAMPLES, Stage,
 };
 use pas_schemas::{CpuSample, Forecast, ModelRef, QuantileForecast, SCHEMA_VERSION};
+use pas_workloads::history::History;
 use pas_workloads::{Fold, Steps, WorkloadKey, Workloads};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -98,6 +100,10 @@ pub struct Window {
     /// The model that serves the workload (its own or the global one, when
     /// its window fits); the naive baseline when `None`.
     pub model: Option<Arc<Served>>,
+    /// The seasonal context for the model's horizon
+    /// ([`pas_models::seasonal::lags`]) when it reads one and the workload's
+    /// coarse history is known; empty otherwise.
+    pub lags: Vec<f64>,
 }
 
 /// How a tick forecasts.
@@ -127,15 +133,17 @@ impl Config {
 
 /// A workload's window for a forecast from its step `closed`: its demand
 /// series up to and including that step, holes of at most `max_fill` steps
-/// interpolated, with the per-pod request of its newest step that has one
-/// and the model `models` serves it (when its window fits). `None` when the
-/// closed step has no value or no request is known.
+/// interpolated, with the per-pod request of its newest step that has one,
+/// the model `models` serves it (when its window fits) and, when that model
+/// reads it, the seasonal context from the workload's coarse `history`.
+/// `None` when the closed step has no value or no request is known.
 pub fn window(
     key: &WorkloadKey,
     steps: Steps,
     closed: DateTime<Utc>,
     max_fill: usize,
     models: &Models,
+    history: Option<&History>,
 ) -> Option<Window> {
     let step = i64::from(steps.step_seconds.max(1));
     let n = usize::try_from((closed - steps.start).num_seconds().div_euclid(step) + 1).ok()?;
@@ -152,12 +160,20 @@ pub fn window(
     let model = models
         .get(&key.model_key())
         .filter(|m| s.values.len() >= m.weights.shape().window);
+    let lags = match (&model, history) {
+        (Some(m), Some(history)) if m.weights.shape().seasonal > 0 => {
+            let horizon = m.weights.shape().horizon;
+            pas_models::seasonal::lags(history, closed, s.step_seconds, horizon)
+        }
+        _ => Vec::new(),
+    };
     Some(Window {
         key: key.clone(),
         window_end: closed,
         values: s.values,
         request,
         model,
+        lags,
     })
 }
 
@@ -250,7 +266,10 @@ impl Forecaster {
         let inputs = Arc::new(Mutex::new(Inputs {
             series: Workloads::new(step as u32, config.history, open_steps),
             tracked: HashMap::new(),
-            histories: Histories::new(config.coarse_step.as_secs() as u32, config.coarse_keep.as_secs()),
+            histories: Histories::new(
+                config.coarse_step().as_secs() as u32,
+                config.coarse_keep.as_secs(),
+            ),
         }));
         // Samples keep flowing until the last tick is done.
         let stop_consuming = CancellationToken::new();
@@ -632,7 +651,7 @@ fn collect(
             continue;
         };
         histories.record(key, &steps, closed);
-        if let Some(w) = window(key, steps, closed, config.max_fill, served) {
+        if let Some(w) = window(key, steps, closed, config.max_fill, served, histories.get(key)) {
             jobs.push(w);
         }
     }
@@ -776,7 +795,8 @@ pub fn forecast(
             .filter_map(|&i| windows[i].model.as_ref().map(|m| &m.weights))
             .collect();
         let inputs: Vec<&[f64]> = served.iter().map(|&i| windows[i].values.as_slice()).collect();
-        match predict_batch(&weights, &inputs, settings.chunk) {
+        let lags: Vec<Vec<f64>> = served.iter().map(|&i| windows[i].lags.clone()).collect();
+        match predict_batch(&weights, &inputs, &lags, settings.chunk) {
             Ok(made) => {
                 for (&i, p) in served.iter().zip(made) {
                     let model = windows[i].model.as_ref();

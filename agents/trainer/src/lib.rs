@@ -52,6 +52,7 @@ use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
 use pas_nats::model_store::{self as store, Layout, Versions};
+use pas_workloads::history::{History, coarse_step_for};
 use pas_workloads::{Fold, WorkloadKey, Workloads};
 
 /// A fixed label set: one word from a known list.
@@ -78,6 +79,9 @@ pub struct Metrics {
     versions: Family<Outcome, Counter>,
     /// `pas_trainer_training_failures_total`: training runs that stored nothing.
     failures: Counter,
+    /// `pas_trainer_history_reads_total{outcome}`: reads of a workload's
+    /// stored history before training it (ok, failed).
+    history_reads: Family<Outcome, Counter>,
 }
 
 impl Metrics {
@@ -107,6 +111,11 @@ impl Metrics {
             "Training runs that stored nothing.",
             self.failures.clone(),
         );
+        registry.register(
+            "pas_trainer_history_reads",
+            "Reads of a workload's stored coarse history before training, by outcome (ok, failed).",
+            self.history_reads.clone(),
+        );
     }
 
     /// Samples folded so far.
@@ -117,6 +126,11 @@ impl Metrics {
     /// Workloads held now.
     pub fn workloads(&self) -> i64 {
         self.workloads.get()
+    }
+
+    /// Reads of stored history with `outcome` (`ok` or `failed`).
+    pub fn history_reads(&self, outcome: &'static str) -> u64 {
+        self.history_reads.get_or_create(&Outcome { outcome }).get()
     }
 
     /// Versions stored with `outcome` (`accepted`, `rejected` or `diverged`).
@@ -174,16 +188,20 @@ impl Trainer {
         .await?;
         let js = conn.jetstream.clone();
         // Waits for what `pas bus init` provisions rather than exiting.
-        let opened = pas_nats::wait_for("the pas-models bucket", &shutdown, || async {
+        let opened = pas_nats::wait_for("the pas-models and pas-history buckets", &shutdown, || async {
             let bucket = js
                 .get_object_store(pas_schemas::subjects::BUCKET_MODELS)
                 .await
                 .map_err(|e| pas_nats::Error::js("open the pas-models bucket", e))?;
             let chunks = pas_nats::open_stream(&js, &pas_nats::definitions::object_stream()).await?;
-            Ok((bucket, chunks))
+            let history = js
+                .get_key_value(pas_schemas::subjects::BUCKET_HISTORY)
+                .await
+                .map_err(|e| pas_nats::Error::js("open the pas-history bucket", e))?;
+            Ok((bucket, chunks, history))
         })
         .await?;
-        let Some((bucket, chunks)) = opened else {
+        let Some((bucket, chunks, history)) = opened else {
             return Ok(());
         };
         let Some(samples) = pas_nats::bind(&js, Stage::Trainer, STREAM_SAMPLES, &prefix, &shutdown).await?
@@ -220,6 +238,7 @@ impl Trainer {
             prefix,
             metrics,
             bucket,
+            history,
             layout,
             client: conn.client.clone(),
             models,
@@ -269,6 +288,9 @@ struct Training {
     prefix: Prefix,
     metrics: Metrics,
     bucket: ObjectStore,
+    /// The workloads' coarse history (`pas-history`), read for the
+    /// seasonal context.
+    history: async_nats::jetstream::kv::Store,
     layout: Layout,
     client: async_nats::Client,
     models: HashMap<String, Versions>,
@@ -324,6 +346,7 @@ impl Training {
         shutdown: &CancellationToken,
     ) -> std::ops::ControlFlow<()> {
         self.attempts.insert(key.clone(), range.to);
+        let series = self.with_history(&key, series).await;
         let versions = self.models.entry(key.model_key()).or_default();
         let version = versions.keys().next_back().copied().unwrap_or(0) + 1;
         tracing::info!(
@@ -399,6 +422,45 @@ impl Training {
             }
         }
         std::ops::ControlFlow::Continue(())
+    }
+}
+
+impl Training {
+    /// `series` with its workload's coarse history: the series' own steps,
+    /// and the older days the forecasters stored in `pas-history` (14 days;
+    /// the series holds at most `max_history` steps). Without the stored
+    /// part when it cannot be read: the model then sees fewer seasons.
+    async fn with_history(&self, key: &WorkloadKey, mut series: pas_models::Series) -> pas_models::Series {
+        let coarse = coarse_step_for(series.step_seconds);
+        let mut history = History::of_series(series.start, series.step_seconds, &series.values, coarse);
+        let newest = history.block_of(series.time_at(series.len().saturating_sub(1)));
+        let blocks: Vec<i64> = (newest + 1 - history.keep_blocks() as i64..=newest).collect();
+        let keys = self.prefix.keys();
+        let read =
+            pas_nats::history::read(&self.history, &keys, &key.namespace, &key.workload, &blocks).await;
+        let outcome = if read.is_ok() { "ok" } else { "failed" };
+        self.metrics
+            .history_reads
+            .get_or_create(&Outcome { outcome })
+            .inc();
+        match read {
+            Ok(read) => {
+                for block in read.blocks {
+                    if let Err(error) = history.merge(block) {
+                        tracing::warn!(
+                            workload = key.model_key(),
+                            error,
+                            "A stored history block was refused."
+                        );
+                    }
+                }
+            }
+            Err(error) => {
+                tracing::warn!(workload = key.model_key(), %error, "Reading the stored history failed; training on the series' own.");
+            }
+        }
+        series.seasonal = Some(Arc::new(history));
+        series
     }
 }
 
