@@ -17,19 +17,21 @@ from torch import nn
 
 
 class Direct(nn.Module):
-    """PAS's `lstm`: LSTM encoder, heads for the change and the upper margin."""
+    """PAS's `lstm`: LSTM encoder, heads for the change and the upper margin,
+    which also read the seasonal inputs where the examples have them."""
 
-    def __init__(self, hp):
+    def __init__(self, hp, seasonal):
         super().__init__()
         self.h = hp["horizon"]
         self.lstm = nn.LSTM(2, hp["hidden"], num_layers=hp["layers"], batch_first=True)
-        self.head = nn.Linear(hp["hidden"], 2 * self.h)
+        self.head = nn.Linear(hp["hidden"] + seasonal, 2 * self.h)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
 
-    def forward(self, x, last):
+    def forward(self, x, last, seasonal=None):
         out, _ = self.lstm(x)
-        heads = self.head(out[:, -1])
+        state = out[:, -1] if seasonal is None else torch.cat([out[:, -1], seasonal], 1)
+        heads = self.head(state)
         point = heads[:, : self.h] + last
         upper = point + nn.functional.softplus(heads[:, self.h :])
         return point, upper
@@ -47,7 +49,7 @@ class EncoderDecoder(nn.Module):
         self.dense = nn.Linear(hidden, hp["dense"])
         self.out = nn.Linear(hp["dense"], 1)
 
-    def forward(self, x, last):
+    def forward(self, x, last, seasonal=None):
         enc, _ = self.encoder(x)
         state = enc[:, -1].unsqueeze(1).repeat(1, self.h, 1)
         dec, _ = self.decoder(state)
@@ -76,7 +78,9 @@ def main():
     hp = json.load(open(args.manifest))["hyper_parameters"]
     data = np.load(args.examples)
     x, y, last = (torch.from_numpy(data[k]).float() for k in ("x", "y", "last"))
-    model = Direct(hp) if hp["architecture"] == "direct" else EncoderDecoder(hp)
+    seasonal = torch.from_numpy(data["seasonal"]).float() if "seasonal" in data else None
+    features = 0 if seasonal is None else seasonal.shape[1]
+    model = Direct(hp, features) if hp["architecture"] == "direct" else EncoderDecoder(hp)
     opt = torch.optim.Adam(model.parameters(), lr=hp["learning_rate"])
     rng = np.random.default_rng(hp["seed"])
     n = x.shape[0]
@@ -87,7 +91,8 @@ def main():
         order = torch.from_numpy(rng.permutation(n)[:per_epoch])
         total, batches = 0.0, 0
         for chunk in torch.split(order, hp["batch_size"]):
-            point, upper = model(x.index_select(0, chunk), last.index_select(0, chunk))
+            extra = None if seasonal is None else seasonal.index_select(0, chunk)
+            point, upper = model(x.index_select(0, chunk), last.index_select(0, chunk), extra)
             loss = loss_of(hp, point, upper, y.index_select(0, chunk))
             opt.zero_grad()
             loss.backward()

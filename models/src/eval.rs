@@ -132,16 +132,9 @@ pub fn evaluate_trace(
     progress: &mut dyn FnMut(Progress<'_>),
 ) -> Result<SeriesReport, Error> {
     let step = config.step_seconds.unwrap_or_else(|| trace.median_step_seconds());
-    let (mut series, gaps) = trace.to_series(step, config.max_fill)?;
-    // The coarse history a forecaster would have kept of it: seasonal
-    // models read a day and a week back (never past a forecast's origin).
-    let coarse = pas_workloads::history::coarse_step_for(series.step_seconds);
-    series.seasonal = Some(std::sync::Arc::new(pas_workloads::history::History::of_series(
-        series.start,
-        series.step_seconds,
-        &series.values,
-        coarse,
-    )));
+    let (series, gaps) = trace.to_series(step, config.max_fill)?;
+    // Seasonal models read a day and a week back (never past an origin).
+    let series = series.with_own_history();
     let mut models = Vec::with_capacity(kinds.len());
     for &kind in kinds {
         models.push(build(

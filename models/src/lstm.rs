@@ -618,11 +618,17 @@ impl Lstm {
 
     /// Writes the training examples [`Forecaster::fit`] would use to an
     /// `.npz` file (`x`: inputs `[n, window, features]`, `y`: targets
-    /// `[n, horizon]`, `last`: last input value `[n, 1]`, all scaled), so
-    /// another implementation can train on exactly the same data.
+    /// `[n, horizon]`, `last`: last input value `[n, 1]`, all scaled, and
+    /// where the model reads them `seasonal`: the output layer's seasonal
+    /// inputs `[n, seasonal features]`), so another implementation can
+    /// train on exactly the same data.
     pub fn export_training_set(&mut self, train: &Series, path: &std::path::Path) -> Result<usize, Error> {
         let (set, _) = self.prepare(train)?;
-        Tensor::write_npz(&[("x", &set.x), ("y", &set.y), ("last", &set.last)], path)?;
+        let mut arrays = vec![("x", &set.x), ("y", &set.y), ("last", &set.last)];
+        if let Some(seasonal) = &set.seasonal {
+            arrays.push(("seasonal", seasonal));
+        }
+        Tensor::write_npz(&arrays, path)?;
         Ok(set.len() as usize)
     }
 

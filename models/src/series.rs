@@ -168,6 +168,21 @@ impl Series {
         }
     }
 
+    /// The series with the coarse history a forecaster would have kept of
+    /// it ([`pas_workloads::history::History::of_series`], 5-minute slots or
+    /// the nearest whole number of steps above): what seasonal models read
+    /// when the series is a recorded trace (`pas models`, `pas experiment`).
+    pub fn with_own_history(mut self) -> Series {
+        let coarse = pas_workloads::history::coarse_step_for(self.step_seconds);
+        self.seasonal = Some(std::sync::Arc::new(pas_workloads::history::History::of_series(
+            self.start,
+            self.step_seconds,
+            &self.values,
+            coarse,
+        )));
+        self
+    }
+
     /// Steps per day, when a day is a whole number of steps.
     pub fn steps_per_day(&self) -> Option<usize> {
         (86_400 % self.step_seconds == 0).then(|| (86_400 / self.step_seconds) as usize)

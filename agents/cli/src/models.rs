@@ -275,6 +275,7 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
     let trace = Trace::read(&args.trace)?;
     let step = args.common.step.unwrap_or_else(|| trace.median_step_seconds());
     let (series, gaps) = trace.to_series(step, args.common.max_fill)?;
+    let series = series.with_own_history();
     eprintln!(
         "training {kind} on {} ({} steps of {step} s, {} missing, {} filled)",
         trace.name, gaps.steps, gaps.missing, gaps.filled

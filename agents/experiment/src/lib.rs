@@ -46,7 +46,7 @@ use pas_models::{Series, Trace};
 use pas_scaler::policy::{self, ForecastView, History, Policy, Settings, Tuning};
 use pas_scaler::sim::{PodModel, SimulatedStatefulSet};
 use pas_schemas::{Forecast, TrainingRange};
-use pas_workloads::history::{History as Coarse, coarse_step_for};
+use pas_workloads::history::History as Coarse;
 use pas_workloads::{Steps, WorkloadKey, Workloads};
 use serde::Serialize;
 
@@ -470,20 +470,15 @@ pub fn run_trace(
         config.pod.capacity_millicores,
         config.shape,
     );
-    let mut series = step_means(
+    // With the coarse history the forecaster keeps, as if it had run over
+    // the whole trace: the trainer and every forecast read their seasonal
+    // context from it (always a day or more before the forecast's steps).
+    let series = step_means(
         &Series::resample(&trace.points, step)?,
         &demand,
         config.tuning.tick,
-    );
-    // The coarse history the forecaster keeps, as if it had run over the
-    // whole trace: the trainer and every forecast read their seasonal
-    // context from it (always a day or more before the forecast's steps).
-    series.seasonal = Some(std::sync::Arc::new(Coarse::of_series(
-        series.start,
-        step,
-        &series.values,
-        coarse_step_for(step),
-    )));
+    )
+    .with_own_history();
     let n = series.len();
     let horizon = config.trainer.model.horizon;
     let split = ((n as f64) * config.train_fraction).round() as usize;
