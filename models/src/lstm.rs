@@ -104,8 +104,8 @@ pub struct LstmConfig {
     pub max_examples: usize,
     /// The direct network's output layer also reads the seasonal context
     /// ([`crate::seasonal`]): what the load did a day and a week before.
-    /// A manifest without it (an older model) has none.
-    #[serde(default)]
+    /// Unset in a settings file: on. (A stored manifest without it, from
+    /// before it existed, has none: the forecaster reads it so.)
     pub seasonal: bool,
 }
 
@@ -954,6 +954,14 @@ mod tests {
         let known = seasonal.predict_seasonal(&[window], &[lags]).unwrap();
         let unknown = seasonal.predict(window).unwrap();
         assert_ne!(known[0].values, unknown.values);
+    }
+
+    #[test]
+    fn a_settings_file_that_leaves_seasonal_out_keeps_it_on() {
+        let partial: LstmConfig = serde_json::from_str(r#"{"window": 24}"#).unwrap();
+        assert!(partial.seasonal && partial.window == 24);
+        let off: LstmConfig = serde_json::from_str(r#"{"seasonal": false}"#).unwrap();
+        assert!(!off.seasonal);
     }
 
     #[test]

@@ -5,9 +5,9 @@
 //! For a forecast whose last input step starts at `last`, the **lags** of a
 //! season `s` are the demand at `last − s` and at each target step
 //! `last + (h + 1)·step − s`, each read at the middle of its step and
-//! interpolated between the coarse slots' middles ([`lags`]). They are
-//! always at least a season minus the horizon in the past, so they never
-//! reveal a target. The `lstm` turns them into features for its output
+//! interpolated between the coarse slots' middles ([`lags`]). A slot
+//! that ends after the last input step counts as missing, so they never
+//! reveal a target, whatever the horizon. The `lstm` turns them into features for its output
 //! layer ([`features`]): per season, whether they are all known and the
 //! change a season ago from the last input step to each target step — so
 //! "yesterday the load rose by this much over the next ten minutes" is
@@ -37,11 +37,14 @@ pub fn lags_len(horizon: usize) -> usize {
 pub fn lags(history: &History, last: DateTime<Utc>, step_seconds: u32, horizon: usize) -> Vec<f64> {
     let step = f64::from(step_seconds);
     let middle = last.timestamp() as f64 + step / 2.0;
+    // Nothing after the last input step ends: a target is never read,
+    // whatever the horizon.
+    let known_until = last.timestamp() as f64 + step;
     let mut out = Vec::with_capacity(lags_len(horizon));
     for season in SEASONS {
         for h in 0..=horizon {
             let t = middle + h as f64 * step - season as f64;
-            out.push(history.interpolated(t).unwrap_or(f64::NAN));
+            out.push(history.interpolated(t, known_until).unwrap_or(f64::NAN));
         }
     }
     out

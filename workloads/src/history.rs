@@ -11,7 +11,8 @@
 //! `u16::MAX`), so the rounding error is below 1/65,534 of that largest
 //! value, far below what a CPU sample can tell. At 5 minutes and 16 blocks
 //! (14 whole days plus today and the day the oldest is cut from) a workload
-//! holds 16 × 597 B ≈ 9.3 KiB; 10,000 workloads ≈ 91 MiB.
+//! holds 16 × 597 B ≈ 9.3 KiB in the store (10,000 workloads ≈ 91 MiB)
+//! and 16 × 288 `f64` ≈ 36 KiB in memory.
 //!
 //! Nothing a stored entry says sizes an allocation: [`Block::decode`] takes
 //! exactly [`Block::ENCODED_LEN`] bytes and refuses anything else.
@@ -78,11 +79,13 @@ impl Block {
             .copied()
             .filter(|v| v.is_finite())
             .fold(0.0_f64, f64::max);
-        let scale = if top > 0.0 {
+        // Never 0 or subnormal, which decode refuses.
+        let scale = (if top > 0.0 {
             top / f64::from(MISSING - 1)
         } else {
             1.0
-        } as f32;
+        } as f32)
+            .max(f32::MIN_POSITIVE);
         let mut out = Vec::with_capacity(Block::ENCODED_LEN);
         out.extend_from_slice(MAGIC);
         out.push(VERSION);
@@ -166,7 +169,8 @@ struct Open {
 pub struct History {
     step_seconds: u32,
     keep_blocks: usize,
-    blocks: BTreeMap<i64, Block>,
+    /// Each kept block's slots (`NaN` missing).
+    blocks: BTreeMap<i64, Vec<f64>>,
     open: Option<Open>,
     /// The newest fine step recorded (its start, seconds since the epoch).
     recorded: Option<i64>,
@@ -250,13 +254,9 @@ impl History {
         let mean = open.sum / f64::from(open.count);
         let index = open.slot.div_euclid(SLOTS as i64);
         let i = open.slot.rem_euclid(SLOTS as i64) as usize;
-        let step = self.step_seconds;
-        let block = self
-            .blocks
-            .entry(index)
-            .or_insert_with(|| Block::empty(step, index));
-        if open.whole || block.values[i].is_nan() {
-            block.values[i] = mean;
+        let block = self.blocks.entry(index).or_insert_with(|| vec![f64::NAN; SLOTS]);
+        if open.whole || block[i].is_nan() {
+            block[i] = mean;
             self.changed.insert(index);
         }
         self.trim();
@@ -281,17 +281,16 @@ impl History {
                 block.step_seconds, self.step_seconds
             ));
         }
-        let index = block.index;
-        match self.blocks.get_mut(&index) {
-            Some(held) => {
-                for (mine, theirs) in held.values.iter_mut().zip(block.values) {
-                    if mine.is_nan() {
-                        *mine = theirs;
-                    }
-                }
-            }
-            None => {
-                self.blocks.insert(index, block);
+        if block.values.len() != SLOTS {
+            return Err(format!("a block has {SLOTS} slots, not {}", block.values.len()));
+        }
+        let held = self
+            .blocks
+            .entry(block.index)
+            .or_insert_with(|| vec![f64::NAN; SLOTS]);
+        for (mine, theirs) in held.iter_mut().zip(block.values) {
+            if mine.is_nan() {
+                *mine = theirs;
             }
         }
         self.trim();
@@ -302,8 +301,20 @@ impl History {
     pub fn take_changed(&mut self) -> Vec<Block> {
         std::mem::take(&mut self.changed)
             .into_iter()
-            .filter_map(|i| self.blocks.get(&i).cloned())
+            .filter_map(|index| {
+                Some(Block {
+                    step_seconds: self.step_seconds,
+                    index,
+                    values: self.blocks.get(&index)?.clone(),
+                })
+            })
             .collect()
+    }
+
+    /// The value of `slot` (since the epoch), if held.
+    fn slot(&self, slot: i64) -> Option<f64> {
+        let block = self.blocks.get(&slot.div_euclid(SLOTS as i64))?;
+        Some(block[slot.rem_euclid(SLOTS as i64) as usize]).filter(|v| !v.is_nan())
     }
 
     /// Whether blocks changed since [`History::take_changed`].
@@ -314,21 +325,23 @@ impl History {
     /// Mean demand of the (closed) slot that holds `at`; `None` when it is
     /// missing or not kept.
     pub fn at(&self, at: DateTime<Utc>) -> Option<f64> {
-        let slot = at.timestamp().div_euclid(i64::from(self.step_seconds));
-        let block = self.blocks.get(&slot.div_euclid(SLOTS as i64))?;
-        Some(block.values[slot.rem_euclid(SLOTS as i64) as usize]).filter(|v| !v.is_nan())
+        self.slot(at.timestamp().div_euclid(i64::from(self.step_seconds)))
     }
 
     /// Demand at `seconds` since the epoch, interpolated between the means
     /// of the two slots whose middles surround it (the one that has a
-    /// value when the other is missing); `None` when neither has one.
-    pub fn interpolated(&self, seconds: f64) -> Option<f64> {
-        let x = seconds / f64::from(self.step_seconds) - 0.5;
+    /// value when the other is missing); `None` when neither has one. A
+    /// slot that ends after `known_until` (seconds) counts as missing, so
+    /// nothing observed after it is read.
+    pub fn interpolated(&self, seconds: f64, known_until: f64) -> Option<f64> {
+        let step = f64::from(self.step_seconds);
+        let x = seconds / step - 0.5;
         let k = x.floor();
         let frac = x - k;
         let value = |slot: i64| -> Option<f64> {
-            let block = self.blocks.get(&slot.div_euclid(SLOTS as i64))?;
-            Some(block.values[slot.rem_euclid(SLOTS as i64) as usize]).filter(|v| !v.is_nan())
+            ((slot + 1) as f64 * step <= known_until)
+                .then(|| self.slot(slot))
+                .flatten()
         };
         let k = k as i64;
         match (value(k), value(k + 1)) {
@@ -350,20 +363,26 @@ impl History {
     ) -> History {
         let span = u64::from(step_seconds) * values.len() as u64;
         let mut history = History::new(coarse_seconds, span.max(DEFAULT_KEEP_SECONDS));
+        history.record_series(start, step_seconds, values);
+        history
+    }
+
+    /// Records every step of a series (see [`History::record`]), and closes
+    /// its last slot.
+    pub fn record_series(&mut self, start: DateTime<Utc>, step_seconds: u32, values: &[f64]) {
         let step = chrono::TimeDelta::seconds(i64::from(step_seconds));
         for (i, v) in values.iter().enumerate() {
-            history.record(start + step * i as i32, *v);
+            self.record(start + step * i as i32, *v);
         }
         // The last slot closes with a step past the end.
-        history.record(start + step * values.len() as i32, f64::NAN);
-        history
+        self.record(start + step * values.len() as i32, f64::NAN);
     }
 
     /// Slots with a value.
     pub fn slots(&self) -> usize {
         self.blocks
             .values()
-            .map(|b| b.values.iter().filter(|v| !v.is_nan()).count())
+            .map(|b| b.iter().filter(|v| !v.is_nan()).count())
             .sum()
     }
 
@@ -475,15 +494,18 @@ mod tests {
         let t0 = start.timestamp() as f64;
         assert_eq!(h.step_seconds(), 300);
         // The middle of slot 0, then halfway to slot 1's middle.
-        assert_eq!(h.interpolated(t0 + 150.0), Some(10.0));
-        assert_eq!(h.interpolated(t0 + 300.0), Some(15.0));
-        assert_eq!(h.interpolated(t0 + 450.0), Some(20.0));
+        assert_eq!(h.interpolated(t0 + 150.0, f64::MAX), Some(10.0));
+        assert_eq!(h.interpolated(t0 + 300.0, f64::MAX), Some(15.0));
+        assert_eq!(h.interpolated(t0 + 450.0, f64::MAX), Some(20.0));
         // The last slot is closed too; past it, the nearest value; before
         // the start, only the first slot's.
-        assert_eq!(h.interpolated(t0 + 1050.0), Some(20.0));
-        assert_eq!(h.interpolated(t0 + 1300.0), Some(20.0));
-        assert_eq!(h.interpolated(t0 - 100.0), Some(10.0));
-        assert_eq!(h.interpolated(t0 - 1000.0), None);
+        assert_eq!(h.interpolated(t0 + 1050.0, f64::MAX), Some(20.0));
+        assert_eq!(h.interpolated(t0 + 1300.0, f64::MAX), Some(20.0));
+        assert_eq!(h.interpolated(t0 - 100.0, f64::MAX), Some(10.0));
+        assert_eq!(h.interpolated(t0 - 1000.0, f64::MAX), None);
+        // Nothing that ends after what is known: slot 1 ends at t0 + 600.
+        assert_eq!(h.interpolated(t0 + 300.0, t0 + 599.0), Some(10.0));
+        assert_eq!(h.interpolated(t0 + 300.0, t0 + 600.0), Some(15.0));
         assert_eq!(coarse_step_for(15), 300);
         assert_eq!(coarse_step_for(7), 301);
         assert_eq!(coarse_step_for(600), 600);

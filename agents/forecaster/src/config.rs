@@ -155,6 +155,15 @@ impl Config {
         if self.coarse_keep < self.coarse_step() {
             return Err("coarse_keep must be at least one coarse_step".into());
         }
+        // pas-history keeps an entry 15 days after its last write; each
+        // block is one read per workload new to a replica.
+        let block = 288 * self.coarse_step().as_secs();
+        if self.coarse_keep > Duration::from_secs(14 * 86_400) || self.coarse_keep.as_secs() / block > 64 {
+            return Err(format!(
+                "coarse_keep ({:?}) may reach back at most 14 days (pas-history keeps 15) and 64 blocks of 288 coarse_step",
+                self.coarse_keep
+            ));
+        }
         pas_runtime::config::check_horizon("the baseline's horizon", self.horizon, self.step, self.lead)?;
         if self.stale_after > self.forget_after {
             return Err("stale_after must not be longer than forget_after".into());

@@ -25,6 +25,10 @@ use pas_workloads::{Steps, WorkloadKey};
 
 use crate::Metrics;
 
+/// A workload whose stored history is to be read: its key, generation and
+/// blocks.
+pub(crate) type Due = (WorkloadKey, u64, Vec<i64>);
+
 /// Workloads whose stored history is read at once.
 const LOAD_CONCURRENCY: usize = 32;
 
@@ -43,6 +47,9 @@ enum Load {
 struct Entry {
     history: History,
     load: Load,
+    /// Which sighting of the workload this is: a read started for an
+    /// earlier one (before its partition moved away and back) is dropped.
+    generation: u64,
 }
 
 /// The coarse histories of the workloads this replica forecasts.
@@ -51,6 +58,7 @@ pub(crate) struct Histories {
     step_seconds: u32,
     keep_seconds: u64,
     map: HashMap<WorkloadKey, Entry>,
+    generations: u64,
 }
 
 impl Histories {
@@ -60,17 +68,30 @@ impl Histories {
             step_seconds,
             keep_seconds,
             map: HashMap::new(),
+            generations: 0,
         }
     }
 
     /// Records `key`'s steps after the newest recorded one, up to and
-    /// including `closed` (missing steps stay missing).
+    /// including `closed` (missing steps stay missing), once its stored
+    /// blocks are merged: recorded earlier, the first slot, seen only in
+    /// part, would sit in an empty block and win over the stored value.
+    /// Until then the steps wait in the series (its whole window is
+    /// recorded then).
     pub(crate) fn record(&mut self, key: &WorkloadKey, steps: &Steps, closed: DateTime<Utc>) {
         let (step_seconds, keep_seconds) = (self.step_seconds, self.keep_seconds);
-        let entry = self.map.entry(key.clone()).or_insert_with(|| Entry {
-            history: History::new(step_seconds, keep_seconds),
-            load: Load::Due,
+        let generations = &mut self.generations;
+        let entry = self.map.entry(key.clone()).or_insert_with(|| {
+            *generations += 1;
+            Entry {
+                history: History::new(step_seconds, keep_seconds),
+                load: Load::Due,
+                generation: *generations,
+            }
         });
+        if entry.load != Load::Done {
+            return;
+        }
         let seconds = i64::from(steps.step_seconds.max(1));
         // From the step after the newest recorded one.
         let first = entry.history.recorded().map_or(0, |r| {
@@ -102,8 +123,8 @@ impl Histories {
     }
 
     /// The workloads whose stored history should be read now, each with
-    /// the blocks to read (the kept ones up to `now`'s).
-    pub(crate) fn due(&mut self, now: DateTime<Utc>) -> Vec<(WorkloadKey, Vec<i64>)> {
+    /// its generation and the blocks to read (the kept ones up to `now`'s).
+    pub(crate) fn due(&mut self, now: DateTime<Utc>) -> Vec<Due> {
         self.map
             .iter_mut()
             .filter(|(_, e)| e.load == Load::Due)
@@ -111,15 +132,16 @@ impl Histories {
                 e.load = Load::Reading;
                 let newest = e.history.block_of(now);
                 let oldest = newest - e.history.keep_blocks() as i64 + 1;
-                (k.clone(), (oldest..=newest).collect())
+                (k.clone(), e.generation, (oldest..=newest).collect())
             })
             .collect()
     }
 
-    /// Merges what was read for `key`; `None` (the read failed) asks again
-    /// next tick. Returns the blocks refused.
-    pub(crate) fn loaded(&mut self, key: &WorkloadKey, blocks: Option<Vec<Block>>) -> usize {
-        let Some(entry) = self.map.get_mut(key) else {
+    /// Merges what was read for `key`'s `generation`; `None` (the read
+    /// failed) asks again next tick. A read for an earlier generation is
+    /// dropped. Returns the blocks refused.
+    pub(crate) fn loaded(&mut self, key: &WorkloadKey, generation: u64, blocks: Option<Vec<Block>>) -> usize {
+        let Some(entry) = self.map.get_mut(key).filter(|e| e.generation == generation) else {
             return 0;
         };
         let Some(blocks) = blocks else {
@@ -185,17 +207,17 @@ async fn load(
 pub(crate) async fn load_all(
     kv: Store,
     keys: Keys,
-    due: Vec<(WorkloadKey, Vec<i64>)>,
+    due: Vec<Due>,
     metrics: Metrics,
-    merge: impl Fn(&WorkloadKey, Option<Vec<Block>>),
+    merge: impl Fn(&WorkloadKey, u64, Option<Vec<Block>>),
 ) {
     futures::stream::iter(due)
-        .for_each_concurrent(LOAD_CONCURRENCY, |(key, blocks)| {
+        .for_each_concurrent(LOAD_CONCURRENCY, |(key, generation, blocks)| {
             let (kv, keys, metrics, merge) = (&kv, &keys, &metrics, &merge);
             async move {
                 let read = load(kv, keys, &key, &blocks, metrics).await;
                 metrics.history_load(read.is_some());
-                merge(&key, read);
+                merge(&key, generation, read);
             }
         })
         .await;
@@ -206,5 +228,64 @@ pub(crate) fn write(writer: &KvWriter, keys: &Keys, changed: Vec<(WorkloadKey, B
     for (key, block) in changed {
         let name = keys.history(&key.namespace, &key.workload, block.index);
         writer.put(name, block.encode().into());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> WorkloadKey {
+        WorkloadKey {
+            namespace: "shop".into(),
+            workload: "web".into(),
+        }
+    }
+
+    /// 2 s steps from `start`, all at `value`.
+    fn steps(start: i64, n: usize, value: f64) -> Steps {
+        Steps {
+            start: DateTime::from_timestamp(start, 0).unwrap(),
+            step_seconds: 2,
+            values: vec![value; n],
+            requests: vec![500.0; n],
+            saturated: vec![false; n],
+        }
+    }
+
+    #[test]
+    fn nothing_is_recorded_or_written_before_the_store_is_read_and_a_stale_read_is_dropped() {
+        // 10 s slots; the stored block holds slot 0 (1,000,000 s) at 7.
+        let mut h = Histories::new(10, 3600);
+        let t0 = 1_000_000;
+        let now = DateTime::from_timestamp(t0 + 60, 0).unwrap();
+        // Seen from mid-slot 0 (t0 + 4) on: not recorded until read.
+        h.record(&key(), &steps(t0 + 4, 10, 50.0), now);
+        assert!(h.changed().is_empty() && h.get(&key()).is_none());
+        let first = h.due(now);
+        assert_eq!(first.len(), 1);
+        // The partition moves away and back: a new sighting.
+        h.retain(|_| false);
+        h.record(&key(), &steps(t0 + 4, 10, 50.0), now);
+        let second = h.due(now);
+        assert_ne!(first[0].1, second[0].1);
+        let mut stored = History::new(10, 3600);
+        stored.record_series(DateTime::from_timestamp(t0, 0).unwrap(), 2, &[7.0; 5]);
+        let blocks = stored.take_changed();
+        // The first sighting's read lands late: dropped.
+        assert_eq!(h.loaded(&key(), first[0].1, Some(blocks.clone())), 0);
+        assert!(h.get(&key()).is_none(), "still waiting for its own read");
+        h.loaded(&key(), second[0].1, Some(blocks));
+        // Now the window is recorded: slot 0, seen only from t0 + 4, keeps
+        // the stored 7; slot 1 (whole) is 50.
+        h.record(&key(), &steps(t0 + 4, 10, 50.0), now);
+        let history = h.get(&key()).unwrap();
+        let at = |s: i64| history.at(DateTime::from_timestamp(s, 0).unwrap());
+        assert_eq!(at(t0), Some(7.0));
+        assert_eq!(at(t0 + 10), Some(50.0));
+        let written = h.changed();
+        assert_eq!(written.len(), 1);
+        let slot = (t0 / 10).rem_euclid(288) as usize;
+        assert_eq!(written[0].1.values[slot..slot + 2], [7.0, 50.0]);
     }
 }

@@ -552,9 +552,9 @@ impl Ticks {
             return;
         }
         let (inputs, metrics) = (self.inputs.clone(), self.metrics.clone());
-        let merge = move |key: &WorkloadKey, blocks| {
+        let merge = move |key: &WorkloadKey, generation, blocks| {
             let mut inputs = inputs.lock().unwrap_or_else(|p| p.into_inner());
-            for _ in 0..inputs.histories.loaded(key, blocks) {
+            for _ in 0..inputs.histories.loaded(key, generation, blocks) {
                 metrics.history_refused();
             }
         };

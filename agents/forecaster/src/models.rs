@@ -140,7 +140,11 @@ impl Served {
             lead,
         )
         .map_err(|e| refuse("horizon", e))?;
-        let params = serde_json::Value::Object(manifest.hyper_parameters.clone().into_iter().collect());
+        let mut params: serde_json::Map<String, serde_json::Value> =
+            manifest.hyper_parameters.clone().into_iter().collect();
+        // A version trained before the seasonal inputs existed has none.
+        params.entry("seasonal").or_insert(serde_json::Value::Bool(false));
+        let params = serde_json::Value::Object(params);
         let config: LstmConfig = serde_json::from_value(params)
             .map_err(|e| refuse("manifest", format!("hyper-parameters: {e}")))?;
         if config.window != manifest.window as usize || config.horizon != manifest.horizon as usize {

@@ -52,7 +52,7 @@ use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
 use pas_nats::model_store::{self as store, Layout, Versions};
-use pas_workloads::history::{History, coarse_step_for};
+use pas_workloads::history::{DEFAULT_KEEP_SECONDS, History, coarse_step_for};
 use pas_workloads::{Fold, WorkloadKey, Workloads};
 
 /// A fixed label set: one word from a known list.
@@ -432,7 +432,8 @@ impl Training {
     /// part when it cannot be read: the model then sees fewer seasons.
     async fn with_history(&self, key: &WorkloadKey, mut series: pas_models::Series) -> pas_models::Series {
         let coarse = coarse_step_for(series.step_seconds);
-        let mut history = History::of_series(series.start, series.step_seconds, &series.values, coarse);
+        let span = u64::from(series.step_seconds) * series.len() as u64;
+        let mut history = History::new(coarse, span.max(DEFAULT_KEEP_SECONDS));
         let newest = history.block_of(series.time_at(series.len().saturating_sub(1)));
         let blocks: Vec<i64> = (newest + 1 - history.keep_blocks() as i64..=newest).collect();
         let keys = self.prefix.keys();
@@ -459,6 +460,9 @@ impl Training {
                 tracing::warn!(workload = key.model_key(), %error, "Reading the stored history failed; training on the series' own.");
             }
         }
+        // The stored blocks first: the series' first slot, seen only in
+        // part, then fills a gap but never replaces a stored mean.
+        history.record_series(series.start, series.step_seconds, &series.values);
         series.seasonal = Some(Arc::new(history));
         series
     }
