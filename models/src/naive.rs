@@ -256,8 +256,9 @@ impl Forecaster for SeasonalPeak {
             .copied()
             .filter(|v| !v.is_nan())
             .fold(f64::NAN, f64::max);
+        // Nothing a season before: the last value (observed: checked above).
         let value = if peak.is_nan() {
-            *tail.last().expect("checked")
+            tail.last().copied().ok_or(Error::NotFitted)?
         } else {
             peak
         };

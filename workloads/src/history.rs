@@ -121,9 +121,9 @@ impl Block {
         if bytes[4] != VERSION {
             return Err(format!("history block version {} is not {VERSION}", bytes[4]));
         }
-        let step_seconds = u32::from_le_bytes(bytes[5..9].try_into().expect("4 bytes"));
-        let index = i64::from_le_bytes(bytes[9..17].try_into().expect("8 bytes"));
-        let scale = f32::from_le_bytes(bytes[17..21].try_into().expect("4 bytes"));
+        let step_seconds = u32::from_le_bytes(field(bytes, 5)?);
+        let index = i64::from_le_bytes(field(bytes, 9)?);
+        let scale = f32::from_le_bytes(field(bytes, 17)?);
         if step_seconds == 0 || !scale.is_finite() || scale <= 0.0 {
             return Err(format!(
                 "a history block with step {step_seconds} s and scale {scale} is impossible"
@@ -147,6 +147,14 @@ impl Block {
     pub fn start(&self) -> i64 {
         self.index * SLOTS as i64 * i64::from(self.step_seconds)
     }
+}
+
+/// The `N` bytes at `at` of an encoded block.
+fn field<const N: usize>(bytes: &[u8], at: usize) -> Result<[u8; N], String> {
+    bytes
+        .get(at..at + N)
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| format!("a history block ends before byte {}", at + N))
 }
 
 /// The slot being averaged.
@@ -376,14 +384,6 @@ impl History {
         }
         // The last slot closes with a step past the end.
         self.record(start + step * values.len() as i32, f64::NAN);
-    }
-
-    /// Slots with a value.
-    pub fn slots(&self) -> usize {
-        self.blocks
-            .values()
-            .map(|b| b.iter().filter(|v| !v.is_nan()).count())
-            .sum()
     }
 
     /// Blocks held.

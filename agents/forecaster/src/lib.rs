@@ -779,7 +779,7 @@ async fn settle_ack(
 /// each forecast stamped `now`. Pure: no clock and no I/O, so `pas
 /// experiment` runs exactly this.
 pub fn forecast(
-    windows: Vec<Window>,
+    mut windows: Vec<Window>,
     settings: &TickSettings,
     now: DateTime<Utc>,
 ) -> Vec<(WorkloadKey, Result<Forecast, String>)> {
@@ -790,12 +790,16 @@ pub fn forecast(
         .collect();
     let mut baseline: Vec<bool> = windows.iter().map(|w| w.model.is_none()).collect();
     if !served.is_empty() {
+        // Moved, not copied: nothing reads a window's lags after this.
+        let lags: Vec<Vec<f64>> = served
+            .iter()
+            .map(|&i| std::mem::take(&mut windows[i].lags))
+            .collect();
         let weights: Vec<&LstmWeights> = served
             .iter()
             .filter_map(|&i| windows[i].model.as_ref().map(|m| &m.weights))
             .collect();
         let inputs: Vec<&[f64]> = served.iter().map(|&i| windows[i].values.as_slice()).collect();
-        let lags: Vec<Vec<f64>> = served.iter().map(|&i| windows[i].lags.clone()).collect();
         match predict_batch(&weights, &inputs, &lags, settings.chunk) {
             Ok(made) => {
                 for (&i, p) in served.iter().zip(made) {
