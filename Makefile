@@ -17,7 +17,7 @@ export PAS_CACHE LIBTORCH_CXX11_ABI NATS_SERVER
 export LD_LIBRARY_PATH := $(LIBTORCH)/lib$(if $(LD_LIBRARY_PATH),:$(LD_LIBRARY_PATH))
 PY := $(PAS_CACHE)/venv/bin/python
 
-.PHONY: all setup env lint test test-rust test-python check-agent chart demo schemas fuzz footprint bench-models bench-epoch results clean-cache
+.PHONY: all setup env lint test test-rust test-python check-agent chart demo schemas fuzz footprint bench-models bench-global bench-epoch results clean-cache
 
 all: test
 
@@ -77,6 +77,15 @@ TRACES ?= ../shared/data/traces
 bench-models: setup
 	cargo build --release -p pas-cli
 	target/release/pas models eval --trace $(TRACES)/*.csv --threads 1 --quiet --json docs/bench/eval-shared-traces.json
+
+# docs/benchmarks.md "Cold start": the global model trained without a
+# family of traces (nab, alibaba2018, bitbrains), scored on that family's
+# traces, beside the baselines and each trace's own lstm; about 30 min.
+bench-global: setup
+	cargo build --release -p pas-cli
+	target/release/pas models eval --trace $(TRACES)/*.csv --threads 1 --quiet \
+	  --models naive,seasonal-naive,holt-winters,lstm,global --global-train leave-family-out \
+	  --json docs/bench/eval-leave-family-out.json
 
 # docs/results.md: every policy and the oracle on every shared trace at
 # targets 50-90 %, in four scenarios: demand linear between a trace's points

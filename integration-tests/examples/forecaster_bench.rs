@@ -127,6 +127,7 @@ async fn bench(n: usize) -> anyhow::Result<()> {
             digest: pas_models::digest(&weights),
             accepted: true,
             calibration: None,
+            verdict: None,
         };
         store::save(&bucket, &layout, &manifest, &weights).await?;
     }

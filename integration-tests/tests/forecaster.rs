@@ -233,6 +233,7 @@ fn manifest(model: &Lstm, version: u64, weights: &[u8]) -> ModelManifest {
         digest: pas_models::digest(weights),
         accepted: true,
         calibration: None,
+        verdict: None,
     }
 }
 
@@ -1222,6 +1223,131 @@ async fn a_seasonal_model_is_served_the_stored_history_of_a_day_before() {
     assert!(
         apart > 1e-2,
         "the model reads its seasonal inputs: {with:?} without them would be {without:?} (published {got:?})"
+    );
+    stop_feed.cancel();
+    feeding.await.unwrap();
+    stop.cancel();
+    task.await.unwrap().unwrap();
+}
+
+/// The global model (issue 19) for a 1 s step: trained across the trace at
+/// three scales, each window scaled on its own.
+fn trained_global() -> Lstm {
+    let values = trace_values()[..1200].to_vec();
+    let series: Vec<Series> = [0.1, 1.0, 30.0]
+        .iter()
+        .map(|k| Series {
+            seasonal: None,
+            start: DateTime::UNIX_EPOCH,
+            step_seconds: 1,
+            values: values.iter().map(|v| v * k).collect(),
+        })
+        .collect();
+    let config = LstmConfig {
+        window: 12,
+        hidden: 8,
+        max_epochs: 2,
+        patience: 0,
+        ..LstmConfig::default()
+    };
+    pas_models::global::train(&series, &config, 2000, None, &mut |_| {})
+        .unwrap()
+        .0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_workload_is_forecast_by_the_global_model_from_its_first_window() {
+    const RUN: &str = "fc-global";
+    let server = NatsServer::with_accounts();
+    let conn = connect_and_provision(&server).await;
+    let js = conn.jetstream.clone();
+    let bucket = js.get_object_store(BUCKET_MODELS).await.unwrap();
+    let layout = Layout::new(&Prefix::replay(RUN).unwrap());
+    let seen = Seen::start(&conn.client, Prefix::replay(RUN).unwrap().all_forecasts()).await;
+
+    let global = trained_global();
+    let weights = global.to_safetensors().unwrap();
+    let mut g = manifest(&global, 1, &weights);
+    g.key = "global".into();
+    assert_eq!(g.normalisation, pas_schemas::Normalisation::Window);
+    store::save(&bucket, &layout, &g, &weights).await.unwrap();
+    // `old` has an accepted model of its own (v1), but its newest version
+    // (v2) lost to the global model on its backtest: the global one serves it.
+    let own = trained(1);
+    let own_weights = own.to_safetensors().unwrap();
+    let mut v1 = manifest(&own, 1, &own_weights);
+    v1.key = "shop/old".into();
+    store::save(&bucket, &layout, &v1, &own_weights).await.unwrap();
+    let mut v2 = v1.clone();
+    v2.version = 2;
+    v2.accepted = false;
+    v2.validation = [
+        ("lstm".to_owned(), 0.7),
+        ("global".to_owned(), 0.5),
+        ("naive".to_owned(), 1.0),
+    ]
+    .into();
+    assert!(v2.defers_to_global());
+    store::save(&bucket, &layout, &v2, &own_weights).await.unwrap();
+
+    // No history at all: both workloads start with the forecaster.
+    let (stop, _metrics, task) = start(config(&server, RUN, "solo"));
+    let stop_feed = CancellationToken::new();
+    let feeding = feed(
+        js.clone(),
+        Prefix::replay(RUN).unwrap(),
+        vec!["fresh".into(), "old".into()],
+        0,
+        stop_feed.clone(),
+    );
+    let first_global = eventually(Duration::from_secs(30), "a global forecast of fresh", || async {
+        seen.of("fresh").into_iter().find(|f| f.model.key == "global")
+    })
+    .await;
+    assert_eq!(
+        (first_global.model.kind.as_str(), first_global.model.version),
+        ("lstm", 1),
+        "{first_global:?}"
+    );
+    // From its first full window (12 steps): before it, the naive baseline.
+    let fresh = seen.of("fresh");
+    let first = &fresh[0];
+    let steps_before = (first_global.window_end - first.window_end).num_seconds();
+    assert!(
+        fresh
+            .iter()
+            .take_while(|f| f.window_end < first_global.window_end)
+            .all(|f| f.model.kind == "naive"),
+        "{fresh:?}"
+    );
+    assert!(
+        steps_before <= 12,
+        "the first global forecast came {steps_before} steps after the first forecast"
+    );
+    // The forecast is the global model's own prediction from that window.
+    let values = trace_values();
+    let end = first_global.window_end.timestamp();
+    let window: Vec<f64> = (end - 11..=end)
+        .map(|t| values[t as usize % values.len()])
+        .collect();
+    let expected = global.predict(&window).unwrap();
+    for (got, want) in first_global.values.iter().zip(&expected.values) {
+        assert!(
+            (got - want.max(0.0)).abs() < 1e-3 * (1.0 + want.abs()),
+            "{got} vs {want}"
+        );
+    }
+    // `old`: once its window fits, only ever the global model, never its v1.
+    eventually(Duration::from_secs(10), "a global forecast of old", || async {
+        seen.of("old").into_iter().find(|f| f.model.key == "global")
+    })
+    .await;
+    assert!(
+        seen.of("old")
+            .iter()
+            .all(|f| f.model.version == 0 || f.model.key == "global"),
+        "{:?}",
+        seen.of("old")
     );
     stop_feed.cancel();
     feeding.await.unwrap();

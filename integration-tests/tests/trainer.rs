@@ -32,6 +32,8 @@ fn config(server: &NatsServer) -> Config {
         check_interval: Duration::from_millis(200),
         keep_versions: 1,
         threads: 1,
+        // One workload's own model; the global model has its test below.
+        global: false,
         model: LstmConfig {
             window: 24,
             hidden: 16,
@@ -52,7 +54,19 @@ fn config(server: &NatsServer) -> Config {
 /// Publishes trace rows as one pod's samples (1000 m requested, so the
 /// workload's utilisation equals the trace's CPU percentage).
 async fn replay(js: &jetstream::Context, rows: &[(chrono::DateTime<chrono::Utc>, f64)]) -> u64 {
-    let prefix = Prefix::replay(RUN).unwrap();
+    replay_as(js, RUN, "web", rows, 10.0).await
+}
+
+/// Publishes trace rows as the samples of `workload`'s one pod under
+/// `run`, its use `scale` × the trace's value.
+async fn replay_as(
+    js: &jetstream::Context,
+    run: &str,
+    workload: &str,
+    rows: &[(chrono::DateTime<chrono::Utc>, f64)],
+    scale: f64,
+) -> u64 {
+    let prefix = Prefix::replay(run).unwrap();
     let mut last = 0;
     for &(at, cpu) in rows {
         let sample = CpuSample {
@@ -60,9 +74,9 @@ async fn replay(js: &jetstream::Context, rows: &[(chrono::DateTime<chrono::Utc>,
             timestamp: at,
             node: "node-1".into(),
             namespace: Some("shop".into()),
-            workload: Some("web".into()),
-            pod: Some("web-0".into()),
-            cpu_used_millicores: cpu * 10.0,
+            workload: Some(workload.into()),
+            pod: Some(format!("{workload}-0")),
+            cpu_used_millicores: cpu * scale,
             cpu_requested_millicores: Some(1000.0),
             cpu_capacity_millicores: None,
             cpu_throttled_ratio: None,
@@ -289,7 +303,11 @@ async fn sigterm_mid_training_exits_within_ten_seconds() {
     });
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let mut log = Vec::new();
-    while !log.iter().any(|l: &String| l.contains("Training a version")) {
+    // The global model trains first (issue 19): SIGTERM stops that one.
+    while !log
+        .iter()
+        .any(|l: &String| l.contains("Training a global model version"))
+    {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         match rx.recv_timeout(left) {
             Ok(line) => log.push(line),
@@ -320,7 +338,7 @@ async fn sigterm_mid_training_exits_within_ten_seconds() {
     assert!(took < Duration::from_secs(10), "took {took:?}");
     assert!(
         log.iter()
-            .any(|l| l.contains("left this version's training unfinished")),
+            .any(|l| l.contains("left the global model's training unfinished")),
         "{}",
         log.join("\n")
     );
@@ -378,4 +396,103 @@ async fn a_burst_of_workload_names_is_forgotten_after_the_silence() {
         .unwrap()
         .unwrap()
         .unwrap();
+}
+
+/// Issue 19: the global model. Two workloads of very different sizes: the
+/// trainer stores a `global` version trained across both (each window
+/// scaled on its own, backtest-gated against naive), then fine-tunes each
+/// workload's own model from it and keeps it only where it beats the global
+/// model on that workload's backtest, saying which and why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trains_a_global_model_and_keeps_a_workloads_own_only_where_it_beats_it() {
+    const GLOBAL_RUN: &str = "trainer-global";
+    let server = NatsServer::with_accounts();
+    let conn = connect_and_provision(&server).await;
+    let js = conn.jetstream.clone();
+    let store = js.get_object_store(BUCKET_MODELS).await.unwrap();
+    let web = Trace::read(&repo_root().join("testdata/traces/nab-ec2_cpu_utilization_53ea38.csv")).unwrap();
+    let db = Trace::read(&repo_root().join("testdata/traces/nab-rds_cpu_utilization_cc0c53.csv")).unwrap();
+    replay_as(&js, GLOBAL_RUN, "web", &web.points[..1800], 10.0).await;
+    replay_as(&js, GLOBAL_RUN, "db", &db.points[..1800], 2000.0).await;
+    let global_config = || Config {
+        run: Some(GLOBAL_RUN.into()),
+        global: true,
+        keep_versions: 5,
+        ..config(&server)
+    };
+    let (stop, metrics, task) = start(global_config());
+    let get = |name: String| {
+        let store = store.clone();
+        async move {
+            let bytes = read(&store, &format!("replay/{GLOBAL_RUN}/{name}")).await?;
+            Some(pas_schemas::decode::<ModelManifest>(&bytes).unwrap())
+        }
+    };
+    let global = eventually(Duration::from_secs(180), "global version 1 stored", || {
+        get("global/v1/manifest.json".into())
+    })
+    .await;
+    assert_eq!(global.key, "global");
+    assert_eq!(global.normalisation, pas_schemas::Normalisation::Window);
+    assert_eq!(global.validation["series"], 2.0, "{:?}", global.validation);
+    assert_eq!(global.validation["workloads"], 2.0, "scored on both");
+    assert_eq!(
+        global.accepted,
+        global.validation["global"] < global.validation["naive"],
+        "{global:?}"
+    );
+    assert!(
+        global.accepted,
+        "across two NAB traces it beats naive: {:?}",
+        global.validation
+    );
+    assert!(
+        global
+            .verdict
+            .as_deref()
+            .is_some_and(|v| v.contains("trained on 2 workloads"))
+    );
+    // Each workload's own: fine-tuned from global v1 and scored beside it.
+    for workload in ["web", "db"] {
+        let own = eventually(Duration::from_secs(180), "a workload's version 1", || {
+            get(format!("shop/{workload}/v1/manifest.json"))
+        })
+        .await;
+        let (ours, theirs, naive) = (
+            own.validation["lstm"],
+            own.validation["global"],
+            own.validation["naive"],
+        );
+        assert_eq!(own.accepted, ours < theirs && ours < naive, "{own:?}");
+        assert_eq!(own.defers_to_global(), theirs <= ours);
+        let verdict = own.verdict.clone().unwrap();
+        assert!(verdict.contains("fine-tuned from global v1"), "{verdict}");
+        assert_eq!(own.normalisation, pas_schemas::Normalisation::Window);
+        assert_eq!(
+            own.hyper_parameters["max_epochs"],
+            serde_json::json!(4),
+            "fine-tuned for fine_tune_epochs, not trained from scratch"
+        );
+    }
+    assert_eq!(
+        metrics.versions("accepted") + metrics.versions("rejected"),
+        3,
+        "one global version and one per workload"
+    );
+    stop.cancel();
+    task.await.unwrap().unwrap();
+
+    // A restart reads the global model back and trains nothing again.
+    let (stop, metrics, task) = start(global_config());
+    eventually(Duration::from_secs(30), "state rebuilt", || async {
+        (metrics.samples() >= 3600).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        get("global/v2/manifest.json".into()).await.is_none(),
+        "a restart trained the global model again"
+    );
+    stop.cancel();
+    task.await.unwrap().unwrap();
 }

@@ -55,8 +55,9 @@ pub struct LstmWeights {
     /// then the margin.
     head: Vec<f32>,
     head_bias: Vec<f32>,
-    /// `(a, b)`: values are scaled as `(x - a) / b`.
-    scale: (f64, f64),
+    /// `(a, b)`: values are scaled as `(x - a) / b`; `None`: each window
+    /// by its own ([`crate::lstm::window_scale`]).
+    scale: Option<(f64, f64)>,
 }
 
 /// `[rows, cols]` row-major into `[cols, rows]`.
@@ -80,8 +81,9 @@ impl LstmWeights {
             ));
         }
         let scale = match model.normalisation() {
-            Normalisation::Standard { mean, std } => (mean, std),
-            Normalisation::MinMax { min, max } => (min, max - min),
+            Normalisation::Standard { mean, std } => Some((mean, std)),
+            Normalisation::MinMax { min, max } => Some((min, max - min)),
+            Normalisation::Window => None,
             Normalisation::None => return Err(Error::NotFitted),
         };
         let shape = Shape {
@@ -186,9 +188,11 @@ pub fn predict_batch(
             let mut x = Vec::with_capacity(members.len() * shape.window * 2);
             let mut last = Vec::with_capacity(members.len());
             let mut seasonal = Vec::with_capacity(members.len() * shape.seasonal);
+            let mut scales = Vec::with_capacity(members.len());
             for &i in &members {
                 let tail = &windows[i][windows[i].len() - shape.window..];
-                let scale = models[i].scale;
+                let scale = models[i].scale.unwrap_or_else(|| crate::lstm::window_scale(tail));
+                scales.push(scale);
                 last.push(encode_window(Architecture::Direct, scale, tail, &mut x) as f32);
                 if shape.seasonal > 0 {
                     let lags = lags.get(i).map_or(&[][..], |l| l.as_slice());
@@ -208,6 +212,7 @@ pub fn predict_batch(
                     x: x.narrow(0, start, len),
                     last: last.narrow(0, start, len),
                     seasonal: seasonal.as_ref().map(|s| s.narrow(0, start, len)),
+                    scales: &scales[start as usize..(start + len) as usize],
                 };
                 let predictions = run_chunk(shape, &items, inputs)?;
                 for (&i, p) in part.iter().zip(predictions) {
@@ -224,14 +229,16 @@ pub fn predict_batch(
 
 /// One chunk's inputs: the encoded windows `[n, window, 2]`, the scaled
 /// last values `[n, 1]` and the seasonal inputs `[n, 1, seasonal]`.
-struct Inputs {
+struct Inputs<'a> {
     x: Tensor,
     last: Tensor,
     seasonal: Option<Tensor>,
+    /// Each window's scaling `(a, b)`, to turn the outputs back.
+    scales: &'a [(f64, f64)],
 }
 
 /// One batched pass over models of one shape.
-fn run_chunk(shape: Shape, items: &[&LstmWeights], inputs: Inputs) -> Result<Vec<Prediction>, Error> {
+fn run_chunk(shape: Shape, items: &[&LstmWeights], inputs: Inputs<'_>) -> Result<Vec<Prediction>, Error> {
     let Shape {
         window,
         horizon,
@@ -243,6 +250,7 @@ fn run_chunk(shape: Shape, items: &[&LstmWeights], inputs: Inputs) -> Result<Vec
         x,
         last,
         seasonal: extra,
+        scales,
     } = inputs;
     let n = items.len() as i64;
     let (h, gates, w) = (hidden as i64, 4 * hidden as i64, window as i64);
@@ -293,11 +301,10 @@ fn run_chunk(shape: Shape, items: &[&LstmWeights], inputs: Inputs) -> Result<Vec
     let upper = &point + heads.narrow(1, horizon as i64, horizon as i64).softplus();
     let point = Vec::<f32>::try_from(point.contiguous().flatten(0, -1))?;
     let upper = Vec::<f32>::try_from(upper.contiguous().flatten(0, -1))?;
-    Ok(items
+    Ok(scales
         .iter()
         .enumerate()
-        .map(|(k, m)| {
-            let (a, b) = m.scale;
+        .map(|(k, &(a, b))| {
             let unscale = |z: &f32| f64::from(*z) * b + a;
             let rows = k * horizon..(k + 1) * horizon;
             Prediction {
@@ -315,7 +322,12 @@ mod tests {
     use crate::{Forecaster, Series};
 
     fn fitted(seed: u64, layers: usize, hidden: usize) -> Lstm {
+        fitted_with(seed, layers, hidden, crate::lstm::Scaling::Standard)
+    }
+
+    fn fitted_with(seed: u64, layers: usize, hidden: usize, scaling: crate::lstm::Scaling) -> Lstm {
         let config = LstmConfig {
+            scaling,
             window: 12,
             horizon: 4,
             hidden,
@@ -345,22 +357,32 @@ mod tests {
     #[test]
     fn batched_inference_matches_each_model_on_its_own() {
         crate::runtime::configure(1, 7).unwrap();
-        // Two shapes and three sets of weights, in mixed order, with holes.
-        let models = [fitted(1, 1, 16), fitted(2, 1, 16), fitted(3, 2, 8)];
+        // Two shapes and four sets of weights (one scaling each window on
+        // its own, as the global model does), in mixed order, with holes.
+        let models = [
+            fitted(1, 1, 16),
+            fitted(2, 1, 16),
+            fitted(3, 2, 8),
+            fitted_with(4, 1, 16, crate::lstm::Scaling::Window),
+        ];
         let weights: Vec<LstmWeights> = models
             .iter()
             .map(|m| LstmWeights::from_lstm(m).unwrap())
             .collect();
-        let mut windows: Vec<Vec<f64>> = (0..7)
-            .map(|k| (0..20).map(|i| 30.0 + (k * 3 + i) as f64).collect())
+        let mut windows: Vec<Vec<f64>> = (0..8)
+            .map(|k| {
+                (0..20)
+                    .map(|i| (30.0 + (k * 3 + i) as f64) * if k == 7 { 100.0 } else { 1.0 })
+                    .collect()
+            })
             .collect();
         windows[2][10] = f64::NAN;
         windows[5][15] = f64::NAN;
-        let pick = [0, 2, 1, 0, 2, 2, 1];
+        let pick = [0, 2, 1, 3, 2, 2, 1, 3];
         let batch_models: Vec<&LstmWeights> = pick.iter().map(|&p| &weights[p]).collect();
         let batch_windows: Vec<&[f64]> = windows.iter().map(|w| w.as_slice()).collect();
         // Seasonal lags for all but one window (and a season unknown in one).
-        let mut lags: Vec<Vec<f64>> = (0..7)
+        let mut lags: Vec<Vec<f64>> = (0..8)
             .map(|k| {
                 (0..crate::seasonal::lags_len(4))
                     .map(|j| 30.0 + (k * j) as f64)

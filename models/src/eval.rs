@@ -22,7 +22,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::forecaster::{Epoch, FitReport, Forecaster, ModelKind, ModelOptions, build};
-use crate::lstm::usable_origins;
+use crate::lstm::{Lstm, usable_origins};
 use crate::series::GapReport;
 use crate::{Error, Series, Trace};
 
@@ -123,27 +123,38 @@ pub enum Progress<'a> {
     Epoch(&'a Epoch),
 }
 
-/// Backtests `kinds` on a recorded trace.
+/// A trace on the evaluation's grid, with its own coarse history (seasonal
+/// models read a day and a week back, never past an origin).
+pub fn trace_series(trace: &Trace, config: &EvalConfig) -> Result<(Series, GapReport), Error> {
+    let step = config.step_seconds.unwrap_or_else(|| trace.median_step_seconds());
+    let (series, gaps) = trace.to_series(step, config.max_fill)?;
+    Ok((series.with_own_history(), gaps))
+}
+
+/// Backtests `kinds` on a recorded trace. [`ModelKind::Global`] is
+/// `global`, a model fitted on other series ([`Lstm::fit_many`]), scored
+/// as it is.
 pub fn evaluate_trace(
     trace: &Trace,
     kinds: &[ModelKind],
     options: &ModelOptions,
+    global: Option<&Lstm>,
     config: &EvalConfig,
     progress: &mut dyn FnMut(Progress<'_>),
 ) -> Result<SeriesReport, Error> {
-    let step = config.step_seconds.unwrap_or_else(|| trace.median_step_seconds());
-    let (series, gaps) = trace.to_series(step, config.max_fill)?;
-    // Seasonal models read a day and a week back (never past an origin).
-    let series = series.with_own_history();
-    let mut models = Vec::with_capacity(kinds.len());
+    let (series, gaps) = trace_series(trace, config)?;
+    let mut models: Vec<Box<dyn Forecaster>> = Vec::with_capacity(kinds.len());
     for &kind in kinds {
-        models.push(build(
-            kind,
-            &ModelOptions {
-                horizon: config.horizon,
-                ..options.clone()
-            },
-        )?);
+        models.push(match (kind, global) {
+            (ModelKind::Global, Some(global)) => Box::new(global.frozen()?),
+            _ => build(
+                kind,
+                &ModelOptions {
+                    horizon: config.horizon,
+                    ..options.clone()
+                },
+            )?,
+        });
     }
     let mut refs: Vec<&mut dyn Forecaster> = models
         .iter_mut()

@@ -115,6 +115,11 @@ pub enum ModelKind {
     LstmSeed,
     /// PAS's own LSTM.
     Lstm,
+    /// PAS's LSTM trained across many series, each window scaled on its
+    /// own ([`crate::lstm::Lstm::fit_many`]): it forecasts series it never
+    /// saw. Not in [`ModelKind::ALL`]: it is trained on other series, not
+    /// on the one it is scored on, so [`build`] cannot make one.
+    Global,
 }
 
 impl ModelKind {
@@ -137,6 +142,7 @@ impl ModelKind {
             ModelKind::HoltWinters => "holt-winters",
             ModelKind::LstmSeed => "lstm-seed",
             ModelKind::Lstm => "lstm",
+            ModelKind::Global => "global",
         }
     }
 }
@@ -150,8 +156,9 @@ impl fmt::Display for ModelKind {
 impl FromStr for ModelKind {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self, Error> {
-        ModelKind::ALL.into_iter().find(|k| k.name() == s).ok_or_else(|| {
-            let names: Vec<_> = ModelKind::ALL.iter().map(|k| k.name()).collect();
+        let known = ModelKind::ALL.into_iter().chain([ModelKind::Global]);
+        known.clone().find(|k| k.name() == s).ok_or_else(|| {
+            let names: Vec<_> = known.map(|k| k.name()).collect();
             Error::Input(format!("unknown model `{s}`; known: {}", names.join(", ")))
         })
     }
@@ -223,6 +230,11 @@ pub fn build(kind: ModelKind, options: &ModelOptions) -> Result<Box<dyn Forecast
             quantile: options.quantile,
             ..options.lstm.clone()
         })?),
+        ModelKind::Global => {
+            return Err(Error::Input(
+                "the global model is trained across series, not built for one: see Lstm::fit_many".into(),
+            ));
+        }
     })
 }
 

@@ -13,6 +13,7 @@ pub mod batch;
 pub mod error;
 pub mod eval;
 pub mod forecaster;
+pub mod global;
 pub mod holt_winters;
 pub mod lstm;
 pub mod naive;

@@ -61,6 +61,35 @@ pub enum Scaling {
     Standard,
     /// Minimum 0, maximum 1 over the training data.
     MinMax,
+    /// Each window on its own: divided by the larger of its mean absolute
+    /// value and its standard deviation ([`window_scale`]), targets in the
+    /// same unit. Nothing is fitted to one series, so one network serves
+    /// workloads of any size: the global model's scaling.
+    Window,
+}
+
+/// The scale of one window under [`Scaling::Window`]: `(0, s)` with `s` the
+/// larger of the observed values' mean absolute value and their standard
+/// deviation (at least `1e-3`). The direct network reads changes from the
+/// last value, so only the unit matters, not an offset.
+pub fn window_scale(window: &[f64]) -> (f64, f64) {
+    let (mut n, mut sum, mut abs) = (0usize, 0.0, 0.0);
+    for v in window.iter().filter(|v| !v.is_nan()) {
+        n += 1;
+        sum += v;
+        abs += v.abs();
+    }
+    if n == 0 {
+        return (0.0, 1.0);
+    }
+    let mean = sum / n as f64;
+    let var = window
+        .iter()
+        .filter(|v| !v.is_nan())
+        .map(|v| (v - mean).powi(2))
+        .sum::<f64>()
+        / n as f64;
+    (0.0, (abs / n as f64).max(var.sqrt()).max(1e-3))
 }
 
 /// Settings of an LSTM model. The defaults are PAS's `lstm`;
@@ -265,6 +294,9 @@ pub struct Lstm {
     scale: Option<(f64, f64)>,
     /// Set from outside to end a `fit` at the next batch.
     stop: Option<Arc<AtomicBool>>,
+    /// Trained elsewhere (the global model in a backtest): `fit` keeps the
+    /// weights, and the model reports itself as [`ModelKind::Global`].
+    frozen: bool,
 }
 
 impl std::fmt::Debug for Lstm {
@@ -355,6 +387,7 @@ impl Lstm {
             net,
             scale: None,
             stop: None,
+            frozen: false,
         })
     }
 
@@ -372,6 +405,7 @@ impl Lstm {
                 min,
                 max: min + range,
             },
+            (Scaling::Window, Some(_)) => Normalisation::Window,
         }
     }
 
@@ -411,6 +445,7 @@ impl Lstm {
         model.scale = Some(match (model.config.scaling, normalisation) {
             (Scaling::Standard, Normalisation::Standard { mean, std }) => (*mean, *std),
             (Scaling::MinMax, Normalisation::MinMax { min, max }) => (*min, max - min),
+            (Scaling::Window, Normalisation::Window) => (0.0, 1.0),
             (_, other) => {
                 return Err(Error::Weights(format!(
                     "normalisation {other:?} does not match the model's scaling"
@@ -444,27 +479,19 @@ impl Lstm {
             .collect()
     }
 
-    fn scale(&self, v: f64) -> f64 {
-        let (a, b) = self.scale.unwrap_or((0.0, 1.0));
-        (v - a) / b
+    /// The scaling `(a, b)` (values as `(x - a) / b`) of a forecast from
+    /// `window`: the one fitted on the training data, or under
+    /// [`Scaling::Window`] the window's own.
+    fn scale_of(&self, window: &[f64]) -> (f64, f64) {
+        match self.config.scaling {
+            Scaling::Window => window_scale(window),
+            _ => self.scale.unwrap_or((0.0, 1.0)),
+        }
     }
 
-    fn unscale(&self, z: f64) -> f64 {
-        let (a, b) = self.scale.unwrap_or((0.0, 1.0));
-        z * b + a
-    }
-
-    /// Scaled inputs for one window: the value (last observed carried
-    /// forward; before the first observation, the first one; for the direct
-    /// model, minus the last value) and, for the direct model, whether the
-    /// step was observed. Returns the scaled last value.
-    fn encode_window(&self, window: &[f64], out: &mut Vec<f32>) -> f64 {
-        encode_window(
-            self.config.architecture,
-            self.scale.unwrap_or((0.0, 1.0)),
-            window,
-            out,
-        )
+    /// Whether the model was trained across series ([`Scaling::Window`]).
+    pub fn scales_each_window(&self) -> bool {
+        self.config.scaling == Scaling::Window
     }
 
     fn features(&self) -> i64 {
@@ -484,13 +511,15 @@ impl Lstm {
         let mut last = Vec::with_capacity(origins.len());
         let mut seasonal = Vec::new();
         for &t in origins {
-            last.push(self.encode_window(&values[t - w..t], &mut x) as f32);
-            y.extend(values[t..t + h].iter().map(|v| self.scale(*v) as f32));
+            let window = &values[t - w..t];
+            let scale @ (a, b) = self.scale_of(window);
+            last.push(encode_window(self.config.architecture, scale, window, &mut x) as f32);
+            y.extend(values[t..t + h].iter().map(|v| ((v - a) / b) as f32));
             if self.config.seasonal_features() > 0 {
                 let lags = series.seasonal.as_deref().map(|history| {
                     crate::seasonal::lags(history, series.time_at(t - 1), series.step_seconds, h)
                 });
-                self.seasonal_inputs(lags.as_deref().unwrap_or(&[]), &mut seasonal);
+                crate::seasonal::features(lags.as_deref().unwrap_or(&[]), scale, h, &mut seasonal);
             }
         }
         let n = origins.len() as i64;
@@ -501,13 +530,6 @@ impl Lstm {
             seasonal: (self.config.seasonal_features() > 0)
                 .then(|| Tensor::from_slice(&seasonal).view([n, self.config.seasonal_features() as i64])),
         }
-    }
-
-    /// The output layer's seasonal inputs for one window
-    /// ([`crate::seasonal::features`]).
-    fn seasonal_inputs(&self, lags: &[f64], out: &mut Vec<f32>) {
-        let scale = self.scale.unwrap_or((0.0, 1.0));
-        crate::seasonal::features(lags, scale, self.config.horizon, out);
     }
 
     /// Point and (for the direct model) upper forecasts, scaled.
@@ -587,33 +609,146 @@ impl Lstm {
                 let max = observed.fold(f64::NEG_INFINITY, f64::max);
                 (min, (max - min).max(1e-3))
             }
+            // Nothing to fit: each window brings its own.
+            Scaling::Window => (0.0, 1.0),
         });
-        let origins = usable_origins(values, c.window, c.horizon);
-        let n_val = (origins.len() as f64 * c.validation_fraction) as usize;
-        let n_train = origins.len() - n_val;
-        if n_train < c.batch_size.min(32) || (c.validation_fraction > 0.0 && n_val == 0) {
+        let (train_origins, val_origins) = self.split_origins(values);
+        if train_origins.len() < c.batch_size.min(32)
+            || (c.validation_fraction > 0.0 && val_origins.is_empty())
+        {
             return Err(Error::NotEnoughData(format!(
                 "{} usable windows of {} + {} observed steps; the LSTM needs more",
-                origins.len(),
+                train_origins.len() + val_origins.len(),
                 c.window,
                 c.horizon
             )));
         }
-        // Validation windows are the newest; drop the training windows whose
-        // targets reach into theirs.
+        let train_set = self.examples(train, &train_origins);
+        let val_set = (!val_origins.is_empty()).then(|| self.examples(train, &val_origins));
+        Ok((train_set, val_set))
+    }
+
+    /// A series' training and validation origins: the newest
+    /// `validation_fraction` validate, and the training origins whose
+    /// targets reach into theirs are dropped.
+    fn split_origins(&self, values: &[f64]) -> (Vec<usize>, Vec<usize>) {
+        let c = &self.config;
+        let origins = usable_origins(values, c.window, c.horizon);
+        let n_val = (origins.len() as f64 * c.validation_fraction) as usize;
+        let n_train = origins.len() - n_val;
         let first_validation = origins
             .get(n_train)
             .copied()
             .filter(|_| n_val > 0)
             .unwrap_or(usize::MAX);
-        let train_origins: Vec<usize> = origins[..n_train]
+        let train: Vec<usize> = origins[..n_train]
             .iter()
             .copied()
             .filter(|&t| t + c.horizon <= first_validation)
             .collect();
-        let train_set = self.examples(train, &train_origins);
-        let val_set = (n_val > 0).then(|| self.examples(train, &origins[n_train..]));
-        Ok((train_set, val_set))
+        (train, origins[n_train..].to_vec())
+    }
+
+    /// The global model's examples: from each series its own split
+    /// ([`Lstm::split_origins`]), each window scaled on its own, at most
+    /// `pool` training examples in all, spread evenly over the series (a
+    /// random subset of each series' origins when it has more than its
+    /// share; the validation examples in the same proportion).
+    fn prepare_many(
+        &mut self,
+        series: &[Series],
+        pool: usize,
+    ) -> Result<(Examples, Option<Examples>), Error> {
+        if self.config.scaling != Scaling::Window {
+            return Err(Error::Input(
+                "a model trained across series scales each window on its own (scaling = \"window\")".into(),
+            ));
+        }
+        self.scale = Some((0.0, 1.0));
+        let mut rng = fastrand::Rng::with_seed(self.config.seed);
+        let share = (pool / series.len().max(1)).max(1);
+        let (mut train, mut val) = (Vec::new(), Vec::new());
+        for s in series {
+            let (mut t, mut v) = self.split_origins(&s.values);
+            if t.len() > share {
+                let keep = v.len() * share / t.len().max(1);
+                rng.shuffle(&mut t);
+                t.truncate(share);
+                t.sort_unstable();
+                rng.shuffle(&mut v);
+                v.truncate(keep.max(1));
+                v.sort_unstable();
+            }
+            if !t.is_empty() {
+                train.push(self.examples(s, &t));
+            }
+            if !v.is_empty() {
+                val.push(self.examples(s, &v));
+            }
+        }
+        let joined = |sets: Vec<Examples>| -> Option<Examples> {
+            (!sets.is_empty()).then(|| Examples {
+                x: Tensor::cat(&sets.iter().map(|e| &e.x).collect::<Vec<_>>(), 0),
+                y: Tensor::cat(&sets.iter().map(|e| &e.y).collect::<Vec<_>>(), 0),
+                last: Tensor::cat(&sets.iter().map(|e| &e.last).collect::<Vec<_>>(), 0),
+                seasonal: sets
+                    .iter()
+                    .map(|e| e.seasonal.as_ref())
+                    .collect::<Option<Vec<_>>>()
+                    .map(|s| Tensor::cat(&s, 0)),
+            })
+        };
+        let train_set = joined(train).filter(|e| e.len() >= self.config.batch_size.min(32) as i64);
+        let Some(train_set) = train_set else {
+            return Err(Error::NotEnoughData(format!(
+                "{} series have too few usable windows of {} + {} observed steps between them",
+                series.len(),
+                self.config.window,
+                self.config.horizon
+            )));
+        };
+        Ok((train_set, joined(val)))
+    }
+
+    /// Fits one network across `series` (the global model): each window
+    /// scaled on its own, at most `pool` training examples in all, spread
+    /// evenly over the series, then trained as [`Forecaster::fit`] trains.
+    /// Needs [`Scaling::Window`].
+    pub fn fit_many(
+        &mut self,
+        series: &[Series],
+        pool: usize,
+        progress: &mut dyn FnMut(&Epoch),
+    ) -> Result<FitReport, Error> {
+        let (train_set, val_set) = self.prepare_many(series, pool)?;
+        self.train_on(train_set, val_set, progress)
+    }
+
+    /// A copy of this (fitted) model that keeps its weights when asked to
+    /// fit and calls itself [`ModelKind::Global`]: the global model in a
+    /// backtest beside models fitted on the series itself.
+    pub fn frozen(&self) -> Result<Lstm, Error> {
+        let mut copy = self.try_clone()?;
+        copy.frozen = true;
+        Ok(copy)
+    }
+
+    /// A copy with the same settings, scaling and weights: where a
+    /// workload's own model is fine-tuned from the global one.
+    pub fn try_clone(&self) -> Result<Lstm, Error> {
+        let mut copy = Lstm::new(self.config.clone())?;
+        copy.vs.copy(&self.vs)?;
+        copy.scale = self.scale;
+        Ok(copy)
+    }
+
+    /// Changes the training settings that do not change the network's
+    /// shape or scaling (epochs, examples, learning rate, patience, seed):
+    /// for fine-tuning a copy of the global model on one workload.
+    pub fn retune(&mut self, max_epochs: usize, max_examples: usize, learning_rate: f64) {
+        self.config.max_epochs = max_epochs;
+        self.config.max_examples = max_examples;
+        self.config.learning_rate = learning_rate;
     }
 
     /// Writes the training examples [`Forecaster::fit`] would use to an
@@ -700,6 +835,9 @@ pub(crate) fn usable_origins(values: &[f64], window: usize, horizon: usize) -> V
 
 impl Forecaster for Lstm {
     fn kind(&self) -> ModelKind {
+        if self.frozen {
+            return ModelKind::Global;
+        }
         match self.config.architecture {
             Architecture::Direct => ModelKind::Lstm,
             Architecture::EncoderDecoder => ModelKind::LstmSeed,
@@ -716,8 +854,82 @@ impl Forecaster for Lstm {
     }
 
     fn fit(&mut self, train: &Series, progress: &mut dyn FnMut(&Epoch)) -> Result<FitReport, Error> {
-        let c = self.config.clone();
+        if self.frozen {
+            return Ok(FitReport::default());
+        }
         let (train_set, val_set) = self.prepare(train)?;
+        self.train_on(train_set, val_set, progress)
+    }
+
+    fn predict(&self, history: &[f64]) -> Result<Prediction, Error> {
+        Ok(self.predict_many(&[history])?.remove(0))
+    }
+
+    fn predict_many(&self, histories: &[&[f64]]) -> Result<Vec<Prediction>, Error> {
+        self.predict_seasonal(histories, &[])
+    }
+
+    fn seasonal(&self) -> bool {
+        self.config.seasonal_features() > 0
+    }
+
+    fn predict_seasonal(&self, histories: &[&[f64]], lags: &[Vec<f64>]) -> Result<Vec<Prediction>, Error> {
+        if self.scale.is_none() {
+            return Err(Error::NotFitted);
+        }
+        let (w, h) = (self.config.window, self.config.horizon);
+        let mut x = Vec::with_capacity(histories.len() * w * self.features() as usize);
+        let mut last = Vec::with_capacity(histories.len());
+        let mut seasonal = Vec::new();
+        let mut scales = Vec::with_capacity(histories.len());
+        for (i, history) in histories.iter().enumerate() {
+            let tail = check_history(history, w)?;
+            let scale = self.scale_of(tail);
+            scales.push(scale);
+            last.push(encode_window(self.config.architecture, scale, tail, &mut x) as f32);
+            if self.seasonal() {
+                let lags = lags.get(i).map_or(&[][..], |l| l.as_slice());
+                crate::seasonal::features(lags, scale, h, &mut seasonal);
+            }
+        }
+        let n = histories.len() as i64;
+        let x = Tensor::from_slice(&x).view([n, w as i64, self.features()]);
+        let last = Tensor::from_slice(&last).view([n, 1]);
+        let seasonal = self
+            .seasonal()
+            .then(|| Tensor::from_slice(&seasonal).view([n, self.config.seasonal_features() as i64]));
+        let (point, upper) = tch::no_grad(|| self.forward(&x, &last, seasonal.as_ref()));
+        let to_rows = |t: Tensor| -> Result<Vec<Vec<f64>>, Error> {
+            let flat = Vec::<f32>::try_from(t.to_kind(Kind::Float).flatten(0, -1))?;
+            Ok(flat
+                .chunks(h)
+                .zip(&scales)
+                .map(|(r, (a, b))| r.iter().map(|z| f64::from(*z) * b + a).collect())
+                .collect())
+        };
+        let points = to_rows(point)?;
+        let mut uppers = match upper {
+            Some(u) => to_rows(u)?.into_iter().map(Some).collect(),
+            None => vec![None; points.len()],
+        };
+        Ok(points
+            .into_iter()
+            .zip(uppers.drain(..))
+            .map(|(values, upper)| Prediction { values, upper })
+            .collect())
+    }
+}
+
+impl Lstm {
+    /// Trains on prepared examples: Adam, shuffled batches, early stopping
+    /// on the validation loss, the best weights kept.
+    fn train_on(
+        &mut self,
+        train_set: Examples,
+        val_set: Option<Examples>,
+        progress: &mut dyn FnMut(&Epoch),
+    ) -> Result<FitReport, Error> {
+        let c = self.config.clone();
         let mut opt = nn::Adam::default().build(&self.vs, c.learning_rate)?;
         let mut rng = fastrand::Rng::with_seed(c.seed);
         let mut report = FitReport {
@@ -794,59 +1006,6 @@ impl Forecaster for Lstm {
         }
         report.seconds_per_epoch = Some(seconds / report.epochs.max(1) as f64);
         Ok(report)
-    }
-
-    fn predict(&self, history: &[f64]) -> Result<Prediction, Error> {
-        Ok(self.predict_many(&[history])?.remove(0))
-    }
-
-    fn predict_many(&self, histories: &[&[f64]]) -> Result<Vec<Prediction>, Error> {
-        self.predict_seasonal(histories, &[])
-    }
-
-    fn seasonal(&self) -> bool {
-        self.config.seasonal_features() > 0
-    }
-
-    fn predict_seasonal(&self, histories: &[&[f64]], lags: &[Vec<f64>]) -> Result<Vec<Prediction>, Error> {
-        if self.scale.is_none() {
-            return Err(Error::NotFitted);
-        }
-        let (w, h) = (self.config.window, self.config.horizon);
-        let mut x = Vec::with_capacity(histories.len() * w * self.features() as usize);
-        let mut last = Vec::with_capacity(histories.len());
-        let mut seasonal = Vec::new();
-        for (i, history) in histories.iter().enumerate() {
-            let tail = check_history(history, w)?;
-            last.push(self.encode_window(tail, &mut x) as f32);
-            if self.seasonal() {
-                self.seasonal_inputs(lags.get(i).map_or(&[][..], |l| l.as_slice()), &mut seasonal);
-            }
-        }
-        let n = histories.len() as i64;
-        let x = Tensor::from_slice(&x).view([n, w as i64, self.features()]);
-        let last = Tensor::from_slice(&last).view([n, 1]);
-        let seasonal = self
-            .seasonal()
-            .then(|| Tensor::from_slice(&seasonal).view([n, self.config.seasonal_features() as i64]));
-        let (point, upper) = tch::no_grad(|| self.forward(&x, &last, seasonal.as_ref()));
-        let to_rows = |t: Tensor| -> Result<Vec<Vec<f64>>, Error> {
-            let flat = Vec::<f32>::try_from(t.to_kind(Kind::Float).flatten(0, -1))?;
-            Ok(flat
-                .chunks(h)
-                .map(|r| r.iter().map(|z| self.unscale(f64::from(*z))).collect())
-                .collect())
-        };
-        let points = to_rows(point)?;
-        let mut uppers = match upper {
-            Some(u) => to_rows(u)?.into_iter().map(Some).collect(),
-            None => vec![None; points.len()],
-        };
-        Ok(points
-            .into_iter()
-            .zip(uppers.drain(..))
-            .map(|(values, upper)| Prediction { values, upper })
-            .collect())
     }
 }
 
@@ -954,6 +1113,78 @@ mod tests {
         let known = seasonal.predict_seasonal(&[window], &[lags]).unwrap();
         let unknown = seasonal.predict(window).unwrap();
         assert_ne!(known[0].values, unknown.values);
+    }
+
+    /// A daily-like wave of period 24 steps at `level`, swinging by a
+    /// third of it, with a phase and some noise.
+    fn wave_at(level: f64, phase: usize, n: usize) -> Series {
+        let values = (0..n)
+            .map(|i| {
+                let t = ((i + phase) % 24) as f64 / 24.0 * std::f64::consts::TAU;
+                level * (1.0 + t.sin() / 3.0 + ((i * 7919) % 13) as f64 * 0.004)
+            })
+            .collect();
+        Series {
+            seasonal: None,
+            start: DateTime::from_timestamp(0, 0).unwrap(),
+            step_seconds: 300,
+            values,
+        }
+    }
+
+    #[test]
+    fn a_global_model_forecasts_a_series_it_never_saw_at_any_scale() {
+        crate::runtime::configure(1, 7).unwrap();
+        let seen: Vec<Series> = [(1.0, 0), (30.0, 5), (700.0, 11), (9000.0, 17)]
+            .iter()
+            .map(|&(level, phase)| wave_at(level, phase, 600))
+            .collect();
+        let config = LstmConfig {
+            max_epochs: 8,
+            ..small()
+        };
+        let (global, report) = crate::global::train(&seen, &config, 4000, None, &mut |_| {}).unwrap();
+        assert!(!report.diverged && report.examples > 0, "{report:?}");
+        assert_eq!(global.normalisation(), Normalisation::Window);
+        // Unseen: another level and phase. Scored as it is (frozen), it
+        // beats the naive forecast.
+        let unseen = wave_at(50_000.0, 8, 600);
+        let mut frozen = global.frozen().unwrap();
+        assert_eq!(frozen.kind(), ModelKind::Global);
+        let mut naive = crate::naive::Naive::new(6, 0.9);
+        let eval = crate::eval::EvalConfig {
+            horizon: 6,
+            test_fraction: 0.3,
+            ..Default::default()
+        };
+        let mut models: [&mut dyn Forecaster; 2] = [&mut naive, &mut frozen];
+        let scored = crate::eval::backtest(
+            "unseen",
+            &unseen,
+            Default::default(),
+            &mut models,
+            &eval,
+            &mut |_| {},
+        )
+        .unwrap();
+        let (naive, ours) = (scored.models[0].mase, scored.models[1].mase);
+        assert!(ours < 0.7 * naive, "global {ours:.3} against naive {naive:.3}");
+        // Fitting a frozen copy keeps its weights.
+        assert_eq!(frozen.weights(), global.weights());
+        // Scaled input, scaled forecast: nothing was fitted to one level.
+        let window = &unseen.values[..100];
+        let tenfold: Vec<f64> = window.iter().map(|v| v * 10.0).collect();
+        let (one, ten) = (global.predict(window).unwrap(), global.predict(&tenfold).unwrap());
+        for (a, b) in one.values.iter().zip(&ten.values) {
+            assert!((10.0 * a - b).abs() < 1e-3 * b.abs(), "{a} × 10 vs {b}");
+        }
+        // Stored and loaded like any other version.
+        let bytes = global.to_safetensors().unwrap();
+        let loaded = Lstm::from_safetensors(global.config().clone(), &Normalisation::Window, &bytes).unwrap();
+        assert_eq!(loaded.predict(window).unwrap(), one);
+        // Fitted across series only with each window scaled on its own.
+        let mut standard = Lstm::new(config).unwrap();
+        assert!(standard.fit_many(&seen, 4000, &mut |_| {}).is_err());
     }
 
     #[test]

@@ -32,6 +32,11 @@ pub enum Normalisation {
         /// Maximum of the training data.
         max: f64,
     },
+    /// Each window scaled on its own: `x / s`, where `s` is the larger of
+    /// the window's mean absolute value and its standard deviation. What a
+    /// model trained across workloads (the `global` key) uses, so one
+    /// network serves loads of any size.
+    Window,
 }
 
 /// The samples a model was trained on.
@@ -88,6 +93,11 @@ pub struct ModelManifest {
     /// calibrated quantiles.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub calibration: Option<Calibration>,
+    /// Why the version is or is not served, in words: for a workload's own
+    /// model, how its backtest compared with the global model's on the same
+    /// origins (it is kept only where it beats it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<String>,
 }
 
 /// Split-conformal calibration: per quantile level and horizon step, the
@@ -102,6 +112,19 @@ pub struct Calibration {
     pub offsets: Vec<Vec<f64>>,
     /// Held-out forecasts the offsets come from.
     pub origins: u64,
+}
+
+impl ModelManifest {
+    /// A workload's version that the global model beat on the workload's
+    /// own backtest (validation `global` ≤ `lstm`), and so not accepted:
+    /// the global model serves the workload, not an older version of its own.
+    pub fn defers_to_global(&self) -> bool {
+        !self.accepted
+            && matches!(
+                (self.validation.get("global"), self.validation.get("lstm")),
+                (Some(g), Some(o)) if g <= o
+            )
+    }
 }
 
 impl Message for ModelManifest {
@@ -179,8 +202,11 @@ impl Message for ModelManifest {
                 }
             }
         }
+        if self.verdict.as_ref().is_some_and(|v| v.len() > 1024) {
+            return bad("verdict", "has at most 1024 characters");
+        }
         match self.normalisation {
-            Normalisation::None => {}
+            Normalisation::None | Normalisation::Window => {}
             Normalisation::Standard { mean, std } => {
                 check_finite("normalisation.mean", mean)?;
                 check_non_negative("normalisation.std", std)?;

@@ -67,8 +67,28 @@ pub struct EvalArgs {
     /// Write the full results (per-step errors, fit reports) to this JSON file.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// What the `global` model (listed in --models) is trained on:
+    /// `leave-family-out` trains one per family of traces (the name before
+    /// its first `-`: nab, alibaba2018, bitbrains) on the other families'
+    /// traces, whole, and scores it on that family's, which it never saw;
+    /// `all` trains one on the training part (the head) of every trace.
+    #[arg(long, value_enum, default_value_t = GlobalTrain::LeaveFamilyOut)]
+    global_train: GlobalTrain,
+    /// Most training examples the `global` model draws across its traces.
+    #[arg(long, default_value_t = pas_models::global::DEFAULT_POOL)]
+    global_pool: usize,
     #[command(flatten)]
     common: Common,
+}
+
+/// What the global model is trained on in `pas models eval`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GlobalTrain {
+    /// One per family, on the other families' traces.
+    LeaveFamilyOut,
+    /// One, on the head of every trace.
+    All,
 }
 
 #[derive(Debug, Args)]
@@ -153,11 +173,21 @@ fn evaluate(args: EvalArgs) -> anyhow::Result<()> {
         step_seconds: args.common.step,
     };
     let quiet = args.common.quiet;
+    let globals = if kinds.contains(&ModelKind::Global) {
+        train_globals(&args, &options, &config)?
+    } else {
+        Vec::new()
+    };
     let mut reports = Vec::new();
     for (i, path) in args.traces.iter().enumerate() {
         let trace = Trace::read(path)?;
         eprintln!("[{}/{}] {}", i + 1, args.traces.len(), trace.name);
-        let report = eval::evaluate_trace(&trace, &kinds, &options, &config, &mut |p| match p {
+        let family = pas_models::global::family(&trace.name);
+        let global = globals
+            .iter()
+            .find(|(f, _)| f.as_deref().is_none_or(|f| f == family))
+            .map(|(_, g)| g);
+        let report = eval::evaluate_trace(&trace, &kinds, &options, global, &config, &mut |p| match p {
             Progress::Fitting { model, .. } => eprintln!("  fitting {model}"),
             Progress::Epoch(e) if !quiet => epoch_line(e),
             Progress::Epoch(_) => {}
@@ -174,7 +204,9 @@ fn evaluate(args: EvalArgs) -> anyhow::Result<()> {
             "test_fraction": config.test_fraction,
             "stride": config.stride,
             "max_fill": config.max_fill,
-            "lstm": options.lstm,
+                        "lstm": options.lstm,
+            "global_train": kinds.contains(&ModelKind::Global).then_some(args.global_train),
+            "global_pool": args.global_pool,
             "summary": summary,
             "lstm_beats_lstm_seed": { "won": won, "of": of },
             "series": reports,
@@ -183,6 +215,75 @@ fn evaluate(args: EvalArgs) -> anyhow::Result<()> {
         eprintln!("wrote {}", path.display());
     }
     Ok(())
+}
+
+/// The global models `evaluate` scores: per family left out (`Some(family)`:
+/// for that family's traces), or one for all (`None`).
+fn train_globals(
+    args: &EvalArgs,
+    options: &ModelOptions,
+    config: &EvalConfig,
+) -> anyhow::Result<Vec<(Option<String>, Lstm)>> {
+    let mut traces = Vec::with_capacity(args.traces.len());
+    for path in &args.traces {
+        let trace = Trace::read(path)?;
+        let (series, _) =
+            eval::trace_series(&trace, config).with_context(|| format!("reading {}", path.display()))?;
+        traces.push((pas_models::global::family(&trace.name).to_owned(), series));
+    }
+    let lstm = LstmConfig {
+        horizon: config.horizon,
+        ..options.lstm.clone()
+    };
+    let train = |label: &str, series: Vec<pas_models::Series>| -> anyhow::Result<Lstm> {
+        eprintln!("training the global model {label} ({} traces)", series.len());
+        let quiet = args.common.quiet;
+        let (model, report) = pas_models::global::train(&series, &lstm, args.global_pool, None, &mut |e| {
+            if !quiet {
+                epoch_line(e)
+            }
+        })
+        .with_context(|| format!("training the global model {label}"))?;
+        if report.diverged {
+            anyhow::bail!("the global model {label} diverged (the loss became NaN or infinite)");
+        }
+        Ok(model)
+    };
+    match args.global_train {
+        GlobalTrain::All => {
+            // The head of each trace only, as every other model sees it.
+            let heads = traces
+                .into_iter()
+                .map(|(_, s)| {
+                    let n = (s.len() as f64 * (1.0 - config.test_fraction)) as usize;
+                    s.slice(0..n)
+                })
+                .collect();
+            Ok(vec![(None, train("on every trace's head", heads)?)])
+        }
+        GlobalTrain::LeaveFamilyOut => {
+            let mut families: Vec<String> = traces.iter().map(|(f, _)| f.clone()).collect();
+            families.sort();
+            families.dedup();
+            if families.len() < 2 {
+                anyhow::bail!(
+                    "--global-train leave-family-out needs traces of at least two families (the name before the first `-`); these are all `{}`. Use --global-train all",
+                    families.join(", ")
+                );
+            }
+            let mut out = Vec::with_capacity(families.len());
+            for family in families {
+                let others: Vec<_> = traces
+                    .iter()
+                    .filter(|(f, _)| *f != family)
+                    .map(|(_, s)| s.clone())
+                    .collect();
+                let model = train(&format!("without {family}"), others)?;
+                out.push((Some(family), model));
+            }
+            Ok(out)
+        }
+    }
 }
 
 fn write_json(path: &Path, value: &serde_json::Value) -> anyhow::Result<()> {
@@ -333,6 +434,7 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
         digest: pas_models::digest(&weights),
         accepted: true,
         calibration: None,
+        verdict: None,
     };
     write_json(&args.out.join("manifest.json"), &serde_json::to_value(&manifest)?)?;
     println!(

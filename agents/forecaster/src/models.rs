@@ -81,6 +81,13 @@ impl Models {
         self.swap(served);
     }
 
+    /// Stops serving `key`'s own model (the global one serves it then).
+    /// True when one was served.
+    pub fn remove(&self, key: &str) -> bool {
+        let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
+        map.remove(key).is_some()
+    }
+
     fn swap(&self, served: Served) {
         let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
         map.insert(served.key.clone(), Arc::new(served));
@@ -252,7 +259,15 @@ impl Loader {
         let all = store::load(&self.bucket, &self.chunks, &self.layout)
             .await
             .map_err(|e| Error::js("read the model manifests", e))?;
-        for (_, versions) in all {
+        for (key, versions) in all {
+            if versions
+                .values()
+                .next_back()
+                .is_some_and(|m| m.defers_to_global())
+            {
+                self.defer(&key, versions.keys().next_back().copied().unwrap_or(0));
+                continue;
+            }
             for manifest in versions.into_values().rev() {
                 if !manifest.accepted {
                     continue;
@@ -302,9 +317,10 @@ impl Loader {
                         }
                         match store::read(&self.bucket, &self.chunks, &info.name).await {
                             Ok(bytes) => match pas_schemas::decode::<ModelManifest>(&bytes) {
-                                Ok(m) if m.accepted => {
+                                                                Ok(m) if m.accepted => {
                                     self.consider(m).await;
                                 }
+                                Ok(m) if m.defers_to_global() => self.defer(&m.key, m.version),
                                 Ok(_) => {}
                                 Err(error) => self.refused(key, version, refuse("manifest", error.to_string())),
                             },
@@ -345,6 +361,18 @@ impl Loader {
                 self.refused(&key, version, refusal);
                 false
             }
+        }
+    }
+
+    /// `key`'s version `version` lost to the global model on its own
+    /// backtest: an older version of its own no longer serves.
+    fn defer(&mut self, key: &str, version: u64) {
+        if self.models.version(key).is_some_and(|v| v < version) && self.models.remove(key) {
+            tracing::info!(
+                key,
+                version,
+                "The global model beat this workload's own; serving the global model."
+            );
         }
     }
 

@@ -51,6 +51,22 @@ pub struct Config {
     pub threads: i32,
     /// The LSTM to train (its fields as in `pas models train --lstm-config`).
     pub model: LstmConfig,
+    /// Train the global model (key `global`): one network across every
+    /// workload with `min_history` steps, each window scaled on its own,
+    /// which serves any workload without an accepted model of its own, a
+    /// new one from its first full window. Each workload's own model is
+    /// then fine-tuned from it and kept only where it beats it.
+    pub global: bool,
+    /// Most training examples the global model draws, spread evenly over
+    /// the workloads.
+    pub global_pool: usize,
+    /// Most workloads (spread evenly) the global model's backtest scores it
+    /// on; it is accepted when its mean MASE beats the naive forecast's.
+    pub global_gate: usize,
+    /// Epochs of fine-tuning a workload's own model from the global one.
+    pub fine_tune_epochs: usize,
+    /// Training examples per fine-tuning epoch.
+    pub fine_tune_examples: usize,
     /// Address of `/healthz`, `/readyz` and `/metrics`.
     pub listen: SocketAddr,
     /// Log one JSON object per line instead of text.
@@ -78,6 +94,11 @@ impl Default for Config {
             test_fraction: 0.2,
             threads: 1,
             model: LstmConfig::default(),
+            global: true,
+            global_pool: pas_models::global::DEFAULT_POOL,
+            global_gate: 256,
+            fine_tune_epochs: 4,
+            fine_tune_examples: 2_000,
             listen: SocketAddr::from(([0, 0, 0, 0], 9465)),
             log_json: false,
             nats: NatsConfig::default(),
@@ -106,6 +127,9 @@ impl Config {
         pas_runtime::config::check_horizon("the model's horizon", self.model.horizon, self.step, self.lead)?;
         if self.max_history < self.min_history {
             return Err("max_history must be at least min_history".into());
+        }
+        if self.global && (self.global_pool == 0 || self.global_gate == 0 || self.fine_tune_epochs == 0) {
+            return Err("global_pool, global_gate and fine_tune_epochs must be at least 1".into());
         }
         if self.keep_versions == 0 {
             return Err("keep_versions must be at least 1".into());

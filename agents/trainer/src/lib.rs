@@ -238,13 +238,17 @@ impl Trainer {
             prefix,
             metrics,
             bucket,
+            chunks,
             history,
             layout,
             client: conn.client.clone(),
+            global: None,
+            global_attempt: None,
             models,
             state,
             attempts: HashMap::new(),
         };
+        training.global = training.load_global().await;
         training.run(&beat, &shutdown).await;
         health.set_ready(false);
         // Each step of the way out is bounded, so SIGTERM exits in time even
@@ -288,6 +292,8 @@ struct Training {
     prefix: Prefix,
     metrics: Metrics,
     bucket: ObjectStore,
+    /// The bucket's stream, for reading objects whole.
+    chunks: async_nats::jetstream::stream::Stream,
     /// The workloads' coarse history (`pas-history`), read for the
     /// seasonal context.
     history: async_nats::jetstream::kv::Store,
@@ -296,6 +302,12 @@ struct Training {
     models: HashMap<String, Versions>,
     state: Arc<Mutex<Workloads>>,
     attempts: HashMap<WorkloadKey, chrono::DateTime<Utc>>,
+    /// The newest accepted global model (its version and network), which
+    /// each workload's own model is fine-tuned from and compared with.
+    /// (Behind a lock only so the loop's future may move between threads.)
+    global: Option<(u64, Mutex<Lstm>)>,
+    /// When the global model was last tried (end of its data).
+    global_attempt: Option<chrono::DateTime<Utc>>,
 }
 
 impl Training {
@@ -311,6 +323,12 @@ impl Training {
                 _ = ticks.tick() => {}
             }
             self.forget();
+            if self.config.global && self.global_due() {
+                beat.beat();
+                if self.train_global(shutdown).await.is_break() {
+                    return;
+                }
+            }
             for job in due(&self.config, &self.state, &self.models, &self.attempts) {
                 if shutdown.is_cancelled() {
                     break;
@@ -356,6 +374,16 @@ impl Training {
             "Training a version."
         );
         let stop = Arc::new(AtomicBool::new(false));
+        let global = match &self.global {
+            Some((v, model)) => match model.lock().unwrap_or_else(|p| p.into_inner()).try_clone() {
+                Ok(copy) => Some((*v, copy)),
+                Err(error) => {
+                    tracing::warn!(%error, "Copying the global model failed; training this workload's model alone.");
+                    None
+                }
+            },
+            None => None,
+        };
         let job = Job {
             key: key.clone(),
             version,
@@ -364,64 +392,113 @@ impl Training {
             range,
             config: self.config.clone(),
             stop: stop.clone(),
+            global,
         };
         let started = Instant::now();
-        // Training takes seconds to minutes: SIGTERM does not wait for it.
-        let mut training = tokio::task::spawn_blocking(move || job.train());
-        let outcome = tokio::select! {
-            outcome = &mut training => outcome,
-            _ = shutdown.cancelled() => {
-                stop.store(true, Ordering::Relaxed);
-                let _ = pas_nats::within(Duration::from_secs(3), "stop training", training).await;
-                tracing::info!(workload = key.model_key(), version, "Stopping: left this version's training unfinished.");
-                return std::ops::ControlFlow::Break(());
-            }
+        let Some(outcome) = off_runtime(move || job.train(), &stop, shutdown).await else {
+            tracing::info!(
+                workload = key.model_key(),
+                version,
+                "Stopping: left this version's training unfinished."
+            );
+            return std::ops::ControlFlow::Break(());
         };
-        let metrics = &self.metrics;
-        match outcome {
-            Ok(Ok((manifest, weights))) => {
-                let label = outcome_label(&manifest);
-                let stored = store_version(
-                    &self.bucket,
-                    &self.layout,
-                    &self.client,
-                    &self.prefix,
-                    &key,
-                    versions,
-                    manifest,
-                    &weights,
-                    self.config.keep_versions,
-                )
-                .await;
-                match stored {
-                    Ok(()) => {
-                        metrics.versions.get_or_create(&Outcome { outcome: label }).inc();
-                        tracing::info!(
-                            workload = key.model_key(),
-                            version,
-                            outcome = label,
-                            seconds = started.elapsed().as_secs_f64(),
-                            "Stored a model version."
-                        );
-                    }
-                    Err(error) => {
-                        // Train again at the next check: the version was not recorded.
-                        self.attempts.remove(&key);
-                        metrics.failures.inc();
-                        tracing::warn!(workload = key.model_key(), version, %error, "Storing a model version failed.");
-                    }
-                }
-            }
-            Ok(Err(error)) => {
-                metrics.failures.inc();
-                tracing::warn!(workload = key.model_key(), %error, "Training failed; will try again with more data.");
-            }
-            Err(error) => {
-                metrics.failures.inc();
-                tracing::error!(workload = key.model_key(), %error, "Training panicked.");
+        if let Some((manifest, weights)) = self.trained(&key.model_key(), outcome) {
+            let stored = self.store(Some(&key), manifest, &weights, started).await;
+            if !stored {
+                // Train again at the next check: the version was not recorded.
+                self.attempts.remove(&key);
             }
         }
         std::ops::ControlFlow::Continue(())
+    }
+
+    /// What a training run made, or None after logging and counting why
+    /// it made nothing.
+    fn trained<T>(
+        &self,
+        key: &str,
+        outcome: Result<Result<T, pas_models::Error>, tokio::task::JoinError>,
+    ) -> Option<T> {
+        match outcome {
+            Ok(Ok(made)) => Some(made),
+            Ok(Err(error)) => {
+                self.metrics.failures.inc();
+                tracing::warn!(key, %error, "Training failed; will try again with more data.");
+                None
+            }
+            Err(error) => {
+                self.metrics.failures.inc();
+                tracing::error!(key, %error, "Training panicked.");
+                None
+            }
+        }
+    }
+
+    /// Stores, announces and counts a version of `key` (a workload's, or
+    /// the global model's for `None`); false when it could not be stored.
+    async fn store(
+        &mut self,
+        key: Option<&WorkloadKey>,
+        manifest: ModelManifest,
+        weights: &[u8],
+        started: Instant,
+    ) -> bool {
+        let label = outcome_label(&manifest);
+        let (name, version) = (manifest.key.clone(), manifest.version);
+        let versions = self.models.entry(name.clone()).or_default();
+        let stored = store_version(
+            &self.bucket,
+            &self.layout,
+            &self.client,
+            &self.prefix,
+            key,
+            versions,
+            manifest,
+            weights,
+            self.config.keep_versions,
+        )
+        .await;
+        match stored {
+            Ok(()) => {
+                self.metrics
+                    .versions
+                    .get_or_create(&Outcome { outcome: label })
+                    .inc();
+                tracing::info!(
+                    key = name,
+                    version,
+                    outcome = label,
+                    seconds = started.elapsed().as_secs_f64(),
+                    "Stored a model version."
+                );
+                true
+            }
+            Err(error) => {
+                self.metrics.failures.inc();
+                tracing::warn!(key = name, version, %error, "Storing a model version failed.");
+                false
+            }
+        }
+    }
+}
+
+/// Runs a training job on a blocking thread (it takes seconds to
+/// minutes); None when `shutdown` came first: `stop` is set, so the fit
+/// ends at its next batch, and SIGTERM does not wait for it.
+async fn off_runtime<T: Send + 'static>(
+    job: impl FnOnce() -> T + Send + 'static,
+    stop: &AtomicBool,
+    shutdown: &CancellationToken,
+) -> Option<Result<T, tokio::task::JoinError>> {
+    let mut training = tokio::task::spawn_blocking(job);
+    tokio::select! {
+        outcome = &mut training => Some(outcome),
+        _ = shutdown.cancelled() => {
+            stop.store(true, Ordering::Relaxed);
+            let _ = pas_nats::within(Duration::from_secs(3), "stop training", training).await;
+            None
+        }
     }
 }
 
@@ -466,6 +543,245 @@ impl Training {
         series.seasonal = Some(Arc::new(history));
         series
     }
+}
+
+/// The key of the global model in `pas-models`.
+pub const GLOBAL: &str = "global";
+
+impl Training {
+    /// The newest accepted global version from the bucket, as a network
+    /// (at start: what a restarted trainer fine-tunes from). None when
+    /// there is none or it cannot be read (the next global round makes one).
+    async fn load_global(&self) -> Option<(u64, Mutex<Lstm>)> {
+        let manifest = self
+            .models
+            .get(GLOBAL)?
+            .values()
+            .rev()
+            .find(|m| m.accepted)?
+            .clone();
+        let name = self
+            .layout
+            .object(GLOBAL, manifest.version, "weights.safetensors");
+        let bytes = store::read(&self.bucket, &self.chunks, &name).await;
+        let built = bytes.map_err(|e| e.to_string()).and_then(|bytes| {
+            let params = serde_json::Value::Object(manifest.hyper_parameters.clone().into_iter().collect());
+            let config: pas_models::lstm::LstmConfig =
+                serde_json::from_value(params).map_err(|e| format!("hyper-parameters: {e}"))?;
+            Lstm::from_safetensors(config, &manifest.normalisation, &bytes).map_err(|e| e.to_string())
+        });
+        match built {
+            Ok(model) => {
+                tracing::info!(version = manifest.version, "Read the global model.");
+                Some((manifest.version, Mutex::new(model)))
+            }
+            Err(error) => {
+                tracing::warn!(version = manifest.version, %error, "Reading the global model failed; the next global round trains one.");
+                None
+            }
+        }
+    }
+
+    /// Whether the global model is due: some workload has `min_history`
+    /// steps, and the data reaches `retrain_after` past the newest global
+    /// version's (or its last attempt's), or there is none.
+    fn global_due(&self) -> bool {
+        let newest = {
+            let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            state
+                .keys()
+                .into_iter()
+                .filter(|k| state.steps(k) >= self.config.min_history)
+                .filter_map(|k| state.newest(&k))
+                .max()
+        };
+        let Some(newest) = newest else {
+            return false;
+        };
+        let trained_to = self
+            .models
+            .get(GLOBAL)
+            .and_then(|v| v.values().map(|m| m.training.to).max());
+        let retrain =
+            chrono::TimeDelta::from_std(self.config.retrain_after).unwrap_or(chrono::TimeDelta::MAX);
+        trained_to
+            .max(self.global_attempt)
+            .is_none_or(|t| newest - t >= retrain)
+    }
+
+    /// Trains and stores a version of the global model across every
+    /// workload with `min_history` steps. `Break` when `shutdown` came first.
+    async fn train_global(&mut self, shutdown: &CancellationToken) -> std::ops::ControlFlow<()> {
+        let eligible: Vec<Due> = due(&self.config, &self.state, &HashMap::new(), &HashMap::new());
+        let Some(to) = eligible.iter().map(|(_, _, _, r)| r.to).max() else {
+            return std::ops::ControlFlow::Continue(());
+        };
+        self.global_attempt = Some(to);
+        let mut series = Vec::with_capacity(eligible.len());
+        let mut range: Option<TrainingRange> = None;
+        for (key, s, lower_bounds, r) in eligible {
+            let mut s = self.with_history(&key, s).await;
+            s.fill_gaps(self.config.max_fill);
+            s.mask(&lower_bounds);
+            series.push(s);
+            range = Some(match range {
+                None => r,
+                Some(a) => TrainingRange {
+                    first_sequence: a.first_sequence.min(r.first_sequence),
+                    last_sequence: a.last_sequence.max(r.last_sequence),
+                    from: a.from.min(r.from),
+                    to: a.to.max(r.to),
+                },
+            });
+        }
+        let Some(range) = range else {
+            return std::ops::ControlFlow::Continue(());
+        };
+        let versions = self.models.entry(GLOBAL.to_owned()).or_default();
+        let version = versions.keys().next_back().copied().unwrap_or(0) + 1;
+        tracing::info!(
+            version,
+            workloads = series.len(),
+            "Training a global model version."
+        );
+        let stop = Arc::new(AtomicBool::new(false));
+        let job = GlobalJob {
+            version,
+            series,
+            range,
+            config: self.config.clone(),
+            stop: stop.clone(),
+        };
+        let started = Instant::now();
+        let Some(outcome) = off_runtime(move || job.train(), &stop, shutdown).await else {
+            tracing::info!(version, "Stopping: left the global model's training unfinished.");
+            return std::ops::ControlFlow::Break(());
+        };
+        if let Some((manifest, weights, model)) = self.trained(GLOBAL, outcome) {
+            let accepted = manifest.accepted;
+            if !self.store(None, manifest, &weights, started).await {
+                self.global_attempt = None;
+            } else if accepted {
+                self.global = Some((version, Mutex::new(model)));
+            }
+        }
+        std::ops::ControlFlow::Continue(())
+    }
+}
+
+/// One training run of the global model, off the async runtime.
+struct GlobalJob {
+    version: u64,
+    /// Every eligible workload's series, gaps filled and saturated steps masked.
+    series: Vec<pas_models::Series>,
+    range: TrainingRange,
+    config: Config,
+    stop: Arc<AtomicBool>,
+}
+
+impl GlobalJob {
+    /// Trains on the head of every series (at most `global_pool` examples),
+    /// then backtests it against the naive forecast on the tails of at most
+    /// `global_gate` of them: accepted when its mean MASE is lower.
+    fn train(self) -> Result<(ModelManifest, Vec<u8>, Lstm), pas_models::Error> {
+        let c = &self.config;
+        let heads: Vec<pas_models::Series> = self
+            .series
+            .iter()
+            .map(|s| s.slice(0..((s.len() as f64) * (1.0 - c.test_fraction)) as usize))
+            .collect();
+        let (model, fit) = pas_models::global::train(
+            &heads,
+            &c.model,
+            c.global_pool,
+            Some(self.stop.clone()),
+            &mut |_| {},
+        )?;
+        let gate: Vec<&pas_models::Series> = spread(&self.series, c.global_gate);
+        let eval_config = EvalConfig {
+            horizon: c.model.horizon,
+            test_fraction: c.test_fraction,
+            stride: 1,
+            max_fill: c.max_fill,
+            step_seconds: None,
+        };
+        let (mut ours, mut naive, mut scored) = (0.0, 0.0, 0usize);
+        if !fit.diverged {
+            for (i, s) in gate.iter().enumerate() {
+                let mut frozen = model.frozen()?;
+                let mut baseline = Naive::new(c.model.horizon, c.model.quantile);
+                let mut models: [&mut dyn Forecaster; 2] = [&mut baseline, &mut frozen];
+                let Ok(report) = eval::backtest(
+                    &format!("gate-{i}"),
+                    s,
+                    Default::default(),
+                    &mut models,
+                    &eval_config,
+                    &mut |_| {},
+                ) else {
+                    continue;
+                };
+                if let [n, g] = &report.models[..]
+                    && n.error.is_none()
+                    && g.error.is_none()
+                {
+                    naive += n.mase;
+                    ours += g.mase;
+                    scored += 1;
+                }
+            }
+        }
+        let mut validation = std::collections::BTreeMap::new();
+        if scored > 0 {
+            validation.insert(ModelKind::Global.name().to_owned(), ours / scored as f64);
+            validation.insert(ModelKind::Naive.name().to_owned(), naive / scored as f64);
+        }
+        validation.insert("workloads".into(), scored as f64);
+        validation.insert("series".into(), self.series.len() as f64);
+        if fit.diverged {
+            validation.insert("diverged".into(), 1.0);
+        }
+        let accepted = !fit.diverged && scored > 0 && ours < naive;
+        let verdict = if scored == 0 {
+            "not scored: no workload had a usable backtest".to_owned()
+        } else {
+            format!(
+                "trained on {} workloads; mean MASE {:.3} against naive {:.3} on {scored} of them",
+                self.series.len(),
+                ours / scored as f64,
+                naive / scored as f64
+            )
+        };
+        let weights = model.to_safetensors()?;
+        let manifest = ModelManifest {
+            schema_version: SCHEMA_VERSION,
+            timestamp: Utc::now(),
+            key: GLOBAL.to_owned(),
+            version: self.version,
+            architecture: ModelKind::Lstm.name().to_owned(),
+            hyper_parameters: model.config().hyper_parameters(),
+            step_seconds: self.config.step.as_secs_f64(),
+            window: c.model.window as u32,
+            horizon: c.model.horizon as u32,
+            normalisation: model.normalisation(),
+            training: self.range,
+            validation,
+            digest: pas_models::digest(&weights),
+            accepted,
+            // Offsets in millicores mean nothing across workloads of every size.
+            calibration: None,
+            verdict: Some(verdict),
+        };
+        Ok((manifest, weights, model))
+    }
+}
+
+/// At most `n` of `items`, spread evenly.
+fn spread<T>(items: &[T], n: usize) -> Vec<&T> {
+    if items.len() <= n {
+        return items.iter().collect();
+    }
+    (0..n).map(|i| &items[i * items.len() / n]).collect()
 }
 
 fn outcome_label(manifest: &ModelManifest) -> &'static str {
@@ -557,6 +873,7 @@ pub fn train_version(
         range,
         config: config.clone(),
         stop: Arc::default(),
+        global: None,
     }
     .train()
 }
@@ -572,6 +889,8 @@ struct Job {
     config: Config,
     /// Set when the trainer stops: the fit ends at its next batch.
     stop: Arc<AtomicBool>,
+    /// The global model to fine-tune from and compare with, if one is accepted.
+    global: Option<(u64, Lstm)>,
 }
 
 impl Job {
@@ -583,7 +902,20 @@ impl Job {
         self.series.mask(&self.lower_bounds);
         let horizon = c.model.horizon;
         let quantile = c.model.quantile;
-        let mut lstm = Lstm::new(c.model.clone())?;
+        // Fine-tuned from the global model where there is one (a few
+        // epochs: a fraction of training alone), else trained alone.
+        let (mut lstm, mut global) = match self.global.take() {
+            Some((version, global)) => {
+                let mut tuned = global.try_clone()?;
+                tuned.retune(
+                    c.fine_tune_epochs,
+                    c.fine_tune_examples,
+                    global.config().learning_rate / 3.0,
+                );
+                (tuned, Some((version, global.frozen()?)))
+            }
+            None => (Lstm::new(c.model.clone())?, None),
+        };
         lstm.stop_when(self.stop.clone());
         let mut naive = Naive::new(horizon, quantile);
         let mut seasonal = SeasonalNaive::new(horizon, None, quantile);
@@ -595,7 +927,11 @@ impl Job {
             max_fill: c.max_fill,
             step_seconds: None,
         };
-        let mut models: [&mut dyn Forecaster; 4] = [&mut naive, &mut seasonal, &mut holt, &mut lstm];
+        let mut models: Vec<&mut dyn Forecaster> = vec![&mut naive, &mut seasonal, &mut holt];
+        if let Some((_, g)) = global.as_mut() {
+            models.push(g);
+        }
+        models.push(&mut lstm);
         let report = eval::backtest(
             &self.key.model_key(),
             &self.series,
@@ -624,6 +960,8 @@ impl Job {
             (Some(l), Some(n)) => l < n,
             _ => false,
         };
+        // Kept only where it beats the global model on the same origins.
+        let (beats_global, verdict) = verdict(&validation, global.as_ref().map(|(v, _)| *v));
         if let Some(error) = ours.and_then(|m| m.error.as_ref()).filter(|_| !diverged) {
             return Err(pas_models::Error::Input(format!(
                 "the LSTM could not be trained: {error}"
@@ -646,7 +984,7 @@ impl Job {
             key: self.key.model_key(),
             version: self.version,
             architecture: ModelKind::Lstm.name().to_owned(),
-            hyper_parameters: c.model.hyper_parameters(),
+            hyper_parameters: lstm.config().hyper_parameters(),
             step_seconds: f64::from(self.series.step_seconds),
             window: c.model.window as u32,
             horizon: horizon as u32,
@@ -654,21 +992,66 @@ impl Job {
             training: self.range,
             validation,
             digest: pas_models::digest(&weights),
-            accepted: beats_naive && !diverged,
+            accepted: beats_naive && beats_global && !diverged,
             calibration,
+            verdict: Some(verdict),
         };
         Ok((manifest, weights))
     }
 }
 
-/// Stores a version, announces it, and prunes old ones.
+/// Whether a workload's own model beats the global one (`global`: its
+/// version, when one was compared) on the backtest's `validation`, and why
+/// in words for the manifest.
+fn verdict(validation: &std::collections::BTreeMap<String, f64>, global: Option<u64>) -> (bool, String) {
+    let ours = validation.get(ModelKind::Lstm.name()).copied();
+    let naive = validation.get(ModelKind::Naive.name()).copied();
+    let fmt = |v: Option<f64>| v.map_or("none".to_owned(), |v| format!("{v:.3}"));
+    let Some(version) = global else {
+        return (
+            true,
+            format!(
+                "trained alone (no accepted global model yet): MASE {} against naive {}",
+                fmt(ours),
+                fmt(naive)
+            ),
+        );
+    };
+    let theirs = validation.get(ModelKind::Global.name()).copied();
+    match (ours, theirs) {
+        (Some(o), Some(g)) if o < g => (
+            true,
+            format!(
+                "fine-tuned from global v{version}; beats it here: MASE {o:.3} against {g:.3} (naive {})",
+                fmt(naive)
+            ),
+        ),
+        (Some(o), Some(g)) => (
+            false,
+            format!(
+                "fine-tuned from global v{version}; the global model is as good here (MASE {g:.3} against {o:.3}), so it serves this workload"
+            ),
+        ),
+        _ => (
+            false,
+            format!(
+                "fine-tuned from global v{version}; not scored beside it (MASE {} against {})",
+                fmt(ours),
+                fmt(theirs)
+            ),
+        ),
+    }
+}
+
+/// Stores a version (a workload's, or the global one for `None`),
+/// announces it, and prunes old ones.
 #[allow(clippy::too_many_arguments)]
 async fn store_version(
     bucket: &ObjectStore,
     layout: &Layout,
     client: &async_nats::Client,
     prefix: &Prefix,
-    key: &WorkloadKey,
+    key: Option<&WorkloadKey>,
     versions: &mut Versions,
     manifest: ModelManifest,
     weights: &[u8],
@@ -676,8 +1059,8 @@ async fn store_version(
 ) -> Result<(), Error> {
     store::save(bucket, layout, &manifest, weights).await?;
     let subject = prefix
-        .model(Some((&key.namespace, &key.workload)))
-        .map_err(|e| Error::Config(format!("workload {}: {e}", key.model_key())))?;
+        .model(key.map(|k| (k.namespace.as_str(), k.workload.as_str())))
+        .map_err(|e| Error::Config(format!("model {}: {e}", manifest.key)))?;
     let payload = pas_schemas::encode(&manifest).map_err(|e| Error::js("encode a manifest", e))?;
     if let Err(error) = client.publish(subject, payload.into()).await {
         // The bucket is the record; the announcement is a courtesy.
