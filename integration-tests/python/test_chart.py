@@ -185,6 +185,10 @@ def test_stages_have_probes_metrics_and_their_nats_user():
         found[name] = d
     assert set(found) == set(ports)
     assert found["pas-forecaster"]["spec"]["replicas"] == 2
+    # Trainer replicas share the training jobs through the work queue.
+    assert found["pas-trainer"]["spec"]["replicas"] == 1
+    trainers = [d for d in render({**ALL_ON, "trainer": {"replicas": 3}}) if d["metadata"]["name"] == "pas-trainer" and d["kind"] == "Deployment"]
+    assert trainers[0]["spec"]["replicas"] == 3
     recorder = {e["name"]: e for e in found["pas-recorder"]["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert recorder["PAS_INFLUX__URL"]["value"] == "http://pas-influxdb:8086"
     assert recorder["PAS_INFLUX__TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "pas-influxdb", "key": "token"}
@@ -206,7 +210,7 @@ def test_nats_and_grafana_get_the_repository_files():
 
 
 def test_the_schema_refuses_bad_values():
-    for bad in [{"forecaster": {"replicas": 0}}, {"scaler": {"policy": "magic"}}, {"nats": {"storage": {"size": "lots"}}}, {"typo": 1},
+    for bad in [{"forecaster": {"replicas": 0}}, {"trainer": {"replicas": 0}}, {"scaler": {"policy": "magic"}}, {"nats": {"storage": {"size": "lots"}}}, {"typo": 1},
                 # Two servers lose their quorum with one gone.
                 {"nats": {"replicas": 2}}]:
         with pytest.raises(helm.HelmError):

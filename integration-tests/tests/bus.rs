@@ -11,7 +11,7 @@ use pas_nats::{DeadLetters, HandlerError, NatsConfig, definitions};
 use pas_runtime::Secret;
 use pas_schemas::subjects::{
     BUCKET_FORECASTER, BUCKET_MODELS, BUCKET_SCALER, HEADER_ERROR, HEADER_ERROR_TYPE,
-    HEADER_ORIGINAL_SUBJECT, Prefix, STREAM_DLQ, STREAM_SAMPLES, Stage,
+    HEADER_ORIGINAL_SUBJECT, Prefix, STREAM_DLQ, STREAM_SAMPLES, STREAM_TRAINING, Stage,
 };
 use pas_schemas::{CpuSample, SCHEMA_VERSION};
 use prometheus_client::registry::Registry;
@@ -44,7 +44,7 @@ async fn init_on_a_server_with_too_little_storage_says_what_to_change() {
         .unwrap_err()
         .to_string();
     assert!(err.starts_with("JetStream create stream PAS_SAMPLES"), "{err}");
-    assert!(err.contains("reserve 8.0 GiB"), "{err}");
+    assert!(err.contains("reserve 8.2 GiB"), "{err}");
     assert!(err.contains("max_file_store"), "{err}");
     assert!(err.contains("insufficient storage resources"), "{err}");
 }
@@ -65,7 +65,9 @@ async fn init_is_idempotent_and_repairs_drift() {
     );
     assert!(first.iter().all(|p| p.action == Action::Created), "{first:?}");
     let samples = js.get_stream(STREAM_SAMPLES).await.unwrap();
-    assert!(samples.consumer_info("pas-trainer-samples").await.is_ok());
+    assert!(samples.consumer_info("pas-recorder-samples").await.is_ok());
+    let training = js.get_stream(STREAM_TRAINING).await.unwrap();
+    assert!(training.consumer_info("pas-trainer-training").await.is_ok());
     let second = provision::init(js, Default::default()).await.unwrap();
     assert!(second.iter().all(|p| p.action == Action::Unchanged), "{second:?}");
 
@@ -115,25 +117,21 @@ async fn init_is_idempotent_and_repairs_drift() {
     );
 
     // A live consumer changed or deleted by hand is drift too; init repairs it.
-    let samples = js.get_stream(STREAM_SAMPLES).await.unwrap();
-    let mut trainer = samples
-        .consumer_info("pas-trainer-samples")
+    let training = js.get_stream(STREAM_TRAINING).await.unwrap();
+    let mut trainer = training
+        .consumer_info("pas-trainer-training")
         .await
         .unwrap()
         .config
         .clone();
     trainer.max_ack_pending = 1;
-    samples.create_consumer(trainer).await.unwrap();
+    training.create_consumer(trainer).await.unwrap();
+    let samples = js.get_stream(STREAM_SAMPLES).await.unwrap();
     samples.delete_consumer("pas-recorder-samples").await.unwrap();
     let status = provision::status(js, Default::default()).await.unwrap();
-    let drift = &status.iter().find(|s| s.stream == STREAM_SAMPLES).unwrap().drift;
-    assert_eq!(
-        drift,
-        &[
-            "pas-trainer-samples: max_ack_pending",
-            "pas-recorder-samples: missing"
-        ]
-    );
+    let drift = |stream: &str| status.iter().find(|s| s.stream == stream).unwrap().drift.clone();
+    assert_eq!(drift(STREAM_SAMPLES), ["pas-recorder-samples: missing"]);
+    assert_eq!(drift(STREAM_TRAINING), ["pas-trainer-training: max_ack_pending"]);
     let fourth = provision::init(js, Default::default()).await.unwrap();
     let consumers: Vec<_> = fourth
         .iter()
@@ -143,8 +141,8 @@ async fn init_is_idempotent_and_repairs_drift() {
     assert_eq!(
         consumers,
         [
-            ("PAS_SAMPLES/pas-trainer-samples", Action::Updated),
-            ("PAS_SAMPLES/pas-recorder-samples", Action::Created)
+            ("PAS_SAMPLES/pas-recorder-samples", Action::Created),
+            ("PAS_TRAINING/pas-trainer-training", Action::Updated)
         ]
     );
     assert!(
@@ -225,8 +223,8 @@ async fn bad_input_goes_to_the_dead_letter_subject_and_nothing_stops() {
         .await
         .unwrap()
         .get_or_create_consumer(
-            "pas-trainer-samples",
-            definitions::consumer(Stage::Trainer, STREAM_SAMPLES, &prefix).unwrap(),
+            "pas-recorder-samples",
+            definitions::consumer(Stage::Recorder, STREAM_SAMPLES, &prefix).unwrap(),
         )
         .await
         .unwrap();
@@ -328,7 +326,7 @@ async fn bad_input_goes_to_the_dead_letter_subject_and_nothing_stops() {
                 .get_stream(STREAM_SAMPLES)
                 .await
                 .ok()?
-                .get_consumer("pas-trainer-samples")
+                .get_consumer("pas-recorder-samples")
                 .await
                 .ok()?;
             let info = c.info().await.ok()?;

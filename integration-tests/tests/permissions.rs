@@ -14,7 +14,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use pas_integration_tests::NatsServer;
 use pas_nats::provision;
-use pas_schemas::subjects::{BUCKET_SCALER, STREAM_SAMPLES};
+use pas_schemas::subjects::{BUCKET_SCALER, STREAM_SAMPLES, STREAM_TRAINING};
 use serde_json::{Value, json};
 
 const ALLOWED: bool = true;
@@ -65,7 +65,8 @@ async fn each_user_may_use_only_the_jetstream_api_its_job_needs() {
     for user in ["agent", "trainer", "forecaster", "scaler", "recorder", "viewer"] {
         conns.insert(user, users.connect(user).await);
     }
-    let live_trainer = json!({ "durable_name": "pas-trainer-samples", "filter_subject": "pas.cpu.pod.>", "ack_policy": "explicit", "max_ack_pending": 1 });
+    let live_trainer = json!({ "durable_name": "pas-trainer-training", "filter_subject": "pas.train.>", "ack_policy": "explicit", "max_ack_pending": 1 });
+    let live_recorder = json!({ "durable_name": "pas-recorder-samples", "filter_subject": "pas.cpu.>", "ack_policy": "explicit", "max_ack_pending": 1 });
     let sources = json!({
         "name": "KV_pas-scaler", "subjects": ["$KV.pas-scaler.>"], "max_msgs_per_subject": 5, "allow_rollup_hdrs": true,
         "deny_delete": true, "allow_direct": true, "discard": "new", "duplicate_window": 120000000000u64,
@@ -85,16 +86,25 @@ async fn each_user_may_use_only_the_jetstream_api_its_job_needs() {
         ("viewer", "$JS.API.STREAM.DELETE.PAS_SAMPLES", json!({}), DENIED),
         ("trainer", "$JS.API.CONSUMER.DELETE.PAS_SAMPLES.pas-recorder-samples", json!({}), DENIED),
         ("recorder", "$JS.API.CONSUMER.DELETE.PAS_FORECASTS.pas-scaler-forecasts", json!({}), DENIED),
-        ("viewer", "$JS.API.CONSUMER.DELETE.PAS_SAMPLES.pas-trainer-samples", json!({}), DENIED),
-        ("trainer", "$JS.API.CONSUMER.CREATE.PAS_SAMPLES.pas-trainer-samples.pas.cpu.pod.>", consumer_body(STREAM_SAMPLES, live_trainer.clone()), DENIED),
-        ("forecaster", "$JS.API.CONSUMER.CREATE.PAS_SAMPLES.pas-trainer-samples.pas.cpu.pod.>", consumer_body(STREAM_SAMPLES, live_trainer.clone()), DENIED),
-        ("viewer", "$JS.API.CONSUMER.CREATE.PAS_SAMPLES.pas-trainer-samples.pas.cpu.pod.>", consumer_body(STREAM_SAMPLES, live_trainer.clone()), DENIED),
+        ("viewer", "$JS.API.CONSUMER.DELETE.PAS_TRAINING.pas-trainer-training", json!({}), DENIED),
+        ("trainer", "$JS.API.CONSUMER.DELETE.PAS_TRAINING.pas-trainer-training", json!({}), DENIED),
+        ("trainer", "$JS.API.CONSUMER.CREATE.PAS_TRAINING.pas-trainer-training.pas.train.>", consumer_body(STREAM_TRAINING, live_trainer.clone()), DENIED),
+        ("forecaster", "$JS.API.CONSUMER.CREATE.PAS_TRAINING.pas-trainer-training.pas.train.>", consumer_body(STREAM_TRAINING, live_trainer.clone()), DENIED),
+        ("viewer", "$JS.API.CONSUMER.CREATE.PAS_TRAINING.pas-trainer-training.pas.train.>", consumer_body(STREAM_TRAINING, live_trainer.clone()), DENIED),
+        ("trainer", "$JS.API.CONSUMER.CREATE.PAS_SAMPLES.pas-recorder-samples.pas.cpu.>", consumer_body(STREAM_SAMPLES, live_recorder.clone()), DENIED),
+        ("forecaster", "$JS.API.CONSUMER.CREATE.PAS_SAMPLES.pas-recorder-samples.pas.cpu.pod.>", consumer_body(STREAM_SAMPLES, live_recorder.clone()), DENIED),
         ("forecaster", "$JS.API.CONSUMER.CREATE.PAS_FORECASTS.x.pas.forecast.>", consumer_body("PAS_FORECASTS", ephemeral("pas.forecast.>")), DENIED),
         // No stage pulls from, or acks for, another stage's consumer.
         ("trainer", "$JS.API.CONSUMER.MSG.NEXT.PAS_SAMPLES.pas-recorder-samples", json!({ "batch": 1, "no_wait": true }), DENIED),
         ("scaler", "$JS.API.CONSUMER.MSG.NEXT.PAS_FORECASTS.pas-recorder-forecasts", json!({ "batch": 1, "no_wait": true }), DENIED),
         ("recorder", "$JS.API.CONSUMER.MSG.NEXT.PAS_FORECASTS.pas-scaler-forecasts", json!({ "batch": 1, "no_wait": true }), DENIED),
-        ("viewer", "$JS.API.CONSUMER.MSG.NEXT.PAS_SAMPLES.pas-trainer-samples", json!({ "batch": 1, "no_wait": true }), DENIED),
+        ("viewer", "$JS.API.CONSUMER.MSG.NEXT.PAS_TRAINING.pas-trainer-training", json!({ "batch": 1, "no_wait": true }), DENIED),
+        ("forecaster", "$JS.API.CONSUMER.MSG.NEXT.PAS_TRAINING.pas-trainer-training", json!({ "batch": 1, "no_wait": true }), DENIED),
+        ("recorder", "$JS.ACK.PAS_TRAINING.pas-trainer-training.1.1.1.1.0", json!({}), DENIED),
+        // Only trainers queue training jobs.
+        ("forecaster", "pas.train.shop.web", json!({}), DENIED),
+        ("scaler", "pas.train.global", json!({}), DENIED),
+        ("agent", "pas.train.global", json!({}), DENIED),
         // Buckets: each stage its own.
         ("forecaster", "$JS.API.DIRECT.GET.KV_pas-scaler.$KV.pas-scaler.leader", json!({}), DENIED),
         ("scaler", "$JS.API.STREAM.INFO.KV_pas-forecaster", json!({}), DENIED),
@@ -106,10 +116,12 @@ async fn each_user_may_use_only_the_jetstream_api_its_job_needs() {
         ("agent", "$JS.API.STREAM.INFO.PAS_SAMPLES", json!({}), DENIED),
         // What each job needs.
         ("trainer", "$JS.API.STREAM.INFO.PAS_SAMPLES", json!({}), ALLOWED),
-        ("trainer", "$JS.API.CONSUMER.INFO.PAS_SAMPLES.pas-trainer-samples", json!({}), ALLOWED),
-        ("trainer", "$JS.API.CONSUMER.MSG.NEXT.PAS_SAMPLES.pas-trainer-samples", json!({ "batch": 1, "no_wait": true }), ALLOWED),
-        ("trainer", "$JS.API.CONSUMER.CREATE.PAS_SAMPLES.pas-trainer-samples-r1.replay.r1.pas.cpu.pod.>",
-            consumer_body(STREAM_SAMPLES, json!({ "durable_name": "pas-trainer-samples-r1", "filter_subject": "replay.r1.pas.cpu.pod.>", "ack_policy": "explicit" })), ALLOWED),
+        ("trainer", "$JS.API.STREAM.INFO.PAS_TRAINING", json!({}), ALLOWED),
+        ("trainer", "$JS.API.CONSUMER.INFO.PAS_TRAINING.pas-trainer-training", json!({}), ALLOWED),
+        ("trainer", "$JS.API.CONSUMER.MSG.NEXT.PAS_TRAINING.pas-trainer-training", json!({ "batch": 1, "no_wait": true }), ALLOWED),
+        ("trainer", "$JS.API.CONSUMER.CREATE.PAS_TRAINING.pas-trainer-training-r1.replay.r1.pas.train.>",
+            consumer_body(STREAM_TRAINING, json!({ "durable_name": "pas-trainer-training-r1", "filter_subject": "replay.r1.pas.train.>", "ack_policy": "explicit" })), ALLOWED),
+        ("trainer", "pas.train.shop.web", json!({}), ALLOWED),
         ("trainer", "$JS.API.CONSUMER.CREATE.PAS_SAMPLES.pas-read-1.pas.cpu.pod.>",
             consumer_body(STREAM_SAMPLES, json!({ "name": "pas-read-1", "filter_subject": "pas.cpu.pod.>", "ack_policy": "none" })), ALLOWED),
         ("trainer", "$JS.API.STREAM.PURGE.OBJ_pas-models", json!({ "filter": "$O.pas-models.C.none" }), ALLOWED),
@@ -124,9 +136,10 @@ async fn each_user_may_use_only_the_jetstream_api_its_job_needs() {
             consumer_body("KV_pas-scaler", json!({ "name": "k_1", "filter_subject": "$KV.pas-scaler.>", "ack_policy": "none", "deliver_subject": "_INBOX_scaler.k" })), ALLOWED),
         ("scaler", "$JS.API.CONSUMER.CREATE.KV_pas-forecaster.k_1.$KV.pas-forecaster.>",
             consumer_body("KV_pas-forecaster", json!({ "name": "k_1", "filter_subject": "$KV.pas-forecaster.>", "ack_policy": "none" })), DENIED),
-        ("forecaster", "$JS.API.CONSUMER.DELETE.PAS_SAMPLES.pas-trainer-samples", json!({}), DENIED),
+        ("forecaster", "$JS.API.CONSUMER.DELETE.PAS_SAMPLES.pas-recorder-samples", json!({}), DENIED),
         ("scaler", "$JS.API.CONSUMER.DELETE.PAS_FORECASTS.pas-recorder-forecasts", json!({}), DENIED),
-        ("forecaster", "$JS.ACK.PAS_SAMPLES.pas-trainer-samples.1.1.1.1.0", json!({}), DENIED),
+        ("forecaster", "$JS.ACK.PAS_SAMPLES.pas-recorder-samples.1.1.1.1.0", json!({}), DENIED),
+        ("trainer", "$JS.ACK.PAS_SAMPLES.pas-recorder-samples.1.1.1.1.0", json!({}), DENIED),
         ("forecaster", "$JS.API.STREAM.INFO.KV_pas-forecaster", json!({}), ALLOWED),
         ("forecaster", "$JS.API.STREAM.INFO.KV_pas-history", json!({}), ALLOWED),
         ("forecaster", "$JS.API.DIRECT.GET.KV_pas-history.$KV.pas-history.live.history.shop.web.1", json!({}), ALLOWED),
@@ -176,17 +189,27 @@ async fn each_user_may_use_only_the_jetstream_api_its_job_needs() {
         "{:?}",
         kv_stream.config.sources
     );
-    let trainer = js
-        .get_stream(STREAM_SAMPLES)
-        .await
-        .unwrap()
-        .consumer_info("pas-trainer-samples")
-        .await
-        .unwrap();
-    assert_ne!(
-        trainer.config.max_ack_pending, 1,
-        "the trainer's consumer was changed"
-    );
+    let changed = |stream: &'static str, durable: &'static str| async move {
+        let info = js
+            .get_stream(stream)
+            .await
+            .unwrap()
+            .consumer_info(durable)
+            .await
+            .unwrap();
+        info.config.max_ack_pending == 1
+    };
+    let unchanged = || async {
+        assert!(
+            !changed(STREAM_TRAINING, "pas-trainer-training").await,
+            "the trainers' consumer was changed"
+        );
+        assert!(
+            !changed(STREAM_SAMPLES, "pas-recorder-samples").await,
+            "the recorder's consumer was changed"
+        );
+    };
+    unchanged().await;
     assert!(js.get_stream("EVIL").await.is_err());
 
     // The unnamed create subject would let the body name a durable: the
@@ -194,32 +217,32 @@ async fn each_user_may_use_only_the_jetstream_api_its_job_needs() {
     // another's consumer), so no stage user may use it on a stream with
     // durable consumers.
     let forecaster = &conns["forecaster"];
-    for body in [
-        consumer_body(STREAM_SAMPLES, live_trainer.clone()),
-        consumer_body(
+    for (stream, body) in [
+        (
             STREAM_SAMPLES,
-            json!({ "name": "pas-trainer-samples", "filter_subject": "pas.cpu.pod.>", "ack_policy": "explicit", "max_ack_pending": 1 }),
+            consumer_body(STREAM_SAMPLES, live_recorder.clone()),
+        ),
+        (
+            STREAM_SAMPLES,
+            consumer_body(
+                STREAM_SAMPLES,
+                json!({ "name": "pas-recorder-samples", "filter_subject": "pas.cpu.>", "ack_policy": "explicit", "max_ack_pending": 1 }),
+            ),
+        ),
+        (
+            STREAM_TRAINING,
+            consumer_body(STREAM_TRAINING, live_trainer.clone()),
         ),
     ] {
         for user in ["trainer", "forecaster", "scaler", "recorder", "viewer"] {
-            let answer = api(&conns[user], "$JS.API.CONSUMER.CREATE.PAS_SAMPLES", &body).await;
+            let answer = api(&conns[user], &format!("$JS.API.CONSUMER.CREATE.{stream}"), &body).await;
             assert!(
                 answer.is_none(),
                 "{user} may use the unnamed create subject: {answer:?}"
             );
         }
     }
-    let trainer = js
-        .get_stream(STREAM_SAMPLES)
-        .await
-        .unwrap()
-        .consumer_info("pas-trainer-samples")
-        .await
-        .unwrap();
-    assert_ne!(
-        trainer.config.max_ack_pending, 1,
-        "the trainer's consumer was changed"
-    );
+    unchanged().await;
 
     // A push consumer cannot deliver into another user's bucket: the server
     // checks the deliver subject against its creator's permissions. The

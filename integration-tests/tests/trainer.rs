@@ -263,44 +263,17 @@ async fn waits_for_bus_init_and_exits_within_ten_seconds_with_nats_down() {
 /// is trained again after a restart), rather than when the training ends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_mid_training_exits_within_ten_seconds() {
-    use std::io::BufRead;
     let server = NatsServer::with_accounts();
     let conn = connect_and_provision(&server).await;
     let trace = Trace::read(&repo_root().join("testdata/traces/nab-ec2_cpu_utilization_53ea38.csv")).unwrap();
     replay(&conn.jetstream, &trace.points[..2000]).await;
 
-    let pas = repo_root().join("target/debug/pas");
-    assert!(
-        pas.exists(),
-        "{} is missing: run `cargo build -p pas-cli` (make test does)",
-        pas.display()
+    // Minutes of training on one thread.
+    let (mut child, rx) = spawn_trainer(
+        &server,
+        RUN,
+        &[("PAS_MODEL__HIDDEN", "256"), ("PAS_MODEL__MAX_EPOCHS", "1000")],
     );
-    let mut child = std::process::Command::new(&pas)
-        .args(["trainer", "--run", RUN])
-        .env("PAS_NATS__URLS", server.url())
-        .env("PAS_NATS__USER", "trainer")
-        .env("PAS_NATS__PASSWORD", "trainer-pw")
-        .env("PAS_LISTEN", "127.0.0.1:0")
-        .env("PAS_STEP", "300s")
-        .env("PAS_MIN_HISTORY", "1500")
-        .env("PAS_MAX_HISTORY", "5000")
-        .env("PAS_CHECK_INTERVAL", "200ms")
-        .env("PAS_THREADS", "1")
-        // Minutes of training on one thread.
-        .env("PAS_MODEL__HIDDEN", "256")
-        .env("PAS_MODEL__MAX_EPOCHS", "1000")
-        .env("PAS_MODEL__PATIENCE", "0")
-        .env("NO_COLOR", "1")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let stderr = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let mut log = Vec::new();
     // The global model trains first (issue 19): SIGTERM stops that one.
@@ -396,6 +369,146 @@ async fn a_burst_of_workload_names_is_forgotten_after_the_silence() {
         .unwrap()
         .unwrap()
         .unwrap();
+}
+
+/// `pas trainer --run <run>` as a process of its own, as the trainer user,
+/// on 5-minute steps with `min_history` 1500; its log lines arrive on the
+/// receiver.
+fn spawn_trainer(
+    server: &NatsServer,
+    run: &str,
+    env: &[(&str, &str)],
+) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    use std::io::BufRead;
+    let pas = repo_root().join("target/debug/pas");
+    assert!(
+        pas.exists(),
+        "{} is missing: run `cargo build -p pas-cli` (make test does)",
+        pas.display()
+    );
+    let mut command = std::process::Command::new(&pas);
+    command
+        .args(["trainer", "--run", run])
+        .env("PAS_NATS__URLS", server.url())
+        .env("PAS_NATS__USER", "trainer")
+        .env("PAS_NATS__PASSWORD", "trainer-pw")
+        .env("PAS_LISTEN", "127.0.0.1:0")
+        .env("PAS_STEP", "300s")
+        .env("PAS_MIN_HISTORY", "1500")
+        .env("PAS_MAX_HISTORY", "5000")
+        .env("PAS_CHECK_INTERVAL", "200ms")
+        .env("PAS_THREADS", "1")
+        .env("PAS_MODEL__PATIENCE", "0")
+        .env("NO_COLOR", "1")
+        .stderr(std::process::Stdio::piped());
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let mut child = command.spawn().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    (child, rx)
+}
+
+/// Issue 19: training shared through the work queue `PAS_TRAINING`. Two
+/// trainer processes train five models (the global one and four
+/// workloads'); one is killed (SIGKILL) in the middle of a job. Every model
+/// ends with exactly one version: the killed trainer's job was done by
+/// the other once its ack wait ran out, and nothing was trained twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_trainers_share_the_jobs_and_a_killed_ones_job_is_done_by_the_other() {
+    const QUEUE_RUN: &str = "trainer-queue";
+    let server = NatsServer::with_accounts();
+    let conn = connect_and_provision(&server).await;
+    let js = conn.jetstream.clone();
+    let store = js.get_object_store(BUCKET_MODELS).await.unwrap();
+    let dir = repo_root().join("testdata/traces");
+    let traces = [
+        ("web", "nab-ec2_cpu_utilization_53ea38.csv", 10.0),
+        ("db", "nab-rds_cpu_utilization_cc0c53.csv", 2000.0),
+        ("api", "nab-ec2_cpu_utilization_77c1ca.csv", 50.0),
+        ("cache", "nab-ec2_cpu_utilization_53ea38.csv", 300.0),
+    ];
+    for (workload, file, scale) in traces {
+        let trace = Trace::read(&dir.join(file)).unwrap();
+        replay_as(&js, QUEUE_RUN, workload, &trace.points[..1800], scale).await;
+    }
+    // Seconds of training per job, so the kill lands in the middle of one.
+    let env = [("PAS_MODEL__HIDDEN", "48"), ("PAS_MODEL__MAX_EPOCHS", "25")];
+    let (mut doomed, doomed_log) = spawn_trainer(&server, QUEUE_RUN, &env);
+    let (mut survivor, survivor_log) = spawn_trainer(&server, QUEUE_RUN, &env);
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let started = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = doomed_log
+            .recv_timeout(left)
+            .expect("the first trainer took no job");
+        if line.contains("Training a") {
+            break line;
+        }
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    doomed.kill().unwrap();
+    doomed.wait().unwrap();
+    let killed_key = if started.contains("global") {
+        "global".to_owned()
+    } else {
+        let at = started.find("workload=").unwrap() + "workload=".len();
+        started[at..]
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .trim_matches('"')
+            .to_owned()
+    };
+    let keys = ["global", "shop/web", "shop/db", "shop/api", "shop/cache"];
+    assert!(keys.contains(&killed_key.as_str()), "{started}");
+    let get = |name: String| {
+        let store = store.clone();
+        async move { read(&store, &format!("replay/{QUEUE_RUN}/{name}")).await }
+    };
+    // The queue's ack wait is 30 s: then the survivor gets the killed job.
+    for key in keys {
+        eventually(Duration::from_secs(240), "a first version of every model", || {
+            get(format!("{key}/v1/manifest.json"))
+        })
+        .await;
+    }
+    // The survivor ends up idle with the queue empty: nothing left, and
+    // nothing was queued again and trained twice.
+    let training = js
+        .get_stream(pas_schemas::subjects::STREAM_TRAINING)
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(30), "an empty queue", || {
+        let mut training = training.clone();
+        async move { (training.info().await.ok()?.state.messages == 0).then_some(()) }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for key in keys {
+        assert!(
+            get(format!("{key}/v2/manifest.json")).await.is_none(),
+            "{key} was trained twice"
+        );
+    }
+    survivor.kill().unwrap();
+    survivor.wait().unwrap();
+    let log: Vec<String> = survivor_log.try_iter().collect();
+    let stored = |key: &str| {
+        log.iter()
+            .any(|l| l.contains("Stored a model version") && l.contains(&format!("key=\"{key}\"")))
+    };
+    assert!(
+        stored(&killed_key),
+        "the killed trainer's job ({killed_key}) was left undone by the survivor:\n{}",
+        log.join("\n")
+    );
 }
 
 /// Issue 19: the global model. Two workloads of very different sizes: the

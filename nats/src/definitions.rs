@@ -15,7 +15,7 @@ use pas_schemas::subjects::{BUCKET_FORECASTER, BUCKET_HISTORY, BUCKET_MODELS, BU
 use crate::Error;
 
 /// Every stream definition file, by file stem.
-pub const STREAM_FILES: [(&str, &str); 8] = [
+pub const STREAM_FILES: [(&str, &str); 9] = [
     (
         "PAS_SAMPLES",
         include_str!("../jetstream/streams/PAS_SAMPLES.json"),
@@ -29,6 +29,10 @@ pub const STREAM_FILES: [(&str, &str); 8] = [
         include_str!("../jetstream/streams/PAS_DECISIONS.json"),
     ),
     ("PAS_DLQ", include_str!("../jetstream/streams/PAS_DLQ.json")),
+    (
+        "PAS_TRAINING",
+        include_str!("../jetstream/streams/PAS_TRAINING.json"),
+    ),
     (
         "KV_pas-scaler",
         include_str!("../jetstream/streams/KV_pas-scaler.json"),
@@ -51,11 +55,6 @@ pub const STREAM_FILES: [(&str, &str); 8] = [
 pub const CONSUMER_FILES: [(&str, &str, &str); 5] = [
     (
         "PAS_SAMPLES",
-        "pas-trainer-samples",
-        include_str!("../jetstream/consumers/PAS_SAMPLES.pas-trainer-samples.json"),
-    ),
-    (
-        "PAS_SAMPLES",
         "pas-recorder-samples",
         include_str!("../jetstream/consumers/PAS_SAMPLES.pas-recorder-samples.json"),
     ),
@@ -73,6 +72,11 @@ pub const CONSUMER_FILES: [(&str, &str, &str); 5] = [
         "PAS_DECISIONS",
         "pas-recorder-decisions",
         include_str!("../jetstream/consumers/PAS_DECISIONS.pas-recorder-decisions.json"),
+    ),
+    (
+        "PAS_TRAINING",
+        "pas-trainer-training",
+        include_str!("../jetstream/consumers/PAS_TRAINING.pas-trainer-training.json"),
     ),
 ];
 
@@ -159,7 +163,7 @@ pub fn consumer(stage: Stage, stream: &str, prefix: &Prefix) -> Result<pull::Con
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pas_schemas::subjects::{STREAM_FORECASTS, STREAM_SAMPLES, STREAMS};
+    use pas_schemas::subjects::{STREAM_FORECASTS, STREAM_SAMPLES, STREAM_TRAINING, STREAMS};
 
     #[test]
     fn definitions_parse_and_match_the_names_in_pas_schemas() {
@@ -186,12 +190,14 @@ mod tests {
 
     #[test]
     fn consumers_follow_the_prefix() {
-        let live = consumer(Stage::Trainer, STREAM_SAMPLES, &Prefix::live()).unwrap();
-        assert_eq!(live.durable_name.as_deref(), Some("pas-trainer-samples"));
-        assert_eq!(live.filter_subject, Prefix::live().all_pod_cpu());
-        let run = consumer(Stage::Trainer, STREAM_SAMPLES, &Prefix::replay("exp").unwrap()).unwrap();
-        assert_eq!(run.durable_name.as_deref(), Some("pas-trainer-samples-exp"));
-        assert_eq!(run.filter_subject, "replay.exp.pas.cpu.pod.>");
+        let live = consumer(Stage::Trainer, STREAM_TRAINING, &Prefix::live()).unwrap();
+        assert_eq!(live.durable_name.as_deref(), Some("pas-trainer-training"));
+        assert_eq!(live.filter_subject, Prefix::live().all_train());
+        let run = consumer(Stage::Trainer, STREAM_TRAINING, &Prefix::replay("exp").unwrap()).unwrap();
+        assert_eq!(run.durable_name.as_deref(), Some("pas-trainer-training-exp"));
+        assert_eq!(run.filter_subject, "replay.exp.pas.train.>");
+        let samples = consumer(Stage::Recorder, STREAM_SAMPLES, &Prefix::live()).unwrap();
+        assert_eq!(samples.durable_name.as_deref(), Some("pas-recorder-samples"));
         assert!(consumer(Stage::Agent, STREAM_FORECASTS, &Prefix::live()).is_err());
     }
 }

@@ -1,7 +1,7 @@
 //! Message types and names shared by every PAS stage.
 //!
 //! Every message that crosses NATS is one of the types here: [`CpuSample`],
-//! [`Forecast`], [`ScaleDecision`] and [`ModelManifest`]. Each is JSON, carries
+//! [`Forecast`], [`ScaleDecision`], [`ModelManifest`] and [`TrainJob`]. Each is JSON, carries
 //! [`SCHEMA_VERSION`] and an RFC 3339 UTC timestamp, and implements
 //! [`Message`], which gives it a validation step ([`Message::validate`]) and a
 //! de-duplication id for JetStream (`Nats-Msg-Id`).
@@ -17,6 +17,7 @@
 mod decision;
 mod error;
 mod forecast;
+mod job;
 mod manifest;
 mod quantity;
 mod sample;
@@ -26,6 +27,7 @@ pub mod trace;
 pub use decision::{ForecastRef, Outcome, ScaleDecision};
 pub use error::{DecodeError, ValidationError};
 pub use forecast::{Forecast, ModelRef, QuantileForecast};
+pub use job::TrainJob;
 pub use manifest::{Calibration, MAX_MANIFEST_ENTRIES, ModelManifest, Normalisation, TrainingRange};
 pub use quantity::cpu_millicores;
 pub use sample::{CpuSample, SATURATED_THROTTLED_SHARE};
@@ -160,6 +162,7 @@ pub fn json_schemas() -> Vec<(String, String)> {
         one::<Forecast>(),
         one::<ScaleDecision>(),
         one::<ModelManifest>(),
+        one::<TrainJob>(),
     ]
 }
 

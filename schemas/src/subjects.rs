@@ -11,6 +11,7 @@
 //! | `pas.forecast.<namespace>.<workload>` | [`crate::Forecast`] |
 //! | `pas.scale.<namespace>.<workload>` | [`crate::ScaleDecision`] |
 //! | `pas.model.<namespace>.<workload>` or `pas.model.global` | [`crate::ModelManifest`] |
+//! | `pas.train.<namespace>.<workload>` or `pas.train.global` | [`crate::TrainJob`] |
 //! | `pas.dlq.<stage>` | a message a stage could not decode, as it arrived |
 //!
 //! Names become subject tokens through [`token`]: Kubernetes names may hold
@@ -28,8 +29,17 @@ pub const STREAM_FORECASTS: &str = "PAS_FORECASTS";
 pub const STREAM_DECISIONS: &str = "PAS_DECISIONS";
 /// Stream of dead letters (`pas.dlq.>`): messages a stage could not decode.
 pub const STREAM_DLQ: &str = "PAS_DLQ";
+/// Work queue of training jobs (`pas.train.>`): each taken by one trainer
+/// replica and removed when it acks.
+pub const STREAM_TRAINING: &str = "PAS_TRAINING";
 /// Every stream PAS provisions, in provisioning order.
-pub const STREAMS: [&str; 4] = [STREAM_SAMPLES, STREAM_FORECASTS, STREAM_DECISIONS, STREAM_DLQ];
+pub const STREAMS: [&str; 5] = [
+    STREAM_SAMPLES,
+    STREAM_FORECASTS,
+    STREAM_DECISIONS,
+    STREAM_DLQ,
+    STREAM_TRAINING,
+];
 
 /// Object store bucket holding model weights and manifests.
 pub const BUCKET_MODELS: &str = "pas-models";
@@ -272,6 +282,19 @@ impl Prefix {
     /// `pas.scale.>`.
     pub fn all_decisions(&self) -> String {
         self.join(format_args!("scale.>"))
+    }
+
+    /// `pas.train.<namespace>.<workload>`, or `pas.train.global` for `None`.
+    pub fn train(&self, workload: Option<(&str, &str)>) -> Result<String, &'static str> {
+        Ok(match workload {
+            None => self.join(format_args!("train.global")),
+            Some((ns, wl)) => self.join(format_args!("train.{}.{}", token(ns)?, token(wl)?)),
+        })
+    }
+
+    /// `pas.train.>`: every training job.
+    pub fn all_train(&self) -> String {
+        self.join(format_args!("train.>"))
     }
 
     /// `pas.model.<namespace>.<workload>`, or `pas.model.global` for `None`.

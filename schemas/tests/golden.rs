@@ -7,7 +7,8 @@
 use std::path::{Path, PathBuf};
 
 use pas_schemas::{
-    CpuSample, DecodeError, Forecast, Message, ModelManifest, ScaleDecision, ValidationError, decode, encode,
+    CpuSample, DecodeError, Forecast, Message, ModelManifest, ScaleDecision, TrainJob, ValidationError,
+    decode, encode,
 };
 use serde_json::Value;
 
@@ -45,6 +46,17 @@ fn fixtures_round_trip() {
     assert_eq!(d.replicas_after, 4);
     let m: ModelManifest = round_trip("model-manifest.json");
     assert!(m.accepted);
+    let j: TrainJob = round_trip("train-job.json");
+    assert_eq!(j.key(), "shop/web");
+    let global = TrainJob {
+        namespace: None,
+        workload: None,
+        ..j.clone()
+    };
+    assert_eq!(global.key(), "global");
+    assert!(global.validate().is_ok());
+    let half = TrainJob { workload: None, ..j };
+    assert!(half.validate().is_err(), "a namespace without a workload");
 }
 
 #[test]

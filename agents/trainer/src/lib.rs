@@ -1,17 +1,27 @@
 //! The PAS trainer (`pas trainer`): turns the sample stream into forecasting
 //! models.
 //!
-//! A durable pull consumer on PAS_SAMPLES folds every pod sample into its
-//! workload's demand series ([`pas_workloads::Workloads`]: the sum of its
-//! pods' CPU use per step, in millicores, missing steps kept missing) and
-//! acks it only then. Demand, not utilisation: it does not move when the
+//! Each replica reads every pod sample of PAS_SAMPLES through a
+//! short-lived ordered consumer of its own and folds it into its workload's
+//! demand series ([`pas_workloads::Workloads`]: the sum of its pods' CPU
+//! use per step, in millicores, missing steps kept missing), so any
+//! replica can train any workload. Demand, not utilisation: it does not move when the
 //! replicas do, so a model learns the load and not the scaler's actions.
 //! A step with a saturated pod (throttled, so its use is a lower bound) is
 //! left out of the loss and the backtest's score ([`train_version`]).
-//! Every [`Config::check_interval`] the trainer looks for workloads with
-//! [`Config::min_history`] steps and no model yet, or with
-//! [`Config::retrain_after`] of data beyond their newest model. For each it
-//! trains the LSTM on the head of the series, backtests it against naive,
+//!
+//! **Jobs go through a work queue.** Every [`Config::check_interval`] each
+//! replica looks for workloads with [`Config::min_history`] steps and no
+//! model yet, or with [`Config::retrain_after`] of data beyond their newest
+//! model (and for the global model, [`GLOBAL`]), and queues a
+//! [`pas_schemas::TrainJob`] on `pas.train.…` in the work-queue stream
+//! PAS_TRAINING, which holds one job per model: a job already queued by
+//! another replica is not queued twice. The replicas take jobs one at a
+//! time from the shared durable consumer `pas-trainer-training`; a job is
+//! acked only once its version is stored (its ack wait extended while it
+//! trains), so a replica that dies leaves its job to another, and a replica
+//! that finds the model already trained that far by another skips it. For
+//! each workload job it trains the LSTM on the head of the series, backtests it against naive,
 //! seasonal naive and Holt-Winters on the tail, and stores the weights and a
 //! manifest as the next version in the `pas-models` bucket
 //! ([`pas_nats::model_store`]),
@@ -20,8 +30,9 @@
 //! [`Config::keep_versions`] (never the newest accepted one).
 //!
 //! State is rebuilt on start from the stream itself (folding is idempotent),
-//! and what was trained is read back from the bucket, so a restart resumes
-//! where it stopped and trains nothing twice. Start at [`Trainer::run`].
+//! and what was trained is read back from the bucket (and before each job,
+//! what other replicas stored since), so a restart resumes where it stopped
+//! and trains nothing twice. Start at [`Trainer::run`].
 
 mod config;
 mod error;
@@ -34,16 +45,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use async_nats::jetstream::AckKind;
+use async_nats::jetstream::consumer::{DeliverPolicy, PullConsumer, pull};
 use async_nats::jetstream::object_store::ObjectStore;
 use chrono::Utc;
+use futures::StreamExt;
 use pas_models::eval::{self, EvalConfig};
 use pas_models::holt_winters::HoltWinters;
 use pas_models::lstm::Lstm;
 use pas_models::naive::{Naive, SeasonalNaive};
 use pas_models::{Forecaster, ModelKind};
 use pas_nats::HandlerError;
-use pas_schemas::subjects::{Prefix, STREAM_SAMPLES, Stage};
-use pas_schemas::{CpuSample, ModelManifest, SCHEMA_VERSION, TrainingRange};
+use pas_schemas::subjects::{Prefix, STREAM_SAMPLES, STREAM_TRAINING, Stage};
+use pas_schemas::{CpuSample, ModelManifest, SCHEMA_VERSION, TrainJob, TrainingRange};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -82,6 +96,10 @@ pub struct Metrics {
     /// `pas_trainer_history_reads_total{outcome}`: reads of a workload's
     /// stored history before training it (ok, failed).
     history_reads: Family<Outcome, Counter>,
+    /// `pas_trainer_jobs_total{outcome}`: training jobs queued
+    /// (`queued`, `already_queued`, `failed`) and taken (`done`,
+    /// `done_before`: another replica had trained that far, `invalid`).
+    jobs: Family<Outcome, Counter>,
 }
 
 impl Metrics {
@@ -116,6 +134,16 @@ impl Metrics {
             "Reads of a workload's stored coarse history before training, by outcome (ok, failed).",
             self.history_reads.clone(),
         );
+        registry.register(
+            "pas_trainer_jobs",
+            "Training jobs queued (queued, already_queued, failed) and taken (done, done_before, invalid).",
+            self.jobs.clone(),
+        );
+    }
+
+    /// Training jobs with `outcome` (see `pas_trainer_jobs_total`).
+    pub fn jobs(&self, outcome: &'static str) -> u64 {
+        self.jobs.get_or_create(&Outcome { outcome }).get()
     }
 
     /// Samples folded so far.
@@ -204,30 +232,31 @@ impl Trainer {
         let Some((bucket, chunks, history)) = opened else {
             return Ok(());
         };
-        let Some(samples) = pas_nats::bind(&js, Stage::Trainer, STREAM_SAMPLES, &prefix, &shutdown).await?
+        let Some(jobs) = pas_nats::bind(&js, Stage::Trainer, STREAM_TRAINING, &prefix, &shutdown).await?
         else {
+            return Ok(());
+        };
+        let samples = pas_nats::wait_for("stream PAS_SAMPLES", &shutdown, || {
+            pas_nats::open_stream(&js, STREAM_SAMPLES)
+        })
+        .await?;
+        let Some(samples) = samples else {
             return Ok(());
         };
         let layout = Layout::new(&prefix);
         let models = store::load(&bucket, &chunks, &layout).await?;
         tracing::info!(keys = models.len(), "Read stored model versions.");
-        let state = rebuild(&config, &prefix, &metrics, &samples).await?;
+        let (state, from) = rebuild(&config, &prefix, &metrics, &samples).await?;
         health.set_ready(true);
-
-        let consuming = {
-            let (state, metrics) = (state.clone(), metrics.clone());
-            pas_nats::spawn_consume(
-                "samples",
-                samples.consumer,
-                Arc::new(dead_letters),
-                config.admission,
-                shutdown.clone(),
-                move |sample: CpuSample, delivery| {
-                    fold(&state, &metrics, &sample, delivery.stream_sequence);
-                    async { Ok::<(), HandlerError>(()) }
-                },
-            )
-        };
+        let consuming = follow_samples(
+            samples,
+            &config,
+            &prefix,
+            (state.clone(), metrics.clone()),
+            dead_letters,
+            from,
+            shutdown.clone(),
+        );
         // Readiness fails when the training loop stops advancing; each job beats.
         let beat = health.heartbeat(
             "training loop",
@@ -241,6 +270,7 @@ impl Trainer {
             chunks,
             history,
             layout,
+            js: js.clone(),
             client: conn.client.clone(),
             global: None,
             global_attempt: None,
@@ -249,7 +279,7 @@ impl Trainer {
             attempts: HashMap::new(),
         };
         training.global = training.load_global().await;
-        training.run(&beat, &shutdown).await;
+        training.run(&jobs.consumer, &beat, &shutdown).await;
         health.set_ready(false);
         // Each step of the way out is bounded, so SIGTERM exits in time even
         // with NATS down.
@@ -260,30 +290,78 @@ impl Trainer {
 }
 
 /// Each workload's series, rebuilt from the samples the stream holds
-/// (through the same door as live samples).
+/// (through the same door as live samples), and where to follow the
+/// stream from.
 async fn rebuild(
     config: &Config,
     prefix: &Prefix,
     metrics: &Metrics,
-    samples: &pas_nats::Bound,
-) -> Result<Arc<Mutex<Workloads>>, Error> {
+    samples: &async_nats::jetstream::stream::Stream,
+) -> Result<(Arc<Mutex<Workloads>>, DeliverPolicy), Error> {
     let step = config.step.as_secs() as u32;
     let open_steps = config.lateness.as_secs().div_ceil(u64::from(step)) as usize;
     let state = Arc::new(Mutex::new(Workloads::new(step, config.max_history, open_steps)));
     let lookback = config.step * config.max_history as u32 + Duration::from_secs(3600);
     let since = time::OffsetDateTime::now_utc() - lookback;
     let door = Some((&config.admission, prefix.run().is_some()));
+    let mut last = None;
     let rebuilt = pas_nats::read_samples(
-        &samples.stream,
-        &samples.filter,
+        samples,
+        &prefix.all_pod_cpu(),
         since,
         None,
         door,
-        |sample, sequence| fold(&state, metrics, &sample, sequence),
+        |sample, sequence| {
+            last = Some(sequence);
+            fold(&state, metrics, &sample, sequence)
+        },
     )
     .await?;
     tracing::info!(samples = rebuilt, "Rebuilt workload series from the stream.");
-    Ok(state)
+    let from = match last {
+        Some(sequence) => DeliverPolicy::ByStartSequence {
+            start_sequence: sequence + 1,
+        },
+        None => DeliverPolicy::ByStartTime { start_time: since },
+    };
+    Ok((state, from))
+}
+
+/// Every pod sample from `from` on into the series, through a short-lived
+/// ordered consumer of this replica's own: each replica holds every
+/// workload's series, so any of them can take any job. Samples that fail
+/// validation go to `pas.dlq.trainer`.
+fn follow_samples(
+    stream: async_nats::jetstream::stream::Stream,
+    config: &Config,
+    prefix: &Prefix,
+    (state, metrics): (Arc<Mutex<Workloads>>, Metrics),
+    dead_letters: pas_nats::DeadLetters,
+    from: DeliverPolicy,
+    stop: CancellationToken,
+) -> pas_nats::Consuming {
+    let consumer_config = pull::OrderedConfig {
+        name: Some("trainer".into()),
+        filter_subject: prefix.all_pod_cpu(),
+        deliver_policy: from,
+        max_expires: Duration::from_secs(4),
+        ..pull::OrderedConfig::default()
+    };
+    let admission = config.admission;
+    pas_nats::Consuming::spawn("samples", async move {
+        pas_nats::consume_ordered::<CpuSample, _, _>(
+            &stream,
+            consumer_config,
+            &dead_letters,
+            &admission,
+            stop,
+            |sample, delivery| {
+                fold(&state, &metrics, &sample, delivery.stream_sequence);
+                async { Ok::<(), HandlerError>(()) }
+            },
+        )
+        .await
+    })
 }
 
 /// The training loop's state: what is stored, what is folded, what was tried.
@@ -298,9 +376,14 @@ struct Training {
     /// seasonal context.
     history: async_nats::jetstream::kv::Store,
     layout: Layout,
+    js: async_nats::jetstream::Context,
     client: async_nats::Client,
+    /// What is stored, by model key: read at start, then kept up to date
+    /// with what this replica stores and, before each job, what the others
+    /// did ([`Training::refresh`]).
     models: HashMap<String, Versions>,
     state: Arc<Mutex<Workloads>>,
+    /// When this replica last queued each workload's job (end of its data).
     attempts: HashMap<WorkloadKey, chrono::DateTime<Utc>>,
     /// The newest accepted global model (its version and network), which
     /// each workload's own model is fine-tuned from and compared with.
@@ -311,34 +394,268 @@ struct Training {
 }
 
 impl Training {
-    /// Every `check_interval` until `shutdown`: forgets silent workloads and
-    /// trains those due, one at a time.
-    async fn run(&mut self, beat: &pas_runtime::health::Heartbeat, shutdown: &CancellationToken) {
-        let mut ticks = tokio::time::interval(self.config.check_interval);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
+    /// Until `shutdown`: every `check_interval`, forgets silent workloads
+    /// and queues a job for each model due ([`Training::schedule`]); in
+    /// between, takes jobs from the queue one at a time
+    /// ([`Training::work`]), whichever replica queued them.
+    async fn run(
+        &mut self,
+        jobs: &PullConsumer,
+        beat: &pas_runtime::health::Heartbeat,
+        shutdown: &CancellationToken,
+    ) {
+        let mut next_check = Instant::now();
+        while !shutdown.is_cancelled() {
             beat.beat();
-            tokio::select! {
+            if Instant::now() >= next_check {
+                self.forget();
+                self.schedule().await;
+                next_check = Instant::now() + self.config.check_interval;
+            }
+            let wait = next_check
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(50));
+            let fetched = async {
+                let mut batch = jobs.fetch().max_messages(1).expires(wait).messages().await?;
+                batch.next().await.transpose()
+            };
+            let job = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = ticks.tick() => {}
-            }
-            self.forget();
-            if self.config.global && self.global_due() {
-                beat.beat();
-                if self.train_global(shutdown).await.is_break() {
-                    return;
+                job = fetched => job,
+            };
+            match job {
+                Ok(Some(msg)) => {
+                    beat.beat();
+                    if self.work(msg, shutdown).await.is_break() {
+                        return;
+                    }
                 }
-            }
-            for job in due(&self.config, &self.state, &self.models, &self.attempts) {
-                if shutdown.is_cancelled() {
-                    break;
-                }
-                beat.beat();
-                if self.train(job, shutdown).await.is_break() {
-                    return;
+                Ok(None) => {}
+                Err(error) => {
+                    tracing::warn!(%error, "Taking a job from the queue failed; trying again.");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(wait) => {}
+                    }
                 }
             }
         }
+    }
+
+    /// Queues a job for the global model when it is due and for each
+    /// workload due, once per `retrain_after` of data from this replica.
+    /// The queue holds one job per model: a job another replica queued
+    /// and no one has finished yet is not queued twice.
+    async fn schedule(&mut self) {
+        let mut queue = Vec::new();
+        if self.config.global
+            && let Some(to) = self.global_due()
+        {
+            self.global_attempt = Some(to);
+            queue.push((None, to));
+        }
+        for (key, to) in due(&self.config, &self.state, &self.models, &self.attempts) {
+            self.attempts.insert(key.clone(), to);
+            queue.push((Some(key), to));
+        }
+        for (key, to) in queue {
+            let job = TrainJob {
+                schema_version: SCHEMA_VERSION,
+                timestamp: Utc::now(),
+                namespace: key.as_ref().map(|k| k.namespace.clone()),
+                workload: key.as_ref().map(|k| k.workload.clone()),
+                data_to: to,
+            };
+            let outcome = self.queue(&job).await;
+            self.metrics.jobs.get_or_create(&Outcome { outcome }).inc();
+            if outcome == "failed" {
+                // Queued again at the next check.
+                match &key {
+                    Some(key) => {
+                        self.attempts.remove(key);
+                    }
+                    None => self.global_attempt = None,
+                }
+            }
+        }
+    }
+
+    /// Publishes one job: `queued`, `already_queued` (the queue holds one
+    /// for that model), or `failed` (logged).
+    async fn queue(&self, job: &TrainJob) -> &'static str {
+        let subject = self
+            .prefix
+            .train(job.namespace.as_deref().zip(job.workload.as_deref()));
+        let sent = async {
+            let subject = subject.map_err(pas_nats::Error::Subject)?;
+            let out = pas_nats::Outgoing::new(subject, job)?;
+            pas_nats::publish(&self.js, &out)
+                .await?
+                .await
+                .map_err(|e| pas_nats::Error::js("queue a training job", e))
+        };
+        match sent.await {
+            Ok(_) => "queued",
+            Err(error) if error.to_string().contains("maximum messages per subject") => "already_queued",
+            Err(error) => {
+                tracing::warn!(key = job.key(), %error, "Queuing a training job failed; will try again.");
+                "failed"
+            }
+        }
+    }
+
+    /// Does one job: trains and stores the version, then acks. A job whose
+    /// model another replica trained far enough since is acked as done; a
+    /// job that cannot be read is logged, counted (`invalid`) and dropped
+    /// (`Term`); on shutdown it is handed back (`Nak`) at once. While it
+    /// trains, the job's `ack_wait` is extended every 10 s, so only a
+    /// replica that died leaves it to another.
+    async fn work(
+        &mut self,
+        msg: async_nats::jetstream::Message,
+        shutdown: &CancellationToken,
+    ) -> std::ops::ControlFlow<()> {
+        let job = match pas_schemas::decode::<TrainJob>(&msg.payload) {
+            Ok(job) => job,
+            Err(error) => {
+                tracing::warn!(subject = %msg.subject, %error, "A training job that cannot be read; dropping it.");
+                self.metrics
+                    .jobs
+                    .get_or_create(&Outcome { outcome: "invalid" })
+                    .inc();
+                let _ = msg.ack_with(AckKind::Term).await;
+                return std::ops::ControlFlow::Continue(());
+            }
+        };
+        let key = job.key();
+        self.refresh(&key).await;
+        let retrain =
+            chrono::TimeDelta::from_std(self.config.retrain_after).unwrap_or(chrono::TimeDelta::MAX);
+        let trained_to = self
+            .models
+            .get(&key)
+            .and_then(|v| v.values().map(|m| m.training.to).max());
+        if trained_to.is_some_and(|t| job.data_to - t < retrain) {
+            tracing::info!(key, "Job already done by another replica; skipping it.");
+            self.metrics
+                .jobs
+                .get_or_create(&Outcome {
+                    outcome: "done_before",
+                })
+                .inc();
+            let _ = msg.double_ack().await;
+            return std::ops::ControlFlow::Continue(());
+        }
+        let keepalive = {
+            let msg = msg.clone();
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(Duration::from_secs(10));
+                every.tick().await;
+                loop {
+                    every.tick().await;
+                    if let Err(error) = msg.ack_with(AckKind::Progress).await {
+                        tracing::warn!(%error, "Extending a job's ack wait failed.");
+                    }
+                }
+            })
+        };
+        let flow = if job.namespace.is_none() {
+            self.train_global(shutdown).await
+        } else {
+            self.refresh(GLOBAL).await;
+            self.follow_global().await;
+            match job
+                .namespace
+                .clone()
+                .zip(job.workload.clone())
+                .and_then(|(namespace, workload)| {
+                    let key = WorkloadKey { namespace, workload };
+                    self.series_of(&key)
+                }) {
+                Some(due) => self.train(due, shutdown).await,
+                None => {
+                    tracing::info!(
+                        key,
+                        "No series for this job's workload here (forgotten); dropping it."
+                    );
+                    std::ops::ControlFlow::Continue(())
+                }
+            }
+        };
+        keepalive.abort();
+        if flow.is_break() {
+            // Another replica takes it now, not after ack_wait.
+            let _ = msg.ack_with(AckKind::Nak(None)).await;
+            return flow;
+        }
+        self.metrics
+            .jobs
+            .get_or_create(&Outcome { outcome: "done" })
+            .inc();
+        if let Err(error) = msg.double_ack().await {
+            tracing::warn!(key, %error, "Acking a finished job failed; another replica may find it done.");
+        }
+        flow
+    }
+
+    /// Reads the versions of `key` other replicas stored since this one
+    /// last looked: the manifests after the newest it knows, probing as far
+    /// as `keep_versions` ahead (older ones may be pruned).
+    async fn refresh(&mut self, key: &str) {
+        let reach = self.config.keep_versions as u64 + 1;
+        loop {
+            let known = self
+                .models
+                .get(key)
+                .and_then(|v| v.keys().next_back().copied())
+                .unwrap_or(0);
+            let mut found = None;
+            for version in (known + 1..=known + reach).rev() {
+                let name = self.layout.object(key, version, "manifest.json");
+                let Ok(bytes) = store::read(&self.bucket, &self.chunks, &name).await else {
+                    continue;
+                };
+                match pas_schemas::decode::<ModelManifest>(&bytes) {
+                    Ok(m) if m.key == key && m.version == version => {
+                        found = Some(m);
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+            let Some(manifest) = found else {
+                return;
+            };
+            self.models
+                .entry(key.to_owned())
+                .or_default()
+                .insert(manifest.version, manifest);
+        }
+    }
+
+    /// Loads the newest accepted global version when another replica
+    /// stored a newer one than this replica holds.
+    async fn follow_global(&mut self) {
+        let newest = self
+            .models
+            .get(GLOBAL)
+            .and_then(|v| v.values().rev().find(|m| m.accepted))
+            .map(|m| m.version);
+        let held = self.global.as_ref().map(|(v, _)| *v);
+        if newest.is_some()
+            && newest > held
+            && let Some(global) = self.load_global().await
+        {
+            self.global = Some(global);
+        }
+    }
+
+    /// `key`'s series, ready to train, if this replica holds it.
+    fn series_of(&self, key: &WorkloadKey) -> Option<Due> {
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let (steps, range) = state.series(key)?;
+        let saturated = steps.saturated.clone();
+        Some((key.clone(), steps.into(), saturated, range))
     }
 
     /// Forgets workloads with no samples for `forget_after`.
@@ -582,10 +899,11 @@ impl Training {
         }
     }
 
-    /// Whether the global model is due: some workload has `min_history`
-    /// steps, and the data reaches `retrain_after` past the newest global
-    /// version's (or its last attempt's), or there is none.
-    fn global_due(&self) -> bool {
+    /// When the global model is due, the newest step of the data: some
+    /// workload has `min_history` steps, and the data reaches
+    /// `retrain_after` past the newest global version's (or its last
+    /// attempt's), or there is none.
+    fn global_due(&self) -> Option<chrono::DateTime<Utc>> {
         let newest = {
             let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
             state
@@ -595,9 +913,7 @@ impl Training {
                 .filter_map(|k| state.newest(&k))
                 .max()
         };
-        let Some(newest) = newest else {
-            return false;
-        };
+        let newest = newest?;
         let trained_to = self
             .models
             .get(GLOBAL)
@@ -607,16 +923,16 @@ impl Training {
         trained_to
             .max(self.global_attempt)
             .is_none_or(|t| newest - t >= retrain)
+            .then_some(newest)
     }
 
     /// Trains and stores a version of the global model across every
     /// workload with `min_history` steps. `Break` when `shutdown` came first.
     async fn train_global(&mut self, shutdown: &CancellationToken) -> std::ops::ControlFlow<()> {
-        let eligible: Vec<Due> = due(&self.config, &self.state, &HashMap::new(), &HashMap::new());
-        let Some(to) = eligible.iter().map(|(_, _, _, r)| r.to).max() else {
-            return std::ops::ControlFlow::Continue(());
-        };
-        self.global_attempt = Some(to);
+        let eligible: Vec<Due> = due(&self.config, &self.state, &HashMap::new(), &HashMap::new())
+            .into_iter()
+            .filter_map(|(key, _)| self.series_of(&key))
+            .collect();
         let mut series = Vec::with_capacity(eligible.len());
         let mut range: Option<TrainingRange> = None;
         for (key, s, lower_bounds, r) in eligible {
@@ -817,13 +1133,13 @@ fn fold(state: &Mutex<Workloads>, metrics: &Metrics, sample: &CpuSample, sequenc
 /// lower bounds (saturated), and the range it covers.
 type Due = (WorkloadKey, pas_models::Series, Vec<bool>, TrainingRange);
 
-/// Workloads due for training, with their series, oldest attempt first.
+/// Workloads due for training, with the start of their newest step.
 fn due(
     config: &Config,
     state: &Mutex<Workloads>,
     models: &HashMap<String, Versions>,
     attempts: &HashMap<WorkloadKey, chrono::DateTime<Utc>>,
-) -> Vec<Due> {
+) -> Vec<(WorkloadKey, chrono::DateTime<Utc>)> {
     let state = state.lock().unwrap_or_else(|p| p.into_inner());
     let retrain = chrono::TimeDelta::from_std(config.retrain_after).unwrap_or(chrono::TimeDelta::MAX);
     let mut out = Vec::new();
@@ -842,10 +1158,7 @@ fn due(
         if last.is_some_and(|t| newest - t < retrain) {
             continue;
         }
-        if let Some((steps, range)) = state.series(&key) {
-            let saturated = steps.saturated.clone();
-            out.push((key, steps.into(), saturated, range));
-        }
+        out.push((key, newest));
     }
     out
 }
