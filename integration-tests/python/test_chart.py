@@ -210,7 +210,8 @@ def test_nats_and_grafana_get_the_repository_files():
 
 
 def test_the_schema_refuses_bad_values():
-    for bad in [{"forecaster": {"replicas": 0}}, {"trainer": {"replicas": 0}}, {"scaler": {"policy": "magic"}}, {"nats": {"storage": {"size": "lots"}}}, {"typo": 1},
+    for bad in [{"forecaster": {"replicas": 0}}, {"trainer": {"replicas": 0}}, {"busInit": {"fleet": {"workloads": 0}}},
+                {"busInit": {"fleet": {"retention": "soon"}}}, {"scaler": {"policy": "magic"}}, {"nats": {"storage": {"size": "lots"}}}, {"typo": 1},
                 # Two servers lose their quorum with one gone.
                 {"nats": {"replicas": 2}}]:
         with pytest.raises(helm.HelmError):
@@ -309,6 +310,11 @@ def test_nats_runs_as_a_three_node_cluster_by_default():
     assert job["args"] == ["bus", "init", "--replicas", "3"]
     # helm test checks the same, replicas included.
     assert docs[("Pod", "pas-test-bus")]["spec"]["containers"][0]["args"] == ["bus", "status", "--replicas", "3"]
+    # Sized for a fleet: init and the test pass the same limits.
+    fleet = by_kind_name(render({"busInit": {"fleet": {"workloads": 10000, "retention": "2h"}}}))
+    sized = ["--workloads", "10000", "--pods-per-workload", "3", "--retention", "2h", "--name-length", "63"]
+    assert fleet[("Job", "pas-bus-init")]["spec"]["template"]["spec"]["containers"][0]["args"] == ["bus", "init", "--replicas", "3"] + sized
+    assert fleet[("Pod", "pas-test-bus")]["spec"]["containers"][0]["args"] == ["bus", "status", "--replicas", "3"] + sized
     # The forecaster and the scaler keep one pod up through a drain.
     for name in ["pas-forecaster", "pas-scaler"]:
         assert docs[("PodDisruptionBudget", name)]["spec"]["maxUnavailable"] == 1

@@ -163,13 +163,29 @@ async fn losing_the_leader_of_pas_samples_loses_no_sample_and_forecasts_and_deci
         "the streams created with three replicas",
         || {
             let js = js.clone();
-            async move { provision::init(&js, Options { replicas: Some(3) }).await.ok() }
+            async move {
+                provision::init(
+                    &js,
+                    Options {
+                        replicas: Some(3),
+                        ..Options::default()
+                    },
+                )
+                .await
+                .ok()
+            }
         },
     )
     .await;
-    let status = provision::status(&js, Options { replicas: Some(3) })
-        .await
-        .unwrap();
+    let status = provision::status(
+        &js,
+        Options {
+            replicas: Some(3),
+            ..Options::default()
+        },
+    )
+    .await
+    .unwrap();
     assert!(
         status
             .iter()

@@ -28,6 +28,7 @@ pub mod history;
 pub mod kv_writer;
 pub mod model_store;
 pub mod provision;
+pub mod sizing;
 
 mod admission;
 mod connect;

@@ -38,6 +38,26 @@ pub struct Options {
     /// `None` creates them with the definitions' one replica and leaves an
     /// existing stream's replicas as they are.
     pub replicas: Option<usize>,
+    /// The fleet the growing streams are sized for ([`crate::sizing`]):
+    /// their `max_bytes` and `max_age` replace the definition files'. Like
+    /// every limit, part of what `status` compares: pass the same fleet.
+    pub fleet: Option<crate::sizing::Fleet>,
+}
+
+/// A definition with the fleet's limits in place of the file's, where the
+/// fleet sizes that stream.
+fn sized(def: &StreamDefinition, fleet: Option<&crate::sizing::Fleet>) -> StreamDefinition {
+    let Some(r) = fleet.and_then(|f| f.reserve().into_iter().find(|r| r.stream == def.config.name)) else {
+        return def.clone();
+    };
+    let mut out = def.clone();
+    out.config.max_bytes = r.max_bytes as i64;
+    out.config.max_age = r.max_age;
+    if let Some(raw) = out.raw.as_object_mut() {
+        raw.insert("max_bytes".into(), r.max_bytes.into());
+        raw.insert("max_age".into(), (r.max_age.as_nanos() as u64).into());
+    }
+    out
 }
 
 /// Creates every stream and bucket that is missing and updates those whose
@@ -48,7 +68,9 @@ pub struct Options {
 /// ordered consumer of its own.) Running it twice changes nothing.
 pub async fn init(js: &jetstream::Context, options: Options) -> Result<Vec<Provisioned>, Error> {
     let mut out = Vec::new();
+    let reserved = reserved_bytes(options.fleet.as_ref());
     for (def, info) in current(js).await? {
+        let def = sized(&def, options.fleet.as_ref());
         let name = def.config.name.clone();
         let mut config = def.config.clone();
         if let Some(replicas) = options.replicas {
@@ -59,7 +81,10 @@ pub async fn init(js: &jetstream::Context, options: Options) -> Result<Vec<Provi
         let Some(info) = info else {
             js.create_stream(config).await.map_err(|e| {
                 let short = storage_exceeded(e.kind());
-                Error::js(format!("create stream {name}{}", storage_hint(short)), e)
+                Error::js(
+                    format!("create stream {name}{}", storage_hint(short, reserved)),
+                    e,
+                )
             })?;
             out.push(Provisioned {
                 stream: name,
@@ -82,7 +107,7 @@ pub async fn init(js: &jetstream::Context, options: Options) -> Result<Vec<Provi
                     format!(
                         "update stream {name} ({}){}",
                         changed.join(", "),
-                        storage_hint(short)
+                        storage_hint(short, reserved)
                     ),
                     e,
                 )
@@ -204,19 +229,27 @@ fn storage_exceeded(kind: jetstream::context::CreateStreamErrorKind) -> bool {
 /// What to do when the server has too little file storage for the streams'
 /// `max_bytes`: JetStream reserves each stream's limit when it is created,
 /// and a server without `max_file_store` offers only 75 % of its free disk.
-fn storage_hint(exceeded: bool) -> String {
+fn storage_hint(exceeded: bool, reserved: u64) -> String {
     if !exceeded {
         return String::new();
     }
-    let reserved: i64 = definitions::streams()
-        .map(|defs| defs.iter().map(|d| d.config.max_bytes.max(0)).sum())
-        .unwrap_or(0);
     format!(
         ": the server has too little JetStream file storage left; the PAS streams reserve {:.1} GiB \
          in all, so set its `jetstream {{ max_file_store }}` to more than that (nats/server.conf sets 20GB, \
          the chart `nats.jetstream.maxFile`) or free disk",
         reserved as f64 / (1u64 << 30) as f64
     )
+}
+
+/// Bytes every stream PAS defines reserves together, sized for `fleet`.
+pub fn reserved_bytes(fleet: Option<&crate::sizing::Fleet>) -> u64 {
+    definitions::streams()
+        .map(|defs| {
+            defs.iter()
+                .map(|d| sized(d, fleet).config.max_bytes.max(0) as u64)
+                .sum()
+        })
+        .unwrap_or(0)
 }
 
 /// Settings a definition file may leave out but that change where messages
@@ -317,11 +350,13 @@ pub struct StreamStatus {
 }
 
 /// The state of every stream and bucket PAS defines; with `replicas`, a
-/// stream with another number of replicas has drifted.
+/// stream with another number of replicas has drifted, and with `fleet`
+/// the limits are the fleet's.
 pub async fn status(js: &jetstream::Context, options: Options) -> Result<Vec<StreamStatus>, Error> {
     let mut out: Vec<StreamStatus> = current(js)
         .await?
         .into_iter()
+        .map(|(def, info)| (sized(&def, options.fleet.as_ref()), info))
         .map(|(def, info)| match info {
             None => StreamStatus {
                 stream: def.config.name.clone(),

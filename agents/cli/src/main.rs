@@ -132,10 +132,88 @@ enum Command {
     },
 }
 
+/// The fleet `pas bus init` sizes the growing streams for
+/// (`pas_nats::sizing`); without `--workloads`, the definition files' limits.
+#[derive(Debug, clap::Args)]
+struct FleetArgs {
+    /// Size PAS_SAMPLES, PAS_FORECASTS and PAS_DECISIONS for this many
+    /// workloads (docs/sizing.md gives the formula); pass the same to `bus
+    /// status`. Without it, the definition files' limits (PAS_SAMPLES 4 GiB).
+    #[arg(long)]
+    workloads: Option<u64>,
+    /// Pods per workload, on average.
+    #[arg(long, default_value_t = 3, requires = "workloads")]
+    pods_per_workload: u64,
+    /// How often the node agents sample each pod.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration, requires = "workloads")]
+    sample_interval: std::time::Duration,
+    /// How often each workload is forecast and decided (the forecaster's tick).
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration, requires = "workloads")]
+    forecast_interval: std::time::Duration,
+    /// How long samples, forecasts and decisions are kept (at least 1h: the
+    /// trainer trains on what the stream holds).
+    #[arg(long, default_value = "6h", value_parser = humantime::parse_duration, requires = "workloads")]
+    retention: std::time::Duration,
+    /// Characters in your namespace, workload, pod and node names, on
+    /// average: a stored message grows with them [default: 63, the most].
+    #[arg(long, default_value_t = 63, requires = "workloads")]
+    name_length: u64,
+}
+
+impl FleetArgs {
+    fn fleet(&self) -> anyhow::Result<Option<pas_nats::sizing::Fleet>> {
+        let Some(workloads) = self.workloads else {
+            return Ok(None);
+        };
+        let fleet = pas_nats::sizing::Fleet {
+            workloads,
+            pods: self.pods_per_workload,
+            sample_interval: self.sample_interval,
+            forecast_interval: self.forecast_interval,
+            retention: self.retention,
+            name_length: self.name_length,
+        };
+        fleet.check().map_err(|e| anyhow::anyhow!("--workloads: {e}"))?;
+        Ok(Some(fleet))
+    }
+}
+
+/// What the streams will reserve, printed before `pas bus init` makes them.
+fn print_reservation(fleet: Option<&pas_nats::sizing::Fleet>) {
+    let gib = |b: u64| b as f64 / f64::from(1u32 << 30);
+    if let Some(f) = fleet {
+        println!(
+            "Sized for {} workloads × {} pods, samples every {}, forecasts every {}, kept {}:",
+            f.workloads,
+            f.pods,
+            humantime::format_duration(f.sample_interval),
+            humantime::format_duration(f.forecast_interval),
+            humantime::format_duration(f.retention)
+        );
+        println!(
+            "{:<17} {:>12} {:>12} {:>9}",
+            "stream", "messages/s", "max_bytes", "max_age"
+        );
+        for r in f.reserve() {
+            println!(
+                "{:<17} {:>12.1} {:>8.1} GiB {:>9}",
+                r.stream,
+                r.per_second,
+                gib(r.max_bytes),
+                humantime::format_duration(r.max_age).to_string()
+            );
+        }
+    }
+    println!(
+        "The streams and buckets reserve {:.1} GiB of JetStream file storage in all (the server's max_file_store must exceed it).",
+        gib(provision::reserved_bytes(fleet))
+    );
+}
+
 #[derive(Debug, Subcommand)]
 enum BusCommand {
     /// Create or update the streams PAS_SAMPLES, PAS_FORECASTS, PAS_DECISIONS,
-    /// PAS_DLQ, the key-value buckets pas-scaler, pas-forecaster and
+    /// PAS_DLQ, PAS_TRAINING, the key-value buckets pas-scaler, pas-forecaster and
     /// pas-history, the object store pas-models and the stages' live
     /// consumers (only the admin may). Safe to run again: it changes only
     /// what differs.
@@ -148,6 +226,8 @@ enum BusCommand {
         /// streams get one and existing ones keep theirs.
         #[arg(long, value_parser = clap::value_parser!(u8).range(1..=5))]
         replicas: Option<u8>,
+        #[command(flatten)]
+        fleet: FleetArgs,
     },
     /// Show each stream's messages, size, consumers and replicas, and any
     /// drift from the definitions (its live consumers' included). Exits 1
@@ -159,6 +239,8 @@ enum BusCommand {
         /// Report a stream with another number of replicas as drift.
         #[arg(long, value_parser = clap::value_parser!(u8).range(1..=5))]
         replicas: Option<u8>,
+        #[command(flatten)]
+        fleet: FleetArgs,
     },
     /// Print messages as they arrive, one `subject payload` line each, like
     /// `nats sub` (for machines without the nats CLI).
@@ -340,10 +422,18 @@ async fn bus(command: BusCommand, nats: &NatsConfig) -> anyhow::Result<()> {
                 seen += 1;
             }
         }
-        BusCommand::Init { json, replicas } => {
+        BusCommand::Init {
+            json,
+            replicas,
+            fleet,
+        } => {
             let options = provision::Options {
                 replicas: replicas.map(usize::from),
+                fleet: fleet.fleet()?,
             };
+            if !json {
+                print_reservation(options.fleet.as_ref());
+            }
             let done = provision::init(&conn.jetstream, options).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&done)?);
@@ -359,9 +449,14 @@ async fn bus(command: BusCommand, nats: &NatsConfig) -> anyhow::Result<()> {
                 }
             }
         }
-        BusCommand::Status { json, replicas } => {
+        BusCommand::Status {
+            json,
+            replicas,
+            fleet,
+        } => {
             let options = provision::Options {
                 replicas: replicas.map(usize::from),
+                fleet: fleet.fleet()?,
             };
             let status = provision::status(&conn.jetstream, options).await?;
             if json {

@@ -211,3 +211,12 @@ release's NATS servers (at most 5); empty with an external NATS. */}}
 {{- define "pas.busReplicas" -}}
 {{- .Values.busInit.replicas | default (ternary (min .Values.nats.replicas 5) 0 .Values.nats.enabled) -}}
 {{- end -}}
+
+{{/* `pas bus init` / `bus status` arguments sizing the streams for the fleet (busInit.fleet), each with a leading comma. */}}
+{{- define "pas.busFleetArgs" -}}
+{{- with .Values.busInit.fleet -}}
+{{- if .workloads -}}
+, "--workloads", "{{ int64 .workloads }}", "--pods-per-workload", "{{ int64 .podsPerWorkload }}", "--retention", "{{ .retention }}", "--name-length", "{{ int64 .nameLength }}"
+{{- end -}}
+{{- end -}}
+{{- end -}}
