@@ -378,7 +378,7 @@ fn spawn_trainer(
     server: &NatsServer,
     run: &str,
     env: &[(&str, &str)],
-) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+) -> (Process, std::sync::mpsc::Receiver<String>) {
     use std::io::BufRead;
     let pas = repo_root().join("target/debug/pas");
     assert!(
@@ -412,7 +412,30 @@ fn spawn_trainer(
             let _ = tx.send(line);
         }
     });
-    (child, rx)
+    (Process(child), rx)
+}
+
+/// A child process, killed when dropped: a failing test leaves none behind.
+struct Process(std::process::Child);
+
+impl std::ops::Deref for Process {
+    type Target = std::process::Child;
+    fn deref(&self) -> &std::process::Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Process {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// Issue 19: training shared through the work queue `PAS_TRAINING`. Two

@@ -1,6 +1,7 @@
 //! Forecasts per second of batched LSTM inference on one thread, for the
 //! default `lstm` shape (with its seasonal inputs), each workload with its
-//! own copy of the weights.
+//! own copy of the weights, then every workload served by one shared model
+//! (the global model, each window scaled on its own).
 //!
 //! cargo run --release -p pas-models --example batch_throughput -- 1000 10000
 
@@ -58,6 +59,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 n as f64 / seconds
             );
         }
+        let global = LstmWeights::from_lstm(&Lstm::from_safetensors(
+            pas_models::global::config(&config),
+            &Normalisation::Window,
+            &bytes,
+        )?)?;
+        let shared: Vec<&LstmWeights> = (0..n).map(|_| &global).collect();
+        let started = Instant::now();
+        let rounds = 3;
+        for _ in 0..rounds {
+            predict_batch(&shared, &w, &lags, 64)?;
+        }
+        let seconds = started.elapsed().as_secs_f64() / rounds as f64;
+        println!(
+            "workloads {n:>6}  one shared model  {seconds:.3} s per tick  {:.0} forecasts/s",
+            n as f64 / seconds
+        );
     }
     Ok(())
 }

@@ -7,7 +7,10 @@
 //! the weights of the same models are stacked into `[n, in, 4·hidden]`, and
 //! every LSTM step is one batched matrix product (`bmm`) over all of them.
 //! The batch is cut into chunks of `chunk` models so that a chunk's weights
-//! stay in the CPU cache for all the steps of the window.
+//! stay in the CPU cache for all the steps of the window. Windows that
+//! share one model (the global model serves every workload without its
+//! own) run in passes of their own with its weights once (`matmul`
+//! broadcasts them), not stacked per window.
 //!
 //! [`LstmWeights`] holds a model's weights as plain numbers (shareable between
 //! threads, unlike libtorch tensors); [`predict_batch`] runs any mix of models.
@@ -166,7 +169,11 @@ pub fn predict_batch(
             windows.len()
         )));
     }
-    let mut groups: BTreeMap<Shape, Vec<usize>> = BTreeMap::new();
+    let mut groups: BTreeMap<(Shape, usize), Vec<usize>> = BTreeMap::new();
+    let mut uses: std::collections::HashMap<*const LstmWeights, usize> = std::collections::HashMap::new();
+    for m in models {
+        *uses.entry(*m as *const LstmWeights).or_default() += 1;
+    }
     for (i, m) in models.iter().enumerate() {
         let w = m.shape.window;
         let history = windows[i];
@@ -179,11 +186,15 @@ pub fn predict_batch(
         if history.last().is_none_or(|v| v.is_nan()) {
             return Err(Error::Input(format!("the last step of window {i} is missing")));
         }
-        groups.entry(m.shape).or_default().push(i);
+        // A model many windows share (the global one) runs them in passes
+        // of its own, with its weights once rather than stacked per window.
+        let address = *m as *const LstmWeights;
+        let shared = if uses[&address] > 1 { address as usize } else { 0 };
+        groups.entry((m.shape, shared)).or_default().push(i);
     }
     let mut out: Vec<Option<Prediction>> = vec![None; models.len()];
     tch::no_grad(|| -> Result<(), Error> {
-        for (shape, members) in groups {
+        for ((shape, shared), members) in groups {
             // The tick's input for this shape: one tensor, encoded as in training.
             let mut x = Vec::with_capacity(members.len() * shape.window * 2);
             let mut last = Vec::with_capacity(members.len());
@@ -204,7 +215,7 @@ pub fn predict_batch(
             let last = Tensor::from_slice(&last).view([rows, 1]);
             let seasonal = (shape.seasonal > 0)
                 .then(|| Tensor::from_slice(&seasonal).view([rows, 1, shape.seasonal as i64]));
-            let chunk = chunk.max(1);
+            let chunk = if shared != 0 { SHARED_CHUNK } else { chunk.max(1) };
             for (k, part) in members.chunks(chunk).enumerate() {
                 let (start, len) = ((k * chunk) as i64, part.len() as i64);
                 let items: Vec<&LstmWeights> = part.iter().map(|&i| models[i]).collect();
@@ -226,6 +237,10 @@ pub fn predict_batch(
         .collect::<Option<Vec<_>>>()
         .ok_or_else(|| Error::Input("a window was left out of every batch".into()))
 }
+
+/// Windows per pass of one shared model: its weights stay in the cache
+/// whatever the count, so only the activations bound it.
+const SHARED_CHUNK: usize = 2048;
 
 /// One chunk's inputs: the encoded windows `[n, window, 2]`, the scaled
 /// last values `[n, 1]` and the seasonal inputs `[n, 1, seasonal]`.
@@ -254,7 +269,13 @@ fn run_chunk(shape: Shape, items: &[&LstmWeights], inputs: Inputs<'_>) -> Result
     } = inputs;
     let n = items.len() as i64;
     let (h, gates, w) = (hidden as i64, 4 * hidden as i64, window as i64);
+    // One set of weights for every item: `[in, out]`, broadcast by
+    // `matmul`; else each item's stacked, `[n, in, out]`.
+    let one = items.iter().all(|m| std::ptr::eq(*m, items[0]));
     let stack = |part: &dyn Fn(&LstmWeights) -> &[f32], dims: [i64; 3]| -> Tensor {
+        if one {
+            return Tensor::from_slice(part(items[0])).view([dims[1], dims[2]]);
+        }
         let mut flat = Vec::with_capacity(items.len() * (dims[1] * dims[2]) as usize);
         for m in items {
             flat.extend_from_slice(part(m));
@@ -263,19 +284,54 @@ fn run_chunk(shape: Shape, items: &[&LstmWeights], inputs: Inputs<'_>) -> Result
     };
     let mut input = x;
     let mut state = Tensor::zeros([n, 1, h], (Kind::Float, Device::Cpu));
-    for l in 0..layers {
+    if one {
+        // One network for all: libtorch's own fused LSTM over the window,
+        // as the model runs it in training.
+        let m = items[0];
+        let mut params = Vec::with_capacity(4 * layers);
+        for (l, layer) in m.layers.iter().enumerate() {
+            let features = if l == 0 { 2 } else { h };
+            params.push(
+                Tensor::from_slice(&layer.input)
+                    .view([features, gates])
+                    .tr()
+                    .contiguous(),
+            );
+            params.push(
+                Tensor::from_slice(&layer.recurrent)
+                    .view([h, gates])
+                    .tr()
+                    .contiguous(),
+            );
+            params.push(Tensor::from_slice(&layer.bias));
+            params.push(Tensor::zeros([gates], (Kind::Float, Device::Cpu)));
+        }
+        let zeros = Tensor::zeros([layers as i64, n, h], (Kind::Float, Device::Cpu));
+        let (out, _, _) = input.lstm(
+            &[&zeros, &zeros],
+            &params.iter().collect::<Vec<_>>(),
+            true,
+            layers as i64,
+            0.0,
+            false,
+            false,
+            true,
+        );
+        state = out.narrow(1, w - 1, 1);
+    }
+    for l in (0..layers).filter(|_| !one) {
         let features = if l == 0 { 2 } else { h };
         let w_in = stack(&|m| &m.layers[l].input, [n, features, gates]);
         let w_rec = stack(&|m| &m.layers[l].recurrent, [n, h, gates]);
         let bias = stack(&|m| &m.layers[l].bias, [n, 1, gates]);
         // The input part of every gate for every step, in one product.
-        let projected = input.bmm(&w_in) + bias;
+        let projected = input.matmul(&w_in) + bias;
         let mut hidden_state = Tensor::zeros([n, 1, h], (Kind::Float, Device::Cpu));
         let mut cell = Tensor::zeros([n, 1, h], (Kind::Float, Device::Cpu));
         let mut outputs = Vec::with_capacity(if l + 1 < layers { window } else { 0 });
         for t in 0..w {
             // PyTorch's gate order: input, forget, cell, output.
-            let g = projected.narrow(1, t, 1) + hidden_state.bmm(&w_rec);
+            let g = projected.narrow(1, t, 1) + hidden_state.matmul(&w_rec);
             let s = g.sigmoid();
             let (i, f, o) = (s.narrow(2, 0, h), s.narrow(2, h, h), s.narrow(2, 3 * h, h));
             let candidate = g.narrow(2, 2 * h, h).tanh();
@@ -296,7 +352,7 @@ fn run_chunk(shape: Shape, items: &[&LstmWeights], inputs: Inputs<'_>) -> Result
     }
     let head = stack(&|m| &m.head, [n, h + seasonal as i64, out]);
     let head_bias = stack(&|m| &m.head_bias, [n, 1, out]);
-    let heads = (state.bmm(&head) + head_bias).squeeze_dim(1);
+    let heads = (state.matmul(&head) + head_bias).squeeze_dim(1);
     let point = heads.narrow(1, 0, horizon as i64) + last;
     let upper = &point + heads.narrow(1, horizon as i64, horizon as i64).softplus();
     let point = Vec::<f32>::try_from(point.contiguous().flatten(0, -1))?;

@@ -26,8 +26,12 @@
 //!   swapped in when it appears; a workload without one gets the naive
 //!   forecast (last value, with an upper bound from its recent errors), and
 //!   its forecasts say `naive`, version 0.
-//! - **Inference** is batched: all LSTM forecasts of a tick run as one input
-//!   tensor through [`pas_models::batch::predict_batch`], on a blocking thread.
+//! - **Inference** is batched: a tick's windows go in slices of 256, each
+//!   one input tensor through [`pas_models::batch::predict_batch`] on a
+//!   blocking thread, and a slice's forecasts are published while the next
+//!   is inferred (a forecast waits for its slice, not the whole tick). The
+//!   global model, which many workloads share, runs through libtorch's
+//!   fused LSTM with its weights once.
 //! - **One pure core.** A tick is [`window`] per workload (the series up to
 //!   its closed step, short holes filled, the model that serves it) and then
 //!   [`forecast`] (windows and models in, forecast messages out: no clock,
@@ -677,33 +681,66 @@ fn collect(
 
 /// Makes the tick's forecasts (LSTM batched, baseline for the rest),
 /// publishes them, and returns the workloads and window ends JetStream
-/// acknowledged.
+/// acknowledged. The windows go in slices of [`PUBLISH_SLICE`]: a slice's
+/// forecasts are published while the next slice is inferred, so a
+/// forecast waits for its own slice, not for the whole tick.
 async fn forecast_and_publish(
     js: &async_nats::jetstream::Context,
     prefix: &Prefix,
     config: &Config,
-    jobs: Vec<Window>,
+    mut jobs: Vec<Window>,
     metrics: &Metrics,
 ) -> Vec<(WorkloadKey, DateTime<Utc>)> {
-    if jobs.is_empty() {
-        return Vec::new();
-    }
     let settings = config.tick_settings();
-    let made = tokio::task::spawn_blocking(move || forecast(jobs, &settings, Utc::now())).await;
-    let made = match made {
-        Ok(made) => made,
-        Err(error) => {
-            metrics.failed();
-            tracing::error!(%error, "Inference panicked; this tick publishes nothing.");
-            return Vec::new();
-        }
-    };
+    let infer =
+        |slice: Vec<Window>| tokio::task::spawn_blocking(move || forecast(slice, &settings, Utc::now()));
+    let mut slices = Vec::new();
+    while jobs.len() > PUBLISH_SLICE {
+        let rest = jobs.split_off(PUBLISH_SLICE);
+        slices.push(std::mem::replace(&mut jobs, rest));
+    }
+    if !jobs.is_empty() {
+        slices.push(jobs);
+    }
+    let mut slices = slices.into_iter();
     // Acks are awaited as they go, never more than MAX_IN_FLIGHT at once:
     // async-nats lets 5,000 publishes wait for acks and then blocks the next
     // publish, so holding every ack of a 5,001-workload tick before awaiting
     // any deadlocked the tick.
     let mut pending = std::collections::VecDeque::with_capacity(MAX_IN_FLIGHT);
-    let mut done = Vec::with_capacity(made.len());
+    let mut done = Vec::new();
+    let mut next = slices.next().map(infer);
+    while let Some(inferring) = next.take() {
+        next = slices.next().map(infer);
+        let made = match inferring.await {
+            Ok(made) => made,
+            Err(error) => {
+                metrics.failed();
+                tracing::error!(%error, "Inference panicked; this slice of the tick publishes nothing.");
+                continue;
+            }
+        };
+        publish_slice(js, prefix, made, metrics, &mut pending, &mut done).await;
+    }
+    while let Some(ack) = pending.pop_front() {
+        settle_ack(ack, metrics, &mut done).await;
+    }
+    done
+}
+
+/// Windows inferred and published together ([`forecast_and_publish`]).
+const PUBLISH_SLICE: usize = 256;
+
+/// Publishes one slice's forecasts, keeping at most [`MAX_IN_FLIGHT`]
+/// acks outstanding in `pending`; acknowledged ones go to `done`.
+async fn publish_slice(
+    js: &async_nats::jetstream::Context,
+    prefix: &Prefix,
+    made: Vec<(WorkloadKey, Result<Forecast, String>)>,
+    metrics: &Metrics,
+    pending: &mut std::collections::VecDeque<Pending>,
+    done: &mut Vec<(WorkloadKey, DateTime<Utc>)>,
+) {
     for (key, forecast) in made {
         let lstm = forecast
             .as_ref()
@@ -720,7 +757,7 @@ async fn forecast_and_publish(
                 if pending.len() >= MAX_IN_FLIGHT
                     && let Some(oldest) = pending.pop_front()
                 {
-                    settle_ack(oldest, metrics, &mut done).await;
+                    settle_ack(oldest, metrics, done).await;
                 }
                 match pas_nats::publish(js, &outgoing).await {
                     Ok(ack) => pending.push_back((key, window_end, lstm, ack)),
@@ -736,10 +773,6 @@ async fn forecast_and_publish(
             }
         }
     }
-    while let Some(ack) = pending.pop_front() {
-        settle_ack(ack, metrics, &mut done).await;
-    }
-    done
 }
 
 /// The most time the last tick, on shutdown, may take.
