@@ -53,12 +53,22 @@ async fn publish_round(
     let prefix = Prefix::replay(RUN).map_err(anyhow::Error::msg)?;
     let at = base + TimeDelta::seconds(round * STEP);
     let mut sent = Vec::with_capacity(n);
-    let mut acks = Vec::with_capacity(n);
+    // At most 4,096 acks outstanding: the JetStream context lets 5,000 wait
+    // and then blocks the next publish until one is awaited, so holding all
+    // 10,000 of a round before awaiting any never returned (why the first
+    // 10,000-workload run stalled).
+    let mut acks = std::collections::VecDeque::with_capacity(4096);
     for w in 0..n {
         let s = sample(at, w, round);
         let out = pas_nats::Outgoing::new(prefix.sample(&s).map_err(anyhow::Error::msg)?, &s)?;
         sent.push(Instant::now());
-        acks.push(pas_nats::publish(js, &out).await?);
+        if acks.len() >= 4096
+            && let Some(ack) = acks.pop_front()
+        {
+            let ack: async_nats::jetstream::context::PublishAckFuture = ack;
+            ack.await?;
+        }
+        acks.push_back(pas_nats::publish(js, &out).await?);
     }
     for ack in acks {
         ack.await?;

@@ -606,7 +606,7 @@ async fn trains_a_global_model_and_keeps_a_workloads_own_only_where_it_beats_it(
         assert_eq!(own.normalisation, pas_schemas::Normalisation::Window);
         assert_eq!(
             own.hyper_parameters["max_epochs"],
-            serde_json::json!(4),
+            serde_json::json!(pas_trainer::Config::default().fine_tune_epochs),
             "fine-tuned for fine_tune_epochs, not trained from scratch"
         );
     }

@@ -1178,6 +1178,25 @@ pub fn train_version(
     range: TrainingRange,
     config: &Config,
 ) -> Result<(ModelManifest, Vec<u8>), pas_models::Error> {
+    train_version_from(key, version, series, lower_bounds, range, config, None)
+}
+
+/// [`train_version`] where a global model is accepted, as the stage does
+/// then: the workload's model is fine-tuned from `global` (its version and
+/// network), scored beside it, and accepted only where it beats it.
+pub fn train_version_from(
+    key: WorkloadKey,
+    version: u64,
+    series: pas_models::Series,
+    lower_bounds: &[bool],
+    range: TrainingRange,
+    config: &Config,
+    global: Option<(u64, &Lstm)>,
+) -> Result<(ModelManifest, Vec<u8>), pas_models::Error> {
+    let global = match global {
+        Some((v, model)) => Some((v, model.try_clone()?)),
+        None => None,
+    };
     Job {
         key,
         version,
@@ -1186,7 +1205,26 @@ pub fn train_version(
         range,
         config: config.clone(),
         stop: Arc::default(),
-        global: None,
+        global,
+    }
+    .train()
+}
+
+/// Trains and backtests a version of the global model on `series` (each
+/// a workload's, gaps filled and saturated steps masked) exactly as the
+/// stage does: returns its manifest, weights and network.
+pub fn train_global_version(
+    version: u64,
+    series: Vec<pas_models::Series>,
+    range: TrainingRange,
+    config: &Config,
+) -> Result<(ModelManifest, Vec<u8>, Lstm), pas_models::Error> {
+    GlobalJob {
+        version,
+        series,
+        range,
+        config: config.clone(),
+        stop: Arc::default(),
     }
     .train()
 }
