@@ -325,12 +325,14 @@ async fn main() -> anyhow::Result<()> {
     let mut round = BACKFILL;
     let mut measured = Vec::new();
     let mut cpu_start = None;
+    let mut writes_start = 0;
     let mut out = Vec::new();
     loop {
         let next = (Utc::now().timestamp() / STEP + 1) * STEP;
         let at = DateTime::from_timestamp(next, 0).context("time")?;
         tokio::time::sleep(((at - Utc::now()).to_std()).unwrap_or_default()).await;
         if round == BACKFILL + warmup {
+            writes_start = state_writes(&js).await;
             cpu_start = Some((
                 Instant::now(),
                 usage(forecaster.0.id()),
@@ -361,6 +363,7 @@ async fn main() -> anyhow::Result<()> {
         usage(std::process::id()),
     );
     let wall = t0.elapsed().as_secs_f64();
+    let writes = state_writes(&js).await.saturating_sub(writes_start);
 
     let seen = seen.lock().unwrap();
     println!(
@@ -447,6 +450,19 @@ async fn main() -> anyhow::Result<()> {
                 .min(n * measured.len())
         )
     );
+    println!(
+        "scaler state writes to KV pas-scaler: {writes} in {wall:.0} s ({:.1} a second)",
+        writes as f64 / wall
+    );
     drop((forecaster, scaler));
     Ok(())
+}
+
+/// Messages the key-value bucket `pas-scaler` has taken: the scaler's state
+/// writes (and its lease renewals).
+async fn state_writes(js: &async_nats::jetstream::Context) -> u64 {
+    match js.get_stream("KV_pas-scaler").await {
+        Ok(mut stream) => stream.info().await.map_or(0, |i| i.state.last_sequence),
+        Err(_) => 0,
+    }
 }

@@ -121,7 +121,8 @@ async fn each_user_may_use_only_the_jetstream_api_its_job_needs() {
         ("trainer", "$JS.API.CONSUMER.MSG.NEXT.PAS_TRAINING.pas-trainer-training", json!({ "batch": 1, "no_wait": true }), ALLOWED),
         ("trainer", "$JS.API.CONSUMER.CREATE.PAS_TRAINING.pas-trainer-training-r1.replay.r1.pas.train.>",
             consumer_body(STREAM_TRAINING, json!({ "durable_name": "pas-trainer-training-r1", "filter_subject": "replay.r1.pas.train.>", "ack_policy": "explicit" })), ALLOWED),
-        ("trainer", "pas.train.shop.web", json!({}), ALLOWED),
+        // (A run's subject: a live job would race the MSG.NEXT row above.)
+        ("trainer", "replay.r1.pas.train.shop.web", json!({}), ALLOWED),
         ("trainer", "$JS.API.CONSUMER.CREATE.PAS_SAMPLES.pas-read-1.pas.cpu.pod.>",
             consumer_body(STREAM_SAMPLES, json!({ "name": "pas-read-1", "filter_subject": "pas.cpu.pod.>", "ack_policy": "none" })), ALLOWED),
         ("trainer", "$JS.API.STREAM.PURGE.OBJ_pas-models", json!({ "filter": "$O.pas-models.C.none" }), ALLOWED),
@@ -172,6 +173,15 @@ async fn each_user_may_use_only_the_jetstream_api_its_job_needs() {
         wrong.len(),
         table.len(),
         wrong.join("\n")
+    );
+
+    // Queuing a live job, after the rows: a job in the queue would answer
+    // the MSG.NEXT row above with itself.
+    assert!(
+        api(&conns["trainer"], "pas.train.shop.web", &json!({}))
+            .await
+            .is_some(),
+        "the trainer may queue a live training job"
     );
 
     // Nothing the denied rows asked for happened.

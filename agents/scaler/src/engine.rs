@@ -29,8 +29,9 @@ pub(crate) struct Evaluation {
     pub(crate) decision: ScaleDecision,
     /// The rule that made it.
     pub(crate) rule: Rule,
-    /// The workload's history after it, for KV `pas-scaler` (none when
-    /// nothing was decided on it: a refusal for an HPA).
+    /// The workload's history after it, for KV `pas-scaler`, when it
+    /// changed ([`History::differs_from`]; none when nothing was decided on
+    /// it, a refusal for an HPA, or the recommendation held).
     pub(crate) history: Option<(Key, History)>,
     /// A Kubernetes Event to record on the workload.
     pub(crate) event: Option<Event>,
@@ -173,8 +174,9 @@ impl<C: Cluster> Engine<C> {
         let mut history = match self.histories.remove(key) {
             Some(history) => history,
             // Tried again next tick; the other workloads go on.
-            None => load(key).await?,
+            None => load(key).await?.resumed(now),
         };
+        let before = history.clone();
         let d = policy::decide(now, &settings, &self.tuning, &observed, view, &mut history);
         decision.replicas_after = d.replicas;
         decision.rule = d.rule.as_str().into();
@@ -213,10 +215,12 @@ impl<C: Cluster> Engine<C> {
             }),
             _ => None,
         };
+        // Written only when it changed: not for a recommendation that held.
+        let changed = history.differs_from(&before);
         Some(Evaluation {
             decision,
             rule: d.rule,
-            history: Some((key.clone(), history)),
+            history: changed.then(|| (key.clone(), history)),
             event,
         })
     }
@@ -446,6 +450,29 @@ mod tests {
         assert_eq!(kept, key);
         // The Event is left to the caller, after the history is queued.
         assert_eq!(e.event.map(|ev| ev.reason), Some("SuccessfulRescale"));
+    }
+
+    /// Issue 19: the history goes to KV only when it changed. At 50 % of
+    /// the target nothing moves: after the first evaluation, none is kept
+    /// until the load changes the recommendation.
+    #[tokio::test]
+    async fn a_steady_workload_keeps_no_history_until_its_recommendation_changes() {
+        let (mut engine, cluster, key) = engine(4, 500.0);
+        let start = Utc::now();
+        let mut kept = Vec::new();
+        for i in 0..6 {
+            let e = engine
+                .evaluate(
+                    &key,
+                    start + chrono::TimeDelta::seconds(15 * i),
+                    async |_: &Key| Some(History::default()),
+                )
+                .await
+                .expect("a decision");
+            kept.push(e.history.is_some());
+        }
+        assert_eq!(kept, [true, false, false, false, false, false]);
+        assert_eq!(cluster.replicas("shop", "web"), Some(4), "nothing moved");
     }
 
     #[tokio::test]

@@ -25,7 +25,8 @@
 //!   Event; a StatefulSet an HPA targets is refused. Without a cluster, a
 //!   simulated one ([`cluster::Simulated`]).
 //! - **State and leadership** ([`leader`]): each workload's [`policy::History`]
-//!   is kept in KV `pas-scaler` after every evaluation and read back by a new
+//!   is kept in KV `pas-scaler` when it changes (not when a recommendation
+//!   holds: [`policy::Recommendation`]) and read back by a new
 //!   leader, so a restart keeps the stabilisation windows and rate limits. A
 //!   lease in the same bucket keeps one scaler active; standbys consume nothing.
 //! - **Decisions** go to `pas.scale.<namespace>.<workload>` (PAS_DECISIONS),

@@ -505,13 +505,27 @@ impl ForecastView<'_> {
     }
 }
 
-/// A past recommendation (before stabilisation).
+/// Past recommendations (before stabilisation) of one value in a row:
+/// `replicas` at every evaluation from `at` to `until`. A window's lowest
+/// and highest recommendation depend on the newest time of each, so a run
+/// of equal ones is kept as one, and the history changes (and is written
+/// to KV `pas-scaler`) only when the value does, not at every evaluation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Recommendation {
-    /// When.
+    /// When first.
     pub at: DateTime<Utc>,
     /// Replicas recommended.
     pub replicas: u32,
+    /// When last; absent: only at `at`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<DateTime<Utc>>,
+}
+
+impl Recommendation {
+    /// The newest evaluation that recommended it.
+    pub fn last(&self) -> DateTime<Utc> {
+        self.until.unwrap_or(self.at)
+    }
 }
 
 /// A replica change that was made.
@@ -534,6 +548,34 @@ pub struct History {
     /// How long this workload's scale-outs took to become ready.
     #[serde(default)]
     pub startup: StartupHistory,
+}
+
+impl History {
+    /// Whether the two differ in more than how long the newest run of
+    /// recommendations has lasted: what is written to KV `pas-scaler`, so a
+    /// workload whose recommendation holds is not written at each
+    /// evaluation.
+    pub fn differs_from(&self, other: &History) -> bool {
+        let stored = |h: &History| {
+            let mut h = h.clone();
+            if let Some(newest) = h.recommendations.last_mut() {
+                newest.until = None;
+            }
+            h
+        };
+        stored(self) != stored(other)
+    }
+
+    /// The history as a new leader takes it over at `now`: the newest run of
+    /// recommendations counts as lasting until now (its stored end is where
+    /// it was last written, not where it ended), which keeps a scale-down
+    /// stabilisation window at least as long as without the change of leader.
+    pub fn resumed(mut self, now: DateTime<Utc>) -> History {
+        if let Some(newest) = self.recommendations.last_mut() {
+            newest.until = Some(newest.last().max(now));
+        }
+        self
+    }
 }
 
 /// Scale-outs measured: from the change to the ready pods reaching the new
@@ -1094,6 +1136,7 @@ fn stabilise(now: DateTime<Utc>, raw: u32, current: u32, b: &Behavior, history: 
         history.recommendations.push(Recommendation {
             at: now,
             replicas: current,
+            until: None,
         });
     }
     let up_from = window(b.scale_up.stabilization_window);
@@ -1101,10 +1144,10 @@ fn stabilise(now: DateTime<Utc>, raw: u32, current: u32, b: &Behavior, history: 
     let mut up = raw;
     let mut down = raw;
     for r in &history.recommendations {
-        if r.at > up_from {
+        if r.last() > up_from {
             up = up.min(r.replicas);
         }
-        if r.at > down_from {
+        if r.last() > down_from {
             down = down.max(r.replicas);
         }
     }
@@ -1116,11 +1159,15 @@ fn stabilise(now: DateTime<Utc>, raw: u32, current: u32, b: &Behavior, history: 
         recommendation = down;
     }
     let keep_from = up_from.min(down_from);
-    history.recommendations.retain(|r| r.at > keep_from);
-    history.recommendations.push(Recommendation {
-        at: now,
-        replicas: raw,
-    });
+    history.recommendations.retain(|r| r.last() > keep_from);
+    match history.recommendations.last_mut() {
+        Some(newest) if newest.replicas == raw => newest.until = Some(now),
+        _ => history.recommendations.push(Recommendation {
+            at: now,
+            replicas: raw,
+            until: None,
+        }),
+    }
     recommendation
 }
 
@@ -1202,6 +1249,73 @@ fn limit_rate(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Runs of equal recommendations give exactly the stabilisation that
+    /// one entry per evaluation gave (the HPA's own bookkeeping, kept here
+    /// as the reference), over a long random sequence with windows on both
+    /// sides; and the history changes only when the recommendation does.
+    #[test]
+    fn runs_of_recommendations_stabilise_as_one_entry_per_evaluation_and_change_only_with_the_value() {
+        let mut b = Behavior::default();
+        b.scale_up.stabilization_window = Duration::from_secs(45);
+        b.scale_down.stabilization_window = Duration::from_secs(300);
+        // A small LCG: the sequence repeats, and no crate is needed.
+        let mut seed: u64 = 7;
+        let mut next = |n: u64| {
+            seed = seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (seed >> 33) % n
+        };
+        let mut history = History::default();
+        let mut reference: Vec<(DateTime<Utc>, u32)> = Vec::new();
+        let start = DateTime::from_timestamp(1_780_000_000, 0).unwrap();
+        let (mut raw, mut current) = (4u32, 4u32);
+        let (mut writes, mut changes) = (0, 0);
+        for i in 0..3_000i64 {
+            let now = start + TimeDelta::seconds(15 * i + next(3) as i64);
+            if next(10) == 0 {
+                raw = 1 + next(11) as u32;
+            }
+            let window = |d: Duration| now - TimeDelta::from_std(d).unwrap();
+            if reference.is_empty() {
+                reference.push((now, current));
+            }
+            let (up_from, down_from) = (
+                window(b.scale_up.stabilization_window),
+                window(b.scale_down.stabilization_window),
+            );
+            let up = reference
+                .iter()
+                .filter(|r| r.0 > up_from)
+                .fold(raw, |m, r| m.min(r.1));
+            let down = reference
+                .iter()
+                .filter(|r| r.0 > down_from)
+                .fold(raw, |m, r| m.max(r.1));
+            let expected = current.max(up).min(down);
+            reference.retain(|r| r.0 > up_from.min(down_from));
+            reference.push((now, raw));
+
+            let before = history.clone();
+            let got = stabilise(now, raw, current, &b, &mut history);
+            assert_eq!(got, expected, "evaluation {i}");
+            writes += usize::from(history.differs_from(&before));
+            changes += usize::from(before.recommendations.last().map(|r| r.replicas) != Some(raw));
+            current = got;
+        }
+        // A write for each new value, and for each old run leaving the windows.
+        assert!(
+            writes >= changes && writes <= 2 * changes + 1,
+            "{writes} writes for {changes} changes of value"
+        );
+        assert!(writes < 700, "{writes} writes in 3,000 evaluations");
+        // A new leader counts the newest run as lasting until it took over.
+        let later = start + TimeDelta::seconds(15 * 3_000 + 60);
+        let resumed = history.clone().resumed(later);
+        assert_eq!(resumed.recommendations.last().unwrap().last(), later);
+        assert!(!resumed.differs_from(&history));
+    }
 
     /// [`Rule::ALL`] holds every variant once, in order: the match has no
     /// wildcard, so a new variant does not compile until it is placed here.
