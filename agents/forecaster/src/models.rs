@@ -260,19 +260,15 @@ impl Loader {
             .await
             .map_err(|e| Error::js("read the model manifests", e))?;
         for (key, versions) in all {
-            if versions
-                .values()
-                .next_back()
-                .is_some_and(|m| m.defers_to_global())
-            {
-                self.defer(&key, versions.keys().next_back().copied().unwrap_or(0));
-                continue;
-            }
+            // Newest first: a version that lost to the global model ends the
+            // search (an older one of its own no longer serves), an
+            // accepted one that loads is served.
             for manifest in versions.into_values().rev() {
-                if !manifest.accepted {
-                    continue;
+                if manifest.defers_to_global() {
+                    self.defer(&key, manifest.version);
+                    break;
                 }
-                if self.consider(manifest).await {
+                if manifest.accepted && self.consider(manifest).await {
                     break;
                 }
             }

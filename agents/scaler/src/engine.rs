@@ -29,10 +29,12 @@ pub(crate) struct Evaluation {
     pub(crate) decision: ScaleDecision,
     /// The rule that made it.
     pub(crate) rule: Rule,
-    /// The workload's history after it, for KV `pas-scaler`, when it
-    /// changed ([`History::differs_from`]; none when nothing was decided on
-    /// it, a refusal for an HPA, or the recommendation held).
+    /// The workload's history after it, for KV `pas-scaler` (none when
+    /// nothing was decided on it: a refusal for an HPA).
     pub(crate) history: Option<(Key, History)>,
+    /// Whether the history changed ([`History::differs_from`]): only then
+    /// is it written (or when a write failed since).
+    pub(crate) changed: bool,
     /// A Kubernetes Event to record on the workload.
     pub(crate) event: Option<Event>,
 }
@@ -220,7 +222,8 @@ impl<C: Cluster> Engine<C> {
         Some(Evaluation {
             decision,
             rule: d.rule,
-            history: changed.then(|| (key.clone(), history)),
+            history: Some((key.clone(), history)),
+            changed,
             event,
         })
     }
@@ -298,6 +301,7 @@ impl<C: Cluster> Engine<C> {
             decision,
             rule: Rule::HpaConflict,
             history: None,
+            changed: false,
             event,
         }))
     }
@@ -469,7 +473,7 @@ mod tests {
                 )
                 .await
                 .expect("a decision");
-            kept.push(e.history.is_some());
+            kept.push(e.changed);
         }
         assert_eq!(kept, [true, false, false, false, false, false]);
         assert_eq!(cluster.replicas("shop", "web"), Some(4), "nothing moved");

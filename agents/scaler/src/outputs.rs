@@ -4,8 +4,9 @@
 //! `pas.scale.<namespace>.<workload>`. Every call is bounded by
 //! [`NATS_CALL`], so a slow NATS holds up no other workload.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use async_nats::jetstream::kv::Store;
 use pas_nats::Outgoing;
@@ -24,6 +25,11 @@ pub(crate) struct Outputs {
     kv: Store,
     /// State writes, beside the decision loop.
     pub(crate) state: KvWriter,
+    /// State writes that failed so far.
+    failed: Arc<AtomicU64>,
+    /// Per workload, how many writes had failed when its state was last
+    /// queued: one queued before a failure is written again.
+    written: Mutex<HashMap<Key, u64>>,
     prefix: Prefix,
     keys: Keys,
     metrics: Metrics,
@@ -38,6 +44,8 @@ impl Outputs {
         prefix: &Prefix,
         metrics: &Metrics,
     ) -> Outputs {
+        let failed = Arc::new(AtomicU64::new(0));
+        let count = failed.clone();
         Outputs {
             js,
             // A former leader's queued writes must not overwrite the new leader's.
@@ -45,8 +53,14 @@ impl Outputs {
                 kv.clone(),
                 "scaler state",
                 move || chrono::Utc::now().timestamp_millis() < until.load(Ordering::Relaxed),
-                |_| {},
+                move |ok| {
+                    if !ok {
+                        count.fetch_add(1, Ordering::Relaxed);
+                    }
+                },
             ),
+            failed,
+            written: Mutex::new(HashMap::new()),
             kv,
             prefix: prefix.clone(),
             keys: prefix.keys(),
@@ -54,9 +68,19 @@ impl Outputs {
         }
     }
 
-    /// Queues an evaluation's history for the bucket (written beside the loop).
+    /// Queues an evaluation's history for the bucket (written beside the
+    /// loop) when it changed, or when a write failed since this workload's
+    /// last one (which may have been that write: it is not lost for as long
+    /// as the history holds).
     pub(crate) fn keep(&self, evaluation: &Evaluation) {
-        if let Some((key, history)) = &evaluation.history {
+        let Some((key, history)) = &evaluation.history else {
+            return;
+        };
+        let failed = self.failed.load(Ordering::Relaxed);
+        let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        let behind = written.get(key).is_none_or(|at| *at < failed);
+        if evaluation.changed || behind {
+            written.insert(key.clone(), failed);
             self.save_history(key, history);
         }
     }

@@ -406,10 +406,9 @@ impl Training {
     ) {
         let mut next_check = Instant::now();
         while !shutdown.is_cancelled() {
-            beat.beat();
             if Instant::now() >= next_check {
                 self.forget();
-                self.schedule().await;
+                self.schedule(shutdown).await;
                 next_check = Instant::now() + self.config.check_interval;
             }
             let wait = next_check
@@ -424,13 +423,15 @@ impl Training {
                 job = fetched => job,
             };
             match job {
+                // Ready while jobs can be taken: a consumer that keeps
+                // failing stops the beat.
                 Ok(Some(msg)) => {
                     beat.beat();
                     if self.work(msg, shutdown).await.is_break() {
                         return;
                     }
                 }
-                Ok(None) => {}
+                Ok(None) => beat.beat(),
                 Err(error) => {
                     tracing::warn!(%error, "Taking a job from the queue failed; trying again.");
                     tokio::select! {
@@ -446,7 +447,7 @@ impl Training {
     /// workload due, once per `retrain_after` of data from this replica.
     /// The queue holds one job per model: a job another replica queued
     /// and no one has finished yet is not queued twice.
-    async fn schedule(&mut self) {
+    async fn schedule(&mut self, shutdown: &CancellationToken) {
         let mut queue = Vec::new();
         if self.config.global
             && let Some(to) = self.global_due()
@@ -458,7 +459,11 @@ impl Training {
             self.attempts.insert(key.clone(), to);
             queue.push((Some(key), to));
         }
-        for (key, to) in queue {
+        let mut queue = queue.into_iter();
+        for (key, to) in queue.by_ref() {
+            if shutdown.is_cancelled() {
+                break;
+            }
             let job = TrainJob {
                 schema_version: SCHEMA_VERSION,
                 timestamp: Utc::now(),
@@ -469,14 +474,25 @@ impl Training {
             let outcome = self.queue(&job).await;
             self.metrics.jobs.get_or_create(&Outcome { outcome }).inc();
             if outcome == "failed" {
-                // Queued again at the next check.
-                match &key {
-                    Some(key) => {
-                        self.attempts.remove(key);
-                    }
-                    None => self.global_attempt = None,
-                }
+                // Queued again at the next check, with the rest: with NATS
+                // down each would wait for its ack timeout.
+                self.forget_attempt(key.as_ref());
+                break;
             }
+        }
+        for (key, _) in queue {
+            self.forget_attempt(key.as_ref());
+        }
+    }
+
+    /// Forgets that a workload's (or, for `None`, the global model's) job
+    /// was queued, so the next check queues it.
+    fn forget_attempt(&mut self, key: Option<&WorkloadKey>) {
+        match key {
+            Some(key) => {
+                self.attempts.remove(key);
+            }
+            None => self.global_attempt = None,
         }
     }
 
@@ -505,45 +521,39 @@ impl Training {
     }
 
     /// Does one job: trains and stores the version, then acks. A job whose
-    /// model another replica trained far enough since is acked as done; a
-    /// job that cannot be read is logged, counted (`invalid`) and dropped
-    /// (`Term`); on shutdown it is handed back (`Nak`) at once. While it
-    /// trains, the job's `ack_wait` is extended every 10 s, so only a
-    /// replica that died leaves it to another.
+    /// model was trained on data at least as new since (by another
+    /// replica) is acked as done; a job that cannot be read, or that was
+    /// handed out [`MAX_DELIVERIES`] times, is logged, counted (`invalid`,
+    /// `poisoned`) and dropped (`Term`: a work queue keeps a message past
+    /// its deliveries, and this one allows one job per model). A job whose
+    /// version could not be stored, or whose workload this replica does not
+    /// hold, is handed back for another try in 10 s (`Nak`); on shutdown at
+    /// once. While it works, the job's `ack_wait` is extended every 10 s,
+    /// so only a replica that died leaves it to another.
     async fn work(
         &mut self,
         msg: async_nats::jetstream::Message,
         shutdown: &CancellationToken,
     ) -> std::ops::ControlFlow<()> {
+        let jobs = self.metrics.jobs.clone();
+        let count = move |outcome: &'static str| jobs.get_or_create(&Outcome { outcome }).inc();
         let job = match pas_schemas::decode::<TrainJob>(&msg.payload) {
             Ok(job) => job,
             Err(error) => {
                 tracing::warn!(subject = %msg.subject, %error, "A training job that cannot be read; dropping it.");
-                self.metrics
-                    .jobs
-                    .get_or_create(&Outcome { outcome: "invalid" })
-                    .inc();
+                count("invalid");
                 let _ = msg.ack_with(AckKind::Term).await;
                 return std::ops::ControlFlow::Continue(());
             }
         };
         let key = job.key();
-        self.refresh(&key).await;
-        let retrain =
-            chrono::TimeDelta::from_std(self.config.retrain_after).unwrap_or(chrono::TimeDelta::MAX);
-        let trained_to = self
-            .models
-            .get(&key)
-            .and_then(|v| v.values().map(|m| m.training.to).max());
-        if trained_to.is_some_and(|t| job.data_to - t < retrain) {
-            tracing::info!(key, "Job already done by another replica; skipping it.");
-            self.metrics
-                .jobs
-                .get_or_create(&Outcome {
-                    outcome: "done_before",
-                })
-                .inc();
-            let _ = msg.double_ack().await;
+        if msg.info().is_ok_and(|i| i.delivered > MAX_DELIVERIES) {
+            tracing::warn!(
+                key,
+                "A training job was handed out {MAX_DELIVERIES} times without finishing; dropping it (the next check queues it again)."
+            );
+            count("poisoned");
+            let _ = msg.ack_with(AckKind::Term).await;
             return std::ops::ControlFlow::Continue(());
         }
         let keepalive = {
@@ -559,48 +569,59 @@ impl Training {
                 }
             })
         };
-        let flow = if job.namespace.is_none() {
+        self.refresh(&key).await;
+        let trained_to = self
+            .models
+            .get(&key)
+            .and_then(|v| v.values().map(|m| m.training.to).max());
+        let flow = if trained_to.is_some_and(|t| t >= job.data_to) {
+            tracing::info!(key, "Job already done by another replica; skipping it.");
+            count("done_before");
+            std::ops::ControlFlow::Continue(true)
+        } else if job.namespace.is_none() {
             self.train_global(shutdown).await
         } else {
             self.refresh(GLOBAL).await;
             self.follow_global().await;
-            match job
+            let due = job
                 .namespace
                 .clone()
                 .zip(job.workload.clone())
-                .and_then(|(namespace, workload)| {
-                    let key = WorkloadKey { namespace, workload };
-                    self.series_of(&key)
-                }) {
+                .and_then(|(namespace, workload)| self.series_of(&WorkloadKey { namespace, workload }));
+            match due {
                 Some(due) => self.train(due, shutdown).await,
                 None => {
-                    tracing::info!(
-                        key,
-                        "No series for this job's workload here (forgotten); dropping it."
-                    );
-                    std::ops::ControlFlow::Continue(())
+                    tracing::info!(key, "No series for this job's workload here; handing it back.");
+                    std::ops::ControlFlow::Continue(false)
                 }
             }
         };
         keepalive.abort();
-        if flow.is_break() {
-            // Another replica takes it now, not after ack_wait.
-            let _ = msg.ack_with(AckKind::Nak(None)).await;
-            return flow;
+        match flow {
+            std::ops::ControlFlow::Break(()) => {
+                // Another replica takes it now, not after ack_wait.
+                let _ = msg.ack_with(AckKind::Nak(None)).await;
+                std::ops::ControlFlow::Break(())
+            }
+            std::ops::ControlFlow::Continue(false) => {
+                count("retry");
+                let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_secs(10)))).await;
+                std::ops::ControlFlow::Continue(())
+            }
+            std::ops::ControlFlow::Continue(true) => {
+                count("done");
+                if let Err(error) = msg.double_ack().await {
+                    tracing::warn!(key, %error, "Acking a finished job failed; another replica may find it done.");
+                }
+                std::ops::ControlFlow::Continue(())
+            }
         }
-        self.metrics
-            .jobs
-            .get_or_create(&Outcome { outcome: "done" })
-            .inc();
-        if let Err(error) = msg.double_ack().await {
-            tracing::warn!(key, %error, "Acking a finished job failed; another replica may find it done.");
-        }
-        flow
     }
 
     /// Reads the versions of `key` other replicas stored since this one
-    /// last looked: the manifests after the newest it knows, probing as far
-    /// as `keep_versions` ahead (older ones may be pruned).
+    /// last looked: every manifest after the newest it knows, as far as
+    /// `keep_versions` + 1 ahead (older ones may be pruned), again from the
+    /// newest found until none is.
     async fn refresh(&mut self, key: &str) {
         let reach = self.config.keep_versions as u64 + 1;
         loop {
@@ -609,27 +630,23 @@ impl Training {
                 .get(key)
                 .and_then(|v| v.keys().next_back().copied())
                 .unwrap_or(0);
-            let mut found = None;
-            for version in (known + 1..=known + reach).rev() {
+            let mut found = false;
+            for version in known + 1..=known + reach {
                 let name = self.layout.object(key, version, "manifest.json");
                 let Ok(bytes) = store::read(&self.bucket, &self.chunks, &name).await else {
                     continue;
                 };
-                match pas_schemas::decode::<ModelManifest>(&bytes) {
-                    Ok(m) if m.key == key && m.version == version => {
-                        found = Some(m);
-                        break;
-                    }
-                    _ => {}
+                if let Ok(m) = pas_schemas::decode::<ModelManifest>(&bytes)
+                    && m.key == key
+                    && m.version == version
+                {
+                    self.models.entry(key.to_owned()).or_default().insert(version, m);
+                    found = true;
                 }
             }
-            let Some(manifest) = found else {
+            if !found {
                 return;
-            };
-            self.models
-                .entry(key.to_owned())
-                .or_default()
-                .insert(manifest.version, manifest);
+            }
         }
     }
 
@@ -679,7 +696,7 @@ impl Training {
         &mut self,
         (key, series, lower_bounds, range): Due,
         shutdown: &CancellationToken,
-    ) -> std::ops::ControlFlow<()> {
+    ) -> std::ops::ControlFlow<(), bool> {
         self.attempts.insert(key.clone(), range.to);
         let series = self.with_history(&key, series).await;
         let versions = self.models.entry(key.model_key()).or_default();
@@ -725,9 +742,10 @@ impl Training {
             if !stored {
                 // Train again at the next check: the version was not recorded.
                 self.attempts.remove(&key);
+                return std::ops::ControlFlow::Continue(false);
             }
         }
-        std::ops::ControlFlow::Continue(())
+        std::ops::ControlFlow::Continue(true)
     }
 
     /// What a training run made, or None after logging and counting why
@@ -865,6 +883,10 @@ impl Training {
 /// The key of the global model in `pas-models`.
 pub const GLOBAL: &str = "global";
 
+/// Times a job is handed out before it is dropped as poisoned (a replica
+/// that dies on it each time, or keeps handing it back).
+const MAX_DELIVERIES: i64 = 5;
+
 impl Training {
     /// The newest accepted global version from the bucket, as a network
     /// (at start: what a restarted trainer fine-tunes from). None when
@@ -928,7 +950,7 @@ impl Training {
 
     /// Trains and stores a version of the global model across every
     /// workload with `min_history` steps. `Break` when `shutdown` came first.
-    async fn train_global(&mut self, shutdown: &CancellationToken) -> std::ops::ControlFlow<()> {
+    async fn train_global(&mut self, shutdown: &CancellationToken) -> std::ops::ControlFlow<(), bool> {
         let eligible: Vec<Due> = due(&self.config, &self.state, &HashMap::new(), &HashMap::new())
             .into_iter()
             .filter_map(|(key, _)| self.series_of(&key))
@@ -951,7 +973,7 @@ impl Training {
             });
         }
         let Some(range) = range else {
-            return std::ops::ControlFlow::Continue(());
+            return std::ops::ControlFlow::Continue(true);
         };
         let versions = self.models.entry(GLOBAL.to_owned()).or_default();
         let version = versions.keys().next_back().copied().unwrap_or(0) + 1;
@@ -977,11 +999,12 @@ impl Training {
             let accepted = manifest.accepted;
             if !self.store(None, manifest, &weights, started).await {
                 self.global_attempt = None;
+                return std::ops::ControlFlow::Continue(false);
             } else if accepted {
                 self.global = Some((version, Mutex::new(model)));
             }
         }
-        std::ops::ControlFlow::Continue(())
+        std::ops::ControlFlow::Continue(true)
     }
 }
 
