@@ -312,7 +312,12 @@ def test_nats_runs_as_a_three_node_cluster_by_default():
     assert docs[("Pod", "pas-test-bus")]["spec"]["containers"][0]["args"] == ["bus", "status", "--replicas", "3"]
     # Sized for a fleet: init and the test pass the same limits.
     fleet = by_kind_name(render({"busInit": {"fleet": {"workloads": 10000, "retention": "2h"}}}))
-    sized = ["--workloads", "10000", "--pods-per-workload", "3", "--retention", "2h", "--name-length", "63"]
+    faster = by_kind_name(render({"busInit": {"fleet": {"workloads": 10}}, "agent": {"interval": "1s"}, "forecaster": {"env": {"PAS_STEP": "5s"}}}))
+    assert faster[("Job", "pas-bus-init")]["spec"]["template"]["spec"]["containers"][0]["args"][-4:] == [
+        "--sample-interval", "1s", "--forecast-interval", "5s"]
+    # The agents' interval and the forecaster's step set the message rates.
+    sized = ["--workloads", "10000", "--pods-per-workload", "3", "--retention", "2h", "--name-length", "63",
+             "--sample-interval", "5s", "--forecast-interval", "15s"]
     assert fleet[("Job", "pas-bus-init")]["spec"]["template"]["spec"]["containers"][0]["args"] == ["bus", "init", "--replicas", "3"] + sized
     assert fleet[("Pod", "pas-test-bus")]["spec"]["containers"][0]["args"] == ["bus", "status", "--replicas", "3"] + sized
     # The forecaster and the scaler keep one pod up through a drain.

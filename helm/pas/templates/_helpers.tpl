@@ -214,9 +214,11 @@ release's NATS servers (at most 5); empty with an external NATS. */}}
 
 {{/* `pas bus init` / `bus status` arguments sizing the streams for the fleet (busInit.fleet), each with a leading comma. */}}
 {{- define "pas.busFleetArgs" -}}
+{{- $sample := .Values.agent.interval | default "5s" -}}
+{{- $forecast := (.Values.forecaster.env | default dict).PAS_STEP | default "15s" -}}
 {{- with .Values.busInit.fleet -}}
 {{- if .workloads -}}
-, "--workloads", "{{ int64 .workloads }}", "--pods-per-workload", "{{ int64 .podsPerWorkload }}", "--retention", "{{ .retention }}", "--name-length", "{{ int64 .nameLength }}"
+, "--workloads", "{{ int64 .workloads }}", "--pods-per-workload", "{{ int64 .podsPerWorkload }}", "--retention", "{{ .retention }}", "--name-length", "{{ int64 .nameLength }}", "--sample-interval", "{{ $sample }}", "--forecast-interval", "{{ $forecast }}"
 {{- end -}}
 {{- end -}}
 {{- end -}}
