@@ -298,7 +298,7 @@ async fn main() -> anyhow::Result<()> {
             while let Some(msg) = forecasts.next().await {
                 if let Ok(f) = pas_schemas::decode::<Forecast>(&msg.payload) {
                     seen.lock()
-                        .unwrap()
+                        .unwrap_or_else(|p| p.into_inner())
                         .forecasts
                         .insert((f.workload, f.window_end), (Instant::now(), f.model.key));
                 }
@@ -310,7 +310,7 @@ async fn main() -> anyhow::Result<()> {
             while let Some(msg) = decisions.next().await {
                 if let Ok(d) = pas_schemas::decode::<ScaleDecision>(&msg.payload) {
                     seen.lock()
-                        .unwrap()
+                        .unwrap_or_else(|p| p.into_inner())
                         .decisions
                         .entry(d.workload)
                         .or_default()
@@ -365,7 +365,7 @@ async fn main() -> anyhow::Result<()> {
     let wall = t0.elapsed().as_secs_f64();
     let writes = state_writes(&js).await.saturating_sub(writes_start);
 
-    let seen = seen.lock().unwrap();
+    let seen = seen.lock().unwrap_or_else(|p| p.into_inner());
     println!(
         "\n{n} workloads × {PODS} pods, samples every {STEP} s; one global model; {ticks} ticks measured\n"
     );

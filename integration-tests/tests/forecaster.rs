@@ -251,6 +251,25 @@ fn start(
     (stop, metrics, task)
 }
 
+/// `forecast` of the first workload `feed` publishes is `model`'s own
+/// prediction from the 12 trace values its window names (clamped at zero).
+fn assert_predicted_by(forecast: &Forecast, model: &Lstm) {
+    let values = trace_values();
+    let end = forecast.window_end.timestamp();
+    let window: Vec<f64> = (end - 11..=end)
+        .map(|t| values[t as usize % values.len()])
+        .collect();
+    let expected = model.predict(&window).unwrap();
+    for (got, want) in forecast.values.iter().zip(&expected.values) {
+        assert!(
+            (got - want.max(0.0)).abs() < 1e-3 * (1.0 + want.abs()),
+            "{:?} vs {:?}",
+            forecast.values,
+            expected.values
+        );
+    }
+}
+
 /// Window ends must follow each other one step apart.
 fn assert_no_missed_tick(forecasts: &[Forecast], what: &str) {
     let ends: Vec<DateTime<Utc>> = forecasts.iter().map(|f| f.window_end).collect();
@@ -319,20 +338,7 @@ async fn serves_new_versions_without_missing_a_tick_and_refuses_bad_ones() {
         ("naive", 0, "shop/db")
     );
     // The forecast is the model's own prediction from the window it names.
-    let values = trace_values();
-    let end = first.window_end.timestamp();
-    let window: Vec<f64> = (end - 11..=end)
-        .map(|t| values[t as usize % values.len()])
-        .collect();
-    let expected = v1_model.predict(&window).unwrap();
-    for (got, want) in first.values.iter().zip(&expected.values) {
-        assert!(
-            (got - want.max(0.0)).abs() < 1e-3 * (1.0 + want.abs()),
-            "{:?} vs {:?}",
-            first.values,
-            expected.values
-        );
-    }
+    assert_predicted_by(&first, &v1_model);
     assert_eq!(first.step_seconds, 1.0);
     let (subject, _) = seen.all().into_iter().find(|(_, f)| f.workload == "web").unwrap();
     assert_eq!(subject, format!("replay.{RUN}.pas.forecast.shop.web"));
@@ -1325,18 +1331,7 @@ async fn a_new_workload_is_forecast_by_the_global_model_from_its_first_window() 
         "the first global forecast came {steps_before} steps after the first forecast"
     );
     // The forecast is the global model's own prediction from that window.
-    let values = trace_values();
-    let end = first_global.window_end.timestamp();
-    let window: Vec<f64> = (end - 11..=end)
-        .map(|t| values[t as usize % values.len()])
-        .collect();
-    let expected = global.predict(&window).unwrap();
-    for (got, want) in first_global.values.iter().zip(&expected.values) {
-        assert!(
-            (got - want.max(0.0)).abs() < 1e-3 * (1.0 + want.abs()),
-            "{got} vs {want}"
-        );
-    }
+    assert_predicted_by(&first_global, &global);
     // `old`: once its window fits, only ever the global model, never its v1.
     eventually(Duration::from_secs(10), "a global forecast of old", || async {
         seen.of("old").into_iter().find(|f| f.model.key == "global")

@@ -489,11 +489,6 @@ impl Lstm {
         }
     }
 
-    /// Whether the model was trained across series ([`Scaling::Window`]).
-    pub fn scales_each_window(&self) -> bool {
-        self.config.scaling == Scaling::Window
-    }
-
     fn features(&self) -> i64 {
         match self.config.architecture {
             Architecture::Direct => 2,

@@ -138,6 +138,45 @@ where
     }
 }
 
+/// Every pod sample under `prefix` from `from` on, through a short-lived
+/// ordered consumer named `name` of this replica's own (a stage that needs
+/// them all: each forecaster and trainer replica), into `fold` with its
+/// stream sequence, on a task of its own until `stop`. Samples that fail
+/// validation or `admission` go to `dead_letters`. Pulls are short (4 s)
+/// with a 2 s heartbeat: a consumer lost with its server (an ordered
+/// consumer is not replicated) is noticed and recreated in seconds.
+pub fn follow_pod_samples(
+    stream: JsStream,
+    prefix: &pas_schemas::subjects::Prefix,
+    name: String,
+    from: DeliverPolicy,
+    (dead_letters, admission): (DeadLetters, Admission),
+    stop: CancellationToken,
+    mut fold: impl FnMut(pas_schemas::CpuSample, u64) + Send + 'static,
+) -> crate::Consuming {
+    let config = pull::OrderedConfig {
+        name: Some(name),
+        filter_subject: prefix.all_pod_cpu(),
+        deliver_policy: from,
+        max_expires: Duration::from_secs(4),
+        ..pull::OrderedConfig::default()
+    };
+    crate::Consuming::spawn("samples", async move {
+        consume_ordered::<pas_schemas::CpuSample, _, _>(
+            &stream,
+            config,
+            &dead_letters,
+            &admission,
+            stop,
+            |sample, delivery| {
+                fold(sample, delivery.stream_sequence);
+                async { Ok::<(), HandlerError>(()) }
+            },
+        )
+        .await
+    })
+}
+
 /// Handles `messages` until `shutdown` or their end; returns the stream
 /// sequence of the last message handled.
 async fn consume_messages<M, F, Fut, S, E>(

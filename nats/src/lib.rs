@@ -42,7 +42,7 @@ mod wait;
 
 pub use admission::Admission;
 pub use connect::{Connection, NatsConfig, TlsConfig, connect, reconnect_delay};
-pub use consume::{Delivery, HandlerError, consume, consume_ordered};
+pub use consume::{Delivery, HandlerError, consume, consume_ordered, follow_pod_samples};
 pub use dlq::DeadLetters;
 pub use error::Error;
 pub use publish::{Outgoing, publish};

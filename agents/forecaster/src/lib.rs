@@ -54,13 +54,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::consumer::{DeliverPolicy, pull};
+use async_nats::jetstream::consumer::DeliverPolicy;
 use chrono::{DateTime, TimeDelta, Utc};
 use pas_models::Prediction;
 use pas_models::batch::{LstmWeights, predict_batch};
+use pas_nats::Outgoing;
 use pas_nats::kv_writer::KvWriter;
 use pas_nats::model_store::Layout;
-use pas_nats::{HandlerError, Outgoing};
 use pas_schemas::subjects::{
     BUCKET_FORECASTER, BUCKET_HISTORY, BUCKET_MODELS, Keys, Prefix, STREAM_SAMPLES, Stage,
 };
@@ -387,37 +387,21 @@ fn follow_samples(
     let step = config.step.as_secs();
     let open_steps = config.lateness.as_secs().div_ceil(step) as usize;
     let lookback = config.step * (config.history + open_steps) as u32;
-    let consumer_config = pull::OrderedConfig {
-        name: Some(format!(
+    let partitions = config.partitions;
+    pas_nats::follow_pod_samples(
+        stream,
+        prefix,
+        format!(
             "forecaster-{}",
             pas_schemas::subjects::token(replica).unwrap_or_default()
-        )),
-        filter_subject: prefix.all_pod_cpu(),
-        deliver_policy: DeliverPolicy::ByStartTime {
+        ),
+        DeliverPolicy::ByStartTime {
             start_time: time::OffsetDateTime::now_utc() - lookback,
         },
-        // Short pulls with a 2 s heartbeat: a consumer lost with its
-        // server (an ordered consumer is not replicated) is noticed and
-        // recreated in seconds, not after two missed 15 s heartbeats.
-        max_expires: Duration::from_secs(4),
-        ..pull::OrderedConfig::default()
-    };
-    let partitions = config.partitions;
-    let admission = config.admission;
-    pas_nats::Consuming::spawn("samples", async move {
-        pas_nats::consume_ordered::<CpuSample, _, _>(
-            &stream,
-            consumer_config,
-            &dead_letters,
-            &admission,
-            stop,
-            |sample, delivery| {
-                fold(&inputs, &metrics, partitions, &sample, delivery.stream_sequence);
-                async { Ok::<(), HandlerError>(()) }
-            },
-        )
-        .await
-    })
+        (dead_letters, config.admission),
+        stop,
+        move |sample, sequence| fold(&inputs, &metrics, partitions, &sample, sequence),
+    )
 }
 
 /// What each tick forecasts with.

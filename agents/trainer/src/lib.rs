@@ -46,7 +46,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::AckKind;
-use async_nats::jetstream::consumer::{DeliverPolicy, PullConsumer, pull};
+use async_nats::jetstream::consumer::{DeliverPolicy, PullConsumer};
 use async_nats::jetstream::object_store::ObjectStore;
 use chrono::Utc;
 use futures::StreamExt;
@@ -55,7 +55,6 @@ use pas_models::holt_winters::HoltWinters;
 use pas_models::lstm::Lstm;
 use pas_models::naive::{Naive, SeasonalNaive};
 use pas_models::{Forecaster, ModelKind};
-use pas_nats::HandlerError;
 use pas_schemas::subjects::{Prefix, STREAM_SAMPLES, STREAM_TRAINING, Stage};
 use pas_schemas::{CpuSample, ModelManifest, SCHEMA_VERSION, TrainJob, TrainingRange};
 use prometheus_client::encoding::EncodeLabelSet;
@@ -248,15 +247,19 @@ impl Trainer {
         tracing::info!(keys = models.len(), "Read stored model versions.");
         let (state, from) = rebuild(&config, &prefix, &metrics, &samples).await?;
         health.set_ready(true);
-        let consuming = follow_samples(
-            samples,
-            &config,
-            &prefix,
-            (state.clone(), metrics.clone()),
-            dead_letters,
-            from,
-            shutdown.clone(),
-        );
+        // Each replica holds every workload's series, so any can take any job.
+        let consuming = {
+            let (state, metrics) = (state.clone(), metrics.clone());
+            pas_nats::follow_pod_samples(
+                samples,
+                &prefix,
+                "trainer".into(),
+                from,
+                (dead_letters, config.admission),
+                shutdown.clone(),
+                move |sample, sequence| fold(&state, &metrics, &sample, sequence),
+            )
+        };
         // Readiness fails when the training loop stops advancing; each job beats.
         let beat = health.heartbeat(
             "training loop",
@@ -274,6 +277,7 @@ impl Trainer {
             client: conn.client.clone(),
             global: None,
             global_attempt: None,
+            global_checked: None,
             models,
             state,
             attempts: HashMap::new(),
@@ -327,43 +331,6 @@ async fn rebuild(
     Ok((state, from))
 }
 
-/// Every pod sample from `from` on into the series, through a short-lived
-/// ordered consumer of this replica's own: each replica holds every
-/// workload's series, so any of them can take any job. Samples that fail
-/// validation go to `pas.dlq.trainer`.
-fn follow_samples(
-    stream: async_nats::jetstream::stream::Stream,
-    config: &Config,
-    prefix: &Prefix,
-    (state, metrics): (Arc<Mutex<Workloads>>, Metrics),
-    dead_letters: pas_nats::DeadLetters,
-    from: DeliverPolicy,
-    stop: CancellationToken,
-) -> pas_nats::Consuming {
-    let consumer_config = pull::OrderedConfig {
-        name: Some("trainer".into()),
-        filter_subject: prefix.all_pod_cpu(),
-        deliver_policy: from,
-        max_expires: Duration::from_secs(4),
-        ..pull::OrderedConfig::default()
-    };
-    let admission = config.admission;
-    pas_nats::Consuming::spawn("samples", async move {
-        pas_nats::consume_ordered::<CpuSample, _, _>(
-            &stream,
-            consumer_config,
-            &dead_letters,
-            &admission,
-            stop,
-            |sample, delivery| {
-                fold(&state, &metrics, &sample, delivery.stream_sequence);
-                async { Ok::<(), HandlerError>(()) }
-            },
-        )
-        .await
-    })
-}
-
 /// The training loop's state: what is stored, what is folded, what was tried.
 struct Training {
     config: Config,
@@ -391,6 +358,8 @@ struct Training {
     global: Option<(u64, Mutex<Lstm>)>,
     /// When the global model was last tried (end of its data).
     global_attempt: Option<chrono::DateTime<Utc>>,
+    /// When this replica last read the bucket for newer global versions.
+    global_checked: Option<Instant>,
 }
 
 impl Training {
@@ -581,8 +550,16 @@ impl Training {
         } else if job.namespace.is_none() {
             self.train_global(shutdown).await
         } else {
-            self.refresh(GLOBAL).await;
-            self.follow_global().await;
+            // What other replicas made of the global model, read at most
+            // once per check rather than before every job.
+            if self
+                .global_checked
+                .is_none_or(|at| at.elapsed() >= self.config.check_interval)
+            {
+                self.refresh(GLOBAL).await;
+                self.follow_global().await;
+                self.global_checked = Some(Instant::now());
+            }
             let due = job
                 .namespace
                 .clone()
