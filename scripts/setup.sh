@@ -20,6 +20,10 @@
 #   $PAS_CACHE/bin/victoria-metrics  VictoriaMetrics from Debian's package, the
 #                                    server the recorder's tests write to (it
 #                                    speaks InfluxDB 2's write API)
+#   $PAS_CACHE/bin/prometheus, promtool  Prometheus from Debian's package, the
+#                                    server `pas import prometheus` is tested
+#                                    against
+
 set -euo pipefail
 
 PAS_CACHE=${PAS_CACHE:-$HOME/.cache/pas}
@@ -29,6 +33,9 @@ NATS_SERVER_VERSION=2.15.1
 # pinned file is the fallback where apt has no package lists.
 VM_DEB=pool/main/v/victoriametrics/victoria-metrics_1.79.5+ds1-2+b5_amd64.deb
 VM_SHA256=bb437c10c5aa7c6a293acbb93828bd726dded618aa4bf3f4b45bef24c6d2f6f0
+PROM_DEB=pool/main/p/prometheus/prometheus_2.42.0+ds-5+b6_amd64.deb
+PROM_SHA256=3b0e0255b059a7696bd4a139a4a4eb24d71df067936a61ece5093559cbc7991c
+
 CUDART_SPEC='nvidia-cuda-runtime==13.0.96.*'
 CUPTI_SPEC='nvidia-cuda-cupti==13.0.85.*'
 PY_TOOLS=(
@@ -166,29 +173,52 @@ PY
   log "libtorch ${TORCH_VERSION} (CPU) ready in $dest"
 }
 
+# Unpacks Debian's package $1 (about $2 MB) into a new directory, printed:
+# apt-get download where apt has package lists, else the pinned file $3
+# from deb.debian.org, checked against $4.
+debian_package() {
+  local name=$1 size=$2 pinned=$3 sha256=$4 tmp
+  tmp=$(mktemp -d)
+  log "downloading Debian's $name package (about $size MB, once)"
+  if ! (cd "$tmp" && apt-get download -qq "$name" >/dev/null 2>&1); then
+    log "apt-get download failed; fetching the pinned package from deb.debian.org"
+    curl -fsSL --retry 3 -o "$tmp/$name.deb" "http://deb.debian.org/debian/$pinned" \
+      || die "cannot download http://deb.debian.org/debian/$pinned"
+    echo "$sha256  $tmp/$name.deb" | sha256sum -c --quiet - || die "$name package checksum mismatch"
+  fi
+  dpkg-deb -x "$tmp"/*.deb "$tmp/root"
+  echo "$tmp"
+}
+
 victoria_metrics() {
   local dest="$PAS_CACHE/bin/victoria-metrics"
   if [ -x "$dest" ] && "$dest" -version >/dev/null 2>&1; then return; fi
   local tmp
-  tmp=$(mktemp -d)
-  log "downloading Debian's victoria-metrics package (about 23 MB, once)"
-  if ! (cd "$tmp" && apt-get download -qq victoria-metrics >/dev/null 2>&1); then
-    log "apt-get download failed; fetching the pinned package from deb.debian.org"
-    curl -fsSL --retry 3 -o "$tmp/vm.deb" "http://deb.debian.org/debian/$VM_DEB" \
-      || die "cannot download http://deb.debian.org/debian/$VM_DEB"
-    echo "$VM_SHA256  $tmp/vm.deb" | sha256sum -c --quiet - || die "victoria-metrics package checksum mismatch"
-  fi
-  dpkg-deb -x "$tmp"/*.deb "$tmp/root"
+  tmp=$(debian_package victoria-metrics 23 "$VM_DEB" "$VM_SHA256")
   install -m 0755 "$tmp/root/usr/bin/victoria-metrics" "$dest"
   rm -rf "$tmp"
   "$dest" -version >/dev/null || die "victoria-metrics does not run: $dest"
   log "victoria-metrics ready in $dest"
 }
 
+# Prometheus and promtool from Debian's package: `pas import prometheus` is
+# tested against a real server whose TSDB promtool backfills.
+prometheus() {
+  local dest="$PAS_CACHE/bin/prometheus"
+  if [ -x "$dest" ] && [ -x "$PAS_CACHE/bin/promtool" ] && "$dest" --version >/dev/null 2>&1; then return; fi
+  local tmp
+  tmp=$(debian_package prometheus 19 "$PROM_DEB" "$PROM_SHA256")
+  install -m 0755 "$tmp/root/usr/bin/promtool" "$PAS_CACHE/bin/promtool"
+  install -m 0755 "$tmp/root/usr/bin/prometheus" "$dest"
+  rm -rf "$tmp"
+  "$dest" --version >/dev/null 2>&1 || die "prometheus does not run: $dest"
+  log "prometheus and promtool ready in $PAS_CACHE/bin"
+}
+
 what=${1:-all}
 case "$what" in
-  all) venv; nats_server; victoria_metrics; libtorch ;;
-  tools) venv; nats_server; victoria_metrics ;;
+  all) venv; nats_server; victoria_metrics; prometheus; libtorch ;;
+  tools) venv; nats_server; victoria_metrics; prometheus ;;
   libtorch) venv; libtorch ;;
   *) die "usage: $0 [all|tools|libtorch]" ;;
 esac

@@ -113,8 +113,8 @@ def test_rbac_is_exactly_what_each_stage_needs():
     docs = render(ALL_ON)
     assert rules(docs, "pas-agent") == [(("",), ("pods",), ("get", "list", "watch"))]
     assert rules(docs, "pas-scaler") == sorted([
-        (("apps",), ("statefulsets",), ("get", "list", "watch")),
-        (("apps",), ("statefulsets/scale",), ("get", "patch")),
+        (("apps",), ("statefulsets", "deployments"), ("get", "list", "watch")),
+        (("apps",), ("statefulsets/scale", "deployments/scale"), ("get", "patch")),
         (("autoscaling",), ("horizontalpodautoscalers",), ("get", "list", "watch")),
         (("events.k8s.io",), ("events",), ("create", "patch")),
     ])
@@ -207,6 +207,19 @@ def test_nats_and_grafana_get_the_repository_files():
     ss = by_name[("StatefulSet", "pas-ss")]
     assert ss["metadata"]["annotations"]["pas.io/enabled"] == "true"
     assert ss["spec"]["template"]["spec"]["containers"][0]["args"][0] == "loadgen"
+
+
+def test_the_example_can_be_a_deployment():
+    docs = render({**ALL_ON, "example": {**ALL_ON.get("example", {}), "enabled": True, "kind": "Deployment"}})
+    by_name = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+    assert ("StatefulSet", "pas-ss") not in by_name and ("Service", "pas-ss") not in by_name
+    deploy = by_name[("Deployment", "pas-ss")]
+    assert deploy["metadata"]["annotations"]["pas.io/enabled"] == "true"
+    assert "serviceName" not in deploy["spec"] and "podManagementPolicy" not in deploy["spec"]
+    assert deploy["spec"]["template"]["spec"]["containers"][0]["args"][0] == "loadgen"
+    with pytest.raises(helm.HelmError):
+        render({"example": {"enabled": True, "kind": "DaemonSet"}})
+
 
 
 def test_the_schema_refuses_bad_values():

@@ -48,6 +48,10 @@ def invocations(pas_bin, agent_bin, url, tmp):
         ("loadgen",): ["loadgen", "--trace", str(TRACE), "--speed", "1000"],
         ("models", "eval"): ["models", "eval", "--trace", str(TRACE)],
         ("models", "train"): ["models", "train", "--trace", str(TRACE), "--out", str(tmp / "model")],
+        ("shadow", "report"): ["shadow", "report", *nats],
+        # Nothing listens there: it retries (with backoff) past the 4 s.
+        ("import", "prometheus"): ["import", "prometheus", "--url", "http://127.0.0.1:9", "--out",
+                                   str(tmp / "history.jsonl"), "--retries", "20"],
     }
 
 

@@ -262,6 +262,163 @@ fn find_binary(variable: &str, name: &str) -> PathBuf {
     PathBuf::from(name)
 }
 
+/// Tries `spawn` on up to five free ports; whether one started.
+fn on_a_free_port(mut spawn: impl FnMut(u16) -> bool) -> bool {
+    (0..5).any(|_| {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        spawn(port)
+    })
+}
+
+/// Waits until `ready` answers for `child` on `port`, within `within`; the
+/// child when it did, else it is killed.
+fn until_ready(mut child: Child, within: Duration, ready: impl Fn() -> bool) -> Option<Child> {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return None;
+        }
+        if ready() {
+            return Some(child);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+/// The `pas` binary `make test` builds.
+pub fn pas_binary() -> PathBuf {
+    let pas = repo_root().join("target/debug/pas");
+    assert!(
+        pas.exists(),
+        "{} is missing: run `cargo build -p pas-cli` (make test does)",
+        pas.display()
+    );
+    pas
+}
+
+/// Runs `pas args…` as `user` of [`NatsServer::with_accounts`] on `server`.
+pub fn run_pas(server: &NatsServer, user: &str, args: &[&str]) -> std::process::Output {
+    Command::new(pas_binary())
+        .args(args)
+        .env("PAS_NATS__URLS", server.url())
+        .env("PAS_NATS__USER", user)
+        .env("PAS_NATS__PASSWORD", format!("{user}-pw"))
+        .output()
+        .expect("run pas")
+}
+
+/// A real Prometheus server (Debian's package, installed by the set-up
+/// script) whose TSDB `promtool tsdb create-blocks-from openmetrics`
+/// backfilled from a file; on loopback, killed on `Drop`.
+pub struct Prometheus {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl Prometheus {
+    /// Backfills a fresh TSDB from `openmetrics` (OpenMetrics text ending in
+    /// `# EOF`) and starts a server on it, on a free port.
+    pub fn backfilled(openmetrics: &str) -> Prometheus {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let file = dir.path().join("history.om");
+        std::fs::write(&file, openmetrics).expect("write the OpenMetrics file");
+        let data = dir.path().join("data");
+        let promtool = find_binary("PROMTOOL", "promtool");
+        let out = Command::new(&promtool)
+            .args(["tsdb", "create-blocks-from", "openmetrics"])
+            .arg(&file)
+            .arg(&data)
+            .output()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot run promtool ({}): {e}. Run `make test` or `scripts/setup.sh tools`, \
+                     which install it into ~/.cache/pas/bin, or set PROMTOOL.",
+                    promtool.display()
+                )
+            });
+        assert!(
+            out.status.success(),
+            "promtool failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::fs::write(
+            dir.path().join("prometheus.yml"),
+            "global:\n  scrape_interval: 1m\n",
+        )
+        .expect("write the configuration");
+        let mut prom = Prometheus {
+            child: None,
+            dir,
+            port: 0,
+        };
+        if !on_a_free_port(|port| prom.spawn(port)) {
+            panic!("prometheus did not start:\n{}", prom.log());
+        }
+        prom
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// What it logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("prometheus.log")).unwrap_or_default()
+    }
+
+    fn spawn(&mut self, port: u16) -> bool {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("prometheus.log"))
+            .expect("log file");
+        let binary = find_binary("PROMETHEUS", "prometheus");
+        let child = Command::new(&binary)
+            .arg(format!(
+                "--config.file={}",
+                self.dir.path().join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                self.dir.path().join("data").display()
+            ))
+            .arg("--storage.tsdb.retention.time=100y")
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start prometheus ({}): {e}. Run `make test` or `scripts/setup.sh tools`, \
+                     which install it into ~/.cache/pas/bin, or set PROMETHEUS.",
+                    binary.display()
+                )
+            });
+        let ready = || http_get_blocking(port, "/-/ready").is_some_and(|(status, _)| status == 200);
+        self.child = until_ready(child, Duration::from_secs(30), ready);
+        self.port = port;
+        self.child.is_some()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// A running VictoriaMetrics, speaking InfluxDB 2's write API on loopback,
 /// with its own store; killed on `Drop`.
 pub struct VictoriaMetrics {
@@ -290,16 +447,10 @@ impl VictoriaMetrics {
             dir,
             port: 0,
         };
-        for _ in 0..5 {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .expect("a free port")
-                .port();
-            if vm.spawn(port) {
-                return vm;
-            }
+        if !on_a_free_port(|port| vm.spawn(port)) {
+            panic!("victoria-metrics did not start:\n{}", vm.log());
         }
-        panic!("victoria-metrics did not start:\n{}", vm.log());
+        vm
     }
 
     /// `http://127.0.0.1:<port>`.
@@ -350,7 +501,7 @@ impl VictoriaMetrics {
             .open(self.dir.path().join("vm.log"))
             .expect("log file");
         let binary = find_binary("VICTORIA_METRICS", "victoria-metrics");
-        let mut child = Command::new(&binary)
+        let child = Command::new(&binary)
             .arg(format!("-httpListenAddr=127.0.0.1:{port}"))
             .arg(format!(
                 "-storageDataPath={}",
@@ -367,23 +518,13 @@ impl VictoriaMetrics {
                     binary.display()
                 )
             });
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                return false;
-            }
-            if http_get_blocking(port, "/health")
+        let ready = || {
+            http_get_blocking(port, "/health")
                 .is_some_and(|(status, body)| status == 200 && body.trim() == "OK")
-            {
-                self.port = port;
-                self.child = Some(child);
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        false
+        };
+        self.child = until_ready(child, Duration::from_secs(15), ready);
+        self.port = port;
+        self.child.is_some()
     }
 
     /// Every series whose name matches the regular expression `name`, as

@@ -234,6 +234,7 @@ fn decision(at: DateTime<Utc>, outcome: Outcome) -> ScaleDecision {
         rule: "predictive".into(),
         reason: "predicted peak 90% of a 50% target".into(),
         outcome,
+        hpa: None,
         forecast: Some(ForecastRef {
             model: ModelRef {
                 key: "shop/web".into(),

@@ -230,6 +230,7 @@ async fn a_simulated_statefulset_follows_applied_decisions() {
         rule: "predictive".into(),
         reason: "test".into(),
         outcome: Outcome::Applied,
+        hpa: None,
         forecast: None,
         utilization_percent: None,
         predicted_peak_millicores: None,

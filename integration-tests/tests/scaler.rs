@@ -174,7 +174,13 @@ async fn forecasts_in_decisions_out() {
         annotations(&[&on[..], &[("pas.io/dry-run", "true")]].concat()),
         Some(1000.0),
     );
-    sim.insert("shop", "cache", 2, annotations(&on), Some(1000.0));
+    sim.insert(
+        "shop",
+        "cache",
+        2,
+        annotations(&[&on[..], &[("pas.io/mode", "act")]].concat()),
+        Some(1000.0),
+    );
     sim.set_hpa("shop", "cache", "cache-hpa");
     sim.insert(
         "shop",
@@ -237,7 +243,7 @@ async fn forecasts_in_decisions_out() {
     );
     assert_eq!(sim.replicas("shop", "db"), Some(3));
 
-    // An HPA targets cache: refused, once as an Event.
+    // An HPA targets cache and it is to act: refused, once as an Event.
     send_forecast(&js, &forecast("cache", 1, vec![3000.0])).await;
     let (_, d) = next_decision(&mut sub, "cache").await;
     assert_eq!(

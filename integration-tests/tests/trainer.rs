@@ -380,13 +380,7 @@ fn spawn_trainer(
     env: &[(&str, &str)],
 ) -> (Process, std::sync::mpsc::Receiver<String>) {
     use std::io::BufRead;
-    let pas = repo_root().join("target/debug/pas");
-    assert!(
-        pas.exists(),
-        "{} is missing: run `cargo build -p pas-cli` (make test does)",
-        pas.display()
-    );
-    let mut command = std::process::Command::new(&pas);
+    let mut command = std::process::Command::new(pas_integration_tests::pas_binary());
     command
         .args(["trainer", "--run", run])
         .env("PAS_NATS__URLS", server.url())

@@ -8,7 +8,7 @@ use crate::{Message, ModelRef, ValidationError, check_name, check_namespace, che
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
-    /// The StatefulSet's replicas were patched.
+    /// The workload's replicas were patched.
     Applied,
     /// Decided and published, not patched (dry-run mode).
     DryRun,
@@ -16,6 +16,10 @@ pub enum Outcome {
     Refused,
     /// Nothing to change.
     Unchanged,
+    /// Decided and published beside what scales the workload (an HPA),
+    /// never patched: `replicas_before` is what runs, `replicas_after` what
+    /// PAS would run (shadow mode).
+    Shadow,
 }
 
 /// The forecast a decision was based on.
@@ -27,7 +31,8 @@ pub struct ForecastRef {
     pub window_end: DateTime<Utc>,
 }
 
-/// A replica change the scaler decided on for one StatefulSet.
+/// A replica change the scaler decided on for one workload (a StatefulSet,
+/// a Deployment).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ScaleDecision {
     /// Schema version of this message; this build writes 2.
@@ -35,9 +40,9 @@ pub struct ScaleDecision {
     pub schema_version: u32,
     /// When the decision was made (RFC 3339, UTC).
     pub timestamp: DateTime<Utc>,
-    /// Namespace of the StatefulSet.
+    /// Namespace of the workload.
     pub namespace: String,
-    /// The StatefulSet.
+    /// The workload (StatefulSet or Deployment).
     pub workload: String,
     /// Replicas before the decision.
     pub replicas_before: u32,
@@ -49,8 +54,12 @@ pub struct ScaleDecision {
     pub rule: String,
     /// Why, in one sentence.
     pub reason: String,
-    /// Applied, dry-run, refused or unchanged.
+    /// Applied, dry-run, refused, unchanged or shadow.
     pub outcome: Outcome,
+    /// The HorizontalPodAutoscaler that scales the workload, when PAS
+    /// shadows it (or refuses to fight it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hpa: Option<String>,
     /// The forecast used, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub forecast: Option<ForecastRef>,
@@ -96,6 +105,9 @@ impl Message for ScaleDecision {
     fn validate_fields(&self) -> Result<(), ValidationError> {
         check_namespace("namespace", &self.namespace)?;
         check_name("workload", &self.workload)?;
+        if let Some(hpa) = &self.hpa {
+            check_name("hpa", hpa)?;
+        }
         if self.policy.is_empty() || self.rule.is_empty() {
             return Err(ValidationError::Inconsistent {
                 field: "policy/rule",

@@ -309,14 +309,17 @@ impl History {
     pub fn take_changed(&mut self) -> Vec<Block> {
         std::mem::take(&mut self.changed)
             .into_iter()
-            .filter_map(|index| {
-                Some(Block {
-                    step_seconds: self.step_seconds,
-                    index,
-                    values: self.blocks.get(&index)?.clone(),
-                })
-            })
+            .filter_map(|index| self.block(index))
             .collect()
+    }
+
+    /// Block `index` as held, if it is.
+    pub fn block(&self, index: i64) -> Option<Block> {
+        Some(Block {
+            step_seconds: self.step_seconds,
+            index,
+            values: self.blocks.get(&index)?.clone(),
+        })
     }
 
     /// The value of `slot` (since the epoch), if held.

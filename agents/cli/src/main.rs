@@ -6,8 +6,10 @@
 //! error once, on one line, and exits 1.
 
 mod experiment;
+mod import;
 mod models;
 mod replay;
+mod shadow;
 
 use std::path::PathBuf;
 
@@ -125,6 +127,21 @@ enum Command {
     /// Burn CPU following a trace's profile (per-core duty cycle): the
     /// container of the example target StatefulSet.
     Loadgen(replay::LoadgenArgs),
+    /// Import history from elsewhere: `pas import prometheus`.
+    Import {
+        #[command(flatten)]
+        bus: BusArgs,
+        #[command(subcommand)]
+        command: import::ImportCommand,
+    },
+    /// Shadow mode: what PAS would have run beside the HPAs that scale
+    /// your workloads, against what ran (docs/compare-with-your-hpa.md).
+    Shadow {
+        #[command(flatten)]
+        bus: BusArgs,
+        #[command(subcommand)]
+        command: shadow::ShadowCommand,
+    },
     /// Forecasting models: backtest them on recorded traces, train offline.
     Models {
         #[command(subcommand)]
@@ -385,6 +402,14 @@ fn run(command: Command) -> anyhow::Result<()> {
             let config = replay::replay_config(&args)?;
             let (runtime, nats) = nats_runtime(&bus)?;
             runtime.block_on(replay::run_replay(&args, config, &nats))
+        }
+        Command::Import { bus, command } => {
+            let (runtime, nats) = nats_runtime(&bus)?;
+            runtime.block_on(import::run(command, &nats))
+        }
+        Command::Shadow { bus, command } => {
+            let (runtime, nats) = nats_runtime(&bus)?;
+            runtime.block_on(shadow::run(command, &nats))
         }
         Command::Record { bus, args } => {
             let config = replay::record_config(args)?;

@@ -36,6 +36,10 @@ pub struct Config {
     pub cgroup_root: PathBuf,
     /// `auto`, `on` or `off`: map pod cgroups to pods through the Kubernetes API.
     pub kubernetes: KubeMode,
+    /// Kinds of workload whose pods are sampled: `StatefulSet`,
+    /// `Deployment` (a pod's ReplicaSet names it), and any kind that
+    /// controls its pods directly.
+    pub workload_kinds: Vec<String>,
     /// Samples kept while NATS is unreachable; when full, the oldest are
     /// dropped (and counted in `pas_agent_dropped_total`).
     pub buffer_capacity: usize,
@@ -55,6 +59,7 @@ impl Default for Config {
             run: None,
             cgroup_root: PathBuf::from("/sys/fs/cgroup"),
             kubernetes: KubeMode::Auto,
+            workload_kinds: vec!["StatefulSet".into(), "Deployment".into()],
             buffer_capacity: 10_000,
             listen: SocketAddr::from(([0, 0, 0, 0], 9464)),
             log_json: false,

@@ -1,10 +1,10 @@
 //! The PAS node agent (`pas-agent`): samples this node's CPU and the CPU of
-//! every StatefulSet pod on it, and publishes them to NATS.
+//! every StatefulSet and Deployment pod on it, and publishes them to NATS.
 //!
 //! Every [`Config::interval`] it reads the whole node through sysinfo
 //! ([`node`]) and each pod's cgroup v2 usage counter ([`cgroup`]); in a
 //! cluster a watch on the node's pods ([`pods`]) names each pod cgroup
-//! (namespace, pod, owning StatefulSet, CPU request). Samples go into a
+//! (namespace, pod, owning StatefulSet or Deployment, CPU request). Samples go into a
 //! bounded [`outbox::Outbox`] and are published to JetStream with
 //! `Nats-Msg-Id`; only an acknowledged sample leaves the outbox, so while
 //! NATS is unreachable samples wait (oldest dropped first when full, and
@@ -59,7 +59,7 @@ pub struct Metrics {
     pub publish_errors: Counter,
     /// `pas_agent_buffered_samples`: samples waiting for an ack.
     pub buffered: Gauge,
-    /// `pas_agent_pods`: StatefulSet pods sampled in the last interval.
+    /// `pas_agent_pods`: Workload pods sampled in the last interval.
     pub pods: Gauge,
 }
 
@@ -88,7 +88,7 @@ impl Metrics {
         );
         registry.register(
             "pas_agent_pods",
-            "StatefulSet pods sampled in the last interval.",
+            "Workload pods sampled in the last interval.",
             self.pods.clone(),
         );
     }
@@ -337,7 +337,13 @@ async fn start_pod_watch(
         Err(error) => return Err(Error::Kube(Box::new(error))),
     };
     let map = PodMap::default();
-    tokio::spawn(pods::watch_pods(client, node.to_owned(), map.clone(), shutdown));
+    tokio::spawn(pods::watch_pods(
+        client,
+        node.to_owned(),
+        config.workload_kinds.clone(),
+        map.clone(),
+        shutdown,
+    ));
     Ok(Some(map))
 }
 

@@ -8,7 +8,7 @@ use clap::Parser;
 use pas_agent::{Agent, Config};
 use pas_runtime::config as layered;
 
-/// Samples this node's CPU and the CPU of every StatefulSet pod on it, and
+/// Samples this node's CPU and the CPU of every StatefulSet and Deployment pod on it, and
 /// publishes the samples to NATS (`pas.cpu.node.<node>`,
 /// `pas.cpu.pod.<namespace>.<statefulset>.<pod>`).
 ///
@@ -68,6 +68,7 @@ Settings (file key / environment variable; flags above override both):
   run                       PAS_RUN                       publish under replay.<run>. [live]
   cgroup_root               PAS_CGROUP_ROOT               cgroup v2 mount [/sys/fs/cgroup]
   kubernetes                PAS_KUBERNETES                auto | on | off [auto]
+  workload_kinds            PAS_WORKLOAD_KINDS            pods of these kinds are sampled [StatefulSet,Deployment]
   buffer_capacity           PAS_BUFFER_CAPACITY           samples kept while NATS is down [10000]
   listen                    PAS_LISTEN                    /healthz /readyz /metrics [0.0.0.0:9464]
   log_json                  PAS_LOG_JSON                  JSON log lines [false]

@@ -17,7 +17,8 @@ pub struct PodInfo {
     pub namespace: String,
     /// Pod name.
     pub name: String,
-    /// The StatefulSet that controls it, if any.
+    /// The workload that controls it, if of a sampled kind: a StatefulSet,
+    /// a Deployment (through its ReplicaSet) or another listed kind.
     pub workload: Option<String>,
     /// Sum of its containers' CPU requests in millicores, if any is set.
     pub cpu_request_millicores: Option<f64>,
@@ -26,16 +27,37 @@ pub struct PodInfo {
 /// Pods of this node by UID, kept current by [`watch_pods`].
 pub type PodMap = Arc<RwLock<HashMap<String, PodInfo>>>;
 
-/// The UID and facts of a pod.
-pub fn pod_info(pod: &Pod) -> Option<(String, PodInfo)> {
+/// The workload that controls a pod, when its kind is among `kinds`.
+///
+/// A Deployment's pods are controlled by a ReplicaSet named
+/// `<deployment>-<pod-template-hash>`, and carry that hash as the label
+/// `pod-template-hash`: the Deployment is the ReplicaSet's name without it.
+/// This needs no read of ReplicaSets (no RBAC, no memory for them); a
+/// ReplicaSet that no Deployment made has no such label and is not sampled.
+/// Any other kind in `kinds` counts when it controls the pod directly.
+pub fn controller(pod: &Pod, kinds: &[String]) -> Option<String> {
+    let meta = &pod.metadata;
+    let owner = meta
+        .owner_references
+        .as_ref()?
+        .iter()
+        .find(|o| o.controller == Some(true))?;
+    if owner.kind == "ReplicaSet" {
+        if !kinds.iter().any(|k| k == "Deployment") {
+            return None;
+        }
+        let hash = meta.labels.as_ref()?.get("pod-template-hash")?;
+        let deployment = owner.name.strip_suffix(hash.as_str())?.strip_suffix('-')?;
+        return (!deployment.is_empty()).then(|| deployment.to_owned());
+    }
+    (owner.kind != "Deployment" && kinds.contains(&owner.kind)).then(|| owner.name.clone())
+}
+
+/// The UID and facts of a pod; its workload when of one of `kinds`.
+pub fn pod_info(pod: &Pod, kinds: &[String]) -> Option<(String, PodInfo)> {
     let meta = &pod.metadata;
     let uid = meta.uid.clone()?;
-    let workload = meta.owner_references.as_ref().and_then(|owners| {
-        owners
-            .iter()
-            .find(|o| o.kind == "StatefulSet" && o.controller == Some(true))
-            .map(|o| o.name.clone())
-    });
+    let workload = controller(pod, kinds);
     let requests: Vec<f64> = pod
         .spec
         .as_ref()
@@ -60,9 +82,15 @@ pub fn pod_info(pod: &Pod) -> Option<(String, PodInfo)> {
 }
 
 /// Watches the pods scheduled on `node` (field selector `spec.nodeName`) and
-/// keeps `map` current until `shutdown`. Errors are retried with the watcher's
-/// default backoff.
-pub async fn watch_pods(client: Client, node: String, map: PodMap, shutdown: CancellationToken) {
+/// keeps `map` current until `shutdown`, naming the workloads of `kinds`.
+/// Errors are retried with the watcher's default backoff.
+pub async fn watch_pods(
+    client: Client,
+    node: String,
+    kinds: Vec<String>,
+    map: PodMap,
+    shutdown: CancellationToken,
+) {
     let api: Api<Pod> = Api::all(client);
     let config = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
     let mut events = watcher(api, config).default_backoff().boxed();
@@ -75,7 +103,7 @@ pub async fn watch_pods(client: Client, node: String, map: PodMap, shutdown: Can
         let Some(event) = event else { return };
         match event {
             Ok(watcher::Event::Apply(pod)) => {
-                if let Some((uid, info)) = pod_info(&pod) {
+                if let Some((uid, info)) = pod_info(&pod, &kinds) {
                     write(&map).insert(uid, info);
                 }
             }
@@ -86,7 +114,7 @@ pub async fn watch_pods(client: Client, node: String, map: PodMap, shutdown: Can
             }
             Ok(watcher::Event::Init) => fresh = Some(HashMap::new()),
             Ok(watcher::Event::InitApply(pod)) => {
-                if let (Some(buf), Some((uid, info))) = (fresh.as_mut(), pod_info(&pod)) {
+                if let (Some(buf), Some((uid, info))) = (fresh.as_mut(), pod_info(&pod, &kinds)) {
                     buf.insert(uid, info);
                 }
             }
@@ -109,6 +137,10 @@ fn write(map: &PodMap) -> std::sync::RwLockWriteGuard<'_, HashMap<String, PodInf
 mod tests {
     use super::*;
 
+    fn kinds() -> Vec<String> {
+        crate::Config::default().workload_kinds
+    }
+
     #[test]
     fn statefulset_pod_with_requests() {
         let pod: Pod = serde_json::from_value(serde_json::json!({
@@ -126,24 +158,58 @@ mod tests {
             ]}
         }))
         .unwrap();
-        let (uid, info) = pod_info(&pod).unwrap();
+        let (uid, info) = pod_info(&pod, &kinds()).unwrap();
         assert_eq!(uid, "0b6f6ad4-3a9c-4e27-9d0e-2b4a1c9f7e01");
         assert_eq!(info.workload.as_deref(), Some("pas-ss"));
         assert_eq!(info.cpu_request_millicores, Some(500.0));
         assert_eq!(info.namespace, "shop");
     }
 
+    fn owned(owner: &str, name: &str, hash: Option<&str>) -> Pod {
+        let mut meta = serde_json::json!({"name": "p", "namespace": "shop", "uid": "u1",
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": owner, "name": name, "uid": "3", "controller": true}]});
+        if let Some(hash) = hash {
+            meta["labels"] = serde_json::json!({"app": "web", "pod-template-hash": hash});
+        }
+        serde_json::from_value(
+            serde_json::json!({"metadata": meta, "spec": {"containers": [{"name": "app"}]}}),
+        )
+        .unwrap()
+    }
+
+    /// Issue 20: a Deployment's pod is named by its Deployment, through its
+    /// ReplicaSet's name less the pod-template-hash.
     #[test]
-    fn pod_without_statefulset_or_requests() {
-        let pod: Pod = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "web-abc", "namespace": "shop", "uid": "u1",
-                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web", "uid": "3", "controller": true}]},
-            "spec": {"containers": [{"name": "app"}]}
-        }))
-        .unwrap();
-        let (_, info) = pod_info(&pod).unwrap();
-        assert_eq!(info.workload, None);
+    fn deployment_pod_through_its_replicaset() {
+        let pod = owned("ReplicaSet", "web-api-7d9f8b6c5", Some("7d9f8b6c5"));
+        let (_, info) = pod_info(&pod, &kinds()).unwrap();
+        assert_eq!(info.workload.as_deref(), Some("web-api"));
         assert_eq!(info.cpu_request_millicores, None);
+        // Without Deployment among the kinds, not sampled.
+        assert_eq!(controller(&pod, &["StatefulSet".into()]), None);
+        // A ReplicaSet no Deployment made (no hash label, or a name without it).
+        assert_eq!(controller(&owned("ReplicaSet", "web", None), &kinds()), None);
+        assert_eq!(
+            controller(&owned("ReplicaSet", "web-1", Some("abc")), &kinds()),
+            None
+        );
+        assert_eq!(
+            controller(&owned("ReplicaSet", "abc", Some("abc")), &kinds()),
+            None
+        );
+    }
+
+    #[test]
+    fn other_controllers_only_when_listed() {
+        assert_eq!(controller(&owned("DaemonSet", "logs", None), &kinds()), None);
+        assert_eq!(controller(&owned("Job", "batch", None), &kinds()), None);
+        let listed = ["StatefulSet".to_string(), "CloneSet".to_string()];
+        assert_eq!(
+            controller(&owned("CloneSet", "shop-api", None), &listed).as_deref(),
+            Some("shop-api")
+        );
+        // A pod a Deployment claims to own directly is not how Deployments work.
+        assert_eq!(controller(&owned("Deployment", "web", None), &kinds()), None);
     }
 
     /// No Kubernetes API server can run here, so this runs the real watcher
@@ -158,7 +224,13 @@ mod tests {
         let client = Client::new(service, "default");
         let map = PodMap::default();
         let stop = CancellationToken::new();
-        let task = tokio::spawn(watch_pods(client, "node-a".into(), map.clone(), stop.clone()));
+        let task = tokio::spawn(watch_pods(
+            client,
+            "node-a".into(),
+            kinds(),
+            map.clone(),
+            stop.clone(),
+        ));
 
         let pod = |name: &str, uid: &str, cpu: &str| {
             serde_json::json!({

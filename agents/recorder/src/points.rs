@@ -267,6 +267,7 @@ pub fn outcome_name(outcome: Outcome) -> &'static str {
         Outcome::DryRun => "dry_run",
         Outcome::Refused => "refused",
         Outcome::Unchanged => "unchanged",
+        Outcome::Shadow => "shadow",
     }
 }
 
@@ -536,6 +537,7 @@ mod tests {
             rule: "predictive".into(),
             reason: "peak 90% \"soon\"".into(),
             outcome: Outcome::Applied,
+            hpa: None,
             forecast: Some(ForecastRef {
                 model: ModelRef {
                     key: "shop/web".into(),

@@ -11,8 +11,12 @@
 //! - [`record`] writes pod samples from the bus (live, or a stream range)
 //!   to a trace file, so production load can be replayed later.
 //! - [`loadgen`] burns CPU to follow a trace: the example StatefulSet's container.
+//! - [`prometheus`] reads per-pod CPU history from a Prometheus server
+//!   (`pas import prometheus`), to write as trace files, publish under a
+//!   run, or store as the workloads' coarse history.
 
 pub mod loadgen;
+pub mod prometheus;
 pub mod record;
 pub mod replay;
 

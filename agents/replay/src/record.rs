@@ -307,6 +307,22 @@ pub async fn record(
     rec.write(config)
 }
 
+/// Writes `samples` from elsewhere (`pas import prometheus`) to the file as
+/// a recording of them would be: the same folding, filters and formats.
+/// `config.from` is not read.
+pub fn write_samples(
+    config: &Config,
+    samples: impl IntoIterator<Item = CpuSample>,
+) -> Result<Summary, Error> {
+    config.check()?;
+    let step_ms = i64::try_from(config.step.as_millis()).unwrap_or(i64::MAX);
+    let mut rec = Recorder::default();
+    for sample in samples {
+        rec.add(config, sample, step_ms);
+    }
+    rec.write(config)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

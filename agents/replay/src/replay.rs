@@ -46,6 +46,9 @@ pub enum Source {
     Trace(PathBuf),
     /// JSON lines of [`CpuSample`]s, published as they are (re-timed).
     Jsonl(PathBuf),
+    /// Pod samples read elsewhere (`pas import prometheus`), published as
+    /// they are (re-timed).
+    Samples(Arc<Vec<CpuSample>>),
     /// Pod samples that PAS_SAMPLES holds on the live subjects from `since`
     /// to `until`, published as they are (re-timed).
     Stream {
@@ -200,6 +203,14 @@ fn read_items(config: &Config) -> Result<Vec<(DateTime<Utc>, Item)>, Error> {
                     .map_err(|e| Error::Input(format!("{}: line {}: {e}", path.display(), n + 1)))?;
                 items.push((sample.timestamp, Item::Sample(Box::new(sample))));
             }
+            items.sort_by_key(|(t, _)| *t);
+            Ok(items)
+        }
+        Source::Samples(samples) => {
+            let mut items: Vec<_> = samples
+                .iter()
+                .map(|s| (s.timestamp, Item::Sample(Box::new(s.clone()))))
+                .collect();
             items.sort_by_key(|(t, _)| *t);
             Ok(items)
         }

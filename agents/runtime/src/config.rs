@@ -16,7 +16,7 @@ use serde::{Serialize, de::DeserializeOwned};
 use crate::Error;
 
 /// Keys whose values are comma-separated lists when given in the environment.
-const LIST_KEYS: &[&str] = &["nats.urls"];
+const LIST_KEYS: &[&str] = &["nats.urls", "workload_kinds"];
 
 /// Builds the stage's configuration from its defaults, an optional TOML or
 /// JSON file, the `PAS_` variables of `env`, and `overrides` (from flags,

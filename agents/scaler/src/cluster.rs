@@ -8,16 +8,67 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
+use serde::{Deserialize, Serialize};
 
 use crate::sim::{PodModel, SimulatedStatefulSet};
 
-/// A StatefulSet as the scaler sees it.
+/// A kind of workload the scaler manages: any kind with a `scale`
+/// subresource, `spec.replicas`, `status.readyReplicas` and a pod template
+/// at `spec.template` (StatefulSet and Deployment by default).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkloadKind {
+    /// API group (`apps`; empty for the core group).
+    pub group: String,
+    /// API version (`v1`).
+    pub version: String,
+    /// Kind (`StatefulSet`), as HPAs and owner references name it.
+    pub kind: String,
+    /// Resource (`statefulsets`), as URLs and RBAC name it.
+    pub plural: String,
+}
+
+impl WorkloadKind {
+    /// `apps/v1` StatefulSet.
+    pub fn statefulset() -> WorkloadKind {
+        WorkloadKind::apps("StatefulSet", "statefulsets")
+    }
+
+    /// `apps/v1` Deployment.
+    pub fn deployment() -> WorkloadKind {
+        WorkloadKind::apps("Deployment", "deployments")
+    }
+
+    fn apps(kind: &str, plural: &str) -> WorkloadKind {
+        WorkloadKind {
+            group: "apps".into(),
+            version: "v1".into(),
+            kind: kind.into(),
+            plural: plural.into(),
+        }
+    }
+
+    /// `group/version`, or `version` for the core group.
+    pub fn api_version(&self) -> String {
+        if self.group.is_empty() {
+            self.version.clone()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
+    }
+}
+
+/// A workload (a StatefulSet, a Deployment, …) as the scaler sees it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Workload {
     /// Namespace.
     pub namespace: String,
     /// Name.
     pub name: String,
+    /// Its kind (`StatefulSet`, `Deployment`, …).
+    pub kind: String,
+    /// Its API version (`apps/v1`).
+    pub api_version: String,
     /// `spec.replicas`.
     pub replicas: u32,
     /// `status.readyReplicas`.
@@ -31,16 +82,20 @@ pub struct Workload {
     pub resource_version: Option<String>,
     /// The object's UID (for Events).
     pub uid: Option<String>,
-    /// A HorizontalPodAutoscaler that targets this StatefulSet, if any.
+    /// A HorizontalPodAutoscaler that targets this workload, if any.
     pub hpa: Option<String>,
 }
 
 /// A Kubernetes call that failed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ClusterError {
-    /// The StatefulSet does not exist (any more).
-    #[error("the StatefulSet was not found")]
+    /// The workload does not exist (any more).
+    #[error("the workload was not found")]
     NotFound,
+    /// Workloads of more than one kind have this name: samples name only
+    /// the workload, so PAS cannot tell whose pods they are.
+    #[error("{0}")]
+    Ambiguous(String),
     /// RBAC refused the call.
     #[error("forbidden ({0}); the scaler's service account needs the RBAC in docs/scaler.md")]
     Forbidden(String),
@@ -71,6 +126,7 @@ impl ClusterError {
     pub fn kind(&self) -> &'static str {
         match self {
             ClusterError::NotFound => "not_found",
+            ClusterError::Ambiguous(_) => "ambiguous",
             ClusterError::Forbidden(_) => "forbidden",
             ClusterError::Changed(_) => "changed",
             ClusterError::Conflict(_) => "conflict",
@@ -100,7 +156,8 @@ pub enum EventKind {
 
 /// The cluster the scaler acts on.
 pub trait Cluster: Send + Sync + 'static {
-    /// The StatefulSet `namespace/name`, or `None` when there is none.
+    /// The workload `namespace/name` of any managed kind, or `None` when
+    /// there is none.
     fn workload(
         &self,
         namespace: &str,
@@ -114,7 +171,7 @@ pub trait Cluster: Send + Sync + 'static {
         replicas: u32,
     ) -> impl Future<Output = Result<(), ClusterError>> + Send;
 
-    /// Records an Event on the StatefulSet.
+    /// Records an Event on the workload.
     fn event(
         &self,
         workload: &Workload,
@@ -135,6 +192,8 @@ pub struct SimulatedSet {
     pub cpu_request_millicores: Option<f64>,
     /// A HorizontalPodAutoscaler said to target it.
     pub hpa: Option<String>,
+    /// Its kind (a StatefulSet unless [`Simulated::set_kind`] says otherwise).
+    pub kind: WorkloadKind,
     version: u64,
 }
 
@@ -187,6 +246,7 @@ impl SimulatedState {
             annotations,
             cpu_request_millicores: cpu_request,
             hpa: None,
+            kind: WorkloadKind::statefulset(),
             version: 1,
         }
     }
@@ -251,6 +311,13 @@ impl Simulated {
         }
     }
 
+    /// Makes a workload of another kind (a Deployment).
+    pub fn set_kind(&self, namespace: &str, name: &str, kind: WorkloadKind) {
+        if let Some(set) = self.lock().sets.get_mut(&(namespace.into(), name.into())) {
+            set.kind = kind;
+        }
+    }
+
     /// The replicas of a StatefulSet.
     pub fn replicas(&self, namespace: &str, name: &str) -> Option<u32> {
         self.lock()
@@ -287,6 +354,8 @@ impl Cluster for Simulated {
         Ok(state.sets.get(&key).map(|s| Workload {
             namespace: namespace.into(),
             name: name.into(),
+            kind: s.kind.kind.clone(),
+            api_version: s.kind.api_version(),
             replicas: s.pods.replicas(),
             ready_replicas: s.pods.ready(now),
             annotations: s.annotations.clone(),

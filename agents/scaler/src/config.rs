@@ -4,6 +4,7 @@ use std::time::Duration;
 use pas_nats::{Admission, NatsConfig};
 use serde::{Deserialize, Serialize};
 
+use crate::cluster::WorkloadKind;
 use crate::policy::{Behavior, Settings, Tuning};
 
 /// Which cluster the scaler acts on.
@@ -48,6 +49,17 @@ pub struct Config {
     pub behavior: Behavior,
     /// `auto`, `kube` or `simulated`.
     pub cluster: ClusterKind,
+    /// How long a shadow workload's scorecard keeps its hours.
+    #[serde(with = "humantime_serde")]
+    pub shadow_window: Duration,
+    /// A shadow workload's state (with its scorecard) is written to KV at
+    /// most this often (and whenever its history changes).
+    #[serde(with = "humantime_serde")]
+    pub shadow_write_every: Duration,
+    /// The kinds of workload managed (each with a `scale` subresource and a
+    /// pod template): StatefulSets and Deployments by default. The scaler's
+    /// RBAC must allow each (docs/scaler.md).
+    pub workload_kinds: Vec<WorkloadKind>,
     /// Replicas of a simulated StatefulSet when it is first heard of.
     pub simulated_replicas: u32,
     /// Retries of a failed Kubernetes call (conflict, 429, 5xx).
@@ -83,6 +95,9 @@ impl Default for Config {
             defaults: Settings::default(),
             behavior: tuning.behavior,
             cluster: ClusterKind::Auto,
+            shadow_window: Duration::from_secs(7 * 86_400),
+            shadow_write_every: Duration::from_secs(60),
+            workload_kinds: vec![WorkloadKind::statefulset(), WorkloadKind::deployment()],
             simulated_replicas: 1,
             kube_retries: 4,
             kube_retry_max: Duration::from_secs(5),
@@ -122,6 +137,22 @@ impl Config {
         }
         if self.lease < Duration::from_secs(3) {
             return Err("lease must be at least 3s (it is renewed every third of it)".into());
+        }
+        if self.workload_kinds.is_empty() {
+            return Err("workload_kinds names no kind: the scaler would manage nothing".into());
+        }
+        for (i, kind) in self.workload_kinds.iter().enumerate() {
+            if kind.kind.is_empty() || kind.version.is_empty() || kind.plural.is_empty() {
+                return Err(format!(
+                    "workload_kinds[{i}] needs a kind, a version and a plural: {kind:?}"
+                ));
+            }
+            if self.workload_kinds[..i]
+                .iter()
+                .any(|k| k.kind == kind.kind && k.group == kind.group)
+            {
+                return Err(format!("workload_kinds names {} twice", kind.kind));
+            }
         }
         self.defaults.check().map_err(|e| format!("defaults: {e}"))?;
         self.behavior.check()

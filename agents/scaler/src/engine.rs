@@ -13,8 +13,9 @@ use chrono::{DateTime, TimeDelta, Utc};
 use pas_schemas::{Forecast, ForecastRef, Outcome, SCHEMA_VERSION, ScaleDecision};
 
 use crate::cluster::{Cluster, ClusterError, EventKind, Workload};
-use crate::policy::{ForecastView, History, Observed, PodUsage, Rule, Settings, Tuning};
+use crate::policy::{ForecastView, History, Mode, Observed, PodUsage, Rule, Settings, Tuning};
 use crate::samples::{Key, PodSample, Pods};
+use crate::shadow::{Reading, Shadow};
 use crate::{Config, Metrics, policy, settings};
 
 /// Samples older than this are dropped; workloads silent for
@@ -71,6 +72,8 @@ struct Managed {
     workload: Workload,
     settings: Settings,
     decision: ScaleDecision,
+    /// Decide beside what scales it, never patch ([`crate::shadow`]).
+    shadow: bool,
 }
 
 impl<C: Cluster> Engine<C> {
@@ -166,6 +169,7 @@ impl<C: Cluster> Engine<C> {
             workload,
             settings,
             mut decision,
+            shadow,
         } = match self.managed(key, now).await? {
             Ok(managed) => managed,
             Err(refusal) => return Some(refusal),
@@ -179,6 +183,16 @@ impl<C: Cluster> Engine<C> {
             None => load(key).await?.resumed(now),
         };
         let before = history.clone();
+        if shadow {
+            // What runs scaled out since the last look: PAS learns the
+            // workload's start-up from the HPA's scale-outs.
+            if let Some(s) = &history.shadow
+                && s.actual < workload.replicas
+                && s.last.is_some()
+            {
+                history.startup.scaled(now, s.actual, workload.replicas);
+            }
+        }
         let d = policy::decide(now, &settings, &self.tuning, &observed, view, &mut history);
         decision.replicas_after = d.replicas;
         decision.rule = d.rule.as_str().into();
@@ -193,7 +207,11 @@ impl<C: Cluster> Engine<C> {
                 window_end: f.window_end,
             });
         }
-        decision.outcome = if d.replicas == workload.replicas {
+        decision.outcome = if shadow {
+            decision.hpa = workload.hpa.clone();
+            self.shadow(&workload, &observed, d.replicas, d.lead, now, &mut history);
+            Outcome::Shadow
+        } else if d.replicas == workload.replicas {
             Outcome::Unchanged
         } else if settings.dry_run {
             Outcome::DryRun
@@ -201,6 +219,16 @@ impl<C: Cluster> Engine<C> {
             self.apply(&workload, d.replicas, now, &mut history, &mut decision.reason)
                 .await
         };
+        // Written only when it changed (not for a recommendation that
+        // held), and a shadow's scorecard every `shadow_write_every`.
+        let changed = history.differs_from(&before)
+            || history
+                .shadow
+                .as_ref()
+                .is_some_and(|s| s.due(now, self.config.shadow_write_every));
+        if changed && let Some(s) = history.shadow.as_mut() {
+            s.written = Some(now);
+        }
         self.histories.insert(key.clone(), history.clone());
         let event = match decision.outcome {
             Outcome::Applied => Some(Event {
@@ -217,8 +245,6 @@ impl<C: Cluster> Engine<C> {
             }),
             _ => None,
         };
-        // Written only when it changed: not for a recommendation that held.
-        let changed = history.differs_from(&before);
         Some(Evaluation {
             decision,
             rule: d.rule,
@@ -236,11 +262,11 @@ impl<C: Cluster> Engine<C> {
         let workload = match self.cluster.workload(namespace, name).await {
             Ok(Some(w)) => w,
             Ok(None) => {
-                self.metrics.ignored("no_statefulset");
+                self.metrics.ignored("no_workload");
                 return None;
             }
             Err(error) => {
-                tracing::warn!(%namespace, workload = %name, %error, "Reading the StatefulSet failed.");
+                tracing::warn!(%namespace, workload = %name, %error, "Reading the workload failed.");
                 self.metrics.kube_error(error.kind());
                 return None;
             }
@@ -267,6 +293,7 @@ impl<C: Cluster> Engine<C> {
             rule: String::new(),
             reason: String::new(),
             outcome: Outcome::Unchanged,
+            hpa: None,
             forecast: None,
             utilization_percent: None,
             predicted_peak_millicores: None,
@@ -274,21 +301,32 @@ impl<C: Cluster> Engine<C> {
             lead_seconds: None,
             warnings: problems,
         };
-        let Some(hpa) = workload.hpa.clone() else {
-            self.refused.remove(key);
-            return Some(Ok(Managed {
-                workload,
-                settings,
-                decision,
-            }));
+        let shadow = match (settings.mode, &workload.hpa) {
+            (Mode::Shadow, _) | (Mode::Auto, Some(_)) => true,
+            (Mode::Act | Mode::Auto, _) => false,
+        };
+        let hpa = match workload.hpa.clone() {
+            Some(hpa) if !shadow => hpa,
+            _ => {
+                self.refused.remove(key);
+                return Some(Ok(Managed {
+                    workload,
+                    settings,
+                    decision,
+                    shadow,
+                }));
+            }
         };
         decision.rule = Rule::HpaConflict.as_str().into();
-        decision.reason =
-            format!("HorizontalPodAutoscaler {hpa} targets this StatefulSet; PAS leaves it alone.");
+        decision.hpa = Some(hpa.clone());
+        decision.reason = format!(
+            "HorizontalPodAutoscaler {hpa} targets this {}; PAS leaves it alone in mode act (pas.io/mode: shadow or auto compares beside it).",
+            workload.kind
+        );
         decision.outcome = Outcome::Refused;
         let mut event = None;
         if self.refused.get(key) != Some(&hpa) {
-            tracing::warn!(%namespace, workload = %name, %hpa, "An HPA targets this StatefulSet; not managing it.");
+            tracing::warn!(%namespace, workload = %name, %hpa, "An HPA targets this workload; not acting on it.");
             self.refused.insert(key.clone(), hpa);
             event = Some(Event {
                 kind: EventKind::Warning,
@@ -304,6 +342,47 @@ impl<C: Cluster> Engine<C> {
             changed: false,
             event,
         }))
+    }
+
+    /// Scores the interval since the last evaluation on the workload's
+    /// shadow, then takes PAS's decision of `decided` replicas into it.
+    fn shadow(
+        &self,
+        workload: &Workload,
+        observed: &Observed,
+        decided: u32,
+        lead: Duration,
+        now: DateTime<Utc>,
+        history: &mut History,
+    ) {
+        let requests: Vec<f64> = observed
+            .pods
+            .iter()
+            .filter_map(|p| p.requested_millicores.filter(|r| *r > 0.0))
+            .collect();
+        let reading = Reading {
+            demand_millicores: observed.pods.iter().filter_map(|p| p.used_millicores).sum(),
+            request_millicores: (!requests.is_empty())
+                .then(|| requests.iter().sum::<f64>() / requests.len() as f64),
+            replicas: workload.replicas,
+            ready: workload.ready_replicas,
+        };
+        let startup = lead.saturating_sub(self.tuning.tick);
+        let shadow = history
+            .shadow
+            .get_or_insert_with(|| Shadow::start(now, &reading, startup, workload.hpa.clone()));
+        shadow.hpa = workload.hpa.clone();
+        shadow.actual = workload.replicas;
+        shadow.namespace.clone_from(&workload.namespace);
+        shadow.workload.clone_from(&workload.name);
+        shadow.step(
+            now,
+            &reading,
+            decided,
+            startup,
+            self.tuning.tick * Shadow::MAX_GAP_TICKS,
+            self.config.shadow_window,
+        );
     }
 
     /// Scales `workload` to `replicas`: `Applied` (and the change recorded
@@ -479,9 +558,18 @@ mod tests {
         assert_eq!(cluster.replicas("shop", "web"), Some(4), "nothing moved");
     }
 
+    fn acting(mode: &str) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            ("pas.io/enabled".to_string(), "true".to_string()),
+            ("pas.io/target-utilization".to_string(), "50".to_string()),
+            ("pas.io/mode".to_string(), mode.to_string()),
+        ])
+    }
+
     #[tokio::test]
-    async fn a_workload_an_hpa_targets_is_refused_and_no_history_is_kept() {
+    async fn a_workload_an_hpa_targets_is_refused_in_mode_act_and_no_history_is_kept() {
         let (mut engine, cluster, key) = engine(2, 1000.0);
+        cluster.insert("shop", "web", 2, acting("act"), Some(1000.0));
         cluster.set_hpa("shop", "web", "web-hpa");
         let e = engine
             .evaluate(&key, Utc::now(), async |_: &Key| Some(History::default()))
@@ -500,6 +588,61 @@ mod tests {
             .await
             .expect("a refusal");
         assert!(again.event.is_none());
+    }
+
+    /// Issue 20: by default PAS shadows a workload an HPA targets: it
+    /// decides, publishes `shadow` with the HPA's name, patches nothing,
+    /// and scores what it would have run against what runs.
+    #[tokio::test]
+    async fn a_workload_an_hpa_targets_is_shadowed_and_never_patched() {
+        let (mut engine, cluster, key) = engine(2, 1000.0);
+        cluster.set_hpa("shop", "web", "web-hpa");
+        let start = Utc::now();
+        let mut written = Vec::new();
+        for i in 0..2 {
+            let e = engine
+                .evaluate(
+                    &key,
+                    start + chrono::TimeDelta::seconds(5 * i),
+                    async |_: &Key| Some(History::default()),
+                )
+                .await
+                .expect("a decision");
+            // 100 % against a 50 % target: PAS would run 4.
+            assert_eq!(
+                (
+                    e.decision.replicas_before,
+                    e.decision.replicas_after,
+                    e.decision.outcome
+                ),
+                (2, 4, Outcome::Shadow)
+            );
+            assert_eq!(e.decision.hpa.as_deref(), Some("web-hpa"));
+            assert!(e.event.is_none());
+            written.push(e.changed);
+        }
+        assert_eq!(cluster.replicas("shop", "web"), Some(2), "nothing patched");
+        assert!(cluster.log().is_empty(), "{:?}", cluster.log());
+        // Written when first seen, then not before shadow_write_every.
+        assert_eq!(written, [true, false]);
+        let shadow = engine.histories[&key].shadow.clone().expect("a shadow");
+        let t = shadow.since(start - chrono::TimeDelta::hours(1));
+        // 5 s of 4 pods (2 of them still starting) against 2 that ran.
+        assert_eq!(
+            (t.seconds, t.pas_replica_seconds, t.actual_replica_seconds),
+            (5.0, 20.0, 10.0)
+        );
+        assert_eq!((shadow.replicas, shadow.hpa.as_deref()), (4, Some("web-hpa")));
+
+        // Without an HPA, pas.io/mode: shadow shadows too.
+        let (mut engine, cluster, key) = self::engine(2, 1000.0);
+        cluster.insert("shop", "web", 2, acting("shadow"), Some(1000.0));
+        let e = engine
+            .evaluate(&key, Utc::now(), async |_: &Key| Some(History::default()))
+            .await
+            .expect("a decision");
+        assert_eq!((e.decision.outcome, e.decision.hpa), (Outcome::Shadow, None));
+        assert_eq!(cluster.replicas("shop", "web"), Some(2));
     }
 
     #[tokio::test]

@@ -1,18 +1,22 @@
 //! The Kubernetes API as a [`Cluster`].
 //!
-//! - StatefulSets and HorizontalPodAutoscalers are watched (one list, then a
-//!   watch, in every namespace) into reflector stores, so a decision reads
-//!   no API.
-//! - Replicas change only through the `scale` subresource: a JSON merge
-//!   patch `{"metadata":{"resourceVersion":…},"spec":{"replicas":…}}` with
-//!   field manager `pas-scaler`. The resource version makes the change
+//! - The workloads of every kind in `workload_kinds` (StatefulSets and
+//!   Deployments by default) and the HorizontalPodAutoscalers are watched
+//!   (one list, then a watch, in every namespace) into reflector stores, so
+//!   a decision reads no API. A workload is read as a dynamic object:
+//!   `spec.replicas`, `status.readyReplicas` and the CPU requests of the
+//!   pod template at `spec.template`.
+//! - Replicas change only through the `scale` subresource of the workload's
+//!   kind: a JSON merge patch
+//!   `{"metadata":{"resourceVersion":…},"spec":{"replicas":…}}` with field
+//!   manager `pas-scaler`. The resource version makes the change
 //!   conditional on what the decision saw, as the HPA's update of the scale
 //!   is. A conflict (409) re-reads the scale: if another writer changed the
 //!   replicas the decision is void ([`ClusterError::Changed`]), otherwise
 //!   the patch is retried against the new version.
 //! - Conflicts, throttling (429) and server errors (5xx) are retried with
 //!   capped, jittered exponential backoff ([`Retry`]); 403 and 404 are not.
-//! - Each change gets an Event (`events.k8s.io/v1`) on the StatefulSet.
+//! - Each change gets an Event (`events.k8s.io/v1`) on the workload.
 //!
 //! The RBAC this needs is in `docs/scaler.md`.
 
@@ -21,17 +25,16 @@ use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::ObjectReference;
-use kube::api::{Patch, PatchParams};
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use tokio_util::sync::CancellationToken;
 
-use crate::cluster::{Cluster, ClusterError, EventKind, Workload};
+use crate::cluster::{Cluster, ClusterError, EventKind, Workload, WorkloadKind};
 
 /// The field manager of every change the scaler makes.
 pub const FIELD_MANAGER: &str = "pas-scaler";
@@ -57,14 +60,28 @@ impl Default for Retry {
     }
 }
 
+/// One managed kind: how to reach it and what is known of it.
+#[derive(Clone)]
+struct Kind {
+    resource: ApiResource,
+    store: Store<DynamicObject>,
+}
+
 /// The Kubernetes API.
 #[derive(Clone)]
 pub struct Kube {
     client: Client,
-    statefulsets: Store<StatefulSet>,
+    kinds: Vec<Kind>,
     hpas: Store<HorizontalPodAutoscaler>,
     recorder: Recorder,
     retry: Retry,
+}
+
+fn api_resource(kind: &WorkloadKind) -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk(&kind.group, &kind.version, &kind.kind),
+        &kind.plural,
+    )
 }
 
 impl Kube {
@@ -76,13 +93,39 @@ impl Kube {
         Client::try_from(config).map_err(|e| e.to_string())
     }
 
-    /// Starts watching StatefulSets and HPAs until `shutdown`. `instance`
-    /// names this scaler in Events.
-    pub fn start(client: Client, instance: String, retry: Retry, shutdown: CancellationToken) -> Kube {
-        let (statefulsets, writer) = reflector::store::<StatefulSet>();
-        tokio::spawn(reflect(Api::all(client.clone()), writer, shutdown.clone()));
+    /// Starts watching the workloads of `kinds` and the HPAs until
+    /// `shutdown`. `instance` names this scaler in Events.
+    pub fn start(
+        client: Client,
+        kinds: &[WorkloadKind],
+        instance: String,
+        retry: Retry,
+        shutdown: CancellationToken,
+    ) -> Kube {
+        let kinds = kinds
+            .iter()
+            .map(|kind| {
+                let resource = api_resource(kind);
+                let writer = reflector::store::Writer::new(resource.clone());
+                let store = writer.as_reader();
+                let api = Api::<DynamicObject>::all_with(client.clone(), &resource);
+                tokio::spawn(reflect(api, writer, kind.kind.clone(), shutdown.clone()));
+                Kind { resource, store }
+            })
+            .collect();
         let (hpas, writer) = reflector::store::<HorizontalPodAutoscaler>();
-        tokio::spawn(reflect(Api::all(client.clone()), writer, shutdown));
+        let api = Api::all(client.clone());
+        tokio::spawn(reflect(api, writer, "HorizontalPodAutoscaler".into(), shutdown));
+        Kube::with(client, kinds, hpas, instance, retry)
+    }
+
+    fn with(
+        client: Client,
+        kinds: Vec<Kind>,
+        hpas: Store<HorizontalPodAutoscaler>,
+        instance: String,
+        retry: Retry,
+    ) -> Kube {
         let reporter = Reporter {
             controller: FIELD_MANAGER.into(),
             instance: Some(instance),
@@ -90,16 +133,18 @@ impl Kube {
         let recorder = Recorder::new(client.clone(), reporter);
         Kube {
             client,
-            statefulsets,
+            kinds,
             hpas,
             recorder,
             retry,
         }
     }
 
-    /// Waits until both watches have listed everything once.
+    /// Waits until every watch has listed everything once.
     pub async fn ready(&self) {
-        let _ = self.statefulsets.wait_until_ready().await;
+        for kind in &self.kinds {
+            let _ = kind.store.wait_until_ready().await;
+        }
         let _ = self.hpas.wait_until_ready().await;
     }
 
@@ -110,12 +155,30 @@ impl Kube {
             .with_max_times(self.retry.times)
             .with_jitter()
     }
+
+    /// The scale API of `workload`'s kind in its namespace.
+    fn scale_api(&self, workload: &Workload) -> Result<Api<DynamicObject>, ClusterError> {
+        let kind = self
+            .kinds
+            .iter()
+            .find(|k| k.resource.kind == workload.kind && k.resource.api_version == workload.api_version)
+            .ok_or_else(|| ClusterError::Request(format!("{} is not a managed kind", workload.kind)))?;
+        Ok(Api::namespaced_with(
+            self.client.clone(),
+            &workload.namespace,
+            &kind.resource,
+        ))
+    }
 }
 
-async fn reflect<K>(api: Api<K>, writer: reflector::store::Writer<K>, shutdown: CancellationToken)
-where
+async fn reflect<K>(
+    api: Api<K>,
+    writer: reflector::store::Writer<K>,
+    kind: String,
+    shutdown: CancellationToken,
+) where
     K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
-    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
 {
     let stream = reflector::reflector(writer, watcher(api, watcher::Config::default())).default_backoff();
     futures::pin_mut!(stream);
@@ -126,9 +189,7 @@ where
         };
         match next {
             None => return,
-            Some(Err(error)) => {
-                tracing::warn!(%error, kind = K::kind(&K::DynamicType::default()).as_ref(), "Watch failed; retrying.")
-            }
+            Some(Err(error)) => tracing::warn!(%error, %kind, "Watch failed; retrying."),
             Some(Ok(_)) => {}
         }
     }
@@ -152,55 +213,82 @@ fn classify(error: kube::Error) -> ClusterError {
     }
 }
 
-fn to_workload(sts: &StatefulSet, hpa: Option<String>) -> Workload {
-    let spec = sts.spec.as_ref();
-    let requests: Vec<f64> = spec
-        .and_then(|s| s.template.spec.as_ref())
-        .map(|p| {
-            p.containers
+/// Reads a workload of any managed kind from its JSON.
+fn to_workload(object: &DynamicObject, resource: &ApiResource, hpa: Option<String>) -> Workload {
+    let data = &object.data;
+    let count = |v: &serde_json::Value| v.as_i64().map(|n| n.clamp(0, i64::from(u32::MAX)) as u32);
+    let requests: Vec<f64> = data["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .map(|containers| {
+            containers
                 .iter()
-                .filter_map(|c| c.resources.as_ref()?.requests.as_ref()?.get("cpu"))
-                .filter_map(|q| pas_schemas::cpu_millicores(&q.0))
+                .filter_map(|c| {
+                    c["resources"]["requests"]["cpu"]
+                        .as_str()
+                        .map(str::to_owned)
+                        .or_else(|| {
+                            // A bare number is a quantity too.
+                            c["resources"]["requests"]["cpu"].as_f64().map(|n| n.to_string())
+                        })
+                })
+                .filter_map(|q| pas_schemas::cpu_millicores(&q))
                 .collect()
         })
         .unwrap_or_default();
     Workload {
-        namespace: sts.metadata.namespace.clone().unwrap_or_default(),
-        name: sts.metadata.name.clone().unwrap_or_default(),
-        replicas: spec.and_then(|s| s.replicas).unwrap_or(1).max(0) as u32,
-        ready_replicas: sts
-            .status
-            .as_ref()
-            .and_then(|s| s.ready_replicas)
-            .unwrap_or(0)
-            .max(0) as u32,
-        annotations: sts.metadata.annotations.clone().unwrap_or_default(),
+        namespace: object.metadata.namespace.clone().unwrap_or_default(),
+        name: object.metadata.name.clone().unwrap_or_default(),
+        kind: resource.kind.clone(),
+        api_version: resource.api_version.clone(),
+        replicas: count(&data["spec"]["replicas"]).unwrap_or(1),
+        ready_replicas: count(&data["status"]["readyReplicas"]).unwrap_or(0),
+        annotations: object.metadata.annotations.clone().unwrap_or_default(),
         cpu_request_millicores: (!requests.is_empty()).then(|| requests.iter().sum()),
-        resource_version: sts.metadata.resource_version.clone(),
-        uid: sts.metadata.uid.clone(),
+        resource_version: object.metadata.resource_version.clone(),
+        uid: object.metadata.uid.clone(),
         hpa,
     }
 }
 
+/// Whether an HPA's target is this workload: same kind, same name and,
+/// where the target names one, the same API group.
+fn targets(hpa: &HorizontalPodAutoscaler, resource: &ApiResource, namespace: &str, name: &str) -> bool {
+    hpa.metadata.namespace.as_deref() == Some(namespace)
+        && hpa.spec.as_ref().is_some_and(|s| {
+            let target = &s.scale_target_ref;
+            let group = target
+                .api_version
+                .as_deref()
+                .map(|v| v.rsplit_once('/').map_or("", |(g, _)| g));
+            target.kind == resource.kind && target.name == name && group.is_none_or(|g| g == resource.group)
+        })
+}
+
 impl Cluster for Kube {
     async fn workload(&self, namespace: &str, name: &str) -> Result<Option<Workload>, ClusterError> {
-        let Some(sts) = self.statefulsets.get(&ObjectRef::new(name).within(namespace)) else {
+        let mut found = self.kinds.iter().filter_map(|kind| {
+            let key = ObjectRef::new_with(name, kind.resource.clone()).within(namespace);
+            kind.store.get(&key).map(|object| (kind, object))
+        });
+        let Some((kind, object)) = found.next() else {
             return Ok(None);
         };
+        if let Some((other, _)) = found.next() {
+            return Err(ClusterError::Ambiguous(format!(
+                "a {} and a {} are both named {namespace}/{name}; samples name only the workload, so PAS \
+                 cannot tell their pods apart: rename one, or leave one kind out of workload_kinds",
+                kind.resource.kind, other.resource.kind
+            )));
+        }
         let hpa = self
             .hpas
-            .find(|h| {
-                h.metadata.namespace.as_deref() == Some(namespace)
-                    && h.spec.as_ref().is_some_and(|s| {
-                        s.scale_target_ref.kind == "StatefulSet" && s.scale_target_ref.name == name
-                    })
-            })
+            .find(|h| targets(h, &kind.resource, namespace, name))
             .and_then(|h| h.metadata.name.clone());
-        Ok(Some(to_workload(&sts, hpa)))
+        Ok(Some(to_workload(&object, &kind.resource, hpa)))
     }
 
     async fn scale(&self, workload: &Workload, replicas: u32) -> Result<(), ClusterError> {
-        let api: Api<StatefulSet> = Api::namespaced(self.client.clone(), &workload.namespace);
+        let api = self.scale_api(workload)?;
         let params = PatchParams {
             field_manager: Some(FIELD_MANAGER.into()),
             ..PatchParams::default()
@@ -219,7 +307,7 @@ impl Cluster for Kube {
                 Ok(_) => Ok(()),
                 Err(error) => match classify(error) {
                     ClusterError::Conflict(message) => {
-                        // Someone wrote the StatefulSet: is our decision still valid?
+                        // Someone wrote the workload: is our decision still valid?
                         let scale = api.get_scale(&workload.name).await.map_err(classify)?;
                         let now = scale.spec.and_then(|s| s.replicas).unwrap_or(0).max(0) as u32;
                         if now != workload.replicas {
@@ -249,8 +337,8 @@ impl Cluster for Kube {
         note: String,
     ) -> Result<(), ClusterError> {
         let reference = ObjectReference {
-            api_version: Some("apps/v1".into()),
-            kind: Some("StatefulSet".into()),
+            api_version: Some(workload.api_version.clone()),
+            kind: Some(workload.kind.clone()),
             name: Some(workload.name.clone()),
             namespace: Some(workload.namespace.clone()),
             uid: workload.uid.clone(),
@@ -297,31 +385,24 @@ mod tests {
     fn kube() -> (Kube, Mock) {
         let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let client = Client::new(service, "default");
-        let (statefulsets, _) = reflector::store::<StatefulSet>();
+        let kinds = [WorkloadKind::statefulset(), WorkloadKind::deployment()]
+            .iter()
+            .map(|kind| {
+                let resource = api_resource(kind);
+                let store = reflector::store::Writer::new(resource.clone()).as_reader();
+                Kind { resource, store }
+            })
+            .collect();
         let (hpas, _) = reflector::store::<HorizontalPodAutoscaler>();
-        let recorder = Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: FIELD_MANAGER.into(),
-                instance: Some("scaler-0".into()),
-            },
-        );
-        (
-            Kube {
-                client,
-                statefulsets,
-                hpas,
-                recorder,
-                retry: fast(),
-            },
-            handle,
-        )
+        (Kube::with(client, kinds, hpas, "scaler-0".into(), fast()), handle)
     }
 
     fn web(replicas: u32) -> Workload {
         Workload {
             namespace: "shop".into(),
             name: "web".into(),
+            kind: "StatefulSet".into(),
+            api_version: "apps/v1".into(),
             replicas,
             ready_replicas: replicas,
             annotations: BTreeMap::new(),
@@ -357,16 +438,24 @@ mod tests {
         serde_json::from_slice(&bytes).unwrap()
     }
 
-    /// Asserts the request is the scale patch and returns its body.
+    const STS_SCALE: &str = "/apis/apps/v1/namespaces/shop/statefulsets/web/scale";
+    const DEPLOY_SCALE: &str = "/apis/apps/v1/namespaces/shop/deployments/web/scale";
+
+    /// Asserts the request is the StatefulSet's scale patch and returns its body.
     async fn expect_patch(
         handle: &mut Mock,
     ) -> (serde_json::Value, tower_test::mock::SendResponse<Response<Body>>) {
+        expect_patch_at(handle, STS_SCALE).await
+    }
+
+    /// Asserts the request is a scale patch of `path` and returns its body.
+    async fn expect_patch_at(
+        handle: &mut Mock,
+        path: &str,
+    ) -> (serde_json::Value, tower_test::mock::SendResponse<Response<Body>>) {
         let (req, send) = handle.next_request().await.expect("a patch request");
         assert_eq!(req.method(), Method::PATCH);
-        assert_eq!(
-            req.uri().path(),
-            "/apis/apps/v1/namespaces/shop/statefulsets/web/scale"
-        );
+        assert_eq!(req.uri().path(), path);
         let query = req.uri().query().unwrap_or_default().to_string();
         let params: Vec<&str> = query.split('&').filter(|kv| !kv.is_empty()).collect();
         assert_eq!(params, ["fieldManager=pas-scaler"], "{query}");
@@ -375,13 +464,68 @@ mod tests {
     }
 
     async fn expect_get_scale(handle: &mut Mock) -> tower_test::mock::SendResponse<Response<Body>> {
+        expect_get_scale_at(handle, STS_SCALE).await
+    }
+
+    async fn expect_get_scale_at(
+        handle: &mut Mock,
+        path: &str,
+    ) -> tower_test::mock::SendResponse<Response<Body>> {
         let (req, send) = handle.next_request().await.expect("a get request");
         assert_eq!(req.method(), Method::GET);
-        assert_eq!(
-            req.uri().path(),
-            "/apis/apps/v1/namespaces/shop/statefulsets/web/scale"
-        );
+        assert_eq!(req.uri().path(), path);
         send
+    }
+
+    fn deployment(replicas: u32) -> Workload {
+        Workload {
+            kind: "Deployment".into(),
+            ..web(replicas)
+        }
+    }
+
+    /// Issue 20: a Deployment is scaled through `deployments/scale`, with
+    /// the same conditional patch and the same conflict handling.
+    #[tokio::test]
+    async fn a_deployment_is_scaled_through_its_own_scale_subresource() {
+        let (kube, mut handle) = kube();
+        let k = kube.clone();
+        let task = tokio::spawn(async move { k.scale(&deployment(2), 5).await });
+        let (body, send) = expect_patch_at(&mut handle, DEPLOY_SCALE).await;
+        assert_eq!(
+            body,
+            serde_json::json!({"metadata": {"resourceVersion": "41"}, "spec": {"replicas": 5}})
+        );
+        send.send_response(scale_answer(5, "42"));
+        assert_eq!(task.await.unwrap(), Ok(()));
+
+        let task = tokio::spawn(async move { kube.scale(&deployment(2), 5).await });
+        expect_patch_at(&mut handle, DEPLOY_SCALE)
+            .await
+            .1
+            .send_response(status(409, "Conflict"));
+        expect_get_scale_at(&mut handle, DEPLOY_SCALE)
+            .await
+            .send_response(scale_answer(6, "43"));
+        assert_eq!(task.await.unwrap(), Err(ClusterError::Changed(6)));
+    }
+
+    /// An Event about a Deployment names the Deployment.
+    #[tokio::test]
+    async fn an_event_on_a_deployment_names_it() {
+        let (kube, mut handle) = kube();
+        let task = tokio::spawn(async move {
+            kube.event(&deployment(2), EventKind::Warning, "FailedRescale", "x".into())
+                .await
+        });
+        let (req, send) = handle.next_request().await.expect("an event request");
+        let body = body_json(req).await;
+        assert_eq!(
+            body["regarding"],
+            serde_json::json!({"apiVersion": "apps/v1", "kind": "Deployment", "name": "web", "namespace": "shop", "uid": "uid-web"})
+        );
+        send.send_response(Response::new(Body::from(serde_json::to_vec(&body).unwrap())));
+        assert_eq!(task.await.unwrap(), Ok(()));
     }
 
     #[tokio::test]
@@ -521,14 +665,16 @@ mod tests {
         assert_eq!(task.await.unwrap(), Ok(()));
     }
 
-    /// The watches list StatefulSets and HPAs in every namespace; a
-    /// StatefulSet an HPA targets says so.
+    /// The watches list StatefulSets, Deployments and HPAs in every
+    /// namespace; a workload an HPA targets says so; a name two kinds share
+    /// is refused.
     #[tokio::test]
     async fn watches_fill_the_stores() {
         let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let client = Client::new(service, "default");
         let stop = CancellationToken::new();
-        let kube = Kube::start(client, "scaler-0".into(), fast(), stop.clone());
+        let kinds = [WorkloadKind::statefulset(), WorkloadKind::deployment()];
+        let kube = Kube::start(client, &kinds, "scaler-0".into(), fast(), stop.clone());
         let sts = |name: &str| {
             serde_json::json!({
                 "apiVersion": "apps/v1", "kind": "StatefulSet",
@@ -540,21 +686,38 @@ mod tests {
                 "status": {"replicas": 3, "readyReplicas": 2}
             })
         };
+        let deploy = |name: &str| {
+            serde_json::json!({
+                "apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": {"name": name, "namespace": "shop", "resourceVersion": "8", "uid": format!("uid-{name}")},
+                "spec": {"replicas": 4, "selector": {}, "template": {"spec": {"containers": [
+                    {"name": "app", "resources": {"requests": {"cpu": "1"}}}]}}},
+                "status": {"replicas": 5, "readyReplicas": 3, "updatedReplicas": 4}
+            })
+        };
+        let hpa = |name: &str, api_version: &str, kind: &str, target: &str| {
+            serde_json::json!({"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+                "metadata": {"name": name, "namespace": "shop"},
+                "spec": {"maxReplicas": 5, "scaleTargetRef": {"apiVersion": api_version, "kind": kind, "name": target}}})
+        };
         let mut seen = Vec::new();
-        for _ in 0..2 {
+        for _ in 0..3 {
             let (req, send) = handle.next_request().await.expect("a list request");
             assert_eq!(req.method(), Method::GET);
             let path = req.uri().path().to_string();
             assert!(!req.uri().query().unwrap_or_default().contains("watch=true"));
             let list = if path == "/apis/apps/v1/statefulsets" {
                 serde_json::json!({"apiVersion": "apps/v1", "kind": "StatefulSetList", "metadata": {"resourceVersion": "7"},
-                    "items": [sts("web"), sts("db")]})
+                                        "items": [sts("web"), sts("db"), sts("cache")]})
+            } else if path == "/apis/apps/v1/deployments" {
+                serde_json::json!({"apiVersion": "apps/v1", "kind": "DeploymentList", "metadata": {"resourceVersion": "8"},
+                    "items": [deploy("api"), deploy("cache")]})
             } else {
                 assert_eq!(path, "/apis/autoscaling/v2/horizontalpodautoscalers");
                 serde_json::json!({"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscalerList", "metadata": {"resourceVersion": "7"},
-                    "items": [{"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
-                        "metadata": {"name": "db-hpa", "namespace": "shop"},
-                        "spec": {"maxReplicas": 5, "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "db"}}}]})
+                                        "items": [hpa("db-hpa", "apps/v1", "StatefulSet", "db"), hpa("api-hpa", "apps/v1", "Deployment", "api"),
+                        // Another group's kind of the same name is not web.
+                        hpa("other", "example.com/v1", "StatefulSet", "web")]})
             };
             seen.push(path);
             send.send_response(Response::new(Body::from(serde_json::to_vec(&list).unwrap())));
@@ -563,6 +726,7 @@ mod tests {
         assert_eq!(
             seen,
             [
+                "/apis/apps/v1/deployments",
                 "/apis/apps/v1/statefulsets",
                 "/apis/autoscaling/v2/horizontalpodautoscalers"
             ]
@@ -590,6 +754,29 @@ mod tests {
                 .hpa
                 .as_deref(),
             Some("db-hpa")
+        );
+        assert_eq!(
+            (web.kind.as_str(), web.api_version.as_str()),
+            ("StatefulSet", "apps/v1")
+        );
+        // A Deployment: replicas from spec, ready from status (a surge pod
+        // counts in status.replicas, not here), its HPA found by kind.
+        let api = kube.workload("shop", "api").await.unwrap().expect("api");
+        assert_eq!(
+            (
+                api.kind.as_str(),
+                api.replicas,
+                api.ready_replicas,
+                api.cpu_request_millicores
+            ),
+            ("Deployment", 4, 3, Some(1000.0))
+        );
+        assert_eq!(api.hpa.as_deref(), Some("api-hpa"));
+        let error = kube.workload("shop", "cache").await.unwrap_err();
+        assert_eq!(error.kind(), "ambiguous");
+        assert!(
+            error.to_string().contains("StatefulSet and a Deployment"),
+            "{error}"
         );
         assert_eq!(kube.workload("shop", "nope").await.unwrap(), None);
         stop.cancel();

@@ -39,6 +39,7 @@ pub mod k8s;
 pub mod leader;
 pub mod policy;
 pub mod settings;
+pub mod shadow;
 pub mod sim;
 
 mod active;
@@ -111,10 +112,16 @@ pub async fn run(mut config: Config, shutdown: CancellationToken) -> Result<(), 
         times: config.kube_retries,
         ..Retry::default()
     };
-    let kube = Kube::start(client, config.replica_id(), retry, shutdown.clone());
+    let kube = Kube::start(
+        client,
+        &config.workload_kinds,
+        config.replica_id(),
+        retry,
+        shutdown.clone(),
+    );
     tokio::select! {
         _ = shutdown.cancelled() => return Ok(()),
-        _ = kube.ready() => tracing::info!("Listed StatefulSets and HorizontalPodAutoscalers."),
+        _ = kube.ready() => tracing::info!(kinds = ?config.workload_kinds.iter().map(|k| &k.kind).collect::<Vec<_>>(), "Listed the workloads and HorizontalPodAutoscalers."),
     }
     Scaler::new(config, kube)?.run(shutdown).await
 }

@@ -125,6 +125,7 @@ impl Outputs {
             Outcome::DryRun => "dry_run",
             Outcome::Refused => "refused",
             Outcome::Unchanged => "unchanged",
+            Outcome::Shadow => "shadow",
         };
         self.metrics.decision(outcome, rule);
         let subject = match self.prefix.scale(&decision.namespace, &decision.workload) {

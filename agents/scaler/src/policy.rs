@@ -85,6 +85,53 @@ impl TryFrom<String> for Policy {
     }
 }
 
+/// Whether PAS acts on a workload or only shadows what scales it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", try_from = "String")]
+pub enum Mode {
+    /// Shadow a workload an HPA targets, act on the others.
+    Auto,
+    /// Act: change the replicas (refused while an HPA targets the workload).
+    Act,
+    /// Decide and publish with outcome `shadow`, keep a scorecard against
+    /// what runs, never change the replicas ([`crate::shadow`]).
+    Shadow,
+}
+
+impl Mode {
+    /// Every mode.
+    pub const ALL: [Mode; 3] = [Mode::Auto, Mode::Act, Mode::Shadow];
+
+    /// Its name in settings.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Auto => "auto",
+            Mode::Act => "act",
+            Mode::Shadow => "shadow",
+        }
+    }
+}
+
+impl FromStr for Mode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let name = s.trim();
+        Mode::ALL
+            .into_iter()
+            .find(|m| m.as_str() == name)
+            .ok_or_else(|| format!("unknown mode {name:?}: the modes are auto, act, shadow"))
+    }
+}
+
+impl TryFrom<String> for Mode {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
 /// The rule that decided a decision: its `rule` field, a metrics label, and
 /// the list in docs/scaler.md (a test keeps that list equal to [`Rule::ALL`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -278,6 +325,9 @@ impl Behavior {
 pub struct Settings {
     /// Whether the scaler manages the workload at all.
     pub enabled: bool,
+    /// `auto` (shadow when an HPA targets the workload, else act), `act`
+    /// or `shadow`.
+    pub mode: Mode,
     /// The policy.
     pub policy: Policy,
     /// Never fewer replicas.
@@ -306,6 +356,7 @@ impl Default for Settings {
     fn default() -> Self {
         Settings {
             enabled: false,
+            mode: Mode::Auto,
             policy: Policy::Hybrid,
             min_replicas: 1,
             max_replicas: 10,
@@ -548,6 +599,10 @@ pub struct History {
     /// How long this workload's scale-outs took to become ready.
     #[serde(default)]
     pub startup: StartupHistory,
+    /// What PAS would have run beside what runs, and its scorecard, while
+    /// it shadows the workload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<crate::shadow::Shadow>,
 }
 
 impl History {
@@ -561,6 +616,8 @@ impl History {
             if let Some(newest) = h.recommendations.last_mut() {
                 newest.until = None;
             }
+            // The scorecard changes at every evaluation: written on its own clock.
+            h.shadow = None;
             h
         };
         stored(self) != stored(other)

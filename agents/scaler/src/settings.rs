@@ -1,8 +1,10 @@
-//! Per-workload settings from StatefulSet annotations.
+//! Per-workload settings from the workload's annotations (a StatefulSet's,
+//! a Deployment's).
 //!
 //! | annotation | value | setting |
 //! |---|---|---|
 //! | `pas.io/enabled` | `true` / `false` | [`Settings::enabled`] |
+//! | `pas.io/mode` | `auto`, `act`, `shadow` | [`Settings::mode`] |
 //! | `pas.io/policy` | `hpa`, `threshold`, `predictive`, `hybrid` | [`Settings::policy`] |
 //! | `pas.io/min-replicas` | integer ≥ 1 | [`Settings::min_replicas`] |
 //! | `pas.io/max-replicas` | integer ≥ min | [`Settings::max_replicas`] |
@@ -43,6 +45,7 @@ pub fn from_annotations(
             "paused" => parse_bool(v).map(|b| s.paused = b),
             "learn-startup" => parse_bool(v).map(|b| s.learn_startup = b),
             "policy" => v.parse().map(|p| s.policy = p),
+            "mode" => v.parse().map(|m| s.mode = m),
             "min-replicas" => parse_count(v).map(|n| s.min_replicas = n),
             "max-replicas" => parse_count(v).map(|n| s.max_replicas = n),
             "target-utilization" => match v.trim_end_matches('%').parse::<f64>() {
@@ -104,7 +107,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::policy::Policy;
+    use crate::policy::{Mode, Policy};
 
     fn annotations(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs
@@ -128,6 +131,7 @@ mod tests {
                 ("pas.io/learn-startup", "false"),
                 ("pas.io/dry-run", "yes"),
                 ("pas.io/paused", "false"),
+                ("pas.io/mode", "shadow"),
                 ("app.kubernetes.io/name", "web"),
             ]),
         );
@@ -136,6 +140,7 @@ mod tests {
             s,
             Settings {
                 enabled: true,
+                mode: Mode::Shadow,
                 policy: Policy::Predictive,
                 min_replicas: 2,
                 max_replicas: 20,
