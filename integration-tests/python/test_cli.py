@@ -145,3 +145,20 @@ def test_offline_commands_show_only_their_flags(pas_bin):
         assert "--nats-url" not in out and "--config" not in out, (command, out)
     for command in (["bus", "init"], ["replay"], ["record"], ["trainer"]):
         assert "--nats-url" in run(pas_bin, *command, "--help").stdout, command
+
+
+def test_the_guides_commands_name_flags_that_exist(pas_bin):
+    """docs/compare-with-your-hpa.md was run as written; this keeps it so:
+    each `pas` command in its shell blocks names a command and flags that
+    `pas … --help` lists."""
+    guide = (ROOT / "docs/compare-with-your-hpa.md").read_text()
+    blocks = re.findall(r"```sh\n(.*?)```", guide, re.S)
+    commands = [line.split("#")[0].split() for b in blocks for line in b.splitlines() if line.startswith("pas ")]
+    assert len(commands) >= 3, commands
+    paths = {tuple(p) for p in leaves(pas_bin)}
+    for words in commands:
+        path = tuple(w for w in words[1:] if not w.startswith("-"))
+        path = next(path[:n] for n in range(len(path), 0, -1) if path[:n] in paths)
+        text = subprocess.run([str(pas_bin), *path, "--help"], capture_output=True, text=True, check=True).stdout
+        for flag in (w.split("=")[0] for w in words if w.startswith("--")):
+            assert re.search(rf"{re.escape(flag)}(?![\w-])", text), f"`{' '.join(words)}`: pas {' '.join(path)} has no {flag}"

@@ -232,26 +232,26 @@ async fn the_import_gives_back_what_prometheus_holds() {
     let out = dir.path().join("history.jsonl");
     let since = format!("{}s", (Utc::now() - rows[0].0).num_seconds() + 60);
     let until = format!("{}s", (Utc::now() - rows[rows.len() - 1].0).num_seconds() - 60);
-    let run = run_pas(
-        &nats,
-        "admin",
-        &[
+    let url = server.url();
+    let import = |user: &str, more: &[&str]| {
+        let mut args = vec![
             "import",
             "prometheus",
             "--url",
-            &server.url(),
+            &url,
             "--namespace",
             "shop",
             "--since",
             &since,
             "--until",
             &until,
-            "--step",
-            "5m",
-            "--out",
-            out.to_str().unwrap(),
-            "--live",
-        ],
+        ];
+        args.extend_from_slice(more);
+        run_pas(&nats, user, &args)
+    };
+    let run = import(
+        "admin",
+        &["--step", "5m", "--out", out.to_str().unwrap(), "--live"],
     );
     let stdout = String::from_utf8_lossy(&run.stdout);
     assert!(
@@ -296,6 +296,25 @@ async fn the_import_gives_back_what_prometheus_holds() {
         block.values[slot]
     );
 
+    // One workload: only its pods are asked for, and given.
+    let api = prometheus::import(
+        &Config {
+            workload: Some("api".into()),
+            ..config.clone()
+        },
+        &mut |_, _| {},
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        by_pod(&api.samples).keys().collect::<Vec<_>>(),
+        ["api-7d9f8b6c5-x2x1z"]
+    );
+    assert_eq!(
+        by_pod(&api.samples)["api-7d9f8b6c5-x2x1z"],
+        pods["api-7d9f8b6c5-x2x1z"]
+    );
+
     // Bad input: a namespace with no series, an unreachable server.
     let refusal = async |c: Config| {
         prometheus::import(&c, &mut |_, _| {})
@@ -332,5 +351,97 @@ async fn the_import_gives_back_what_prometheus_holds() {
     assert!(
         String::from_utf8_lossy(&refused.stderr).contains("--out"),
         "no destination is refused"
+    );
+    // A user that may not write pas-history: the write fails, and what was
+    // read is kept in a file that says so.
+    let viewer = import("viewer", &["--live"]);
+    let said = String::from_utf8_lossy(&viewer.stderr);
+    let kept = said
+        .split("What was read is kept in ")
+        .nth(1)
+        .and_then(|rest| rest.split(" (").next())
+        .unwrap_or_else(|| panic!("{said}"));
+    assert!(!viewer.status.success(), "{said}");
+    let text = std::fs::read_to_string(kept).unwrap();
+    let kept_samples: Vec<CpuSample> = text
+        .lines()
+        .map(|l| pas_schemas::decode(l.as_bytes()).unwrap())
+        .collect();
+    assert_eq!(by_pod(&kept_samples), pods, "nothing read is lost");
+    let _ = std::fs::remove_file(kept);
+    let credentials = refusal(Config {
+        url: "http://ops:secret@127.0.0.1:9090".into(),
+        ..config.clone()
+    })
+    .await;
+    assert!(
+        credentials.contains("--user") && !credentials.contains("secret"),
+        "{credentials}"
+    );
+}
+
+/// Credentials go where Prometheus (or the proxy in front of it) reads
+/// them, and a refusal says to check them. A loopback server stands in:
+/// it keeps each request's `Authorization` header and answers 401.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_are_sent_and_a_refusal_says_so() {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let seen = std::thread::spawn(move || {
+        let mut headers = Vec::new();
+        for stream in listener.incoming().take(2) {
+            let mut stream = stream.unwrap();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            let mut auth = None;
+            while reader.read_line(&mut line).unwrap() > 0 && line != "\r\n" {
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("authorization: ") {
+                    auth = Some(line[line.len() - v.len()..].trim().to_owned());
+                }
+                line.clear();
+            }
+            headers.push(auth);
+            let body = r#"{"status":"error","errorType":"unauthorized","error":"no"}"#;
+            write!(
+                stream,
+                "HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .unwrap();
+        }
+        headers
+    });
+    let base = Config {
+        url,
+        retries: 3,
+        ..Config::default()
+    };
+    for auth in [
+        prometheus::Auth::Bearer("t0ken".into()),
+        prometheus::Auth::Basic {
+            user: "ops".into(),
+            password: "s3cret".into(),
+        },
+    ] {
+        let error = prometheus::import(&Config { auth, ..base.clone() }, &mut |_, _| {})
+            .await
+            .unwrap_err()
+            .to_string();
+        // Refused once, not retried: a 401 does not pass by itself.
+        assert!(
+            error.contains("refused the request (401 Unauthorized)"),
+            "{error}"
+        );
+        assert!(!error.contains("t0ken") && !error.contains("s3cret"), "{error}");
+    }
+    let headers = seen.join().unwrap();
+    // "ops:s3cret" in base64.
+    assert_eq!(
+        headers,
+        [
+            Some("Bearer t0ken".to_owned()),
+            Some("Basic b3BzOnMzY3JldA==".to_owned())
+        ]
     );
 }

@@ -46,10 +46,11 @@ pub struct PrometheusArgs {
     /// How long ago the history ends [default: now].
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     until: Duration,
-    /// Resolution of the samples (and the rate() window unless --rate-window).
-    #[arg(long, default_value = "1m", value_parser = humantime::parse_duration)]
+    /// Resolution of the samples.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     step: Duration,
-    /// The rate() window, at least twice your scrape interval [default: the step].
+    /// The rate() window, at least twice your scrape interval [default:
+    /// the step, at least 5m].
     #[arg(long, value_parser = humantime::parse_duration)]
     rate_window: Option<Duration>,
     /// Longest time range of one query.
@@ -73,9 +74,11 @@ pub struct PrometheusArgs {
     /// Time limit of one query.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     timeout: Duration,
-    /// Write the samples to this file: .jsonl (every sample, for `pas
-    /// replay --trace FILE.jsonl`), or .csv (per workload and step, `pas record`'s
-    /// trace format, for `pas experiment --trace`).
+    /// Write the samples to this file: .jsonl (every sample: for `pas
+    /// experiment --trace`, which uses their demand as it is, and `pas replay
+    /// --trace`), or .csv (`pas record`'s trace format, one file per
+    /// workload: the utilisation, or with --pods the demand as a share of
+    /// that many pods).
     #[arg(long)]
     out: Option<PathBuf>,
     /// In a .csv, write demand as a percentage of this many pods' worth of
@@ -118,12 +121,23 @@ impl PrometheusArgs {
             (None, None) => Auth::None,
         };
         let now = Utc::now();
-        let end = now - TimeDelta::from_std(self.until).context("--until is too long")?;
+        let ago = |d: Duration, flag: &str| {
+            TimeDelta::from_std(d)
+                .ok()
+                .and_then(|d| now.checked_sub_signed(d))
+                .with_context(|| {
+                    format!(
+                        "--{flag} {} reaches before any history",
+                        humantime::format_duration(d)
+                    )
+                })
+        };
+        let end = ago(self.until, "until")?;
         Ok(prometheus::Config {
             url: self.url.clone(),
             namespace: self.namespace.clone(),
             workload: self.workload.clone(),
-            start: now - TimeDelta::from_std(self.since).context("--since is too long")?,
+            start: ago(self.since, "since")?,
             end,
             step: self.step,
             rate_window: self.rate_window,
@@ -138,7 +152,12 @@ impl PrometheusArgs {
 
     /// The file to write, checked before anything is read.
     fn recording(&self) -> Option<record::Config> {
-        Some(record::Config {
+        Some(self.recording_to(self.out.clone()?))
+    }
+
+    /// A recording of what was read to `out`.
+    fn recording_to(&self, out: PathBuf) -> record::Config {
+        record::Config {
             run: None,
             namespace: self.namespace.clone(),
             workload: self.workload.clone(),
@@ -148,8 +167,8 @@ impl PrometheusArgs {
             },
             step: self.step,
             pods: self.pods,
-            out: self.out.clone()?,
-        })
+            out,
+        }
     }
 }
 
@@ -168,6 +187,29 @@ pub async fn run(command: ImportCommand, nats: &NatsConfig) -> anyhow::Result<()
     if let Some(run) = &args.run {
         Prefix::replay(run).map_err(|e| anyhow::anyhow!("--run {run:?}: {e}"))?;
     }
+    if args.live {
+        prometheus::check_live_step(args.step)?;
+    }
+    // The bus before a long read, so a wrong user or a missing bucket is
+    // said before anything is read (and nothing read is lost).
+    let bus = if args.run.is_some() || args.live {
+        let conn = pas_nats::connect(nats, "pas-import", false).await?;
+        if args.run.is_some() {
+            pas_nats::open_stream(&conn.jetstream, pas_schemas::subjects::STREAM_SAMPLES)
+                .await
+                .context("--run publishes to PAS_SAMPLES (run `pas bus init` first)")?;
+        }
+        let kv = if args.live {
+            Some(conn.jetstream.get_key_value(BUCKET_HISTORY).await.context(
+                "opening the pas-history bucket (run `pas bus init` first; --live needs a user that may write it, such as admin)",
+            )?)
+        } else {
+            None
+        };
+        Some((conn, kv))
+    } else {
+        None
+    };
     let mut bar = Bar::new(args.json);
     let imported = prometheus::import(&config, &mut |done, total| bar.show(done, total)).await?;
     bar.finish();
@@ -183,30 +225,49 @@ pub async fn run(command: ImportCommand, nats: &NatsConfig) -> anyhow::Result<()
     }
     let mut published = None;
     let mut blocks = None;
-    if args.run.is_some() || args.live {
-        let conn = pas_nats::connect(nats, "pas-import", false).await?;
-        if let Some(run) = &args.run {
-            let samples = Arc::new(imported.samples.clone());
-            let replay_config = replay::Config {
-                run: run.clone(),
-                source: replay::Source::Samples(samples),
-                speed: replay::Speed::Max,
-                timestamps: replay::Timestamps::Original,
-                ..replay::Config::default()
-            };
-            let summary =
-                replay::replay(&conn, &replay_config, CancellationToken::new(), &mut |_| {}).await?;
-            published = Some(summary.samples);
+    if let Some((conn, kv)) = bus {
+        let sent = async {
+            if let Some(run) = &args.run {
+                let replay_config = replay::Config {
+                    run: run.clone(),
+                    source: replay::Source::Samples(Arc::new(imported.samples.clone())),
+                    speed: replay::Speed::Max,
+                    timestamps: replay::Timestamps::Original,
+                    ..replay::Config::default()
+                };
+                let summary =
+                    replay::replay(&conn, &replay_config, CancellationToken::new(), &mut |_| {}).await?;
+                published = Some(summary.samples);
+            }
+            if let Some(kv) = kv {
+                let keys = Prefix::live().keys();
+                blocks = Some(prometheus::store_history(&kv, &keys, &imported.samples, args.step).await?);
+            }
+            Ok::<_, anyhow::Error>(())
         }
-        if args.live {
-            let kv = conn
-                .jetstream
-                .get_key_value(BUCKET_HISTORY)
-                .await
-                .context("opening the pas-history bucket (run `pas bus init` first; --live needs a user that may write it, such as admin)")?;
-            let n =
-                prometheus::store_history(&kv, &Prefix::live().keys(), &imported.samples, args.step).await?;
-            blocks = Some(n);
+        .await;
+        if let Err(error) = sent {
+            // What was read is not lost: it is in --out, or kept here.
+            let kept = match &args.out {
+                Some(out) => out.clone(),
+                None => {
+                    let path = std::env::temp_dir().join(format!(
+                        "pas-import-{}.jsonl",
+                        Utc::now().format("%Y%m%dT%H%M%SZ")
+                    ));
+                    let keep = record::Config {
+                        out: path.clone(),
+                        pods: None,
+                        ..args.recording_to(path.clone())
+                    };
+                    record::write_samples(&keep, imported.samples.iter().cloned())?;
+                    path
+                }
+            };
+            anyhow::bail!(
+                "{error:#}. What was read is kept in {} (`pas replay --trace` publishes it)",
+                kept.display()
+            );
         }
     }
     if args.json {
@@ -223,10 +284,11 @@ pub async fn run(command: ImportCommand, nats: &NatsConfig) -> anyhow::Result<()
 }
 
 fn summary(imported: &Imported, written: &[String], published: Option<u64>, blocks: Option<usize>) -> String {
+    let n = imported.workloads.len();
     let mut out = format!(
-        "Imported {} samples of {} workloads in {} queries.\n",
+        "Imported {} samples of {n} workload{} in {} queries.\n",
         imported.samples.len(),
-        imported.workloads.len(),
+        if n == 1 { "" } else { "s" },
         imported.queries
     );
     for (workload, n) in &imported.workloads {

@@ -96,7 +96,10 @@ pub async fn run(command: ShadowCommand, nats: &NatsConfig) -> anyhow::Result<()
         None => None,
     };
     let prefix = Prefix::for_run(args.run.as_deref()).map_err(anyhow::Error::msg)?;
-    let since = Utc::now() - TimeDelta::from_std(args.since).context("--since is too long")?;
+    let since = TimeDelta::from_std(args.since)
+        .ok()
+        .and_then(|d| Utc::now().checked_sub_signed(d))
+        .context("--since reaches before any history")?;
     let conn = pas_nats::connect(nats, "pas-cli", false).await?;
     let shadows = shadow::read(&conn.jetstream, &prefix.keys(), only)
         .await

@@ -33,6 +33,7 @@
 //! `targets`, steps 4 and 5 run at each target utilisation, so each policy
 //! gives a curve of cost against violation ([`pareto`]).
 
+pub mod manifest;
 pub mod pareto;
 mod plot;
 mod report;
@@ -439,6 +440,82 @@ impl Demand {
     }
 }
 
+/// Reads a trace: a `timestamp,cpu` CSV, or JSON lines of one workload's
+/// pod samples (`pas record`, `pas import prometheus`). Samples are folded
+/// as the pipeline folds them ([`Workloads`], at their own spacing), and
+/// each step's demand (the sum of the pods' mean use) is written as a
+/// percentage of `reference_pods` pods of the configured capacity, so the
+/// demand rule ([`Demand::from_trace`]) gives it back exactly. Steps with
+/// no sample stay missing.
+pub fn read_trace(path: &Path, config: &Config) -> Result<Trace, Error> {
+    if path.extension().is_none_or(|e| e != "jsonl") {
+        return Ok(Trace::read(path)?);
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| Error::Input(format!("{}: {e}", path.display())))?;
+    let mut samples = Vec::new();
+    for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let sample: pas_schemas::CpuSample = pas_schemas::decode(line.as_bytes())
+            .map_err(|e| Error::Input(format!("{}: line {}: {e}", path.display(), n + 1)))?;
+        samples.push(sample);
+    }
+    samples.sort_by_key(|s| s.timestamp);
+    let mut times: Vec<i64> = samples.iter().map(|s| s.timestamp.timestamp()).collect();
+    times.dedup();
+    let mut gaps: Vec<i64> = times.windows(2).map(|w| w[1] - w[0]).collect();
+    gaps.sort_unstable();
+    let step = gaps
+        .get(gaps.len() / 2)
+        .copied()
+        .unwrap_or(1)
+        .clamp(1, i64::from(u32::MAX)) as u32;
+    let mut folded = Workloads::new(step, times.len() + 1, 2);
+    for (i, sample) in samples.iter().enumerate() {
+        folded.fold(sample, i as u64);
+    }
+    let keys = folded.keys();
+    let key = match keys.as_slice() {
+        [key] => key,
+        [] => {
+            return Err(Error::Input(format!(
+                "{}: no sample of a workload's pod with a CPU request",
+                path.display()
+            )));
+        }
+        many => {
+            let names: Vec<String> = many.iter().map(WorkloadKey::model_key).collect();
+            return Err(Error::Input(format!(
+                "{}: samples of {} workloads ({}): give one workload's (`pas import prometheus --workload`, `pas record --workload`)",
+                path.display(),
+                many.len(),
+                names.join(", ")
+            )));
+        }
+    };
+    let (steps, _) = folded
+        .series(key)
+        .ok_or_else(|| Error::Input(format!("{}: no complete step", path.display())))?;
+    let scale = 100.0 / (f64::from(config.reference_pods) * config.pod.capacity_millicores);
+    let points = steps
+        .values
+        .iter()
+        .enumerate()
+        .filter(|(_, v)| v.is_finite())
+        .map(|(i, v)| {
+            (
+                steps.start + TimeDelta::seconds(i as i64 * i64::from(step)),
+                v * scale,
+            )
+        })
+        .collect();
+    Ok(Trace {
+        name: path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        points,
+    })
+}
+
 /// Runs every trace and collects the results.
 pub fn run(
     paths: &[&Path],
@@ -448,7 +525,7 @@ pub fn run(
     config.check()?;
     let mut traces = Vec::new();
     for path in paths {
-        let trace = Trace::read(path)?;
+        let trace = read_trace(path, config)?;
         traces.push(run_trace(&trace, config, progress)?);
     }
     Ok(Report::new(config, traces))
@@ -1141,6 +1218,70 @@ mod tests {
         assert_eq!(d.at(at(150)), 2000.0);
         assert_eq!(d.at(at(299)), 2000.0);
         assert_eq!(d.at(at(300)), 4000.0);
+    }
+
+    /// Issue 20: a JSON-lines trace of samples (`pas import prometheus`) is
+    /// its demand: folded per step as the pipeline folds it, and given back
+    /// exactly by the demand rule whatever the reference pods.
+    #[test]
+    fn a_trace_of_samples_is_its_demand() {
+        let dir = tempfile::tempdir().unwrap();
+        let sample = |t: i64, workload: &str, pod: &str, used: f64| {
+            let s = pas_schemas::CpuSample {
+                schema_version: pas_schemas::SCHEMA_VERSION,
+                timestamp: DateTime::from_timestamp(1_700_000_000 + t, 0).unwrap(),
+                node: "prometheus".into(),
+                namespace: Some("shop".into()),
+                workload: Some(workload.into()),
+                pod: Some(pod.into()),
+                cpu_used_millicores: used,
+                cpu_requested_millicores: Some(500.0),
+                cpu_capacity_millicores: None,
+                cpu_throttled_ratio: None,
+            };
+            String::from_utf8(pas_schemas::encode(&s).unwrap()).unwrap()
+        };
+        let lines: Vec<String> = (0..10)
+            .flat_map(|i| {
+                [
+                    sample(300 * i, "web", "web-0", 100.0 * i as f64),
+                    sample(300 * i, "web", "web-1", 50.0),
+                ]
+            })
+            .collect();
+        let path = dir.path().join("web.jsonl");
+        std::fs::write(&path, lines.join("\n")).unwrap();
+        let config = Config {
+            reference_pods: 3,
+            ..Config::default()
+        };
+        let trace = read_trace(&path, &config).unwrap();
+        assert_eq!(
+            (
+                trace.name.as_str(),
+                trace.points.len(),
+                trace.median_step_seconds()
+            ),
+            ("web", 10, 300)
+        );
+        let demand = Demand::from_trace(&trace, 3, config.pod.capacity_millicores, Shape::Step);
+        for (i, (t, _)) in trace.points.iter().enumerate() {
+            assert!((demand.at(*t) - (100.0 * i as f64 + 50.0)).abs() < 1e-9);
+        }
+        // Two workloads in one file: which one is meant is not guessed.
+        std::fs::write(&path, format!("{}\n{}", lines[0], sample(0, "db", "db-0", 1.0))).unwrap();
+        let e = read_trace(&path, &config).unwrap_err().to_string();
+        assert!(
+            e.contains("2 workloads (shop/db, shop/web)") || e.contains("2 workloads (shop/web, shop/db)"),
+            "{e}"
+        );
+        std::fs::write(&path, "{not a sample").unwrap();
+        assert!(
+            read_trace(&path, &config)
+                .unwrap_err()
+                .to_string()
+                .contains("line 1")
+        );
     }
 
     #[test]

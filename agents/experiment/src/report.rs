@@ -310,7 +310,7 @@ fn markdown(r: &Report) -> String {
     let _ = writeln!(s, "# Experiment report\n");
     let _ = writeln!(
         s,
-        "{} trace(s); policies {} and the oracle. A trace's 100 % is {} pods' worth of CPU; each pod serves at most {:.0}m, requests {:.0}m and is ready {:.0} s after it is created{}. Target utilisation {:.0} %, replicas {}–{}, scaler tick {:.0} s. Trained on the first {:.0} % of each trace, scored on the rest. Demand is {} between a trace's points. `hpa` evaluates every {:.0} s (the Kubernetes HPA's sync period), PAS's policies every tick; `predictive` plans on the forecast's {:.0}th percentile.\n",
+        "{} trace(s); policies {} and the oracle. A CSV trace's 100 % is {} pods' worth of CPU (a JSON-lines trace of samples is demand as recorded); each pod serves at most {:.0}m, requests {:.0}m and is ready {:.0} s after it is created{}. Target utilisation {:.0} %, replicas {}–{}, scaler tick {:.0} s. Trained on the first {:.0} % of each trace, scored on the rest. Demand is {} between a trace's points. `hpa` evaluates every {:.0} s (the Kubernetes HPA's sync period), PAS's policies every tick; `predictive` plans on the forecast's {:.0}th percentile.\n",
         r.traces.len(),
         s0.policies.join(", "),
         s0.reference_pods,

@@ -78,7 +78,8 @@ pub struct Config {
     pub end: DateTime<Utc>,
     /// Resolution of the samples.
     pub step: Duration,
-    /// The `rate()` window; the step when `None`.
+    /// The `rate()` window; when `None`, the step and at least
+    /// [`DEFAULT_RATE_WINDOW`].
     pub rate_window: Option<Duration>,
     /// Longest time range of one query.
     pub chunk: Duration,
@@ -196,6 +197,12 @@ impl Api {
                 "--url {:?}: expected an http:// or https:// URL",
                 config.url
             )));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            // It would be printed in every message about the server.
+            return Err(Error::Input(
+                "--url holds credentials: give the user with --user and the password in PAS_PROMETHEUS_PASSWORD, or a bearer token".into(),
+            ));
         }
         let mut builder = reqwest::Client::builder()
             .timeout(config.timeout)
@@ -340,6 +347,24 @@ fn namespace_matcher(namespace: Option<&str>) -> String {
         .unwrap_or_default()
 }
 
+/// `s` as a literal in a PromQL regular expression (RE2), inside a string.
+fn regex_quote(s: &str) -> String {
+    let mut out = String::new();
+    for c in s.chars() {
+        if "\\.+*?()|[]{}^$".contains(c) {
+            out.push_str("\\\\");
+        } else if c == '"' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The `rate()` window unless one is given: the step, and at least this
+/// (four scrapes at Prometheus's default minute).
+pub const DEFAULT_RATE_WINDOW: Duration = Duration::from_secs(300);
+
 /// The workload a pod's owner names: a StatefulSet itself, a ReplicaSet's
 /// Deployment (its name less the last `-<hash>`).
 pub fn owner_workload(kind: &str, name: &str) -> Option<String> {
@@ -387,13 +412,16 @@ pub async fn import(
         .take_while(|s| *s <= end)
         .map(|s| (s, (s + chunk).min(end)))
         .collect();
+    // Owners at hourly points (each the hour's owners), in chunks of
+    // whole hours at least as long as `chunk`.
     let hour = 3600;
     let hours: Vec<(i64, i64)> = {
         let (first, last) = (start.div_euclid(hour) * hour, end.div_euclid(hour) * hour + hour);
+        let span = (chunk.div_euclid(hour) * hour).max(hour);
         (0..)
-            .map(|i| first + i * 10_000 * hour)
+            .map(|i| first + i * (span + hour))
             .take_while(|s| *s <= last)
-            .map(|s| (s, (s + 9_999 * hour).min(last)))
+            .map(|s| (s, (s + span).min(last)))
             .collect()
     };
     let total = hours.len() + 2 * chunks.len();
@@ -401,11 +429,28 @@ pub async fn import(
     progress(done, total);
 
     let ns = namespace_matcher(config.namespace.as_deref());
-    let window = config.rate_window.unwrap_or(config.step).as_secs().max(1);
+    // With a workload named, only pods that can be its (a StatefulSet's
+    // `<name>-<ordinal>`, a Deployment's `<name>-<hash>-<id>`) are asked
+    // for; which are is then decided by their owners.
+    let (pod_matcher, owner_matcher) = match &config.workload {
+        Some(w) => {
+            let w = regex_quote(w);
+            (
+                format!(r#", pod=~"{w}-.+""#),
+                format!(r#", owner_name=~"{w}(-[a-z0-9]+)?""#),
+            )
+        }
+        None => (String::new(), String::new()),
+    };
+    let window = config
+        .rate_window
+        .unwrap_or(config.step.max(DEFAULT_RATE_WINDOW))
+        .as_secs()
+        .max(1);
 
     // Owners first: they say which pods to keep.
     let owners_query = format!(
-        r#"max by (namespace, pod, owner_kind, owner_name) (max_over_time(kube_pod_owner{{owner_kind=~"StatefulSet|ReplicaSet"{ns}}}[1h]))"#
+        r#"max by (namespace, pod, owner_kind, owner_name) (max_over_time(kube_pod_owner{{owner_kind=~"StatefulSet|ReplicaSet"{ns}{owner_matcher}}}[1h]))"#
     );
     let mut owners: BTreeMap<(String, String), String> = BTreeMap::new();
     for (s, e) in &hours {
@@ -449,10 +494,11 @@ pub async fn import(
     };
 
     let use_query = format!(
-        r#"sum by (namespace, pod) (rate(container_cpu_usage_seconds_total{{container!="", container!="POD"{ns}}}[{window}s]))"#
+        r#"sum by (namespace, pod) (rate(container_cpu_usage_seconds_total{{container!="", container!="POD"{ns}{pod_matcher}}}[{window}s]))"#
     );
-    let request_query =
-        format!(r#"sum by (namespace, pod) (kube_pod_container_resource_requests{{resource="cpu"{ns}}})"#);
+    let request_query = format!(
+        r#"sum by (namespace, pod) (kube_pod_container_resource_requests{{resource="cpu"{ns}{pod_matcher}}})"#
+    );
     let mut pods: BTreeMap<(String, String), PodPoints> = BTreeMap::new();
     let mut left_out = BTreeSet::new();
     for (query, is_use) in [(&use_query, true), (&request_query, false)] {
@@ -579,6 +625,21 @@ pub async fn import(
     })
 }
 
+/// Whether samples of `step` can become the live coarse history: its
+/// 5-minute slots (what the forecasters keep at their 5 s step) must be
+/// whole steps.
+pub fn check_live_step(step: Duration) -> Result<(), Error> {
+    let slot = u64::from(pas_workloads::history::DEFAULT_STEP_SECONDS);
+    let s = step.as_secs();
+    if s == 0 || s > slot || slot % s != 0 || step.subsec_nanos() != 0 {
+        return Err(Error::Input(format!(
+            "--live stores 5-minute slots, so the step must divide 5m (1m, 5m, …), not {}",
+            humantime::format_duration(step)
+        )));
+    }
+    Ok(())
+}
+
 /// Stores each workload's demand in `samples` (the sum of its pods' use at
 /// each time) as its coarse history in `pas-history` under `keys`: the days
 /// the forecasters and trainers read for their seasonal features
@@ -591,8 +652,9 @@ pub async fn store_history(
     samples: &[CpuSample],
     step: Duration,
 ) -> Result<usize, Error> {
-    use pas_workloads::history::{DEFAULT_KEEP_SECONDS, History, coarse_step_for};
+    use pas_workloads::history::{DEFAULT_KEEP_SECONDS, DEFAULT_STEP_SECONDS, History};
     let step_seconds = u32::try_from(step.as_secs()).unwrap_or(u32::MAX).max(1);
+    check_live_step(step)?;
     let mut demand: BTreeMap<(String, String), BTreeMap<DateTime<Utc>, f64>> = BTreeMap::new();
     for s in samples {
         let (Some(namespace), Some(workload)) = (&s.namespace, &s.workload) else {
@@ -606,7 +668,7 @@ pub async fn store_history(
     }
     let mut written = 0;
     for ((namespace, workload), steps) in demand {
-        let coarse = coarse_step_for(step_seconds);
+        let coarse = DEFAULT_STEP_SECONDS;
         let mut history = History::new(coarse, DEFAULT_KEEP_SECONDS);
         // A step's time is its end; the history records steps by their start.
         let step = TimeDelta::seconds(i64::from(step_seconds));
@@ -656,6 +718,17 @@ mod tests {
         assert_eq!(owner_workload("ReplicaSet", "-abc"), None);
         assert_eq!(owner_workload("DaemonSet", "logs"), None);
         assert_eq!(owner_workload("Job", "x-1"), None);
+    }
+
+    #[test]
+    fn names_are_quoted_into_promql_regular_expressions() {
+        assert_eq!(regex_quote("web-api"), "web-api");
+        assert_eq!(regex_quote("web.v2"), r"web\\.v2");
+        assert!(check_live_step(Duration::from_secs(60)).is_ok());
+        assert!(check_live_step(Duration::from_secs(300)).is_ok());
+        for bad in [0, 120 + 7, 420, 600] {
+            assert!(check_live_step(Duration::from_secs(bad)).is_err(), "{bad}");
+        }
     }
 
     #[test]

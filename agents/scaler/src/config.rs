@@ -138,6 +138,14 @@ impl Config {
         if self.lease < Duration::from_secs(3) {
             return Err("lease must be at least 3s (it is renewed every third of it)".into());
         }
+        if self.shadow_window > Duration::from_secs(90 * 86_400)
+            || self.shadow_window < Duration::from_secs(3600)
+        {
+            return Err(format!(
+                "shadow_window must be between 1h and 90d (a shadow keeps an entry per hour), not {}",
+                humantime::format_duration(self.shadow_window)
+            ));
+        }
         if self.workload_kinds.is_empty() {
             return Err("workload_kinds names no kind: the scaler would manage nothing".into());
         }

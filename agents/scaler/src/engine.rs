@@ -183,17 +183,16 @@ impl<C: Cluster> Engine<C> {
             None => load(key).await?.resumed(now),
         };
         let before = history.clone();
-        if shadow {
-            // What runs scaled out since the last look: PAS learns the
-            // workload's start-up from the HPA's scale-outs.
-            if let Some(s) = &history.shadow
-                && s.actual < workload.replicas
-                && s.last.is_some()
-            {
-                history.startup.scaled(now, s.actual, workload.replicas);
-            }
-        }
-        let d = policy::decide(now, &settings, &self.tuning, &observed, view, &mut history);
+        // In shadow mode PAS decides on its own would-be pods (their count,
+        // readiness and changes, as if it had acted all along) and learns
+        // the start-up from what runs.
+        let shadowed =
+            shadow.then(|| Self::shadow_before(&workload, &observed, &settings, now, &mut history));
+        let policy_view = match &shadowed {
+            Some((_, _, pods)) => pods,
+            None => &observed,
+        };
+        let d = policy::decide(now, &settings, &self.tuning, policy_view, view, &mut history);
         decision.replicas_after = d.replicas;
         decision.rule = d.rule.as_str().into();
         decision.reason = d.reason.clone();
@@ -207,9 +206,10 @@ impl<C: Cluster> Engine<C> {
                 window_end: f.window_end,
             });
         }
-        decision.outcome = if shadow {
+        decision.outcome = if let Some((reading, learned, _)) = shadowed {
             decision.hpa = workload.hpa.clone();
-            self.shadow(&workload, &observed, d.replicas, d.lead, now, &mut history);
+            self.shadow_after(&workload, &reading, d.replicas, d.lead, now, &mut history);
+            history.startup = learned;
             Outcome::Shadow
         } else if d.replicas == workload.replicas {
             Outcome::Unchanged
@@ -344,40 +344,80 @@ impl<C: Cluster> Engine<C> {
         }))
     }
 
-    /// Scores the interval since the last evaluation on the workload's
-    /// shadow, then takes PAS's decision of `decided` replicas into it.
-    fn shadow(
-        &self,
+    /// Before a shadow decision: what runs read as a [`Reading`], the
+    /// start-up learned from it (the HPA's scale-outs, timed until
+    /// `readyReplicas` reaches the new count), and PAS's own would-be pods
+    /// for the policy, carrying the demand: PAS's count, ready as
+    /// [`Shadow`] follows them, the demand spread over the ready ones.
+    fn shadow_before(
         workload: &Workload,
         observed: &Observed,
-        decided: u32,
-        lead: Duration,
+        settings: &Settings,
         now: DateTime<Utc>,
         history: &mut History,
-    ) {
+    ) -> (Reading, crate::policy::StartupHistory, Observed) {
         let requests: Vec<f64> = observed
             .pods
             .iter()
             .filter_map(|p| p.requested_millicores.filter(|r| *r > 0.0))
             .collect();
+        let sampled: Vec<f64> = observed.pods.iter().filter_map(|p| p.used_millicores).collect();
         let reading = Reading {
-            demand_millicores: observed.pods.iter().filter_map(|p| p.used_millicores).sum(),
+            demand_millicores: sampled.iter().sum(),
             request_millicores: (!requests.is_empty())
                 .then(|| requests.iter().sum::<f64>() / requests.len() as f64),
             replicas: workload.replicas,
             ready: workload.ready_replicas,
         };
-        let startup = lead.saturating_sub(self.tuning.tick);
+        if let Some(s) = &history.shadow
+            && s.last.is_some()
+            && s.actual < workload.replicas
+        {
+            history.startup.scaled(now, s.actual, workload.replicas);
+        }
+        history
+            .startup
+            .observe(now, workload.replicas, workload.ready_replicas);
+        let learned = history.startup.clone();
+        // The policy's own timing would time PAS's pods, which never start.
+        history.startup.pending = None;
+        let startup = if settings.learn_startup {
+            learned.estimate(settings.startup)
+        } else {
+            settings.startup
+        };
         let shadow = history
             .shadow
             .get_or_insert_with(|| Shadow::start(now, &reading, startup, workload.hpa.clone()));
+        let pods = shadow.observed(now, &reading, !sampled.is_empty());
+        (reading, learned, pods)
+    }
+
+    /// After a shadow decision of `decided` replicas: the change counts
+    /// against PAS's own rate limits, the interval since the last
+    /// evaluation is scored, and PAS's pods follow the decision.
+    fn shadow_after(
+        &self,
+        workload: &Workload,
+        reading: &Reading,
+        decided: u32,
+        lead: Duration,
+        now: DateTime<Utc>,
+        history: &mut History,
+    ) {
+        let startup = lead.saturating_sub(self.tuning.tick);
+        let from = history.shadow.as_ref().map_or(workload.replicas, |s| s.replicas);
+        history.record_scale(now, from, decided, &self.tuning.behavior);
+        let Some(shadow) = history.shadow.as_mut() else {
+            return;
+        };
         shadow.hpa = workload.hpa.clone();
         shadow.actual = workload.replicas;
         shadow.namespace.clone_from(&workload.namespace);
         shadow.workload.clone_from(&workload.name);
         shadow.step(
             now,
-            &reading,
+            reading,
             decided,
             startup,
             self.tuning.tick * Shadow::MAX_GAP_TICKS,
@@ -633,6 +673,23 @@ mod tests {
             (5.0, 20.0, 10.0)
         );
         assert_eq!((shadow.replicas, shadow.hpa.as_deref()), (4, Some("web-hpa")));
+
+        // PAS goes on from its own count, not the HPA's: at five times the
+        // target, 6 at first (the rate limit allows 2 + 4), and a rate-limit
+        // period later on from those 6 to the maximum, while the HPA's 2 stay.
+        let (mut engine, cluster, key) = self::engine(2, 5000.0);
+        cluster.set_hpa("shop", "web", "web-hpa");
+        let mut wanted = Vec::new();
+        for s in [0, 20] {
+            let e = engine
+                .evaluate(&key, start + chrono::TimeDelta::seconds(s), async |_: &Key| {
+                    Some(History::default())
+                })
+                .await
+                .expect("a decision");
+            wanted.push((e.decision.replicas_before, e.decision.replicas_after));
+        }
+        assert_eq!(wanted, [(2, 6), (2, 10)]);
 
         // Without an HPA, pas.io/mode: shadow shadows too.
         let (mut engine, cluster, key) = self::engine(2, 1000.0);

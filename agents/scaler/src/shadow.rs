@@ -136,6 +136,26 @@ impl Shadow {
         }
     }
 
+    /// PAS's would-be pods as the policy sees them at `now`: its count,
+    /// those ready as this shadow follows them, the demand of `reading`
+    /// spread over the ready ones (none without samples: `sampled` false),
+    /// each requesting the reading's request.
+    pub fn observed(&self, now: DateTime<Utc>, reading: &Reading, sampled: bool) -> crate::policy::Observed {
+        let ready = self.ready(now);
+        let share = (sampled && ready > 0).then(|| reading.demand_millicores / f64::from(ready));
+        crate::policy::Observed {
+            replicas: self.replicas,
+            pods: (0..self.replicas)
+                .map(|i| crate::policy::PodUsage {
+                    ready: i < ready,
+                    used_millicores: if i < ready { share } else { None },
+                    requested_millicores: reading.request_millicores,
+                    throttled: None,
+                })
+                .collect(),
+        }
+    }
+
     /// PAS's pods ready at `now`.
     pub fn ready(&self, now: DateTime<Utc>) -> u32 {
         let starting = self.starting.iter().filter(|at| **at > now).count() as u32;
