@@ -249,8 +249,8 @@ pub async fn run(command: ImportCommand, nats: &NatsConfig) -> anyhow::Result<()
         if let Err(error) = sent {
             // What was read is not lost: it is in --out, or kept here.
             let kept = match &args.out {
-                Some(out) => out.clone(),
-                None => {
+                Some(out) if out.extension().is_some_and(|e| e == "jsonl") => out.clone(),
+                _ => {
                     let path = std::env::temp_dir().join(format!(
                         "pas-import-{}.jsonl",
                         Utc::now().format("%Y%m%dT%H%M%SZ")

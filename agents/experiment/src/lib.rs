@@ -459,16 +459,36 @@ pub fn read_trace(path: &Path, config: &Config) -> Result<Trace, Error> {
         samples.push(sample);
     }
     samples.sort_by_key(|s| s.timestamp);
-    let mut times: Vec<i64> = samples.iter().map(|s| s.timestamp.timestamp()).collect();
-    times.dedup();
-    let mut gaps: Vec<i64> = times.windows(2).map(|w| w[1] - w[0]).collect();
+    // The step: the median spacing of each pod's own samples (pods on
+    // different nodes are sampled out of phase).
+    let mut by_pod: std::collections::BTreeMap<Option<&str>, Vec<i64>> = std::collections::BTreeMap::new();
+    for s in &samples {
+        by_pod
+            .entry(s.pod.as_deref())
+            .or_default()
+            .push(s.timestamp.timestamp());
+    }
+    let mut gaps: Vec<i64> = by_pod
+        .values()
+        .flat_map(|t| {
+            t.windows(2)
+                .map(|w| w[1] - w[0])
+                .filter(|g| *g > 0)
+                .collect::<Vec<_>>()
+        })
+        .collect();
     gaps.sort_unstable();
     let step = gaps
         .get(gaps.len() / 2)
         .copied()
         .unwrap_or(1)
         .clamp(1, i64::from(u32::MAX)) as u32;
-    let mut folded = Workloads::new(step, times.len() + 1, 2);
+    // Every step from the first sample to the last is kept, gaps included.
+    let span = match (samples.first(), samples.last()) {
+        (Some(a), Some(b)) => (b.timestamp - a.timestamp).num_seconds() / i64::from(step),
+        _ => 0,
+    };
+    let mut folded = Workloads::new(step, usize::try_from(span).unwrap_or(0) + 2, 2);
     for (i, sample) in samples.iter().enumerate() {
         folded.fold(sample, i as u64);
     }
@@ -1268,6 +1288,25 @@ mod tests {
         for (i, (t, _)) in trace.points.iter().enumerate() {
             assert!((demand.at(*t) - (100.0 * i as f64 + 50.0)).abs() < 1e-9);
         }
+        // Pods sampled out of phase (2 s apart, every 5 s) and a day's gap:
+        // the step is each pod's 5 s, every step keeps both pods, and the
+        // steps before the gap are kept.
+        let mut lines = Vec::new();
+        for i in (0..20).chain(17_300..17_320) {
+            lines.push(sample(5 * i, "web", "web-0", 100.0));
+            lines.push(sample(5 * i + 2, "web", "web-1", 50.0));
+        }
+        std::fs::write(&path, lines.join("\n")).unwrap();
+        let gappy = read_trace(&path, &config).unwrap();
+        assert_eq!((gappy.median_step_seconds(), gappy.points.len()), (5, 40));
+        let demand = Demand::from_trace(&gappy, 3, config.pod.capacity_millicores, Shape::Step);
+        assert!(
+            gappy
+                .points
+                .iter()
+                .all(|(t, _)| (demand.at(*t) - 150.0).abs() < 1e-9)
+        );
+
         // Two workloads in one file: which one is meant is not guessed.
         std::fs::write(&path, format!("{}\n{}", lines[0], sample(0, "db", "db-0", 1.0))).unwrap();
         let e = read_trace(&path, &config).unwrap_err().to_string();

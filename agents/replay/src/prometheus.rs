@@ -351,7 +351,10 @@ fn namespace_matcher(namespace: Option<&str>) -> String {
 fn regex_quote(s: &str) -> String {
     let mut out = String::new();
     for c in s.chars() {
-        if "\\.+*?()|[]{}^$".contains(c) {
+        if c == '\\' {
+            // A literal backslash: `\\` to the regex, each doubled in the string.
+            out.push_str("\\\\\\");
+        } else if ".+*?()|[]{}^$".contains(c) {
             out.push_str("\\\\");
         } else if c == '"' {
             out.push('\\');
@@ -417,7 +420,7 @@ pub async fn import(
     let hour = 3600;
     let hours: Vec<(i64, i64)> = {
         let (first, last) = (start.div_euclid(hour) * hour, end.div_euclid(hour) * hour + hour);
-        let span = (chunk.div_euclid(hour) * hour).max(hour);
+        let span = (chunk.div_euclid(hour) * hour).clamp(hour, 9_999 * hour);
         (0..)
             .map(|i| first + i * (span + hour))
             .take_while(|s| *s <= last)

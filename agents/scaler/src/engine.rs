@@ -182,6 +182,10 @@ impl<C: Cluster> Engine<C> {
             // Tried again next tick; the other workloads go on.
             None => load(key).await?.resumed(now),
         };
+        if !shadow && history.shadow.take().is_some() {
+            // Acting now: PAS's would-be changes are not changes that were made.
+            history.scale_events.clear();
+        }
         let before = history.clone();
         // In shadow mode PAS decides on its own would-be pods (their count,
         // readiness and changes, as if it had acted all along) and learns
@@ -369,9 +373,12 @@ impl<C: Cluster> Engine<C> {
             replicas: workload.replicas,
             ready: workload.ready_replicas,
         };
+        // A scale-out of what runs, timed from now (when PAS saw it) unless
+        // its pods are ready already (then the time is not known).
         if let Some(s) = &history.shadow
             && s.last.is_some()
             && s.actual < workload.replicas
+            && workload.ready_replicas < workload.replicas
         {
             history.startup.scaled(now, s.actual, workload.replicas);
         }
@@ -389,7 +396,12 @@ impl<C: Cluster> Engine<C> {
         let shadow = history
             .shadow
             .get_or_insert_with(|| Shadow::start(now, &reading, startup, workload.hpa.clone()));
-        let pods = shadow.observed(now, &reading, !sampled.is_empty());
+        if shadow.replicas == 0 && workload.replicas > 0 {
+            // Scaled to zero when PAS began (a KEDA ScaledObject's minimum):
+            // PAS goes on from what runs now, as an HPA would.
+            shadow.resume(now, &reading, startup);
+        }
+        let pods = shadow.observed(now, &reading, sampled.len(), observed.pods.len());
         (reading, learned, pods)
     }
 
@@ -674,13 +686,14 @@ mod tests {
         );
         assert_eq!((shadow.replicas, shadow.hpa.as_deref()), (4, Some("web-hpa")));
 
-        // PAS goes on from its own count, not the HPA's: at five times the
-        // target, 6 at first (the rate limit allows 2 + 4), and a rate-limit
-        // period later on from those 6 to the maximum, while the HPA's 2 stay.
+        // PAS goes on from its own count and changes, not the HPA's: at five
+        // times the target, 6 at first (the rate limit allows 2 + 4), no more
+        // within the period, then on from those 6 to the maximum, while the
+        // HPA's 2 stay.
         let (mut engine, cluster, key) = self::engine(2, 5000.0);
         cluster.set_hpa("shop", "web", "web-hpa");
         let mut wanted = Vec::new();
-        for s in [0, 20] {
+        for s in [0, 10, 20] {
             let e = engine
                 .evaluate(&key, start + chrono::TimeDelta::seconds(s), async |_: &Key| {
                     Some(History::default())
@@ -689,7 +702,8 @@ mod tests {
                 .expect("a decision");
             wanted.push((e.decision.replicas_before, e.decision.replicas_after));
         }
-        assert_eq!(wanted, [(2, 6), (2, 10)]);
+        // At 10 s its own +4 is within the 15 s rate-limit period: it holds.
+        assert_eq!(wanted, [(2, 6), (2, 6), (2, 10)]);
 
         // Without an HPA, pas.io/mode: shadow shadows too.
         let (mut engine, cluster, key) = self::engine(2, 1000.0);

@@ -137,23 +137,48 @@ impl Shadow {
     }
 
     /// PAS's would-be pods as the policy sees them at `now`: its count,
-    /// those ready as this shadow follows them, the demand of `reading`
-    /// spread over the ready ones (none without samples: `sampled` false),
-    /// each requesting the reading's request.
-    pub fn observed(&self, now: DateTime<Utc>, reading: &Reading, sampled: bool) -> crate::policy::Observed {
+    /// those ready as this shadow follows them, each requesting the
+    /// reading's request. `sampled` of the `pods` that run had a sample: the
+    /// same share of PAS's ready pods has one (at least one while any did),
+    /// each using an equal part of the demand those samples imply for all
+    /// of them (their mean use times `pods`); the rest are missing, as the
+    /// HPA's rule counts missing pods.
+    pub fn observed(
+        &self,
+        now: DateTime<Utc>,
+        reading: &Reading,
+        sampled: usize,
+        pods: usize,
+    ) -> crate::policy::Observed {
         let ready = self.ready(now);
-        let share = (sampled && ready > 0).then(|| reading.demand_millicores / f64::from(ready));
+        let (with_sample, share) = if sampled == 0 || ready == 0 {
+            (0, None)
+        } else {
+            let demand = reading.demand_millicores / sampled as f64 * pods.max(sampled) as f64;
+            let n = ((f64::from(ready) * sampled as f64 / pods.max(sampled) as f64).round() as u32)
+                .clamp(1, ready);
+            (n, Some(demand / f64::from(ready)))
+        };
         crate::policy::Observed {
             replicas: self.replicas,
             pods: (0..self.replicas)
                 .map(|i| crate::policy::PodUsage {
                     ready: i < ready,
-                    used_millicores: if i < ready { share } else { None },
+                    used_millicores: if i < with_sample { share } else { None },
                     requested_millicores: reading.request_millicores,
                     throttled: None,
                 })
                 .collect(),
         }
+    }
+
+    /// Goes on from what runs (`reading`), keeping the scorecard: PAS's
+    /// count becomes the running count, those not ready yet ready a
+    /// start-up from `now`.
+    pub fn resume(&mut self, now: DateTime<Utc>, reading: &Reading, startup: Duration) {
+        let fresh = Shadow::start(now, reading, startup, self.hpa.clone());
+        self.replicas = fresh.replicas;
+        self.starting = fresh.starting;
     }
 
     /// PAS's pods ready at `now`.
@@ -380,6 +405,27 @@ mod tests {
         assert_eq!(s.since(at(-3600)).seconds, 5.0);
         // `since` counts whole hours that end after it.
         assert_eq!(s.since(later + TimeDelta::hours(2)).seconds, 0.0);
+    }
+
+    #[test]
+    fn missing_samples_stay_missing_and_zero_is_left() {
+        let mut s = Shadow::start(at(0), &reading(0.0, 0, 0), TICK, None);
+        assert_eq!(s.replicas, 0);
+        s.resume(at(5), &reading(900.0, 3, 2), TICK);
+        assert_eq!((s.replicas, s.ready(at(5)), s.ready(at(10))), (3, 2, 3));
+        // 2 of 4 running pods sampled, 900m between them: 1800m implied for
+        // all four, spread over PAS's 3 (ready at 10 s); 2 of them sampled.
+        let o = s.observed(at(10), &reading(900.0, 4, 4), 2, 4);
+        let used: Vec<Option<f64>> = o.pods.iter().map(|p| p.used_millicores).collect();
+        assert_eq!(used, [Some(600.0), Some(600.0), None]);
+        assert!(o.pods.iter().all(|p| p.ready));
+        // None sampled: none has a sample.
+        assert!(
+            s.observed(at(10), &reading(0.0, 4, 4), 0, 4)
+                .pods
+                .iter()
+                .all(|p| p.used_millicores.is_none())
+        );
     }
 
     #[test]
