@@ -44,7 +44,7 @@ struct Pod {
     owner: (&'static str, &'static str),
 }
 
-const PODS: [Pod; 4] = [
+const PODS: [Pod; 5] = [
     Pod {
         namespace: "shop",
         pod: "web-0",
@@ -69,6 +69,15 @@ const PODS: [Pod; 4] = [
         missing: 100..124,
         request: 1.0,
         owner: ("ReplicaSet", "api-7d9f8b6c5"),
+    },
+    // A ReplicaSet no Deployment owns: not a scaling target either.
+    Pod {
+        namespace: "shop",
+        pod: "batch-5f7c9-q8w2e",
+        cores_per_percent: 0.001,
+        missing: 0..0,
+        request: 0.1,
+        owner: ("ReplicaSet", "batch-5f7c9"),
     },
     // A DaemonSet's pod: not a scaling target.
     Pod {
@@ -127,6 +136,20 @@ fn openmetrics(rows: &[(DateTime<Utc>, f64)]) -> String {
             .unwrap();
         }
     }
+    // The Deployment api owns its ReplicaSet; batch's has no owner.
+    out.push_str("# TYPE kube_replicaset_owner gauge\n");
+    for (replicaset, kind, owner) in [
+        ("api-7d9f8b6c5", "Deployment", "api"),
+        ("batch-5f7c9", "<none>", "<none>"),
+    ] {
+        for at in (first..=last).step_by(60) {
+            writeln!(
+                out,
+                r#"kube_replicaset_owner{{namespace="shop",replicaset="{replicaset}",owner_kind="{kind}",owner_name="{owner}",owner_is_controller="true"}} 1 {at}"#
+            )
+            .unwrap();
+        }
+    }
     out.push_str("# EOF\n");
     out
 }
@@ -174,9 +197,9 @@ async fn the_import_gives_back_what_prometheus_holds() {
     assert_eq!(
         pods.keys().collect::<Vec<_>>(),
         ["api-7d9f8b6c5-x2x1z", "web-0", "web-1"],
-        "the DaemonSet's pod is left out"
+        "the DaemonSet's pod and the ownerless ReplicaSet's are left out"
     );
-    assert_eq!(imported.pods_left_out, 1);
+    assert_eq!(imported.pods_left_out, 2);
     for p in PODS.iter().take(3) {
         let got = &pods[p.pod];
         let want: BTreeMap<i64, f64> = rows

@@ -11,10 +11,13 @@
 //! - **Requests**: `sum by (namespace, pod) (kube_pod_container_resource_requests{resource="cpu"})`
 //!   (kube-state-metrics), in cores.
 //! - **Owners**: `max by (namespace, pod, owner_kind, owner_name) (max_over_time(kube_pod_owner{owner_kind=~"StatefulSet|ReplicaSet"}[1h]))`
+//!   and `max by (namespace, replicaset, owner_name) (max_over_time(kube_replicaset_owner{owner_kind="Deployment"}[1h]))`
 //!   at hourly points (kube-state-metrics): a StatefulSet's pod is named by
-//!   it, a ReplicaSet's by its Deployment (the ReplicaSet's name less its
-//!   last `-<pod-template-hash>`, as the node agent does). Pods of other
-//!   owners are not scaling targets and are left out.
+//!   it, a ReplicaSet's by the Deployment that owns the ReplicaSet (without
+//!   any `kube_replicaset_owner`, by the ReplicaSet's name less its last
+//!   `-<hash>`). Pods of other owners, and of ReplicaSets no Deployment
+//!   owns, are not scaling targets and are left out, as the node agent
+//!   leaves them out.
 //!
 //! Each (pod, step) with a use value becomes one [`CpuSample`] (node
 //! `prometheus`, use and request in millicores), so what the node agent
@@ -335,15 +338,15 @@ fn describe(error: &dyn std::error::Error) -> String {
     out
 }
 
+/// `s` inside a PromQL double-quoted string.
+fn promql_string(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"")
+}
+
 /// A PromQL label matcher for `namespace`, when one is asked for.
 fn namespace_matcher(namespace: Option<&str>) -> String {
     namespace
-        .map(|ns| {
-            format!(
-                r#", namespace="{}""#,
-                ns.replace('\\', "\\\\").replace('"', "\\\"")
-            )
-        })
+        .map(|ns| format!(r#", namespace="{}""#, promql_string(ns)))
         .unwrap_or_default()
 }
 
@@ -427,7 +430,7 @@ pub async fn import(
             .map(|s| (s, (s + span).min(last)))
             .collect()
     };
-    let total = hours.len() + 2 * chunks.len();
+    let total = 2 * hours.len() + 2 * chunks.len();
     let mut done = 0;
     progress(done, total);
 
@@ -435,15 +438,17 @@ pub async fn import(
     // With a workload named, only pods that can be its (a StatefulSet's
     // `<name>-<ordinal>`, a Deployment's `<name>-<hash>-<id>`) are asked
     // for; which are is then decided by their owners.
-    let (pod_matcher, owner_matcher) = match &config.workload {
-        Some(w) => {
-            let w = regex_quote(w);
+    let (pod_matcher, owner_matcher, replicaset_matcher) = match &config.workload {
+        Some(name) => {
+            let w = regex_quote(name);
+            let literal = promql_string(name);
             (
                 format!(r#", pod=~"{w}-.+""#),
                 format!(r#", owner_name=~"{w}(-[a-z0-9]+)?""#),
+                format!(r#", owner_name="{literal}""#),
             )
         }
-        None => (String::new(), String::new()),
+        None => (String::new(), String::new(), String::new()),
     };
     let window = config
         .rate_window
@@ -451,7 +456,25 @@ pub async fn import(
         .as_secs()
         .max(1);
 
-    // Owners first: they say which pods to keep.
+    // Owners first: they say which pods to keep. A ReplicaSet's pods are
+    // its Deployment's (kube_replicaset_owner); one no Deployment owns is
+    // not a scaling target, as the node agent sees it too.
+    let replicasets_query = format!(
+        r#"max by (namespace, replicaset, owner_name) (max_over_time(kube_replicaset_owner{{owner_kind="Deployment"{ns}{replicaset_matcher}}}[1h]))"#
+    );
+    let mut deployments: BTreeMap<(String, String), String> = BTreeMap::new();
+    for (s, e) in &hours {
+        for series in api.range(&replicasets_query, *s, *e, hour).await? {
+            let m = &series.metric;
+            if let (Some(namespace), Some(replicaset), Some(deployment)) =
+                (m.get("namespace"), m.get("replicaset"), m.get("owner_name"))
+            {
+                deployments.insert((namespace.clone(), replicaset.clone()), deployment.clone());
+            }
+        }
+        done += 1;
+        progress(done, total);
+    }
     let owners_query = format!(
         r#"max by (namespace, pod, owner_kind, owner_name) (max_over_time(kube_pod_owner{{owner_kind=~"StatefulSet|ReplicaSet"{ns}{owner_matcher}}}[1h]))"#
     );
@@ -467,7 +490,15 @@ pub async fn import(
             ) else {
                 continue;
             };
-            if let Some(workload) = owner_workload(kind, name) {
+            let workload = match kind.as_str() {
+                // Without kube_replicaset_owner at all (an old
+                // kube-state-metrics), the name less its hash.
+                "ReplicaSet" if !deployments.is_empty() => {
+                    deployments.get(&(namespace.clone(), name.clone())).cloned()
+                }
+                _ => owner_workload(kind, name),
+            };
+            if let Some(workload) = workload {
                 owners.insert((namespace.clone(), pod.clone()), workload);
             }
         }
