@@ -241,6 +241,21 @@ pub async fn connect_and_provision(server: &NatsServer) -> pas_nats::Connection 
     conn
 }
 
+/// What the server says of `stream` now (a test's read: it panics when
+/// the stream cannot be read).
+pub async fn stream_info(
+    js: &async_nats::jetstream::Context,
+    stream: &str,
+) -> async_nats::jetstream::stream::Info {
+    js.get_stream(stream)
+        .await
+        .unwrap_or_else(|e| panic!("open stream {stream}: {e}"))
+        .info()
+        .await
+        .unwrap_or_else(|e| panic!("stream {stream} info: {e}"))
+        .clone()
+}
+
 /// Where the nats-server binary is.
 pub fn binary() -> PathBuf {
     find_binary("NATS_SERVER", "nats-server")

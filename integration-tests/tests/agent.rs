@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use pas_agent::{Agent, Config, KubeMode, Metrics};
-use pas_integration_tests::{NatsServer, eventually};
+use pas_integration_tests::{NatsServer, eventually, stream_info};
 use pas_nats::NatsConfig;
 use pas_schemas::subjects::{Prefix, STREAM_SAMPLES};
 use pas_schemas::{CpuSample, Message};
@@ -69,14 +69,7 @@ async fn stored_samples(js: &async_nats::jetstream::Context) -> Vec<(CpuSample, 
 }
 
 async fn stream_count(js: &async_nats::jetstream::Context) -> u64 {
-    js.get_stream(STREAM_SAMPLES)
-        .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
-        .state
-        .messages
+    stream_info(js, STREAM_SAMPLES).await.state.messages
 }
 
 fn start(

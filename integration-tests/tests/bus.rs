@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use async_nats::HeaderMap;
 use futures::StreamExt;
-use pas_integration_tests::{NatsServer, eventually, repo_root};
+use pas_integration_tests::{NatsServer, eventually, repo_root, stream_info};
 use pas_nats::provision::{self, Action};
 use pas_nats::{DeadLetters, HandlerError, NatsConfig, definitions};
 use pas_runtime::Secret;
@@ -88,15 +88,7 @@ async fn init_is_idempotent_and_repairs_drift() {
     assert_eq!(data, b"weights");
 
     // Someone shortens retention by hand: status shows it, init puts it back.
-    let mut cfg = js
-        .get_stream(STREAM_SAMPLES)
-        .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
-        .config
-        .clone();
+    let mut cfg = stream_info(js, STREAM_SAMPLES).await.config.clone();
     cfg.max_age = Duration::from_secs(3 * 86_400);
     js.update_stream(cfg).await.unwrap();
     let status = provision::status(js, Default::default()).await.unwrap();

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{TimeDelta, Utc};
 use futures::StreamExt;
-use pas_integration_tests::{binary, eventually};
+use pas_integration_tests::{binary, eventually, stream_info};
 use pas_nats::NatsConfig;
 use pas_nats::provision::{self, Options};
 use pas_scaler::cluster::Simulated;
@@ -285,14 +285,7 @@ async fn losing_the_leader_of_pas_samples_loses_no_sample_and_forecasts_and_deci
     );
 
     // Kill the server leading PAS_SAMPLES.
-    let info = js
-        .get_stream(STREAM_SAMPLES)
-        .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
-        .clone();
+    let info = stream_info(&js, STREAM_SAMPLES).await.clone();
     let leader = info
         .cluster
         .and_then(|c| c.leader)
@@ -378,13 +371,8 @@ async fn losing_the_leader_of_pas_samples_loses_no_sample_and_forecasts_and_deci
     })
     .await;
     assert_eq!(held, sent, "acked {sent} samples, the stream holds {held}");
-    let new_leader = js
-        .get_stream(STREAM_SAMPLES)
+    let new_leader = stream_info(&js, STREAM_SAMPLES)
         .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
         .cluster
         .clone()
         .and_then(|c| c.leader);

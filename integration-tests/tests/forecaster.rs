@@ -21,7 +21,7 @@ use async_nats::jetstream;
 use chrono::{DateTime, TimeDelta, Utc};
 use futures::StreamExt;
 use pas_forecaster::{Config, Forecaster, Metrics};
-use pas_integration_tests::{NatsServer, connect_and_provision, eventually, repo_root};
+use pas_integration_tests::{NatsServer, connect_and_provision, eventually, repo_root, stream_info};
 use pas_models::Forecaster as _;
 use pas_models::lstm::{Lstm, LstmConfig};
 use pas_models::{Series, Trace};
@@ -430,15 +430,7 @@ async fn serves_new_versions_without_missing_a_tick_and_refuses_bad_ones() {
         "{versions:?}"
     );
     assert!(metrics.forecasts(true) >= web.len() as u64);
-    let stream = js
-        .get_stream(STREAM_DLQ)
-        .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
-        .state
-        .messages;
+    let stream = stream_info(&js, STREAM_DLQ).await.state.messages;
     assert_eq!(stream, 2, "both bad samples are stored in PAS_DLQ");
 }
 

@@ -12,7 +12,7 @@
 use std::time::Duration;
 
 use futures::StreamExt;
-use pas_integration_tests::NatsServer;
+use pas_integration_tests::{NatsServer, stream_info};
 use pas_nats::provision;
 use pas_schemas::subjects::{BUCKET_SCALER, STREAM_SAMPLES, STREAM_TRAINING};
 use serde_json::{Value, json};
@@ -186,14 +186,7 @@ async fn each_user_may_use_only_the_jetstream_api_its_job_needs() {
 
     // Nothing the denied rows asked for happened.
     let js = &users.admin.jetstream;
-    let kv_stream = js
-        .get_stream("KV_pas-scaler")
-        .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
-        .clone();
+    let kv_stream = stream_info(js, "KV_pas-scaler").await;
     assert!(
         kv_stream.config.sources.as_ref().is_none_or(|s| s.is_empty()),
         "{:?}",
@@ -293,15 +286,7 @@ async fn each_user_may_use_only_the_jetstream_api_its_job_needs() {
         kv.get("live.leader").await.unwrap().is_none(),
         "a sample reached the scaler's bucket"
     );
-    let held = js
-        .get_stream("KV_pas-scaler")
-        .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
-        .state
-        .messages;
+    let held = stream_info(js, "KV_pas-scaler").await.state.messages;
     assert_eq!(held, 0);
 }
 
@@ -313,15 +298,7 @@ async fn each_user_may_use_only_the_jetstream_api_its_job_needs() {
 async fn a_sources_entry_on_a_bucket_is_drift_and_init_removes_it() {
     let users = Users::start().await;
     let js = &users.admin.jetstream;
-    let mut config = js
-        .get_stream("KV_pas-scaler")
-        .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
-        .config
-        .clone();
+    let mut config = stream_info(js, "KV_pas-scaler").await.config.clone();
     config.sources = Some(vec![async_nats::jetstream::stream::Source {
         name: "PAS_FORECASTS".into(),
         subject_transforms: vec![async_nats::jetstream::stream::SubjectTransform {

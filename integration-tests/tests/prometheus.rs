@@ -441,10 +441,10 @@ async fn credentials_are_sent_and_a_refusal_says_so() {
         ..Config::default()
     };
     for auth in [
-        prometheus::Auth::Bearer("t0ken".into()),
+        prometheus::Auth::Bearer(pas_runtime::Secret::new("t0ken")),
         prometheus::Auth::Basic {
             user: "ops".into(),
-            password: "s3cret".into(),
+            password: pas_runtime::Secret::new("s3cret"),
         },
     ] {
         let error = prometheus::import(&Config { auth, ..base.clone() }, &mut |_, _| {})

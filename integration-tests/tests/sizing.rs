@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use pas_integration_tests::{NatsServer, repo_root};
+use pas_integration_tests::{NatsServer, repo_root, stream_info};
 use pas_nats::provision::{self, Options};
 use pas_nats::sizing::Fleet;
 use pas_schemas::subjects::{Prefix, STREAM_DECISIONS, STREAM_FORECASTS, STREAM_SAMPLES};
@@ -38,15 +38,7 @@ async fn a_sized_bus_keeps_what_the_formula_says() {
     };
     provision::init(&js, options).await.unwrap();
     for r in fleet.reserve() {
-        let info = js
-            .get_stream(r.stream)
-            .await
-            .unwrap()
-            .info()
-            .await
-            .unwrap()
-            .config
-            .clone();
+        let info = stream_info(&js, r.stream).await.config.clone();
         assert_eq!(info.max_bytes, r.max_bytes as i64, "{}", r.stream);
         assert_eq!(info.max_age, r.max_age, "{}", r.stream);
     }
@@ -132,15 +124,7 @@ async fn a_sized_bus_keeps_what_the_formula_says() {
             .enumerate()
         {
             let budget = budgets[k];
-            let state = js
-                .get_stream(stream)
-                .await
-                .unwrap()
-                .info()
-                .await
-                .unwrap()
-                .state
-                .clone();
+            let state = stream_info(&js, stream).await.state.clone();
             let (bytes, messages) = (state.bytes - before[k].0, state.messages - before[k].1);
             before[k] = (state.bytes, state.messages);
             let per = bytes as f64 / messages as f64;

@@ -114,10 +114,12 @@ impl PrometheusArgs {
         let auth = match (&self.user, token) {
             (Some(user), _) => Auth::Basic {
                 user: user.clone(),
-                password: std::env::var("PAS_PROMETHEUS_PASSWORD")
-                    .context("--user needs the password in PAS_PROMETHEUS_PASSWORD")?,
+                password: pas_runtime::Secret::new(
+                    std::env::var("PAS_PROMETHEUS_PASSWORD")
+                        .context("--user needs the password in PAS_PROMETHEUS_PASSWORD")?,
+                ),
             },
-            (None, Some(token)) => Auth::Bearer(token),
+            (None, Some(token)) => Auth::Bearer(pas_runtime::Secret::new(token)),
             (None, None) => Auth::None,
         };
         let now = Utc::now();

@@ -33,35 +33,35 @@ use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
 use chrono::{DateTime, TimeDelta, Utc};
+use pas_runtime::Secret;
 use pas_schemas::{CpuSample, SCHEMA_VERSION};
 use serde::Deserialize;
 
 use crate::Error;
 
-/// How to authenticate.
+/// How to authenticate; the secrets print as `<redacted>` ([`Secret`]).
 #[derive(Clone, Default)]
 pub enum Auth {
     /// No credentials.
     #[default]
     None,
     /// `Authorization: Bearer <token>`.
-    Bearer(String),
+    Bearer(Secret),
     /// HTTP basic authentication.
     Basic {
         /// User.
         user: String,
         /// Password.
-        password: String,
+        password: Secret,
     },
 }
 
 impl std::fmt::Debug for Auth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Never a secret in a log line.
         match self {
             Auth::None => f.write_str("none"),
-            Auth::Bearer(_) => f.write_str("bearer <redacted>"),
-            Auth::Basic { user, .. } => write!(f, "basic {user}:<redacted>"),
+            Auth::Bearer(token) => write!(f, "bearer {token:?}"),
+            Auth::Basic { user, password } => write!(f, "basic {user}:{password:?}"),
         }
     }
 }
@@ -258,8 +258,8 @@ impl Api {
         let mut request = self.client.post(&url).form(&params);
         request = match &self.auth {
             Auth::None => request,
-            Auth::Bearer(token) => request.bearer_auth(token),
-            Auth::Basic { user, password } => request.basic_auth(user, Some(password)),
+            Auth::Bearer(token) => request.bearer_auth(token.expose()),
+            Auth::Basic { user, password } => request.basic_auth(user, Some(password.expose())),
         };
         let response = request.send().await.map_err(|e| Failure {
             message: format!("cannot reach Prometheus at {}: {}", self.base, describe(&e)),
@@ -581,7 +581,8 @@ pub async fn import(
 
     let mut samples = Vec::new();
     let mut without_request = 0;
-    let mut per_workload: BTreeMap<String, BTreeSet<i64>> = BTreeMap::new();
+    // Per `namespace/workload`: the times with a sample, and the samples.
+    let mut per_workload: BTreeMap<String, (BTreeSet<i64>, usize)> = BTreeMap::new();
     for ((namespace, pod), points) in &pods {
         let Some(workload) = keep(namespace, pod) else {
             continue;
@@ -594,10 +595,9 @@ pub async fn import(
             let Some(timestamp) = DateTime::from_timestamp(*t, 0) else {
                 continue;
             };
-            per_workload
-                .entry(format!("{namespace}/{workload}"))
-                .or_default()
-                .insert(*t);
+            let seen = per_workload.entry(format!("{namespace}/{workload}")).or_default();
+            seen.0.insert(*t);
+            seen.1 += 1;
             samples.push(CpuSample {
                 schema_version: SCHEMA_VERSION,
                 timestamp,
@@ -621,7 +621,7 @@ pub async fn import(
         ))
     });
     let mut gaps = Vec::new();
-    for (workload, times) in &per_workload {
+    for (workload, (times, _)) in &per_workload {
         let times: Vec<i64> = times.iter().copied().collect();
         for pair in times.windows(2) {
             if pair[1] - pair[0] > step {
@@ -633,22 +633,7 @@ pub async fn import(
             }
         }
     }
-    let workloads = per_workload
-        .keys()
-        .map(|w| {
-            let n = samples
-                .iter()
-                .filter(|s| {
-                    format!(
-                        "{}/{}",
-                        s.namespace.as_deref().unwrap_or_default(),
-                        s.workload.as_deref().unwrap_or_default()
-                    ) == *w
-                })
-                .count();
-            (w.clone(), n)
-        })
-        .collect();
+    let workloads = per_workload.into_iter().map(|(w, (_, n))| (w, n)).collect();
     Ok(Imported {
         samples,
         workloads,
@@ -776,9 +761,9 @@ mod tests {
     fn secrets_are_never_printed() {
         let basic = Auth::Basic {
             user: "ops".into(),
-            password: "hunter2".into(),
+            password: Secret::new("hunter2"),
         };
         assert_eq!(format!("{basic:?}"), "basic ops:<redacted>");
-        assert!(!format!("{:?}", Auth::Bearer("tok".into())).contains("tok"));
+        assert!(!format!("{:?}", Auth::Bearer(Secret::new("tok"))).contains("tok"));
     }
 }

@@ -570,11 +570,17 @@ mod tests {
         (engine, cluster, ("shop".into(), "web".into()))
     }
 
+    /// Evaluates `key` at `at`, the history read back empty.
+    async fn evaluate_at(engine: &mut Engine<Simulated>, key: &Key, at: DateTime<Utc>) -> Option<Evaluation> {
+        engine
+            .evaluate(key, at, async |_: &Key| Some(History::default()))
+            .await
+    }
+
     #[tokio::test]
     async fn a_busy_workload_is_scaled_and_its_decision_and_history_returned() {
         let (mut engine, cluster, key) = engine(2, 1000.0);
-        let e = engine
-            .evaluate(&key, Utc::now(), async |_: &Key| Some(History::default()))
+        let e = evaluate_at(&mut engine, &key, Utc::now())
             .await
             .expect("a decision");
         // 100 % against a 50 % target: twice the pods; no forecast, so the HPA rule.
@@ -596,12 +602,7 @@ mod tests {
         let start = Utc::now();
         let mut kept = Vec::new();
         for i in 0..6 {
-            let e = engine
-                .evaluate(
-                    &key,
-                    start + chrono::TimeDelta::seconds(15 * i),
-                    async |_: &Key| Some(History::default()),
-                )
+            let e = evaluate_at(&mut engine, &key, start + chrono::TimeDelta::seconds(15 * i))
                 .await
                 .expect("a decision");
             kept.push(e.changed);
@@ -623,8 +624,7 @@ mod tests {
         let (mut engine, cluster, key) = engine(2, 1000.0);
         cluster.insert("shop", "web", 2, acting("act"), Some(1000.0));
         cluster.set_hpa("shop", "web", "web-hpa");
-        let e = engine
-            .evaluate(&key, Utc::now(), async |_: &Key| Some(History::default()))
+        let e = evaluate_at(&mut engine, &key, Utc::now())
             .await
             .expect("a refusal");
         assert_eq!(
@@ -635,8 +635,7 @@ mod tests {
         assert_eq!(cluster.replicas("shop", "web"), Some(2));
         assert_eq!(e.event.map(|ev| ev.reason), Some("ManagedByHPA"));
         // Said once: the next refusal records no Event.
-        let again = engine
-            .evaluate(&key, Utc::now(), async |_: &Key| Some(History::default()))
+        let again = evaluate_at(&mut engine, &key, Utc::now())
             .await
             .expect("a refusal");
         assert!(again.event.is_none());
@@ -652,12 +651,7 @@ mod tests {
         let start = Utc::now();
         let mut written = Vec::new();
         for i in 0..2 {
-            let e = engine
-                .evaluate(
-                    &key,
-                    start + chrono::TimeDelta::seconds(5 * i),
-                    async |_: &Key| Some(History::default()),
-                )
+            let e = evaluate_at(&mut engine, &key, start + chrono::TimeDelta::seconds(5 * i))
                 .await
                 .expect("a decision");
             // 100 % against a 50 % target: PAS would run 4.
@@ -694,10 +688,7 @@ mod tests {
         cluster.set_hpa("shop", "web", "web-hpa");
         let mut wanted = Vec::new();
         for s in [0, 10, 20] {
-            let e = engine
-                .evaluate(&key, start + chrono::TimeDelta::seconds(s), async |_: &Key| {
-                    Some(History::default())
-                })
+            let e = evaluate_at(&mut engine, &key, start + chrono::TimeDelta::seconds(s))
                 .await
                 .expect("a decision");
             wanted.push((e.decision.replicas_before, e.decision.replicas_after));
@@ -708,8 +699,7 @@ mod tests {
         // Without an HPA, pas.io/mode: shadow shadows too.
         let (mut engine, cluster, key) = self::engine(2, 1000.0);
         cluster.insert("shop", "web", 2, acting("shadow"), Some(1000.0));
-        let e = engine
-            .evaluate(&key, Utc::now(), async |_: &Key| Some(History::default()))
+        let e = evaluate_at(&mut engine, &key, Utc::now())
             .await
             .expect("a decision");
         assert_eq!((e.decision.outcome, e.decision.hpa), (Outcome::Shadow, None));
@@ -732,9 +722,7 @@ mod tests {
         );
         // Not leading: nothing at all.
         engine.until.store(0, Ordering::Relaxed);
-        let loaded = engine
-            .evaluate(&key, Utc::now(), async |_: &Key| Some(History::default()))
-            .await;
+        let loaded = evaluate_at(&mut engine, &key, Utc::now()).await;
         assert!(loaded.is_none());
     }
 }
