@@ -10,9 +10,9 @@
 #   2. `pas trainer` trains an LSTM on the history and stores it in pas-models.
 #   3. `pas forecaster` loads it and forecasts every 5 s.
 #   4. `pas scaler` (policy hybrid) decides and scales the simulated
-#      StatefulSet. Each step is printed as it completes: the utilisation
-#      measured, what the model forecast for it 15 s before, the decision
-#      (scripts/demo/watch.py).
+#      StatefulSet. Each step is printed as it completes: the demand
+#      measured (the pods' use together, in cores), what the model forecast
+#      for it 15 s before, the decision (scripts/demo/watch.py).
 #   5. `pas recorder` writes samples, forecasts and decisions through
 #      InfluxDB 2's write API to a local VictoriaMetrics (or to
 #      DEMO_INFLUX_URL); the points it wrote are counted at the end.

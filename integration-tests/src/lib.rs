@@ -317,6 +317,88 @@ pub fn pas_binary() -> PathBuf {
     pas
 }
 
+/// A child process, killed when dropped: a failing test leaves none behind.
+pub struct Process(pub Child);
+
+impl std::ops::Deref for Process {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Process {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Process {
+    /// SIGTERM, then waits up to `timeout` for the exit: its status, or
+    /// `None` when it did not exit in time.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.0.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+/// `pas args…` as a process of its own with `env` (and `NO_COLOR`); its
+/// log lines (stderr) arrive on the receiver.
+pub fn spawn_pas(args: &[&str], env: &[(&str, &str)]) -> (Process, std::sync::mpsc::Receiver<String>) {
+    use std::io::BufRead;
+    let mut command = Command::new(pas_binary());
+    command.args(args).env("NO_COLOR", "1").stderr(Stdio::piped());
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let mut child = command.spawn().expect("start pas");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().expect("piped stderr");
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    (Process(child), rx)
+}
+
+/// A loopback port free at the time of asking.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+        .port()
+}
+
+/// The value of the series `name` (no labels) on a `/metrics` endpoint on
+/// loopback, if it answers and has it.
+pub fn metric(port: u16, name: &str) -> Option<f64> {
+    let (status, body) = http_get_blocking(port, "/metrics")?;
+    if status != 200 {
+        return None;
+    }
+    body.lines().find_map(|line| {
+        let (series, value) = line.split_once(' ')?;
+        (series == name).then(|| value.trim().parse().ok()).flatten()
+    })
+}
+
 /// Runs `pas args…` as `user` of [`NatsServer::with_accounts`] on `server`.
 pub fn run_pas(server: &NatsServer, user: &str, args: &[&str]) -> std::process::Output {
     Command::new(pas_binary())

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{TimeDelta, Utc};
 use futures::StreamExt;
-use pas_integration_tests::{binary, eventually, stream_info};
+use pas_integration_tests::{binary, eventually, free_port, stream_info};
 use pas_nats::NatsConfig;
 use pas_nats::provision::{self, Options};
 use pas_scaler::cluster::Simulated;
@@ -39,14 +39,6 @@ struct Node {
 struct Cluster {
     _dir: tempfile::TempDir,
     nodes: Vec<Node>,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 impl Cluster {

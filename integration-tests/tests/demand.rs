@@ -75,9 +75,14 @@ struct Loop {
 
 impl Loop {
     fn new(pod: PodModel, replicas: u32) -> Loop {
+        Loop::keeping(pod, replicas, 96)
+    }
+
+    /// As [`Loop::new`], keeping `history` steps.
+    fn keeping(pod: PodModel, replicas: u32, history: usize) -> Loop {
         Loop {
             sts: SimulatedStatefulSet::new(pod, replicas, at(0)),
-            folded: Workloads::new(STEP as u32, 96, 1),
+            folded: Workloads::new(STEP as u32, history, 1),
             sequence: 0,
         }
     }
@@ -218,22 +223,41 @@ fn a_saturated_workload_is_a_lower_bound_that_scales_out() {
 }
 
 /// Training treats a saturated step as missing after gap filling: never a
-/// target of the loss, never scored. Marking the scored tail as lower bounds
-/// leaves the backtest fewer origins to score.
+/// target of the loss, never scored. A simulated StatefulSet whose load
+/// passes its pods' limits for the last 40 steps reports them throttled;
+/// folded, they are the lower bounds the trainer is given, and the backtest
+/// scores fewer origins than on the same values unmarked.
 #[test]
 fn training_leaves_lower_bounds_out_of_the_loss_and_the_score() {
     let n = 400;
-    let values: Vec<f64> = (0..n)
-        .map(|i| 2000.0 + 800.0 * (i as f64 * std::f64::consts::TAU / 48.0).sin())
-        .collect();
+    let pod = PodModel {
+        startup: Duration::from_secs(30),
+        startup_spread: 0.0,
+        capacity_millicores: 1000.0,
+        request_millicores: 500.0,
+    };
+    let mut l = Loop::keeping(pod, 4, n);
+    for i in 0..n as i64 {
+        // A wave within the 4000m the pods may use, then 6000m wanted.
+        let demand = if i < n as i64 - 40 {
+            2000.0 + 800.0 * (i as f64 * std::f64::consts::TAU / 48.0).sin()
+        } else {
+            6000.0
+        };
+        l.run(i * STEP, (i + 1) * STEP, demand);
+    }
+    let (steps, _) = l.folded.series(&key()).unwrap();
+    assert_eq!(steps.values.len(), n);
+    let marked = steps.saturated.iter().filter(|s| **s).count();
+    assert_eq!(marked, 40, "the surge's steps, and only those, are lower bounds");
     let series = pas_models::Series {
         seasonal: None,
-        start: at(0),
-        step_seconds: 300,
-        values,
+        start: steps.start,
+        step_seconds: steps.step_seconds,
+        values: steps.values.clone(),
     };
     let mut config = pas_trainer::Config {
-        step: Duration::from_secs(300),
+        step: Duration::from_secs(STEP as u64),
         ..pas_trainer::Config::default()
     };
     config.model.max_epochs = 2;
@@ -242,7 +266,7 @@ fn training_leaves_lower_bounds_out_of_the_loss_and_the_score() {
         first_sequence: 1,
         last_sequence: n as u64,
         from: at(0),
-        to: at(300 * (n as i64 - 1)),
+        to: at(STEP * (n as i64 - 1)),
     };
     let origins = |lower: &[bool]| {
         let (manifest, _) =
@@ -250,11 +274,7 @@ fn training_leaves_lower_bounds_out_of_the_loss_and_the_score() {
         manifest.validation["origins"]
     };
     let all = origins(&[]);
-    let mut lower = vec![false; n];
-    for s in lower.iter_mut().skip(n - 40) {
-        *s = true;
-    }
-    let fewer = origins(&lower);
+    let fewer = origins(&steps.saturated);
     assert!(
         fewer < all,
         "{fewer} origins scored with the tail marked, {all} without"

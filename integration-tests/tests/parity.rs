@@ -1,9 +1,11 @@
 //! The live loop equals the experiment: a bundled trace slice replayed
-//! through the real forecaster and scaler stages (their own `run` loops,
-//! over a real nats-server with JetStream) and a simulated StatefulSet
-//! (`pas replay --simulate`), against `pas experiment` on the same slice and
-//! settings. Both must make the same forecast for the same window and ask
-//! for the same replicas at the same step.
+//! through the real forecaster and scaler stages (`pas forecaster` and `pas
+//! scaler` as processes of their own, each on a configuration file, over a
+//! real nats-server with JetStream; the scaler on its simulated cluster) and
+//! a simulated StatefulSet (`pas replay --simulate`), against `pas
+//! experiment` on the same slice and settings. Both must make the same
+//! forecast for the same window and ask for the same replicas at the same
+//! step.
 //!
 //! The trainer is the one part run once, not twice: the experiment's version
 //! (trained by the trainer's own job) is stored in `pas-models` for the live
@@ -18,12 +20,20 @@
 //!
 //! - steps of 2 s; a pod's start-up of 5 s (2.5 steps), so a pod created at
 //!   the tick or 0.5–1 s later is ready at the same step;
+
 //! - the lead time is 7 s (3.5 steps) in both: the experiment's 5 s start-up
 //!   plus its 2 s tick; the live scaler's 3 s start-up plus a 4 s tick, so
 //!   its sweep (every workload not decided on for 0.9 tick) never decides
-//!   between two forecasts, which come every step;
+//!   between two forecasts, which come every step (its simulated cluster's
+//!   pods still take 5 s, `simulated_startup`, as the replay's do);
 //! - the rate limits' periods and the scale-down window (9 s each, short so
 //!   the replicas move often in 60 steps) are whole steps plus half a step.
+//!
+//! What the settings cannot rule out on a loaded machine: a decision a
+//! second or more into its step, and a start the experiment cannot have (a
+//! decision before the first scored step's forecast, or none in that
+//! step); see `Live::untimely`. The live loop then runs again, at most three
+//! times in all, and says so; a run within the tolerance is compared whole.
 //!
 //! The tolerance is then none: the same forecast values and upper bounds
 //! (to 1e-9, the same arithmetic) for every window both made, and the same replicas at every
@@ -35,11 +45,11 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use futures::StreamExt;
-use pas_integration_tests::{NatsServer, connect_and_provision, eventually, repo_root};
+use pas_integration_tests::{
+    NatsServer, Process, connect_and_provision, free_port, metric, repo_root, spawn_pas,
+};
 use pas_models::Trace;
-use pas_nats::NatsConfig;
 use pas_nats::model_store::{self, Layout};
-use pas_scaler::cluster::Simulated;
 use pas_scaler::policy::{Behavior, Policy, Settings, Tuning};
 use pas_scaler::sim::PodModel;
 use pas_schemas::subjects::{BUCKET_MODELS, Prefix};
@@ -48,10 +58,21 @@ use tokio_util::sync::CancellationToken;
 
 const RUN: &str = "parity";
 const STEP: i64 = 2;
-/// Rows of the slice: the first 340 are history (published at once), the
-/// last 60 are scored, one per step.
+/// Rows of the slice: the first 340 are history (the experiment trains on
+/// them; the live loop gets the last [`LIVE_HISTORY`], published at once),
+/// the last 60 are scored, one per step.
 const ROWS: usize = 400;
 const TRAIN_FRACTION: f64 = 0.85;
+/// Rows of history the live loop is given before the scored ones: what the
+/// forecaster holds (its `history`, 96 steps) and more, not the experiment's
+/// 340. The served window is the newest 96 steps either way, and the
+/// model's seasonal inputs (a day and a week before) are unknown in both; a
+/// smaller burst of history is in before the first forecast on a loaded
+/// machine too.
+const LIVE_HISTORY: usize = 120;
+/// How late in its step a live decision may be made: past it, the
+/// forecast's fifth step joins the lead (see the module's doc).
+const TIMING_MARGIN_MS: i64 = 1000;
 /// Replicas at the start, and the pods the trace's 100 % is worth.
 const PODS: u32 = 8;
 
@@ -84,20 +105,34 @@ fn settings(startup: Duration) -> Settings {
 
 /// 400 rows of a bundled NAB trace (spiky: idle, then bursts to 100 %; the
 /// replicas move 18 times in the scored part), re-timed onto 2 s steps.
-fn slice(dir: &std::path::Path) -> std::path::PathBuf {
+fn slice(dir: &std::path::Path, from: usize) -> std::path::PathBuf {
     let trace = Trace::read(&repo_root().join("testdata/traces/nab-ec2_cpu_utilization_77c1ca.csv")).unwrap();
-    let start = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
     let mut csv = String::from("timestamp,cpu\n");
-    for (k, (_, v)) in trace.points[2000..2000 + ROWS].iter().enumerate() {
-        let at = start + TimeDelta::seconds(STEP * k as i64);
+    for (k, (_, v)) in trace.points[2000..2000 + ROWS].iter().enumerate().skip(from) {
+        let at = row_time(k);
         csv.push_str(&format!(
             "{},{v}\n",
             at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
         ));
     }
-    let path = dir.join("parity.csv");
+    // The experiment names the workload after its file: `parity`.
+    let path = dir.join(if from == 0 { "parity.csv" } else { "live.csv" });
     std::fs::write(&path, csv).unwrap();
     path
+}
+
+/// The trace time of row `k` of the slice.
+fn row_time(k: usize) -> DateTime<Utc> {
+    DateTime::from_timestamp(1_700_000_000 + STEP * k as i64, 0).unwrap()
+}
+
+/// The first row the live loop replays, and the share of its rows that are
+/// history.
+fn live_rows() -> (usize, f64) {
+    // As the experiment splits.
+    let scored_from = (ROWS as f64 * TRAIN_FRACTION).round() as usize;
+    let from = scored_from - LIVE_HISTORY;
+    (from, (LIVE_HISTORY as f64 + 0.5) / (ROWS - from) as f64)
 }
 
 fn experiment_config() -> pas_experiment::Config {
@@ -132,7 +167,7 @@ fn experiment_config() -> pas_experiment::Config {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_live_loop_makes_the_experiments_forecasts_and_decisions() {
     let dir = tempfile::tempdir().unwrap();
-    let path = slice(dir.path());
+    let path = slice(dir.path(), 0);
 
     // The experiment, in virtual time.
     let config = experiment_config();
@@ -141,116 +176,24 @@ async fn the_live_loop_makes_the_experiments_forecasts_and_decisions() {
     let run = &result.runs[0];
     assert_eq!(run.policy, "predictive");
 
-    // The live loop: the same version in pas-models, the stages, a replay.
-    let server = NatsServer::start();
-    let admin = connect_and_provision(&server).await;
-    let nats = NatsConfig {
-        urls: vec![server.url()],
-        ..NatsConfig::default()
-    };
-    let prefix = Prefix::replay(RUN).unwrap();
-    let (manifest, weights) = result.model.clone().expect("a trained version");
     // The slice is chosen so the LSTM is served (its backtest beats naive),
     // not the baseline: model choice and batched inference are compared too.
+    let (manifest, _) = result.model.as_ref().expect("a trained version");
     assert!(manifest.accepted, "{:?}", manifest.validation);
-    let bucket = admin.jetstream.get_object_store(BUCKET_MODELS).await.unwrap();
-    model_store::save(&bucket, &Layout::new(&prefix), &manifest, &weights)
-        .await
-        .unwrap();
-    let mut forecasts = admin.client.subscribe(prefix.all_forecasts()).await.unwrap();
-    let mut decisions = admin.client.subscribe(prefix.all_decisions()).await.unwrap();
-    admin.client.flush().await.unwrap();
 
-    let stop = CancellationToken::new();
-    let forecaster = pas_forecaster::Forecaster::new(pas_forecaster::Config {
-        run: Some(RUN.into()),
-        step: Duration::from_secs(STEP as u64),
-        replica: Some("parity".into()),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        nats: nats.clone(),
-        ..config.forecaster.clone()
-    })
-    .unwrap();
-    let forecaster_metrics = forecaster.metrics();
-    let forecasting = tokio::spawn(forecaster.run(stop.clone()));
-    if manifest.accepted {
-        eventually(
-            Duration::from_secs(20),
-            "the forecaster to load the version",
-            || async { (forecaster_metrics.loads() >= 1).then_some(()) },
-        )
-        .await;
-    }
-    let cluster = Simulated::new().with_startup(config.pod.startup);
-    cluster.insert("experiment", "parity", PODS, BTreeMap::new(), Some(1000.0));
-    let scaler = pas_scaler::Scaler::new(
-        pas_scaler::Config {
-            run: Some(RUN.into()),
-            tick: Duration::from_secs(4),
-            forecast_max_age: Duration::from_secs(6),
-            defaults: settings(Duration::from_secs(3)),
-            behavior: behavior(),
-            replica: Some("parity".into()),
-            lease: Duration::from_secs(3),
-            listen: "127.0.0.1:0".parse().unwrap(),
-            nats: nats.clone(),
-            ..pas_scaler::Config::default()
-        },
-        cluster.clone(),
-    )
-    .unwrap();
-    let scaler_metrics = scaler.metrics();
-    let scaling = tokio::spawn(scaler.run(stop.clone()));
-    eventually(Duration::from_secs(20), "the scaler to lead", || async {
-        scaler_metrics.is_leader().then_some(())
-    })
-    .await;
-
-    // Start the replay just after a step boundary, so each row's samples
-    // are in before the forecaster's tick half a second later.
-    let now = Utc::now().timestamp_millis();
-    let next = (now.div_euclid(STEP * 1000) + 1) * STEP * 1000 + 50;
-    tokio::time::sleep(Duration::from_millis((next - now) as u64)).await;
-    let replay = pas_replay::replay::Config {
-        run: RUN.into(),
-        source: pas_replay::replay::Source::Trace(path.clone()),
-        namespace: "experiment".into(),
-        workload: "parity".into(),
-        pods: PODS,
-        pod_cpu: 1000.0,
-        speed: pas_replay::replay::Speed::Factor(1.0),
-        timestamps: pas_replay::replay::Timestamps::Shifted,
-        backfill: TRAIN_FRACTION,
-        simulate: Some(config.pod.startup),
-        ..pas_replay::replay::Config::default()
+    // The live loop, again (at most twice more) when its timing left the
+    // tolerance: see `Live::untimely`.
+    let mut attempt = 1;
+    let live = loop {
+        let live = live_loop(dir.path(), &config, &result).await;
+        match live.untimely(run) {
+            None => break live,
+            Some(why) if attempt < 3 => eprintln!("parity: live loop {attempt}: {why}; again"),
+            Some(why) => panic!("the live loop's timing left the tolerance {attempt} times; the last: {why}"),
+        }
+        attempt += 1;
     };
-    let summary = pas_replay::replay::replay(&admin, &replay, CancellationToken::new(), &mut |_| {})
-        .await
-        .expect("the replay");
-    // The last forecast and decision follow the last row.
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    stop.cancel();
-    forecasting.await.unwrap().unwrap();
-    scaling.await.unwrap().unwrap();
-
-    // Live step k of the trace starts at `offset` + its trace time.
-    let first = summary.first.expect("rows replayed");
-    let trace_start = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
-    let offset = TimeDelta::seconds(first.timestamp() - first.timestamp().rem_euclid(STEP))
-        - (trace_start - DateTime::UNIX_EPOCH);
-    let mut live_forecasts: BTreeMap<DateTime<Utc>, Forecast> = BTreeMap::new();
-    while let Some(Some(msg)) = futures::FutureExt::now_or_never(forecasts.next()) {
-        let f: Forecast = pas_schemas::decode(&msg.payload).unwrap();
-        live_forecasts.insert(f.window_end - offset, f);
-    }
-    let mut live_replicas: BTreeMap<DateTime<Utc>, (u32, String)> = BTreeMap::new();
-    while let Some(Some(msg)) = futures::FutureExt::now_or_never(decisions.next()) {
-        let d: ScaleDecision = pas_schemas::decode(&msg.payload).unwrap();
-        let at = d.timestamp - offset;
-        let step = DateTime::from_timestamp(at.timestamp() - at.timestamp().rem_euclid(STEP), 0).unwrap();
-        // The last decision in a step stands.
-        live_replicas.insert(step, (d.replicas_after, d.reason));
-    }
+    let (live_forecasts, live_replicas) = (&live.forecasts, &live.replicas);
 
     // Forecasts: every window the experiment forecast, the live loop did too,
     // with the same model and values.
@@ -286,10 +229,18 @@ async fn the_live_loop_makes_the_experiments_forecasts_and_decisions() {
         };
         decided += 1;
         moved += usize::from(k > 0 && run.replicas[k - 1] != *want);
-        assert_eq!(
-            got, want,
-            "step {k} ({at}): live {got} ({reason}), experiment {want}"
-        );
+        if got != want {
+            let before: Vec<String> = run.at[..k]
+                .iter()
+                .zip(&run.replicas)
+                .rev()
+                .take(5)
+                .map(|(at, r)| format!("{at}: experiment {r}, live {:?}", live_replicas.get(at)))
+                .collect();
+            panic!(
+                "step {k} ({at}): live {got} ({reason}), experiment {want}; the steps before, newest first: {before:#?}"
+            );
+        }
     }
     assert!(
         decided + 2 >= run.replicas.len(),
@@ -315,4 +266,216 @@ fn assert_close(window: DateTime<Utc>, what: &str, live: &[f64], experiment: &[f
             "window {window}: live {what} {live:?}, experiment {experiment:?}"
         );
     }
+}
+
+/// Waits up to 30 s for a stage to be `ready` (the forecaster to have loaded
+/// the version, the scaler to lead); one that exits first, or never is,
+/// fails the test with its log.
+async fn ready(
+    stage: &str,
+    (process, log): &mut (Process, std::sync::mpsc::Receiver<String>),
+    ready: impl Fn() -> bool,
+) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !ready() {
+        let exited = process.try_wait().ok().flatten();
+        if exited.is_some() || std::time::Instant::now() > deadline {
+            let log: Vec<String> = log.try_iter().collect();
+            panic!("the {stage} is not ready ({exited:?}):\n{}", log.join("\n"));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `pas <stage> --config <json>` on `url`, the configuration written from
+/// `config` (the bus from the environment); its log lines on the receiver.
+fn spawn_stage(
+    dir: &std::path::Path,
+    stage: &str,
+    config: &impl serde::Serialize,
+    args: &[&str],
+    url: &str,
+) -> (Process, std::sync::mpsc::Receiver<String>) {
+    let mut json = serde_json::to_value(config).unwrap();
+    let fields = json.as_object_mut().unwrap();
+    fields.remove("nats");
+    fields.retain(|_, v| !v.is_null());
+    let path = dir.join(format!("{stage}.json"));
+    std::fs::write(&path, serde_json::to_string_pretty(&json).unwrap()).unwrap();
+    let mut all = vec![stage, "--config", path.to_str().unwrap()];
+    all.extend_from_slice(args);
+    spawn_pas(&all, &[("PAS_NATS__URLS", url)])
+}
+
+/// What the live loop published, by the trace time of its step: forecasts
+/// by their window's end, and the last decision made in each step (its
+/// replicas and how it came: reason, when, on which forecast).
+struct Live {
+    forecasts: BTreeMap<DateTime<Utc>, Forecast>,
+    replicas: BTreeMap<DateTime<Utc>, (u32, String)>,
+    /// Every decision: its trace time, whether it was made on a forecast,
+    /// and what it was.
+    decisions: Vec<(DateTime<Utc>, bool, String)>,
+}
+
+impl Live {
+    /// Why this run cannot be compared with the experiment, if it cannot:
+    /// its timing left the tolerance the settings give (see the module's
+    /// doc), so a boundary may have moved.
+    ///
+    /// - A decision made a second or more into its step: the forecast's
+    ///   fifth step joins the lead, and the rate limits and scale-down
+    ///   window count from a later time.
+    /// - A start the experiment cannot have. The experiment's first
+    ///   decision is at the first scored step, on the forecast of the
+    ///   window before it. The live scaler's sweep can decide before that
+    ///   forecast arrives (by the HPA rule, on the first row's samples)
+    ///   when it falls in the half second between the first row and the
+    ///   forecaster's tick; on a loaded machine the history can arrive
+    ///   after that tick, so the first step has no decision, or one on a
+    ///   stale forecast. Hence: any decision before the first scored step,
+    ///   one on no forecast in the first two, or none in the first.
+    fn untimely(&self, run: &pas_experiment::Run) -> Option<String> {
+        let first = run.at.first()?;
+        let start = *first + TimeDelta::seconds(2 * STEP);
+        let step_of = |at: &DateTime<Utc>| at.timestamp() - at.timestamp().rem_euclid(STEP);
+        let untimely = self.decisions.iter().find(|(at, on_forecast, _)| {
+            at < first
+                || (!on_forecast && *at < start)
+                || (at.timestamp_millis() - 1000 * step_of(at)) >= TIMING_MARGIN_MS
+        });
+        if let Some((at, _, what)) = untimely {
+            return Some(format!(
+                "a decision at {at} outside the timing the settings allow: {what}"
+            ));
+        }
+        (!self.replicas.contains_key(first))
+            .then(|| format!("no decision in the first scored step ({first})"))
+    }
+}
+
+/// The live loop once, on a nats-server of its own: the experiment's
+/// version in pas-models, the stages as processes, the replay.
+async fn live_loop(
+    dir: &std::path::Path,
+    config: &pas_experiment::Config,
+    result: &pas_experiment::TraceResult,
+) -> Live {
+    let server = NatsServer::start();
+    let admin = connect_and_provision(&server).await;
+    let prefix = Prefix::replay(RUN).unwrap();
+    let (manifest, weights) = result.model.clone().expect("a trained version");
+    let bucket = admin.jetstream.get_object_store(BUCKET_MODELS).await.unwrap();
+    model_store::save(&bucket, &Layout::new(&prefix), &manifest, &weights)
+        .await
+        .unwrap();
+    let mut forecasts = admin.client.subscribe(prefix.all_forecasts()).await.unwrap();
+    let mut decisions = admin.client.subscribe(prefix.all_decisions()).await.unwrap();
+    admin.client.flush().await.unwrap();
+
+    // The stages as processes of their own (`pas forecaster`, `pas scaler`
+    // on its simulated cluster), each on a JSON file of its configuration.
+    let url = server.url();
+    let forecaster_port = free_port();
+    let forecaster_config = pas_forecaster::Config {
+        run: Some(RUN.into()),
+        step: Duration::from_secs(STEP as u64),
+        replica: Some("parity".into()),
+        listen: format!("127.0.0.1:{forecaster_port}").parse().unwrap(),
+        ..config.forecaster.clone()
+    };
+    let mut forecaster = spawn_stage(dir, "forecaster", &forecaster_config, &[], &url);
+    ready("forecaster", &mut forecaster, || {
+        metric(forecaster_port, "pas_forecaster_model_loads_total").is_some_and(|n| n >= 1.0)
+    })
+    .await;
+    let scaler_port = free_port();
+    let scaler_config = pas_scaler::Config {
+        run: Some(RUN.into()),
+        tick: Duration::from_secs(4),
+        forecast_max_age: Duration::from_secs(6),
+        defaults: settings(Duration::from_secs(3)),
+        behavior: behavior(),
+        replica: Some("parity".into()),
+        lease: Duration::from_secs(3),
+        listen: format!("127.0.0.1:{scaler_port}").parse().unwrap(),
+        // The replay's StatefulSet: its pods, their request, their start-up.
+        simulated_replicas: PODS,
+        simulated_startup: Some(config.pod.startup),
+        ..pas_scaler::Config::default()
+    };
+    let mut scaler = spawn_stage(dir, "scaler", &scaler_config, &["--cluster", "simulated"], &url);
+    ready("scaler", &mut scaler, || {
+        metric(scaler_port, "pas_scaler_leader") == Some(1.0)
+    })
+    .await;
+
+    // Start the replay just after a step boundary, so each row's samples
+    // are in before the forecaster's tick half a second later.
+    let (from, backfill) = live_rows();
+    let rows = slice(dir, from);
+    let now = Utc::now().timestamp_millis();
+    let next = (now.div_euclid(STEP * 1000) + 1) * STEP * 1000 + 50;
+    tokio::time::sleep(Duration::from_millis((next - now) as u64)).await;
+    let replay = pas_replay::replay::Config {
+        run: RUN.into(),
+        source: pas_replay::replay::Source::Trace(rows),
+        namespace: "experiment".into(),
+        workload: "parity".into(),
+        pods: PODS,
+        pod_cpu: 1000.0,
+        speed: pas_replay::replay::Speed::Factor(1.0),
+        timestamps: pas_replay::replay::Timestamps::Shifted,
+        backfill,
+        simulate: Some(config.pod.startup),
+        ..pas_replay::replay::Config::default()
+    };
+    let summary = pas_replay::replay::replay(&admin, &replay, CancellationToken::new(), &mut |_| {})
+        .await
+        .expect("the replay");
+    // The last forecast and decision follow the last row.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for (stage, process) in [("forecaster", &mut forecaster), ("scaler", &mut scaler)] {
+        let status = process.0.terminate(Duration::from_secs(15));
+        let log: Vec<String> = process.1.try_iter().collect();
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "the {stage} ended with {status:?}:\n{}",
+            log.join("\n")
+        );
+    }
+
+    // Live step k of the trace starts at `offset` + its trace time.
+    let first = summary.first.expect("rows replayed");
+    let trace_start = row_time(from);
+    let offset = TimeDelta::seconds(first.timestamp() - first.timestamp().rem_euclid(STEP))
+        - (trace_start - DateTime::UNIX_EPOCH);
+    let mut live = Live {
+        forecasts: BTreeMap::new(),
+        replicas: BTreeMap::new(),
+        decisions: Vec::new(),
+    };
+    while let Some(Some(msg)) = futures::FutureExt::now_or_never(forecasts.next()) {
+        let f: Forecast = pas_schemas::decode(&msg.payload).unwrap();
+        live.forecasts.insert(f.window_end - offset, f);
+    }
+
+    while let Some(Some(msg)) = futures::FutureExt::now_or_never(decisions.next()) {
+        let d: ScaleDecision = pas_schemas::decode(&msg.payload).unwrap();
+        let at = d.timestamp - offset;
+        let step = DateTime::from_timestamp(at.timestamp() - at.timestamp().rem_euclid(STEP), 0).unwrap();
+        // The last decision in a step stands. A mismatch says when in the
+        // step it was made and on which window's forecast.
+        let how = format!(
+            "{}; made {} ms into the step on the forecast of window {:?}, peak {:?}",
+            d.reason,
+            (at - step).num_milliseconds(),
+            d.forecast.as_ref().map(|f| f.window_end - offset),
+            d.predicted_peak_millicores,
+        );
+        let what = format!("{} → {}, {how}", d.replicas_before, d.replicas_after);
+        live.decisions.push((at, d.forecast.is_some(), what));
+        live.replicas.insert(step, (d.replicas_after, how));
+    }
+    live
 }

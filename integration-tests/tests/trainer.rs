@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_nats::jetstream;
 use async_nats::jetstream::object_store::ObjectStore;
 use futures::StreamExt;
-use pas_integration_tests::{NatsServer, connect_and_provision, eventually, repo_root};
+use pas_integration_tests::{NatsServer, Process, connect_and_provision, eventually, repo_root, spawn_pas};
 use pas_models::Forecaster;
 use pas_models::Trace;
 use pas_models::lstm::{Lstm, LstmConfig};
@@ -379,57 +379,21 @@ fn spawn_trainer(
     run: &str,
     env: &[(&str, &str)],
 ) -> (Process, std::sync::mpsc::Receiver<String>) {
-    use std::io::BufRead;
-    let mut command = std::process::Command::new(pas_integration_tests::pas_binary());
-    command
-        .args(["trainer", "--run", run])
-        .env("PAS_NATS__URLS", server.url())
-        .env("PAS_NATS__USER", "trainer")
-        .env("PAS_NATS__PASSWORD", "trainer-pw")
-        .env("PAS_LISTEN", "127.0.0.1:0")
-        .env("PAS_STEP", "300s")
-        .env("PAS_MIN_HISTORY", "1500")
-        .env("PAS_MAX_HISTORY", "5000")
-        .env("PAS_CHECK_INTERVAL", "200ms")
-        .env("PAS_THREADS", "1")
-        .env("PAS_MODEL__PATIENCE", "0")
-        .env("NO_COLOR", "1")
-        .stderr(std::process::Stdio::piped());
-    for (key, value) in env {
-        command.env(key, value);
-    }
-    let mut child = command.spawn().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let stderr = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    (Process(child), rx)
-}
-
-/// A child process, killed when dropped: a failing test leaves none behind.
-struct Process(std::process::Child);
-
-impl std::ops::Deref for Process {
-    type Target = std::process::Child;
-    fn deref(&self) -> &std::process::Child {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for Process {
-    fn deref_mut(&mut self) -> &mut std::process::Child {
-        &mut self.0
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+    let url = server.url();
+    let mut all = vec![
+        ("PAS_NATS__URLS", url.as_str()),
+        ("PAS_NATS__USER", "trainer"),
+        ("PAS_NATS__PASSWORD", "trainer-pw"),
+        ("PAS_LISTEN", "127.0.0.1:0"),
+        ("PAS_STEP", "300s"),
+        ("PAS_MIN_HISTORY", "1500"),
+        ("PAS_MAX_HISTORY", "5000"),
+        ("PAS_CHECK_INTERVAL", "200ms"),
+        ("PAS_THREADS", "1"),
+        ("PAS_MODEL__PATIENCE", "0"),
+    ];
+    all.extend_from_slice(env);
+    spawn_pas(&["trainer", "--run", run], &all)
 }
 
 /// Issue 19: training shared through the work queue `PAS_TRAINING`. Two

@@ -1,7 +1,8 @@
 //! Per-workload demand series built from pod samples: the one folding of
 //! samples into workload steps, shared by the trainer, the forecaster, the
-//! recorder and `pas experiment` (stages meet on the bus; this is what each
-//! does to what it reads from it). No libtorch: a series comes out as plain
+//! recorder, `pas experiment`, `pas record` and `pas import prometheus`
+//! (stages meet on the bus; this is what each does to what it reads from
+//! it). No libtorch: a series comes out as plain
 //! [`Steps`], which `pas-models` turns into its `Series`.
 //!
 //! A workload's step ([`Step`], [`summarise`]) is, over the pods that
@@ -414,6 +415,24 @@ impl Workloads {
         }
         let i = usize::try_from(step - w.first).ok()?;
         w.settled.get(i).map(|s| s.step)
+    }
+
+    /// The starts of a workload's steps that hold a sample, oldest first:
+    /// sparse, however far apart they are (unlike [`Workloads::series`]).
+    pub fn held(&self, key: &WorkloadKey) -> Vec<DateTime<Utc>> {
+        let Some(w) = self.map.get(key) else {
+            return Vec::new();
+        };
+        let settled = w
+            .settled
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.step.pods > 0)
+            .map(|(i, _)| w.first + i as i64);
+        settled
+            .chain(w.open.keys().copied())
+            .filter_map(|step| DateTime::from_timestamp(step.checked_mul(self.step)?, 0))
+            .collect()
     }
 
     /// A workload's demand series ([`Steps`]): per step, the sum over pods

@@ -304,7 +304,7 @@ fn summary(imported: &Imported, written: &[String], published: Option<u64>, bloc
     }
     if imported.pods_without_request > 0 {
         out.push_str(&format!(
-            "{} pods have no CPU request in kube-state-metrics: their samples carry none, and PAS cannot compute their utilisation.\n",
+            "{} pods have no CPU request in kube-state-metrics: their samples carry none, and PAS leaves them out of their workload's demand (in the --live history too).\n",
             imported.pods_without_request
         ));
     }

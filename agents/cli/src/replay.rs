@@ -85,7 +85,7 @@ pub struct RecordArgs {
     /// ... to this time.
     #[arg(long, requires = "since")]
     until: Option<DateTime<Utc>>,
-    /// Step of the CSV rows.
+    /// Step of the CSV rows, whole seconds (as the pipeline's).
     #[arg(long, default_value = "5s")]
     step: String,
     /// Write demand as a percentage of this many pods' worth (pas replay's

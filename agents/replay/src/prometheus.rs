@@ -659,8 +659,54 @@ pub fn check_live_step(step: Duration) -> Result<(), Error> {
     Ok(())
 }
 
-/// Stores each workload's demand in `samples` (the sum of its pods' use at
-/// each time) as its coarse history in `pas-history` under `keys`: the days
+/// Each workload's coarse history ([`pas_workloads::history`], 5-minute
+/// slots) from `samples` at `step`, folded as the pipeline folds samples
+/// ([`pas_workloads::Workloads`]: per step, the sum of the pods' use, pods
+/// without a CPU request left out, a pod counted once per time). A rate at
+/// `t` measures the step before `t`, so it is folded there. The samples need
+/// not come in time order; they are folded in it, so only the newest two
+/// steps are held as samples.
+pub fn histories(
+    samples: &[CpuSample],
+    step: Duration,
+) -> Result<Vec<(pas_workloads::WorkloadKey, pas_workloads::history::History)>, Error> {
+    use pas_workloads::history::{DEFAULT_KEEP_SECONDS, DEFAULT_STEP_SECONDS, History};
+    check_live_step(step)?;
+    let step_seconds = u32::try_from(step.as_secs()).unwrap_or(u32::MAX).max(1);
+    let step = TimeDelta::seconds(i64::from(step_seconds));
+    let mut folded = pas_workloads::Workloads::new(step_seconds, 1 << 40, 2);
+    let mut in_order: Vec<&CpuSample> = samples.iter().collect();
+    in_order.sort_by_key(|s| s.timestamp);
+    for s in in_order {
+        folded.fold(
+            &CpuSample {
+                timestamp: s.timestamp - step,
+                ..s.clone()
+            },
+            0,
+        );
+    }
+    let coarse = TimeDelta::seconds(i64::from(DEFAULT_STEP_SECONDS));
+    let mut out = Vec::new();
+    for key in folded.keys() {
+        let Some((steps, _)) = folded.series(&key) else {
+            continue;
+        };
+        let mut history = History::new(DEFAULT_STEP_SECONDS, DEFAULT_KEEP_SECONDS);
+        let mut at = steps.start;
+        for value in &steps.values {
+            history.record(at, *value);
+            at += step;
+        }
+        // Closes the last slot.
+        history.record(at + coarse, f64::NAN);
+        out.push((key, history));
+    }
+    Ok(out)
+}
+
+/// Stores each workload's demand in `samples` ([`histories`]) as its coarse
+/// history in `pas-history` under `keys`: the days
 /// the forecasters and trainers read for their seasonal features
 /// ([`pas_workloads::history`], 5-minute slots, the last 14 days). Where a
 /// slot is already stored, the imported value replaces it; the stored slots
@@ -672,36 +718,12 @@ pub async fn store_history(
     step: Duration,
 ) -> Result<usize, Error> {
     use pas_workloads::history::{DEFAULT_KEEP_SECONDS, DEFAULT_STEP_SECONDS, History};
-    let step_seconds = u32::try_from(step.as_secs()).unwrap_or(u32::MAX).max(1);
-    check_live_step(step)?;
-    let mut demand: BTreeMap<(String, String), BTreeMap<DateTime<Utc>, f64>> = BTreeMap::new();
-    for s in samples {
-        let (Some(namespace), Some(workload)) = (&s.namespace, &s.workload) else {
-            continue;
-        };
-        *demand
-            .entry((namespace.clone(), workload.clone()))
-            .or_default()
-            .entry(s.timestamp)
-            .or_default() += s.cpu_used_millicores;
-    }
     let mut written = 0;
-    for ((namespace, workload), steps) in demand {
-        let coarse = DEFAULT_STEP_SECONDS;
-        let mut history = History::new(coarse, DEFAULT_KEEP_SECONDS);
-        // A step's time is its end; the history records steps by their start.
-        let step = TimeDelta::seconds(i64::from(step_seconds));
-        for (at, value) in &steps {
-            history.record(*at - step, *value);
-        }
-        if let Some(last) = steps.keys().next_back() {
-            // Closes the last slot.
-            history.record(*last + TimeDelta::seconds(i64::from(coarse)), f64::NAN);
-        }
+    for (pas_workloads::WorkloadKey { namespace, workload }, mut history) in histories(samples, step)? {
         let changed = history.take_changed();
         let indices: Vec<i64> = changed.iter().map(|b| b.index).collect();
         let stored = pas_nats::history::read(kv, keys, &namespace, &workload, &indices).await?;
-        let mut merged = History::new(coarse, DEFAULT_KEEP_SECONDS);
+        let mut merged = History::new(DEFAULT_STEP_SECONDS, DEFAULT_KEEP_SECONDS);
         for block in changed {
             merged.merge(block).map_err(Error::Input)?;
         }
@@ -725,6 +747,38 @@ pub async fn store_history(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn histories_fold_as_the_pipeline_and_put_a_rate_in_the_step_before_it() {
+        let sample = |t: i64, pod: &str, used: f64, requested: Option<f64>| CpuSample {
+            cpu_requested_millicores: requested,
+            ..crate::record::tests::sample(pod, t, used, 0.0)
+        };
+        // Rates at the end of each minute of the slot [3000, 3300), out of
+        // time order, one seen twice; a pod without a request is left out,
+        // as the pipeline leaves it out.
+        let mut samples = Vec::new();
+        for minute in (1..=5).rev() {
+            let t = 3000 + 60 * minute;
+            samples.push(sample(t, "web-0", 100.0 * minute as f64, Some(500.0)));
+            samples.push(sample(t, "web-1", 50.0, Some(500.0)));
+            samples.push(sample(t, "web-2", 9_000.0, None));
+        }
+        samples.push(sample(3060, "web-1", 50.0, Some(500.0)));
+        let out = histories(&samples, Duration::from_secs(60)).unwrap();
+        assert_eq!(out.len(), 1);
+        let (key, history) = &out[0];
+        assert_eq!((key.namespace.as_str(), key.workload.as_str()), ("shop", "web"));
+        // The slot holds the five minutes' mean: 300 + 50.
+        assert_eq!(
+            history.at(DateTime::from_timestamp(3000, 0).unwrap()),
+            Some(350.0)
+        );
+        // Not the slot after, which the last rate (at 3300) would be in if
+        // it were not the minute before it.
+        assert_eq!(history.at(DateTime::from_timestamp(3300, 0).unwrap()), None);
+        assert!(histories(&samples, Duration::from_secs(7)).is_err());
+    }
 
     #[test]
     fn owners_name_statefulsets_and_the_deployments_of_replicasets() {

@@ -5,7 +5,7 @@
 //! from a time range of PAS_SAMPLES. A `.jsonl` file gets every sample as it
 //! arrived. A `.csv` file gets the trace format of `shared/data/traces`: per
 //! workload and step (`step`, 5 s by default), folded as the pipeline folds
-//! samples ([`pas_workloads::summarise`]), the utilisation as the HPA
+//! samples ([`pas_workloads::Workloads`]), the utilisation as the HPA
 //! defines it, the sum over pods of their mean use over the sum of their
 //! mean requests, in percent; or, with `pods`, the demand (the sum of the
 //! pods' mean use) as a percentage of that many pods' worth (`pas replay`'s
@@ -13,7 +13,6 @@
 //! it was: use it for traces the models should learn). With several
 //! workloads, each gets its own file, `<name>.<namespace>.<workload>.csv`.
 
-use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -23,6 +22,7 @@ use futures::StreamExt;
 use pas_nats::Connection;
 use pas_schemas::CpuSample;
 use pas_schemas::subjects::Prefix;
+use pas_workloads::{Fold, WorkloadKey, Workloads};
 use tokio_util::sync::CancellationToken;
 
 use crate::Error;
@@ -58,7 +58,7 @@ pub struct Config {
     pub workload: Option<String>,
     /// The source.
     pub from: From,
-    /// Step of the CSV rows.
+    /// Step of the CSV rows, whole seconds (as the pipeline's).
     pub step: Duration,
     /// Write demand as a percentage of this many pods instead of utilisation.
     pub pods: Option<u32>,
@@ -78,10 +78,12 @@ impl Config {
                 self.out.display()
             )));
         }
-        if self.step.as_millis() == 0 || self.pods == Some(0) {
-            return Err(Error::Input(
-                "the step must be above 0 and pods at least 1".into(),
-            ));
+        if self.step.as_secs() == 0 || self.step.subsec_nanos() != 0 || self.pods == Some(0) {
+            return Err(Error::Input(format!(
+                "the step must be whole seconds, at least 1s (as the pipeline's), and pods at least 1, not {} and {:?}",
+                humantime::format_duration(self.step),
+                self.pods
+            )));
         }
         if let Some(run) = &self.run {
             Prefix::replay(run).map_err(|e| Error::Input(format!("run `{run}`: {e}")))?;
@@ -117,27 +119,41 @@ impl Config {
 pub struct Summary {
     /// Samples recorded.
     pub samples: u64,
-    /// Samples skipped (node samples, other workloads, unreadable).
+    /// Samples skipped (node samples, other workloads, unreadable, more
+    /// than a step holds).
     pub skipped: u64,
     /// Files written, with their rows.
     pub files: Vec<(PathBuf, usize)>,
 }
 
-/// Pod samples per workload and step (ms): (pod, time in ms, used,
-/// requested, throttled).
-type Steps = BTreeMap<i64, Vec<(String, i64, f64, f64, f64)>>;
+/// Steps a recording keeps, and keeps open: more than any time span holds
+/// (2^40 steps of a second are 34,000 years), yet no overflow in
+/// [`Workloads`]' step arithmetic.
+const ALL_STEPS: usize = 1 << 40;
 
-#[derive(Default)]
+/// What a recording holds: every sample folded as the pipeline folds it
+/// ([`Workloads`]: by pod and time once, pods without a CPU request left
+/// out), with every step kept open, since a recording has no "late".
 struct Recorder {
-    workloads: BTreeMap<(String, String), Steps>,
+    workloads: Workloads,
     raw: Vec<CpuSample>,
     samples: u64,
     skipped: u64,
 }
 
 impl Recorder {
-    fn add(&mut self, config: &Config, sample: CpuSample, step_ms: i64) {
-        let (Some(ns), Some(wl), Some(pod)) = (&sample.namespace, &sample.workload, &sample.pod) else {
+    fn new(config: &Config) -> Recorder {
+        let step = u32::try_from(config.step.as_secs()).unwrap_or(u32::MAX).max(1);
+        Recorder {
+            workloads: Workloads::new(step, ALL_STEPS, ALL_STEPS),
+            raw: Vec::new(),
+            samples: 0,
+            skipped: 0,
+        }
+    }
+
+    fn add(&mut self, config: &Config, sample: CpuSample) {
+        let (Some(ns), Some(wl), Some(_)) = (&sample.namespace, &sample.workload, &sample.pod) else {
             self.skipped += 1;
             return;
         };
@@ -147,54 +163,33 @@ impl Recorder {
             self.skipped += 1;
             return;
         }
-        self.samples += 1;
-        // As the pipeline folds them: a pod that requests no CPU has no
-        // utilisation and is left out of the step, and a sample seen twice
-        // (same pod and time) counts once.
-        if let Some(requested) = sample.cpu_requested_millicores.filter(|r| *r > 0.0) {
-            let at = sample.timestamp.timestamp_millis();
-            let step = at.div_euclid(step_ms) * step_ms;
-            let samples = self
-                .workloads
-                .entry((ns.clone(), wl.clone()))
-                .or_default()
-                .entry(step)
-                .or_default();
-            if !samples.iter().any(|(p, t, ..)| p == pod && *t == at) {
-                samples.push((
-                    pod.clone(),
-                    at,
-                    sample.cpu_used_millicores,
-                    requested,
-                    sample.cpu_throttled_ratio.unwrap_or(0.0),
-                ));
-            }
-        }
         if is_jsonl(&config.out) {
+            self.samples += 1;
             self.raw.push(sample);
+            return;
+        }
+        match self.workloads.fold(&sample, 0) {
+            // As the pipeline: no request, no utilisation; the sample is
+            // recorded, in no step.
+            Fold::Folded | Fold::Duplicate | Fold::Ignored("no_cpu_request") => self.samples += 1,
+            // More than a step holds (pas_workloads::MAX_SAMPLES_PER_STEP).
+            Fold::Ignored(_) => self.skipped += 1,
         }
     }
 
-    fn rows(steps: &Steps, pods: Option<u32>) -> Vec<(DateTime<Utc>, f64)> {
-        steps
-            .iter()
-            .filter_map(|(ms, samples)| {
-                let step =
-                    pas_workloads::summarise(samples.iter().map(|(pod, _, used, requested, throttled)| {
-                        pas_workloads::PodSample {
-                            pod,
-                            used: *used,
-                            requested: *requested,
-                            throttled: *throttled,
-                        }
-                    }));
+    /// A workload's rows: per step with a value, its utilisation, or its
+    /// demand as a percentage of `pods` pods' requests.
+    fn rows(&self, key: &WorkloadKey, pods: Option<u32>) -> Vec<(DateTime<Utc>, f64)> {
+        self.workloads
+            .held(key)
+            .into_iter()
+            .filter_map(|at| {
+                let step = self.workloads.step(key, at)?;
                 let value = match pods {
                     Some(p) => 100.0 * step.demand / (f64::from(p) * step.request_per_pod()),
                     None => step.utilisation(),
                 };
-                value
-                    .is_finite()
-                    .then(|| (DateTime::from_timestamp_millis(*ms).unwrap_or_default(), value))
+                value.is_finite().then_some((at, value))
             })
             .collect()
     }
@@ -209,12 +204,12 @@ impl Recorder {
             }
             write_file(&config.out, &out)?;
             files.push((config.out.clone(), self.raw.len()));
-        } else if self.workloads.len() == 1 || self.workloads.is_empty() {
+        } else if self.workloads.len() <= 1 {
             let rows = self
                 .workloads
-                .values()
-                .next()
-                .map(|s| Recorder::rows(s, config.pods))
+                .keys()
+                .first()
+                .map(|key| self.rows(key, config.pods))
                 .unwrap_or_default();
             if rows.is_empty() {
                 return Err(Error::Input(
@@ -229,9 +224,11 @@ impl Recorder {
                 .file_stem()
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            for ((ns, wl), steps) in &self.workloads {
-                let rows = Recorder::rows(steps, config.pods);
-                let path = config.out.with_file_name(format!("{stem}.{ns}.{wl}.csv"));
+            for key in self.workloads.keys() {
+                let rows = self.rows(&key, config.pods);
+                let path = config
+                    .out
+                    .with_file_name(format!("{stem}.{}.{}.csv", key.namespace, key.workload));
                 write_file(&path, pas_schemas::trace::to_csv(&rows).as_bytes())?;
                 files.push((path, rows.len()));
             }
@@ -267,13 +264,12 @@ pub async fn record(
     progress: &mut (dyn FnMut(u64) + Send),
 ) -> Result<Summary, Error> {
     config.check()?;
-    let step_ms = i64::try_from(config.step.as_millis()).unwrap_or(i64::MAX);
-    let mut rec = Recorder::default();
+    let mut rec = Recorder::new(config);
     match &config.from {
         From::Stream { since, until } => {
             ready();
             crate::replay::read_range(conn, &config.prefix(), *since, *until, |s| {
-                rec.add(config, s, step_ms);
+                rec.add(config, s);
             })
             .await?;
             progress(rec.samples);
@@ -292,7 +288,7 @@ pub async fn record(
                     m = sub.next() => {
                         let Some(m) = m else { break };
                         match pas_schemas::decode::<CpuSample>(&m.payload) {
-                            Ok(s) => rec.add(config, s, step_ms),
+                            Ok(s) => rec.add(config, s),
                             Err(_) => rec.skipped += 1,
                         }
                     }
@@ -315,19 +311,19 @@ pub fn write_samples(
     samples: impl IntoIterator<Item = CpuSample>,
 ) -> Result<Summary, Error> {
     config.check()?;
-    let step_ms = i64::try_from(config.step.as_millis()).unwrap_or(i64::MAX);
-    let mut rec = Recorder::default();
+    let mut rec = Recorder::new(config);
     for sample in samples {
-        rec.add(config, sample, step_ms);
+        rec.add(config, sample);
     }
     rec.write(config)
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn sample(pod: &str, t: i64, used: f64, requested: f64) -> CpuSample {
+    /// A sample of pod `pod` of shop/web at `t` seconds.
+    pub(crate) fn sample(pod: &str, t: i64, used: f64, requested: f64) -> CpuSample {
         CpuSample {
             schema_version: pas_schemas::SCHEMA_VERSION,
             timestamp: DateTime::from_timestamp(t, 0).unwrap(),
@@ -342,9 +338,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn rows_are_utilisation_or_demand_per_step() {
-        let config = Config {
+    /// A live recording of 5 s steps to `x.csv`.
+    fn csv_recording() -> Config {
+        Config {
             run: None,
             namespace: None,
             workload: None,
@@ -355,8 +351,26 @@ mod tests {
             step: Duration::from_secs(5),
             pods: None,
             out: "x.csv".into(),
+        }
+    }
+
+    #[test]
+    fn a_step_is_whole_seconds_as_the_pipelines() {
+        let config = Config {
+            step: Duration::from_millis(1500),
+            ..csv_recording()
         };
-        let mut rec = Recorder::default();
+        let error = config.check().unwrap_err().to_string();
+        assert!(
+            error.contains("whole seconds") && error.contains("1s 500ms"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn rows_are_utilisation_or_demand_per_step() {
+        let config = csv_recording();
+        let mut rec = Recorder::new(&config);
         // Step 0: two pods, one sampled twice; step 5: one pod.
         for s in [
             sample("web-0", 0, 400.0, 1000.0),
@@ -370,14 +384,22 @@ mod tests {
             },
             sample("web-0", 6, 900.0, 1000.0),
         ] {
-            rec.add(&config, s, 5000);
+            rec.add(&config, s);
         }
-        let steps = &rec.workloads[&("shop".to_string(), "web".to_string())];
-        let rows = Recorder::rows(steps, None);
+        // A node whose clock was 50 years off: one more row, not the steps
+        // between.
+        rec.add(&config, sample("web-0", 5 * 10_i64.pow(9) / 3, 500.0, 1000.0));
+        let key = WorkloadKey {
+            namespace: "shop".into(),
+            workload: "web".into(),
+        };
+        let rows = rec.rows(&key, None);
+        assert_eq!(rows.len(), 3, "{rows:?}");
+        let rows = &rows[..2];
         // (500 + 300) / 2000 = 40 %; then 90 %.
         assert_eq!(rows.iter().map(|r| r.1).collect::<Vec<_>>(), vec![40.0, 90.0]);
         // As demand of 4 pods' worth: 800 / 4000 = 20 %; 900 / 4000 = 22.5 %.
-        let rows = Recorder::rows(steps, Some(4));
+        let rows = &rec.rows(&key, Some(4))[..2];
         assert_eq!(rows.iter().map(|r| r.1).collect::<Vec<_>>(), vec![20.0, 22.5]);
     }
 }

@@ -62,6 +62,11 @@ pub struct Config {
     pub workload_kinds: Vec<WorkloadKind>,
     /// Replicas of a simulated StatefulSet when it is first heard of.
     pub simulated_replicas: u32,
+    /// How long a simulated StatefulSet's new pod takes to become ready;
+    /// unset, the default settings' `startup`. Set it to model pods slower
+    /// (or faster) than the start-up the policies plan for.
+    #[serde(with = "humantime_serde")]
+    pub simulated_startup: Option<Duration>,
     /// Retries of a failed Kubernetes call (conflict, 429, 5xx).
     pub kube_retries: usize,
     /// Longest wait between those retries.
@@ -99,6 +104,7 @@ impl Default for Config {
             shadow_write_every: Duration::from_secs(60),
             workload_kinds: vec![WorkloadKind::statefulset(), WorkloadKind::deployment()],
             simulated_replicas: 1,
+            simulated_startup: None,
             kube_retries: 4,
             kube_retry_max: Duration::from_secs(5),
             replica: None,

@@ -86,8 +86,8 @@ pub async fn run(mut config: Config, shutdown: CancellationToken) -> Result<(), 
             BTreeMap::new(),
             config.defaults.enabled.then_some(1000.0),
         )
-        // Pods take the start-up time the policies plan for.
-        .with_startup(config.defaults.startup)
+        // Pods take the start-up time the policies plan for, unless told.
+        .with_startup(config.simulated_startup.unwrap_or(config.defaults.startup))
     };
     let client = match config.cluster {
         ClusterKind::Simulated => None,
