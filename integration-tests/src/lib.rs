@@ -178,22 +178,8 @@ impl NatsServer {
             .arg("--ports_file_dir")
             .arg(&ports)
             .args(std::env::var_os("PAS_NATS_TRACE").map(|_| "-DV"))
-            .envs(self.env.iter().cloned())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(self.dir.path().join("server.log"))
-                    .expect("server log"),
-            ));
-        let mut child = cmd.spawn().unwrap_or_else(|e| {
-            panic!(
-                "cannot start nats-server ({}): {e}. Run `make test` or `scripts/setup.sh tools`, \
-                 which install it into ~/.cache/pas/bin, or set NATS_SERVER.",
-                binary().display()
-            )
-        });
+            .envs(self.env.iter().cloned());
+        let mut child = spawn_logged(cmd, &self.dir.path().join("server.log"), "NATS_SERVER");
         let deadline = Instant::now() + Duration::from_secs(15);
         self.port = loop {
             if let Some(port) = read_port(&ports) {
@@ -262,6 +248,25 @@ pub fn binary() -> PathBuf {
 }
 
 /// `$<variable>`, else `<name>` in the set-up cache's `bin/`, else on `PATH`.
+/// Starts a test server's binary (`cmd`, found by [`find_binary`] under
+/// `variable`), its output appended to `log`; one that cannot start fails
+/// the test with how to install it.
+fn spawn_logged(mut cmd: Command, log: &Path, variable: &str) -> Child {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("the server's log file");
+    cmd.stdout(Stdio::null()).stderr(Stdio::from(file));
+    cmd.spawn().unwrap_or_else(|e| {
+        panic!(
+            "cannot start {}: {e}. Run `make test` or `scripts/setup.sh tools`, \
+             which install it into ~/.cache/pas/bin, or set {variable}.",
+            cmd.get_program().to_string_lossy()
+        )
+    })
+}
+
 fn find_binary(variable: &str, name: &str) -> PathBuf {
     if let Some(path) = std::env::var_os(variable) {
         return PathBuf::from(path);
@@ -473,33 +478,18 @@ impl Prometheus {
     }
 
     fn spawn(&mut self, port: u16) -> bool {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("prometheus.log"))
-            .expect("log file");
-        let binary = find_binary("PROMETHEUS", "prometheus");
-        let child = Command::new(&binary)
-            .arg(format!(
-                "--config.file={}",
-                self.dir.path().join("prometheus.yml").display()
-            ))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                self.dir.path().join("data").display()
-            ))
-            .arg("--storage.tsdb.retention.time=100y")
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot start prometheus ({}): {e}. Run `make test` or `scripts/setup.sh tools`, \
-                     which install it into ~/.cache/pas/bin, or set PROMETHEUS.",
-                    binary.display()
-                )
-            });
+        let mut cmd = Command::new(find_binary("PROMETHEUS", "prometheus"));
+        cmd.arg(format!(
+            "--config.file={}",
+            self.dir.path().join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            self.dir.path().join("data").display()
+        ))
+        .arg("--storage.tsdb.retention.time=100y")
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"));
+        let child = spawn_logged(cmd, &self.dir.path().join("prometheus.log"), "PROMETHEUS");
         let ready = || http_get_blocking(port, "/-/ready").is_some_and(|(status, _)| status == 200);
         self.child = until_ready(child, Duration::from_secs(30), ready);
         self.port = port;
@@ -592,29 +582,14 @@ impl VictoriaMetrics {
     }
 
     fn spawn(&mut self, port: u16) -> bool {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("vm.log"))
-            .expect("log file");
-        let binary = find_binary("VICTORIA_METRICS", "victoria-metrics");
-        let child = Command::new(&binary)
-            .arg(format!("-httpListenAddr=127.0.0.1:{port}"))
+        let mut cmd = Command::new(find_binary("VICTORIA_METRICS", "victoria-metrics"));
+        cmd.arg(format!("-httpListenAddr=127.0.0.1:{port}"))
             .arg(format!(
                 "-storageDataPath={}",
                 self.dir.path().join("data").display()
             ))
-            .arg("-retentionPeriod=100y")
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot start victoria-metrics ({}): {e}. Run `make test` or `scripts/setup.sh tools`, \
-                     which install it into ~/.cache/pas/bin, or set VICTORIA_METRICS.",
-                    binary.display()
-                )
-            });
+            .arg("-retentionPeriod=100y");
+        let child = spawn_logged(cmd, &self.dir.path().join("vm.log"), "VICTORIA_METRICS");
         let ready = || {
             http_get_blocking(port, "/health")
                 .is_some_and(|(status, body)| status == 200 && body.trim() == "OK")

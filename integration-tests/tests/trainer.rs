@@ -289,21 +289,9 @@ async fn sigterm_mid_training_exits_within_ten_seconds() {
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let asked = std::time::Instant::now();
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let exit = loop {
-        if let Some(exit) = child.try_wait().unwrap() {
-            break exit;
-        }
-        assert!(
-            asked.elapsed() < Duration::from_secs(60),
-            "the trainer did not exit within a minute"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let exit = child
+        .terminate(Duration::from_secs(60))
+        .expect("the trainer did not exit within a minute");
     let took = asked.elapsed();
     log.extend(rx.try_iter());
     println!("the trainer: exit on SIGTERM mid-training took {took:?}");

@@ -693,13 +693,10 @@ pub fn histories(
             continue;
         };
         let mut history = History::new(DEFAULT_STEP_SECONDS, DEFAULT_KEEP_SECONDS);
-        let mut at = steps.start;
-        for value in &steps.values {
-            history.record(at, *value);
-            at += step;
-        }
-        // Closes the last slot.
-        history.record(at + coarse, f64::NAN);
+        history.record_series(steps.start, steps.step_seconds, &steps.values);
+        // Closes the last slot, however far into it the series ends.
+        let end = steps.start + step * steps.values.len() as i32;
+        history.record(end + coarse, f64::NAN);
         out.push((key, history));
     }
     Ok(out)
