@@ -247,7 +247,6 @@ pub fn binary() -> PathBuf {
     find_binary("NATS_SERVER", "nats-server")
 }
 
-/// `$<variable>`, else `<name>` in the set-up cache's `bin/`, else on `PATH`.
 /// Starts a test server's binary (`cmd`, found by [`find_binary`] under
 /// `variable`), its output appended to `log`; one that cannot start fails
 /// the test with how to install it.
@@ -267,6 +266,7 @@ fn spawn_logged(mut cmd: Command, log: &Path, variable: &str) -> Child {
     })
 }
 
+/// `$<variable>`, else `<name>` in the set-up cache's `bin/`, else on `PATH`.
 fn find_binary(variable: &str, name: &str) -> PathBuf {
     if let Some(path) = std::env::var_os(variable) {
         return PathBuf::from(path);

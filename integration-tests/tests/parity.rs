@@ -20,7 +20,6 @@
 //!
 //! - steps of 2 s; a pod's start-up of 5 s (2.5 steps), so a pod created at
 //!   the tick or 0.5–1 s later is ready at the same step;
-
 //! - the lead time is 7 s (3.5 steps) in both: the experiment's 5 s start-up
 //!   plus its 2 s tick; the live scaler's 3 s start-up plus a 4 s tick, so
 //!   its sweep (every workload not decided on for 0.9 tick) never decides
@@ -119,6 +118,11 @@ fn slice(dir: &std::path::Path, from: usize) -> std::path::PathBuf {
     let path = dir.join(if from == 0 { "parity.csv" } else { "live.csv" });
     std::fs::write(&path, csv).unwrap();
     path
+}
+
+/// The start of the step `at` is in, in seconds.
+fn step_start(at: DateTime<Utc>) -> i64 {
+    at.timestamp() - at.timestamp().rem_euclid(STEP)
 }
 
 /// The trace time of row `k` of the slice.
@@ -338,11 +342,11 @@ impl Live {
     fn untimely(&self, run: &pas_experiment::Run) -> Option<String> {
         let first = run.at.first()?;
         let start = *first + TimeDelta::seconds(2 * STEP);
-        let step_of = |at: &DateTime<Utc>| at.timestamp() - at.timestamp().rem_euclid(STEP);
+
         let untimely = self.decisions.iter().find(|(at, on_forecast, _)| {
             at < first
                 || (!on_forecast && *at < start)
-                || (at.timestamp_millis() - 1000 * step_of(at)) >= TIMING_MARGIN_MS
+                || (at.timestamp_millis() - 1000 * step_start(*at)) >= TIMING_MARGIN_MS
         });
         if let Some((at, _, what)) = untimely {
             return Some(format!(
@@ -448,8 +452,7 @@ async fn live_loop(
     // Live step k of the trace starts at `offset` + its trace time.
     let first = summary.first.expect("rows replayed");
     let trace_start = row_time(from);
-    let offset = TimeDelta::seconds(first.timestamp() - first.timestamp().rem_euclid(STEP))
-        - (trace_start - DateTime::UNIX_EPOCH);
+    let offset = TimeDelta::seconds(step_start(first)) - (trace_start - DateTime::UNIX_EPOCH);
     let mut live = Live {
         forecasts: BTreeMap::new(),
         replicas: BTreeMap::new(),
@@ -463,7 +466,7 @@ async fn live_loop(
     while let Some(Some(msg)) = futures::FutureExt::now_or_never(decisions.next()) {
         let d: ScaleDecision = pas_schemas::decode(&msg.payload).unwrap();
         let at = d.timestamp - offset;
-        let step = DateTime::from_timestamp(at.timestamp() - at.timestamp().rem_euclid(STEP), 0).unwrap();
+        let step = DateTime::from_timestamp(step_start(at), 0).unwrap();
         // The last decision in a step stands. A mismatch says when in the
         // step it was made and on which window's forecast.
         let how = format!(

@@ -20,6 +20,7 @@ use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::{HPAScalingRules, HorizontalPodAutoscaler};
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 use pas_scaler::policy::{Behavior, RateKind, RatePolicy, Rules, Select};
+use pas_scaler::settings::{parse_startup, parse_target};
 use serde::Serialize;
 
 use crate::{Config, Error};
@@ -133,8 +134,8 @@ pub fn read(files: &[(String, String)]) -> Result<Manifests, Error> {
 
     let startup = match w.annotations.get("pas.io/startup") {
         Some(v) => {
-            let d = humantime::parse_duration(v.trim())
-                .map_err(|e| Error::Input(format!("{id}: pas.io/startup {v:?}: {e}")))?;
+            // As the scaler reads the annotation.
+            let d = parse_startup(v).map_err(|e| Error::Input(format!("{id}: pas.io/startup {v:?}: {e}")))?;
             notes.push(format!(
                 "start-up {} (pas.io/startup)",
                 humantime::format_duration(d)
@@ -162,17 +163,8 @@ pub fn read(files: &[(String, String)]) -> Result<Manifests, Error> {
 
     let mut target = None;
     if let Some(v) = w.annotations.get("pas.io/target-utilization") {
-        let t: f64 = v
-            .trim()
-            .trim_end_matches('%')
-            .parse()
-            .ok()
-            .filter(|t: &f64| *t > 0.0 && t.is_finite())
-            .ok_or_else(|| {
-                Error::Input(format!(
-                    "{id}: pas.io/target-utilization {v:?}: expected a percentage above 0"
-                ))
-            })?;
+        let t = parse_target(v)
+            .map_err(|e| Error::Input(format!("{id}: pas.io/target-utilization {v:?}: {e}")))?;
         target = Some((t, "pas.io/target-utilization".to_owned()));
     }
 

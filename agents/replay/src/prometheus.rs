@@ -674,7 +674,7 @@ pub fn histories(
     check_live_step(step)?;
     let step_seconds = u32::try_from(step.as_secs()).unwrap_or(u32::MAX).max(1);
     let step = TimeDelta::seconds(i64::from(step_seconds));
-    let mut folded = pas_workloads::Workloads::new(step_seconds, 1 << 40, 2);
+    let mut folded = pas_workloads::Workloads::new(step_seconds, crate::record::ALL_STEPS, 2);
     let mut in_order: Vec<&CpuSample> = samples.iter().collect();
     in_order.sort_by_key(|s| s.timestamp);
     for s in in_order {

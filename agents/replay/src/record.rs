@@ -126,10 +126,10 @@ pub struct Summary {
     pub files: Vec<(PathBuf, usize)>,
 }
 
-/// Steps a recording keeps, and keeps open: more than any time span holds
-/// (2^40 steps of a second are 34,000 years), yet no overflow in
-/// [`Workloads`]' step arithmetic.
-const ALL_STEPS: usize = 1 << 40;
+/// Steps a recording (and the import's history) keeps, and keeps open:
+/// more than any time span holds (2^40 steps of a second are 34,000
+/// years), yet no overflow in [`Workloads`]' step arithmetic.
+pub(crate) const ALL_STEPS: usize = 1 << 40;
 
 /// What a recording holds: every sample folded as the pipeline folds it
 /// ([`Workloads`]: by pod and time once, pods without a CPU request left

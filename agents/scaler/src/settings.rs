@@ -48,21 +48,8 @@ pub fn from_annotations(
             "mode" => v.parse().map(|m| s.mode = m),
             "min-replicas" => parse_count(v).map(|n| s.min_replicas = n),
             "max-replicas" => parse_count(v).map(|n| s.max_replicas = n),
-            "target-utilization" => match v.trim_end_matches('%').parse::<f64>() {
-                Ok(t) if t > 0.0 && t.is_finite() => {
-                    s.target_utilization = t;
-                    Ok(())
-                }
-                _ => Err("expected a percentage above 0".into()),
-            },
-            "startup" => match humantime::parse_duration(v) {
-                Ok(d) if d <= std::time::Duration::from_secs(3600) => {
-                    s.startup = d;
-                    Ok(())
-                }
-                Ok(_) => Err("a start-up of more than an hour is not a pod start-up".into()),
-                Err(e) => Err(e.to_string()),
-            },
+            "target-utilization" => parse_target(v).map(|t| s.target_utilization = t),
+            "startup" => parse_startup(v).map(|d| s.startup = d),
             "risk" => match v.parse::<f64>() {
                 Ok(r) if r > 0.0 && r < 1.0 => {
                     s.risk = r;
@@ -85,6 +72,23 @@ pub fn from_annotations(
         s.max_replicas = defaults.max_replicas;
     }
     (s, problems)
+}
+
+/// `pas.io/target-utilization`: a percentage above 0 (`70`, `70%`).
+pub fn parse_target(v: &str) -> Result<f64, String> {
+    match v.trim().trim_end_matches('%').parse::<f64>() {
+        Ok(t) if t > 0.0 && t.is_finite() => Ok(t),
+        _ => Err("expected a percentage above 0".into()),
+    }
+}
+
+/// `pas.io/startup`: a duration of at most an hour (`45s`, `2m`).
+pub fn parse_startup(v: &str) -> Result<std::time::Duration, String> {
+    match humantime::parse_duration(v.trim()) {
+        Ok(d) if d <= std::time::Duration::from_secs(3600) => Ok(d),
+        Ok(_) => Err("a start-up of more than an hour is not a pod start-up".into()),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 fn parse_bool(v: &str) -> Result<bool, String> {
